@@ -1,0 +1,144 @@
+"""The ``mailgate`` command: run, check, explain, demo.
+
+Expected failures print ``mailgate: ...`` on stderr and exit non-zero without a
+traceback: 1 for an invalid configuration or a failure while running, 2 for a
+command line or environment that does not say enough to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gateway import config as configuration
+from gateway import policy
+from gateway.address import AddressError, parse_path
+from gateway.config import Config, resolve_password
+from gateway.errors import ConfigError, MailgateError, UsageError
+
+
+def _load(path: str | None) -> Config:
+    return configuration.load(path) if path else configuration.from_environment()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon import run
+
+    return run(_load(args.config))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    try:
+        config = configuration.load(args.config)
+    except ConfigError as exc:
+        problems.extend(str(p) for p in exc.problems)
+        config = None
+    if config is not None:
+        for upstream in config.upstreams.values():
+            try:
+                resolve_password(upstream)
+            except MailgateError as exc:
+                problems.append(f"{args.config}: {exc}")
+        if not config.rules:
+            problems.append(f"{args.config}: rules: found no rules, expected at least one [[rules]] "
+                            "(with none, every recipient is refused)")
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"mailgate: {args.config}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    assert config is not None
+    print(f"{args.config}: OK ({len(config.upstreams)} upstream(s), {len(config.rules)} rule(s))")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    try:
+        client = policy.parse_client(args.client)
+    except ValueError:
+        raise UsageError(f"--client: found {args.client!r}, expected an IP address") from None
+    try:
+        sender = parse_path(f"<{args.sender}>", sender=True)
+    except AddressError as exc:
+        raise UsageError(f"--from: {args.sender!r}: {exc.reply.text}") from None
+    allowed = policy.client_allowed(config, client)
+    print(f"client {client}: {'allowed' if allowed else 'DENIED'} by listener.allowed_clients")
+    if not allowed:
+        print(f"  every command would get: {policy.replies.GREETING_DENIED}")
+    print(f"sender <{sender.text}>")
+    status = 0
+    for text in args.recipients:
+        try:
+            recipient = parse_path(f"<{text}>", sender=False)
+        except AddressError as exc:
+            print(f"  <{text}>: refused at RCPT: {exc.reply}")
+            continue
+        decision = policy.decide(config, client, sender, recipient)
+        rule = f"rule {decision.rule.name!r}" if decision.rule else "no rule matches"
+        if decision.action == "relay" and decision.upstream is not None:
+            up = decision.upstream
+            print(f"  <{recipient.text}>: {rule} -> relay via upstream {up.name!r} "
+                  f"({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})")
+        else:
+            print(f"  <{recipient.text}>: {rule} -> reject: {decision.reply}")
+    return status if allowed else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args.policy)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailgate", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"mailgate {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", metavar="FILE", help="TOML config (default: embedded, from MAILGATE_UPSTREAM)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config file and report every problem")
+    check.add_argument("--config", metavar="FILE", required=True)
+    check.set_defaults(func=cmd_check)
+
+    explain = sub.add_parser("explain", help="show which rule, action and upstream apply; sends nothing")
+    explain.add_argument("--config", metavar="FILE")
+    explain.add_argument("--client", required=True, metavar="IP")
+    explain.add_argument("--from", dest="sender", required=True, metavar="ADDR", help="envelope sender ('' for <>)")
+    explain.add_argument("--to", dest="recipients", required=True, action="append", metavar="ADDR")
+    explain.set_defaults(func=cmd_explain)
+
+    demo = sub.add_parser("demo", help="the whole path on this machine, with local upstreams")
+    demo.add_argument("--policy", metavar="FILE", help="demo policy (default: policies/demo.toml)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _version() -> str:
+    from gateway import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"mailgate: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except MailgateError as exc:
+        print(f"mailgate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

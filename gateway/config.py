@@ -1,0 +1,434 @@
+"""Configuration: TOML (or the environment) in, validated frozen values out.
+
+Every problem is collected and reported at once, each naming the file, the key,
+what was found and what was expected. Secrets are referenced here
+(`password_env` / `password_file`) and read by `resolve_password`, so that
+`explain` works without them. Pure: no reactor.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from gateway import credentials
+from gateway.credentials import Secret
+from gateway.errors import ConfigError, Problem, SecretError, UsageError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+TLS_MODES = ("starttls", "implicit")
+TLS_VERSIONS = ("1.2", "1.3")
+ACTIONS = ("relay", "reject")
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    listen: Endpoint = Endpoint("127.0.0.1", 2525)
+    allowed_clients: tuple[Network, ...] = LOOPBACK
+    hostname: str = "mailgate.localdomain"
+    max_message_size: int = 26214400
+    max_recipients: int = 100
+    idle_timeout: float = 300.0
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    path: str = "-"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    name: str
+    host: str
+    port: int = 587
+    tls: str = "starttls"
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    min_tls_version: str = "1.2"
+    pin_sha256: tuple[str, ...] = ()
+    connect_timeout: float = 30.0
+    command_timeout: float = 120.0
+    data_timeout: float = 600.0
+
+    @property
+    def url(self) -> str:
+        scheme = "smtps" if self.tls == "implicit" else "starttls"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    action: str
+    upstream: str | None = None
+    clients: tuple[Network, ...] | None = None
+    senders: tuple[str, ...] | None = None
+    recipients: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    listener: ListenerConfig
+    audit: AuditConfig
+    upstreams: Mapping[str, UpstreamConfig]
+    rules: tuple[Rule, ...]
+    source: str = "<embedded default>"
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+
+def resolve_password(upstream: UpstreamConfig) -> Secret | None:
+    """Read the upstream's password from its variable or file (None: no AUTH configured)."""
+    try:
+        if upstream.password_env:
+            return credentials.from_env(upstream.password_env)
+        if upstream.password_file:
+            return credentials.from_file(upstream.password_file)
+    except SecretError as exc:
+        raise SecretError(f"upstreams.{upstream.name}: {exc}") from None
+    return None
+
+
+# --- reading TOML -----------------------------------------------------------------
+
+
+def load(path: str) -> Config:
+    """Load and validate a config file; raise `ConfigError` listing every problem."""
+    try:
+        with open(path, "rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError([Problem(path, "(file)", repr(exc.strerror), "a readable TOML file")])
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(path, "(syntax)", str(exc), "valid TOML")])
+    return parse(document, path)
+
+
+def parse(document: Mapping[str, Any], source: str) -> Config:
+    reader = _Reader(source)
+    config = reader.config(document)
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return config
+
+
+def _describe(value: object) -> str:
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(type(value))
+    if kind is None:
+        kind = "table" if isinstance(value, dict) else "array" if isinstance(value, list) else "value"
+    text = repr(value)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({kind})"
+
+
+class _Reader:
+    """Walks the document, converting values and recording problems instead of raising."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.problems: list[Problem] = []
+
+    def problem(self, key: str, found: object, expected: str, *, raw: bool = False) -> None:
+        shown = found if raw and isinstance(found, str) else _describe(found)
+        self.problems.append(Problem(self.source, key, str(shown), expected))
+
+    def unknown_keys(self, table: Mapping[str, Any], key: str, known: set[str]) -> None:
+        for unknown in sorted(set(table) - known):
+            expected = "one of: " + ", ".join(sorted(known))
+            where = f"{key}.{unknown}" if key else unknown
+            self.problem(where, "an unknown key", expected, raw=True)
+
+    def table(self, document: Mapping[str, Any], key: str, known: set[str]) -> dict[str, Any]:
+        value = document.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(key, value, "a table")
+            return {}
+        self.unknown_keys(value, key, known)
+        return value
+
+    def integer(self, table: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+        value = table.get(key.rpartition(".")[2], default)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            self.problem(key, value, f"an integer from {low} to {high}")
+            return default
+        return value
+
+    def number(self, table: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+        value = table.get(key.rpartition(".")[2], default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            self.problem(key, value, f"a number of seconds from {low:g} to {high:g}")
+            return default
+        return float(value)
+
+    def string(self, table: Mapping[str, Any], key: str, default: str | None, *, choices: tuple[str, ...] = ()) -> str | None:
+        value = table.get(key.rpartition(".")[2], default)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value or (choices and value not in choices):
+            expected = "one of " + ", ".join(f'"{c}"' for c in choices) if choices else "a non-empty string"
+            self.problem(key, value, expected)
+            return default
+        return value
+
+    def strings(self, table: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
+        value = table.get(key.rpartition(".")[2])
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            self.problem(key, value, "a non-empty list of non-empty strings")
+            return None
+        return tuple(value)
+
+    def networks(self, table: Mapping[str, Any], key: str) -> tuple[Network, ...] | None:
+        values = self.strings(table, key)
+        if values is None:
+            return None
+        networks = []
+        for i, text in enumerate(values):
+            try:
+                networks.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                self.problem(f"{key}[{i}]", text, 'a CIDR network such as "10.1.0.0/16" or "::1/128"')
+        return tuple(networks)
+
+    # --- sections -------------------------------------------------------------------
+
+    def config(self, document: Mapping[str, Any]) -> Config:
+        known = {"listener", "audit", "upstreams", "rules"}
+        extras = {k: v for k, v in document.items() if k in EXTRA_SECTIONS}
+        self.unknown_keys(document, "", known | set(EXTRA_SECTIONS))
+        listener = self.listener(document)
+        audit = self.audit(document)
+        upstreams = self.upstreams(document)
+        rules = self.rules(document, upstreams)
+        return Config(listener, audit, upstreams, rules, self.source, extras)
+
+    def listener(self, document: Mapping[str, Any]) -> ListenerConfig:
+        d = ListenerConfig()
+        known = {"listen", "allowed_clients", "hostname", "max_message_size", "max_recipients",
+                 "idle_timeout", "shutdown_grace"}
+        t = self.table(document, "listener", known)
+        listen = self.endpoint(t, "listener.listen", d.listen)
+        allowed = self.networks(t, "listener.allowed_clients")
+        return ListenerConfig(
+            listen=listen,
+            allowed_clients=d.allowed_clients if allowed is None else allowed,
+            hostname=self.string(t, "listener.hostname", d.hostname) or d.hostname,
+            max_message_size=self.integer(t, "listener.max_message_size", d.max_message_size, 1024, 2**40),
+            max_recipients=self.integer(t, "listener.max_recipients", d.max_recipients, 1, 100000),
+            idle_timeout=self.number(t, "listener.idle_timeout", d.idle_timeout, 1, 86400),
+            shutdown_grace=self.number(t, "listener.shutdown_grace", d.shutdown_grace, 0, 3600),
+        )
+
+    def endpoint(self, table: Mapping[str, Any], key: str, default: Endpoint) -> Endpoint:
+        value = table.get(key.rpartition(".")[2])
+        if value is None:
+            return default
+        parsed = parse_endpoint(value) if isinstance(value, str) else None
+        if parsed is None:
+            self.problem(key, value, 'HOST:PORT such as "127.0.0.1:2525" or "[::1]:2525"')
+            return default
+        return parsed
+
+    def audit(self, document: Mapping[str, Any]) -> AuditConfig:
+        t = self.table(document, "audit", {"path"})
+        return AuditConfig(path=self.string(t, "audit.path", "-") or "-")
+
+    def upstreams(self, document: Mapping[str, Any]) -> dict[str, UpstreamConfig]:
+        section = document.get("upstreams", {})
+        if not isinstance(section, dict):
+            self.problem("upstreams", section, "a table of [upstreams.NAME] tables")
+            return {}
+        return {name: self.upstream(name, value) for name, value in section.items()}
+
+    def upstream(self, name: str, value: Any) -> UpstreamConfig:
+        key = f"upstreams.{name}"
+        if not isinstance(value, dict):
+            self.problem(key, value, "a table")
+            return UpstreamConfig(name=name, host="invalid")
+        known = {"host", "port", "tls", "username", "password_env", "password_file", "ca_file",
+                 "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout"}
+        known |= EXTRA_UPSTREAM_KEYS
+        self.unknown_keys(value, key, known)
+        t = value
+        host = self.string(t, f"{key}.host", None)
+        if host is None:
+            self.problem(f"{key}.host", "nothing", "the upstream's host name, as on its certificate", raw=True)
+            host = "invalid"
+        port = self.integer(t, f"{key}.port", 587, 1, 65535)
+        tls = self.string(t, f"{key}.tls", "implicit" if port == 465 else "starttls", choices=TLS_MODES)
+        username = self.string(t, f"{key}.username", None)
+        password_env = self.string(t, f"{key}.password_env", None)
+        password_file = self.string(t, f"{key}.password_file", None)
+        if password_env and password_file:
+            self.problem(f"{key}.password_file", "both password_env and password_file",
+                         "exactly one of the two", raw=True)
+        if username and not (password_env or password_file):
+            self.problem(f"{key}.password_env", "nothing",
+                         "password_env or password_file when username is set", raw=True)
+        if (password_env or password_file) and not username:
+            self.problem(f"{key}.username", "nothing", "a username when a password is configured", raw=True)
+        ca_file = self.string(t, f"{key}.ca_file", None)
+        if ca_file and not os.path.isfile(ca_file):
+            self.problem(f"{key}.ca_file", ca_file, "an existing PEM file of trusted CA certificates")
+        pins = self.strings(t, f"{key}.pin_sha256") or ()
+        normalised = []
+        for i, pin in enumerate(pins):
+            hexpin = pin.replace(":", "").lower()
+            if len(hexpin) != 64 or any(c not in "0123456789abcdef" for c in hexpin):
+                self.problem(f"{key}.pin_sha256[{i}]", pin, "64 hex digits (SHA-256 of the DER certificate), colons optional")
+            normalised.append(hexpin)
+        return UpstreamConfig(
+            name=name,
+            host=host,
+            port=port,
+            tls=tls or "starttls",
+            username=username,
+            password_env=password_env,
+            password_file=password_file,
+            ca_file=ca_file,
+            min_tls_version=self.string(t, f"{key}.min_tls_version", "1.2", choices=TLS_VERSIONS) or "1.2",
+            pin_sha256=tuple(normalised),
+            connect_timeout=self.number(t, f"{key}.connect_timeout", 30, 0.1, 3600),
+            command_timeout=self.number(t, f"{key}.command_timeout", 120, 0.1, 3600),
+            data_timeout=self.number(t, f"{key}.data_timeout", 600, 0.1, 3600),
+        )
+
+    def rules(self, document: Mapping[str, Any], upstreams: Mapping[str, UpstreamConfig]) -> tuple[Rule, ...]:
+        section = document.get("rules", [])
+        if not isinstance(section, list):
+            self.problem("rules", section, "an array of [[rules]] tables")
+            return ()
+        rules = []
+        for i, value in enumerate(section):
+            key = f"rules[{i}]"
+            if not isinstance(value, dict):
+                self.problem(key, value, "a table")
+                continue
+            known = {"name", "clients", "senders", "recipients", "action", "upstream"} | EXTRA_RULE_KEYS
+            self.unknown_keys(value, key, known)
+            name = self.string(value, f"{key}.name", f"rule-{i + 1}") or f"rule-{i + 1}"
+            action = self.string(value, f"{key}.action", None, choices=ACTIONS)
+            if action is None and "action" not in value:
+                self.problem(f"{key}.action", "nothing", '"relay" or "reject"', raw=True)
+            upstream = self.string(value, f"{key}.upstream", None)
+            if action == "relay":
+                if upstream is None:
+                    self.problem(f"{key}.upstream", "nothing", "the name of an [upstreams.NAME] table", raw=True)
+                elif upstream not in upstreams:
+                    known_names = ", ".join(sorted(upstreams)) or "none defined"
+                    self.problem(f"{key}.upstream", upstream, f"one of the defined upstreams ({known_names})")
+            rules.append(Rule(
+                name=name,
+                action=action or "reject",
+                upstream=upstream,
+                clients=self.networks(value, f"{key}.clients"),
+                senders=self.strings(value, f"{key}.senders"),
+                recipients=self.strings(value, f"{key}.recipients"),
+            ))
+        names = [r.name for r in rules]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                self.problem(f"rules[{i}].name", name, "a name not used by an earlier rule")
+        return tuple(rules)
+
+
+# Sections and keys owned by later features; validated by their own modules.
+EXTRA_SECTIONS: tuple[str, ...] = ()
+EXTRA_UPSTREAM_KEYS: set[str] = set()
+EXTRA_RULE_KEYS: set[str] = set()
+
+
+def parse_endpoint(text: str) -> Endpoint | None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        return None
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return None
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            return None
+    return Endpoint(host, int(port))
+
+
+# --- the embedded default, from the environment --------------------------------------
+
+UPSTREAM_VARIABLE = "MAILGATE_UPSTREAM"
+PASSWORD_VARIABLE = "MAILGATE_UPSTREAM_PASSWORD"
+
+
+def from_environment(environ: Mapping[str, str] | None = None) -> Config:
+    """The embedded default: loopback listener, every recipient relayed to $MAILGATE_UPSTREAM.
+
+    Variables: MAILGATE_UPSTREAM (``starttls://USER@HOST:587`` or ``smtps://USER@HOST:465``),
+    MAILGATE_UPSTREAM_PASSWORD, and optionally MAILGATE_UPSTREAM_CA_FILE, MAILGATE_LISTEN,
+    MAILGATE_AUDIT.
+    """
+    env = os.environ if environ is None else environ
+    url = env.get(UPSTREAM_VARIABLE)
+    if not url:
+        raise UsageError(
+            f"no configuration: pass --config FILE, or set {UPSTREAM_VARIABLE}="
+            f"starttls://USER@HOST:587 (or smtps://USER@HOST:465) and {PASSWORD_VARIABLE}"
+        )
+    document: dict[str, Any] = {
+        "listener": {},
+        "audit": {"path": env.get("MAILGATE_AUDIT", "-")},
+        "upstreams": {"default": upstream_from_url(url)},
+        "rules": [{"name": "default", "action": "relay", "upstream": "default"}],
+    }
+    if env.get("MAILGATE_LISTEN"):
+        document["listener"]["listen"] = env["MAILGATE_LISTEN"]
+    if env.get("MAILGATE_UPSTREAM_CA_FILE"):
+        document["upstreams"]["default"]["ca_file"] = env["MAILGATE_UPSTREAM_CA_FILE"]
+    return parse(document, "environment")
+
+
+def upstream_from_url(url: str) -> dict[str, Any]:
+    """``starttls://user@host:587`` or ``smtps://user@host:465`` to an upstream table."""
+    scheme, sep, rest = url.partition("://")
+    modes = {"starttls": ("starttls", 587), "smtps": ("implicit", 465)}
+    if not sep or scheme.lower() not in modes or not rest:
+        raise UsageError(
+            f"{UPSTREAM_VARIABLE}: found {url!r}, expected starttls://USER@HOST:587 or smtps://USER@HOST:465"
+        )
+    tls, default_port = modes[scheme.lower()]
+    userinfo, at, hostport = rest.rpartition("@")
+    if ":" in userinfo:
+        raise UsageError(
+            f"{UPSTREAM_VARIABLE}: a password in the URL is not accepted; put it in {PASSWORD_VARIABLE}"
+        )
+    host, colon, port = hostport.rstrip("/").rpartition(":")
+    if not colon:
+        host, port = hostport.rstrip("/"), str(default_port)
+    if not host or not port.isdigit():
+        raise UsageError(f"{UPSTREAM_VARIABLE}: found {url!r}, expected HOST and a numeric PORT")
+    table: dict[str, Any] = {"host": host.strip("[]"), "port": int(port), "tls": tls}
+    if at:
+        table["username"] = unquote(userinfo)
+        table["password_env"] = PASSWORD_VARIABLE
+    return table

@@ -1,0 +1,74 @@
+"""Policy: which rule a recipient matches and what happens to it. Pure.
+
+Rules are evaluated in order for each recipient; the first rule whose every
+given condition (client network, envelope sender glob, recipient glob) holds
+wins. No match is a refusal (``550 5.7.1``): the gateway is closed by default.
+Globs are shell-style (``*``, ``?``, ``[...]``) and case-insensitive; the
+null sender ``<>`` is matched as the empty string.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from gateway import replies
+from gateway.address import Address
+from gateway.config import Config, Network, Rule, UpstreamConfig
+from gateway.replies import Reply
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome for one recipient: the rule (if any), the action and where it goes."""
+
+    action: str  # "relay" or "reject"
+    rule: Rule | None
+    upstream: UpstreamConfig | None
+    reply: Reply | None  # the refusal, when action is "reject"
+
+    @property
+    def rule_name(self) -> str | None:
+        return self.rule.name if self.rule else None
+
+
+def parse_client(text: str) -> IPAddress:
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def client_allowed(config: Config, client: IPAddress) -> bool:
+    return _in_networks(client, config.listener.allowed_clients)
+
+
+def _in_networks(client: IPAddress, networks: tuple[Network, ...]) -> bool:
+    return any(client.version == net.version and client in net for net in networks)
+
+
+def _globs_match(text: str, globs: tuple[str, ...]) -> bool:
+    return any(fnmatchcase(text, glob.lower()) for glob in globs)
+
+
+def rule_matches(rule: Rule, client: IPAddress, sender: Address, recipient: Address) -> bool:
+    if rule.clients is not None and not _in_networks(client, rule.clients):
+        return False
+    if rule.senders is not None and not _globs_match(sender.for_matching(), rule.senders):
+        return False
+    if rule.recipients is not None and not _globs_match(recipient.for_matching(), rule.recipients):
+        return False
+    return True
+
+
+def decide(config: Config, client: IPAddress, sender: Address, recipient: Address) -> Decision:
+    for rule in config.rules:
+        if rule_matches(rule, client, sender, recipient):
+            if rule.action == "relay" and rule.upstream is not None:
+                return Decision("relay", rule, config.upstreams[rule.upstream], None)
+            return Decision("reject", rule, None, replies.RULE_REJECT.with_text(
+                f"Relay access denied by rule {rule.name}"))
+    return Decision("reject", None, None, replies.NO_RULE)

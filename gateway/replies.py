@@ -1,0 +1,176 @@
+"""SMTP replies as values (RFC 5321 section 4.2, enhanced codes per RFC 3463).
+
+Every reply mailgate sends is a `Reply`; the fixed ones are defined once here.
+This module is pure: no reactor, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_ENHANCED = re.compile(rb"^([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One SMTP reply: a three-digit code, an RFC 3463 enhanced code and text lines."""
+
+    code: int
+    enhanced: str
+    text: str
+
+    @property
+    def is_positive(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def lines(self) -> list[str]:
+        """The text split into reply lines (a reply may span several)."""
+        return self.text.split("\n") if self.text else [""]
+
+    def to_bytes(self) -> bytes:
+        """Wire form, with the enhanced code on every line (RFC 2034 section 4)."""
+        lines = self.lines()
+        out = []
+        for i, line in enumerate(lines):
+            sep = " " if i == len(lines) - 1 else "-"
+            body = f"{self.enhanced} {line}" if self.enhanced else line
+            out.append(f"{self.code}{sep}{body}".rstrip(" ") + "\r\n")
+        return "".join(out).encode("ascii", "replace")
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {' / '.join(self.lines())}".replace("  ", " ")
+
+    def with_text(self, text: str) -> Reply:
+        return Reply(self.code, self.enhanced, text)
+
+
+def default_enhanced(code: int) -> str:
+    """The generic enhanced code for a reply class (X.0.0)."""
+    return f"{code // 100}.0.0"
+
+
+class ReplyParser:
+    """Incremental parser of server replies, possibly multi-line (RFC 5321 section 4.2.1).
+
+    Feed it bytes; it returns complete replies. Lines longer than `max_line`
+    or malformed reply lines raise `MalformedReply`.
+    """
+
+    def __init__(self, max_line: int = 4096, max_lines: int = 200) -> None:
+        self._buffer = b""
+        self._lines: list[bytes] = []
+        self._code: int | None = None
+        self._max_line = max_line
+        self._max_lines = max_lines
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes received but not yet part of a complete reply."""
+        return b"".join(line + b"\r\n" for line in self._lines) + self._buffer
+
+    def feed(self, data: bytes) -> list[Reply]:
+        self._buffer += data
+        replies: list[Reply] = []
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > self._max_line:
+                    raise MalformedReply("reply line too long")
+                return replies
+            line = self._buffer[:end].rstrip(b"\r")
+            self._buffer = self._buffer[end + 1 :]
+            reply = self._line(line)
+            if reply is not None:
+                replies.append(reply)
+
+    def _line(self, line: bytes) -> Reply | None:
+        if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3:4] not in b" -"):
+            raise MalformedReply("malformed reply line")
+        code = int(line[:3])
+        if self._code is not None and code != self._code:
+            raise MalformedReply("reply code changed inside a multi-line reply")
+        self._code = code
+        self._lines.append(line[4:])
+        if len(self._lines) > self._max_lines:
+            raise MalformedReply("too many reply lines")
+        if line[3:4] == b"-":
+            return None
+        lines, self._lines, self._code = self._lines, [], None
+        return _assemble(code, lines)
+
+
+def _assemble(code: int, lines: list[bytes]) -> Reply:
+    enhanced = ""
+    texts = []
+    for raw in lines:
+        match = _ENHANCED.match(raw)
+        if match and int(match.group(1)) == code // 100:
+            enhanced = enhanced or match.group(0).strip().decode("ascii")
+            raw = raw[match.end() :]
+        texts.append(raw.decode("utf-8", "replace"))
+    return Reply(code, enhanced or default_enhanced(code), "\n".join(texts))
+
+
+class MalformedReply(Exception):
+    """The upstream sent something that is not an SMTP reply."""
+
+
+# Replies of the listener, defined once. Grouped by where they are sent.
+GREETING_DENIED = Reply(554, "5.7.1", "Client address not allowed to use this gateway")
+DENIED_COMMAND = Reply(503, "5.7.1", "Client address not allowed; only QUIT is accepted")
+CLOSING = Reply(221, "2.0.0", "Bye")
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RESET_OK = Reply(250, "2.0.0", "Reset OK")
+NOOP_OK = Reply(250, "2.0.0", "OK")
+VRFY_CANNOT = Reply(252, "2.5.0", "Cannot VRFY; send mail and it will be tried")
+HELP = Reply(214, "2.0.0", "mailgate: see https://www.rfc-editor.org/rfc/rfc5321")
+START_DATA = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+
+SYNTAX_UNKNOWN = Reply(500, "5.5.2", "Command not recognized")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long (RFC 5321 section 4.5.3.1)")
+SYNTAX_ARGS = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
+NEED_HELO = Reply(503, "5.5.1", "Send EHLO or HELO first")
+NESTED_MAIL = Reply(503, "5.5.1", "Sender already given; RSET first")
+NEED_MAIL = Reply(503, "5.5.1", "Need MAIL before RCPT")
+NEED_RCPT = Reply(503, "5.5.1", "Need RCPT before DATA")
+NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+PARAM_UNKNOWN = Reply(555, "5.5.4", "Unsupported MAIL or RCPT parameter")
+BAD_ADDRESS = Reply(501, "5.1.3", "Bad address syntax")
+BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
+SOURCE_ROUTE = Reply(501, "5.1.3", "Source routes are not accepted")
+NEED_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8, which is not offered")
+NUL_IN_COMMAND = Reply(500, "5.5.2", "NUL or bare CR/LF in command line")
+
+NO_RULE = Reply(550, "5.7.1", "Relay access denied: no rule matches this recipient")
+RULE_REJECT = Reply(550, "5.7.1", "Relay access denied by rule")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+OTHER_ROUTE = Reply(
+    452, "4.5.3", "Recipient routes through another upstream; send it in a separate transaction"
+)
+SIZE_EXCEEDED = Reply(552, "5.3.4", "Message size exceeds the fixed limit")
+BARE_LINE_ENDING = Reply(550, "5.5.2", "Bare CR or LF (or NUL) in message data; only CRLF is allowed")
+DATA_LINE_TOO_LONG = Reply(550, "5.5.2", "Message line longer than 1000 octets (RFC 5321 4.5.3.1.6)")
+IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Gateway shutting down, try again later")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+
+UPSTREAM_UNREACHABLE = Reply(451, "4.4.1", "Upstream unreachable, try again later")
+UPSTREAM_TIMEOUT = Reply(451, "4.4.2", "Upstream timed out, try again later")
+UPSTREAM_LOST = Reply(451, "4.4.2", "Upstream connection lost, try again later")
+UPSTREAM_NO_STARTTLS = Reply(451, "4.7.10", "Upstream did not offer STARTTLS; not sending in clear")
+UPSTREAM_STARTTLS_REFUSED = Reply(451, "4.7.10", "Upstream refused STARTTLS; not sending in clear")
+UPSTREAM_TLS_FAILED = Reply(451, "4.7.5", "Upstream TLS verification failed")
+UPSTREAM_AUTH_FAILED = Reply(451, "4.7.0", "Upstream authentication failed")
+UPSTREAM_PROTOCOL = Reply(451, "4.5.0", "Upstream protocol error, try again later")
+UPSTREAM_NO_8BIT = Reply(554, "5.6.3", "Upstream does not accept 8-bit data (8BITMIME)")

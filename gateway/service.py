@@ -1,0 +1,67 @@
+"""The running gateway: config, audit, upstream connectors and the listening port.
+
+`Gateway.start()` binds the listener; `Gateway.stop()` stops accepting, lets
+sessions in flight finish within ``listener.shutdown_grace`` seconds, then
+closes the rest with ``421 4.3.2``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+from gateway.audit import AuditLog
+from gateway.config import Config, resolve_password
+from gateway.upstream import UpstreamConnector
+
+
+class Gateway:
+    def __init__(self, reactor: Any, config: Config, audit: AuditLog | None = None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.audit = audit or AuditLog(config.audit.path)
+        self._connectors = {
+            name: UpstreamConnector(reactor, upstream, resolve_password(upstream), config.listener.hostname)
+            for name, upstream in config.upstreams.items()
+        }
+        self.sessions: set[Any] = set()
+        self.port: Any = None
+        self._drained: defer.Deferred[None] | None = None
+
+    def connector(self, name: str) -> UpstreamConnector:
+        return self._connectors[name]
+
+    async def start(self) -> int:
+        from gateway.listener import ListenerFactory
+
+        listen = self.config.listener.listen
+        endpoint_type = TCP6ServerEndpoint if ":" in listen.host else TCP4ServerEndpoint
+        endpoint = endpoint_type(self.reactor, listen.port, interface=listen.host)
+        self.port = await endpoint.listen(ListenerFactory(self))
+        bound = self.port.getHost().port
+        self.audit.event("gateway.started", listen=f"{listen.host}:{bound}", config=self.config.source,
+                         upstreams={n: u.url for n, u in self.config.upstreams.items()})
+        return bound
+
+    def session_closed(self) -> None:
+        if self._drained is not None and not self.sessions:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    async def stop(self) -> None:
+        if self.port is not None:
+            await self.port.stopListening()
+            self.port = None
+        if self.sessions:
+            self._drained = defer.Deferred()
+            timer = self.reactor.callLater(self.config.listener.shutdown_grace, self._force_close)
+            await self._drained
+            if timer.active():
+                timer.cancel()
+        self.audit.event("gateway.stopped")
+
+    def _force_close(self) -> None:
+        for session in list(self.sessions):
+            session.shutdown()

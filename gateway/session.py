@@ -1,0 +1,311 @@
+"""One app session: the SMTP dialogue, policy at each RCPT, and its audit story.
+
+The listener protocol hands commands here and writes back whatever `Reply`
+comes out (at once, or from a Deferred when the upstream must be asked).
+Each mail transaction ends in exactly one ``message.result`` event.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+
+from gateway import policy, replies
+from gateway.address import Address
+from gateway.commands import Command, CommandError, MailFrom, parse_mail, parse_rcpt
+from gateway.data import MessageFacts
+from gateway.relay import RelayTransaction
+from gateway.replies import Reply
+
+if TYPE_CHECKING:
+    from gateway.service import Gateway
+
+EXTENSIONS = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")
+
+
+@dataclass
+class RecipientResult:
+    address: str
+    result: str  # accepted, relayed, rejected, deferred
+    reply: str
+    rule: str | None = None
+    limit: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def _outcome(reply: Reply) -> str:
+    return "relayed" if reply.is_positive else "deferred" if reply.is_transient else "rejected"
+
+
+@dataclass
+class Transaction:
+    mail: MailFrom
+    recipients: list[RecipientResult] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+    relay: RelayTransaction | None = None
+    facts: MessageFacts = field(default_factory=MessageFacts)
+    in_data: bool = False
+
+    @property
+    def accepted(self) -> list[RecipientResult]:
+        return [r for r in self.recipients if r.result == "accepted"]
+
+
+class Session:
+    def __init__(self, gateway: Gateway, session_id: str, client: str, client_port: int) -> None:
+        self.gateway = gateway
+        self.config = gateway.config  # one config for the whole session, even across a reload
+        self.session_id = session_id
+        self.client = client
+        self.client_port = client_port
+        self.log = gateway.audit.bind(session_id=session_id)
+        self.started = time.monotonic()
+        self.helo: str | None = None
+        self.allowed = False
+        self.transaction: Transaction | None = None
+        self.counts = {"messages": 0, "relayed": 0, "rejected": 0, "deferred": 0, "failed": 0}
+        self.closed = False
+
+    # --- session lifecycle --------------------------------------------------------
+
+    def greeting(self) -> Reply:
+        try:
+            self.address = policy.parse_client(self.client)
+            self.allowed = policy.client_allowed(self.config, self.address)
+        except ValueError:
+            self.allowed = False
+        self.log.info("session.opened", client_ip=self.client, client_port=self.client_port,
+                      allowed=self.allowed)
+        if not self.allowed:
+            self.log.info("session.denied", client_ip=self.client, limit="listener.allowed_clients",
+                          reply=str(replies.GREETING_DENIED))
+            return replies.GREETING_DENIED
+        return Reply(220, "", f"{self.config.listener.hostname} ESMTP mailgate")
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transaction is not None:
+            self._abandon(f"client session ended ({reason})")
+        self.log.info("session.closed", reason=reason,
+                      duration_s=round(time.monotonic() - self.started, 3), **self.counts)
+
+    # --- commands -----------------------------------------------------------------
+
+    def handle(self, command: Command) -> Reply | defer.Deferred[Reply]:
+        verb = command.verb
+        if verb == "QUIT":
+            return replies.CLOSING
+        if not self.allowed:
+            return replies.DENIED_COMMAND
+        handler = getattr(self, f"smtp_{verb}", None) if verb.isalpha() else None
+        if handler is None:
+            return replies.SYNTAX_UNKNOWN
+        try:
+            return handler(command.argument)
+        except CommandError as exc:
+            return exc.reply
+
+    def smtp_EHLO(self, argument: str) -> Reply:  # noqa: N802
+        if not argument:
+            return replies.SYNTAX_ARGS.with_text("EHLO needs a domain or address literal")
+        self._reset("EHLO")
+        self.helo = argument
+        lines = [f"{self.config.listener.hostname} greets {argument[:64]}"]
+        lines += list(EXTENSIONS) + [f"SIZE {self.config.listener.max_message_size}"]
+        return Reply(250, "", "\n".join(lines))
+
+    def smtp_HELO(self, argument: str) -> Reply:  # noqa: N802
+        if not argument:
+            return replies.SYNTAX_ARGS.with_text("HELO needs a domain")
+        self._reset("HELO")
+        self.helo = argument
+        return Reply(250, "", f"{self.config.listener.hostname}")
+
+    def smtp_NOOP(self, argument: str) -> Reply:  # noqa: N802
+        return replies.NOOP_OK
+
+    def smtp_RSET(self, argument: str) -> Reply:  # noqa: N802
+        self._reset("RSET")
+        return replies.RESET_OK
+
+    def smtp_VRFY(self, argument: str) -> Reply:  # noqa: N802
+        return replies.VRFY_CANNOT
+
+    def smtp_HELP(self, argument: str) -> Reply:  # noqa: N802
+        return replies.HELP
+
+    def smtp_MAIL(self, argument: str) -> Reply:  # noqa: N802
+        if self.helo is None:
+            return replies.NEED_HELO
+        if self.transaction is not None:
+            return replies.NESTED_MAIL
+        mail = parse_mail(argument)
+        limit = self.config.listener.max_message_size
+        if mail.size is not None and mail.size > limit:
+            self.log.info("mail.refused", sender=mail.sender.text, size=mail.size,
+                          limit="listener.max_message_size", reply=str(replies.SIZE_EXCEEDED))
+            return replies.SIZE_EXCEEDED
+        self.transaction = Transaction(mail)
+        return replies.SENDER_OK
+
+    def smtp_RCPT(self, argument: str) -> Reply | defer.Deferred[Reply]:  # noqa: N802
+        txn = self.transaction
+        if txn is None:
+            return replies.NEED_MAIL
+        rcpt = parse_rcpt(argument).recipient
+        if len(txn.accepted) >= self.config.listener.max_recipients:
+            return self._refuse(txn, rcpt, replies.TOO_MANY_RECIPIENTS, limit="listener.max_recipients")
+        decision = policy.decide(self.config, self.address, txn.mail.sender, rcpt)
+        if decision.action != "relay" or decision.upstream is None:
+            assert decision.reply is not None
+            return self._refuse(txn, rcpt, decision.reply, rule=decision.rule_name,
+                                limit=None if decision.rule else "no matching rule")
+        if txn.relay is None:
+            txn.relay = RelayTransaction(self.gateway.connector(decision.upstream.name), txn.mail)
+        elif txn.relay.upstream.name != decision.upstream.name:
+            return self._refuse(txn, rcpt, replies.OTHER_ROUTE, rule=decision.rule_name,
+                                limit="one upstream per transaction in relay mode")
+        rule = decision.rule_name
+        return txn.relay.rcpt(rcpt).addCallback(self._rcpt_answered, txn, rcpt, rule)
+
+    def _rcpt_answered(self, reply: Reply, txn: Transaction, rcpt: Address, rule: str | None) -> Reply:
+        if rule and rule not in txn.rules:
+            txn.rules.append(rule)
+        result = "accepted" if reply.is_positive else _outcome(reply)
+        txn.recipients.append(RecipientResult(rcpt.text, result, str(reply), rule=rule))
+        return reply
+
+    def _refuse(self, txn: Transaction, rcpt: Address, reply: Reply, *, rule: str | None = None,
+                limit: str | None = None) -> Reply:
+        txn.recipients.append(RecipientResult(rcpt.text, _outcome(reply), str(reply), rule=rule, limit=limit))
+        if rule and rule not in txn.rules:
+            txn.rules.append(rule)
+        return reply
+
+    def smtp_DATA(self, argument: str) -> Reply | defer.Deferred[Reply]:  # noqa: N802
+        txn = self.transaction
+        if txn is None:
+            return replies.NEED_MAIL
+        if argument:
+            return replies.SYNTAX_ARGS
+        if not txn.recipients:
+            return replies.NEED_RCPT
+        if not txn.accepted or txn.relay is None:
+            return replies.NO_VALID_RECIPIENTS
+        return txn.relay.data().addCallback(self._data_answered, txn)
+
+    def _data_answered(self, reply: Reply, txn: Transaction) -> Reply:
+        if reply.code == 354:
+            txn.in_data = True
+        else:
+            self._finish(txn, reply)
+        return reply
+
+    # --- the message body ------------------------------------------------------------
+
+    def data_started(self, producer: Any) -> None:
+        """Let the upstream's send buffer throttle the app's transport (bounded memory)."""
+        txn = self.transaction
+        if txn and txn.relay and txn.relay.transport is not None:
+            txn.relay.transport.registerProducer(producer, True)
+
+    def data_content(self, content: bytes) -> None:
+        txn = self.transaction
+        if txn is not None and txn.relay is not None:
+            txn.facts.update(content)
+            txn.relay.write(content)
+
+    def data_failed(self, reply: Reply) -> None:
+        """The DATA reader found an error: the upstream must never see the final dot."""
+        txn = self.transaction
+        if txn is not None and txn.relay is not None:
+            txn.relay.abort(f"message refused by gateway: {reply.text}")
+
+    def data_end(self, error: Reply | None) -> Reply | defer.Deferred[Reply]:
+        txn = self.transaction
+        assert txn is not None and txn.relay is not None
+        transport = txn.relay.transport
+        if transport is not None and transport.producer is not None:
+            transport.unregisterProducer()
+        if error is not None:
+            limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"
+            self._finish(txn, error, limit=limit)
+            return error
+        return txn.relay.finish().addCallback(self._data_finished, txn)
+
+    def _data_finished(self, reply: Reply, txn: Transaction) -> Reply:
+        self._finish(txn, reply)
+        return reply
+
+    # --- transaction end ---------------------------------------------------------------
+
+    def _reset(self, why: str) -> None:
+        if self.transaction is not None:
+            self._abandon(f"client sent {why}")
+
+    def _abandon(self, reason: str) -> None:
+        txn = self.transaction
+        assert txn is not None
+        if txn.relay is not None:
+            txn.relay.abort(reason)
+        if txn.accepted or txn.in_data:
+            self._finish(txn, None, outcome="failed", reason=reason)
+        else:
+            self._finish(txn, None, outcome="rejected", reason=reason)
+
+    def _finish(self, txn: Transaction, reply: Reply | None, *, outcome: str | None = None,
+                reason: str | None = None, limit: str | None = None) -> None:
+        """Emit the one message.result of this transaction and forget it."""
+        if self.transaction is not txn:
+            return
+        self.transaction = None
+        if outcome is None:
+            assert reply is not None
+            outcome = _outcome(reply)
+        for recipient in txn.recipients:
+            if recipient.result == "accepted":
+                if reply is not None:
+                    recipient.result = _outcome(reply)
+                    recipient.reply = str(reply)
+                else:
+                    recipient.result = "failed"
+        relay = txn.relay
+        fields: dict[str, Any] = {
+            "client_ip": self.client,
+            "helo": self.helo,
+            "sender": txn.mail.sender.text,
+            "recipients": [r.as_dict() for r in txn.recipients],
+            "rules": txn.rules,
+            "outcome": outcome,
+        }
+        if reply is not None:
+            fields["reply"] = str(reply)
+        if relay is not None:
+            up = relay.upstream
+            fields.update(upstream=up.name, upstream_host=up.host, upstream_port=up.port, tls_mode=up.tls)
+            if relay.session is not None:
+                fields.update(tls_version=relay.session.tls.version, tls_cipher=relay.session.tls.cipher,
+                              peer_cert_sha256=relay.session.tls.peer_cert_sha256,
+                              auth_user=relay.session.auth_user)
+            if relay.upstream_reply is not None:
+                fields.update(upstream_code=relay.upstream_reply.code,
+                              upstream_enhanced=relay.upstream_reply.enhanced,
+                              upstream_reply=relay.upstream_reply.text)
+            if relay.failure is not None:
+                fields["upstream_error"] = relay.failure.reason
+        if txn.in_data:
+            fields.update(size=txn.facts.size, message_id=txn.facts.message_id, sha256=txn.facts.sha256)
+        if reason:
+            fields["reason"] = reason
+        if limit:
+            fields["limit"] = limit
+        self.counts["messages"] += 1
+        self.counts[outcome] += 1
+        self.log.info("message.result", **fields)
