@@ -39,9 +39,12 @@ def _serialize(event: dict[str, Any], **kwargs: Any) -> str:
 
 
 class AuditLog:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, stream: IO[str] | None = None) -> None:
         self.path = path
-        if path == "-":
+        if stream is not None:
+            self._stream = stream
+            self._owned = False
+        elif path == "-":
             self._stream: IO[str] = sys.stdout
             self._owned = False
         else:

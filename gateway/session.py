@@ -256,9 +256,12 @@ class Session:
         if txn.relay is not None:
             txn.relay.abort(reason)
         if txn.accepted or txn.in_data:
-            self._finish(txn, None, outcome="failed", reason=reason)
+            outcome = "failed"  # the app gave up on a message the upstream would have taken
+        elif any(r.result == "deferred" for r in txn.recipients):
+            outcome = "deferred"
         else:
-            self._finish(txn, None, outcome="rejected", reason=reason)
+            outcome = "rejected"
+        self._finish(txn, None, outcome=outcome, reason=reason)
 
     def _finish(self, txn: Transaction, reply: Reply | None, *, outcome: str | None = None,
                 reason: str | None = None, limit: str | None = None) -> None:

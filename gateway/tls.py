@@ -57,18 +57,17 @@ class TLSFailure(Exception):
 
 
 class _VerifyRecord:
+    """OpenSSL's verification errors for one connection (errno, depth), first first."""
+
     __slots__ = ("errors",)
 
     def __init__(self) -> None:
         self.errors: list[tuple[int, int]] = []
 
-
-def _record_verify(conn: SSL.Connection, cert: object, errno: int, depth: int, ok: int) -> bool:
-    if not ok:
-        record = conn.get_app_data()
-        if isinstance(record, _VerifyRecord):
-            record.errors.append((errno, depth))
-    return bool(ok)
+    def callback(self, conn: SSL.Connection, cert: object, errno: int, depth: int, ok: int) -> bool:
+        if not ok:
+            self.errors.append((errno, depth))
+        return bool(ok)
 
 
 class UpstreamTLS:
@@ -84,7 +83,6 @@ class UpstreamTLS:
             context.load_verify_locations(upstream.ca_file)
         else:
             context.set_default_verify_paths()
-        context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _record_verify)
         self._context = context
         self._is_ip = isIPAddress(self.hostname) or isIPv6Address(self.hostname)
 
@@ -94,7 +92,7 @@ class UpstreamTLS:
     def _connection(self) -> tuple[SSL.Connection, _VerifyRecord]:
         connection = SSL.Connection(self._context, None)
         record = _VerifyRecord()
-        connection.set_app_data(record)
+        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, record.callback)
         if not self._is_ip:
             connection.set_tlsext_host_name(self.hostname.encode("idna"))
         return connection, record
