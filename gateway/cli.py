@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole path on this machine, with local upstreams")
     demo.add_argument("--policy", metavar="FILE", help="demo policy (default: policies/demo.toml)")
     demo.set_defaults(func=cmd_demo)
+
+    from gateway.queue_cli import add_commands as add_queue_commands
+
+    add_queue_commands(sub)
     return parser
 
 

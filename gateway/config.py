@@ -25,6 +25,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 TLS_MODES = ("starttls", "implicit")
 TLS_VERSIONS = ("1.2", "1.3")
 ACTIONS = ("relay", "reject")
+DELIVERY_MODES = ("relay", "queue")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
@@ -68,6 +69,7 @@ class UpstreamConfig:
     connect_timeout: float = 30.0
     command_timeout: float = 120.0
     data_timeout: float = 600.0
+    max_connections: int = 10  # parallel queue deliveries to this upstream
 
     @property
     def url(self) -> str:
@@ -84,6 +86,18 @@ class Rule:
     clients: tuple[Network, ...] | None = None
     senders: tuple[str, ...] | None = None
     recipients: tuple[str, ...] | None = None
+    delivery: str = "relay"  # "relay" (cut-through) or "queue" (store-and-forward)
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The spool and its retry schedule (store-and-forward, ``delivery = "queue"``)."""
+
+    path: str = "./var/spool"
+    min_backoff: float = 300.0
+    max_backoff: float = 4000.0
+    max_age: float = 432000.0
+    bounce: bool = True
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,7 @@ class Config:
     rules: tuple[Rule, ...]
     source: str = "<embedded default>"
     extras: Mapping[str, Any] = field(default_factory=dict)
+    queue: QueueConfig = field(default_factory=QueueConfig)
 
 
 def resolve_password(upstream: UpstreamConfig) -> Secret | None:
@@ -214,14 +229,34 @@ class _Reader:
     # --- sections -------------------------------------------------------------------
 
     def config(self, document: Mapping[str, Any]) -> Config:
-        known = {"listener", "audit", "upstreams", "rules"}
+        known = {"listener", "audit", "upstreams", "rules", "queue"}
         extras = {k: v for k, v in document.items() if k in EXTRA_SECTIONS}
         self.unknown_keys(document, "", known | set(EXTRA_SECTIONS))
         listener = self.listener(document)
         audit = self.audit(document)
         upstreams = self.upstreams(document)
         rules = self.rules(document, upstreams)
-        return Config(listener, audit, upstreams, rules, self.source, extras)
+        return Config(listener, audit, upstreams, rules, self.source, extras, self.queue(document))
+
+    def queue(self, document: Mapping[str, Any]) -> QueueConfig:
+        d = QueueConfig()
+        t = self.table(document, "queue", {"path", "min_backoff", "max_backoff", "max_age", "bounce"})
+        min_backoff = self.number(t, "queue.min_backoff", d.min_backoff, 1, 86400)
+        max_backoff = self.number(t, "queue.max_backoff", d.max_backoff, 1, 86400)
+        if max_backoff < min_backoff:
+            self.problem("queue.max_backoff", t.get("max_backoff", max_backoff),
+                         f"a number of seconds not below queue.min_backoff ({min_backoff:g})")
+        bounce = t.get("bounce", d.bounce)
+        if not isinstance(bounce, bool):
+            self.problem("queue.bounce", bounce, "true or false")
+            bounce = d.bounce
+        return QueueConfig(
+            path=self.string(t, "queue.path", d.path) or d.path,
+            min_backoff=min_backoff,
+            max_backoff=max_backoff,
+            max_age=self.number(t, "queue.max_age", d.max_age, 1, 365 * 86400),
+            bounce=bounce,
+        )
 
     def listener(self, document: Mapping[str, Any]) -> ListenerConfig:
         d = ListenerConfig()
@@ -267,7 +302,8 @@ class _Reader:
             self.problem(key, value, "a table")
             return UpstreamConfig(name=name, host="invalid")
         known = {"host", "port", "tls", "username", "password_env", "password_file", "ca_file",
-                 "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout"}
+                 "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout",
+                 "max_connections"}
         known |= EXTRA_UPSTREAM_KEYS
         self.unknown_keys(value, key, known)
         t = value
@@ -312,6 +348,7 @@ class _Reader:
             connect_timeout=self.number(t, f"{key}.connect_timeout", 30, 0.1, 3600),
             command_timeout=self.number(t, f"{key}.command_timeout", 120, 0.1, 3600),
             data_timeout=self.number(t, f"{key}.data_timeout", 600, 0.1, 3600),
+            max_connections=self.integer(t, f"{key}.max_connections", 10, 1, 1000),
         )
 
     def rules(self, document: Mapping[str, Any], upstreams: Mapping[str, UpstreamConfig]) -> tuple[Rule, ...]:
@@ -325,13 +362,17 @@ class _Reader:
             if not isinstance(value, dict):
                 self.problem(key, value, "a table")
                 continue
-            known = {"name", "clients", "senders", "recipients", "action", "upstream"} | EXTRA_RULE_KEYS
+            known = {"name", "clients", "senders", "recipients", "action", "upstream", "delivery"}
+            known |= EXTRA_RULE_KEYS
             self.unknown_keys(value, key, known)
             name = self.string(value, f"{key}.name", f"rule-{i + 1}") or f"rule-{i + 1}"
             action = self.string(value, f"{key}.action", None, choices=ACTIONS)
             if action is None and "action" not in value:
                 self.problem(f"{key}.action", "nothing", '"relay" or "reject"', raw=True)
             upstream = self.string(value, f"{key}.upstream", None)
+            delivery = self.string(value, f"{key}.delivery", "relay", choices=DELIVERY_MODES) or "relay"
+            if delivery == "queue" and action != "relay":
+                self.problem(f"{key}.delivery", delivery, 'delivery = "queue" only with action = "relay"')
             if action == "relay":
                 if upstream is None:
                     self.problem(f"{key}.upstream", "nothing", "the name of an [upstreams.NAME] table", raw=True)
@@ -345,6 +386,7 @@ class _Reader:
                 clients=self.networks(value, f"{key}.clients"),
                 senders=self.strings(value, f"{key}.senders"),
                 recipients=self.strings(value, f"{key}.recipients"),
+                delivery=delivery,
             ))
         names = [r.name for r in rules]
         for i, name in enumerate(names):

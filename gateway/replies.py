@@ -174,3 +174,11 @@ UPSTREAM_TLS_FAILED = Reply(451, "4.7.5", "Upstream TLS verification failed")
 UPSTREAM_AUTH_FAILED = Reply(451, "4.7.0", "Upstream authentication failed")
 UPSTREAM_PROTOCOL = Reply(451, "4.5.0", "Upstream protocol error, try again later")
 UPSTREAM_NO_8BIT = Reply(554, "5.6.3", "Upstream does not accept 8-bit data (8BITMIME)")
+
+# Store-and-forward (delivery = "queue"); see gateway/enqueue.py.
+QUEUE_RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK, will be queued")
+QUEUED = Reply(250, "2.0.0", "Queued")
+QUEUE_WRITE_FAILED = Reply(452, "4.3.1", "Insufficient system storage: message not queued, try again later")
+OTHER_DELIVERY = Reply(
+    452, "4.5.3", "Recipient uses the other delivery mode (queue or relay); send it in a separate transaction"
+)

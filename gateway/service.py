@@ -14,6 +14,9 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
 from gateway.audit import AuditLog
 from gateway.config import Config, resolve_password
+from gateway.delivery import DeliveryRunner
+from gateway.errors import MailgateError
+from gateway.spool import Spool
 from gateway.upstream import UpstreamConnector
 
 
@@ -29,6 +32,13 @@ class Gateway:
         self.sessions: set[Any] = set()
         self.port: Any = None
         self._drained: defer.Deferred[None] | None = None
+        # Store-and-forward: a spool and its runner when a rule queues, or the spool holds mail.
+        spool = Spool(config.queue.path)
+        queueing = any(rule.delivery == "queue" for rule in config.rules)
+        self.spool: Spool | None = spool if queueing or spool.exists() else None
+        self.runner: DeliveryRunner | None = None
+        if self.spool is not None:
+            self.runner = DeliveryRunner(reactor, self.spool, config, self._connectors, self.audit)
 
     def connector(self, name: str) -> UpstreamConnector:
         return self._connectors[name]
@@ -36,6 +46,11 @@ class Gateway:
     async def start(self) -> int:
         from gateway.listener import ListenerFactory
 
+        if self.runner is not None:
+            try:
+                self.runner.start()
+            except OSError as exc:
+                raise MailgateError(f"queue.path: cannot use {self.config.queue.path}: {exc.strerror}") from None
         listen = self.config.listener.listen
         endpoint_type = TCP6ServerEndpoint if ":" in listen.host else TCP4ServerEndpoint
         endpoint = endpoint_type(self.reactor, listen.port, interface=listen.host)
@@ -60,6 +75,8 @@ class Gateway:
             await self._drained
             if timer.active():
                 timer.cancel()
+        if self.runner is not None:
+            await self.runner.stop(self.config.listener.shutdown_grace)
         self.audit.event("gateway.stopped")
 
     def _force_close(self) -> None:

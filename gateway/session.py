@@ -17,6 +17,7 @@ from gateway import policy, replies
 from gateway.address import Address
 from gateway.commands import Command, CommandError, MailFrom, parse_mail, parse_rcpt
 from gateway.data import MessageFacts
+from gateway.enqueue import QueueTransaction
 from gateway.relay import RelayTransaction
 from gateway.replies import Reply
 
@@ -48,6 +49,7 @@ class Transaction:
     recipients: list[RecipientResult] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
     relay: RelayTransaction | None = None
+    queue: QueueTransaction | None = None
     facts: MessageFacts = field(default_factory=MessageFacts)
     in_data: bool = False
 
@@ -68,7 +70,8 @@ class Session:
         self.helo: str | None = None
         self.allowed = False
         self.transaction: Transaction | None = None
-        self.counts = {"messages": 0, "relayed": 0, "rejected": 0, "deferred": 0, "failed": 0}
+        self.counts = {"messages": 0, "relayed": 0, "rejected": 0, "deferred": 0, "failed": 0,
+                       "queued": 0}
         self.closed = False
 
     # --- session lifecycle --------------------------------------------------------
@@ -167,6 +170,8 @@ class Session:
             assert decision.reply is not None
             return self._refuse(txn, rcpt, decision.reply, rule=decision.rule_name,
                                 limit=None if decision.rule else "no matching rule")
+        if decision.rule is not None and decision.rule.delivery == "queue" or txn.queue is not None:
+            return self._queue_rcpt(txn, rcpt, decision)
         if txn.relay is None:
             txn.relay = RelayTransaction(self.gateway.connector(decision.upstream.name), txn.mail)
         elif txn.relay.upstream.name != decision.upstream.name:
@@ -174,6 +179,18 @@ class Session:
                                 limit="one upstream per transaction in relay mode")
         rule = decision.rule_name
         return txn.relay.rcpt(rcpt).addCallback(self._rcpt_answered, txn, rcpt, rule)
+
+    def _queue_rcpt(self, txn: Transaction, rcpt: Address, decision: policy.Decision) -> Reply:
+        """Queue mode: accept after policy without asking the upstream; one mode per transaction."""
+        rule = decision.rule_name
+        queued = decision.rule is not None and decision.rule.delivery == "queue"
+        if txn.relay is not None or not queued or self.gateway.spool is None:
+            return self._refuse(txn, rcpt, replies.OTHER_DELIVERY, rule=rule,
+                                limit="one delivery mode per transaction")
+        if txn.queue is None:
+            txn.queue = QueueTransaction(self.gateway.spool, txn.mail)
+        assert decision.upstream is not None
+        return self._rcpt_answered(txn.queue.rcpt(rcpt, decision.upstream.name, rule), txn, rcpt, rule)
 
     def _rcpt_answered(self, reply: Reply, txn: Transaction, rcpt: Address, rule: str | None) -> Reply:
         if rule and rule not in txn.rules:
@@ -197,6 +214,8 @@ class Session:
             return replies.SYNTAX_ARGS
         if not txn.recipients:
             return replies.NEED_RCPT
+        if txn.accepted and txn.queue is not None:
+            return self._data_answered(txn.queue.data(), txn)
         if not txn.accepted or txn.relay is None:
             return replies.NO_VALID_RECIPIENTS
         return txn.relay.data().addCallback(self._data_answered, txn)
@@ -205,7 +224,7 @@ class Session:
         if reply.code == 354:
             txn.in_data = True
         else:
-            self._finish(txn, reply)
+            self._finish(txn, reply, reason=txn.queue.error if txn.queue else None)
         return reply
 
     # --- the message body ------------------------------------------------------------
@@ -218,19 +237,32 @@ class Session:
 
     def data_content(self, content: bytes) -> None:
         txn = self.transaction
-        if txn is not None and txn.relay is not None:
+        if txn is not None and txn.queue is not None:
+            txn.facts.update(content)
+            txn.queue.write(content)
+        elif txn is not None and txn.relay is not None:
             txn.facts.update(content)
             txn.relay.write(content)
 
     def data_failed(self, reply: Reply) -> None:
         """The DATA reader found an error: the upstream must never see the final dot."""
         txn = self.transaction
+        if txn is not None and txn.queue is not None:
+            txn.queue.abort()
         if txn is not None and txn.relay is not None:
             txn.relay.abort(f"message refused by gateway: {reply.text}")
 
     def data_end(self, error: Reply | None) -> Reply | defer.Deferred[Reply]:
         txn = self.transaction
-        assert txn is not None and txn.relay is not None
+        assert txn is not None
+        if txn.queue is not None and error is None:
+            return self._queue_end(txn, txn.queue)
+        if txn.queue is not None:
+            txn.queue.abort()
+            limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"
+            self._finish(txn, error, limit=limit)
+            return error
+        assert txn.relay is not None
         transport = txn.relay.transport
         if transport is not None and transport.producer is not None:
             transport.unregisterProducer()
@@ -244,6 +276,25 @@ class Session:
         self._finish(txn, reply)
         return reply
 
+    def _queue_end(self, txn: Transaction, queue: QueueTransaction) -> Reply:
+        """Commit to the spool; 250 only once it is durable, and then message.queued, not message.result."""
+        reply = queue.finish(txn.facts, session_id=self.session_id, client_ip=self.client, helo=self.helo)
+        if not reply.is_positive:
+            self._finish(txn, reply, reason=queue.error, limit="queue.path")
+            return reply
+        self.transaction = None
+        for recipient in txn.accepted:
+            recipient.result = "queued"
+        self.counts["messages"] += 1
+        self.counts["queued"] += 1
+        self.log.info("message.queued", queue_id=queue.queue_id, client_ip=self.client, helo=self.helo,
+                      sender=txn.mail.sender.text, recipients=[r.as_dict() for r in txn.recipients],
+                      rules=txn.rules, upstreams=queue.upstreams, size=txn.facts.size,
+                      message_id=txn.facts.message_id, sha256=txn.facts.sha256, reply=str(reply))
+        assert queue.queue_id is not None and self.gateway.runner is not None
+        self.gateway.runner.submitted(queue.queue_id)
+        return reply
+
     # --- transaction end ---------------------------------------------------------------
 
     def _reset(self, why: str) -> None:
@@ -253,6 +304,8 @@ class Session:
     def _abandon(self, reason: str) -> None:
         txn = self.transaction
         assert txn is not None
+        if txn.queue is not None:
+            txn.queue.abort()
         if txn.relay is not None:
             txn.relay.abort(reason)
         if txn.accepted or txn.in_data:

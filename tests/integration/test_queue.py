@@ -1,0 +1,187 @@
+"""Store-and-forward over real sockets: smtplib -> mailgate (queue) -> aiosmtpd, real TLS.
+
+The crash tests run ``mailgate run`` as a real process and kill it with SIGKILL.
+Waits are on events (upstream message counts, audit lines, replies), never sleeps.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import smtplib
+import subprocess
+import threading
+
+import pytest
+
+from gateway import cli
+from tests.integration.queueing import (
+    AuditFile, GatewayProcess, Upstream, message, queue_command, queue_document, send, send_many, write_toml,
+)
+
+
+@pytest.fixture
+def upstream(server_cert):
+    up = Upstream(server_cert)
+    yield up
+    up.down()
+
+
+def spool_ids(spool: str, state: str) -> list[str]:
+    return sorted(os.listdir(os.path.join(spool, state)))
+
+
+def test_queued_message_is_delivered_byte_for_byte(upstream, start_gateway, ca, tmp_path):
+    """A queued message gets 250 with its queue id and reaches the upstream unchanged."""
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool")))
+    code, text = send(gw.port, message(1))
+    assert code == 250 and text.startswith(b"2.0.0 Queued as ")
+    [received] = upstream.server.wait_for(1)
+    assert received.content == message(1) and received.auth_user and received.tls_version
+    [result] = gw.audit.wait_for("message.result")
+    assert result["outcome"] == "delivered" and result["queue_id"] == text.split()[-1].decode()
+    assert [r["result"] for r in result["recipients"]] == ["delivered"]
+    [queued] = gw.audit.named("message.queued")
+    assert queued["queue_id"] == result["queue_id"] and queued["message_id"] == "<q1@example.com>"
+    gw.stop()
+    assert spool_ids(str(tmp_path / "spool"), "active") == spool_ids(str(tmp_path / "spool"), "deferred") == []
+
+
+def test_upstream_down_then_back_delivers_each_recipient_once(upstream, start_gateway, ca, tmp_path):
+    """While the upstream is down messages are deferred; when it is back each recipient arrives once."""
+    upstream.down()
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool")))
+    for number in range(3):
+        assert send(gw.port, message(number), ["a@example.net", "b@example.net"])[0] == 250
+    deferred = gw.audit.wait_for("message.deferred", 3)
+    assert {e["queue_id"] for e in deferred} == {e["queue_id"] for e in gw.audit.named("message.queued")}
+    attempt = gw.audit.named("delivery.attempt")[0]
+    assert attempt["recipients"][0]["result"] == "deferred" and "cannot connect" in attempt["upstream_error"]
+    server = upstream.back()
+    gw.audit.wait_for("message.result", 3)
+    gw.stop()
+    assert sorted(m.content for m in server.messages) == sorted(message(n) for n in range(3))
+    assert all(m.recipients == ["a@example.net", "b@example.net"] for m in server.messages)
+
+
+def test_partial_failure_bounces_the_550_and_retries_the_450(upstream, start_gateway, ca, tmp_path):
+    """One 250, one 550, one 450: the 550 fails with a DSN to the sender, the 450 is delivered later."""
+    upstream.server.script.rcpt = {"bad@example.net": "550 5.1.1 No such user",
+                                   "busy@example.net": "450 4.2.1 Mailbox busy"}
+    spool = str(tmp_path / "spool")
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), spool, bounce=True))
+    code, text = send(gw.port, message(7), ["ok@example.net", "bad@example.net", "busy@example.net"])
+    queue_id = text.split()[-1].decode()
+    [first] = gw.audit.wait_for("delivery.attempt")
+    assert {r["address"]: r["result"] for r in first["recipients"]} == {
+        "ok@example.net": "delivered", "bad@example.net": "failed", "busy@example.net": "deferred"}
+    del upstream.server.script.rcpt["busy@example.net"]
+    results = gw.audit.wait_for("message.result", 2)  # the original and its DSN
+    [original] = [r for r in results if r["queue_id"] == queue_id]
+    assert original["outcome"] == "partial"
+    assert {r["address"]: r["result"] for r in original["recipients"]} == {
+        "ok@example.net": "delivered", "bad@example.net": "failed", "busy@example.net": "delivered"}
+    received = upstream.server.wait_for(3)
+    null = ("", "<>")  # how aiosmtpd records MAIL FROM:<>
+    assert sorted(r for m in received if m.sender not in null for r in m.recipients) == [
+        "busy@example.net", "ok@example.net"]
+    [bounce] = [m for m in received if m.sender in null]
+    assert bounce.recipients == ["app@example.com"]
+    assert b"report-type=delivery-status" in bounce.content
+    assert b"Final-Recipient: rfc822; bad@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n" in bounce.content
+    assert b"Message-ID: <q7@example.com>" in bounce.content  # the original headers
+    gw.stop()
+    assert spool_ids(spool, "dead") == [queue_id]
+
+
+def test_reaching_max_age_fails_the_recipient_with_a_dead_letter(upstream, start_gateway, ca, tmp_path):
+    """A recipient still deferred at max_age fails permanently (5.4.7 in the DSN) and is kept as a dead letter."""
+    upstream.down()
+    spool = str(tmp_path / "spool")
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), spool, max_age=1, bounce=False))
+    code, text = send(gw.port, message(1))
+    [result] = gw.audit.wait_for("message.result")
+    assert result["outcome"] == "failed" and result["recipients"][0]["expired"] is True
+    assert result["recipients"][0]["reply"].startswith("451 4.4.1")
+    assert gw.audit.named("message.bounced") == []  # bounce = false
+    gw.stop()
+    assert spool_ids(spool, "dead") == [text.split()[-1].decode()]
+
+
+def test_relay_and_queue_recipients_do_not_mix(upstream, start_gateway, ca, tmp_path):
+    """A relay-mode recipient after a queued one (and the reverse) gets 452 4.5.3."""
+    document = queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"))
+    document["rules"].insert(0, {"name": "direct", "action": "relay", "upstream": "up",
+                                 "recipients": ["*@direct.example"]})
+    gw = start_gateway(document)
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
+        client.ehlo("app.test")
+        client.mail("app@example.com")
+        assert client.rcpt("queued@example.net")[0] == 250
+        code, text = client.rcpt("someone@direct.example")
+        assert (code, text[:5]) == (452, b"4.5.3")
+        client.rset()
+        client.mail("app@example.com")
+        assert client.rcpt("someone@direct.example")[0] == 250
+        code, text = client.rcpt("queued@example.net")
+        assert (code, text[:5]) == (452, b"4.5.3")
+
+
+def test_write_failure_answers_452_and_keeps_serving(upstream, start_gateway, ca, tmp_path, monkeypatch):
+    """An injected ENOSPC at commit gives 452 4.3.1, leaves nothing behind, and the next message is queued."""
+    from gateway import spool as spool_module
+
+    spool = str(tmp_path / "spool")
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), spool))
+    real_fsync = spool_module.os.fsync
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "fsync", full)
+    code, text = send(gw.port, message(1))
+    assert (code, text[:5]) == (452, b"4.3.1")
+    monkeypatch.setattr(spool_module.os, "fsync", real_fsync)
+    assert send(gw.port, message(2))[0] == 250
+    [received] = upstream.server.wait_for(1)
+    assert received.content == message(2)
+    [refused] = gw.audit.wait_for("message.result")
+    assert refused["outcome"] == "deferred" and "No space left" in refused["reason"]
+    assert spool_ids(spool, "incoming") == []
+
+
+@pytest.fixture
+def tiny_spool(tmp_path):
+    path = str(tmp_path / "tiny")
+    os.mkdir(path)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", path], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root); the injected ENOSPC test covers the path")
+    yield path
+    subprocess.run(["umount", path], check=True)
+
+
+def test_full_disk_answers_452_and_keeps_serving(upstream, start_gateway, ca, tiny_spool):
+    """A spool on a 64 KiB tmpfs: a 200 KB message gets 452 4.3.1, a small one afterwards 250."""
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), tiny_spool))
+    big = message(1) + b"x" * 998 + b"\r\n"
+    big += b"y" * 998 * 200
+    big = message(1) + b"".join(b"%06d" % i + b"y" * 90 + b"\r\n" for i in range(2000))
+    code, text = send(gw.port, big)
+    assert (code, text[:5]) == (452, b"4.3.1")
+    assert send(gw.port, message(2))[0] == 250
+    assert upstream.server.wait_for(1)[0].content == message(2)
+    assert spool_ids(tiny_spool, "incoming") == []
+
+
+def test_thousand_messages_queued_while_down_are_drained(upstream, start_gateway, ca, tmp_path):
+    """1,000 messages each get 250 while the upstream is down; once it is back all arrive."""
+    upstream.down()
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"), max_backoff=2))
+    answers = send_many(gw.port, range(1000))
+    assert all(code == 250 for code, _ in answers)
+    server = upstream.back()
+    received = server.wait_for(1000, timeout=60)
+    ids = {m.content.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in received}
+    assert len(ids) == 1000
+    gw.audit.wait_for("message.result", 1000)
