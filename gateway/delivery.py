@@ -185,7 +185,7 @@ class DeliveryRunner:
             elif due <= now:
                 del self.schedule[queue_id]
                 try:
-                    self.spool.move(queue_id, DEFERRED, ACTIVE)
+                    self.spool.move(queue_id, DEFERRED, ACTIVE, durable=False)
                 except MessageGone:
                     pass
         for queue_id in self.spool.ids(ACTIVE):
@@ -226,10 +226,10 @@ class DeliveryRunner:
         groups: dict[str, list[RecipientState]] = {}
         for recipient in envelope.pending:
             groups.setdefault(recipient.upstream, []).append(recipient)
-        attempted = [False]
+        attempted = [False, False]  # a round was tried; a session was opened (the duplicate window)
         try:
             await defer.gatherResults(
-                [defer.Deferred.fromCoroutine(self._attempt(envelope, name, group, attempted))
+                [defer.Deferred.fromCoroutine(self._attempt(envelope, name, group, attempted, len(groups) > 1))
                  for name, group in groups.items()],
                 consumeErrors=True,
             )
@@ -238,10 +238,10 @@ class DeliveryRunner:
             self._gone(envelope)
             return
         if attempted[0] or not envelope.pending:
-            self._settle(envelope)
+            self._settle(envelope, opened=attempted[1])
 
     async def _attempt(self, envelope: Envelope, name: str, group: list[RecipientState],
-                       attempted: list[bool]) -> None:
+                       attempted: list[bool], several: bool) -> None:
         connector = self.connectors.get(name)
         slots = self.slots.get(name)
         if connector is None or slots is None:
@@ -262,12 +262,11 @@ class DeliveryRunner:
             attempted[0] = True
             now = self.clock()
             for recipient in group:
-                recipient.in_flight = True
                 recipient.attempts += 1
                 recipient.last_attempt = now
             envelope.attempts += 1
-            self.spool.save(ACTIVE, envelope)  # MessageGone: deleted by the operator meanwhile
             answers, session, error = await self._transact(connector, envelope, group)
+            attempted[1] = attempted[1] or session is not None
             for recipient in group:
                 recipient.in_flight = False
                 reply = answers[recipient.address]
@@ -277,7 +276,8 @@ class DeliveryRunner:
                 elif reply.is_permanent:
                     recipient.status = FAILED
             self._log_attempt(envelope, connector, group, answers, session, error)
-            self.spool.save(ACTIVE, envelope)
+            if session is not None and several:
+                self.spool.save(ACTIVE, envelope)  # other upstreams' groups still running: record this one
         finally:
             slots.release()
 
@@ -289,6 +289,14 @@ class DeliveryRunner:
             session = await connector.open()
         except UpstreamFailure as failure:
             return {r.address: failure.reply for r in group}, None, failure.reason
+        # From here the upstream may accept: mark the window on disk (MessageGone if deleted meanwhile).
+        for recipient in group:
+            recipient.in_flight = True
+        try:
+            self.spool.save(ACTIVE, envelope)
+        except BaseException:
+            session.quit()
+            raise
         self.sessions[id(session)] = session
         accepted: list[RecipientState] = []
         try:
@@ -368,7 +376,7 @@ class DeliveryRunner:
 
     # --- after a round --------------------------------------------------------------------
 
-    def _settle(self, envelope: Envelope) -> None:
+    def _settle(self, envelope: Envelope, opened: bool = True) -> None:
         now = self.clock()
         pending = envelope.pending
         if pending:
@@ -383,10 +391,13 @@ class DeliveryRunner:
         self._bounce(envelope, now)
         if not envelope.pending:
             self.duplicates.pop(envelope.id, None)
+        # Durable when this round changed what must never be redone (a delivery, a failure, a DSN);
+        # a round of transient failures only needs the new backoff, which a crash may shorten.
+        changed = opened or any(r.status != PENDING for r in envelope.recipients)
         try:
-            self.spool.save(ACTIVE, envelope)
+            self.spool.save(ACTIVE, envelope, durable=changed)
             if envelope.pending:
-                self.spool.move(envelope.id, ACTIVE, DEFERRED)
+                self.spool.move(envelope.id, ACTIVE, DEFERRED, durable=False)
                 self.schedule[envelope.id] = envelope.next_attempt
                 self.audit.event("message.deferred", queue_id=envelope.id, message_id=envelope.message_id,
                                  recipients=[r.address for r in envelope.pending], attempts=envelope.attempts,
@@ -394,9 +405,9 @@ class DeliveryRunner:
                 return
             self._result(envelope)
             if any(r.status == FAILED for r in envelope.recipients):
-                self.spool.move(envelope.id, ACTIVE, DEAD)
+                self.spool.move(envelope.id, ACTIVE, DEAD, durable=False)
             else:
-                self.spool.move(envelope.id, ACTIVE, DONE)
+                self.spool.move(envelope.id, ACTIVE, DONE, durable=False)
                 self.spool.remove(DONE, envelope.id)
         except MessageGone:
             self._gone(envelope)

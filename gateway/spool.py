@@ -110,8 +110,11 @@ def new_id(now: float | None = None) -> str:
     return f"{micros:014x}{secrets.token_hex(5)}"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 def valid_id(text: str) -> bool:
-    return 8 <= len(text) <= 64 and all(c in "0123456789abcdef" for c in text)
+    return 8 <= len(text) <= 64 and _HEX.issuperset(text)
 
 
 def _fsync_dir(path: str) -> None:
@@ -122,9 +125,9 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_atomic(folder: str, name: str, data: bytes) -> None:
-    temp = os.path.join(folder, name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_file(path: str, data: bytes) -> None:
+    """Write and fsync a file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(data)
         while view:
@@ -132,8 +135,15 @@ def _write_atomic(folder: str, name: str, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_atomic(folder: str, name: str, data: bytes, *, durable: bool = True) -> None:
+    """Replace folder/name through a fsynced temp file; `durable` also fsyncs the folder (the rename)."""
+    temp = os.path.join(folder, name + ".tmp")
+    _write_file(temp, data)
     os.replace(temp, os.path.join(folder, name))
-    _fsync_dir(folder)
+    if durable:
+        _fsync_dir(folder)
 
 
 class Spool:
@@ -179,18 +189,28 @@ class Spool:
 
     # --- changing ------------------------------------------------------------------
 
-    def save(self, state: str, envelope: Envelope) -> None:
-        """Rewrite the envelope atomically and durably; `MessageGone` if it was moved away."""
+    def save(self, state: str, envelope: Envelope, *, durable: bool = True) -> None:
+        """Rewrite the envelope atomically; `MessageGone` if it was moved away.
+
+        Always the old or the new version survives a crash. With ``durable=False``
+        a crash may bring back the old version (used where that only costs a
+        shorter backoff, never a lost or duplicated delivery).
+        """
         folder = self.folder(state, envelope.id)
         if not os.path.isdir(folder):
             raise MessageGone(envelope.id)
         try:
-            _write_atomic(folder, ENVELOPE, envelope.to_json())
+            _write_atomic(folder, ENVELOPE, envelope.to_json(), durable=durable)
         except FileNotFoundError:
             raise MessageGone(envelope.id) from None
 
-    def move(self, queue_id: str, source: str, target: str) -> None:
-        """One atomic rename between state folders; `MessageGone` if it is not in `source`."""
+    def move(self, queue_id: str, source: str, target: str, *, durable: bool = True) -> None:
+        """One atomic rename between state folders; `MessageGone` if it is not in `source`.
+
+        ``durable=False`` skips the folder fsyncs: for moves where a crash that
+        undoes them is harmless (active <-> deferred, or to done/ and dead/, which
+        the runner redoes from the envelope at the next start).
+        """
         try:
             os.rename(self.folder(source, queue_id), self.folder(target, queue_id))
         except FileNotFoundError:
@@ -199,8 +219,9 @@ class Spool:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise MessageGone(queue_id) from None
             raise
-        _fsync_dir(self.folder(target))
-        _fsync_dir(self.folder(source))
+        if durable:
+            _fsync_dir(self.folder(target))
+            _fsync_dir(self.folder(source))
 
     def remove(self, state: str, queue_id: str) -> None:
         shutil.rmtree(self.folder(state, queue_id), ignore_errors=True)
@@ -249,7 +270,7 @@ class SpoolWriter:
             self.error = exc
 
     def commit(self, envelope: Envelope) -> None:
-        """Body fsync, envelope fsync, folder fsync, rename into active/, parents fsync."""
+        """Body fsync, envelope fsync, folder fsync, rename into active/, active/ fsync."""
         if self.error is not None:
             raise self.error
         assert self._file is not None
@@ -259,10 +280,10 @@ class SpoolWriter:
             os.fsync(handle.fileno())
         finally:
             handle.close()
-        _write_atomic(self.folder, ENVELOPE, envelope.to_json())
+        _write_file(os.path.join(self.folder, ENVELOPE), envelope.to_json())
+        _fsync_dir(self.folder)
         os.rename(self.folder, self.spool.folder(ACTIVE, self.id))
         _fsync_dir(self.spool.folder(ACTIVE))
-        _fsync_dir(self.spool.folder(INCOMING))
 
     def discard(self) -> None:
         if self._file is not None:

@@ -164,8 +164,6 @@ def tiny_spool(tmp_path):
 def test_full_disk_answers_452_and_keeps_serving(upstream, start_gateway, ca, tiny_spool):
     """A spool on a 64 KiB tmpfs: a 200 KB message gets 452 4.3.1, a small one afterwards 250."""
     gw = start_gateway(queue_document(upstream.table(ca.ca_file), tiny_spool))
-    big = message(1) + b"x" * 998 + b"\r\n"
-    big += b"y" * 998 * 200
     big = message(1) + b"".join(b"%06d" % i + b"y" * 90 + b"\r\n" for i in range(2000))
     code, text = send(gw.port, big)
     assert (code, text[:5]) == (452, b"4.3.1")
@@ -185,3 +183,148 @@ def test_thousand_messages_queued_while_down_are_drained(upstream, start_gateway
     ids = {m.content.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in received}
     assert len(ids) == 1000
     gw.audit.wait_for("message.result", 1000)
+
+
+# --- real processes, killed with SIGKILL ------------------------------------------------------
+
+
+@pytest.fixture
+def fast_spool(tmp_path):
+    """A spool folder on tmpfs when there is one: these tests kill processes, not machines, and the
+    shared disk's fsync latency would dominate their run time. Commit ordering is tested in test_spool."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else str(tmp_path)
+    path = os.path.join(base, f"mailgate-test-{os.getpid()}-{tmp_path.name}")
+    yield path
+    subprocess.run(["rm", "-rf", path], check=True)
+
+
+def process_config(tmp_path, upstream, ca, spool: str, **queue) -> str:
+    document = queue_document(upstream.table(ca.ca_file), spool, **queue)
+    document["audit"] = {"path": str(tmp_path / "audit.jsonl")}
+    path = str(tmp_path / "mailgate.toml")
+    write_toml(document, path)
+    return path
+
+
+@pytest.fixture
+def processes():
+    started: list[GatewayProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+def test_killed_while_receiving_never_sends_the_half_message(upstream, ca, tmp_path, fast_spool, processes):
+    """SIGKILL in the middle of DATA: the partial message is discarded at restart and never delivered."""
+    config = process_config(tmp_path, upstream, ca, fast_spool)
+    gateway = GatewayProcess(config, str(tmp_path))
+    processes.append(gateway)
+    client = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
+    client.ehlo("app.test")
+    client.mail("app@example.com")
+    client.rcpt("ops@example.net")
+    client.putcmd("data")
+    assert client.getreply()[0] == 354
+    [half] = os.listdir(os.path.join(fast_spool, "incoming"))  # created before the 354
+    client.send(b"Subject: half\r\nMessage-ID: <half@example.com>\r\n\r\nfirst part of the body\r\n")
+    gateway.kill()
+    client.close()
+    processes.append(GatewayProcess(config, str(tmp_path)))
+    assert send(processes[-1].port, message(2))[0] == 250
+    [received] = upstream.server.wait_for(1)
+    assert received.content == message(2)
+    audit = AuditFile(str(tmp_path / "audit.jsonl"))
+    [discarded] = audit.named("queue.incomplete_discarded")
+    assert discarded["queue_ids"] == [half]
+    processes[-1].stop()
+    assert upstream.server.messages == [received]
+
+
+def test_killed_right_after_250_delivers_after_restart(upstream, ca, tmp_path, fast_spool, processes):
+    """SIGKILL right after the 250 (upstream down): after a restart the message is delivered."""
+    upstream.down()
+    config = process_config(tmp_path, upstream, ca, fast_spool)
+    gateway = GatewayProcess(config, str(tmp_path))
+    processes.append(gateway)
+    assert send(gateway.port, message(3))[0] == 250
+    gateway.kill()
+    server = upstream.back()
+    processes.append(GatewayProcess(config, str(tmp_path)))
+    [received] = server.wait_for(1)
+    assert received.content == message(3)
+
+
+def test_killed_during_delivery_sends_at_most_one_logged_duplicate(upstream, ca, tmp_path, fast_spool, processes):
+    """SIGKILL after the upstream took the data but before its 250 reached mailgate: one logged duplicate."""
+    arrived, release = threading.Event(), threading.Event()
+
+    def hold(_message) -> None:  # runs in the upstream's loop: the 250 waits until released
+        if not arrived.is_set():
+            arrived.set()
+            release.wait(30)
+
+    upstream.server.on_message = hold
+    config = process_config(tmp_path, upstream, ca, fast_spool)
+    gateway = GatewayProcess(config, str(tmp_path))
+    processes.append(gateway)
+    code, text = send(gateway.port, message(4))
+    queue_id = text.split()[-1].decode()
+    assert arrived.wait(30)
+    gateway.kill()
+    release.set()
+    processes.append(GatewayProcess(config, str(tmp_path)))
+    first, second = upstream.server.wait_for(2)
+    assert first.content == second.content == message(4)
+    audit = AuditFile(str(tmp_path / "audit.jsonl"))
+    processes[-1].stop()
+    [risk] = audit.named("delivery.duplicate_risk")
+    assert risk["queue_id"] == queue_id and risk["recipients"] == ["ops@example.net"]
+    [attempt] = [a for a in audit.named("delivery.attempt") if a.get("possible_duplicate")]
+    assert attempt["possible_duplicate"] == ["ops@example.net"]
+    assert [r["outcome"] for r in audit.named("message.result")] == ["delivered"]
+    assert len(upstream.server.messages) == 2
+
+
+def test_done_when_thousand_messages_survive_two_kills(upstream, ca, tmp_path, fast_spool, processes):
+    """Issue 3's scenario: 1,000 messages get 250 with the upstream stopped; mailgate is killed -9
+    twice during delivery; after a restart and `queue retry --all` the upstream holds every
+    Message-ID, and the audit has a message.queued and a delivered message.result for each."""
+    upstream.down()
+    config = process_config(tmp_path, upstream, ca, fast_spool, max_backoff=3600)
+    processes.append(GatewayProcess(config, str(tmp_path)))
+    answers = send_many(processes[-1].port, range(1000))
+    assert [code for code, _ in answers] == [250] * 1000
+    arrivals = threading.Condition()
+    seen: set[bytes] = set()
+
+    def arrived(received) -> None:
+        with arrivals:
+            seen.add(received.content.split(b"Message-ID: ")[1].split(b"\r\n")[0])
+            arrivals.notify_all()
+
+    def wait_for_distinct(count: int) -> None:
+        with arrivals:
+            assert arrivals.wait_for(lambda: len(seen) >= count, 60), f"{len(seen)} of {count} arrived"
+
+    server = upstream.back()
+    server.on_message = arrived
+    for kill in range(2):
+        assert queue_command(config, str(tmp_path), "retry", "--all").returncode == 0
+        wait_for_distinct(150 * (kill + 1))  # deliveries are under way
+        processes[-1].kill()
+        processes.append(GatewayProcess(config, str(tmp_path)))
+    retried = queue_command(config, str(tmp_path), "retry", "--all")
+    assert retried.returncode == 0, retried.stderr
+    wait_for_distinct(1000)
+    audit = AuditFile(str(tmp_path / "audit.jsonl"))
+    with arrivals:
+        assert seen == {b"<q%d@example.com>" % n for n in range(1000)}
+    processes[-1].stop()  # let the deliveries in flight log their result
+    queued = {e["queue_id"]: e["message_id"] for e in audit.named("message.queued")}
+    results = {e["queue_id"]: e for e in audit.named("message.result")}
+    assert len(queued) == 1000 and set(results) == set(queued)
+    assert {e["outcome"] for e in results.values()} == {"delivered"}
+    duplicates = len(server.messages) - 1000
+    risky = sum(len(e["recipients"]) for e in audit.named("delivery.duplicate_risk"))
+    assert duplicates <= risky
+    assert queue_command(config, str(tmp_path), "list").stdout == ""
