@@ -172,17 +172,52 @@ def test_full_disk_answers_452_and_keeps_serving(upstream, start_gateway, ca, ti
     assert spool_ids(tiny_spool, "incoming") == []
 
 
-def test_thousand_messages_queued_while_down_are_drained(upstream, start_gateway, ca, tmp_path):
-    """1,000 messages each get 250 while the upstream is down; once it is back all arrive."""
+def operator_config(tmp_path, document) -> str:
+    path = str(tmp_path / "operator.toml")
+    write_toml(document, path)
+    return path
+
+
+def test_retry_delivers_a_deferred_message_now(upstream, start_gateway, ca, tmp_path):
+    """With an hour of backoff left, `queue retry ID` gets the message delivered within a scan."""
     upstream.down()
-    gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"), max_backoff=2))
-    answers = send_many(gw.port, range(1000))
-    assert all(code == 250 for code, _ in answers)
+    document = queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"), min_backoff=3600,
+                              max_backoff=3600)
+    gw = start_gateway(document)
+    queue_id = send(gw.port, message(5))[1].split()[-1].decode()
+    gw.audit.wait_for("message.deferred")
     server = upstream.back()
-    received = server.wait_for(1000, timeout=60)
-    ids = {m.content.split(b"Message-ID: ")[1].split(b"\r\n")[0] for m in received}
-    assert len(ids) == 1000
-    gw.audit.wait_for("message.result", 1000)
+    assert cli.main(["queue", "retry", queue_id, "--config", operator_config(tmp_path, document)]) == 0
+    assert server.wait_for(1)[0].content == message(5)
+
+
+def test_delete_while_running_is_logged(upstream, start_gateway, ca, tmp_path):
+    """`queue delete ID` on a deferred message: message.deleted and a message.result "deleted"."""
+    upstream.down()
+    document = queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"), min_backoff=3600,
+                              max_backoff=3600)
+    gw = start_gateway(document)
+    queue_id = send(gw.port, message(6))[1].split()[-1].decode()
+    gw.audit.wait_for("message.deferred")
+    assert cli.main(["queue", "delete", queue_id, "--config", operator_config(tmp_path, document)]) == 0
+    [result] = gw.audit.wait_for("message.result")
+    assert result["queue_id"] == queue_id and result["outcome"] == "deleted"
+    [deleted] = gw.audit.named("message.deleted")
+    assert deleted["recipients"] == ["ops@example.net"]
+
+
+def test_requeue_delivers_a_dead_letter(upstream, start_gateway, ca, tmp_path):
+    """A recipient refused with 550 is a dead letter; once the cause is fixed, `queue requeue` delivers it."""
+    upstream.server.script.rcpt = {"ops@example.net": "550 5.7.1 Not yet"}
+    document = queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"), bounce=False)
+    gw = start_gateway(document)
+    queue_id = send(gw.port, message(8))[1].split()[-1].decode()
+    assert gw.audit.wait_for("message.result")[0]["outcome"] == "failed"
+    upstream.server.script.rcpt = {}
+    assert cli.main(["queue", "requeue", queue_id, "--config", operator_config(tmp_path, document)]) == 0
+    assert upstream.server.wait_for(1)[0].content == message(8)
+    results = gw.audit.wait_for("message.result", 2)
+    assert [r["outcome"] for r in results] == ["failed", "delivered"]
 
 
 # --- real processes, killed with SIGKILL ------------------------------------------------------
@@ -283,6 +318,23 @@ def test_killed_during_delivery_sends_at_most_one_logged_duplicate(upstream, ca,
     assert attempt["possible_duplicate"] == ["ops@example.net"]
     assert [r["outcome"] for r in audit.named("message.result")] == ["delivered"]
     assert len(upstream.server.messages) == 2
+
+
+def test_thousand_messages_queued_while_down_are_drained(upstream, ca, tmp_path, fast_spool, processes):
+    """1,000 messages each get 250 while the upstream is down; once it is back every one arrives once."""
+    upstream.down()
+    config = process_config(tmp_path, upstream, ca, fast_spool, max_backoff=3600)
+    processes.append(GatewayProcess(config, str(tmp_path)))
+    answers = send_many(processes[-1].port, range(1000))
+    assert [code for code, _ in answers] == [250] * 1000
+    server = upstream.back()
+    assert queue_command(config, str(tmp_path), "retry", "--all").returncode == 0
+    received = server.wait_for(1000, timeout=90)
+    processes[-1].stop()
+    assert sorted(m.content for m in received) == sorted(message(n) for n in range(1000))
+    assert len(server.messages) == 1000
+    results = AuditFile(str(tmp_path / "audit.jsonl")).named("message.result")
+    assert len(results) == 1000 and {r["outcome"] for r in results} == {"delivered"}
 
 
 def test_done_when_thousand_messages_survive_two_kills(upstream, ca, tmp_path, fast_spool, processes):
