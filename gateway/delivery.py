@@ -42,6 +42,7 @@ from gateway.spool import (
 from gateway.upstream import UpstreamConnector, UpstreamFailure, UpstreamSession
 
 SCAN_INTERVAL = 1.0  # seconds between looks at the spool (operator commands take effect within this)
+IDLE_SESSION = 5.0  # seconds an upstream session is kept open for the next queued message
 
 
 def _iso(when: float) -> str:
@@ -105,6 +106,7 @@ class DeliveryRunner:
         self.schedule: dict[str, float] = {}  # deferred queue id -> when it is due
         self.duplicates: dict[str, set[str]] = {}  # queue id -> recipients possibly delivered already
         self.sessions: dict[int, UpstreamSession] = {}  # by id(): sessions are not hashable
+        self.idle: dict[str, list[tuple[UpstreamSession, Any]]] = {}  # upstream -> (session, expiry timer)
         self.unreadable: set[str] = set()
         self.stopping = False
         self._loop = task.LoopingCall(self.scan)
@@ -146,11 +148,13 @@ class DeliveryRunner:
         self.stopping = True
         if self._loop.running:
             self._loop.stop()
+        self._close_idle()
         if self.in_flight:
             timer = self.reactor.callLater(grace, self._abort_sessions)
             await defer.DeferredList(list(self.in_flight.values()), consumeErrors=True)
             if timer.active():
                 timer.cancel()
+        self._close_idle()
 
     def _abort_sessions(self) -> None:
         for session in list(self.sessions.values()):
@@ -283,35 +287,60 @@ class DeliveryRunner:
 
     async def _transact(self, connector: UpstreamConnector, envelope: Envelope, group: list[RecipientState]
                         ) -> tuple[dict[str, Reply], UpstreamSession | None, str | None]:
-        """One SMTP transaction upstream; a reply for every recipient of the group."""
-        answers: dict[str, Reply] = {}
+        """One SMTP transaction upstream; a reply for every recipient of the group.
+
+        An idle session to the same upstream is used first; if it turns out to be
+        closed before MAIL is accepted (nothing was sent), a fresh one is opened.
+        """
+        session = self._take_idle(connector.config.name)
+        if session is not None:
+            outcome = await self._transact_on(session, envelope, group, reused=True)
+            if outcome is not None:
+                return outcome
         try:
             session = await connector.open()
         except UpstreamFailure as failure:
             return {r.address: failure.reply for r in group}, None, failure.reason
+        outcome = await self._transact_on(session, envelope, group, reused=False)
+        assert outcome is not None
+        return outcome
+
+    async def _transact_on(self, session: UpstreamSession, envelope: Envelope, group: list[RecipientState],
+                           *, reused: bool) -> tuple[dict[str, Reply], UpstreamSession, str | None] | None:
         # From here the upstream may accept: mark the window on disk (MessageGone if deleted meanwhile).
-        for recipient in group:
-            recipient.in_flight = True
-        try:
-            self.spool.save(ACTIVE, envelope)
-        except BaseException:
-            session.quit()
-            raise
+        if not all(r.in_flight for r in group):
+            for recipient in group:
+                recipient.in_flight = True
+            try:
+                self.spool.save(ACTIVE, envelope)
+            except BaseException:
+                self._release(session, reusable=True)
+                raise
         self.sessions[id(session)] = session
+        answers: dict[str, Reply] = {}
         accepted: list[RecipientState] = []
         try:
             capabilities = session.capabilities
             if envelope.mail_body == "8BITMIME" and "8BITMIME" not in capabilities:
-                session.quit()
+                self._release(session, reusable=True)
                 return {r.address: replies.UPSTREAM_NO_8BIT for r in group}, session, "8BITMIME not offered"
             line = f"MAIL FROM:<{envelope.sender}>"
             if "SIZE" in capabilities:
                 line += f" SIZE={envelope.size}"
             if envelope.mail_body and "8BITMIME" in capabilities:
                 line += f" BODY={envelope.mail_body}"
-            reply = await session.command(line.encode("utf-8"))
+            try:
+                reply = await session.command(line.encode("utf-8"))
+            except UpstreamFailure:
+                if reused:
+                    session.abort()
+                    return None  # the idle session was gone; nothing was sent
+                raise
+            if reused and reply.code == 421:
+                session.abort()
+                return None
             if reply.code != 250:
-                session.quit()
+                self._release(session, reusable=False)
                 return {r.address: reply for r in group}, session, None
             for recipient in group:
                 reply = await session.command(f"RCPT TO:<{recipient.address}>".encode("utf-8"))
@@ -319,15 +348,17 @@ class DeliveryRunner:
                 if reply.is_positive:
                     accepted.append(recipient)
             if not accepted:
-                session.quit()
+                self._release(session, reusable=False)
                 return answers, session, None
             reply = await session.command(b"DATA")
             if reply.code == 354:
                 await self._send_body(session, envelope)
                 reply = await session.end_data()
+                self._release(session, reusable=reply.code != 421)
+            else:
+                self._release(session, reusable=False)
             for recipient in accepted:
                 answers[recipient.address] = reply
-            session.quit()
             return answers, session, None
         except UpstreamFailure as failure:
             session.abort()
@@ -337,6 +368,39 @@ class DeliveryRunner:
             return answers, session, failure.reason
         finally:
             self.sessions.pop(id(session), None)
+
+    # --- idle upstream sessions, kept for the next message -----------------------------------
+
+    def _take_idle(self, name: str) -> UpstreamSession | None:
+        pool = self.idle.get(name, [])
+        while pool:
+            session, timer = pool.pop()
+            if timer.active():
+                timer.cancel()
+            if not session.protocol.closed.called:
+                return session
+        return None
+
+    def _release(self, session: UpstreamSession, *, reusable: bool) -> None:
+        """After a transaction: keep the session for the next message to this upstream, or QUIT."""
+        if not reusable or self.stopping or session.protocol.closed.called:
+            session.quit()
+            return
+        name = session.config.name
+        timer = self.reactor.callLater(IDLE_SESSION, self._expire_idle, name, session)
+        self.idle.setdefault(name, []).append((session, timer))
+
+    def _expire_idle(self, name: str, session: UpstreamSession) -> None:
+        self.idle[name] = [(s, t) for s, t in self.idle.get(name, []) if s is not session]
+        session.quit()
+
+    def _close_idle(self) -> None:
+        for pool in self.idle.values():
+            for session, timer in pool:
+                if timer.active():
+                    timer.cancel()
+                session.quit()
+        self.idle.clear()
 
     async def _send_body(self, session: UpstreamSession, envelope: Envelope) -> None:
         producer = _BodyProducer(session, read_lines(self.spool.body_path(ACTIVE, envelope.id)))

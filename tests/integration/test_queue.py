@@ -47,6 +47,16 @@ def test_queued_message_is_delivered_byte_for_byte(upstream, start_gateway, ca, 
     assert spool_ids(str(tmp_path / "spool"), "active") == spool_ids(str(tmp_path / "spool"), "deferred") == []
 
 
+def test_deliveries_reuse_an_idle_upstream_session(upstream, start_gateway, ca, tmp_path):
+    """Messages queued one after another go out over one upstream connection (one TLS handshake, one AUTH)."""
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool")))
+    for number in range(3):
+        assert send(gw.port, message(number))[0] == 250
+        gw.audit.wait_for("message.result", number + 1)
+    assert [m.content for m in upstream.server.messages] == [message(n) for n in range(3)]
+    assert upstream.server.connections == 1
+
+
 def test_upstream_down_then_back_delivers_each_recipient_once(upstream, start_gateway, ca, tmp_path):
     """While the upstream is down messages are deferred; when it is back each recipient arrives once."""
     upstream.down()
