@@ -1,4 +1,4 @@
-"""The ``mailgate`` command: run, check, explain, demo.
+"""The ``mailgate`` command: run, check, explain, demo, queue.
 
 Expected failures print ``mailgate: ...`` on stderr and exit non-zero without a
 traceback: 1 for an invalid configuration or a failure while running, 2 for a
@@ -80,7 +80,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         rule = f"rule {decision.rule.name!r}" if decision.rule else "no rule matches"
         if decision.action == "relay" and decision.upstream is not None:
             up = decision.upstream
-            print(f"  <{recipient.text}>: {rule} -> relay via upstream {up.name!r} "
+            mode = "queue for delivery" if decision.rule and decision.rule.delivery == "queue" else "relay"
+            print(f"  <{recipient.text}>: {rule} -> {mode} via upstream {up.name!r} "
                   f"({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})")
         else:
             print(f"  <{recipient.text}>: {rule} -> reject: {decision.reply}")

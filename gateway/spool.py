@@ -255,7 +255,8 @@ class SpoolWriter:
         self._file: BinaryIO | None = None
         os.mkdir(self.folder, 0o700)
         try:
-            self._file = open(os.path.join(self.folder, BODY), "xb")
+            fd = os.open(os.path.join(self.folder, BODY), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._file = os.fdopen(fd, "wb")
         except OSError:
             self.discard()
             raise

@@ -10,6 +10,7 @@ import errno
 import os
 import smtplib
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -390,3 +391,15 @@ def test_done_when_thousand_messages_survive_two_kills(upstream, ca, tmp_path, f
     risky = sum(len(e["recipients"]) for e in audit.named("delivery.duplicate_risk"))
     assert duplicates <= risky
     assert queue_command(config, str(tmp_path), "list").stdout == ""
+
+
+def test_unusable_spool_path_stops_start_up_with_its_key(upstream, ca, tmp_path):
+    """A queue.path that cannot be created: `mailgate run` exits 1 naming queue.path, without a traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    config = process_config(tmp_path, upstream, ca, str(blocker / "spool"))
+    env = dict(os.environ, MAILGATE_TEST_PASSWORD="unused")
+    run = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", config], cwd=str(tmp_path),
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr.startswith("mailgate: queue.path: cannot use ") and "Traceback" not in run.stderr
