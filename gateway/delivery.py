@@ -36,13 +36,35 @@ from gateway.config import Config
 from gateway.data import dot_stuff
 from gateway.replies import Reply
 from gateway.spool import (
-    ACTIVE, DEAD, DEFERRED, DELIVERED, DONE, FAILED, INCOMING, PENDING, TRASH,
-    Envelope, MessageGone, RecipientState, Spool, new_id, read_headers, read_lines,
+    ACTIVE,
+    DEAD,
+    DEFERRED,
+    DELIVERED,
+    DONE,
+    FAILED,
+    INCOMING,
+    PENDING,
+    TRASH,
+    Envelope,
+    MessageGone,
+    RecipientState,
+    Spool,
+    new_id,
+    read_headers,
+    read_lines,
 )
 from gateway.upstream import UpstreamConnector, UpstreamFailure, UpstreamSession
 
 SCAN_INTERVAL = 1.0  # seconds between looks at the spool (operator commands take effect within this)
 IDLE_SESSION = 5.0  # seconds an upstream session is kept open for the next queued message
+
+
+BAD_SPOOLED_ADDRESS = Reply(550, "5.1.3", "Address in the spool contains control characters")
+
+
+def _clean(address: str) -> bool:
+    """No CR, LF, NUL or other controls: a spool edited by hand must not inject SMTP commands."""
+    return not any(ord(c) < 32 or ord(c) == 127 for c in address)
 
 
 def _iso(when: float) -> str:
@@ -58,7 +80,7 @@ class _BodyProducer:
         self.regions = regions
         self.done: defer.Deferred[None] = defer.Deferred()
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         if self.done.called:
             return
         try:
@@ -71,7 +93,7 @@ class _BodyProducer:
             return
         self.session.write(dot_stuff(region))
 
-    def stopProducing(self) -> None:  # noqa: N802
+    def stopProducing(self) -> None:
         self.lost("connection lost while sending the body")
 
     def lost(self, reason: str) -> None:
@@ -321,6 +343,9 @@ class DeliveryRunner:
         accepted: list[RecipientState] = []
         try:
             capabilities = session.capabilities
+            if not all(_clean(a) for a in [envelope.sender, *(r.address for r in group)]):
+                self._release(session, reusable=True)
+                return {r.address: BAD_SPOOLED_ADDRESS for r in group}, session, "control characters in spool"
             if envelope.mail_body == "8BITMIME" and "8BITMIME" not in capabilities:
                 self._release(session, reusable=True)
                 return {r.address: replies.UPSTREAM_NO_8BIT for r in group}, session, "8BITMIME not offered"
@@ -343,7 +368,7 @@ class DeliveryRunner:
                 self._release(session, reusable=False)
                 return {r.address: reply for r in group}, session, None
             for recipient in group:
-                reply = await session.command(f"RCPT TO:<{recipient.address}>".encode("utf-8"))
+                reply = await session.command(f"RCPT TO:<{recipient.address}>".encode())
                 answers[recipient.address] = reply
                 if reply.is_positive:
                     accepted.append(recipient)

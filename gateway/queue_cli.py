@@ -19,8 +19,17 @@ from typing import Any
 from gateway import config as configuration
 from gateway.errors import MailgateError, UsageError
 from gateway.spool import (
-    ACTIVE, DEAD, DEFERRED, FAILED, PENDING, QUEUED, TRASH,
-    Envelope, MessageGone, Spool, valid_id,
+    ACTIVE,
+    DEAD,
+    DEFERRED,
+    FAILED,
+    PENDING,
+    QUEUED,
+    TRASH,
+    Envelope,
+    MessageGone,
+    Spool,
+    valid_id,
 )
 
 
@@ -164,7 +173,7 @@ def add_commands(subparsers: Any) -> None:
     sub = queue.add_subparsers(dest="queue_command", required=True, metavar="SUBCOMMAND")
 
     def command(name: str, func: Any, text: str, with_id: bool = False) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=text)
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=text)
         parser.add_argument("--config", metavar="FILE", help="TOML config (default: embedded)")
         if with_id:
             parser.add_argument("id", metavar="ID")

@@ -6,7 +6,15 @@ import pytest
 
 from gateway import cli
 from gateway.spool import (
-    ACTIVE, DEAD, DEFERRED, TRASH, Envelope, RecipientState, Spool, SpoolWriter, new_id,
+    ACTIVE,
+    DEAD,
+    DEFERRED,
+    TRASH,
+    Envelope,
+    RecipientState,
+    Spool,
+    SpoolWriter,
+    new_id,
 )
 
 

@@ -8,8 +8,18 @@ import pytest
 
 from gateway import spool as spool_module
 from gateway.spool import (
-    ACTIVE, DEFERRED, INCOMING, Envelope, MessageGone, RecipientState, Spool, SpoolWriter,
-    new_id, read_headers, read_lines, valid_id,
+    ACTIVE,
+    DEFERRED,
+    INCOMING,
+    Envelope,
+    MessageGone,
+    RecipientState,
+    Spool,
+    SpoolWriter,
+    new_id,
+    read_headers,
+    read_lines,
+    valid_id,
 )
 
 BODY = b"Subject: hi\r\nMessage-ID: <m@example.com>\r\n\r\n.dot\r\nline\r\n"

@@ -157,4 +157,4 @@ class GatewayProcess:
 
 def queue_command(config_path: str, cwd: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", "queue", *args, "--config", config_path],
-                          cwd=cwd, capture_output=True, text=True, timeout=60)
+                          cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
