@@ -87,6 +87,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return status if allowed else 0
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.passwords import make_hash
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("App password: ")
+        if getpass.getpass("Again: ") != password:
+            raise MailgateError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 12:
+        raise MailgateError("the password must be at least 12 characters long")
+    print(make_hash(password, args.scheme))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -112,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--from", dest="sender", required=True, metavar="ADDR", help="envelope sender ('' for <>)")
     explain.add_argument("--to", dest="recipients", required=True, action="append", metavar="ADDR")
     explain.set_defaults(func=cmd_explain)
+
+    hashing = sub.add_parser("hash-password", help="make a password_hash for an [apps.NAME] table")
+    hashing.add_argument("--scheme", choices=("argon2", "bcrypt", "scrypt"), default="argon2")
+    hashing.set_defaults(func=cmd_hash_password)
 
     demo = sub.add_parser("demo", help="the whole path on this machine, with local upstreams")
     demo.add_argument("--policy", metavar="FILE", help="demo policy (default: policies/demo.toml)")

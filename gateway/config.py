@@ -46,6 +46,12 @@ class ListenerConfig:
     max_recipients: int = 100
     idle_timeout: float = 300.0
     shutdown_grace: float = 30.0
+    require_auth: bool = False
+    max_connections: int = 1000
+    max_connections_per_client: int = 100
+    max_errors: int = 20
+    data_timeout: float = 300.0
+    min_data_rate: int = 256  # bytes/second averaged over DATA, enforced after the first 30 s
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,25 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """A rate limit: `count` messages per `seconds`."""
+
+    count: int
+    seconds: float
+    text: str
+
+
+@dataclass(frozen=True)
+class App:
+    """An app that authenticates to the listener (AUTH PLAIN/LOGIN)."""
+
+    name: str
+    password_hash: str
+    senders: tuple[str, ...] | None = None
+    check_from_header: bool = False
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     action: str
@@ -84,6 +109,8 @@ class Rule:
     clients: tuple[Network, ...] | None = None
     senders: tuple[str, ...] | None = None
     recipients: tuple[str, ...] | None = None
+    apps: tuple[str, ...] | None = None
+    rate: Rate | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +119,7 @@ class Config:
     audit: AuditConfig
     upstreams: Mapping[str, UpstreamConfig]
     rules: tuple[Rule, ...]
+    apps: Mapping[str, App] = field(default_factory=dict)
     source: str = "<embedded default>"
     extras: Mapping[str, Any] = field(default_factory=dict)
 
@@ -178,6 +206,13 @@ class _Reader:
             return default
         return float(value)
 
+    def boolean(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = table.get(key.rpartition(".")[2], default)
+        if not isinstance(value, bool):
+            self.problem(key, value, "true or false")
+            return default
+        return value
+
     def string(self, table: Mapping[str, Any], key: str, default: str | None, *, choices: tuple[str, ...] = ()) -> str | None:
         value = table.get(key.rpartition(".")[2], default)
         if value is None:
@@ -214,19 +249,23 @@ class _Reader:
     # --- sections -------------------------------------------------------------------
 
     def config(self, document: Mapping[str, Any]) -> Config:
-        known = {"listener", "audit", "upstreams", "rules"}
+        known = {"listener", "audit", "upstreams", "rules", "apps"}
         extras = {k: v for k, v in document.items() if k in EXTRA_SECTIONS}
         self.unknown_keys(document, "", known | set(EXTRA_SECTIONS))
         listener = self.listener(document)
         audit = self.audit(document)
         upstreams = self.upstreams(document)
-        rules = self.rules(document, upstreams)
-        return Config(listener, audit, upstreams, rules, self.source, extras)
+        apps = self.apps(document)
+        rules = self.rules(document, upstreams, apps)
+        if listener.require_auth and not apps:
+            self.problem("listener.require_auth", True, "at least one [apps.NAME] table to authenticate")
+        return Config(listener, audit, upstreams, rules, apps, self.source, extras)
 
     def listener(self, document: Mapping[str, Any]) -> ListenerConfig:
         d = ListenerConfig()
         known = {"listen", "allowed_clients", "hostname", "max_message_size", "max_recipients",
-                 "idle_timeout", "shutdown_grace"}
+                 "idle_timeout", "shutdown_grace", "require_auth", "max_connections",
+                 "max_connections_per_client", "max_errors", "data_timeout", "min_data_rate"}
         t = self.table(document, "listener", known)
         listen = self.endpoint(t, "listener.listen", d.listen)
         allowed = self.networks(t, "listener.allowed_clients")
@@ -238,6 +277,13 @@ class _Reader:
             max_recipients=self.integer(t, "listener.max_recipients", d.max_recipients, 1, 100000),
             idle_timeout=self.number(t, "listener.idle_timeout", d.idle_timeout, 1, 86400),
             shutdown_grace=self.number(t, "listener.shutdown_grace", d.shutdown_grace, 0, 3600),
+            require_auth=self.boolean(t, "listener.require_auth", d.require_auth),
+            max_connections=self.integer(t, "listener.max_connections", d.max_connections, 1, 1000000),
+            max_connections_per_client=self.integer(
+                t, "listener.max_connections_per_client", d.max_connections_per_client, 1, 1000000),
+            max_errors=self.integer(t, "listener.max_errors", d.max_errors, 1, 10000),
+            data_timeout=self.number(t, "listener.data_timeout", d.data_timeout, 1, 86400),
+            min_data_rate=self.integer(t, "listener.min_data_rate", d.min_data_rate, 0, 2**30),
         )
 
     def endpoint(self, table: Mapping[str, Any], key: str, default: Endpoint) -> Endpoint:
@@ -314,7 +360,50 @@ class _Reader:
             data_timeout=self.number(t, f"{key}.data_timeout", 600, 0.1, 3600),
         )
 
-    def rules(self, document: Mapping[str, Any], upstreams: Mapping[str, UpstreamConfig]) -> tuple[Rule, ...]:
+    def apps(self, document: Mapping[str, Any]) -> dict[str, App]:
+        section = document.get("apps", {})
+        if not isinstance(section, dict):
+            self.problem("apps", section, "a table of [apps.NAME] tables")
+            return {}
+        apps = {}
+        for name, value in section.items():
+            key = f"apps.{name}"
+            if not isinstance(value, dict):
+                self.problem(key, value, "a table")
+                continue
+            self.unknown_keys(value, key, {"password_hash", "senders", "check_from_header"})
+            password_hash = self.string(value, f"{key}.password_hash", None)
+            if password_hash is None:
+                self.problem(f"{key}.password_hash", "nothing", "a hash made by `mailgate hash-password`", raw=True)
+            elif not password_hash.startswith(HASH_PREFIXES):
+                self.problem(f"{key}.password_hash", "a value that is not a password hash",
+                             "an argon2, bcrypt or scrypt hash made by `mailgate hash-password`", raw=True)
+            apps[name] = App(
+                name=name,
+                password_hash=password_hash or "",
+                senders=self.strings(value, f"{key}.senders"),
+                check_from_header=self.boolean(value, f"{key}.check_from_header", False),
+            )
+        return apps
+
+    def rule_apps(self, table: Mapping[str, Any], key: str, apps: Mapping[str, App]) -> tuple[str, ...] | None:
+        names = self.strings(table, key)
+        for i, name in enumerate(names or ()):
+            if name not in apps:
+                self.problem(f"{key}[{i}]", name, f"one of the defined apps ({', '.join(sorted(apps)) or 'none defined'})")
+        return names
+
+    def rate(self, table: Mapping[str, Any], key: str) -> Rate | None:
+        value = table.get("rate")
+        if value is None:
+            return None
+        rate = parse_rate(value) if isinstance(value, str) else None
+        if rate is None:
+            self.problem(key, value, 'COUNT/UNIT such as "100/minute" (unit: second, minute, hour)')
+        return rate
+
+    def rules(self, document: Mapping[str, Any], upstreams: Mapping[str, UpstreamConfig],
+              apps: Mapping[str, App]) -> tuple[Rule, ...]:
         section = document.get("rules", [])
         if not isinstance(section, list):
             self.problem("rules", section, "an array of [[rules]] tables")
@@ -325,7 +414,8 @@ class _Reader:
             if not isinstance(value, dict):
                 self.problem(key, value, "a table")
                 continue
-            known = {"name", "clients", "senders", "recipients", "action", "upstream"} | EXTRA_RULE_KEYS
+            known = {"name", "clients", "senders", "recipients", "action", "upstream", "apps", "rate"}
+            known |= EXTRA_RULE_KEYS
             self.unknown_keys(value, key, known)
             name = self.string(value, f"{key}.name", f"rule-{i + 1}") or f"rule-{i + 1}"
             action = self.string(value, f"{key}.action", None, choices=ACTIONS)
@@ -345,6 +435,8 @@ class _Reader:
                 clients=self.networks(value, f"{key}.clients"),
                 senders=self.strings(value, f"{key}.senders"),
                 recipients=self.strings(value, f"{key}.recipients"),
+                apps=self.rule_apps(value, f"{key}.apps", apps),
+                rate=self.rate(value, f"{key}.rate"),
             ))
         names = [r.name for r in rules]
         for i, name in enumerate(names):
@@ -357,6 +449,19 @@ class _Reader:
 EXTRA_SECTIONS: tuple[str, ...] = ()
 EXTRA_UPSTREAM_KEYS: set[str] = set()
 EXTRA_RULE_KEYS: set[str] = set()
+
+
+HASH_PREFIXES = ("$argon2", "$2a$", "$2b$", "$2y$", "$scrypt$")
+_RATE_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def parse_rate(text: str) -> Rate | None:
+    """``"100/minute"`` to a `Rate` (units: second, minute, hour, day; plural allowed)."""
+    count, slash, unit = text.partition("/")
+    unit = unit.strip().lower().removesuffix("s")
+    if not slash or not count.strip().isdigit() or int(count) < 1 or unit not in _RATE_UNITS:
+        return None
+    return Rate(int(count), _RATE_UNITS[unit], text)
 
 
 def parse_endpoint(text: str) -> Endpoint | None:

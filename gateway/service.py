@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
 from gateway.audit import AuditLog
+from gateway import passwords
 from gateway.config import Config, resolve_password
+from gateway.credentials import Secret
+from gateway.ratelimit import RateLimits
 from gateway.upstream import UpstreamConnector
 
 
@@ -27,8 +30,15 @@ class Gateway:
             for name, upstream in config.upstreams.items()
         }
         self.sessions: set[Any] = set()
+        self.clients: dict[str, int] = {}  # open sessions per client address
+        self.rate_limits = RateLimits()
         self.port: Any = None
         self._drained: defer.Deferred[None] | None = None
+
+    def verify_password(self, password_hash: str, password: Secret) -> defer.Deferred[bool]:
+        """Check an app password off the reactor thread (the hashes are slow by design)."""
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                         passwords.verify, password_hash, password.reveal())
 
     def connector(self, name: str) -> UpstreamConnector:
         return self._connectors[name]

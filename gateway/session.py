@@ -8,14 +8,16 @@ Each mail transaction ends in exactly one ``message.result`` event.
 from __future__ import annotations
 
 import time
+from email.utils import getaddresses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 
-from gateway import policy, replies
+from gateway import app_auth, passwords, policy, replies
 from gateway.address import Address
-from gateway.commands import Command, CommandError, MailFrom, parse_mail, parse_rcpt
+from gateway.app_auth import Credentials, SaslExchange
+from gateway.commands import Command, CommandError, MailFrom, parse_command, parse_mail, parse_rcpt
 from gateway.data import MessageFacts
 from gateway.relay import RelayTransaction
 from gateway.replies import Reply
@@ -24,6 +26,15 @@ if TYPE_CHECKING:
     from gateway.service import Gateway
 
 EXTENSIONS = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")
+RATE_LIMITED = Reply(450, "4.7.1", "Rate limit exceeded, try again later")
+
+_DUMMY: list[str] = []
+
+
+def _dummy_hash() -> str:
+    if not _DUMMY:
+        _DUMMY.append(passwords.make_hash("not a real password", "scrypt"))
+    return _DUMMY[0]
 
 
 @dataclass
@@ -50,6 +61,8 @@ class Transaction:
     relay: RelayTransaction | None = None
     facts: MessageFacts = field(default_factory=MessageFacts)
     in_data: bool = False
+    rated_rules: set[str] = field(default_factory=set)
+    refusal: Reply | None = None  # set during DATA when the message must be refused (From: check)
 
     @property
     def accepted(self) -> list[RecipientResult]:
@@ -68,6 +81,8 @@ class Session:
         self.helo: str | None = None
         self.allowed = False
         self.transaction: Transaction | None = None
+        self.app: str | None = None  # the authenticated app, if any
+        self._sasl: SaslExchange | None = None
         self.counts = {"messages": 0, "relayed": 0, "rejected": 0, "deferred": 0, "failed": 0}
         self.closed = False
 
@@ -98,6 +113,17 @@ class Session:
 
     # --- commands -----------------------------------------------------------------
 
+    def handle_line(self, line: bytes) -> Reply | defer.Deferred[Reply]:
+        """One line from the app: a command, or a response inside an AUTH exchange."""
+        if self._sasl is not None:
+            exchange, self._sasl = self._sasl, None
+            return self._sasl_answer(exchange, exchange.respond(line.decode("ascii", "replace")))
+        try:
+            command = parse_command(line)
+        except CommandError as exc:
+            return exc.reply
+        return self.handle(command)
+
     def handle(self, command: Command) -> Reply | defer.Deferred[Reply]:
         verb = command.verb
         if verb == "QUIT":
@@ -119,6 +145,8 @@ class Session:
         self.helo = argument
         lines = [f"{self.config.listener.hostname} greets {argument[:64]}"]
         lines += list(EXTENSIONS) + [f"SIZE {self.config.listener.max_message_size}"]
+        if self.config.apps:
+            lines.append("AUTH " + " ".join(app_auth.MECHANISMS))
         return Reply(250, "", "\n".join(lines))
 
     def smtp_HELO(self, argument: str) -> Reply:  # noqa: N802
@@ -141,12 +169,55 @@ class Session:
     def smtp_HELP(self, argument: str) -> Reply:  # noqa: N802
         return replies.HELP
 
+    def smtp_AUTH(self, argument: str) -> Reply | defer.Deferred[Reply]:  # noqa: N802
+        if not self.config.apps:
+            return app_auth.AUTH_NOT_OFFERED
+        if self.helo is None:
+            return replies.NEED_HELO
+        if self.app is not None:
+            return app_auth.AUTH_TWICE
+        if self.transaction is not None:
+            return app_auth.AUTH_IN_TRANSACTION
+        exchange, answer = SaslExchange.begin(argument)
+        if exchange is not None and isinstance(answer, Reply):
+            self._sasl = exchange
+            return answer
+        return self._sasl_answer(None, answer)
+
+    def _sasl_answer(self, exchange: SaslExchange | None, answer: Reply | Credentials) -> Reply | defer.Deferred[Reply]:
+        if isinstance(answer, Reply):
+            if answer.code == 334:
+                self._sasl = exchange
+            elif answer.code >= 500:
+                self.log.info("session.auth_failed", client_ip=self.client, reason=answer.text)
+            return answer
+        app = self.config.apps.get(answer.username)
+        # An unknown name costs the same hash check as a wrong password.
+        stored = app.password_hash if app is not None else _dummy_hash()
+        d = self.gateway.verify_password(stored, answer.password)
+        return d.addCallback(self._verified, answer.username, app is not None)
+
+    def _verified(self, ok: bool, username: str, known: bool) -> Reply:
+        if ok and known:
+            self.app = username
+            self.log.info("session.authenticated", client_ip=self.client, app=username)
+            return app_auth.AUTH_OK
+        self.log.info("session.auth_failed", client_ip=self.client, username=username[:64],
+                      reason="unknown app" if not known else "wrong password")
+        return app_auth.AUTH_FAILED
+
     def smtp_MAIL(self, argument: str) -> Reply:  # noqa: N802
         if self.helo is None:
             return replies.NEED_HELO
         if self.transaction is not None:
             return replies.NESTED_MAIL
+        if self.config.listener.require_auth and self.app is None:
+            return app_auth.AUTH_REQUIRED
         mail = parse_mail(argument)
+        if self.app is not None and not policy.sender_owned(self.config.apps[self.app].senders, mail.sender.text):
+            self.log.info("mail.refused", sender=mail.sender.text, app=self.app,
+                          limit=f"apps.{self.app}.senders", reply=str(app_auth.SENDER_NOT_OWNED))
+            return app_auth.SENDER_NOT_OWNED
         limit = self.config.listener.max_message_size
         if mail.size is not None and mail.size > limit:
             self.log.info("mail.refused", sender=mail.sender.text, size=mail.size,
@@ -162,11 +233,18 @@ class Session:
         rcpt = parse_rcpt(argument).recipient
         if len(txn.accepted) >= self.config.listener.max_recipients:
             return self._refuse(txn, rcpt, replies.TOO_MANY_RECIPIENTS, limit="listener.max_recipients")
-        decision = policy.decide(self.config, self.address, txn.mail.sender, rcpt)
+        decision = policy.decide(self.config, self.address, txn.mail.sender, rcpt, self.app)
         if decision.action != "relay" or decision.upstream is None:
             assert decision.reply is not None
             return self._refuse(txn, rcpt, decision.reply, rule=decision.rule_name,
                                 limit=None if decision.rule else "no matching rule")
+        rate = decision.rule.rate if decision.rule else None
+        if rate is not None and decision.rule_name not in txn.rated_rules:
+            if not self.gateway.rate_limits.allow(decision.rule_name or "", rate, self.gateway.reactor.seconds()):
+                return self._refuse(txn, rcpt, RATE_LIMITED.with_text(
+                    f"Rate limit of rule {decision.rule_name} ({rate.text}) exceeded, try again later"),
+                    rule=decision.rule_name, limit=f"rules[{decision.rule_name}].rate")
+            txn.rated_rules.add(decision.rule_name or "")
         if txn.relay is None:
             txn.relay = RelayTransaction(self.gateway.connector(decision.upstream.name), txn.mail)
         elif txn.relay.upstream.name != decision.upstream.name:
@@ -218,9 +296,23 @@ class Session:
 
     def data_content(self, content: bytes) -> None:
         txn = self.transaction
-        if txn is not None and txn.relay is not None:
-            txn.facts.update(content)
-            txn.relay.write(content)
+        if txn is None or txn.relay is None or txn.refusal is not None:
+            return
+        headers_were_done = txn.facts.headers_done
+        txn.facts.update(content)
+        if not headers_were_done and txn.facts.headers_done and not self._from_allowed(txn):
+            txn.refusal = app_auth.FROM_NOT_OWNED
+            txn.relay.abort("From: header not owned by the app")
+            return
+        txn.relay.write(content)
+
+    def _from_allowed(self, txn: Transaction) -> bool:
+        app = self.config.apps.get(self.app or "")
+        if app is None or not app.check_from_header:
+            return True
+        header = txn.facts.header_from or ""
+        addresses = [a for _, a in getaddresses([header])] if header else []
+        return bool(addresses) and all(policy.sender_owned(app.senders, a) for a in addresses)
 
     def data_failed(self, reply: Reply) -> None:
         """The DATA reader found an error: the upstream must never see the final dot."""
@@ -234,6 +326,9 @@ class Session:
         transport = txn.relay.transport
         if transport is not None and transport.producer is not None:
             transport.unregisterProducer()
+        if error is None and txn.refusal is not None:
+            self._finish(txn, txn.refusal, limit=f"apps.{self.app}.check_from_header")
+            return txn.refusal
         if error is not None:
             limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"
             self._finish(txn, error, limit=limit)
@@ -283,6 +378,7 @@ class Session:
         fields: dict[str, Any] = {
             "client_ip": self.client,
             "helo": self.helo,
+            "app": self.app,
             "sender": txn.mail.sender.text,
             "recipients": [r.as_dict() for r in txn.recipients],
             "rules": txn.rules,
