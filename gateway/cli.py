@@ -78,10 +78,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             continue
         decision = policy.decide(config, client, sender, recipient)
         rule = f"rule {decision.rule.name!r}" if decision.rule else "no rule matches"
-        if decision.action == "relay" and decision.upstream is not None:
-            up = decision.upstream
-            print(f"  <{recipient.text}>: {rule} -> relay via upstream {up.name!r} "
-                  f"({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})")
+        if decision.action == "relay" and decision.upstreams:
+            hops = ", then ".join(
+                f"upstream {up.name!r} ({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})"
+                for up in decision.upstreams)
+            print(f"  <{recipient.text}>: {rule} -> relay via {hops}")
         else:
             print(f"  <{recipient.text}>: {rule} -> reject: {decision.reply}")
     return status if allowed else 0

@@ -74,6 +74,10 @@ class UpstreamConfig:
     connect_timeout: float = 30.0
     command_timeout: float = 120.0
     data_timeout: float = 600.0
+    failover_cooldown: float = 60.0
+    max_connections: int = 10
+    pool_idle_timeout: float = 30.0
+    pool_max_messages: int = 100
 
     @property
     def url(self) -> str:
@@ -105,7 +109,7 @@ class App:
 class Rule:
     name: str
     action: str
-    upstream: str | None = None
+    upstreams: tuple[str, ...] = ()  # failover order; empty for reject rules
     clients: tuple[Network, ...] | None = None
     senders: tuple[str, ...] | None = None
     recipients: tuple[str, ...] | None = None
@@ -313,7 +317,8 @@ class _Reader:
             self.problem(key, value, "a table")
             return UpstreamConfig(name=name, host="invalid")
         known = {"host", "port", "tls", "username", "password_env", "password_file", "ca_file",
-                 "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout"}
+                 "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout",
+                 "failover_cooldown", "max_connections", "pool_idle_timeout", "pool_max_messages"}
         known |= EXTRA_UPSTREAM_KEYS
         self.unknown_keys(value, key, known)
         t = value
@@ -358,6 +363,10 @@ class _Reader:
             connect_timeout=self.number(t, f"{key}.connect_timeout", 30, 0.1, 3600),
             command_timeout=self.number(t, f"{key}.command_timeout", 120, 0.1, 3600),
             data_timeout=self.number(t, f"{key}.data_timeout", 600, 0.1, 3600),
+            failover_cooldown=self.number(t, f"{key}.failover_cooldown", 60, 0, 86400),
+            max_connections=self.integer(t, f"{key}.max_connections", 10, 1, 10000),
+            pool_idle_timeout=self.number(t, f"{key}.pool_idle_timeout", 30, 0, 3600),
+            pool_max_messages=self.integer(t, f"{key}.pool_max_messages", 100, 1, 1000000),
         )
 
     def apps(self, document: Mapping[str, Any]) -> dict[str, App]:
@@ -385,6 +394,27 @@ class _Reader:
                 check_from_header=self.boolean(value, f"{key}.check_from_header", False),
             )
         return apps
+
+    def upstream_names(self, table: Mapping[str, Any], key: str, upstreams: Mapping[str, UpstreamConfig],
+                       *, required: bool) -> tuple[str, ...]:
+        """``upstream = "NAME"`` or ``upstream = ["primary", "backup"]`` (failover, in order)."""
+        value = table.get("upstream")
+        if value is None:
+            if required:
+                self.problem(key, "nothing", "the name of an [upstreams.NAME] table, or a list of them", raw=True)
+            return ()
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            self.problem(key, value, 'an upstream name or a list such as ["primary", "backup"]')
+            return ()
+        defined = ", ".join(sorted(upstreams)) or "none defined"
+        for i, name in enumerate(names):
+            if name not in upstreams:
+                where = key if isinstance(value, str) else f"{key}[{i}]"
+                self.problem(where, name, f"one of the defined upstreams ({defined})")
+        if len(set(names)) != len(names):
+            self.problem(key, value, "each upstream at most once")
+        return tuple(names)
 
     def rule_apps(self, table: Mapping[str, Any], key: str, apps: Mapping[str, App]) -> tuple[str, ...] | None:
         names = self.strings(table, key)
@@ -421,17 +451,11 @@ class _Reader:
             action = self.string(value, f"{key}.action", None, choices=ACTIONS)
             if action is None and "action" not in value:
                 self.problem(f"{key}.action", "nothing", '"relay" or "reject"', raw=True)
-            upstream = self.string(value, f"{key}.upstream", None)
-            if action == "relay":
-                if upstream is None:
-                    self.problem(f"{key}.upstream", "nothing", "the name of an [upstreams.NAME] table", raw=True)
-                elif upstream not in upstreams:
-                    known_names = ", ".join(sorted(upstreams)) or "none defined"
-                    self.problem(f"{key}.upstream", upstream, f"one of the defined upstreams ({known_names})")
+            names = self.upstream_names(value, f"{key}.upstream", upstreams, required=action == "relay")
             rules.append(Rule(
                 name=name,
                 action=action or "reject",
-                upstream=upstream,
+                upstreams=names,
                 clients=self.networks(value, f"{key}.clients"),
                 senders=self.strings(value, f"{key}.senders"),
                 recipients=self.strings(value, f"{key}.recipients"),

@@ -28,8 +28,17 @@ class Decision:
 
     action: str  # "relay" or "reject"
     rule: Rule | None
-    upstream: UpstreamConfig | None
+    upstreams: tuple[UpstreamConfig, ...]  # in failover order
     reply: Reply | None  # the refusal, when action is "reject"
+
+    @property
+    def upstream(self) -> UpstreamConfig | None:
+        """The first (primary) upstream of the route."""
+        return self.upstreams[0] if self.upstreams else None
+
+    @property
+    def route(self) -> tuple[str, ...]:
+        return tuple(u.name for u in self.upstreams)
 
     @property
     def rule_name(self) -> str | None:
@@ -78,8 +87,8 @@ def decide(config: Config, client: IPAddress, sender: Address, recipient: Addres
     """The first rule matching (client, app, sender, recipient) decides; none matching refuses."""
     for rule in config.rules:
         if rule_matches(rule, client, sender, recipient, app):
-            if rule.action == "relay" and rule.upstream is not None:
-                return Decision("relay", rule, config.upstreams[rule.upstream], None)
-            return Decision("reject", rule, None, replies.RULE_REJECT.with_text(
+            if rule.action == "relay" and rule.upstreams:
+                return Decision("relay", rule, tuple(config.upstreams[n] for n in rule.upstreams), None)
+            return Decision("reject", rule, (), replies.RULE_REJECT.with_text(
                 f"Relay access denied by rule {rule.name}"))
-    return Decision("reject", None, None, replies.NO_RULE)
+    return Decision("reject", None, (), replies.NO_RULE)

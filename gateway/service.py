@@ -15,8 +15,12 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from gateway.audit import AuditLog
 from gateway import passwords
 from gateway.config import Config, resolve_password
+from gateway.commands import MailFrom
 from gateway.credentials import Secret
+from gateway.failover import Cooldowns
+from gateway.pool import UpstreamPool
 from gateway.ratelimit import RateLimits
+from gateway.relay import RelayTransaction
 from gateway.upstream import UpstreamConnector
 
 
@@ -25,10 +29,12 @@ class Gateway:
         self.reactor = reactor
         self.config = config
         self.audit = audit or AuditLog(config.audit.path)
-        self._connectors = {
-            name: UpstreamConnector(reactor, upstream, resolve_password(upstream), config.listener.hostname)
+        self.pools = {
+            name: UpstreamPool(UpstreamConnector(reactor, upstream, resolve_password(upstream),
+                                                 config.listener.hostname), reactor)
             for name, upstream in config.upstreams.items()
         }
+        self.cooldowns = Cooldowns()
         self.sessions: set[Any] = set()
         self.clients: dict[str, int] = {}  # open sessions per client address
         self.rate_limits = RateLimits()
@@ -41,7 +47,11 @@ class Gateway:
                                          passwords.verify, password_hash, password.reveal())
 
     def connector(self, name: str) -> UpstreamConnector:
-        return self._connectors[name]
+        return self.pools[name].connector
+
+    def relay(self, route: tuple[str, ...], mail: MailFrom) -> RelayTransaction:
+        """A cut-through relay of one transaction over `route` (upstream names, failover order)."""
+        return RelayTransaction([self.pools[name] for name in route], mail, self.cooldowns, self.reactor)
 
     async def start(self) -> int:
         from gateway.listener import ListenerFactory
@@ -70,6 +80,8 @@ class Gateway:
             await self._drained
             if timer.active():
                 timer.cancel()
+        for pool in self.pools.values():
+            pool.close_idle()
         self.audit.event("gateway.stopped")
 
     def _force_close(self) -> None:

@@ -19,7 +19,6 @@ from gateway.address import Address
 from gateway.app_auth import Credentials, SaslExchange
 from gateway.commands import Command, CommandError, MailFrom, parse_command, parse_mail, parse_rcpt
 from gateway.data import MessageFacts
-from gateway.relay import RelayTransaction
 from gateway.replies import Reply
 
 if TYPE_CHECKING:
@@ -246,8 +245,8 @@ class Session:
                     rule=decision.rule_name, limit=f"rules[{decision.rule_name}].rate")
             txn.rated_rules.add(decision.rule_name or "")
         if txn.relay is None:
-            txn.relay = RelayTransaction(self.gateway.connector(decision.upstream.name), txn.mail)
-        elif txn.relay.upstream.name != decision.upstream.name:
+            txn.relay = self.gateway.relay(decision.route, txn.mail)
+        elif txn.relay.route != decision.route:
             return self._refuse(txn, rcpt, replies.OTHER_ROUTE, rule=decision.rule_name,
                                 limit="one upstream per transaction in relay mode")
         rule = decision.rule_name
@@ -291,8 +290,8 @@ class Session:
     def data_started(self, producer: Any) -> None:
         """Let the upstream's send buffer throttle the app's transport (bounded memory)."""
         txn = self.transaction
-        if txn and txn.relay and txn.relay.transport is not None:
-            txn.relay.transport.registerProducer(producer, True)
+        if txn and txn.relay:
+            txn.relay.throttle(producer)
 
     def data_content(self, content: bytes) -> None:
         txn = self.transaction
@@ -323,9 +322,7 @@ class Session:
     def data_end(self, error: Reply | None) -> Reply | defer.Deferred[Reply]:
         txn = self.transaction
         assert txn is not None and txn.relay is not None
-        transport = txn.relay.transport
-        if transport is not None and transport.producer is not None:
-            transport.unregisterProducer()
+        txn.relay.unthrottle()
         if error is None and txn.refusal is not None:
             self._finish(txn, txn.refusal, limit=f"apps.{self.app}.check_from_header")
             return txn.refusal
@@ -399,6 +396,8 @@ class Session:
                               upstream_reply=relay.upstream_reply.text)
             if relay.failure is not None:
                 fields["upstream_error"] = relay.failure.reason
+            if relay.tried:
+                fields["upstreams_tried"] = relay.tried
         if txn.in_data:
             fields.update(size=txn.facts.size, message_id=txn.facts.message_id, sha256=txn.facts.sha256)
         if reason:
