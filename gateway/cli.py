@@ -68,6 +68,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"client {client}: {'allowed' if allowed else 'DENIED'} by listener.allowed_clients")
     if not allowed:
         print(f"  every command would get: {policy.replies.GREETING_DENIED}")
+    if args.app is not None:
+        if args.app not in config.apps:
+            raise UsageError(f"--app: found {args.app!r}, expected one of the [apps] ({', '.join(config.apps) or 'none'})")
+        owned = policy.sender_owned(config.apps[args.app].senders, sender.text)
+        print(f"app {args.app!r}: sender {'owned' if owned else 'NOT owned (553 5.7.1 at MAIL)'}")
     print(f"sender <{sender.text}>")
     status = 0
     for text in args.recipients:
@@ -76,7 +81,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         except AddressError as exc:
             print(f"  <{text}>: refused at RCPT: {exc.reply}")
             continue
-        decision = policy.decide(config, client, sender, recipient)
+        decision = policy.decide(config, client, sender, recipient, args.app)
         rule = f"rule {decision.rule.name!r}" if decision.rule else "no rule matches"
         if decision.action == "relay" and decision.upstreams:
             hops = ", then ".join(
@@ -128,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", metavar="FILE")
     explain.add_argument("--client", required=True, metavar="IP")
     explain.add_argument("--from", dest="sender", required=True, metavar="ADDR", help="envelope sender ('' for <>)")
+    explain.add_argument("--app", metavar="NAME", help="as if authenticated as this [apps.NAME]")
     explain.add_argument("--to", dest="recipients", required=True, action="append", metavar="ADDR")
     explain.set_defaults(func=cmd_explain)
 
