@@ -14,8 +14,15 @@ from gateway.errors import MailgateError
 
 def run(config: Config) -> int:
     from twisted.internet import defer, reactor
+    from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
+                                globalLogBeginner, textFileLogObserver)
 
     from gateway.service import Gateway
+
+    # Twisted's own warnings and unhandled errors go to stderr; the audit trail is separate.
+    level = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(sys.stderr), [level])],
+                                     redirectStandardIO=False)
 
     gateway = Gateway(reactor, config)  # resolves secrets: fails before binding anything
     outcome: dict[str, BaseException | None] = {"error": None}

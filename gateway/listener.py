@@ -223,7 +223,12 @@ class SMTPServerProtocol(Protocol):
         if self.session.helo is None and line.split(b" ", 1)[0].upper().decode("ascii", "replace") in HTTP_VERBS:
             self._close("HTTP request on the SMTP port", HTTP_ON_SMTP)
             return
-        self._dispatch(self.session.handle_line(line))
+        try:
+            result = self.session.handle_line(line)
+        except Exception:  # a bug must cost one session a 421, never a silent drop
+            self._internal_error(Failure())
+            return
+        self._dispatch(result)
 
     def _dispatch(self, result: Reply | defer.Deferred[Reply]) -> None:
         if isinstance(result, defer.Deferred):
