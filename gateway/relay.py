@@ -66,21 +66,25 @@ class RelayTransaction:
     async def _rcpt(self, recipient: Address) -> Reply:
         if self.failure is not None:
             return self.failure.reply
-        if self.session is None:
-            await self._open()
-            if self.failure is not None:
-                return self.failure.reply
-        assert self.session is not None
+        line = f"RCPT TO:{recipient.path()}".encode("ascii")
         try:
-            reply = await self.session.command(f"RCPT TO:{recipient.path()}".encode("ascii"))
+            if self.session is None:
+                reply = await self._open(line)
+                if self.failure is not None or reply is None:
+                    return self.failure.reply if self.failure else replies.UPSTREAM_LOST
+            else:
+                reply = await self.session.command(line)
         except UpstreamFailure as failure:
             self._fail(failure)
             return failure.reply
         self.upstream_reply = reply
         return reflect(reply)
 
-    async def _open(self) -> None:
-        """Take a session and send MAIL, failing over along the route."""
+    async def _open(self, rcpt_line: bytes) -> Reply | None:
+        """Take a session and send MAIL (and, pipelined, the first RCPT), failing over along the route.
+
+        Returns the first RCPT's reply, or None with `failure` set.
+        """
         now = self.clock.seconds()
         pools = {p.config.name: p for p in self.pools}
         last: UpstreamFailure | None = None
@@ -98,38 +102,53 @@ class RelayTransaction:
                 continue
             self.cooldowns.succeeded(name)
             self.pool, self.session = pool, session
-            reply = await self._mail(session)
+            reply, rcpt = await self._mail(session, rcpt_line)
             if reply is None:
-                return
+                return rcpt
             if reply.is_transient and name != self.route[-1]:
                 self.tried.append({"upstream": name, "reason": f"MAIL answered {reply.code} {reply.enhanced}"})
                 self._release(reusable=False)
                 self.pool = self.session = None
                 continue
             self._fail(UpstreamFailure(reflect(reply), f"{name}: MAIL refused", reply))
-            return
+            return None
         self.failure = last or UpstreamFailure(replies.UPSTREAM_UNREACHABLE, "no upstream available")
         if self.failure.upstream_reply is not None:
             self.upstream_reply = self.failure.upstream_reply
+        return None
 
-    async def _mail(self, session: UpstreamSession) -> Reply | None:
-        """Send MAIL; None when accepted (or a failure was recorded), else the refusal."""
+    async def _mail(self, session: UpstreamSession, rcpt_line: bytes) -> tuple[Reply | None, Reply | None]:
+        """Send MAIL, and the first RCPT pipelined where offered (RFC 2920).
+
+        Returns (None, RCPT reply) when MAIL was accepted, (refusal, None) when it was
+        not, and (None, None) with `failure` set when the session broke.
+        """
         capabilities = session.capabilities
         if self.mail.body == "8BITMIME" and "8BITMIME" not in capabilities:
             self._fail(UpstreamFailure(replies.UPSTREAM_NO_8BIT, f"{session.config.name}: 8BITMIME not offered"))
-            return None
+            return None, None
         line = f"MAIL FROM:{self.mail.sender.path()}"
         if self.mail.size is not None and "SIZE" in capabilities:
             line += f" SIZE={self.mail.size}"
         if self.mail.body and "8BITMIME" in capabilities:
             line += f" BODY={self.mail.body}"
+        rcpt_sent = None
         try:
-            reply = await session.command(line.encode("ascii"))
+            mail_sent = session.command(line.encode("ascii"))
+            rcpt_sent = session.command(rcpt_line) if "PIPELINING" in capabilities else None
+            reply = await mail_sent
+            if reply.code != 250:
+                if rcpt_sent is not None:
+                    await rcpt_sent  # its 503 means nothing; keep the replies in step
+                self.upstream_reply = reply
+                return reply, None
+            rcpt = await (rcpt_sent if rcpt_sent is not None else session.command(rcpt_line))
         except UpstreamFailure as failure:
+            if rcpt_sent is not None:
+                rcpt_sent.addErrback(lambda _: None)  # the same loss, already handled
             self._fail(failure)
-            return None
-        self.upstream_reply = reply
-        return None if reply.code == 250 else reply
+            return None, None
+        return None, rcpt
 
     def _fail(self, failure: UpstreamFailure) -> None:
         self.failure = failure
