@@ -25,7 +25,7 @@ def _load(path: str | None) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.daemon import run
 
-    return run(_load(args.config))
+    return run(_load(args.config), lambda: _load(args.config))
 
 
 def cmd_check(args: argparse.Namespace) -> int:

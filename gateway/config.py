@@ -37,6 +37,9 @@ class Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+METRICS_LISTEN = Endpoint("127.0.0.1", 9225)
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     listen: Endpoint = Endpoint("127.0.0.1", 2525)
@@ -52,11 +55,19 @@ class ListenerConfig:
     max_errors: int = 20
     data_timeout: float = 300.0
     min_data_rate: int = 256  # bytes/second averaged over DATA, enforced after the first 30 s
+    proxy_protocol: bool = False  # the client's address comes from a PROXY v1/v2 header
 
 
 @dataclass(frozen=True)
 class AuditConfig:
     path: str = "-"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The metrics and health HTTP server; ``listen`` None (no [metrics] section) turns it off."""
+
+    listen: Endpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ class Config:
     apps: Mapping[str, App] = field(default_factory=dict)
     source: str = "<embedded default>"
     extras: Mapping[str, Any] = field(default_factory=dict)
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def resolve_password(upstream: UpstreamConfig) -> Secret | None:
@@ -253,7 +265,7 @@ class _Reader:
     # --- sections -------------------------------------------------------------------
 
     def config(self, document: Mapping[str, Any]) -> Config:
-        known = {"listener", "audit", "upstreams", "rules", "apps"}
+        known = {"listener", "audit", "upstreams", "rules", "apps", "metrics"}
         extras = {k: v for k, v in document.items() if k in EXTRA_SECTIONS}
         self.unknown_keys(document, "", known | set(EXTRA_SECTIONS))
         listener = self.listener(document)
@@ -263,13 +275,15 @@ class _Reader:
         rules = self.rules(document, upstreams, apps)
         if listener.require_auth and not apps:
             self.problem("listener.require_auth", True, "at least one [apps.NAME] table to authenticate")
-        return Config(listener, audit, upstreams, rules, apps, self.source, extras)
+        metrics = self.metrics(document)
+        return Config(listener, audit, upstreams, rules, apps, self.source, extras, metrics=metrics)
 
     def listener(self, document: Mapping[str, Any]) -> ListenerConfig:
         d = ListenerConfig()
         known = {"listen", "allowed_clients", "hostname", "max_message_size", "max_recipients",
                  "idle_timeout", "shutdown_grace", "require_auth", "max_connections",
-                 "max_connections_per_client", "max_errors", "data_timeout", "min_data_rate"}
+                 "max_connections_per_client", "max_errors", "data_timeout", "min_data_rate",
+                 "proxy_protocol"}
         t = self.table(document, "listener", known)
         listen = self.endpoint(t, "listener.listen", d.listen)
         allowed = self.networks(t, "listener.allowed_clients")
@@ -288,6 +302,7 @@ class _Reader:
             max_errors=self.integer(t, "listener.max_errors", d.max_errors, 1, 10000),
             data_timeout=self.number(t, "listener.data_timeout", d.data_timeout, 1, 86400),
             min_data_rate=self.integer(t, "listener.min_data_rate", d.min_data_rate, 0, 2**30),
+            proxy_protocol=self.boolean(t, "listener.proxy_protocol", d.proxy_protocol),
         )
 
     def endpoint(self, table: Mapping[str, Any], key: str, default: Endpoint) -> Endpoint:
@@ -299,6 +314,12 @@ class _Reader:
             self.problem(key, value, 'HOST:PORT such as "127.0.0.1:2525" or "[::1]:2525"')
             return default
         return parsed
+
+    def metrics(self, document: Mapping[str, Any]) -> MetricsConfig:
+        if "metrics" not in document:
+            return MetricsConfig()
+        t = self.table(document, "metrics", {"listen"})
+        return MetricsConfig(listen=self.endpoint(t, "metrics.listen", METRICS_LISTEN))
 
     def audit(self, document: Mapping[str, Any]) -> AuditConfig:
         t = self.table(document, "audit", {"path"})

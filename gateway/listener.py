@@ -41,8 +41,9 @@ HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONN
 
 @implementer(IPushProducer)
 class SMTPServerProtocol(Protocol):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, proxied: bool = False) -> None:
         self.gateway = gateway
+        self.proxied = proxied  # behind a PROXY header reader (gateway.proxy)
         self.session: Session | None = None
         self._buffer = b""
         self._discarding_long_line = False
@@ -68,7 +69,7 @@ class SMTPServerProtocol(Protocol):
         refusal = None
         if len(self.gateway.sessions) >= listener.max_connections:
             refusal, limit = TOO_MANY_CONNECTIONS, "listener.max_connections"
-        elif self.gateway.clients.get(host, 0) >= listener.max_connections_per_client:
+        elif not self.proxied and self.gateway.clients.get(host, 0) >= listener.max_connections_per_client:
             refusal, limit = TOO_MANY_FROM_CLIENT, "listener.max_connections_per_client"
         if refusal is not None:
             self.gateway.audit.event("connection.refused", client_ip=host, client_port=port, limit=limit,
@@ -77,14 +78,34 @@ class SMTPServerProtocol(Protocol):
             self.transport.write(refusal.to_bytes())
             self.transport.loseConnection()
             return
-        self._counted_client = host
-        self.gateway.clients[host] = self.gateway.clients.get(host, 0) + 1
+        if not self.proxied:  # behind a balancer the client is counted when its PROXY header arrives
+            self._count_client(host)
         self.session = Session(self.gateway, secrets.token_hex(8), host, port)
+        if self.proxied:
+            self.session.expect_proxy_header()
         self.gateway.sessions.add(self)
         # Our own transport tells us when the app stops reading its replies.
         self.transport.registerProducer(self, True)
         self._reply(self.session.greeting())
         self._arm(listener.idle_timeout, self._idle)
+
+    def _count_client(self, host: str) -> None:
+        self._counted_client = host
+        self.gateway.clients[host] = self.gateway.clients.get(host, 0) + 1
+
+    def _proxy_header_read(self) -> bool:
+        """The PROXY header named the client: tell the session, count it; False if refused."""
+        assert self.session is not None
+        peer = self.transport.getPeer()  # data arrives only after a valid header: the real client
+        host, port = getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
+        self.session.proxy_header(host, port)
+        if self.gateway.clients.get(host, 0) >= self.gateway.config.listener.max_connections_per_client:
+            self.gateway.audit.event("connection.refused", client_ip=host, client_port=port,
+                                     limit="listener.max_connections_per_client", reply=str(TOO_MANY_FROM_CLIENT))
+            self._close("too many connections from the client", TOO_MANY_FROM_CLIENT)
+            return False
+        self._count_client(host)
+        return True
 
     def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
         self._cancel_timer()
@@ -108,6 +129,12 @@ class SMTPServerProtocol(Protocol):
         if reply is not None:
             self.transport.write(reply.to_bytes())
         self.transport.loseConnection()
+
+    def proxy_header_invalid(self) -> None:
+        """The PROXY header reader refused the connection's first bytes."""
+        if self.session is not None:
+            self.session.proxy_header_invalid()
+        self._close("invalid PROXY header", replies.PROXY_HEADER_INVALID)
 
     def shutdown(self) -> None:
         """The gateway is stopping and the grace period is over."""
@@ -173,6 +200,9 @@ class SMTPServerProtocol(Protocol):
             self._first_bytes = False
             if data[:1] == b"\x16":  # a TLS ClientHello on the plaintext port
                 self._close("TLS handshake on the plaintext port")
+                return
+        if self.proxied and self.session is not None and self.session.awaiting_proxy_header:
+            if not self._proxy_header_read():
                 return
         if self._reader is not None:
             self._feed_data(data)
@@ -308,10 +338,11 @@ class SMTPServerProtocol(Protocol):
 
 
 class ListenerFactory(Factory):
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, proxied: bool = False) -> None:
         self.gateway = gateway
+        self.proxied = proxied
 
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:  # noqa: N802
-        protocol = SMTPServerProtocol(self.gateway)
+        protocol = SMTPServerProtocol(self.gateway, self.proxied)
         protocol.factory = self
         return protocol

@@ -62,6 +62,7 @@ class Transaction:
     in_data: bool = False
     rated_rules: set[str] = field(default_factory=set)
     refusal: Reply | None = None  # set during DATA when the message must be refused (From: check)
+    dot_sent: float | None = None  # when the end of data went upstream (for the latency metric)
 
     @property
     def accepted(self) -> list[RecipientResult]:
@@ -79,6 +80,10 @@ class Session:
         self.started = time.monotonic()
         self.helo: str | None = None
         self.allowed = False
+        self.opened = False  # session.opened written: the client's address is decided
+        self.proxied = False
+        self.proxy_peer: tuple[str, int] | None = None  # the balancer, once a PROXY header named the client
+        self.proxy_rejected = False
         self.transaction: Transaction | None = None
         self.app: str | None = None  # the authenticated app, if any
         self._sasl: SaslExchange | None = None
@@ -88,23 +93,67 @@ class Session:
     # --- session lifecycle --------------------------------------------------------
 
     def greeting(self) -> Reply:
+        """The banner, after deciding on the client's address.
+
+        Behind a PROXY header (`expect_proxy_header`) the address is not known at
+        connect: greet 220 and decide at the first command instead (see `handle`).
+        """
+        if self.proxied:
+            return self._banner()
+        return self._admit() or self._banner()
+
+    def _banner(self) -> Reply:
+        return Reply(220, "", f"{self.config.listener.hostname} ESMTP mailgate")
+
+    def _admit(self) -> Reply | None:
+        """Decide on the client's address and write ``session.opened``; the refusal if denied."""
+        self.opened = True
+        limit = "listener.allowed_clients"
         try:
             self.address = policy.parse_client(self.client)
             self.allowed = policy.client_allowed(self.config, self.address)
         except ValueError:
             self.allowed = False
+        proxy: dict[str, Any] = {}
+        if self.proxied:
+            if self.proxy_peer is None:
+                self.allowed, limit = False, "listener.proxy_protocol"
+                proxy["proxy_header"] = "invalid" if self.proxy_rejected else "missing"
+            else:
+                proxy.update(proxy_ip=self.proxy_peer[0], proxy_port=self.proxy_peer[1])
         self.log.info("session.opened", client_ip=self.client, client_port=self.client_port,
-                      allowed=self.allowed)
+                      allowed=self.allowed, **proxy)
+        self.gateway.metrics.session_opened(self.allowed)
         if not self.allowed:
-            self.log.info("session.denied", client_ip=self.client, limit="listener.allowed_clients",
-                          reply=str(replies.GREETING_DENIED))
-            return replies.GREETING_DENIED
-        return Reply(220, "", f"{self.config.listener.hostname} ESMTP mailgate")
+            refusal = replies.PROXY_HEADER_INVALID if self.proxy_rejected else replies.GREETING_DENIED
+            self.log.info("session.denied", client_ip=self.client, limit=limit, reply=str(refusal))
+            return refusal
+        return None
+
+    # --- PROXY protocol (listener.proxy_protocol) ---------------------------------------
+
+    def expect_proxy_header(self) -> None:
+        """The address at connect is the balancer's; the client's arrives in a PROXY header."""
+        self.proxied = True
+
+    @property
+    def awaiting_proxy_header(self) -> bool:
+        return self.proxied and self.proxy_peer is None and not self.proxy_rejected
+
+    def proxy_header(self, client: str, client_port: int) -> None:
+        """The PROXY header named the client (before its first command reaches `handle`)."""
+        self.proxy_peer = (self.client, self.client_port)
+        self.client, self.client_port = client, client_port
+
+    def proxy_header_invalid(self) -> None:
+        self.proxy_rejected = True
 
     def close(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
+        if not self.opened:
+            self._admit()
         if self.transaction is not None:
             self._abandon(f"client session ended ({reason})")
         self.log.info("session.closed", reason=reason,
@@ -117,6 +166,10 @@ class Session:
         if self._sasl is not None:
             exchange, self._sasl = self._sasl, None
             return self._sasl_answer(exchange, exchange.respond(line.decode("ascii", "replace")))
+        if not self.opened:  # behind a PROXY header: the first command decides on the client
+            refusal = self._admit()
+            if refusal is not None and line.strip().upper() != b"QUIT":
+                return refusal
         try:
             command = parse_command(line)
         except CommandError as exc:
@@ -330,6 +383,7 @@ class Session:
             limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"
             self._finish(txn, error, limit=limit)
             return error
+        txn.dot_sent = time.monotonic()
         return txn.relay.finish().addCallback(self._data_finished, txn)
 
     def _data_finished(self, reply: Reply, txn: Transaction) -> Reply:
@@ -407,3 +461,5 @@ class Session:
         self.counts["messages"] += 1
         self.counts[outcome] += 1
         self.log.info("message.result", **fields)
+        waited = None if txn.dot_sent is None else time.monotonic() - txn.dot_sent
+        self.gateway.metrics.message_result(fields, waited)
