@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from gateway.config import Endpoint
@@ -62,8 +63,19 @@ class ReadyPage(_Leaf):
         return b"ready\n"
 
 
+class Index(Resource):
+    """``/`` lists the pages; any other unknown path is 404."""
+
+    def getChild(self, path: bytes, request: Request) -> IResource:  # noqa: N802
+        return self if path == b"" else notFound()
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802
+        request.setHeader(b"content-type", TEXT)
+        return b"mailgate: /metrics /healthz /readyz\n"
+
+
 def site(gateway: Gateway) -> Site:
-    root = Resource()
+    root = Index()
     root.putChild(b"metrics", MetricsPage(gateway))
     root.putChild(b"healthz", HealthPage(gateway))
     root.putChild(b"readyz", ReadyPage(gateway))
