@@ -52,17 +52,19 @@ def reload(gateway: Any, load: Callable[[], Config]) -> bool:
 
 
 def reopen_audit(gateway: Any) -> bool:
-    """Reopen the audit file, if the audit log knows how; report either way."""
+    """Reopen the audit file, if the audit log knows how (it records ``audit.reopened``); report either way."""
     reopen = getattr(gateway.audit, "reopen", None)
     if reopen is None:
         say("SIGUSR1: this audit log cannot be reopened; ignored")
         return False
     try:
-        reopen()
+        ok = reopen()
     except MailgateError as exc:
         say(f"SIGUSR1: {exc}")
         return False
-    gateway.audit.event("audit.reopened", path=getattr(gateway.audit, "path", None))
+    if ok is False:
+        say("SIGUSR1: cannot reopen the audit file; still writing to the old one")
+        return False
     say("reopened the audit file")
     return True
 
