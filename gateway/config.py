@@ -536,7 +536,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Config:
 
     Variables: MAILGATE_UPSTREAM (``starttls://USER@HOST:587`` or ``smtps://USER@HOST:465``),
     MAILGATE_UPSTREAM_PASSWORD, and optionally MAILGATE_UPSTREAM_CA_FILE, MAILGATE_LISTEN,
-    MAILGATE_AUDIT.
+    MAILGATE_AUDIT, MAILGATE_METRICS (HOST:PORT of /metrics, /healthz, /readyz).
     """
     env = os.environ if environ is None else environ
     url = env.get(UPSTREAM_VARIABLE)
@@ -553,6 +553,8 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Config:
     }
     if env.get("MAILGATE_LISTEN"):
         document["listener"]["listen"] = env["MAILGATE_LISTEN"]
+    if env.get("MAILGATE_METRICS"):
+        document["metrics"] = {"listen": env["MAILGATE_METRICS"]}
     if env.get("MAILGATE_UPSTREAM_CA_FILE"):
         document["upstreams"]["default"]["ca_file"] = env["MAILGATE_UPSTREAM_CA_FILE"]
     return parse(document, "environment")

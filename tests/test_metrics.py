@@ -46,3 +46,13 @@ def test_reply_class_and_rule_label():
     """Reply codes fold into classes; a message with no rule is labelled "none"."""
     assert [reply_class(c) for c in (250, 421, 554, None, 99)] == ["2xx", "4xx", "5xx", "other", "other"]
     assert rule_label([]) == "none" and rule_label(["x"]) == "x"
+
+
+def test_metrics_server_can_be_turned_on_from_the_environment():
+    """MAILGATE_METRICS sets [metrics] listen for the env-only (container) configuration."""
+    from gateway.config import Endpoint, from_environment
+
+    config = from_environment({"MAILGATE_UPSTREAM": "starttls://u@smtp.example.net:587",
+                               "MAILGATE_METRICS": "0.0.0.0:9225"})
+    assert config.metrics.listen == Endpoint("0.0.0.0", 9225)
+    assert from_environment({"MAILGATE_UPSTREAM": "starttls://u@smtp.example.net:587"}).metrics.listen is None
