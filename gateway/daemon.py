@@ -52,7 +52,7 @@ def reload(gateway: Any, load: Callable[[], Config]) -> bool:
 
 
 def reopen_audit(gateway: Any) -> bool:
-    """Reopen the audit file, if the audit log knows how (it records ``audit.reopened``); report either way."""
+    """Reopen the audit file if the audit log can (it writes ``audit.reopened``); report."""
     reopen = getattr(gateway.audit, "reopen", None)
     if reopen is None:
         say("SIGUSR1: this audit log cannot be reopened; ignored")
@@ -106,7 +106,9 @@ def run(config: Config, load: Callable[[], Config] | None = None) -> int:
     def started(port: int) -> None:
         say(f"listening on {config.listener.listen.host}:{port}")
         if gateway.status_port is not None and config.metrics.listen is not None:
-            say(f"metrics and health on http://{config.metrics.listen.host}:{gateway.status_port.getHost().port}/")
+            say(
+                f"metrics and health on http://{config.metrics.listen.host}:{gateway.status_port.getHost().port}/"
+            )
 
     def start() -> None:
         d = defer.Deferred.fromCoroutine(gateway.start())

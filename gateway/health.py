@@ -64,7 +64,10 @@ class Readiness:
             found.append("no configuration loaded")
         for name, attempt in sorted(self.attempts.items()):
             if not attempt.ok:
-                found.append(f"upstream {name}: last connection attempt failed: {attempt.reason or 'unknown'}")
+                found.append(
+                    f"upstream {name}: last connection attempt failed: "
+                    f"{attempt.reason or 'unknown'}"
+                )
         return found
 
     @property
@@ -72,9 +75,12 @@ class Readiness:
         return not self.problems()
 
     def due_probes(self, now: float) -> list[str]:
-        """Upstreams whose last attempt failed at least `PROBE_INTERVAL` ago and are not being probed."""
-        return sorted(name for name, a in self.attempts.items()
-                      if not a.ok and now - a.at >= PROBE_INTERVAL and name not in self.probing)
+        """Upstreams whose last attempt failed `PROBE_INTERVAL` or more ago, not being probed."""
+        return sorted(
+            name
+            for name, a in self.attempts.items()
+            if not a.ok and now - a.at >= PROBE_INTERVAL and name not in self.probing
+        )
 
 
 class WatchedConnector:
@@ -83,8 +89,9 @@ class WatchedConnector:
     Everything else (``config``, ``password``, ...) is the wrapped connector's.
     """
 
-    def __init__(self, connector: Any, readiness: Readiness, metrics: Metrics,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self, connector: Any, readiness: Readiness, metrics: Metrics, clock: Callable[[], float]
+    ) -> None:
         self.connector = connector
         self.readiness = readiness
         self.metrics = metrics
@@ -101,7 +108,9 @@ class WatchedConnector:
     def _report(self, result: Any, started: float) -> Any:
         name = self.connector.config.name
         ok = not isinstance(result, Failure)
-        reason = None if ok else str(getattr(result.value, "reason", None) or result.getErrorMessage())
+        reason = (
+            None if ok else str(getattr(result.value, "reason", None) or result.getErrorMessage())
+        )
         self.readiness.attempted(name, Attempt(ok, started, reason))
         tls = getattr(getattr(result, "tls", None), "version", None) if ok else None
         self.metrics.upstream_attempt(name, ok, self.clock() - started, tls)

@@ -60,41 +60,77 @@ class _StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         if self.sessions is not None:
-            yield GaugeMetricFamily("mailgate_sessions_active", "App sessions open now.",
-                                    value=self.sessions())
+            yield GaugeMetricFamily(
+                "mailgate_sessions_active", "App sessions open now.", value=self.sessions()
+            )
         if self.queue is not None:
             state = self.queue()
-            yield GaugeMetricFamily("mailgate_queue_depth", "Messages in the spool waiting for delivery.",
-                                    value=state.depth)
-            yield GaugeMetricFamily("mailgate_queue_oldest_age_seconds",
-                                    "Age of the oldest message in the spool (0 when empty).",
-                                    value=state.oldest_age_seconds)
+            yield GaugeMetricFamily(
+                "mailgate_queue_depth",
+                "Messages in the spool waiting for delivery.",
+                value=state.depth,
+            )
+            yield GaugeMetricFamily(
+                "mailgate_queue_oldest_age_seconds",
+                "Age of the oldest message in the spool (0 when empty).",
+                value=state.oldest_age_seconds,
+            )
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.sessions = Counter("mailgate_sessions", "App sessions opened, by whether the client was allowed.",
-                                ["allowed"], registry=r)
-        self.messages = Counter("mailgate_messages", "Mail transactions ended, by outcome, rule(s) and upstream.",
-                                ["outcome", "rule", "upstream"], registry=r)
-        self.upstream_replies = Counter("mailgate_upstream_replies",
-                                        "Last upstream reply of each transaction, by class (2xx, 4xx, 5xx).",
-                                        ["upstream", "class"], registry=r)
-        self.upstream_connections = Counter("mailgate_upstream_connections",
-                                            "Upstream connection attempts (TLS, verification, AUTH), by result.",
-                                            ["upstream", "result"], registry=r)
-        self.upstream_tls = Counter("mailgate_upstream_tls", "Upstream sessions ready, by TLS version negotiated.",
-                                    ["upstream", "version"], registry=r)
-        self.connect_seconds = Histogram("mailgate_upstream_connect_seconds",
-                                         "Upstream connection set-up: connect to ready for MAIL (TLS and AUTH done).",
-                                         ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
-        self.message_seconds = Histogram("mailgate_upstream_message_seconds",
-                                         "Per message: end of data sent upstream to the upstream's final reply.",
-                                         ["upstream"], buckets=LATENCY_BUCKETS, registry=r)
-        self.reloads = Counter("mailgate_config_reloads", "Configuration reloads (SIGHUP), by result.",
-                               ["result"], registry=r)
+        self.sessions = Counter(
+            "mailgate_sessions",
+            "App sessions opened, by whether the client was allowed.",
+            ["allowed"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "mailgate_messages",
+            "Mail transactions ended, by outcome, rule(s) and upstream.",
+            ["outcome", "rule", "upstream"],
+            registry=r,
+        )
+        self.upstream_replies = Counter(
+            "mailgate_upstream_replies",
+            "Last upstream reply of each transaction, by class (2xx, 4xx, 5xx).",
+            ["upstream", "class"],
+            registry=r,
+        )
+        self.upstream_connections = Counter(
+            "mailgate_upstream_connections",
+            "Upstream connection attempts (TLS, verification, AUTH), by result.",
+            ["upstream", "result"],
+            registry=r,
+        )
+        self.upstream_tls = Counter(
+            "mailgate_upstream_tls",
+            "Upstream sessions ready, by TLS version negotiated.",
+            ["upstream", "version"],
+            registry=r,
+        )
+        self.connect_seconds = Histogram(
+            "mailgate_upstream_connect_seconds",
+            "Upstream connection set-up: connect to ready for MAIL (TLS and AUTH done).",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.message_seconds = Histogram(
+            "mailgate_upstream_message_seconds",
+            "Per message: end of data sent upstream to the upstream's final reply.",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reloads = Counter(
+            "mailgate_config_reloads",
+            "Configuration reloads (SIGHUP), by result.",
+            ["result"],
+            registry=r,
+        )
         self.ready = Gauge("mailgate_ready", "1 while /readyz answers 200.", registry=r)
         self._state = _StateCollector()
         r.register(self._state)
@@ -113,17 +149,26 @@ class Metrics:
     def session_opened(self, allowed: bool) -> None:
         self.sessions.labels(allowed="true" if allowed else "false").inc()
 
-    def message_result(self, fields: Mapping[str, Any], upstream_seconds: float | None = None) -> None:
-        """One ``message.result`` audit event (its fields), and how long the upstream took over the message."""
+    def message_result(
+        self, fields: Mapping[str, Any], upstream_seconds: float | None = None
+    ) -> None:
+        """One ``message.result`` event (its fields) and the upstream's time for the message."""
         upstream = str(fields.get("upstream") or "none")
-        self.messages.labels(outcome=str(fields.get("outcome", "unknown")), rule=rule_label(fields.get("rules")),
-                             upstream=upstream).inc()
+        self.messages.labels(
+            outcome=str(fields.get("outcome", "unknown")),
+            rule=rule_label(fields.get("rules")),
+            upstream=upstream,
+        ).inc()
         if "upstream_code" in fields:
-            self.upstream_replies.labels(upstream=upstream, **{"class": reply_class(fields["upstream_code"])}).inc()
+            self.upstream_replies.labels(
+                upstream=upstream, **{"class": reply_class(fields["upstream_code"])}
+            ).inc()
         if upstream_seconds is not None and fields.get("upstream"):
             self.message_seconds.labels(upstream=upstream).observe(upstream_seconds)
 
-    def upstream_attempt(self, upstream: str, ok: bool, seconds: float, tls_version: str | None = None) -> None:
+    def upstream_attempt(
+        self, upstream: str, ok: bool, seconds: float, tls_version: str | None = None
+    ) -> None:
         self.upstream_connections.labels(upstream=upstream, result="ok" if ok else "failed").inc()
         if ok:
             self.connect_seconds.labels(upstream=upstream).observe(seconds)

@@ -47,7 +47,7 @@ def could_be_header(start: bytes) -> bool:
 
 
 def choose_parser(start: bytes) -> V1Parser | V2Parser | None:
-    """The parser for a header starting with `start` (at least `CHOOSE_AFTER` bytes, or a non-header)."""
+    """The parser for a header starting with `start` (`CHOOSE_AFTER` bytes or a non-header)."""
     if start.startswith(V2_SIGNATURE) and len(start) >= CHOOSE_AFTER and start[12] & 0xF0 == 0x20:
         return V2Parser()
     if start.startswith(V1_SIGNATURE):

@@ -27,6 +27,12 @@ def fixed_changes(running: Config, new: Config) -> list[Problem]:
         if before != after:
             shown = "off" if after is None else str(after)
             was = "off" if before is None else str(before)
-            problems.append(Problem(new.source, key, f"{shown} (changed on reload)",
-                                    f"{was} as at start: this setting needs a restart"))
+            problems.append(
+                Problem(
+                    new.source,
+                    key,
+                    f"{shown} (changed on reload)",
+                    f"{was} as at start: this setting needs a restart",
+                )
+            )
     return problems

@@ -33,7 +33,9 @@ def test_a_failed_attempt_names_the_upstream_and_reason():
     """The last failed attempt makes the gateway unready and says which upstream and why."""
     readiness = ready_state()
     readiness.attempted("up", Attempt(False, 5.0, "up: cannot connect"))
-    assert readiness.problems() == ["upstream up: last connection attempt failed: up: cannot connect"]
+    assert readiness.problems() == [
+        "upstream up: last connection attempt failed: up: cannot connect"
+    ]
     assert not readiness.ready
 
 
@@ -109,7 +111,11 @@ class Failure(Exception):
 
 def watched(result: object, now: list[float]) -> tuple[WatchedConnector, Readiness, Metrics]:
     readiness, metrics = ready_state(), Metrics()
-    return WatchedConnector(FakeConnector(result), readiness, metrics, lambda: now[0]), readiness, metrics
+    return (
+        WatchedConnector(FakeConnector(result), readiness, metrics, lambda: now[0]),
+        readiness,
+        metrics,
+    )
 
 
 def test_watched_connector_reports_a_failed_open_and_passes_the_failure_on():
@@ -119,8 +125,12 @@ def test_watched_connector_reports_a_failed_open_and_passes_the_failure_on():
     connector.open().addErrback(failures.append)
     assert len(failures) == 1
     assert readiness.attempts["up"] == Attempt(False, 10.0, Failure.reason)
-    assert metrics.registry.get_sample_value("mailgate_upstream_connections_total",
-                                             {"upstream": "up", "result": "failed"}) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "mailgate_upstream_connections_total", {"upstream": "up", "result": "failed"}
+        )
+        == 1
+    )
 
 
 def test_watched_connector_records_tls_version_and_set_up_time():
@@ -135,9 +145,18 @@ def test_watched_connector_records_tls_version_and_set_up_time():
     now[0] = 10.5
     d.callback(session)
     assert opened == [session] and readiness.attempts["up"].ok
-    assert metrics.registry.get_sample_value("mailgate_upstream_tls_total",
-                                             {"upstream": "up", "version": "TLSv1.3"}) == 1
-    assert metrics.registry.get_sample_value("mailgate_upstream_connect_seconds_sum", {"upstream": "up"}) == 0.5
+    assert (
+        metrics.registry.get_sample_value(
+            "mailgate_upstream_tls_total", {"upstream": "up", "version": "TLSv1.3"}
+        )
+        == 1
+    )
+    assert (
+        metrics.registry.get_sample_value(
+            "mailgate_upstream_connect_seconds_sum", {"upstream": "up"}
+        )
+        == 0.5
+    )
 
 
 def test_probe_quits_the_session_it_opened():

@@ -16,9 +16,14 @@ def test_each_gateway_has_its_own_registry():
 def test_message_result_counts_outcome_rule_upstream_and_reply_class():
     """One message.result event increments the messages and upstream reply-class series."""
     metrics = Metrics()
-    metrics.message_result({"outcome": "deferred", "rules": ["a", "b"], "upstream": "up", "upstream_code": 451}, 0.2)
+    metrics.message_result(
+        {"outcome": "deferred", "rules": ["a", "b"], "upstream": "up", "upstream_code": 451}, 0.2
+    )
     get = metrics.registry.get_sample_value
-    assert get("mailgate_messages_total", {"outcome": "deferred", "rule": "a+b", "upstream": "up"}) == 1
+    assert (
+        get("mailgate_messages_total", {"outcome": "deferred", "rule": "a+b", "upstream": "up"})
+        == 1
+    )
     assert get("mailgate_upstream_replies_total", {"upstream": "up", "class": "4xx"}) == 1
     assert get("mailgate_upstream_message_seconds_count", {"upstream": "up"}) == 1
 
@@ -44,7 +49,13 @@ def test_sessions_active_is_read_at_scrape_time():
 
 def test_reply_class_and_rule_label():
     """Reply codes fold into classes; a message with no rule is labelled "none"."""
-    assert [reply_class(c) for c in (250, 421, 554, None, 99)] == ["2xx", "4xx", "5xx", "other", "other"]
+    assert [reply_class(c) for c in (250, 421, 554, None, 99)] == [
+        "2xx",
+        "4xx",
+        "5xx",
+        "other",
+        "other",
+    ]
     assert rule_label([]) == "none" and rule_label(["x"]) == "x"
 
 
@@ -52,7 +63,14 @@ def test_metrics_server_can_be_turned_on_from_the_environment():
     """MAILGATE_METRICS sets [metrics] listen for the env-only (container) configuration."""
     from gateway.config import Endpoint, from_environment
 
-    config = from_environment({"MAILGATE_UPSTREAM": "starttls://u@smtp.example.net:587",
-                               "MAILGATE_METRICS": "0.0.0.0:9225"})
+    config = from_environment(
+        {
+            "MAILGATE_UPSTREAM": "starttls://u@smtp.example.net:587",
+            "MAILGATE_METRICS": "0.0.0.0:9225",
+        }
+    )
     assert config.metrics.listen == Endpoint("0.0.0.0", 9225)
-    assert from_environment({"MAILGATE_UPSTREAM": "starttls://u@smtp.example.net:587"}).metrics.listen is None
+    assert (
+        from_environment({"MAILGATE_UPSTREAM": "starttls://u@smtp.example.net:587"}).metrics.listen
+        is None
+    )

@@ -39,7 +39,7 @@ def test_a_header_split_byte_by_byte_is_still_read():
     """Twisted's wrapper needs 16 bytes at once; the reader gathers them first."""
     wrapper, recorder, transport = connect()
     for i in range(len(V1)):
-        wrapper.dataReceived(V1[i:i + 1])
+        wrapper.dataReceived(V1[i : i + 1])
     wrapper.dataReceived(b"EHLO app\r\n")
     assert recorder.received == b"EHLO app\r\n"
     assert recorder.peers == ["192.0.2.7"]

@@ -27,4 +27,7 @@ def test_changing_the_listen_address_is_refused_by_key():
 def test_turning_metrics_on_or_proxy_protocol_on_is_refused():
     """metrics.listen and listener.proxy_protocol are fixed too."""
     new = parse(metrics={}, listener={"listen": "127.0.0.1:2525", "proxy_protocol": True})
-    assert [p.key for p in fixed_changes(parse(), new)] == ["listener.proxy_protocol", "metrics.listen"]
+    assert [p.key for p in fixed_changes(parse(), new)] == [
+        "listener.proxy_protocol",
+        "metrics.listen",
+    ]

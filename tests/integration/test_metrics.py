@@ -31,8 +31,11 @@ def get(gw: Any, path: str) -> tuple[int, str]:
 def samples(gw: Any) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     status, text = get(gw, "/metrics")
     assert status == 200
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def value(found: dict, name: str, **labels: str) -> float | None:
@@ -58,7 +61,9 @@ def test_scrape_after_a_relayed_message_shows_its_counters(make_upstream, start_
     found = samples(gw)
     tls = upstream.wait_for(1)[0].tls_version
     assert value(found, "mailgate_sessions_total", allowed="true") == 1
-    assert value(found, "mailgate_messages_total", outcome="relayed", rule="all", upstream="up") == 1
+    assert (
+        value(found, "mailgate_messages_total", outcome="relayed", rule="all", upstream="up") == 1
+    )
     assert value(found, "mailgate_upstream_replies_total", upstream="up", **{"class": "2xx"}) == 1
     assert value(found, "mailgate_upstream_connections_total", upstream="up", result="ok") == 1
     assert value(found, "mailgate_upstream_tls_total", upstream="up", version=tls) == 1
@@ -71,7 +76,9 @@ def test_a_refused_recipient_is_counted_as_rejected_by_rule(make_upstream, start
     """A policy refusal shows up under outcome="rejected" with its rule and no upstream."""
     upstream = make_upstream()
     document = relay_all(upstream_table(upstream, ca.ca_file))
-    document["rules"].insert(0, {"name": "no-blocked", "recipients": ["*@blocked.example"], "action": "reject"})
+    document["rules"].insert(
+        0, {"name": "no-blocked", "recipients": ["*@blocked.example"], "action": "reject"}
+    )
     gw = start_gateway(with_metrics(document))
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
         client.ehlo("app.test")
@@ -80,7 +87,12 @@ def test_a_refused_recipient_is_counted_as_rejected_by_rule(make_upstream, start
         client.rset()
     gw.audit.wait_for("message.result")
     found = samples(gw)
-    assert value(found, "mailgate_messages_total", outcome="rejected", rule="no-blocked", upstream="none") == 1
+    assert (
+        value(
+            found, "mailgate_messages_total", outcome="rejected", rule="no-blocked", upstream="none"
+        )
+        == 1
+    )
 
 
 def test_healthz_answers_200(make_upstream, start_gateway, ca):
@@ -97,6 +109,7 @@ def test_unknown_path_is_404(make_upstream, start_gateway, ca):
 
 def stop_listening(server: Any) -> None:
     """Close the upstream's listening socket (the port stays known, so it can come back)."""
+
     async def close() -> None:
         server._server.close()
         await server._server.wait_closed()

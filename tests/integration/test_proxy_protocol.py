@@ -36,7 +36,9 @@ class ProxiedSMTP(smtplib.SMTP):
 
 
 def proxied(upstream: Any, ca_file: str, allowed: list[str]) -> dict[str, Any]:
-    return relay_all(upstream_table(upstream, ca_file), proxy_protocol=True, allowed_clients=allowed)
+    return relay_all(
+        upstream_table(upstream, ca_file), proxy_protocol=True, allowed_clients=allowed
+    )
 
 
 def test_v1_header_gives_policy_and_audit_the_real_client(make_upstream, start_gateway, ca):
@@ -47,7 +49,9 @@ def test_v1_header_gives_policy_and_audit_the_real_client(make_upstream, start_g
     with ProxiedSMTP(header, "127.0.0.1", gw.port, timeout=30) as client:
         assert client.sendmail("app@example.com", ["ops@example.net"], BODY) == {}
     [opened] = gw.audit.named("session.opened")
-    assert opened["client_ip"] == "192.0.2.7" and opened["client_port"] == 40000 and opened["allowed"]
+    assert (
+        opened["client_ip"] == "192.0.2.7" and opened["client_port"] == 40000 and opened["allowed"]
+    )
     assert opened["proxy_ip"] == "127.0.0.1"
     [result] = gw.audit.named("message.result")
     assert result["client_ip"] == "192.0.2.7" and result["outcome"] == "relayed"
@@ -124,13 +128,24 @@ def haproxy(tmp_path: Path) -> Iterator[Any]:
         os.set_inheritable(fd, True)
         config = tmp_path / "haproxy.cfg"
         config.write_text(HAPROXY_CONFIG.format(fd=fd, first=first, second=second))
-        check = subprocess.run([binary, "-c", "-q", "-f", str(config)], pass_fds=(fd,),
-                               capture_output=True, text=True, timeout=30)
+        check = subprocess.run(
+            [binary, "-c", "-q", "-f", str(config)],
+            pass_fds=(fd,),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert check.returncode == 0, check.stdout + check.stderr
-        log = open(tmp_path / "haproxy.log", "wb")
-        processes.append(subprocess.Popen([binary, "-f", str(config), "-db"], pass_fds=(fd,),
-                                          stdout=log, stderr=subprocess.STDOUT))
-        log.close()
+        with open(tmp_path / "haproxy.log", "wb") as log:
+            processes.append(
+                subprocess.Popen(
+                    [binary, "-f", str(config), "-db"],
+                    pass_fds=(fd,),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         return int(listener.getsockname()[1])
 
     yield start
@@ -141,7 +156,9 @@ def haproxy(tmp_path: Path) -> Iterator[Any]:
         listener.close()
 
 
-def test_haproxy_in_front_of_two_gateways_passes_the_real_client(make_upstream, start_gateway, ca, haproxy):
+def test_haproxy_in_front_of_two_gateways_passes_the_real_client(
+    make_upstream, start_gateway, ca, haproxy
+):
     """Through HAProxy (send-proxy-v2): both gateways audit 127.0.0.2 and allow it; 127.0.0.3 is denied."""
     upstream = make_upstream()
     document = proxied(upstream, ca.ca_file, ["127.0.0.2/32"])

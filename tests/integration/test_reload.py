@@ -31,8 +31,15 @@ action = "reject"
 """
 
 
-def write_config(path: Path, upstream: Any, ca_file: str, audit: Path, *, first_rules: str = "",
-                 action: str = "relay") -> Path:
+def write_config(
+    path: Path,
+    upstream: Any,
+    ca_file: str,
+    audit: Path,
+    *,
+    first_rules: str = "",
+    action: str = "relay",
+) -> Path:
     path.write_text(f"""\
 [listener]
 listen = "127.0.0.1:0"
@@ -62,8 +69,13 @@ class Daemon:
     def __init__(self, config: Path) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
         env["MAILGATE_TEST_PASSWORD"] = PASSWORD
-        self.process = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -151,7 +163,12 @@ def test_sighup_under_load_drops_no_session(make_upstream, ca, tmp_path, daemon)
         assert client.getreply()[0] == 250
         client.quit()
     for client in before_mail:  # started under the old rules: blocked.example still relays
-        assert client.sendmail("app@example.com", ["x@blocked.example"], b"Subject: old\r\n\r\nbody\r\n") == {}
+        assert (
+            client.sendmail(
+                "app@example.com", ["x@blocked.example"], b"Subject: old\r\n\r\nbody\r\n"
+            )
+            == {}
+        )
         client.quit()
     assert send(mailgate.port, "x@blocked.example") == 550  # a new session: the new rules
     assert len(upstream.wait_for(6)) == 6
@@ -159,7 +176,9 @@ def test_sighup_under_load_drops_no_session(make_upstream, ca, tmp_path, daemon)
     assert reloaded["rules"] == 2
 
 
-def test_invalid_config_on_sighup_is_refused_and_the_old_one_kept(make_upstream, ca, tmp_path, daemon):
+def test_invalid_config_on_sighup_is_refused_and_the_old_one_kept(
+    make_upstream, ca, tmp_path, daemon
+):
     """A broken file on SIGHUP: its problems on stderr and in the audit; mail still flows on the old config."""
     upstream = make_upstream()
     audit = tmp_path / "audit.jsonl"
@@ -176,7 +195,9 @@ def test_invalid_config_on_sighup_is_refused_and_the_old_one_kept(make_upstream,
     upstream.wait_for(1)
 
 
-@pytest.mark.skipif(not hasattr(AuditLog, "reopen"), reason="AuditLog.reopen() comes with the audit-review branch")
+@pytest.mark.skipif(
+    not hasattr(AuditLog, "reopen"), reason="AuditLog.reopen() comes with the audit-review branch"
+)
 def test_sigusr1_reopens_the_audit_file(make_upstream, ca, tmp_path, daemon):
     """After logrotate's rename and SIGUSR1, new events go to a new file at the configured path."""
     upstream = make_upstream()
@@ -214,7 +235,9 @@ def test_reload_refuses_a_new_listen_address(make_upstream, start_gateway, ca):
     assert "listener.listen" in failed["problems"][0]
 
 
-def test_reload_rereads_secrets_and_refuses_a_missing_one(make_upstream, start_gateway, ca, monkeypatch):
+def test_reload_rereads_secrets_and_refuses_a_missing_one(
+    make_upstream, start_gateway, ca, monkeypatch
+):
     """Secrets are read again on reload; one that is gone refuses the reload and names its key, not its value."""
     document = relay_all(upstream_table(make_upstream(), ca.ca_file))
     gw = start_gateway(document)
@@ -232,7 +255,9 @@ def test_reload_applies_new_rules_to_new_sessions(make_upstream, start_gateway, 
     gw = start_gateway(document)
     assert send(gw.port, "x@blocked.example") == 250
     changed = copy.deepcopy(document)
-    changed["rules"].insert(0, {"name": "blocked", "recipients": ["*@blocked.example"], "action": "reject"})
+    changed["rules"].insert(
+        0, {"name": "blocked", "recipients": ["*@blocked.example"], "action": "reject"}
+    )
     reload(gw, changed)
     assert send(gw.port, "x@blocked.example") == 550
     assert gw.audit.named("config.reloaded")[0]["rules"] == 2
