@@ -111,8 +111,8 @@ def stop_listening(server: Any) -> None:
     """Close the upstream's listening socket (the port stays known, so it can come back)."""
 
     async def close() -> None:
-        server._server.close()
-        await server._server.wait_closed()
+        server._server.close()  # the listening socket closes now; wait_closed() would wait for clients
+        await asyncio.sleep(0)
 
     asyncio.run_coroutine_threadsafe(close(), server._loop).result(10)
 
