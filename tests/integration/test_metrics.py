@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import smtplib
 import urllib.error
 import urllib.request
@@ -148,3 +149,37 @@ def test_index_lists_the_pages(make_upstream, start_gateway, ca):
     """/ names the three pages, for a person who opens the port in a browser."""
     gw = start_gateway(with_metrics(relay_all(upstream_table(make_upstream(), ca.ca_file))))
     assert get(gw, "/") == (200, "mailgate: /metrics /healthz /readyz\n")
+
+
+def test_readyz_probes_a_failed_upstream_so_readiness_recovers_without_traffic(
+    make_upstream, start_gateway, ca, monkeypatch
+):
+    """With no mail flowing, asking /readyz retries a failed upstream; once it is back, /readyz is 200."""
+    from twisted.internet import threads
+
+    from gateway import health
+
+    monkeypatch.setattr(health, "PROBE_INTERVAL", 0.0)
+    upstream = make_upstream()
+    table = upstream_table(upstream, ca.ca_file, pool_idle_timeout=0, failover_cooldown=0)
+    gw = start_gateway(with_metrics(relay_all(table)))
+    stop_listening(upstream)
+    assert send(gw.port)[0] == 451
+    readiness = gw.gateway.readiness
+    assert threads.blockingCallFromThread(gw.reactor, readiness.problems)
+
+    listen_again(upstream)
+    changed, seen = threading.Condition(), []
+    record = readiness.attempted
+
+    def attempted(name: str, attempt: health.Attempt) -> None:
+        record(name, attempt)
+        with changed:
+            seen.append(attempt)
+            changed.notify_all()
+
+    monkeypatch.setattr(readiness, "attempted", attempted)
+    assert get(gw, "/readyz")[0] == 503  # answers from what is known, and starts a probe
+    with changed:
+        assert changed.wait_for(lambda: any(a.ok for a in seen), 30)
+    assert get(gw, "/readyz") == (200, "ready\n")

@@ -180,3 +180,27 @@ def test_haproxy_in_front_of_two_gateways_passes_the_real_client(
         assert result["client_ip"] == "127.0.0.2" and result["outcome"] == "relayed"
     denied = [e for gw in (first, second) for e in gw.audit.named("session.denied")]
     assert [e["client_ip"] for e in denied] == ["127.0.0.3"]
+
+
+def test_per_client_connection_limit_counts_the_real_client(make_upstream, start_gateway, ca):
+    """max_connections_per_client applies to the header's address, not to the balancer's."""
+    document = proxied(make_upstream(), ca.ca_file, ["192.0.2.0/24"])
+    document["listener"]["max_connections_per_client"] = 1
+    gw = start_gateway(document)
+    first = ProxiedSMTP(
+        b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 25\r\n", "127.0.0.1", gw.port, timeout=30
+    )
+    other = ProxiedSMTP(
+        b"PROXY TCP4 192.0.2.8 127.0.0.1 40001 25\r\n", "127.0.0.1", gw.port, timeout=30
+    )
+    again = ProxiedSMTP(
+        b"PROXY TCP4 192.0.2.7 127.0.0.1 40002 25\r\n", "127.0.0.1", gw.port, timeout=30
+    )
+    try:
+        assert first.ehlo("a.test")[0] == 250
+        assert other.ehlo("b.test")[0] == 250  # same TCP peer (127.0.0.1), another client
+        assert again.ehlo("c.test")[0] == 421  # the same client a second time
+    finally:
+        for client in (first, other):
+            client.quit()
+        again.close()
