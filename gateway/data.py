@@ -39,6 +39,7 @@ class DataReader:
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self.size = 0
+        self.received = 0  # raw bytes read, for the minimum data rate
         self.error: Reply | None = None
         self.done = False
         self._buffer = b""
@@ -48,6 +49,7 @@ class DataReader:
         if self.done:
             raise RuntimeError("DATA already complete")
         self._buffer += data
+        self.received += len(data)
         feed = Feed()
         if self.error is None:
             self._read(feed)
@@ -151,6 +153,10 @@ class MessageFacts:
                 self._headers, self._headers_done = self._headers[: blank + 2], True
             elif len(self._headers) > MAX_HEADER_SCAN:
                 self._headers, self._headers_done = self._headers[:MAX_HEADER_SCAN], True
+
+    @property
+    def headers_done(self) -> bool:
+        return self._headers_done
 
     @property
     def sha256(self) -> str:

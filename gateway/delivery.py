@@ -20,7 +20,7 @@ the at-least-once window, logged as ``delivery.duplicate_risk`` at the next star
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ from gateway.audit import AuditLog
 from gateway.backoff import Backoff
 from gateway.config import Config
 from gateway.data import dot_stuff
+from gateway.metrics import QueueState
 from gateway.replies import Reply
 from gateway.spool import (
     ACTIVE,
@@ -112,8 +113,9 @@ class _BodyProducer:
 
 
 class DeliveryRunner:
-    def __init__(self, reactor: Any, spool: Spool, config: Config, connectors: Mapping[str, UpstreamConnector],
-                 audit: AuditLog, clock: Callable[[], float] = time.time, interval: float = SCAN_INTERVAL) -> None:
+    def __init__(self, reactor: Any, spool: Spool, config: Config,
+                 connectors: Callable[[str], UpstreamConnector | None], audit: AuditLog,
+                 clock: Callable[[], float] = time.time, interval: float = SCAN_INTERVAL) -> None:
         self.reactor = reactor
         self.spool = spool
         self.config = config
@@ -123,7 +125,7 @@ class DeliveryRunner:
         self.interval = interval
         queue = config.queue
         self.backoff = Backoff(queue.min_backoff, queue.max_backoff, queue.max_age)
-        self.slots = {name: defer.DeferredSemaphore(up.max_connections) for name, up in config.upstreams.items()}
+        self.slots: dict[str, defer.DeferredSemaphore] = {}  # upstream -> max_connections queue deliveries
         self.in_flight: dict[str, defer.Deferred[None]] = {}
         self.schedule: dict[str, float] = {}  # deferred queue id -> when it is due
         self.duplicates: dict[str, set[str]] = {}  # queue id -> recipients possibly delivered already
@@ -177,6 +179,13 @@ class DeliveryRunner:
             if timer.active():
                 timer.cancel()
         self._close_idle()
+
+    def queue_state(self) -> QueueState:
+        """Depth and oldest age for the metrics scrape (ids begin with the arrival time)."""
+        ids = self.spool.ids(ACTIVE) + self.spool.ids(DEFERRED)
+        oldest = min(ids) if ids else None
+        age = max(0.0, self.clock() - int(oldest[:14], 16) / 1_000_000) if oldest else 0.0
+        return QueueState(depth=len(ids), oldest_age_seconds=age)
 
     def _abort_sessions(self) -> None:
         for session in list(self.sessions.values()):
@@ -268,9 +277,8 @@ class DeliveryRunner:
 
     async def _attempt(self, envelope: Envelope, name: str, group: list[RecipientState],
                        attempted: list[bool], several: bool) -> None:
-        connector = self.connectors.get(name)
-        slots = self.slots.get(name)
-        if connector is None or slots is None:
+        connector = self.connectors(name)
+        if connector is None:
             now = self.clock()
             for recipient in group:
                 recipient.attempts += 1
@@ -281,6 +289,9 @@ class DeliveryRunner:
                              recipients=[{"address": r.address, "result": "deferred", "reply": r.last_reply}
                                          for r in group])
             return
+        slots = self.slots.get(name)
+        if slots is None:
+            slots = self.slots[name] = defer.DeferredSemaphore(connector.config.max_connections)
         await slots.acquire()
         try:
             if self.stopping:

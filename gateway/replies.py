@@ -127,6 +127,7 @@ class MalformedReply(Exception):
 # Replies of the listener, defined once. Grouped by where they are sent.
 GREETING_DENIED = Reply(554, "5.7.1", "Client address not allowed to use this gateway")
 DENIED_COMMAND = Reply(503, "5.7.1", "Client address not allowed; only QUIT is accepted")
+PROXY_HEADER_INVALID = Reply(421, "4.7.0", "PROXY protocol header missing or invalid, closing connection")
 CLOSING = Reply(221, "2.0.0", "Bye")
 OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")

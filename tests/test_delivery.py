@@ -37,7 +37,7 @@ def make_runner(tmp_path, now: list[float], **upstream: Any) -> tuple[DeliveryRu
     spool = Spool(config.queue.path)
     spool.create()
     connector = FakeConnector(config.upstreams["up"])
-    runner = DeliveryRunner(task.Clock(), spool, config, {"up": connector},  # type: ignore[dict-item]
+    runner = DeliveryRunner(task.Clock(), spool, config, {"up": connector}.get,  # type: ignore[arg-type]
                             CapturedAudit().log(), clock=lambda: now[0])
     return runner, connector, spool
 
