@@ -115,7 +115,8 @@ class _BodyProducer:
 class DeliveryRunner:
     def __init__(self, reactor: Any, spool: Spool, config: Config,
                  connectors: Callable[[str], UpstreamConnector | None], audit: AuditLog,
-                 clock: Callable[[], float] = time.time, interval: float = SCAN_INTERVAL) -> None:
+                 clock: Callable[[], float] = time.time, interval: float = SCAN_INTERVAL,
+                 on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.reactor = reactor
         self.spool = spool
         self.config = config
@@ -123,6 +124,7 @@ class DeliveryRunner:
         self.audit = audit
         self.clock = clock
         self.interval = interval
+        self.on_result = on_result  # metrics: called with each message.result's fields
         queue = config.queue
         self.backoff = Backoff(queue.min_backoff, queue.max_backoff, queue.max_age)
         self.slots: dict[str, defer.DeferredSemaphore] = {}  # upstream -> max_connections queue deliveries
@@ -558,6 +560,10 @@ class DeliveryRunner:
         if envelope.bounce_of:
             fields["bounce_of"] = envelope.bounce_of
         self.audit.event("message.result", **fields)
+        if self.on_result is not None:
+            first = envelope.recipients[0].upstream if envelope.recipients else None
+            rules = sorted({r.rule for r in envelope.recipients if r.rule})
+            self.on_result({**fields, "rules": rules, "upstream": first})
 
     def _gone(self, envelope: Envelope) -> None:
         """The operator moved the message away during its delivery (delete): the trash handler logs it."""

@@ -56,7 +56,8 @@ class Gateway:
         self.spool: Spool | None = spool if queueing or spool.exists() else None
         self.runner: DeliveryRunner | None = None
         if self.spool is not None:
-            self.runner = DeliveryRunner(reactor, self.spool, config, self._queue_connector, self.audit)
+            self.runner = DeliveryRunner(reactor, self.spool, config, self._queue_connector, self.audit,
+                                         on_result=self.metrics.message_result)
             self.metrics.watch_queue(self.runner.queue_state)
 
     def _build_pools(self, config: Config, problems: list[Problem] | None = None) -> dict[str, UpstreamPool]:

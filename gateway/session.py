@@ -314,7 +314,9 @@ class Session:
         """Queue mode: accept after policy without asking the upstream; one mode per transaction."""
         rule = decision.rule_name
         queued = decision.rule is not None and decision.rule.delivery == "queue"
-        if txn.relay is not None or not queued or self.gateway.spool is None:
+        if queued and self.gateway.spool is None:  # a reload added the first queue rule
+            return self._refuse(txn, rcpt, replies.QUEUE_NOT_RUNNING, rule=rule, limit="queue.path")
+        if txn.relay is not None or not queued:
             return self._refuse(txn, rcpt, replies.OTHER_DELIVERY, rule=rule,
                                 limit="one delivery mode per transaction")
         if txn.queue is None:
@@ -443,6 +445,8 @@ class Session:
                       sender=txn.mail.sender.text, recipients=[r.as_dict() for r in txn.recipients],
                       rules=txn.rules, upstreams=queue.upstreams, size=txn.facts.size,
                       message_id=txn.facts.message_id, sha256=txn.facts.sha256, reply=str(reply))
+        self.gateway.metrics.message_result({"outcome": "queued", "rules": txn.rules,
+                                             "upstream": queue.upstreams[0] if queue.upstreams else None})
         assert queue.queue_id is not None and self.gateway.runner is not None
         self.gateway.runner.submitted(queue.queue_id)
         return reply

@@ -73,3 +73,12 @@ def test_max_connections_out_of_range_is_a_problem():
     """max_connections is an integer from 1 to 1000."""
     doc = document(upstreams={"up": {"host": "smtp.example.net", "max_connections": 0}})
     assert "an integer from 1 to 1000" in problems(doc)["upstreams.up.max_connections"]
+
+
+def test_reload_refuses_a_new_spool_path():
+    """queue.path is fixed at start: a reload that changes it is refused, naming the key."""
+    from gateway.reload import fixed_changes
+
+    running = configuration.parse(document(queue={"path": "/srv/a"}), "q.toml")
+    new = configuration.parse(document(queue={"path": "/srv/b"}), "q.toml")
+    assert [p.key for p in fixed_changes(running, new)] == ["queue.path"]

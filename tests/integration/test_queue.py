@@ -127,6 +127,18 @@ def test_reaching_max_age_fails_the_recipient_with_a_dead_letter(upstream, start
     assert spool_ids(spool, "dead") == [text.split()[-1].decode()]
 
 
+def test_metrics_show_queue_depth_and_results(upstream, start_gateway, ca, tmp_path):
+    """mailgate_queue_depth counts a deferred message; queued and delivered outcomes are counted."""
+    upstream.down()
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"),
+                                      min_backoff=3600, max_backoff=3600))
+    send(gw.port, message(1))
+    gw.audit.wait_for("message.deferred")
+    text = gw.gateway.metrics.render().decode()
+    assert "mailgate_queue_depth 1.0" in text
+    assert 'mailgate_messages_total{outcome="queued",rule="all",upstream="up"} 1.0' in text
+
+
 def test_relay_and_queue_recipients_do_not_mix(upstream, start_gateway, ca, tmp_path):
     """A relay-mode recipient after a queued one (and the reverse) gets 452 4.5.3."""
     document = queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"))
