@@ -19,6 +19,7 @@ from gateway.address import Address
 from gateway.app_auth import Credentials, SaslExchange
 from gateway.commands import Command, CommandError, MailFrom, parse_command, parse_mail, parse_rcpt
 from gateway.data import MessageFacts
+from gateway.headers import HeaderRewriter
 from gateway.replies import Reply
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Transaction:
     rated_rules: set[str] = field(default_factory=set)
     refusal: Reply | None = None  # set during DATA when the message must be refused (From: check)
     dot_sent: float | None = None  # when the end of data went upstream (for the latency metric)
+    headers: HeaderRewriter | None = None  # the rule's rewrite_from / strip_headers, if any
 
     @property
     def accepted(self) -> list[RecipientResult]:
@@ -297,11 +299,16 @@ class Session:
                     f"Rate limit of rule {decision.rule_name} ({rate.text}) exceeded, try again later"),
                     rule=decision.rule_name, limit=f"rules[{decision.rule_name}].rate")
             txn.rated_rules.add(decision.rule_name or "")
+        edits = decision.rule.headers if decision.rule else None
         if txn.relay is None:
             txn.relay = self.gateway.relay(decision.route, txn.mail)
+            txn.headers = HeaderRewriter(edits) if edits else None
         elif txn.relay.route != decision.route:
             return self._refuse(txn, rcpt, replies.OTHER_ROUTE, rule=decision.rule_name,
                                 limit="one upstream per transaction in relay mode")
+        elif (txn.headers.edits if txn.headers else None) != edits:
+            return self._refuse(txn, rcpt, replies.OTHER_HEADER_EDITS, rule=decision.rule_name,
+                                limit="one set of header edits per transaction")
         rule = decision.rule_name
         return txn.relay.rcpt(rcpt).addCallback(self._rcpt_answered, txn, rcpt, rule)
 
@@ -356,7 +363,7 @@ class Session:
             txn.refusal = app_auth.FROM_NOT_OWNED
             txn.relay.abort("From: header not owned by the app")
             return
-        txn.relay.write(content)
+        txn.relay.write(txn.headers.feed(content) if txn.headers is not None else content)
 
     def _from_allowed(self, txn: Transaction) -> bool:
         app = self.config.apps.get(self.app or "")
@@ -383,6 +390,8 @@ class Session:
             limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"
             self._finish(txn, error, limit=limit)
             return error
+        if txn.headers is not None:
+            txn.relay.write(txn.headers.finish())
         txn.dot_sent = time.monotonic()
         return txn.relay.finish().addCallback(self._data_finished, txn)
 
@@ -444,6 +453,9 @@ class Session:
                 fields.update(tls_version=relay.session.tls.version, tls_cipher=relay.session.tls.cipher,
                               peer_cert_sha256=relay.session.tls.peer_cert_sha256,
                               auth_user=relay.session.auth_user)
+                if relay.session.oauth_grant:
+                    fields.update(oauth_grant=relay.session.oauth_grant,
+                                  auth_mechanism=relay.session.auth_mechanism)
             if relay.upstream_reply is not None:
                 fields.update(upstream_code=relay.upstream_reply.code,
                               upstream_enhanced=relay.upstream_reply.enhanced,
@@ -454,6 +466,8 @@ class Session:
                 fields["upstreams_tried"] = relay.tried
         if txn.in_data:
             fields.update(size=txn.facts.size, message_id=txn.facts.message_id, sha256=txn.facts.sha256)
+            if txn.headers is not None and txn.headers.edits.rewrite_from:
+                fields["original_from"] = txn.headers.original_from
         if reason:
             fields["reason"] = reason
         if limit:
