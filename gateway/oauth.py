@@ -25,7 +25,7 @@ from treq.client import HTTPClient
 from twisted.internet import defer, ssl
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import Agent, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -125,7 +125,7 @@ def _describe(exc: BaseException) -> str:
         return "cannot resolve its host name"
     if isinstance(exc, ConnectError | TimeoutError):
         return f"cannot connect ({type(exc).__name__})"
-    if isinstance(exc, ResponseNeverReceived | ResponseFailed):
+    if isinstance(exc, ResponseNeverReceived | ResponseFailed | RequestTransmissionFailed):
         for reason in exc.reasons:
             if isinstance(reason, Failure) and reason.check(SSL.Error):
                 return "TLS verification failed (is oauth_ca_file right?)"
