@@ -250,3 +250,111 @@ def test_no_bearer_mechanism_offered_gives_4xx(token_server, make_upstream, star
     assert code == 451 and token_server.requests == []
     [result] = gw.audit.wait_for("message.result")
     assert "neither XOAUTH2 nor OAUTHBEARER offered" in result["upstream_error"]
+
+
+@pytest.fixture(scope="module")
+def service_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def service_account_file(tmp_path: Any, key: Any) -> str:
+    import json
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    path = tmp_path / "service-account.json"
+    path.write_text(json.dumps({"type": "service_account", "client_email": "mailgate@proj.iam.gserviceaccount.com",
+                                "private_key_id": "kid-1", "private_key": pem,
+                                "token_uri": "https://oauth2.googleapis.com/token"}))
+    os.chmod(path, 0o600)
+    return str(path)
+
+
+def test_m365_preset_with_host_and_token_url_overridden(token_server, make_oauth_upstream, start_gateway, ca):
+    """provider = "m365" supplies the grant's scope; host, port and token URL point to loopback."""
+    upstream = make_oauth_upstream(token_server)
+    table = {"provider": "m365", "host": "localhost", "port": upstream.port, "ca_file": ca.ca_file,
+             "auth": "xoauth2", "username": MAILBOX, "oauth_token_url": token_server.url,
+             "oauth_client_id": "app-id-1234", "oauth_client_secret_env": "MAILGATE_TEST_CLIENT_SECRET",
+             "oauth_ca_file": ca.ca_file}
+    gw = start_gateway(relay_all(table))
+    assert send(gw.port)[0] == 250
+    [request] = token_server.requests
+    assert request.form["grant_type"] == "client_credentials"
+    assert request.form["scope"] == "https://outlook.office365.com/.default"
+    assert upstream.messages[0].auth_user == MAILBOX
+
+
+def test_gmail_preset_with_a_service_account_signs_a_jwt_for_the_mailbox(
+        token_server, make_oauth_upstream, start_gateway, ca, tmp_path, service_key):
+    """provider = "gmail" with a service account: an RS256 assertion with sub = the mailbox, Google's scope."""
+    token_server.public_key = service_key.public_key()
+    upstream = make_oauth_upstream(token_server)
+    table = {"provider": "gmail", "host": "localhost", "port": upstream.port, "ca_file": ca.ca_file,
+             "auth": "xoauth2", "username": MAILBOX, "oauth_token_url": token_server.url,
+             "service_account_file": service_account_file(tmp_path, service_key), "oauth_ca_file": ca.ca_file}
+    gw = start_gateway(relay_all(table))
+    assert send(gw.port)[0] == 250
+    [request] = token_server.requests
+    assert request.claims is not None, "the assertion's signature did not verify"
+    assert request.claims["iss"] == "mailgate@proj.iam.gserviceaccount.com"
+    assert request.claims["sub"] == MAILBOX and request.claims["aud"] == token_server.url
+    assert request.claims["scope"] == "https://mail.google.com/"
+    assert request.claims["exp"] - request.claims["iat"] == 3600
+    [result] = gw.audit.wait_for("message.result")
+    assert result["oauth_grant"] == "jwt_bearer" and result["auth_user"] == MAILBOX
+
+
+def test_sender_placeholder_authenticates_as_each_envelope_sender(
+        token_server, make_oauth_upstream, start_gateway, ca, tmp_path, service_key):
+    """username = "$sender" uses the envelope sender as XOAUTH2 user and as the JWT subject."""
+    token_server.public_key = service_key.public_key()
+    senders = ["alice@corp.example", "bob@corp.example"]
+    upstream = make_oauth_upstream(token_server, mailboxes=set(senders))
+    table = {"provider": "gmail", "host": "localhost", "port": upstream.port, "ca_file": ca.ca_file,
+             "auth": "xoauth2", "username": "$sender", "oauth_token_url": token_server.url,
+             "service_account_file": service_account_file(tmp_path, service_key), "oauth_ca_file": ca.ca_file}
+    gw = start_gateway(relay_all(table))
+    for sender in senders + senders:
+        assert send(gw.port, sender=sender)[0] == 250
+    assert [r.claims["sub"] for r in token_server.requests] == senders  # one token per mailbox, reused
+    assert [m.auth_user for m in upstream.wait_for(4)] == senders + senders
+    assert [r["auth_user"] for r in gw.audit.wait_for("message.result", 4)] == senders + senders
+
+
+def test_sender_placeholder_refuses_the_null_sender(token_server, make_oauth_upstream, start_gateway, ca):
+    """With username = "$sender", a bounce (MAIL FROM:<>) cannot authenticate: 550 5.7.1, no token."""
+    upstream = make_oauth_upstream(token_server)
+    gw = start_gateway(relay_all(oauth_table(upstream, token_server, ca.ca_file, username="$sender")))
+    code, text = send(gw.port, sender="")
+    assert (code, text[:5]) == (550, b"5.7.1")
+    assert token_server.requests == [] and upstream.bearer_attempts == []
+
+
+def test_refresh_token_grant_uses_and_keeps_a_rotated_refresh_token(
+        token_server, make_oauth_upstream, start_gateway, ca, tmp_path):
+    """The refresh_token grant sends the file's token; a rotated one is used next and written back."""
+    import os
+
+    path = tmp_path / "refresh-token"
+    path.write_text("1//refresh-original\n")
+    os.chmod(path, 0o600)
+    token_server.script.lifetime = 1
+    token_server.script.rotate_refresh_token = "1//refresh-rotated"
+    upstream = make_oauth_upstream(token_server)
+    table = oauth_table(upstream, token_server, ca.ca_file, oauth_grant="refresh_token",
+                        refresh_token_file=str(path), oauth_scope="https://mail.google.com/")
+    gw = start_gateway(relay_all(table))
+    while len(token_server.requests) < 2:
+        assert send(gw.port)[0] == 250
+    first, second = token_server.requests[:2]
+    assert first.form["grant_type"] == "refresh_token" and first.form["refresh_token"] == "1//refresh-original"
+    assert second.form["refresh_token"] == "1//refresh-rotated"
+    assert path.read_text() == "1//refresh-rotated\n" and os.stat(path).st_mode & 0o077 == 0
+    gw.audit.wait_for("session.closed", 2)
+    assert "refresh-original" not in gw.audit.text and "refresh-rotated" not in gw.audit.text
