@@ -53,6 +53,7 @@ def oauth_table(upstream: OAuthSubmissionServer, tokens: TokenServer, ca_file: s
         "oauth_client_secret_env": "MAILGATE_TEST_CLIENT_SECRET",
         "oauth_scope": "https://outlook.office365.com/.default", "oauth_ca_file": ca_file,
         "connect_timeout": 5, "command_timeout": 10, "data_timeout": 10,
+        "pool_idle_timeout": 0,  # no pooling: every message opens a session and authenticates
     }
     table.update(overrides)
     return table
@@ -204,7 +205,7 @@ def test_fifty_concurrent_sessions_cause_one_token_fetch(token_server, make_oaut
 
     token_server.script.hold.clear()  # the endpoint answers only when released
     upstream = make_oauth_upstream(token_server)
-    gw = start_gateway(relay_all(oauth_table(upstream, token_server, ca.ca_file)))
+    gw = start_gateway(relay_all(oauth_table(upstream, token_server, ca.ca_file, max_connections=50)))
     asked = threading.Condition()
     calls = []
     cache = gw.gateway.tokens
@@ -312,7 +313,7 @@ def test_gmail_preset_with_a_service_account_signs_a_jwt_for_the_mailbox(
 
 def test_sender_placeholder_authenticates_as_each_envelope_sender(
         token_server, make_oauth_upstream, start_gateway, ca, tmp_path, service_key):
-    """username = "$sender" uses the envelope sender as XOAUTH2 user and as the JWT subject."""
+    """username = "$sender" authenticates as each envelope sender (JWT subject too); pooled sessions stay per sender."""
     token_server.public_key = service_key.public_key()
     senders = ["alice@corp.example", "bob@corp.example"]
     upstream = make_oauth_upstream(token_server, mailboxes=set(senders))
@@ -324,6 +325,7 @@ def test_sender_placeholder_authenticates_as_each_envelope_sender(
         assert send(gw.port, sender=sender)[0] == 250
     assert [r.claims["sub"] for r in token_server.requests] == senders  # one token per mailbox, reused
     assert [m.auth_user for m in upstream.wait_for(4)] == senders + senders
+    assert upstream.connections == 2  # each sender's second message reused its own pooled session
     assert [r["auth_user"] for r in gw.audit.wait_for("message.result", 4)] == senders + senders
 
 
