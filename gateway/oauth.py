@@ -25,7 +25,13 @@ from treq.client import HTTPClient
 from twisted.internet import defer, ssl
 from twisted.internet.error import ConnectError, DNSLookupError, TimeoutError
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, RequestTransmissionFailed, ResponseFailed, ResponseNeverReceived
+from twisted.web.client import (
+    Agent,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -94,7 +100,7 @@ class TokenEndpoint:
         form = token_form(self.grant, subject_for(self.grant.oauth, user) or None, now)
         try:
             response = await self._http.post(
-                self.url, data=form, headers={b"Accept": b"application/json"},
+                self.url, data=form, headers=Headers({b"Accept": [b"application/json"]}),
                 allow_redirects=False, reactor=self.reactor, timeout=self.timeout,
             )
             body = bytearray()

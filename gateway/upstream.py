@@ -386,8 +386,8 @@ class UpstreamConnector:
                 reply = replies.UPSTREAM_TLS_FAILED.with_text("Upstream STARTTLS failed: " + exc.reason)
             raise UpstreamFailure(reply, f"{name}: {exc.reason}") from None
         if config.auth == "xoauth2":
-            auth_user, mechanism = await self._authenticate_bearer(protocol, capabilities, attempt)
-            return UpstreamSession(config, protocol, facts, capabilities, auth_user, mechanism,
+            bearer_user, bearer = await self._authenticate_bearer(protocol, capabilities, attempt)
+            return UpstreamSession(config, protocol, facts, capabilities, bearer_user, bearer,
                                    oauth_grant=self.tokens.grant if self.tokens else None)
         auth_user, mechanism = await self._authenticate(protocol, capabilities)
         return UpstreamSession(config, protocol, facts, capabilities, auth_user, mechanism)

@@ -110,7 +110,7 @@ def test_headers_only_message_gets_additions_at_finish():
 def test_strip_only_leaves_from_alone():
     """Without rewrite_from, From and everything else not named passes through."""
     message = b"From: a@x.example\r\nReceived: x\r\nSubject: s\r\n\r\nb\r\n"
-    out, rewriter = rewrite(message, HeaderEdits(None, frozenset({"received"})))
+    out, _ = rewrite(message, HeaderEdits(None, frozenset({"received"})))
     assert out == b"From: a@x.example\r\nSubject: s\r\n\r\nb\r\n"
 
 

@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
 
-from gateway.testing.submission import SubmissionServer, _Handler, _SMTP
+from gateway.testing.submission import _SMTP, SubmissionServer, _Handler
 
 
 @dataclass
