@@ -39,7 +39,8 @@ class TokenRequest:
 
 @dataclass
 class TokenScript:
-    lifetime: int = 3600  # expires_in sent, and how long the token is really valid
+    lifetime: int = 3600  # expires_in sent, and how long the token is really valid...
+    grace: float = 0.0  # ...plus this (so a slow test machine does not look like a refused token)
     error: tuple[int, dict[str, str]] | None = None  # (HTTP status, JSON) instead of a token
     rotate_refresh_token: str | None = None
     hold: threading.Event = field(default_factory=threading.Event)  # answers wait until set
@@ -105,7 +106,7 @@ class TokenServer:
             return 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
         token = f"ya29.token-{next(self._serial)}-{time.monotonic_ns()}"
         with self._changed:
-            self._tokens[token] = time.monotonic() + self.script.lifetime
+            self._tokens[token] = time.monotonic() + self.script.lifetime + self.script.grace
         answer: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": self.script.lifetime}
         if self.script.rotate_refresh_token:
             answer["refresh_token"] = self.script.rotate_refresh_token

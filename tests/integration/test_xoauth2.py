@@ -73,6 +73,7 @@ def test_delivers_for_several_token_lifetimes_with_one_fetch_per_lifetime(
         token_server, make_oauth_upstream, start_gateway, ca):
     """Messages keep flowing across token expiries; the endpoint sees about one request per lifetime."""
     token_server.script.lifetime = 1
+    token_server.script.grace = 1  # valid 2 s, announced as 1 s: the gateway must refresh on time
     upstream = make_oauth_upstream(token_server)
     gw = start_gateway(relay_all(oauth_table(upstream, token_server, ca.ca_file)))
     started = time.monotonic()
