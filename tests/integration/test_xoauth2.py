@@ -72,8 +72,8 @@ def send(port: int, sender: str = "app@example.com", body: bytes = BODY) -> tupl
 def test_delivers_for_several_token_lifetimes_with_one_fetch_per_lifetime(
         token_server, make_oauth_upstream, start_gateway, ca):
     """Messages keep flowing across token expiries; the endpoint sees about one request per lifetime."""
-    token_server.script.lifetime = 1
-    token_server.script.grace = 1  # valid 2 s, announced as 1 s: the gateway must refresh on time
+    token_server.script.lifetime = 2
+    token_server.script.grace = 1  # valid 3 s, announced as 2 s: the gateway must refresh on time
     upstream = make_oauth_upstream(token_server)
     gw = start_gateway(relay_all(oauth_table(upstream, token_server, ca.ca_file)))
     started = time.monotonic()
@@ -86,8 +86,8 @@ def test_delivers_for_several_token_lifetimes_with_one_fetch_per_lifetime(
     elapsed = time.monotonic() - started
     assert len(upstream.wait_for(sent)) == sent
     fetches = len(token_server.requests)
-    assert fetches * 5 <= sent
-    assert fetches <= elapsed / 0.8 + 2  # refreshed a fifth of a lifetime early, not more often
+    assert fetches * 4 <= sent
+    assert fetches <= elapsed / 1.6 + 2  # refreshed a fifth of a lifetime early, not more often
     assert all(ok for _, _, ok in upstream.bearer_attempts)
     results = gw.audit.wait_for("message.result", sent)
     assert {(r["outcome"], r["auth_user"], r["oauth_grant"], r["auth_mechanism"]) for r in results} == {
