@@ -7,7 +7,8 @@ subject) — the subject is the mailbox for a delegated Google service account
 and empty otherwise, since an app token serves every mailbox. A token is
 used until a fifth of its lifetime (at most 5 minutes) before expiry; then the
 next caller fetches a new one and every caller that asks meanwhile waits for
-that same fetch (single flight: 50 sessions, one request). `invalidate` drops
+that same fetch (single flight: 50 sessions, one request). If that early
+refresh fails, the current token is used until it really expires. `invalidate` drops
 a token the upstream refused, so the next caller fetches afresh.
 
 Events (``oauth.token_issued``, ``oauth.token_failed``) go to the audit with
@@ -182,6 +183,11 @@ class TokenCache:
             error = result.value if isinstance(result.value, TokenError) else TokenError(
                 f"token endpoint {key[0]}: {type(result.value).__name__}")
             self._event("oauth.token_failed", **facts, error=error.reason)
+            stale = self._tokens.get(key)
+            if stale is not None and self.clock.seconds() < stale.expires_at:
+                for waiter in waiters:  # the early refresh failed: the current token still works
+                    waiter.callback(stale)
+                return
             for waiter in waiters:
                 waiter.errback(Failure(error))
             return

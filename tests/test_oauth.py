@@ -133,3 +133,19 @@ def test_issued_event_has_no_token():
     [(name, fields)] = events
     assert name == "oauth.token_issued" and fields["expires_in"] == 3599
     assert "secret-token-value" not in repr(fields)
+
+
+def test_failed_early_refresh_falls_back_to_the_still_valid_token():
+    """When the refresh ahead of expiry fails, callers get the current token until it expires."""
+    clock = task.Clock()
+    cache, endpoint = TokenCache(clock), FakeEndpoint(clock)
+    results(cache.token(endpoint, "u"))
+    endpoint.issue("t1", lifetime=100)
+    clock.advance(90)  # inside the refresh margin, before expiry
+    during = results(cache.token(endpoint, "u"))
+    endpoint.pending.pop(0)[1].errback(TokenError("token endpoint https://token.test/t: timed out"))
+    assert during[0].value.reveal() == "t1"
+    clock.advance(10)  # now expired: the failure reaches the caller
+    after = results(cache.token(endpoint, "u"))
+    endpoint.pending.pop(0)[1].errback(TokenError("token endpoint https://token.test/t: timed out"))
+    assert after[0].check(TokenError)
