@@ -361,3 +361,18 @@ def test_refresh_token_grant_uses_and_keeps_a_rotated_refresh_token(
     assert path.read_text() == "1//refresh-rotated\n" and os.stat(path).st_mode & 0o077 == 0
     gw.audit.wait_for("session.closed", 2)
     assert "refresh-original" not in gw.audit.text and "refresh-rotated" not in gw.audit.text
+
+
+def test_probe_of_a_sender_upstream_stops_before_auth(token_server, make_oauth_upstream, start_gateway, ca, reactor):
+    """A readiness probe (no sender) of a "$sender" upstream proves TLS and EHLO; no token, no AUTH."""
+    from twisted.internet import threads
+
+    upstream = make_oauth_upstream(token_server)
+    gw = start_gateway(relay_all(oauth_table(upstream, token_server, ca.ca_file, username="$sender")))
+
+    def probe() -> Any:
+        return gw.gateway.connector("up").open().addCallback(lambda s: (s.quit(), s)[1])
+
+    session = threads.blockingCallFromThread(reactor, probe)
+    assert session.auth_user is None and session.tls.version.startswith("TLSv1.")
+    assert token_server.requests == [] and upstream.bearer_attempts == []
