@@ -8,8 +8,10 @@ and empty otherwise, since an app token serves every mailbox. A token is
 used until a fifth of its lifetime (at most 5 minutes) before expiry; then the
 next caller fetches a new one and every caller that asks meanwhile waits for
 that same fetch (single flight: 50 sessions, one request). If that early
-refresh fails, the current token is used until it really expires. `invalidate` drops
-a token the upstream refused, so the next caller fetches afresh.
+refresh fails, the current token is used until it really expires. A token the
+upstream refuses is dropped so the next caller fetches afresh — at most once
+per 30 s per key, so a set-up the provider keeps refusing does not turn every
+message into a token request.
 
 Events (``oauth.token_issued``, ``oauth.token_failed``) go to the audit with
 the endpoint, client, grant and lifetime — never a token or a secret.
@@ -49,6 +51,7 @@ from gateway.grants import (
 
 MAX_RESPONSE = 65536
 REQUEST_TIMEOUT = 30.0
+FORCED_REFRESH_INTERVAL = 30.0  # seconds; at most one fetch per key forced by refused tokens
 
 TokenKey = tuple[str, str, str, str]  # token URL, client, scope, subject
 
@@ -150,6 +153,7 @@ class TokenCache:
         self.on_event = on_event
         self._tokens: dict[TokenKey, AccessToken] = {}
         self._waiting: dict[TokenKey, list[defer.Deferred[AccessToken]]] = {}
+        self._forced: dict[TokenKey, float] = {}  # when a refused token last forced a fetch
         self.fetches = 0
 
     def token(self, endpoint: TokenEndpoint, user: str) -> defer.Deferred[AccessToken]:
@@ -167,11 +171,23 @@ class TokenCache:
         endpoint.fetch(user).addBoth(self._fetched, endpoint, key)
         return waiter
 
-    def invalidate(self, endpoint: TokenEndpoint, user: str, token: AccessToken) -> None:
-        """Forget `token` (the upstream refused it) unless a newer one already replaced it."""
+    def invalidate(self, endpoint: TokenEndpoint, user: str, token: AccessToken) -> bool:
+        """The upstream refused `token`: forget it, so the next caller fetches a new one.
+
+        False (and the token is kept) when a refused token already forced a fetch for
+        this key less than `FORCED_REFRESH_INTERVAL` seconds ago: a set-up the provider
+        keeps refusing (a missing mailbox permission) must not cost a token request
+        per message. True when the caller may retry (a newer token may be there already).
+        """
         key = endpoint.key(user)
-        if self._tokens.get(key) is token:
-            del self._tokens[key]
+        if self._tokens.get(key) is not token:
+            return True  # another session already replaced it
+        now = self.clock.seconds()
+        if now - self._forced.get(key, float("-inf")) < FORCED_REFRESH_INTERVAL:
+            return False
+        self._forced[key] = now
+        del self._tokens[key]
+        return True
 
     def _fetched(self, result: AccessToken | Failure, endpoint: TokenEndpoint, key: TokenKey) -> None:
         waiters = self._waiting.pop(key, [])
@@ -215,8 +231,8 @@ class UpstreamTokens:
     def token(self, user: str) -> defer.Deferred[AccessToken]:
         return self.cache.token(self.endpoint, user)
 
-    def invalidate(self, user: str, token: AccessToken) -> None:
-        self.cache.invalidate(self.endpoint, user, token)
+    def invalidate(self, user: str, token: AccessToken) -> bool:
+        return self.cache.invalidate(self.endpoint, user, token)
 
 
 def tokens_for(reactor: Any, cache: TokenCache, upstream: UpstreamConfig) -> UpstreamTokens | None:

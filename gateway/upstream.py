@@ -452,18 +452,6 @@ class UpstreamConnector:
                                    attempt: _Attempt) -> tuple[str | None, str | None]:
         """XOAUTH2 (or OAUTHBEARER) after TLS; a refused token is refreshed and tried once more."""
         config, tokens = self.config, self.tokens
-        user = self.user_for(attempt.sender)
-        if user is None:
-            # username = "$sender" and no message (a readiness probe): connection, TLS and EHLO
-            # are proven; there is no mailbox to authenticate as. Never used to carry mail:
-            # every relay path passes the envelope sender.
-            return None, None
-        if not user:
-            self._quit(protocol)
-            raise UpstreamFailure(replies.UPSTREAM_NULL_SENDER_OAUTH,
-                                  f"{config.name}: username = \"$sender\" cannot authenticate the null sender <>")
-        if tokens is None:
-            raise UpstreamFailure(replies.UPSTREAM_AUTH_FAILED, f"{config.name}: no token source configured")
         offered = set(capabilities.get("AUTH", "").upper().split())
         mechanism = sasl.choose_mechanism(offered)
         if mechanism is None:
@@ -473,6 +461,18 @@ class UpstreamConnector:
                 f"{config.name}: neither XOAUTH2 nor OAUTHBEARER offered after TLS "
                 f"(offered: {' '.join(sorted(offered)) or 'none'})",
             )
+        user = self.user_for(attempt.sender)
+        if user is None:
+            # username = "$sender" and no message (a readiness probe): connection, TLS, EHLO and
+            # the mechanism are proven; there is no mailbox to authenticate as. Never used to
+            # carry mail: every relay path passes the envelope sender.
+            return None, None
+        if not user:
+            self._quit(protocol)
+            raise UpstreamFailure(replies.UPSTREAM_NULL_SENDER_OAUTH,
+                                  f"{config.name}: username = \"$sender\" cannot authenticate the null sender <>")
+        if tokens is None:
+            raise UpstreamFailure(replies.UPSTREAM_AUTH_FAILED, f"{config.name}: no token source configured")
         refreshed = attempt.token_refreshed
         while True:
             try:
@@ -499,12 +499,13 @@ class UpstreamConnector:
                 raise UpstreamFailure(replies.UPSTREAM_LOST, f"{config.name}: {exc.reason} during AUTH") from None
             if answer.code == 235:
                 return user, mechanism
-            if answer.code == 535 and not refreshed:
+            may_retry = answer.code == 535 and not refreshed
+            if may_retry and tokens.invalidate(user, token):
                 refreshed = True
-                tokens.invalidate(user, token)
                 continue
             self._quit(protocol)
-            retried = " (with a refreshed token)" if refreshed else ""
+            retried = (" (with a refreshed token)" if refreshed else
+                       " (not retried: a refused token forced a refresh less than 30 s ago)" if may_retry else "")
             raise UpstreamFailure(
                 replies.UPSTREAM_AUTH_FAILED,
                 f"{config.name}: AUTH {mechanism} as {user} refused{challenge}: "

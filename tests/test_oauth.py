@@ -81,10 +81,10 @@ def test_invalidate_drops_only_the_refused_token():
     cache, endpoint = TokenCache(clock), FakeEndpoint(clock)
     old = results(cache.token(endpoint, "u"))
     endpoint.issue("t1")
-    cache.invalidate(endpoint, "u", old[0])
+    assert cache.invalidate(endpoint, "u", old[0])
     new = results(cache.token(endpoint, "u"))
     endpoint.issue("t2")
-    cache.invalidate(endpoint, "u", old[0])  # a second session refused t1 too: t2 stays
+    assert cache.invalidate(endpoint, "u", old[0])  # a second session refused t1 too: t2 stays, retry
     assert results(cache.token(endpoint, "u"))[0] is new[0] and endpoint.pending == []
 
 
@@ -149,3 +149,21 @@ def test_failed_early_refresh_falls_back_to_the_still_valid_token():
     after = results(cache.token(endpoint, "u"))
     endpoint.pending.pop(0)[1].errback(TokenError("token endpoint https://token.test/t: timed out"))
     assert after[0].check(TokenError)
+
+
+def test_refused_tokens_force_at_most_one_fetch_per_interval():
+    """A second refusal within 30 s keeps the token (no retry); after 30 s a refusal may force one again."""
+    clock = task.Clock()
+    cache, endpoint = TokenCache(clock), FakeEndpoint(clock)
+    first = results(cache.token(endpoint, "u"))
+    endpoint.issue("t1", lifetime=3600)
+    assert cache.invalidate(endpoint, "u", first[0]) is True
+    second = results(cache.token(endpoint, "u"))
+    endpoint.issue("t2", lifetime=3600)
+    clock.advance(29)
+    assert cache.invalidate(endpoint, "u", second[0]) is False
+    assert results(cache.token(endpoint, "u"))[0] is second[0] and endpoint.pending == []
+    clock.advance(1)
+    assert cache.invalidate(endpoint, "u", second[0]) is True
+    results(cache.token(endpoint, "u"))
+    assert len(endpoint.pending) == 1

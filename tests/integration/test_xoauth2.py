@@ -376,3 +376,16 @@ def test_probe_of_a_sender_upstream_stops_before_auth(token_server, make_oauth_u
     session = threads.blockingCallFromThread(reactor, probe)
     assert session.auth_user is None and session.tls.version.startswith("TLSv1.")
     assert token_server.requests == [] and upstream.bearer_attempts == []
+
+
+def test_a_provider_that_keeps_refusing_does_not_cost_a_token_per_message(
+        token_server, make_oauth_upstream, start_gateway, ca):
+    """Refused again and again: one forced refresh, then the cached token is used and the app gets 451."""
+    upstream = make_oauth_upstream(token_server, mailboxes={"someone-else@corp.example"})
+    gw = start_gateway(relay_all(oauth_table(upstream, token_server, ca.ca_file)))
+    for _ in range(4):
+        assert send(gw.port)[0] == 451
+    assert len(token_server.requests) == 2  # the first token and one forced refresh
+    assert len(upstream.bearer_attempts) == 5  # 2 for the first message, then 1 each
+    results = gw.audit.wait_for("message.result", 4)
+    assert "not retried: a refused token forced a refresh less than 30 s ago" in results[-1]["upstream_error"]
