@@ -43,7 +43,9 @@ class TokenError(MailgateError):
     def __init__(self, reason: str, *, error: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.error = error  # the endpoint's OAuth error code (invalid_client, ...), when it gave one
+        self.error = (
+            error  # the endpoint's OAuth error code (invalid_client, ...), when it gave one
+        )
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,13 @@ class AccessToken:
 class GrantCredentials:
     """The resolved secrets of one upstream's grant. The refresh token may rotate."""
 
-    def __init__(self, oauth: OAuthConfig, client_secret: Secret | None = None,
-                 refresh_token: Secret | None = None, service_account: ServiceAccount | None = None) -> None:
+    def __init__(
+        self,
+        oauth: OAuthConfig,
+        client_secret: Secret | None = None,
+        refresh_token: Secret | None = None,
+        service_account: ServiceAccount | None = None,
+    ) -> None:
         self.oauth = oauth
         self.client_secret = client_secret
         self.refresh_token = refresh_token
@@ -138,8 +145,10 @@ def load_service_account(path: str) -> ServiceAccount:
         email, pem = data["client_email"], data["private_key"]
         key = serialization.load_pem_private_key(pem.encode(), password=None)
     except (ValueError, KeyError, TypeError):
-        raise SecretError(f"service account file {path}: expected Google's JSON key with client_email "
-                          "and an unencrypted RSA private_key") from None
+        raise SecretError(
+            f"service account file {path}: expected Google's JSON key with client_email "
+            "and an unencrypted RSA private_key"
+        ) from None
     if not isinstance(key, rsa.RSAPrivateKey):
         raise SecretError(f"service account file {path}: private_key is not an RSA key")
     key_id = data.get("private_key_id")
@@ -150,20 +159,29 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def jwt_assertion(account: ServiceAccount, *, audience: str, scope: str, subject: str | None,
-                  now: float) -> str:
+def jwt_assertion(
+    account: ServiceAccount, *, audience: str, scope: str, subject: str | None, now: float
+) -> str:
     """An RS256-signed JWT for the JWT bearer grant (RFC 7523 section 3)."""
     header: dict[str, Any] = {"alg": "RS256", "typ": "JWT"}
     if account.key_id:
         header["kid"] = account.key_id
     issued = int(now)
-    claims: dict[str, Any] = {"iss": account.client_email, "scope": scope, "aud": audience,
-                              "iat": issued, "exp": issued + ASSERTION_LIFETIME}
+    claims: dict[str, Any] = {
+        "iss": account.client_email,
+        "scope": scope,
+        "aud": audience,
+        "iat": issued,
+        "exp": issued + ASSERTION_LIFETIME,
+    }
     if subject:
         claims["sub"] = subject
-    signing_input = ".".join(_b64url(json.dumps(part, separators=(",", ":")).encode())
-                             for part in (header, claims))
-    signature = account.private_key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+    signing_input = ".".join(
+        _b64url(json.dumps(part, separators=(",", ":")).encode()) for part in (header, claims)
+    )
+    signature = account.private_key.sign(
+        signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
+    )
     return f"{signing_input}.{_b64url(signature)}"
 
 
@@ -174,8 +192,13 @@ def token_form(grant: GrantCredentials, subject: str | None, now: float) -> dict
     if oauth.grant == "jwt_bearer":
         assert grant.service_account is not None and oauth.scope
         form["grant_type"] = JWT_BEARER
-        form["assertion"] = jwt_assertion(grant.service_account, audience=oauth.token_url,
-                                          scope=oauth.scope, subject=subject, now=now)
+        form["assertion"] = jwt_assertion(
+            grant.service_account,
+            audience=oauth.token_url,
+            scope=oauth.scope,
+            subject=subject,
+            now=now,
+        )
         return form
     form["grant_type"] = oauth.grant
     form["client_id"] = oauth.client_id or ""
@@ -200,8 +223,9 @@ def redact(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
-def parse_token_response(status: int, body: bytes, *, now: float, endpoint: str,
-                         secrets: Sequence[str] = ()) -> AccessToken:
+def parse_token_response(
+    status: int, body: bytes, *, now: float, endpoint: str, secrets: Sequence[str] = ()
+) -> AccessToken:
     """A token endpoint's answer to an `AccessToken`, or `TokenError` with its error and description."""
     try:
         data: Any = json.loads(body.decode("utf-8"))
@@ -227,5 +251,9 @@ def parse_token_response(status: int, body: bytes, *, now: float, endpoint: str,
         lifetime = DEFAULT_LIFETIME
     lifetime = max(lifetime, 1.0)
     rotated = data.get("refresh_token")
-    return AccessToken(Secret(token), now + lifetime, lifetime,
-                       Secret(rotated) if isinstance(rotated, str) and rotated else None)
+    return AccessToken(
+        Secret(token),
+        now + lifetime,
+        lifetime,
+        Secret(rotated) if isinstance(rotated, str) and rotated else None,
+    )

@@ -43,8 +43,14 @@ class HeaderEdits:
 class Reader(Protocol):
     def problem(self, key: str, found: object, expected: str, *, raw: bool = False) -> None: ...
 
-    def string(self, table: Mapping[str, Any], key: str, default: str | None, *,
-               choices: tuple[str, ...] = ()) -> str | None: ...
+    def string(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        default: str | None,
+        *,
+        choices: tuple[str, ...] = (),
+    ) -> str | None: ...
 
     def strings(self, table: Mapping[str, Any], key: str) -> tuple[str, ...] | None: ...
 
@@ -58,15 +64,23 @@ def read_header_edits(reader: Reader, rule: Mapping[str, Any], key: str) -> Head
         except AddressError:
             address = None
         if address is None:
-            reader.problem(f"{key}.rewrite_from", rewrite_from, 'a plain ASCII address such as "relay@corp.example"')
+            reader.problem(
+                f"{key}.rewrite_from",
+                rewrite_from,
+                'a plain ASCII address such as "relay@corp.example"',
+            )
             rewrite_from = None
     names = reader.strings(rule, f"{key}.strip_headers") or ()
     strip = set()
     for i, name in enumerate(names):
         if not _NAME_TEXT.match(name):
-            reader.problem(f"{key}.strip_headers[{i}]", name, "a header field name such as \"Received\"")
+            reader.problem(
+                f"{key}.strip_headers[{i}]", name, 'a header field name such as "Received"'
+            )
         elif name.lower() == "from":
-            reader.problem(f"{key}.strip_headers[{i}]", name, "a field other than From (use rewrite_from)")
+            reader.problem(
+                f"{key}.strip_headers[{i}]", name, "a field other than From (use rewrite_from)"
+            )
         else:
             strip.add(name.lower())
     edits = HeaderEdits(rewrite_from, frozenset(strip))
@@ -136,7 +150,7 @@ class HeaderRewriter:
             else:
                 self._field = "first-from"
                 self._from_seen = True
-                self._keep_from(line[match.end():])
+                self._keep_from(line[match.end() :])
                 out.append(self._new_from())
         elif name in self.edits.strip:
             self._field = "drop"
@@ -150,7 +164,7 @@ class HeaderRewriter:
         room = MAX_ORIGINAL_FROM - len(self._original_from)
         if len(text) > room:
             self._from_truncated = True
-        self._original_from += text[:max(room, 0)]
+        self._original_from += text[: max(room, 0)]
 
     def _new_from(self) -> bytes:
         assert self.edits.rewrite_from is not None

@@ -64,22 +64,29 @@ class _Trust:
         if ca_file:
             with open(ca_file, "rb") as handle:
                 pem = handle.read()
-            roots = [ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n")
-                     for block in pem.split(b"-----END CERTIFICATE-----") if b"BEGIN CERTIFICATE" in block]
+            roots = [
+                ssl.Certificate.loadPEM(block + b"-----END CERTIFICATE-----\n")
+                for block in pem.split(b"-----END CERTIFICATE-----")
+                if b"BEGIN CERTIFICATE" in block
+            ]
             self._trust = ssl.trustRootFromCertificates(roots)
         else:
             self._trust = ssl.platformTrust()
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:  # noqa: N802
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
-                                       extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2})
+        return ssl.optionsForClientTLS(
+            hostname.decode("ascii"),
+            trustRoot=self._trust,
+            extraCertificateOptions={"raiseMinimumTo": ssl.TLSVersion.TLSv1_2},
+        )
 
 
 class TokenEndpoint:
     """One upstream's token source: its grant's secrets and an HTTPS client for its token URL."""
 
-    def __init__(self, reactor: Any, name: str, grant: GrantCredentials, *,
-                 timeout: float = REQUEST_TIMEOUT) -> None:
+    def __init__(
+        self, reactor: Any, name: str, grant: GrantCredentials, *, timeout: float = REQUEST_TIMEOUT
+    ) -> None:
         self.reactor = reactor
         self.name = name  # the upstream's name, for the audit
         self.grant = grant
@@ -104,15 +111,21 @@ class TokenEndpoint:
         form = token_form(self.grant, subject_for(self.grant.oauth, user) or None, now)
         try:
             response = await self._http.post(
-                self.url, data=form, headers=Headers({b"Accept": [b"application/json"]}),
-                allow_redirects=False, reactor=self.reactor, timeout=self.timeout,
+                self.url,
+                data=form,
+                headers=Headers({b"Accept": [b"application/json"]}),
+                allow_redirects=False,
+                reactor=self.reactor,
+                timeout=self.timeout,
             )
             body = bytearray()
 
             def collect(data: bytes) -> None:
                 body.extend(data)
                 if len(body) > MAX_RESPONSE:
-                    raise TokenError(f"token endpoint {self.url} sent more than {MAX_RESPONSE} bytes")
+                    raise TokenError(
+                        f"token endpoint {self.url} sent more than {MAX_RESPONSE} bytes"
+                    )
 
             await collect_body(response, collect)
         except TokenError:
@@ -121,8 +134,13 @@ class TokenEndpoint:
             raise TokenError(f"token endpoint {self.url}: {_describe(exc)}") from None
         finally:
             del form
-        token = parse_token_response(response.code, bytes(body), now=self.reactor.seconds(),
-                                     endpoint=self.url, secrets=self.grant.secrets())
+        token = parse_token_response(
+            response.code,
+            bytes(body),
+            now=self.reactor.seconds(),
+            endpoint=self.url,
+            secrets=self.grant.secrets(),
+        )
         if token.refresh_token is not None and self.grant.oauth.grant == "refresh_token":
             self.grant.rotate(token.refresh_token)
         return token
@@ -189,15 +207,24 @@ class TokenCache:
         del self._tokens[key]
         return True
 
-    def _fetched(self, result: AccessToken | Failure, endpoint: TokenEndpoint, key: TokenKey) -> None:
+    def _fetched(
+        self, result: AccessToken | Failure, endpoint: TokenEndpoint, key: TokenKey
+    ) -> None:
         waiters = self._waiting.pop(key, [])
-        facts = {"upstream": endpoint.name, "token_url": key[0], "client_id": key[1],
-                 "grant": endpoint.grant.oauth.grant}
+        facts = {
+            "upstream": endpoint.name,
+            "token_url": key[0],
+            "client_id": key[1],
+            "grant": endpoint.grant.oauth.grant,
+        }
         if key[3]:
             facts["subject"] = key[3]
         if isinstance(result, Failure):
-            error = result.value if isinstance(result.value, TokenError) else TokenError(
-                f"token endpoint {key[0]}: {type(result.value).__name__}")
+            error = (
+                result.value
+                if isinstance(result.value, TokenError)
+                else TokenError(f"token endpoint {key[0]}: {type(result.value).__name__}")
+            )
             self._event("oauth.token_failed", **facts, error=error.reason)
             stale = self._tokens.get(key)
             if stale is not None and self.clock.seconds() < stale.expires_at:

@@ -27,10 +27,19 @@ def add_commands(subparsers: Any) -> None:
     """Register ``mailgate oauth ...`` on the main parser's subcommands."""
     oauth = subparsers.add_parser("oauth", help="OAuth 2.0 upstreams (XOAUTH2): test a set-up")
     commands = oauth.add_subparsers(dest="oauth_command", required=True, metavar="COMMAND")
-    test = commands.add_parser("test", help="fetch a token, connect, authenticate, QUIT; say what happened")
+    test = commands.add_parser(
+        "test", help="fetch a token, connect, authenticate, QUIT; say what happened"
+    )
     test.add_argument("--config", metavar="FILE", required=True)
-    test.add_argument("--upstream", metavar="NAME", required=True, help="an [upstreams.NAME] with auth = \"xoauth2\"")
-    test.add_argument("--sender", metavar="ADDR", help='the mailbox to test as, when username = "$sender"')
+    test.add_argument(
+        "--upstream",
+        metavar="NAME",
+        required=True,
+        help='an [upstreams.NAME] with auth = "xoauth2"',
+    )
+    test.add_argument(
+        "--sender", metavar="ADDR", help='the mailbox to test as, when username = "$sender"'
+    )
     test.set_defaults(func=cmd_oauth_test)
 
 
@@ -38,13 +47,19 @@ def _upstream(config: Config, args: argparse.Namespace) -> UpstreamConfig:
     upstream = config.upstreams.get(args.upstream)
     if upstream is None:
         known = ", ".join(sorted(config.upstreams)) or "none defined"
-        raise UsageError(f"--upstream: {args.config} has no [upstreams.{args.upstream}] (defined: {known})")
+        raise UsageError(
+            f"--upstream: {args.config} has no [upstreams.{args.upstream}] (defined: {known})"
+        )
     if upstream.auth != "xoauth2":
-        raise UsageError(f'--upstream: upstreams.{upstream.name} has auth = "{upstream.auth}"; '
-                         'this test is for auth = "xoauth2"')
+        raise UsageError(
+            f'--upstream: upstreams.{upstream.name} has auth = "{upstream.auth}"; '
+            'this test is for auth = "xoauth2"'
+        )
     if is_sender_placeholder(upstream.username) and not args.sender:
-        raise UsageError(f'--sender: upstreams.{upstream.name} has username = "$sender"; '
-                         "name the mailbox to test with --sender ADDR")
+        raise UsageError(
+            f'--sender: upstreams.{upstream.name} has username = "$sender"; '
+            "name the mailbox to test with --sender ADDR"
+        )
     return upstream
 
 
@@ -63,10 +78,13 @@ def cmd_oauth_test(args: argparse.Namespace) -> int:
     def main(reactor: Any) -> defer.Deferred[None]:
         tokens = tokens_for(reactor, TokenCache(reactor), upstream)  # reads the secrets: may raise
         assert tokens is not None
-        connector = UpstreamConnector(reactor, upstream, resolve_password(upstream), config.listener.hostname,
-                                      tokens=tokens)
+        connector = UpstreamConnector(
+            reactor, upstream, resolve_password(upstream), config.listener.hostname, tokens=tokens
+        )
         coroutine = run_test(connector, args.sender, sys.stdout)
-        return defer.Deferred.fromCoroutine(coroutine).addCallback(lambda code: status.update(code=code))
+        return defer.Deferred.fromCoroutine(coroutine).addCallback(
+            lambda code: status.update(code=code)
+        )
 
     try:
         task.react(main)
@@ -85,15 +103,19 @@ async def run_test(connector: Any, sender: str | None, out: TextIO) -> int:
     user = sender if is_sender_placeholder(upstream.username) else upstream.username
     oauth = upstream.oauth
     say = lambda line: print(line, file=out, flush=True)  # noqa: E731
-    say(f"upstream {upstream.name}: {upstream.host}:{upstream.port} ({upstream.tls}), "
-        f"grant {oauth.grant}, user {user}")
+    say(
+        f"upstream {upstream.name}: {upstream.host}:{upstream.port} ({upstream.tls}), "
+        f"grant {oauth.grant}, user {user}"
+    )
     try:
         token = await tokens.token(user)
     except TokenError as exc:
         say(f"1. token: FAILED: {exc.reason}")
         return 1
-    say(f"1. token: OK from {oauth.token_url} (client {tokens.endpoint.grant.client}, "
-        f"scope {oauth.scope or '-'}, valid {round(token.lifetime)} s)")
+    say(
+        f"1. token: OK from {oauth.token_url} (client {tokens.endpoint.grant.client}, "
+        f"scope {oauth.scope or '-'}, valid {round(token.lifetime)} s)"
+    )
     try:
         session = await connector.open(sender)
     except UpstreamFailure as exc:
@@ -101,8 +123,10 @@ async def run_test(connector: Any, sender: str | None, out: TextIO) -> int:
         if exc.upstream_reply is not None:
             say(f"   the upstream said: {exc.upstream_reply}")
         return 1
-    say(f"2. connect, TLS, AUTH: OK: {session.tls.version} {session.tls.cipher}, "
-        f"AUTH {session.auth_mechanism} as {session.auth_user} accepted")
+    say(
+        f"2. connect, TLS, AUTH: OK: {session.tls.version} {session.tls.cipher}, "
+        f"AUTH {session.auth_mechanism} as {session.auth_user} accepted"
+    )
     session.quit()
     await session.protocol.closed
     say("3. QUIT: done; no mail was sent")

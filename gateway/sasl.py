@@ -52,5 +52,7 @@ def describe_challenge(text: str) -> str:
         return "an undecodable error challenge"
     if not isinstance(data, dict):
         return "an undecodable error challenge"
-    parts = [f"{key} {str(data[key])[:80]}" for key in ("status", "schemes", "scope") if key in data]
+    parts = [
+        f"{key} {str(data[key])[:80]}" for key in ("status", "schemes", "scope") if key in data
+    ]
     return "error challenge: " + (", ".join(parts) or "empty")

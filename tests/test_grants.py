@@ -23,7 +23,12 @@ def test_client_credentials_form():
     """client_credentials sends client ID, secret and scope."""
     oauth = OAuthConfig("client_credentials", URL, scope="s", client_id="id")
     form = grants.token_form(GrantCredentials(oauth, client_secret=Secret("sec")), None, 0)
-    assert form == {"grant_type": "client_credentials", "client_id": "id", "client_secret": "sec", "scope": "s"}
+    assert form == {
+        "grant_type": "client_credentials",
+        "client_id": "id",
+        "client_secret": "sec",
+        "scope": "s",
+    }
 
 
 def test_refresh_token_form_without_secret_or_scope():
@@ -38,23 +43,34 @@ def test_jwt_assertion_is_rs256_signed_with_the_claims_google_needs():
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     account = grants.ServiceAccount("sa@p.iam.gserviceaccount.com", "kid-9", key)
     oauth = OAuthConfig("jwt_bearer", URL, scope="https://mail.google.com/")
-    form = grants.token_form(GrantCredentials(oauth, service_account=account), "user@corp.example", 1000.7)
+    form = grants.token_form(
+        GrantCredentials(oauth, service_account=account), "user@corp.example", 1000.7
+    )
     assert form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
     head, claims, signature = form["assertion"].split(".")
 
     def decode(part: str) -> bytes:
         return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
-    key.public_key().verify(decode(signature), f"{head}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    key.public_key().verify(
+        decode(signature), f"{head}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256()
+    )
     assert json.loads(decode(head)) == {"alg": "RS256", "typ": "JWT", "kid": "kid-9"}
-    assert json.loads(decode(claims)) == {"iss": "sa@p.iam.gserviceaccount.com", "scope": "https://mail.google.com/",
-                                          "aud": URL, "iat": 1000, "exp": 4600, "sub": "user@corp.example"}
+    assert json.loads(decode(claims)) == {
+        "iss": "sa@p.iam.gserviceaccount.com",
+        "scope": "https://mail.google.com/",
+        "aud": URL,
+        "iat": 1000,
+        "exp": 4600,
+        "sub": "user@corp.example",
+    }
 
 
 def test_token_response_gives_token_lifetime_and_rotated_refresh_token():
     """A 200 with access_token, expires_in and refresh_token becomes an AccessToken."""
-    body = json.dumps({"access_token": "at", "token_type": "Bearer", "expires_in": "3599",
-                       "refresh_token": "rt2"}).encode()
+    body = json.dumps(
+        {"access_token": "at", "token_type": "Bearer", "expires_in": "3599", "refresh_token": "rt2"}
+    ).encode()
     token = parse_token_response(200, body, now=10, endpoint=URL)
     assert (token.value.reveal(), token.expires_at, token.lifetime) == ("at", 3609, 3599)
     assert token.refresh_token == Secret("rt2")
@@ -62,20 +78,29 @@ def test_token_response_gives_token_lifetime_and_rotated_refresh_token():
 
 def test_error_response_carries_error_and_first_line_of_description_redacted():
     """The endpoint's error and description are kept, any secret in them blanked out."""
-    body = json.dumps({"error": "invalid_client", "error_description":
-                       "AADSTS7000215: Invalid client secret 'sec-123' provided.\r\nTrace ID: 1"}).encode()
+    body = json.dumps(
+        {
+            "error": "invalid_client",
+            "error_description": "AADSTS7000215: Invalid client secret 'sec-123' provided.\r\nTrace ID: 1",
+        }
+    ).encode()
     with pytest.raises(TokenError) as caught:
         parse_token_response(401, body, now=0, endpoint=URL, secrets=["sec-123"])
-    assert caught.value.reason == (f"token endpoint {URL} answered HTTP 401: invalid_client: "
-                                   "AADSTS7000215: Invalid client secret '<secret>' provided.")
+    assert caught.value.reason == (
+        f"token endpoint {URL} answered HTTP 401: invalid_client: "
+        "AADSTS7000215: Invalid client secret '<secret>' provided."
+    )
     assert caught.value.error == "invalid_client"
 
 
-@pytest.mark.parametrize("status,body,expected", [
-    (502, b"<html>bad gateway</html>", "answered HTTP 502 without a JSON object"),
-    (200, b'{"token_type": "Bearer"}', "without an access_token"),
-    (200, b'{"access_token": "x", "token_type": "mac"}', "expected Bearer"),
-])
+@pytest.mark.parametrize(
+    "status,body,expected",
+    [
+        (502, b"<html>bad gateway</html>", "answered HTTP 502 without a JSON object"),
+        (200, b'{"token_type": "Bearer"}', "without an access_token"),
+        (200, b'{"access_token": "x", "token_type": "mac"}', "expected Bearer"),
+    ],
+)
 def test_unusable_responses_are_token_errors(status, body, expected):
     """Non-JSON, missing tokens and non-bearer tokens are refused with a reason."""
     with pytest.raises(TokenError, match=expected):
@@ -97,9 +122,16 @@ def test_service_account_file_must_be_private_and_valid(tmp_path):
 
 def test_resolve_names_the_upstream_and_variable():
     """A missing client secret variable is reported with the upstream's name."""
-    oauth = OAuthConfig("client_credentials", URL, scope="s", client_id="id",
-                        client_secret_env="MAILGATE_TEST_UNSET_SECRET")
-    with pytest.raises(SecretError, match="upstreams.m365: environment variable MAILGATE_TEST_UNSET_SECRET"):
+    oauth = OAuthConfig(
+        "client_credentials",
+        URL,
+        scope="s",
+        client_id="id",
+        client_secret_env="MAILGATE_TEST_UNSET_SECRET",
+    )
+    with pytest.raises(
+        SecretError, match="upstreams.m365: environment variable MAILGATE_TEST_UNSET_SECRET"
+    ):
         grants.resolve(oauth, "m365")
 
 
@@ -107,8 +139,9 @@ def test_rotated_refresh_token_replaces_the_file(tmp_path):
     """rotate() keeps the new refresh token in memory and writes it to the file, mode 600."""
     path = tmp_path / "rt"
     path.write_text("old\n")
-    credentials = GrantCredentials(OAuthConfig("refresh_token", URL, refresh_token_file=str(path)),
-                                   refresh_token=Secret("old"))
+    credentials = GrantCredentials(
+        OAuthConfig("refresh_token", URL, refresh_token_file=str(path)), refresh_token=Secret("old")
+    )
     credentials.rotate(Secret("new"))
     assert credentials.refresh_token == Secret("new")
     assert path.read_text() == "new\n" and os.stat(path).st_mode & 0o777 == 0o600
@@ -117,7 +150,8 @@ def test_rotated_refresh_token_replaces_the_file(tmp_path):
 def test_secret_material_is_not_in_reprs():
     """A ServiceAccount's repr names the account, not the key."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     assert repr(grants.ServiceAccount("sa@x", None, key)) == "ServiceAccount('sa@x')"
     assert pem.decode() not in repr(grants.ServiceAccount("sa@x", None, key))

@@ -13,7 +13,7 @@ from gateway.headers import HeaderEdits, HeaderRewriter
 MESSAGE = (
     b"Received: from app.internal (10.0.0.5)\r\n"
     b"\tby mailgate; Sat, 28 Nov 2026 01:00:00 +0000\r\n"
-    b"From: \"Billing App\"\r\n"
+    b'From: "Billing App"\r\n'
     b" <billing@app.internal>\r\n"
     b"X-ORIGINATING-IP: [10.0.0.5]\r\n"
     b"To: ops@example.net\r\n"
@@ -23,11 +23,13 @@ MESSAGE = (
     b"Received: so is this\r\n"
     b".\r\n"
 )
-BODY = MESSAGE[MESSAGE.index(b"\r\n\r\n") + 4:]
+BODY = MESSAGE[MESSAGE.index(b"\r\n\r\n") + 4 :]
 EDITS = HeaderEdits("relay@corp.example", frozenset({"received", "x-originating-ip"}))
 
 
-def rewrite(message: bytes, edits: HeaderEdits = EDITS, *, chunks: list[int] | None = None) -> tuple[bytes, HeaderRewriter]:
+def rewrite(
+    message: bytes, edits: HeaderEdits = EDITS, *, chunks: list[int] | None = None
+) -> tuple[bytes, HeaderRewriter]:
     """Feed whole-line regions split after the given line counts (default: line by line)."""
     rewriter = HeaderRewriter(edits)
     lines = message.split(b"\r\n")[:-1]
@@ -39,7 +41,7 @@ def rewrite(message: bytes, edits: HeaderEdits = EDITS, *, chunks: list[int] | N
     else:
         start = 0
         for size in chunks + [len(lines)]:
-            out += rewriter.feed(b"".join(lines[start:start + size]))
+            out += rewriter.feed(b"".join(lines[start : start + size]))
             start += size
     return out + rewriter.finish(), rewriter
 
@@ -54,8 +56,10 @@ def test_strips_folded_headers_case_insensitively():
 def test_rewrites_from_and_moves_the_original_to_reply_to():
     """From becomes rewrite_from; the original (folded) value goes to an added Reply-To."""
     out, rewriter = rewrite(MESSAGE)
-    assert out.startswith(b"From: relay@corp.example\r\nTo: ops@example.net\r\nSubject: invoice\r\n"
-                          b"Reply-To: \"Billing App\"\r\n <billing@app.internal>\r\n\r\n")
+    assert out.startswith(
+        b"From: relay@corp.example\r\nTo: ops@example.net\r\nSubject: invoice\r\n"
+        b'Reply-To: "Billing App"\r\n <billing@app.internal>\r\n\r\n'
+    )
     assert rewriter.original_from == '"Billing App" <billing@app.internal>'
 
 
@@ -117,30 +121,46 @@ def test_strip_only_leaves_from_alone():
 def test_region_with_header_end_and_body_passes_body_through_in_one_piece():
     """After the blank line the rest of the region is returned as is, without per-line work."""
     rewriter = HeaderRewriter(HeaderEdits(None, frozenset({"received"})))
-    assert rewriter.feed(b"Received: x\r\nSubject: s\r\n\r\n.\r\nReceived: y\r\n") == \
-        b"Subject: s\r\n\r\n.\r\nReceived: y\r\n"
+    assert (
+        rewriter.feed(b"Received: x\r\nSubject: s\r\n\r\n.\r\nReceived: y\r\n")
+        == b"Subject: s\r\n\r\n.\r\nReceived: y\r\n"
+    )
     assert rewriter.in_body and rewriter.feed(b"Received: z\r\n") == b"Received: z\r\n"
 
 
 def rules_document(**rule: object) -> dict[str, object]:
-    return {"upstreams": {"up": {"host": "localhost"}},
-            "rules": [{"name": "r", "action": "relay", "upstream": "up", **rule}]}
+    return {
+        "upstreams": {"up": {"host": "localhost"}},
+        "rules": [{"name": "r", "action": "relay", "upstream": "up", **rule}],
+    }
 
 
 def test_config_reads_rewrite_from_and_strip_headers():
     """The rule's keys become a HeaderEdits value with lower-case names."""
-    config = configuration.parse(rules_document(rewrite_from="relay@corp.example",
-                                                strip_headers=["Received", "X-Originating-IP"]), "t.toml")
-    assert config.rules[0].headers == HeaderEdits("relay@corp.example",
-                                                  frozenset({"received", "x-originating-ip"}))
+    config = configuration.parse(
+        rules_document(
+            rewrite_from="relay@corp.example", strip_headers=["Received", "X-Originating-IP"]
+        ),
+        "t.toml",
+    )
+    assert config.rules[0].headers == HeaderEdits(
+        "relay@corp.example", frozenset({"received", "x-originating-ip"})
+    )
 
 
-@pytest.mark.parametrize("rule,key,expected", [
-    ({"rewrite_from": "Relay <relay@corp.example>"}, "rules[0].rewrite_from", "a plain ASCII address"),
-    ({"strip_headers": ["Bad Name"]}, "rules[0].strip_headers[0]", "a header field name"),
-    ({"strip_headers": ["from"]}, "rules[0].strip_headers[0]", "use rewrite_from"),
-    ({"strip_headers": []}, "rules[0].strip_headers", "a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "rule,key,expected",
+    [
+        (
+            {"rewrite_from": "Relay <relay@corp.example>"},
+            "rules[0].rewrite_from",
+            "a plain ASCII address",
+        ),
+        ({"strip_headers": ["Bad Name"]}, "rules[0].strip_headers[0]", "a header field name"),
+        ({"strip_headers": ["from"]}, "rules[0].strip_headers[0]", "use rewrite_from"),
+        ({"strip_headers": []}, "rules[0].strip_headers", "a non-empty list"),
+    ],
+)
 def test_config_problems_name_the_key(rule, key, expected):
     """Bad rewrite_from / strip_headers values are reported with their key and what was expected."""
     with pytest.raises(ConfigError) as caught:

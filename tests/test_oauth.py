@@ -22,7 +22,12 @@ class FakeEndpoint:
         self.grant: Any = type("G", (), {"oauth": type("O", (), {"grant": grant})()})()
 
     def key(self, user: str) -> tuple[str, str, str, str]:
-        return ("https://token.test/t", "client", "scope", user if self.grant.oauth.grant == "jwt_bearer" else "")
+        return (
+            "https://token.test/t",
+            "client",
+            "scope",
+            user if self.grant.oauth.grant == "jwt_bearer" else "",
+        )
 
     def fetch(self, user: str) -> defer.Deferred[AccessToken]:
         d: defer.Deferred[AccessToken] = defer.Deferred()
@@ -84,7 +89,9 @@ def test_invalidate_drops_only_the_refused_token():
     assert cache.invalidate(endpoint, "u", old[0])
     new = results(cache.token(endpoint, "u"))
     endpoint.issue("t2")
-    assert cache.invalidate(endpoint, "u", old[0])  # a second session refused t1 too: t2 stays, retry
+    assert cache.invalidate(
+        endpoint, "u", old[0]
+    )  # a second session refused t1 too: t2 stays, retry
     assert results(cache.token(endpoint, "u"))[0] is new[0] and endpoint.pending == []
 
 
@@ -95,11 +102,22 @@ def test_failure_reaches_every_waiter_and_is_not_cached():
     cache = TokenCache(clock, on_event=lambda name, **fields: events.append((name, fields)))
     endpoint = FakeEndpoint(clock)
     waiting = [results(cache.token(endpoint, "u")) for _ in range(3)]
-    endpoint.pending.pop(0)[1].errback(TokenError("token endpoint https://token.test/t answered HTTP 503"))
+    endpoint.pending.pop(0)[1].errback(
+        TokenError("token endpoint https://token.test/t answered HTTP 503")
+    )
     assert all(w[0].check(TokenError) for w in waiting)
-    assert events == [("oauth.token_failed", {"upstream": "up", "token_url": "https://token.test/t",
-                                              "client_id": "client", "grant": "client_credentials",
-                                              "error": "token endpoint https://token.test/t answered HTTP 503"})]
+    assert events == [
+        (
+            "oauth.token_failed",
+            {
+                "upstream": "up",
+                "token_url": "https://token.test/t",
+                "client_id": "client",
+                "grant": "client_credentials",
+                "error": "token endpoint https://token.test/t answered HTTP 503",
+            },
+        )
+    ]
     results(cache.token(endpoint, "u"))
     assert len(endpoint.pending) == 1
 

@@ -11,7 +11,10 @@ from gateway.errors import ConfigError
 
 
 def parse(upstream: dict[str, Any]) -> Any:
-    document = {"upstreams": {"up": upstream}, "rules": [{"name": "r", "action": "relay", "upstream": "up"}]}
+    document = {
+        "upstreams": {"up": upstream},
+        "rules": [{"name": "r", "action": "relay", "upstream": "up"}],
+    }
     return configuration.parse(document, "t.toml").upstreams["up"]
 
 
@@ -21,8 +24,12 @@ def problems(upstream: dict[str, Any]) -> dict[str, str]:
     return {p.key.removeprefix("upstreams.up."): p.expected for p in caught.value.problems}
 
 
-APP = {"auth": "xoauth2", "username": "relay@corp.example", "oauth_client_id": "id",
-       "oauth_client_secret_env": "SECRET"}
+APP = {
+    "auth": "xoauth2",
+    "username": "relay@corp.example",
+    "oauth_client_id": "id",
+    "oauth_client_secret_env": "SECRET",
+}
 
 
 def test_m365_preset_fills_host_port_tls_token_url_and_scope():
@@ -38,8 +45,15 @@ def test_gmail_preset_fills_google_values(tmp_path):
     """provider = "gmail" gives smtp.gmail.com, Google's token URL and https://mail.google.com/."""
     rt = tmp_path / "rt"
     rt.write_text("x")
-    up = parse({"provider": "gmail", "auth": "xoauth2", "username": "a@corp.example", "oauth_client_id": "id",
-                "refresh_token_file": str(rt)})
+    up = parse(
+        {
+            "provider": "gmail",
+            "auth": "xoauth2",
+            "username": "a@corp.example",
+            "oauth_client_id": "id",
+            "refresh_token_file": str(rt),
+        }
+    )
     assert (up.host, up.port) == ("smtp.gmail.com", 587)
     assert up.oauth.token_url == "https://oauth2.googleapis.com/token"
     assert (up.oauth.scope, up.oauth.grant) == ("https://mail.google.com/", "refresh_token")
@@ -47,8 +61,17 @@ def test_gmail_preset_fills_google_values(tmp_path):
 
 def test_every_preset_value_can_be_overridden():
     """Explicit host, port, tls, token URL and scope win over the preset."""
-    up = parse({"provider": "m365", "host": "localhost", "port": 465, "tls": "implicit",
-                "oauth_token_url": "https://127.0.0.1:8443/token", "oauth_scope": "other", **APP})
+    up = parse(
+        {
+            "provider": "m365",
+            "host": "localhost",
+            "port": 465,
+            "tls": "implicit",
+            "oauth_token_url": "https://127.0.0.1:8443/token",
+            "oauth_scope": "other",
+            **APP,
+        }
+    )
     assert (up.host, up.port, up.tls) == ("localhost", 465, "implicit")
     assert (up.oauth.token_url, up.oauth.scope) == ("https://127.0.0.1:8443/token", "other")
 
@@ -64,24 +87,94 @@ def test_m365_without_tenant_or_token_url_is_a_problem():
     assert "oauth_tenant" in problems({"provider": "m365", **APP})["oauth_token_url"]
 
 
-@pytest.mark.parametrize("table,key,expected", [
-    ({"host": "h", "auth": "xoauth2", "oauth_token_url": "https://t/x", "oauth_scope": "s",
-      "oauth_client_id": "id", "oauth_client_secret_env": "S"}, "username", '"$sender"'),
-    ({"host": "h", **APP, "oauth_token_url": "http://t/x", "oauth_scope": "s"}, "oauth_token_url", "https://"),
-    ({"host": "h", **APP, "oauth_token_url": "https://t/x"}, "oauth_scope", "required by"),
-    ({"host": "h", **APP, "oauth_token_url": "https://t/x", "oauth_scope": "s", "password_env": "P"},
-     "password_env", "oauth_* keys"),
-    ({"host": "h", **APP, "oauth_token_url": "https://t/x", "oauth_scope": "s", "oauth_grant": "implicit"},
-     "oauth_grant", '"client_credentials"'),
-    ({"host": "h", **APP, "oauth_token_url": "https://t/x", "oauth_scope": "s", "oauth_grant": "refresh_token"},
-     "refresh_token_file", "refresh token"),
-    ({"host": "h", **APP, "oauth_token_url": "https://t/x", "oauth_scope": "s", "oauth_grant": "jwt_bearer"},
-     "service_account_file", "JSON key"),
-    ({"host": "h", "username": "u", "password_env": "P", "oauth_scope": "s"}, "oauth_scope", 'auth = "xoauth2"'),
-    ({"provider": "yahoo", "username": "u", "password_env": "P"}, "provider", '"m365", "gmail"'),
-    ({"host": "h", **APP, "oauth_token_url": "https://t/x", "oauth_scope": "s",
-      "oauth_ca_file": "/nonexistent/ca.pem"}, "oauth_ca_file", "an existing file"),
-])
+@pytest.mark.parametrize(
+    "table,key,expected",
+    [
+        (
+            {
+                "host": "h",
+                "auth": "xoauth2",
+                "oauth_token_url": "https://t/x",
+                "oauth_scope": "s",
+                "oauth_client_id": "id",
+                "oauth_client_secret_env": "S",
+            },
+            "username",
+            '"$sender"',
+        ),
+        (
+            {"host": "h", **APP, "oauth_token_url": "http://t/x", "oauth_scope": "s"},
+            "oauth_token_url",
+            "https://",
+        ),
+        ({"host": "h", **APP, "oauth_token_url": "https://t/x"}, "oauth_scope", "required by"),
+        (
+            {
+                "host": "h",
+                **APP,
+                "oauth_token_url": "https://t/x",
+                "oauth_scope": "s",
+                "password_env": "P",
+            },
+            "password_env",
+            "oauth_* keys",
+        ),
+        (
+            {
+                "host": "h",
+                **APP,
+                "oauth_token_url": "https://t/x",
+                "oauth_scope": "s",
+                "oauth_grant": "implicit",
+            },
+            "oauth_grant",
+            '"client_credentials"',
+        ),
+        (
+            {
+                "host": "h",
+                **APP,
+                "oauth_token_url": "https://t/x",
+                "oauth_scope": "s",
+                "oauth_grant": "refresh_token",
+            },
+            "refresh_token_file",
+            "refresh token",
+        ),
+        (
+            {
+                "host": "h",
+                **APP,
+                "oauth_token_url": "https://t/x",
+                "oauth_scope": "s",
+                "oauth_grant": "jwt_bearer",
+            },
+            "service_account_file",
+            "JSON key",
+        ),
+        (
+            {"host": "h", "username": "u", "password_env": "P", "oauth_scope": "s"},
+            "oauth_scope",
+            'auth = "xoauth2"',
+        ),
+        (
+            {"provider": "yahoo", "username": "u", "password_env": "P"},
+            "provider",
+            '"m365", "gmail"',
+        ),
+        (
+            {
+                "host": "h",
+                **APP,
+                "oauth_token_url": "https://t/x",
+                "oauth_scope": "s",
+                "oauth_ca_file": "/nonexistent/ca.pem",
+            },
+            "oauth_ca_file",
+            "an existing file",
+        ),
+    ],
+)
 def test_problems_name_the_key_and_what_was_expected(table, key, expected):
     """Each invalid OAuth setting is reported at its own key, with what was expected."""
     found = problems(table)

@@ -79,8 +79,12 @@ class TokenServer:
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         self.url = f"https://localhost:{self.port}/oauth2/v2.0/token"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="token-endpoint", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="token-endpoint",
+            daemon=True,
+        )
 
     def start(self) -> TokenServer:
         self._thread.start()
@@ -102,12 +106,19 @@ class TokenServer:
         self.script.hold.wait(30)
         if self.script.error is not None:
             return self.script.error
-        if request.claims is None and form.get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer":
+        if (
+            request.claims is None
+            and form.get("grant_type") == "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        ):
             return 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
         token = f"ya29.token-{next(self._serial)}-{time.monotonic_ns()}"
         with self._changed:
             self._tokens[token] = time.monotonic() + self.script.lifetime + self.script.grace
-        answer: dict[str, Any] = {"access_token": token, "token_type": "Bearer", "expires_in": self.script.lifetime}
+        answer: dict[str, Any] = {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": self.script.lifetime,
+        }
         if self.script.rotate_refresh_token:
             answer["refresh_token"] = self.script.rotate_refresh_token
         return 200, answer
@@ -124,8 +135,9 @@ class TokenServer:
             head, claims, signature = assertion.split(".")
             if json.loads(decode(head)).get("alg") != "RS256" or self.public_key is None:
                 return None
-            self.public_key.verify(decode(signature), f"{head}.{claims}".encode(), padding.PKCS1v15(),
-                                   hashes.SHA256())
+            self.public_key.verify(
+                decode(signature), f"{head}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256()
+            )
             return dict(json.loads(decode(claims)))
         except (ValueError, InvalidSignature):
             return None
@@ -168,7 +180,7 @@ def _parse_bearer(mechanism: str, blob: bytes) -> tuple[str, str] | None:
     auth = fields.get("auth", "")
     if not text.endswith("\x01\x01") or not auth.startswith("Bearer ") or not user:
         return None
-    return user, auth[len("Bearer "):]
+    return user, auth[len("Bearer ") :]
 
 
 class _OAuthSMTP(_SMTP):
@@ -188,7 +200,9 @@ class _OAuthSMTP(_SMTP):
         owner.bearer_attempts.append((mechanism, parsed[0] if parsed else None, ok))
         if ok and parsed is not None:
             return AuthResult(success=True, auth_data=LoginPassword(parsed[0].encode(), b""))
-        error = json.dumps({"status": "401", "schemes": "Bearer", "scope": "https://mail.google.com/"})
+        error = json.dumps(
+            {"status": "401", "schemes": "Bearer", "scope": "https://mail.google.com/"}
+        )
         await self.challenge_auth(error)  # the client answers (empty / ^A), then we say 535
         await self.push("535 5.7.8 Username and Password not accepted")
         if owner.close_after_reject and self.transport is not None:
@@ -205,8 +219,13 @@ class _OAuthSMTP(_SMTP):
 class OAuthSubmissionServer(SubmissionServer):
     """A STARTTLS submission server that accepts only currently valid bearer tokens."""
 
-    def __init__(self, context: ssl.SSLContext, tokens: TokenServer, mailboxes: set[str],
-                 mechanisms: tuple[str, ...] = ("XOAUTH2", "OAUTHBEARER")) -> None:
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        tokens: TokenServer,
+        mailboxes: set[str],
+        mechanisms: tuple[str, ...] = ("XOAUTH2", "OAUTHBEARER"),
+    ) -> None:
         super().__init__("starttls", context, {})
         self.tokens = tokens
         self.mailboxes = mailboxes
@@ -216,10 +235,21 @@ class OAuthSubmissionServer(SubmissionServer):
 
     def _factory(self) -> SMTP:
         self.connections += 1
-        excluded = ["PLAIN", "LOGIN"] + [m for m in ("XOAUTH2", "OAUTHBEARER") if m not in self.mechanisms]
+        excluded = ["PLAIN", "LOGIN"] + [
+            m for m in ("XOAUTH2", "OAUTHBEARER") if m not in self.mechanisms
+        ]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return _OAuthSMTP(self, _Handler(self), hostname=self.hostname, auth_required=True,
-                              auth_require_tls=True, auth_exclude_mechanism=excluded,
-                              authenticator=lambda *a: AuthResult(success=False), ident="upstream.test ESMTP",
-                              data_size_limit=None, tls_context=self.context, require_starttls=True)
+            return _OAuthSMTP(
+                self,
+                _Handler(self),
+                hostname=self.hostname,
+                auth_required=True,
+                auth_require_tls=True,
+                auth_exclude_mechanism=excluded,
+                authenticator=lambda *a: AuthResult(success=False),
+                ident="upstream.test ESMTP",
+                data_size_limit=None,
+                tls_context=self.context,
+                require_starttls=True,
+            )

@@ -17,8 +17,10 @@ from tests.integration.test_xoauth2 import (  # noqa: F401 - fixtures
 
 
 def write_config(path: Any, table: dict[str, Any]) -> str:
-    lines = ["[upstreams.m365]"] + [f"{key} = {value!r}".replace("'", '"') if isinstance(value, str)
-                                    else f"{key} = {value}" for key, value in table.items()]
+    lines = ["[upstreams.m365]"] + [
+        f"{key} = {value!r}".replace("'", '"') if isinstance(value, str) else f"{key} = {value}"
+        for key, value in table.items()
+    ]
     lines += ["", "[[rules]]", 'name = "all"', 'action = "relay"', 'upstream = "m365"', ""]
     path.write_text("\n".join(lines))
     return str(path)
@@ -26,15 +28,42 @@ def write_config(path: Any, table: dict[str, Any]) -> str:
 
 def run(config: str, *extra: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, MAILGATE_TEST_CLIENT_SECRET=CLIENT_SECRET)
-    return subprocess.run([sys.executable, "-m", "gateway", "oauth", "test", "--config", config,
-                           "--upstream", "m365", *extra], capture_output=True, text=True, env=env, timeout=60, check=False)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "oauth",
+            "test",
+            "--config",
+            config,
+            "--upstream",
+            "m365",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def table(upstream: Any, tokens: Any, ca_file: str) -> dict[str, Any]:
-    return {"provider": "m365", "host": "localhost", "port": upstream.port, "ca_file": ca_file,
-            "auth": "xoauth2", "username": MAILBOX, "oauth_token_url": tokens.url,
-            "oauth_client_id": "app-id-1234", "oauth_client_secret_env": "MAILGATE_TEST_CLIENT_SECRET",
-            "oauth_ca_file": ca_file, "connect_timeout": 5, "command_timeout": 10}
+    return {
+        "provider": "m365",
+        "host": "localhost",
+        "port": upstream.port,
+        "ca_file": ca_file,
+        "auth": "xoauth2",
+        "username": MAILBOX,
+        "oauth_token_url": tokens.url,
+        "oauth_client_id": "app-id-1234",
+        "oauth_client_secret_env": "MAILGATE_TEST_CLIENT_SECRET",
+        "oauth_ca_file": ca_file,
+        "connect_timeout": 5,
+        "command_timeout": 10,
+    }
 
 
 def test_reports_each_step_and_sends_no_mail(token_server, make_oauth_upstream, ca, tmp_path):
@@ -44,7 +73,10 @@ def test_reports_each_step_and_sends_no_mail(token_server, make_oauth_upstream, 
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[1].startswith(f"1. token: OK from {token_server.url} (client app-id-1234")
-    assert lines[2].startswith("2. connect, TLS, AUTH: OK: TLSv1.") and f"XOAUTH2 as {MAILBOX}" in lines[2]
+    assert (
+        lines[2].startswith("2. connect, TLS, AUTH: OK: TLSv1.")
+        and f"XOAUTH2 as {MAILBOX}" in lines[2]
+    )
     assert lines[3] == "3. QUIT: done; no mail was sent"
     assert upstream.messages == [] and len(token_server.requests) == 1
     assert all(token not in result.stdout + result.stderr for token in token_server.issued)
@@ -52,8 +84,13 @@ def test_reports_each_step_and_sends_no_mail(token_server, make_oauth_upstream, 
 
 def test_token_endpoint_error_stops_at_step_one(token_server, make_oauth_upstream, ca, tmp_path):
     """An endpoint refusal is shown with its error code and description; exit 1; upstream not contacted."""
-    token_server.script.error = (400, {"error": "unauthorized_client",
-                                       "error_description": "AADSTS700016: Application not found"})
+    token_server.script.error = (
+        400,
+        {
+            "error": "unauthorized_client",
+            "error_description": "AADSTS700016: Application not found",
+        },
+    )
     upstream = make_oauth_upstream(token_server)
     result = run(write_config(tmp_path / "m.toml", table(upstream, token_server, ca.ca_file)))
     assert result.returncode == 1
@@ -67,15 +104,20 @@ def test_refused_token_is_reported_at_step_two(token_server, make_oauth_upstream
     upstream = make_oauth_upstream(token_server, mailboxes={"other@corp.example"})
     result = run(write_config(tmp_path / "m.toml", table(upstream, token_server, ca.ca_file)))
     assert result.returncode == 1
-    assert f"2. connect, TLS, AUTH: FAILED: m365: AUTH XOAUTH2 as {MAILBOX} refused" in result.stdout
+    assert (
+        f"2. connect, TLS, AUTH: FAILED: m365: AUTH XOAUTH2 as {MAILBOX} refused" in result.stdout
+    )
     assert "the upstream said: 535 5.7.8 Username and Password not accepted" in result.stdout
 
 
 def test_missing_secret_is_a_one_line_error(token_server, make_oauth_upstream, ca, tmp_path):
     """An unset client secret variable: "mailgate: ..." naming the upstream and variable, exit 1."""
     upstream = make_oauth_upstream(token_server)
-    config = table(upstream, token_server, ca.ca_file) | {"oauth_client_secret_env": "MAILGATE_TEST_UNSET"}
+    config = table(upstream, token_server, ca.ca_file) | {
+        "oauth_client_secret_env": "MAILGATE_TEST_UNSET"
+    }
     result = run(write_config(tmp_path / "m.toml", config))
     assert result.returncode == 1 and result.stdout == ""
-    assert result.stderr == ("mailgate: upstreams.m365: environment variable MAILGATE_TEST_UNSET "
-                             "is not set or empty\n")
+    assert result.stderr == (
+        "mailgate: upstreams.m365: environment variable MAILGATE_TEST_UNSET is not set or empty\n"
+    )
