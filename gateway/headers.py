@@ -93,7 +93,7 @@ class HeaderRewriter:
     def __init__(self, edits: HeaderEdits) -> None:
         self.edits = edits
         self.in_body = False
-        self._field = "none"  # the current field: "keep", "drop" or "from"
+        self._field = "none"  # the current field: "keep", "drop", "first-from" or "other-from"
         self._original_from = bytearray()
         self._from_seen = False
         self._reply_to_seen = False
