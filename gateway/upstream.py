@@ -79,6 +79,7 @@ class _Reconnect(Exception):
 class _Attempt:
     sender: str | None  # the envelope sender, for username = "$sender"
     token_refreshed: bool = False  # a refused token was already refreshed: no second retry
+    probe: bool = False  # a readiness probe: no mail will follow
 
 
 @implementer(IHandshakeListener)
@@ -317,15 +318,18 @@ class UpstreamConnector:
         """Who a session for `sender` authenticates as: `username`, or the sender for "$sender"."""
         return sender if is_sender_placeholder(self.config.username) else self.config.username
 
-    def open(self, sender: str | None = None) -> defer.Deferred[UpstreamSession]:
-        """A ready session; `sender` (the envelope sender) is needed for username = "$sender"."""
-        return defer.Deferred.fromCoroutine(self._open(sender))
+    def open(self, sender: str | None = None, *, probe: bool = False) -> defer.Deferred[UpstreamSession]:
+        """A ready session; `sender` (the envelope sender) is needed for username = "$sender".
 
-    async def _open(self, sender: str | None = None) -> UpstreamSession:
+        `probe`: only to learn whether the upstream is reachable; no mail may follow.
+        """
+        return defer.Deferred.fromCoroutine(self._open(sender, probe))
+
+    async def _open(self, sender: str | None = None, probe: bool = False) -> UpstreamSession:
         try:
-            return await self._connect(_Attempt(sender))
+            return await self._connect(_Attempt(sender, probe=probe))
         except _Reconnect:
-            return await self._connect(_Attempt(sender, token_refreshed=True))
+            return await self._connect(_Attempt(sender, token_refreshed=True, probe=probe))
 
     async def _connect(self, attempt: _Attempt) -> UpstreamSession:
         config = self.config
@@ -462,11 +466,14 @@ class UpstreamConnector:
                 f"(offered: {' '.join(sorted(offered)) or 'none'})",
             )
         user = self.user_for(attempt.sender)
-        if user is None:
-            # username = "$sender" and no message (a readiness probe): connection, TLS, EHLO and
-            # the mechanism are proven; there is no mailbox to authenticate as. Never used to
-            # carry mail: every relay path passes the envelope sender.
+        if user is None and attempt.probe:
+            # username = "$sender" in a readiness probe: connection, TLS, EHLO and the mechanism
+            # are proven; there is no mailbox to authenticate as, and no mail will follow.
             return None, None
+        if user is None:
+            self._quit(protocol)
+            raise UpstreamFailure(replies.UPSTREAM_AUTH_FAILED,
+                                  f'{config.name}: username = "$sender" needs the envelope sender to authenticate')
         if not user:
             self._quit(protocol)
             raise UpstreamFailure(replies.UPSTREAM_NULL_SENDER_OAUTH,

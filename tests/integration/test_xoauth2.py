@@ -483,7 +483,7 @@ def test_probe_of_a_sender_upstream_stops_before_auth(
     )
 
     def probe() -> Any:
-        return gw.gateway.connector("up").open().addCallback(lambda s: (s.quit(), s)[1])
+        return gw.gateway.connector("up").open(probe=True).addCallback(lambda s: (s.quit(), s)[1])
 
     session = threads.blockingCallFromThread(reactor, probe)
     assert session.auth_user is None and session.tls.version.startswith("TLSv1.")
@@ -505,3 +505,28 @@ def test_a_provider_that_keeps_refusing_does_not_cost_a_token_per_message(
         "not retried: a refused token forced a refresh less than 30 s ago"
         in results[-1]["upstream_error"]
     )
+
+
+def test_sender_upstream_opened_without_a_sender_is_refused(
+    token_server, make_oauth_upstream, start_gateway, ca, reactor
+):
+    """A caller that forgets the sender of a "$sender" upstream gets a 4xx, never an unauthenticated session."""
+    from twisted.internet import threads
+
+    from gateway.upstream import UpstreamFailure
+
+    upstream = make_oauth_upstream(token_server)
+    gw = start_gateway(
+        relay_all(oauth_table(upstream, token_server, ca.ca_file, username="$sender"))
+    )
+
+    def open_without_sender() -> Any:
+        return (
+            gw.gateway.connector("up")
+            .open()
+            .addErrback(lambda f: f.trap(UpstreamFailure) and f.value)
+        )
+
+    failure = threads.blockingCallFromThread(reactor, open_without_sender)
+    assert failure.reply.code == 451 and "needs the envelope sender" in failure.reason
+    assert upstream.bearer_attempts == []
