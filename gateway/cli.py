@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import config as configuration
-from gateway import policy
+from gateway import grants, oauth_cli, policy
 from gateway.address import AddressError, parse_path
 from gateway.config import Config, resolve_password
 from gateway.errors import ConfigError, MailgateError, UsageError
@@ -39,6 +39,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for upstream in config.upstreams.values():
             try:
                 resolve_password(upstream)
+                if upstream.oauth is not None:
+                    grants.resolve(upstream.oauth, upstream.name)
             except MailgateError as exc:
                 problems.append(f"{args.config}: {exc}")
         if not config.rules:
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole path on this machine, with local upstreams")
     demo.add_argument("--policy", metavar="FILE", help="demo policy (default: policies/demo.toml)")
     demo.set_defaults(func=cmd_demo)
+
+    oauth_cli.add_commands(sub)
 
     from gateway.queue_cli import add_commands as add_queue_commands
 

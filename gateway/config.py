@@ -19,6 +19,8 @@ from urllib.parse import unquote
 from gateway import credentials
 from gateway.credentials import Secret
 from gateway.errors import ConfigError, Problem, SecretError, UsageError
+from gateway.headers import HeaderEdits, read_header_edits
+from gateway.providers import UPSTREAM_KEYS, OAuthConfig, preset_for, read_upstream_auth
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -90,6 +92,8 @@ class UpstreamConfig:
     max_connections: int = 10
     pool_idle_timeout: float = 30.0
     pool_max_messages: int = 100
+    auth: str = "password"  # or "xoauth2" (see gateway.providers)
+    oauth: OAuthConfig | None = None
 
     @property
     def url(self) -> str:
@@ -127,6 +131,7 @@ class Rule:
     recipients: tuple[str, ...] | None = None
     apps: tuple[str, ...] | None = None
     rate: Rate | None = None
+    headers: HeaderEdits | None = None  # rewrite_from / strip_headers (see gateway.headers)
     delivery: str = "relay"  # "relay" (cut-through) or "queue" (store-and-forward)
 
 
@@ -375,10 +380,12 @@ class _Reader:
         known = {"host", "port", "tls", "username", "password_env", "password_file", "ca_file",
                  "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout",
                  "failover_cooldown", "max_connections", "pool_idle_timeout", "pool_max_messages"}
-        known |= EXTRA_UPSTREAM_KEYS
+        known |= EXTRA_UPSTREAM_KEYS | UPSTREAM_KEYS
         self.unknown_keys(value, key, known)
         t = value
-        host = self.string(t, f"{key}.host", None)
+        preset = preset_for(self, t, key)
+        auth, oauth = read_upstream_auth(self, t, key, preset)
+        host = self.string(t, f"{key}.host", preset.host if preset else None)
         if host is None:
             self.problem(f"{key}.host", "nothing", "the upstream's host name, as on its certificate", raw=True)
             host = "invalid"
@@ -390,7 +397,7 @@ class _Reader:
         if password_env and password_file:
             self.problem(f"{key}.password_file", "both password_env and password_file",
                          "exactly one of the two", raw=True)
-        if username and not (password_env or password_file):
+        if auth == "password" and username and not (password_env or password_file):
             self.problem(f"{key}.password_env", "nothing",
                          "password_env or password_file when username is set", raw=True)
         if (password_env or password_file) and not username:
@@ -423,6 +430,8 @@ class _Reader:
             max_connections=self.integer(t, f"{key}.max_connections", 10, 1, 10000),
             pool_idle_timeout=self.number(t, f"{key}.pool_idle_timeout", 30, 0, 3600),
             pool_max_messages=self.integer(t, f"{key}.pool_max_messages", 100, 1, 1000000),
+            auth=auth,
+            oauth=oauth,
         )
 
     def apps(self, document: Mapping[str, Any]) -> dict[str, App]:
@@ -503,6 +512,7 @@ class _Reader:
             known = {"name", "clients", "senders", "recipients", "action", "upstream", "apps", "rate",
                      "delivery"}
             known |= EXTRA_RULE_KEYS
+            known |= {"rewrite_from", "strip_headers"}
             self.unknown_keys(value, key, known)
             name = self.string(value, f"{key}.name", f"rule-{i + 1}") or f"rule-{i + 1}"
             action = self.string(value, f"{key}.action", None, choices=ACTIONS)
@@ -521,6 +531,7 @@ class _Reader:
                 recipients=self.strings(value, f"{key}.recipients"),
                 apps=self.rule_apps(value, f"{key}.apps", apps),
                 rate=self.rate(value, f"{key}.rate"),
+                headers=read_header_edits(self, value, key),
                 delivery=delivery,
             ))
         names = [r.name for r in rules]

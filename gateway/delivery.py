@@ -68,6 +68,13 @@ def _clean(address: str) -> bool:
     return not any(ord(c) < 32 or ord(c) == 127 for c in address)
 
 
+def _pool_key(connector: UpstreamConnector, sender: str) -> str:
+    """Idle sessions are shared per upstream and authenticated user (username = "$sender" differs)."""
+    user_for = getattr(connector, "user_for", None)
+    user = user_for(sender or None) if user_for is not None else None
+    return f"{connector.config.name}\0{user or ''}"
+
+
 def _iso(when: float) -> str:
     return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -327,15 +334,17 @@ class DeliveryRunner:
         An idle session to the same upstream is used first; if it turns out to be
         closed before MAIL is accepted (nothing was sent), a fresh one is opened.
         """
-        session = self._take_idle(connector.config.name)
+        key = _pool_key(connector, envelope.sender)
+        session = self._take_idle(key)
         if session is not None:
             outcome = await self._transact_on(session, envelope, group, reused=True)
             if outcome is not None:
                 return outcome
         try:
-            session = await connector.open()
+            session = await connector.open(envelope.sender or None)
         except UpstreamFailure as failure:
             return {r.address: failure.reply for r in group}, None, failure.reason
+        session.pool_key = key  # type: ignore[attr-defined]
         outcome = await self._transact_on(session, envelope, group, reused=False)
         assert outcome is not None
         return outcome
@@ -409,8 +418,8 @@ class DeliveryRunner:
 
     # --- idle upstream sessions, kept for the next message -----------------------------------
 
-    def _take_idle(self, name: str) -> UpstreamSession | None:
-        pool = self.idle.get(name, [])
+    def _take_idle(self, key: str) -> UpstreamSession | None:
+        pool = self.idle.get(key, [])
         while pool:
             session, timer = pool.pop()
             if timer.active():
@@ -424,9 +433,9 @@ class DeliveryRunner:
         if not reusable or self.stopping or session.protocol.closed.called:
             session.quit()
             return
-        name = session.config.name
-        timer = self.reactor.callLater(IDLE_SESSION, self._expire_idle, name, session)
-        self.idle.setdefault(name, []).append((session, timer))
+        key = getattr(session, "pool_key", session.config.name)
+        timer = self.reactor.callLater(IDLE_SESSION, self._expire_idle, key, session)
+        self.idle.setdefault(key, []).append((session, timer))
 
     def _expire_idle(self, name: str, session: UpstreamSession) -> None:
         self.idle[name] = [(s, t) for s, t in self.idle.get(name, []) if s is not session]
@@ -508,6 +517,9 @@ class DeliveryRunner:
             self._result(envelope)
             if any(r.status == FAILED for r in envelope.recipients):
                 self.spool.move(envelope.id, ACTIVE, DEAD, durable=False)
+                self.audit.event("message.dead", queue_id=envelope.id, message_id=envelope.message_id,
+                                 recipients=[r.address for r in envelope.recipients if r.status == FAILED],
+                                 reason="kept in the dead-letter area (mailgate queue dead)")
             else:
                 self.spool.move(envelope.id, ACTIVE, DONE, durable=False)
                 self.spool.remove(DONE, envelope.id)

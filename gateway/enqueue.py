@@ -65,7 +65,7 @@ class QueueTransaction:
             recipients=self.recipients,
             received=self.clock(),
             mail_body=self.mail.body,
-            size=facts.size,
+            size=writer.size,
             sha256=facts.sha256,
             message_id=facts.message_id,
             session_id=session_id,

@@ -100,9 +100,9 @@ class WatchedConnector:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.connector, name)
 
-    def open(self) -> defer.Deferred[Any]:
+    def open(self, sender: str | None = None, *, probe: bool = False) -> defer.Deferred[Any]:
         started = self.clock()
-        d: defer.Deferred[Any] = self.connector.open()
+        d: defer.Deferred[Any] = self.connector.open(sender, probe=probe)
         return d.addBoth(self._report, started)
 
     def _report(self, result: Any, started: float) -> Any:
@@ -126,4 +126,4 @@ class WatchedConnector:
             if not isinstance(result, Failure):
                 result.quit()
 
-        return self.open().addBoth(done)
+        return self.open(probe=True).addBoth(done)

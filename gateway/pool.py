@@ -45,13 +45,21 @@ class UpstreamPool:
     def size(self) -> int:
         return len(self._open) + self._opening
 
-    def acquire(self) -> defer.Deferred[UpstreamSession]:
-        return defer.Deferred.fromCoroutine(self._acquire())
+    def acquire(self, sender: str | None = None) -> defer.Deferred[UpstreamSession]:
+        """A session for a message from `sender` (which matters for username = "$sender")."""
+        return defer.Deferred.fromCoroutine(self._acquire(sender))
 
-    async def _acquire(self) -> UpstreamSession:
+    def _take_idle(self, user: str | None) -> _Idle | None:
+        """The most recently used idle session authenticated as `user`."""
+        for index in range(len(self._idle) - 1, -1, -1):
+            if self._idle[index].session.auth_user == user:
+                return self._idle.pop(index)
+        return None
+
+    async def _acquire(self, sender: str | None = None) -> UpstreamSession:
+        user = self.connector.user_for(sender)
         while True:
-            while self._idle:
-                idle = self._idle.pop()
+            while (idle := self._take_idle(user)) is not None:
                 if idle.timer.active():
                     idle.timer.cancel()
                 session = idle.session
@@ -65,7 +73,12 @@ class UpstreamPool:
                     return session
                 self._close(session)
             if self.size < self.config.max_connections:
-                return await self._new()
+                return await self._new(sender)
+            if self._idle:  # all idle sessions are another mailbox's: make room for ours
+                stale = self._idle.pop(0)
+                if stale.timer.active():
+                    stale.timer.cancel()
+                self._close(stale.session)
             waiter: defer.Deferred[None] = defer.Deferred()
             self._waiters.append(waiter)
             timer = self.clock.callLater(self.config.command_timeout, self._give_up, waiter)
@@ -79,10 +92,10 @@ class UpstreamPool:
             waiter.errback(UpstreamFailure(POOL_BUSY, f"{self.config.name}: no free connection "
                                            f"(max_connections = {self.config.max_connections})"))
 
-    async def _new(self) -> UpstreamSession:
+    async def _new(self, sender: str | None = None) -> UpstreamSession:
         self._opening += 1
         try:
-            session = await self.connector.open()
+            session = await self.connector.open(sender)
         finally:
             self._opening -= 1
         self.handshakes += 1

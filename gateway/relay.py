@@ -91,7 +91,7 @@ class RelayTransaction:
         for name in self.cooldowns.order(self.route, now):
             pool = pools[name]
             try:
-                session = await pool.acquire()
+                session = await pool.acquire(self.mail.sender.text)
             except UpstreamFailure as failure:
                 self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)
                 self.tried.append({"upstream": name, "reason": failure.reason})

@@ -173,6 +173,11 @@ UPSTREAM_NO_STARTTLS = Reply(451, "4.7.10", "Upstream did not offer STARTTLS; no
 UPSTREAM_STARTTLS_REFUSED = Reply(451, "4.7.10", "Upstream refused STARTTLS; not sending in clear")
 UPSTREAM_TLS_FAILED = Reply(451, "4.7.5", "Upstream TLS verification failed")
 UPSTREAM_AUTH_FAILED = Reply(451, "4.7.0", "Upstream authentication failed")
+UPSTREAM_TOKEN_FAILED = Reply(451, "4.7.0", "Upstream OAuth token unavailable, try again later")
+UPSTREAM_NULL_SENDER_OAUTH = Reply(550, "5.7.1", "The null sender <> cannot authenticate upstream as the sender")
+OTHER_HEADER_EDITS = Reply(
+    452, "4.5.3", "Recipient needs other header edits (rewrite_from/strip_headers); send it separately"
+)
 UPSTREAM_PROTOCOL = Reply(451, "4.5.0", "Upstream protocol error, try again later")
 UPSTREAM_NO_8BIT = Reply(554, "5.6.3", "Upstream does not accept 8-bit data (8BITMIME)")
 

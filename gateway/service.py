@@ -28,6 +28,7 @@ from gateway.pool import UpstreamPool
 from gateway.ratelimit import RateLimits
 from gateway.relay import RelayTransaction
 from gateway.reload import fixed_changes
+from gateway.oauth import TokenCache, tokens_for
 from gateway.spool import Spool
 from gateway.upstream import UpstreamConnector
 
@@ -39,6 +40,7 @@ class Gateway:
         self.audit = audit or AuditLog(config.audit.path)
         self.metrics = Metrics()
         self.readiness = Readiness()
+        self.tokens = TokenCache(reactor, on_event=self.audit.event)  # one per gateway, kept across reloads
         self.pools = self._build_pools(config)
         self._retired: dict[str, UpstreamPool] = {}  # pools a reload removed, for sessions on the old config
         self.cooldowns = Cooldowns()
@@ -76,7 +78,16 @@ class Gateway:
                 problems.append(Problem(config.source, f"upstreams.{name}.{key}",
                                         str(exc).partition(": ")[2], "a readable, non-empty secret"))
                 continue
-            connector = UpstreamConnector(self.reactor, upstream, password, config.listener.hostname)
+            try:
+                tokens = tokens_for(self.reactor, self.tokens, upstream)
+            except SecretError as exc:
+                if problems is None:
+                    raise
+                problems.append(Problem(config.source, f"upstreams.{name}", str(exc).partition(": ")[2],
+                                        "readable, non-empty OAuth secrets"))
+                continue
+            connector = UpstreamConnector(self.reactor, upstream, password, config.listener.hostname,
+                                          tokens=tokens)
             watched = WatchedConnector(connector, self.readiness, self.metrics, self.reactor.seconds)
             pools[name] = UpstreamPool(watched, self.reactor)  # type: ignore[arg-type]
         return pools

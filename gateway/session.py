@@ -19,6 +19,7 @@ from gateway.address import Address
 from gateway.app_auth import Credentials, SaslExchange
 from gateway.commands import Command, CommandError, MailFrom, parse_command, parse_mail, parse_rcpt
 from gateway.data import MessageFacts
+from gateway.headers import HeaderRewriter
 from gateway.enqueue import QueueTransaction
 from gateway.replies import Reply
 
@@ -65,6 +66,7 @@ class Transaction:
     rated_rules: set[str] = field(default_factory=set)
     refusal: Reply | None = None  # set during DATA when the message must be refused (From: check)
     dot_sent: float | None = None  # when the end of data went upstream (for the latency metric)
+    headers: HeaderRewriter | None = None  # the rule's rewrite_from / strip_headers, if any
 
     @property
     def accepted(self) -> list[RecipientResult]:
@@ -300,17 +302,22 @@ class Session:
                     f"Rate limit of rule {decision.rule_name} ({rate.text}) exceeded, try again later"),
                     rule=decision.rule_name, limit=f"rules[{decision.rule_name}].rate")
             txn.rated_rules.add(decision.rule_name or "")
+        edits = decision.rule.headers if decision.rule else None
         if decision.rule is not None and decision.rule.delivery == "queue" or txn.queue is not None:
-            return self._queue_rcpt(txn, rcpt, decision)
+            return self._queue_rcpt(txn, rcpt, decision, edits)
         if txn.relay is None:
             txn.relay = self.gateway.relay(decision.route, txn.mail)
+            txn.headers = HeaderRewriter(edits) if edits else None
         elif txn.relay.route != decision.route:
             return self._refuse(txn, rcpt, replies.OTHER_ROUTE, rule=decision.rule_name,
                                 limit="one upstream per transaction in relay mode")
+        elif (txn.headers.edits if txn.headers else None) != edits:
+            return self._refuse(txn, rcpt, replies.OTHER_HEADER_EDITS, rule=decision.rule_name,
+                                limit="one set of header edits per transaction")
         rule = decision.rule_name
         return txn.relay.rcpt(rcpt).addCallback(self._rcpt_answered, txn, rcpt, rule)
 
-    def _queue_rcpt(self, txn: Transaction, rcpt: Address, decision: policy.Decision) -> Reply:
+    def _queue_rcpt(self, txn: Transaction, rcpt: Address, decision: policy.Decision, edits: Any) -> Reply:
         """Queue mode: accept after policy without asking the upstream; one mode per transaction."""
         rule = decision.rule_name
         queued = decision.rule is not None and decision.rule.delivery == "queue"
@@ -321,6 +328,10 @@ class Session:
                                 limit="one delivery mode per transaction")
         if txn.queue is None:
             txn.queue = QueueTransaction(self.gateway.spool, txn.mail)
+            txn.headers = HeaderRewriter(edits) if edits else None
+        elif (txn.headers.edits if txn.headers else None) != edits:
+            return self._refuse(txn, rcpt, replies.OTHER_HEADER_EDITS, rule=rule,
+                                limit="one set of header edits per transaction")
         assert decision.upstream is not None
         return self._rcpt_answered(txn.queue.rcpt(rcpt, decision.upstream.name, rule), txn, rcpt, rule)
 
@@ -380,10 +391,11 @@ class Session:
             if txn.relay is not None:
                 txn.relay.abort("From: header not owned by the app")
             return
+        data = txn.headers.feed(content) if txn.headers is not None else content
         if txn.queue is not None:
-            txn.queue.write(content)
+            txn.queue.write(data)
         elif txn.relay is not None:
-            txn.relay.write(content)
+            txn.relay.write(data)
 
     def _from_allowed(self, txn: Transaction) -> bool:
         app = self.config.apps.get(self.app or "")
@@ -412,6 +424,8 @@ class Session:
             self._finish(txn, txn.refusal, limit=f"apps.{self.app}.check_from_header")
             return txn.refusal
         if txn.queue is not None and error is None:
+            if txn.headers is not None:
+                txn.queue.write(txn.headers.finish())
             return self._queue_end(txn, txn.queue)
         if txn.queue is not None:
             txn.queue.abort()
@@ -423,6 +437,8 @@ class Session:
             limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"
             self._finish(txn, error, limit=limit)
             return error
+        if txn.headers is not None:
+            txn.relay.write(txn.headers.finish())
         txn.dot_sent = time.monotonic()
         return txn.relay.finish().addCallback(self._data_finished, txn)
 
@@ -507,6 +523,9 @@ class Session:
                 fields.update(tls_version=relay.session.tls.version, tls_cipher=relay.session.tls.cipher,
                               peer_cert_sha256=relay.session.tls.peer_cert_sha256,
                               auth_user=relay.session.auth_user)
+                if relay.session.oauth_grant:
+                    fields.update(oauth_grant=relay.session.oauth_grant,
+                                  auth_mechanism=relay.session.auth_mechanism)
             if relay.upstream_reply is not None:
                 fields.update(upstream_code=relay.upstream_reply.code,
                               upstream_enhanced=relay.upstream_reply.enhanced,
@@ -517,6 +536,8 @@ class Session:
                 fields["upstreams_tried"] = relay.tried
         if txn.in_data:
             fields.update(size=txn.facts.size, message_id=txn.facts.message_id, sha256=txn.facts.sha256)
+            if txn.headers is not None and txn.headers.edits.rewrite_from:
+                fields["original_from"] = txn.headers.original_from
         if reason:
             fields["reason"] = reason
         if limit:

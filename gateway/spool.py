@@ -252,6 +252,7 @@ class SpoolWriter:
         self.id = queue_id
         self.folder = spool.folder(INCOMING, queue_id)
         self.error: OSError | None = None
+        self.size = 0  # octets written: the message as it will be delivered
         self._file: BinaryIO | None = None
         os.mkdir(self.folder, 0o700)
         try:
@@ -267,6 +268,7 @@ class SpoolWriter:
             return
         try:
             self._file.write(content)
+            self.size += len(content)
         except OSError as exc:
             self.error = exc
 

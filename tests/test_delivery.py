@@ -21,7 +21,7 @@ class FakeConnector:
         self.config = config
         self.opens: list[defer.Deferred[Any]] = []
 
-    def open(self) -> defer.Deferred[Any]:
+    def open(self, sender: str | None = None) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()
         self.opens.append(d)
         return d

@@ -99,7 +99,7 @@ class FakeConnector:
     def __init__(self, result: object) -> None:
         self.result = result
 
-    def open(self) -> defer.Deferred[object]:
+    def open(self, sender: str | None = None, *, probe: bool = False) -> defer.Deferred[object]:
         if isinstance(self.result, Exception):
             return defer.fail(self.result)
         return defer.succeed(self.result)
@@ -139,7 +139,7 @@ def test_watched_connector_records_tls_version_and_set_up_time():
     session = FakeSession(FakeTLS())
     connector, readiness, metrics = watched(session, now)
     d: defer.Deferred[object] = defer.Deferred()
-    connector.connector.open = lambda: d  # type: ignore[method-assign]
+    connector.connector.open = lambda sender=None, probe=False: d  # type: ignore[method-assign]
     opened: list[object] = []
     connector.open().addCallback(opened.append)
     now[0] = 10.5

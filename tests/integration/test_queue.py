@@ -139,6 +139,16 @@ def test_metrics_show_queue_depth_and_results(upstream, start_gateway, ca, tmp_p
     assert 'mailgate_messages_total{outcome="queued",rule="all",upstream="up"} 1.0' in text
 
 
+def test_rule_header_edits_apply_to_queued_messages(upstream, start_gateway, ca, tmp_path):
+    """A queue rule's strip_headers is applied before the body is spooled."""
+    document = queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"))
+    document["rules"][0]["strip_headers"] = ["Subject"]
+    gw = start_gateway(document)
+    assert send(gw.port, message(1))[0] == 250
+    [received] = upstream.server.wait_for(1)
+    assert received.content == message(1).replace(b"Subject: queued 1\r\n", b"")
+
+
 def test_relay_and_queue_recipients_do_not_mix(upstream, start_gateway, ca, tmp_path):
     """A relay-mode recipient after a queued one (and the reverse) gets 452 4.5.3."""
     document = queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"))
@@ -244,6 +254,7 @@ def test_requeue_delivers_a_dead_letter(upstream, start_gateway, ca, tmp_path):
     gw = start_gateway(document)
     queue_id = send(gw.port, message(8))[1].split()[-1].decode()
     assert gw.audit.wait_for("message.result")[0]["outcome"] == "failed"
+    gw.audit.wait_for("message.dead")  # moved to dead/ (after the result is logged)
     upstream.server.script.rcpt = {}
     assert cli.main(["queue", "requeue", queue_id, "--config", operator_config(tmp_path, document)]) == 0
     assert upstream.server.wait_for(1)[0].content == message(8)
