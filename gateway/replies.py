@@ -68,6 +68,7 @@ class ReplyParser:
     def __init__(self, max_line: int = 4096, max_lines: int = 200) -> None:
         self._buffer = b""
         self._lines: list[bytes] = []
+        self._received = b""  # the wire lines of an incomplete multi-line reply
         self._code: int | None = None
         self._max_line = max_line
         self._max_lines = max_lines
@@ -75,7 +76,7 @@ class ReplyParser:
     @property
     def pending(self) -> bytes:
         """Bytes received but not yet part of a complete reply."""
-        return b"".join(line + b"\r\n" for line in self._lines) + self._buffer
+        return self._received + self._buffer
 
     def feed(self, data: bytes) -> list[Reply]:
         self._buffer += data
@@ -87,6 +88,7 @@ class ReplyParser:
                     raise MalformedReply("reply line too long")
                 return replies
             line = self._buffer[:end].rstrip(b"\r")
+            self._received += self._buffer[: end + 1]
             self._buffer = self._buffer[end + 1 :]
             reply = self._line(line)
             if reply is not None:
@@ -105,6 +107,7 @@ class ReplyParser:
         if line[3:4] == b"-":
             return None
         lines, self._lines, self._code = self._lines, [], None
+        self._received = b""
         return _assemble(code, lines)
 
 

@@ -164,6 +164,13 @@ def test_pending_holds_partial_line() -> None:
 
 
 
+def test_pending_is_the_bytes_received() -> None:
+    """Pending is exactly the bytes of the incomplete multi-line reply, codes included."""
+    parser = ReplyParser()
+    assert parser.feed(b"250-a\r\n250-b\r\n250 c") == []
+    assert parser.pending == b"250-a\r\n250-b\r\n250 c"
+
+
 @pytest.mark.parametrize(
     "line",
     [b"hello\r\n", b"25\r\n", b"2x0 no\r\n", b"250x text\r\n", b"\r\n", b"250\tx\r\n"],
