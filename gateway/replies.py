@@ -84,10 +84,13 @@ class ReplyParser:
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
-                if len(self._buffer) > self._max_line:
+                # A CR whose LF has not arrived yet is not part of the line.
+                if len(self._buffer) - self._buffer.endswith(b"\r") > self._max_line:
                     raise MalformedReply("reply line too long")
                 return replies
             line = self._buffer[:end].rstrip(b"\r")
+            if len(line) > self._max_line:
+                raise MalformedReply("reply line too long")
             self._received += self._buffer[: end + 1]
             self._buffer = self._buffer[end + 1 :]
             reply = self._line(line)

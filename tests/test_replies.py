@@ -198,3 +198,24 @@ def test_parser_partial_line_too_long() -> None:
     """An unterminated line growing beyond max_line raises MalformedReply."""
     with pytest.raises(MalformedReply):
         ReplyParser(max_line=10).feed(b"250 " + b"x" * 20)
+
+
+def test_parser_complete_line_too_long() -> None:
+    """A line longer than max_line raises MalformedReply even when it arrives complete in one read."""
+    with pytest.raises(MalformedReply):
+        ReplyParser(max_line=10).feed(b"250 " + b"x" * 20 + b"\r\n")
+
+
+def test_parser_line_of_max_length_accepted() -> None:
+    """A line of exactly max_line octets before its line ending is accepted."""
+    line = b"250 " + b"x" * 6
+    assert ReplyParser(max_line=10).feed(line + b"\r\n") == [Reply(250, "2.0.0", "x" * 6)]
+
+
+
+@pytest.mark.parametrize("split", range(1, 14))
+def test_parser_line_of_max_length_accepted_split_anywhere(split: int) -> None:
+    """A line of exactly max_line octets is accepted wherever the read boundary falls, even after its CR."""
+    parser = ReplyParser(max_line=10)
+    wire = b"250 " + b"x" * 6 + b"\r\n"
+    assert parser.feed(wire[:split]) + parser.feed(wire[split:]) == [Reply(250, "2.0.0", "x" * 6)]
