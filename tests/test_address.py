@@ -194,6 +194,11 @@ def test_path_of_257_refused() -> None:
     assert raised.value.reply.code == 501 and "too long" in raised.value.reply.text
 
 
+def test_ipv6_zone_identifier_refused() -> None:
+    """An IPv6 literal with a zone identifier (`%eth0`) is not RFC 5321 syntax and is refused."""
+    with pytest.raises(AddressError):
+        parse_path("<user@[IPv6:fe80::1%eth0]>", sender=False)
+
 
 def test_domain_is_lower_cased() -> None:
     """Address.domain is the part after the last '@', lower-cased."""
