@@ -102,7 +102,7 @@ def parse_mail(argument: str) -> MailFrom:
     size = body = None
     for key, value in params.items():
         if key == "SIZE":
-            if not value.isdigit() or len(value) > 20:
+            if not (value.isascii() and value.isdigit()) or len(value) > 20:
                 raise CommandError(replies.SYNTAX_ARGS.with_text("Bad SIZE parameter"))
             size = int(value)
         elif key == "BODY":

@@ -202,3 +202,11 @@ def test_rcpt_non_ascii_needs_smtputf8() -> None:
 def test_command_error_text_is_reply_text() -> None:
     """str(CommandError) is its reply's text."""
     assert str(CommandError(replies.SYNTAX_ARGS)) == replies.SYNTAX_ARGS.text
+
+
+@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "\uff11"], ids=["superscript", "arabic", "fullwidth"])
+def test_mail_non_ascii_digits_in_size_refused(value: str) -> None:
+    """SIZE with Unicode digits is refused with 501 5.5.4, not an escaping ValueError or a silent number."""
+    with pytest.raises(CommandError) as raised:
+        parse_mail(f"FROM:<a@b.example> SIZE={value}")
+    assert (raised.value.reply.code, raised.value.reply.enhanced) == (501, "5.5.4")
