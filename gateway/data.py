@@ -128,8 +128,8 @@ def dot_stuff(content: bytes) -> bytes:
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
-_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*((?:.|\r\n[ \t])*)")
-_FROM = re.compile(rb"(?im)^from[ \t]*:[ \t]*((?:.|\r\n[ \t])*)")
+_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*((?:[^\r\n]|\r\n[ \t])*)")
+_FROM = re.compile(rb"(?im)^from[ \t]*:[ \t]*((?:[^\r\n]|\r\n[ \t])*)")
 
 
 class MessageFacts:

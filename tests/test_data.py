@@ -360,6 +360,18 @@ def test_facts_header_name_case_insensitive() -> None:
     assert facts.message_id == "<x@y>"
 
 
+def test_facts_folded_message_id() -> None:
+    """A Message-ID folded onto the next line is unfolded."""
+    facts = MessageFacts()
+    facts.update(b"Message-ID:\r\n <folded@example.com>\r\nSubject: x\r\n\r\nbody\r\n")
+    assert facts.message_id == "<folded@example.com>"
+
+
+def test_facts_folded_from() -> None:
+    """A From header folded over lines is unfolded into one value."""
+    facts = MessageFacts()
+    facts.update(b"From: A Long Name\r\n\t<a@example.com>\r\n\r\n")
+    assert facts.header_from == "A Long Name <a@example.com>"
 
 
 def test_facts_no_message_id() -> None:
