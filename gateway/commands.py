@@ -64,7 +64,7 @@ def _split_path(argument: str, keyword: str) -> tuple[str, list[str]]:
     path, params = rest[: end + 1], rest[end + 1 :]
     if params and not params.startswith(" "):
         raise CommandError(replies.SYNTAX_ARGS)
-    return path, params.split()
+    return path, [word for word in params.split(" ") if word]  # SP only, not any Unicode blank
 
 
 def _path_end(text: str) -> int:

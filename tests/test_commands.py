@@ -210,3 +210,24 @@ def test_mail_non_ascii_digits_in_size_refused(value: str) -> None:
     with pytest.raises(CommandError) as raised:
         parse_mail(f"FROM:<a@b.example> SIZE={value}")
     assert (raised.value.reply.code, raised.value.reply.enhanced) == (501, "5.5.4")
+
+
+@pytest.mark.parametrize("blank", ["\t", "\r", "\x0b", "\x1c", "\x85", "\xa0", "\u2003"],
+                         ids=["tab", "cr", "vt", "fs", "nel", "nbsp", "em-space"])
+def test_mail_parameters_separated_by_space_only(blank: str) -> None:
+    """MAIL parameters are separated by SP only: another blank makes the parameter malformed (501)."""
+    with pytest.raises(CommandError) as raised:
+        parse_mail(f"FROM:<a@b.example> SIZE=1{blank}BODY=7BIT")
+    assert raised.value.reply.code == 501
+
+
+@pytest.mark.parametrize("blank", ["\t", "\x1c", "\u2003"], ids=["tab", "fs", "em-space"])
+def test_rcpt_trailing_blank_other_than_space_refused(blank: str) -> None:
+    """A blank other than SP after the RCPT path is not silently ignored."""
+    with pytest.raises(CommandError):
+        parse_rcpt(f"TO:<a@b.example> {blank}")
+
+
+def test_mail_several_spaces_between_parameters_tolerated() -> None:
+    """Runs of spaces between parameters are tolerated."""
+    assert parse_mail("FROM:<a@b.example>  SIZE=1   BODY=7BIT ").size == 1
