@@ -222,6 +222,13 @@ def test_endless_line_refused_early() -> None:
     assert reader.error == replies.DATA_LINE_TOO_LONG
 
 
+def test_endless_line_after_complete_line_refused_early() -> None:
+    """An unterminated over-long line following a complete line in the same read is refused at once."""
+    reader = DataReader(BIG)
+    feed = reader.feed(b"ok\r\n" + b"z" * MAX_LINE)
+    assert reader.error == replies.DATA_LINE_TOO_LONG and feed.content == []
+
+
 def test_long_line_not_executed_as_commands() -> None:
     """After an over-long line, body lines are discarded, never handed back as commands."""
     outcome = read([b"a" * 5000 + b"\r\nMAIL FROM:<x@y>\r\nRCPT TO:<z@w>\r\n.\r\nQUIT\r\n"])
