@@ -231,3 +231,12 @@ def test_rcpt_trailing_blank_other_than_space_refused(blank: str) -> None:
 def test_mail_several_spaces_between_parameters_tolerated() -> None:
     """Runs of spaces between parameters are tolerated."""
     assert parse_mail("FROM:<a@b.example>  SIZE=1   BODY=7BIT ").size == 1
+
+
+@pytest.mark.parametrize("params", ["BODY=\x1f BODY=7BIT", "SIZE=x SIZE=1", "SIZE=1 size=2"],
+                         ids=["bad-then-good-body", "bad-then-good-size", "case-variant"])
+def test_mail_repeated_parameter_refused(params: str) -> None:
+    """A parameter given twice is refused (501 5.5.4): a later value must not hide an invalid earlier one."""
+    with pytest.raises(CommandError) as raised:
+        parse_mail(f"FROM:<a@b.example> {params}")
+    assert (raised.value.reply.code, raised.value.reply.enhanced) == (501, "5.5.4")
