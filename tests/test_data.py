@@ -207,6 +207,25 @@ def test_line_limit_across_every_split() -> None:
         assert read([bad[:i], bad[i:]]).error == replies.DATA_LINE_TOO_LONG, i
 
 
+def test_stuffed_line_of_1000_octets_accepted() -> None:
+    """A 1000-octet line sent dot-stuffed (1001 octets on the wire) is accepted: the transparency dot does not count."""
+    line = b"." + b"d" * (MAX_LINE - 3) + b"\r\n"
+    assert read([b"." + line + b".\r\n"]) == Outcome(line, True, b"", None)
+
+
+def test_stuffed_line_of_1001_octets_refused() -> None:
+    """A 1001-octet line sent dot-stuffed (1002 octets on the wire) is refused."""
+    outcome = read([b".." + b"d" * (MAX_LINE - 2) + b"\r\n.\r\n"])
+    assert outcome.error == replies.DATA_LINE_TOO_LONG
+
+
+def test_stuffed_line_limit_across_every_split() -> None:
+    """The transparency dot is not counted wherever the reads split the line, also after a complete line."""
+    stream = b"ok\r\n.." + b"d" * (MAX_LINE - 3) + b"\r\n.\r\n"
+    for chunks in splits(stream):
+        assert read(chunks).error is None, [len(c) for c in chunks]
+
+
 def test_long_line_in_the_middle_refused() -> None:
     """An over-long line between short lines is found."""
     outcome = read([b"short\r\n" + b"y" * 2000 + b"\r\nshort\r\n.\r\n"])
