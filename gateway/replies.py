@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 _ENHANCED = re.compile(rb"^([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 5321 textstring: HT and printable ASCII
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Reply:
         out = []
         for i, line in enumerate(lines):
             sep = " " if i == len(lines) - 1 else "-"
+            line = _CONTROL.sub("?", line)  # e.g. a bare CR in an upstream's text, relayed to the app
             body = f"{self.enhanced} {line}" if self.enhanced else line
             out.append(f"{self.code}{sep}{body}".rstrip(" ") + "\r\n")
         return "".join(out).encode("ascii", "replace")

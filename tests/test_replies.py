@@ -41,6 +41,17 @@ def test_wire_form_is_ascii_even_for_non_ascii_text() -> None:
     assert wire.isascii() and wire.endswith(b"\r\n")
 
 
+def test_wire_form_has_no_control_characters() -> None:
+    """Control characters in a reply's text (say, relayed from an upstream) never reach the wire; HT is kept."""
+    assert Reply(550, "5.0.0", "a\rb\x00c\x1bd\te\x7f").to_bytes() == b"550 5.0.0 a?b?c?d\te?\r\n"
+
+
+def test_upstream_bare_cr_not_relayed() -> None:
+    """A bare CR inside an upstream's reply line does not come out in the wire form passed on to the app."""
+    (reply,) = ReplyParser().feed(b"250 ok\rINJECTED\r\n")
+    assert reply.to_bytes().count(b"\r") == 1
+
+
 def test_reply_classes() -> None:
     """is_positive / is_transient / is_permanent follow the first digit of the code."""
     assert Reply(354, "", "go").is_positive and not Reply(354, "", "go").is_transient
