@@ -100,7 +100,8 @@ class ReplyParser:
                 replies.append(reply)
 
     def _line(self, line: bytes) -> Reply | None:
-        if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3:4] not in b" -"):
+        if (len(line) < 3 or not line[:3].isdigit() or line[0] not in b"2345"
+                or (len(line) > 3 and line[3:4] not in b" -")):
             raise MalformedReply("malformed reply line")
         code = int(line[:3])
         if self._code is not None and code != self._code:

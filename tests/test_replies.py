@@ -230,3 +230,10 @@ def test_parser_line_of_max_length_accepted_split_anywhere(split: int) -> None:
     parser = ReplyParser(max_line=10)
     wire = b"250 " + b"x" * 6 + b"\r\n"
     assert parser.feed(wire[:split]) + parser.feed(wire[split:]) == [Reply(250, "2.0.0", "x" * 6)]
+
+
+@pytest.mark.parametrize("code", [b"000", b"099", b"199", b"600", b"999"])
+def test_parser_code_outside_2xx_to_5xx(code: bytes) -> None:
+    """A reply code whose first digit is not 2 to 5 (RFC 5321 4.2) raises MalformedReply."""
+    with pytest.raises(MalformedReply):
+        ReplyParser().feed(code + b" text\r\n")

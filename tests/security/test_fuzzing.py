@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from gateway.address import MAX_PATH, AddressError, parse_path
 from gateway.commands import CommandError, parse_command, parse_mail, parse_rcpt
 from gateway.data import MAX_LINE, DataReader, dot_stuff
-from gateway.replies import Reply
+from gateway.replies import MalformedReply, Reply, ReplyParser
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ_DATA = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -162,6 +162,30 @@ def test_accepted_path_is_kept_byte_for_byte(mailbox: str, sender: bool) -> None
     else:
         assert parse_rcpt("TO:" + path).recipient == expected
     assert expected.text == mailbox
+
+
+REPLY_TEXT = st.lists(st.binary(max_size=12) | st.sampled_from([b"5.1.1 ", b"2.0.0", b"\r", b"\x00", b"\x1b[2J", b"\xff"]),
+                      max_size=5).map(b"".join)
+# Mostly well-formed lines (one malformed line ends the example), sometimes not.
+REPLY_LINE = st.tuples(st.sampled_from([b"250"] * 8 + [b"25", b"2x0"]),
+                       st.sampled_from([b" "] * 4 + [b"-"] * 4 + [b"", b"x"]),
+                       REPLY_TEXT, st.sampled_from([b"\r\n"] * 4 + [b"\n", b""])).map(b"".join)
+REPLY_STREAM = st.one_of(st.binary(max_size=200), st.lists(REPLY_LINE, max_size=8).map(b"".join))
+
+
+@FUZZ
+@given(REPLY_STREAM, st.lists(st.integers(min_value=0), max_size=8))
+def test_reply_parser_only_malformed_reply(stream: bytes, cuts: list[int]) -> None:
+    """ReplyParser on any bytes, in any chunking, returns replies or raises MalformedReply; their wire form is clean."""
+    parser = ReplyParser()
+    try:
+        parsed = [reply for chunk in chunked(stream, cuts) for reply in parser.feed(chunk)]
+    except MalformedReply:
+        return
+    for reply in parsed:
+        wire = reply.to_bytes()
+        assert wire.isascii() and wire.endswith(b"\r\n") and wire.count(b"\r") == wire.count(b"\n") == wire.count(b"\r\n")
+        assert all(line[:3] == str(reply.code).encode() for line in wire.split(b"\r\n")[:-1])
 
 
 # --- DATA -------------------------------------------------------------------------------------
