@@ -90,7 +90,9 @@ def test_refused_mailbox(mailbox: str) -> None:
     assert (raised.value.reply.code, raised.value.reply.enhanced) == (501, "5.1.3")
 
 
-@pytest.mark.parametrize("path", ["user@example.com", "<user@example.com", "user@example.com>", "<", ""])
+@pytest.mark.parametrize(
+    "path", ["user@example.com", "<user@example.com", "user@example.com>", "<", ""]
+)
 def test_angle_brackets_required(path: str) -> None:
     """A path without both angle brackets is refused."""
     with pytest.raises(AddressError) as raised:
@@ -122,7 +124,7 @@ def test_null_path_refused_for_recipient() -> None:
     "mailbox", ['"a@b"@example.com', '"evil@attacker.example"@good.example', '"@"@example.com']
 )
 def test_quoted_local_part_with_at_refused(mailbox: str) -> None:
-    """A quoted local part containing '@' is refused, so no two parsers can disagree on the domain."""
+    """A quoted local part containing '@' is refused: no two parsers can disagree on the domain."""
     with pytest.raises(AddressError) as raised:
         parse_path(f"<{mailbox}>", sender=False)
     assert raised.value.reply.code == 501 and "'@'" in raised.value.reply.text
@@ -166,7 +168,7 @@ def _domain(length: int) -> str:
 
 
 def test_domain_of_255_accepted() -> None:
-    """A domain of exactly 255 octets passes the domain rule (a path could not carry it: 256 max)."""
+    """A domain of 255 octets passes the domain rule (a path, 256 max, could not carry it)."""
     assert len(_domain(MAX_DOMAIN)) == MAX_DOMAIN and _valid_domain(_domain(MAX_DOMAIN))
 
 

@@ -6,7 +6,15 @@ import pytest
 
 from gateway import replies
 from gateway.address import Address
-from gateway.commands import Command, CommandError, MailFrom, RcptTo, parse_command, parse_mail, parse_rcpt
+from gateway.commands import (
+    Command,
+    CommandError,
+    MailFrom,
+    RcptTo,
+    parse_command,
+    parse_mail,
+    parse_rcpt,
+)
 
 # --- parse_command ---------------------------------------------------------------------------
 
@@ -73,9 +81,24 @@ def test_mail_null_sender() -> None:
 
 @pytest.mark.parametrize(
     "argument",
-    ["FROM a@b.example", "TO:<a@b.example>", "FROM:a@b.example", "FROM:<a@b.example", "", "FROM:",
-     "FROM:<a@b.example>SIZE=1"],
-    ids=["no-colon", "wrong-keyword", "no-brackets", "unterminated", "empty", "no-path", "no-space"],
+    [
+        "FROM a@b.example",
+        "TO:<a@b.example>",
+        "FROM:a@b.example",
+        "FROM:<a@b.example",
+        "",
+        "FROM:",
+        "FROM:<a@b.example>SIZE=1",
+    ],
+    ids=[
+        "no-colon",
+        "wrong-keyword",
+        "no-brackets",
+        "unterminated",
+        "empty",
+        "no-path",
+        "no-space",
+    ],
 )
 def test_mail_syntax_error(argument: str) -> None:
     """A MAIL argument not of the form `FROM:<path> [params]` is refused with 501 5.5.4."""
@@ -204,18 +227,23 @@ def test_command_error_text_is_reply_text() -> None:
     assert str(CommandError(replies.SYNTAX_ARGS)) == replies.SYNTAX_ARGS.text
 
 
-@pytest.mark.parametrize("value", ["\u00b2", "\u0661\u0662", "\uff11"], ids=["superscript", "arabic", "fullwidth"])
+@pytest.mark.parametrize(
+    "value", ["\u00b2", "\u0661\u0662", "\uff11"], ids=["superscript", "arabic", "fullwidth"]
+)
 def test_mail_non_ascii_digits_in_size_refused(value: str) -> None:
-    """SIZE with Unicode digits is refused with 501 5.5.4, not an escaping ValueError or a silent number."""
+    """SIZE with Unicode digits is 501 5.5.4, not an escaping ValueError or a silent number."""
     with pytest.raises(CommandError) as raised:
         parse_mail(f"FROM:<a@b.example> SIZE={value}")
     assert (raised.value.reply.code, raised.value.reply.enhanced) == (501, "5.5.4")
 
 
-@pytest.mark.parametrize("blank", ["\t", "\r", "\x0b", "\x1c", "\x85", "\xa0", "\u2003"],
-                         ids=["tab", "cr", "vt", "fs", "nel", "nbsp", "em-space"])
+@pytest.mark.parametrize(
+    "blank",
+    ["\t", "\r", "\x0b", "\x1c", "\x85", "\xa0", "\u2003"],
+    ids=["tab", "cr", "vt", "fs", "nel", "nbsp", "em-space"],
+)
 def test_mail_parameters_separated_by_space_only(blank: str) -> None:
-    """MAIL parameters are separated by SP only: another blank makes the parameter malformed (501)."""
+    """MAIL parameters are separated by SP only: another blank makes them malformed (501)."""
     with pytest.raises(CommandError) as raised:
         parse_mail(f"FROM:<a@b.example> SIZE=1{blank}BODY=7BIT")
     assert raised.value.reply.code == 501
@@ -233,10 +261,13 @@ def test_mail_several_spaces_between_parameters_tolerated() -> None:
     assert parse_mail("FROM:<a@b.example>  SIZE=1   BODY=7BIT ").size == 1
 
 
-@pytest.mark.parametrize("params", ["BODY=\x1f BODY=7BIT", "SIZE=x SIZE=1", "SIZE=1 size=2"],
-                         ids=["bad-then-good-body", "bad-then-good-size", "case-variant"])
+@pytest.mark.parametrize(
+    "params",
+    ["BODY=\x1f BODY=7BIT", "SIZE=x SIZE=1", "SIZE=1 size=2"],
+    ids=["bad-then-good-body", "bad-then-good-size", "case-variant"],
+)
 def test_mail_repeated_parameter_refused(params: str) -> None:
-    """A parameter given twice is refused (501 5.5.4): a later value must not hide an invalid earlier one."""
+    """A parameter given twice is 501 5.5.4: a later value must not hide a bad earlier one."""
     with pytest.raises(CommandError) as raised:
         parse_mail(f"FROM:<a@b.example> {params}")
     assert (raised.value.reply.code, raised.value.reply.enhanced) == (501, "5.5.4")

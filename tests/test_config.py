@@ -1,4 +1,4 @@
-"""Unit tests of gateway/config.py: the issue-2 TOML contract, its defaults, its problems, and the environment."""
+"""Unit tests of gateway/config.py: the issue-2 TOML contract, defaults, problems, environment."""
 
 from __future__ import annotations
 
@@ -104,13 +104,24 @@ def test_full_contract_parses(tmp_path: Path) -> None:
     )
     assert config.audit.path == "-"
     upstream = config.upstreams["NAME"]
-    assert (upstream.host, upstream.port, upstream.tls, upstream.username, upstream.password_env,
-            upstream.ca_file, upstream.min_tls_version) == (
-        "smtp.example.com", 587, "starttls", "relay@example.com", "VAR", str(ca), "1.2")
+    assert (
+        upstream.host,
+        upstream.port,
+        upstream.tls,
+        upstream.username,
+        upstream.password_env,
+        upstream.ca_file,
+        upstream.min_tls_version,
+    ) == ("smtp.example.com", 587, "starttls", "relay@example.com", "VAR", str(ca), "1.2")
     (rule,) = config.rules
     assert (rule.name, rule.clients, rule.senders, rule.recipients, rule.action, rule.upstream) == (
-        "billing", (ipaddress.ip_network("10.1.0.0/16"),), ("*@billing.example.com",), ("*",),
-        "relay", "NAME")
+        "billing",
+        (ipaddress.ip_network("10.1.0.0/16"),),
+        ("*@billing.example.com",),
+        ("*",),
+        "relay",
+        "NAME",
+    )
     assert config.source == SOURCE
 
 
@@ -125,8 +136,15 @@ def test_listener_defaults() -> None:
     """Without a [listener] table the listener is 127.0.0.1:2525, loopback clients only."""
     listener = parse(document(), SOURCE).listener
     assert listener.listen == Endpoint("127.0.0.1", 2525)
-    assert listener.allowed_clients == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
-    assert (listener.max_message_size, listener.max_recipients, listener.idle_timeout) == (26214400, 100, 300)
+    assert listener.allowed_clients == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert (listener.max_message_size, listener.max_recipients, listener.idle_timeout) == (
+        26214400,
+        100,
+        300,
+    )
 
 
 def test_audit_default_is_stdout() -> None:
@@ -137,10 +155,17 @@ def test_audit_default_is_stdout() -> None:
 def test_upstream_defaults() -> None:
     """An upstream with only a host gets port 587, STARTTLS, TLS 1.2 minimum and no AUTH."""
     upstream = parse(document(), SOURCE).upstreams["provider"]
-    assert (upstream.port, upstream.tls, upstream.min_tls_version, upstream.username) == (587, "starttls", "1.2", None)
+    assert (upstream.port, upstream.tls, upstream.min_tls_version, upstream.username) == (
+        587,
+        "starttls",
+        "1.2",
+        None,
+    )
 
 
-@pytest.mark.parametrize(("port", "tls"), [(465, "implicit"), (587, "starttls"), (25, "starttls"), (2465, "starttls")])
+@pytest.mark.parametrize(
+    ("port", "tls"), [(465, "implicit"), (587, "starttls"), (25, "starttls"), (2465, "starttls")]
+)
 def test_tls_default_follows_port(port: int, tls: str) -> None:
     """The default tls is implicit for port 465 and starttls for every other port."""
     assert parse(with_upstream(port=port), SOURCE).upstreams["provider"].tls == tls
@@ -148,19 +173,31 @@ def test_tls_default_follows_port(port: int, tls: str) -> None:
 
 def test_tls_explicit_overrides_port_default() -> None:
     """An explicit tls wins over the port's default."""
-    assert parse(with_upstream(port=465, tls="starttls"), SOURCE).upstreams["provider"].tls == "starttls"
+    assert (
+        parse(with_upstream(port=465, tls="starttls"), SOURCE).upstreams["provider"].tls
+        == "starttls"
+    )
 
 
 def test_ipv6_listen_endpoint() -> None:
     """listen accepts a bracketed IPv6 address."""
     config = parse(document(listener={"listen": "[::1]:2525"}), SOURCE)
-    assert config.listener.listen == Endpoint("::1", 2525) and str(config.listener.listen) == "[::1]:2525"
+    assert (
+        config.listener.listen == Endpoint("::1", 2525)
+        and str(config.listener.listen) == "[::1]:2525"
+    )
 
 
 def test_upstream_url_shows_no_secret() -> None:
     """An upstream's URL form names scheme, user, host and port, never a password."""
-    upstream = UpstreamConfig(name="x", host="smtp.example.com", port=465, tls="implicit",
-                              username="relay@example.com", password_env="VAR")
+    upstream = UpstreamConfig(
+        name="x",
+        host="smtp.example.com",
+        port=465,
+        tls="implicit",
+        username="relay@example.com",
+        password_env="VAR",
+    )
     assert upstream.url == "smtps://relay@example.com@smtp.example.com:465"
 
 
@@ -170,8 +207,13 @@ def test_upstream_url_shows_no_secret() -> None:
 def test_problem_names_file_key_found_expected() -> None:
     """A problem names the file, the key, what was found and what was expected."""
     problem = problem_at(document(listener={"max_recipients": 0}), "listener.max_recipients")
-    assert problem == Problem(SOURCE, "listener.max_recipients", "0 (integer)", "an integer from 1 to 100000")
-    assert str(problem) == f"{SOURCE}: listener.max_recipients: found 0 (integer), expected an integer from 1 to 100000"
+    assert problem == Problem(
+        SOURCE, "listener.max_recipients", "0 (integer)", "an integer from 1 to 100000"
+    )
+    assert (
+        str(problem) == f"{SOURCE}: listener.max_recipients: found 0 (integer), "
+        "expected an integer from 1 to 100000"
+    )
 
 
 def test_all_problems_reported_at_once() -> None:
@@ -182,8 +224,14 @@ def test_all_problems_reported_at_once() -> None:
         rules=[{"name": "r", "action": "relay", "upstream": "nope"}],
     )
     keys = {p.key for p in problems(doc)}
-    assert keys == {"listener.listen", "listener.max_message_size", "listener.colour",
-                    "upstreams.provider.tls", "upstreams.provider.port", "rules[0].upstream"}
+    assert keys == {
+        "listener.listen",
+        "listener.max_message_size",
+        "listener.colour",
+        "upstreams.provider.tls",
+        "upstreams.provider.port",
+        "rules[0].upstream",
+    }
 
 
 def test_config_error_message_lists_every_problem() -> None:
@@ -199,7 +247,10 @@ def test_config_error_message_lists_every_problem() -> None:
         ({"colour": 1}, "colour"),
         ({"listener": {"port": 25}}, "listener.port"),
         ({"audit": {"file": "x"}}, "audit.file"),
-        ({"upstreams": {"provider": {"host": "h", "password": "x"}}}, "upstreams.provider.password"),
+        (
+            {"upstreams": {"provider": {"host": "h", "password": "x"}}},
+            "upstreams.provider.password",
+        ),
         ({"rules": [{"name": "r", "action": "reject", "sender": "*"}]}, "rules[0].sender"),
     ],
     ids=["top", "listener", "audit", "upstream", "rule"],
@@ -264,12 +315,17 @@ def test_bad_upstream_value(keys: dict[str, Any], key: str) -> None:
 
 def test_no_plaintext_tls_mode() -> None:
     """The only tls modes are starttls and implicit: there is no plaintext upstream."""
-    assert 'expected one of "starttls", "implicit"' in str(problem_at(with_upstream(tls="none"), "upstreams.provider.tls"))
+    assert 'expected one of "starttls", "implicit"' in str(
+        problem_at(with_upstream(tls="none"), "upstreams.provider.tls")
+    )
 
 
 def test_min_tls_version_13() -> None:
     """min_tls_version "1.3" is accepted."""
-    assert parse(with_upstream(min_tls_version="1.3"), SOURCE).upstreams["provider"].min_tls_version == "1.3"
+    assert (
+        parse(with_upstream(min_tls_version="1.3"), SOURCE).upstreams["provider"].min_tls_version
+        == "1.3"
+    )
 
 
 def test_password_file_accepted(tmp_path: Path) -> None:
@@ -280,8 +336,10 @@ def test_password_file_accepted(tmp_path: Path) -> None:
 
 def test_password_env_and_file_both_refused() -> None:
     """password_env and password_file together are a problem: exactly one of the two."""
-    problem = problem_at(with_upstream(username="u", password_env="V", password_file="/f"),
-                         "upstreams.provider.password_file")
+    problem = problem_at(
+        with_upstream(username="u", password_env="V", password_file="/f"),
+        "upstreams.provider.password_file",
+    )
     assert problem.expected == "exactly one of the two"
 
 
@@ -301,8 +359,11 @@ def test_ca_file_must_exist() -> None:
     assert "/nonexistent/ca.pem" in problem.found
 
 
-@pytest.mark.xfail(strict=True, reason="config._describe cuts every found value to 60 characters, "
-                                         "paths included; reported, config.py is not ours to edit")
+@pytest.mark.xfail(
+    strict=True,
+    reason="config._describe cuts every found value to 60 characters, "
+    "paths included; reported, config.py is not ours to edit",
+)
 def test_ca_file_problem_shows_long_path_whole(tmp_path: Path) -> None:
     """A missing ca_file with a long path is named in full, so the user can find it."""
     missing = str(tmp_path / ("deep-directory-name/" * 4) / "provider-ca.pem")
@@ -315,14 +376,21 @@ def test_ca_file_directory_refused(tmp_path: Path) -> None:
     problem_at(with_upstream(ca_file=str(tmp_path)), "upstreams.provider.ca_file")
 
 
-@pytest.mark.parametrize("pin", [PIN, PIN.upper(), ":".join(PIN[i : i + 2] for i in range(0, 64, 2))],
-                         ids=["lower", "upper", "colons"])
+@pytest.mark.parametrize(
+    "pin",
+    [PIN, PIN.upper(), ":".join(PIN[i : i + 2] for i in range(0, 64, 2))],
+    ids=["lower", "upper", "colons"],
+)
 def test_pin_sha256_accepted_and_normalised(pin: str) -> None:
     """pin_sha256 takes 64 hex digits, any case, colons optional, and stores lower-case hex."""
     assert parse(with_upstream(pin_sha256=[pin]), SOURCE).upstreams["provider"].pin_sha256 == (PIN,)
 
 
-@pytest.mark.parametrize("pin", ["ab" * 31, "ab" * 33, "zz" * 32, "sha256/" + PIN], ids=["short", "long", "not-hex", "prefix"])
+@pytest.mark.parametrize(
+    "pin",
+    ["ab" * 31, "ab" * 33, "zz" * 32, "sha256/" + PIN],
+    ids=["short", "long", "not-hex", "prefix"],
+)
 def test_pin_sha256_bad_format(pin: str) -> None:
     """A pin that is not 64 hex digits is a problem at its index."""
     problem = problem_at(with_upstream(pin_sha256=[PIN, pin]), "upstreams.provider.pin_sha256[1]")
@@ -345,13 +413,17 @@ def test_rules_keep_order() -> None:
 
 def test_rule_default_name() -> None:
     """A rule without a name is called rule-N (1-based)."""
-    config = parse(document(rules=[{"name": "x", "action": "reject"}, {"action": "reject"}]), SOURCE)
+    config = parse(
+        document(rules=[{"name": "x", "action": "reject"}, {"action": "reject"}]), SOURCE
+    )
     assert config.rules[1].name == "rule-2"
 
 
 def test_rule_single_string_glob() -> None:
     """A single string where a list is expected is taken as a list of one."""
-    assert parse(with_rule(action="reject", senders="*@a.example"), SOURCE).rules[0].senders == ("*@a.example",)
+    assert parse(with_rule(action="reject", senders="*@a.example"), SOURCE).rules[0].senders == (
+        "*@a.example",
+    )
 
 
 def test_rule_without_conditions_matches_all() -> None:
@@ -377,14 +449,21 @@ def test_relay_rule_needs_upstream() -> None:
 
 def test_rule_unknown_upstream() -> None:
     """A rule naming an upstream that is not defined is a problem listing the defined ones."""
-    problem = problem_at(with_rule(name="r", action="relay", upstream="missing"), "rules[0].upstream")
+    problem = problem_at(
+        with_rule(name="r", action="relay", upstream="missing"), "rules[0].upstream"
+    )
     assert "provider" in problem.expected and "'missing'" in problem.found
 
 
 def test_duplicate_rule_names() -> None:
     """Two rules with the same name are a problem at the second one."""
-    doc = document(rules=[{"name": "r", "action": "reject"}, {"name": "s", "action": "reject"},
-                          {"name": "r", "action": "reject"}])
+    doc = document(
+        rules=[
+            {"name": "r", "action": "reject"},
+            {"name": "s", "action": "reject"},
+            {"name": "r", "action": "reject"},
+        ]
+    )
     problem_at(doc, "rules[2].name")
 
 
@@ -413,7 +492,10 @@ def test_rule_of_wrong_type() -> None:
 def test_load_file(tmp_path: Path) -> None:
     """load() reads a TOML file and records it as the config's source."""
     path = tmp_path / "mailgate.toml"
-    path.write_text('[upstreams.p]\nhost = "smtp.example.com"\n\n[[rules]]\nname = "r"\naction = "relay"\nupstream = "p"\n')
+    path.write_text(
+        '[upstreams.p]\nhost = "smtp.example.com"\n\n'
+        '[[rules]]\nname = "r"\naction = "relay"\nupstream = "p"\n'
+    )
     assert load(str(path)).source == str(path)
 
 
@@ -453,54 +535,74 @@ def test_environment_starttls_url() -> None:
     """MAILGATE_UPSTREAM=starttls://USER@HOST:587 makes a STARTTLS upstream with that user."""
     config = from_environment({"MAILGATE_UPSTREAM": "starttls://relay@smtp.example.com:587"})
     upstream = config.upstreams["default"]
-    assert (upstream.tls, upstream.host, upstream.port, upstream.username, upstream.password_env) == (
-        "starttls", "smtp.example.com", 587, "relay", "MAILGATE_UPSTREAM_PASSWORD")
+    assert (
+        upstream.tls,
+        upstream.host,
+        upstream.port,
+        upstream.username,
+        upstream.password_env,
+    ) == ("starttls", "smtp.example.com", 587, "relay", "MAILGATE_UPSTREAM_PASSWORD")
 
 
 def test_environment_smtps_url() -> None:
     """MAILGATE_UPSTREAM=smtps://USER@HOST:465 makes an implicit-TLS upstream."""
-    upstream = from_environment({"MAILGATE_UPSTREAM": "smtps://relay@smtp.example.com:465"}).upstreams["default"]
+    upstream = from_environment(
+        {"MAILGATE_UPSTREAM": "smtps://relay@smtp.example.com:465"}
+    ).upstreams["default"]
     assert (upstream.tls, upstream.port) == ("implicit", 465)
 
 
 @pytest.mark.parametrize(("scheme", "port"), [("starttls", 587), ("smtps", 465)])
 def test_environment_default_port(scheme: str, port: int) -> None:
     """Without a port the scheme's usual port is used (587 for starttls, 465 for smtps)."""
-    upstream = from_environment({"MAILGATE_UPSTREAM": f"{scheme}://u@smtp.example.com"}).upstreams["default"]
+    upstream = from_environment({"MAILGATE_UPSTREAM": f"{scheme}://u@smtp.example.com"}).upstreams[
+        "default"
+    ]
     assert upstream.port == port
 
 
 def test_environment_username_with_at() -> None:
     """A username containing '@' is split at the last '@' before the host."""
     upstream = from_environment(
-        {"MAILGATE_UPSTREAM": "starttls://relay@example.com@smtp.example.com:587"}).upstreams["default"]
+        {"MAILGATE_UPSTREAM": "starttls://relay@example.com@smtp.example.com:587"}
+    ).upstreams["default"]
     assert (upstream.username, upstream.host) == ("relay@example.com", "smtp.example.com")
 
 
 def test_environment_percent_encoded_username() -> None:
     """A percent-encoded username is decoded."""
     upstream = from_environment(
-        {"MAILGATE_UPSTREAM": "starttls://relay%40example.com@smtp.example.com"}).upstreams["default"]
+        {"MAILGATE_UPSTREAM": "starttls://relay%40example.com@smtp.example.com"}
+    ).upstreams["default"]
     assert upstream.username == "relay@example.com"
 
 
 def test_environment_ipv6_host_with_port() -> None:
     """A bracketed IPv6 host with a port is understood."""
-    upstream = from_environment({"MAILGATE_UPSTREAM": "smtps://u@[2001:db8::25]:465"}).upstreams["default"]
+    upstream = from_environment({"MAILGATE_UPSTREAM": "smtps://u@[2001:db8::25]:465"}).upstreams[
+        "default"
+    ]
     assert (upstream.host, upstream.port) == ("2001:db8::25", 465)
 
 
-@pytest.mark.xfail(strict=True, reason="config.upstream_from_url splits '[2001:db8::25]' at its last colon "
-                                         "when no port follows; reported, config.py is not ours to edit")
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.upstream_from_url splits '[2001:db8::25]' at its last colon "
+    "when no port follows; reported, config.py is not ours to edit",
+)
 def test_environment_ipv6_host_without_port() -> None:
     """A bracketed IPv6 host without a port gets the scheme's default port."""
-    upstream = from_environment({"MAILGATE_UPSTREAM": "smtps://u@[2001:db8::25]"}).upstreams["default"]
+    upstream = from_environment({"MAILGATE_UPSTREAM": "smtps://u@[2001:db8::25]"}).upstreams[
+        "default"
+    ]
     assert (upstream.host, upstream.port) == ("2001:db8::25", 465)
 
 
 def test_environment_without_user_has_no_auth() -> None:
     """A URL without user configures no AUTH."""
-    upstream = from_environment({"MAILGATE_UPSTREAM": "starttls://smtp.example.com"}).upstreams["default"]
+    upstream = from_environment({"MAILGATE_UPSTREAM": "starttls://smtp.example.com"}).upstreams[
+        "default"
+    ]
     assert upstream.username is None and upstream.password_env is None
 
 
@@ -511,8 +613,11 @@ def test_environment_password_in_url_refused() -> None:
     assert "hunter2" not in str(raised.value) and "MAILGATE_UPSTREAM_PASSWORD" in str(raised.value)
 
 
-@pytest.mark.xfail(strict=True, reason="config.upstream_from_url echoes the whole URL, password included, "
-                                         "when the scheme is wrong; reported, config.py is not ours to edit")
+@pytest.mark.xfail(
+    strict=True,
+    reason="config.upstream_from_url echoes the whole URL, password included, "
+    "when the scheme is wrong; reported, config.py is not ours to edit",
+)
 def test_environment_bad_scheme_error_hides_password() -> None:
     """A URL with a wrong scheme is refused without echoing a password it contains."""
     with pytest.raises(UsageError) as raised:
@@ -520,8 +625,16 @@ def test_environment_bad_scheme_error_hides_password() -> None:
     assert "hunter2" not in str(raised.value)
 
 
-@pytest.mark.parametrize("url", ["smtp://u@smtp.example.com", "smtp.example.com:587", "starttls://",
-                                 "starttls://u@smtp.example.com:port", "starttls://u@:587"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "smtp://u@smtp.example.com",
+        "smtp.example.com:587",
+        "starttls://",
+        "starttls://u@smtp.example.com:port",
+        "starttls://u@:587",
+    ],
+)
 def test_environment_bad_url(url: str) -> None:
     """A malformed MAILGATE_UPSTREAM is a UsageError naming the variable and the expected form."""
     with pytest.raises(UsageError) as raised:
@@ -538,25 +651,32 @@ def test_environment_missing_variable(environ: dict[str, str]) -> None:
 
 
 def test_environment_relays_everything_from_loopback() -> None:
-    """The embedded default listens on 127.0.0.1:2525, loopback clients only, one rule relaying all."""
+    """The embedded default: 127.0.0.1:2525, loopback clients only, one rule relaying all."""
     config = from_environment({"MAILGATE_UPSTREAM": "starttls://u@smtp.example.com"})
     assert config.listener.listen == Endpoint("127.0.0.1", 2525)
     assert config.listener.allowed_clients == configuration.LOOPBACK
     (rule,) = config.rules
     assert (rule.action, rule.upstream, rule.clients, rule.senders, rule.recipients) == (
-        "relay", "default", None, None, None)
+        "relay",
+        "default",
+        None,
+        None,
+        None,
+    )
 
 
 def test_environment_optional_variables(tmp_path: Path) -> None:
     """MAILGATE_LISTEN, MAILGATE_AUDIT and MAILGATE_UPSTREAM_CA_FILE are applied."""
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
-    config = from_environment({
-        "MAILGATE_UPSTREAM": "starttls://u@smtp.example.com",
-        "MAILGATE_LISTEN": "[::1]:2626",
-        "MAILGATE_AUDIT": str(tmp_path / "audit.jsonl"),
-        "MAILGATE_UPSTREAM_CA_FILE": str(ca),
-    })
+    config = from_environment(
+        {
+            "MAILGATE_UPSTREAM": "starttls://u@smtp.example.com",
+            "MAILGATE_LISTEN": "[::1]:2626",
+            "MAILGATE_AUDIT": str(tmp_path / "audit.jsonl"),
+            "MAILGATE_UPSTREAM_CA_FILE": str(ca),
+        }
+    )
     assert config.listener.listen == Endpoint("::1", 2626)
     assert config.audit.path == str(tmp_path / "audit.jsonl")
     assert config.upstreams["default"].ca_file == str(ca)
@@ -565,8 +685,12 @@ def test_environment_optional_variables(tmp_path: Path) -> None:
 def test_environment_bad_listen_is_config_error() -> None:
     """A malformed MAILGATE_LISTEN is reported like a config problem, with source "environment"."""
     with pytest.raises(ConfigError) as raised:
-        from_environment({"MAILGATE_UPSTREAM": "starttls://u@h.example", "MAILGATE_LISTEN": "everywhere"})
-    assert [(p.source, p.key) for p in raised.value.problems] == [("environment", "listener.listen")]
+        from_environment(
+            {"MAILGATE_UPSTREAM": "starttls://u@h.example", "MAILGATE_LISTEN": "everywhere"}
+        )
+    assert [(p.source, p.key) for p in raised.value.problems] == [
+        ("environment", "listener.listen")
+    ]
 
 
 # --- resolve_password -------------------------------------------------------------------------
@@ -599,4 +723,6 @@ def test_resolve_password_error_names_upstream(monkeypatch: pytest.MonkeyPatch) 
     upstream = UpstreamConfig(name="p", host="h", username="u", password_env="MAILGATE_UNIT_ABSENT")
     with pytest.raises(SecretError) as raised:
         configuration.resolve_password(upstream)
-    assert str(raised.value).startswith("upstreams.p: ") and "MAILGATE_UNIT_ABSENT" in str(raised.value)
+    assert str(raised.value).startswith("upstreams.p: ") and "MAILGATE_UNIT_ABSENT" in str(
+        raised.value
+    )

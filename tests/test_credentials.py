@@ -1,4 +1,4 @@
-"""Unit tests of gateway/credentials.py: secrets that never show, read from the environment or a private file."""
+"""Unit tests of gateway/credentials.py: secrets that never show, from environment or private file."""
 
 from __future__ import annotations
 
@@ -35,10 +35,30 @@ def test_reveal_gives_value() -> None:
 
 @pytest.mark.parametrize(
     "show",
-    [repr, str, lambda s: f"{s}", lambda s: f"{s!r}", lambda s: "%s" % s, lambda s: "{}".format(s),
-     lambda s: format(s), lambda s: str([s]), lambda s: str({"password": s}), lambda s: str((s,))],
-    ids=["repr", "str", "f-string", "f-string-repr", "percent", "format-method", "format", "in-list",
-         "in-dict", "in-tuple"],
+    [
+        repr,
+        str,
+        lambda s: f"{s}",
+        lambda s: f"{s!r}",
+        lambda s: "%s" % s,  # noqa: UP031 - the old-style formatting is what is tested
+        lambda s: "{}".format(s),  # noqa: UP032 - str.format is what is tested
+        lambda s: format(s),
+        lambda s: str([s]),
+        lambda s: str({"password": s}),
+        lambda s: str((s,)),
+    ],
+    ids=[
+        "repr",
+        "str",
+        "f-string",
+        "f-string-repr",
+        "percent",
+        "format-method",
+        "format",
+        "in-list",
+        "in-dict",
+        "in-tuple",
+    ],
 )
 def test_secret_never_shown(show: object) -> None:
     """No ordinary way of turning a Secret into text shows its value."""
@@ -123,7 +143,7 @@ def test_from_file_read_only_owner(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o610, 0o601, 0o644, 0o666])
 def test_from_file_group_or_other_bits_refused(tmp_path: Path, mode: int) -> None:
-    """A secret file with any group or other permission bit is refused, naming the file and the fix."""
+    """A secret file with a group or other permission bit is refused, naming file and fix."""
     path = secret_file(tmp_path, VALUE, mode)
     with pytest.raises(SecretError) as raised:
         from_file(path)

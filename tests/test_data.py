@@ -1,4 +1,4 @@
-"""Unit tests of gateway/data.py: DATA framing, validation, dot-stuffing and the audit's message facts."""
+"""Unit tests of gateway/data.py: DATA framing, validation, dot-stuffing, the audit's facts."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class Outcome:
 
 
 def read(chunks: Iterable[bytes], max_size: int = BIG) -> Outcome:
-    """Feed `chunks` to a fresh DataReader; leftover is what follows the end of data, unread chunks included."""
+    """Feed `chunks` to a new DataReader; leftover: all after the end of data, unread chunks too."""
     reader = DataReader(max_size)
     content: list[bytes] = []
     leftover = b""
@@ -84,7 +84,15 @@ def test_not_done_without_terminator() -> None:
 @pytest.mark.parametrize(
     "stream",
     [b"a\n.\n", b"a\r\n.\n", b"a\n.\r\n", b"a\r.\r\n", b"a\r\n.\r", b"a\r\n. \r\n", b"a\r\n.x\r\n"],
-    ids=["lf-dot-lf", "crlf-dot-lf", "lf-dot-crlf", "cr-dot-crlf", "crlf-dot-cr", "dot-space", "dot-text"],
+    ids=[
+        "lf-dot-lf",
+        "crlf-dot-lf",
+        "lf-dot-crlf",
+        "cr-dot-crlf",
+        "crlf-dot-cr",
+        "dot-space",
+        "dot-text",
+    ],
 )
 def test_only_crlf_dot_crlf_terminates(stream: bytes) -> None:
     """No line-ending variant other than CRLF.CRLF ends the data."""
@@ -92,7 +100,7 @@ def test_only_crlf_dot_crlf_terminates(stream: bytes) -> None:
 
 
 def test_leftover_returned_for_pipelining() -> None:
-    """Bytes after the terminator are returned untouched as leftover (the next pipelined commands)."""
+    """Bytes after the terminator are returned untouched as leftover (pipelined commands)."""
     outcome = read([b"x\r\n.\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDA"])
     assert outcome.leftover == b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDA"
 
@@ -140,7 +148,14 @@ def test_unstuffing_across_every_split() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"bare\nlf\r\n", b"bare\rcr\r\n", b"nul\x00byte\r\n", b"cr-cr-lf\r\r\n", b"lf-cr\n\r\n", b"\n"],
+    [
+        b"bare\nlf\r\n",
+        b"bare\rcr\r\n",
+        b"nul\x00byte\r\n",
+        b"cr-cr-lf\r\r\n",
+        b"lf-cr\n\r\n",
+        b"\n",
+    ],
     ids=["bare-lf", "bare-cr", "nul", "cr-cr-lf", "lf-cr", "only-lf"],
 )
 def test_bare_line_ending_or_nul_refused(body: bytes) -> None:
@@ -157,9 +172,13 @@ def test_nothing_emitted_after_error() -> None:
 
 
 def test_error_discards_until_real_terminator() -> None:
-    """After a refusal everything up to the real CRLF.CRLF is discarded; what follows is leftover."""
+    """After a refusal all up to the real CRLF.CRLF is discarded; what follows is leftover."""
     outcome = read([b"a\nb\r\n.\n", b"RSET\r\n", b"x\r\n.\r\nQUIT\r\n"])
-    assert outcome.done and outcome.leftover == b"QUIT\r\n" and outcome.error == replies.BARE_LINE_ENDING
+    assert (
+        outcome.done
+        and outcome.leftover == b"QUIT\r\n"
+        and outcome.error == replies.BARE_LINE_ENDING
+    )
 
 
 def test_smuggled_terminator_not_honoured_after_error() -> None:
@@ -208,7 +227,7 @@ def test_line_limit_across_every_split() -> None:
 
 
 def test_stuffed_line_of_1000_octets_accepted() -> None:
-    """A 1000-octet line sent dot-stuffed (1001 octets on the wire) is accepted: the transparency dot does not count."""
+    """A 1000-octet line sent stuffed (1001 on the wire) is accepted: the added dot does not count."""
     line = b"." + b"d" * (MAX_LINE - 3) + b"\r\n"
     assert read([b"." + line + b".\r\n"]) == Outcome(line, True, b"", None)
 
@@ -220,7 +239,7 @@ def test_stuffed_line_of_1001_octets_refused() -> None:
 
 
 def test_stuffed_line_limit_across_every_split() -> None:
-    """The transparency dot is not counted wherever the reads split the line, also after a complete line."""
+    """The added dot is not counted wherever reads split the line, also after a complete line."""
     stream = b"ok\r\n.." + b"d" * (MAX_LINE - 3) + b"\r\n.\r\n"
     for chunks in splits(stream):
         assert read(chunks).error is None, [len(c) for c in chunks]
@@ -242,7 +261,7 @@ def test_endless_line_refused_early() -> None:
 
 
 def test_endless_line_after_complete_line_refused_early() -> None:
-    """An unterminated over-long line following a complete line in the same read is refused at once."""
+    """An unterminated over-long line after a complete line in one read is refused at once."""
     reader = DataReader(BIG)
     feed = reader.feed(b"ok\r\n" + b"z" * MAX_LINE)
     assert reader.error == replies.DATA_LINE_TOO_LONG and feed.content == []
@@ -271,7 +290,7 @@ def test_size_over_limit_refused() -> None:
 
 
 def test_size_counted_across_feeds() -> None:
-    """The size limit applies to the sum of all reads, and the rest is discarded to the terminator."""
+    """The size limit applies to the sum of all reads; the rest is discarded to the terminator."""
     outcome = read([b"a" * 98 + b"\r\n"] * 5 + [b".\r\nQUIT\r\n"], max_size=300)
     assert outcome.error == replies.SIZE_EXCEEDED and outcome.leftover == b"QUIT\r\n"
     assert len(outcome.content) <= 300
@@ -315,7 +334,7 @@ STUFFED_STREAM = b"..first\r\nplain\r\n..\r\n...x\r\n\r\n..y\r\nend.\r\n.\r\n"
 
 
 def test_dot_stuff_exact_across_every_chunking() -> None:
-    """Re-stuffing the reader's output reproduces the client's stuffed body, wherever reads split it."""
+    """Re-stuffing the reader's output gives the client's stuffed body, wherever reads split it."""
     for chunks in splits(STUFFED_STREAM):
         reader = DataReader(BIG)
         out = b"".join(dot_stuff(c) for chunk in chunks for c in reader.feed(chunk).content)
@@ -329,7 +348,8 @@ def test_dot_stuff_exact_in_three_pieces() -> None:
         for j in range(i + 1, len(stream)):
             reader = DataReader(BIG)
             out = b"".join(
-                dot_stuff(c) for chunk in (stream[:i], stream[i:j], stream[j:])
+                dot_stuff(c)
+                for chunk in (stream[:i], stream[i:j], stream[j:])
                 for c in reader.feed(chunk).content
             )
             assert out == stream[:-3], (i, j)

@@ -31,7 +31,9 @@ def config(*rules: dict[str, Any], listener: dict[str, Any] | None = None) -> Co
     )
 
 
-def rule_for(cfg: Config, client: Any = V4, sender: Address = SENDER, recipient: Address = RECIPIENT) -> str | None:
+def rule_for(
+    cfg: Config, client: Any = V4, sender: Address = SENDER, recipient: Address = RECIPIENT
+) -> str | None:
     """The name of the rule that decides for this client, sender and recipient."""
     return decide(cfg, client, sender, recipient).rule_name
 
@@ -41,30 +43,46 @@ def rule_for(cfg: Config, client: Any = V4, sender: Address = SENDER, recipient:
 
 def test_first_match_wins() -> None:
     """Of several matching rules, the first in file order decides."""
-    cfg = config({"name": "one", "action": "relay", "upstream": "a"},
-                 {"name": "two", "action": "relay", "upstream": "b"})
+    cfg = config(
+        {"name": "one", "action": "relay", "upstream": "a"},
+        {"name": "two", "action": "relay", "upstream": "b"},
+    )
     decision = decide(cfg, V4, SENDER, RECIPIENT)
-    assert (decision.action, decision.rule_name, decision.upstream) == ("relay", "one", cfg.upstreams["a"])
+    assert (decision.action, decision.rule_name, decision.upstream) == (
+        "relay",
+        "one",
+        cfg.upstreams["a"],
+    )
 
 
 def test_later_rule_when_earlier_does_not_match() -> None:
     """A rule whose condition fails is skipped and the next one is tried."""
-    cfg = config({"name": "org", "recipients": ["*@example.org"], "action": "relay", "upstream": "a"},
-                 {"name": "net", "recipients": ["*@example.net"], "action": "relay", "upstream": "b"})
+    cfg = config(
+        {"name": "org", "recipients": ["*@example.org"], "action": "relay", "upstream": "a"},
+        {"name": "net", "recipients": ["*@example.net"], "action": "relay", "upstream": "b"},
+    )
     decision = decide(cfg, V4, SENDER, RECIPIENT)
     assert (decision.rule_name, decision.upstream) == ("net", cfg.upstreams["b"])
 
 
 def test_relay_decision_has_no_reply() -> None:
     """A relay decision carries the upstream and no refusal."""
-    decision = decide(config({"name": "r", "action": "relay", "upstream": "a"}), V4, SENDER, RECIPIENT)
+    decision = decide(
+        config({"name": "r", "action": "relay", "upstream": "a"}), V4, SENDER, RECIPIENT
+    )
     assert decision.reply is None
 
 
 def test_no_rule_is_550_571() -> None:
     """A recipient no rule matches is refused with 550 5.7.1 and no rule name."""
-    decision = decide(config({"name": "org", "recipients": ["*@example.org"], "action": "relay", "upstream": "a"}),
-                      V4, SENDER, RECIPIENT)
+    decision = decide(
+        config(
+            {"name": "org", "recipients": ["*@example.org"], "action": "relay", "upstream": "a"}
+        ),
+        V4,
+        SENDER,
+        RECIPIENT,
+    )
     assert (decision.action, decision.rule, decision.reply) == ("reject", None, replies.NO_RULE)
     assert (decision.reply.code, decision.reply.enhanced) == (550, "5.7.1")
 
@@ -75,13 +93,18 @@ def test_no_rules_at_all_refuses() -> None:
 
 
 def test_reject_rule() -> None:
-    """A matching reject rule refuses with 550 5.7.1 naming the rule, even if a relay rule follows."""
-    cfg = config({"name": "blocked", "recipients": ["*@example.net"], "action": "reject"},
-                 {"name": "all", "action": "relay", "upstream": "a"})
+    """A matching reject rule refuses (550 5.7.1, naming the rule), even if a relay rule follows."""
+    cfg = config(
+        {"name": "blocked", "recipients": ["*@example.net"], "action": "reject"},
+        {"name": "all", "action": "relay", "upstream": "a"},
+    )
     decision = decide(cfg, V4, SENDER, RECIPIENT)
     assert (decision.action, decision.rule_name, decision.upstream) == ("reject", "blocked", None)
     assert decision.reply is not None
-    assert (decision.reply.code, decision.reply.enhanced) == (550, "5.7.1") and "blocked" in decision.reply.text
+    assert (decision.reply.code, decision.reply.enhanced) == (
+        550,
+        "5.7.1",
+    ) and "blocked" in decision.reply.text
 
 
 # --- clients ----------------------------------------------------------------------------------
@@ -106,7 +129,7 @@ def test_v4_client_does_not_match_v6_network() -> None:
 
 
 def test_v4_mapped_client_matches_v4_network() -> None:
-    """A client seen as ::ffff:10.1.2.3 (dual-stack socket) matches the IPv4 rule for 10.1.0.0/16."""
+    """A client seen as ::ffff:10.1.2.3 (dual-stack socket) matches an IPv4 rule, 10.1.0.0/16."""
     cfg = config({"name": "lan", "clients": ["10.1.0.0/16"], "action": "relay", "upstream": "a"})
     assert rule_for(cfg, parse_client("::ffff:10.1.2.3")) == "lan"
 
@@ -148,41 +171,80 @@ def test_default_allowed_clients_are_loopback() -> None:
 
 def test_sender_glob() -> None:
     """A sender glob matches the envelope sender."""
-    cfg = config({"name": "billing", "senders": ["*@billing.example.com"], "action": "relay", "upstream": "a"})
+    cfg = config(
+        {
+            "name": "billing",
+            "senders": ["*@billing.example.com"],
+            "action": "relay",
+            "upstream": "a",
+        }
+    )
     assert rule_for(cfg, sender=SENDER) == "billing"
     assert rule_for(cfg, sender=Address("app@other.example.com")) is None
 
 
 def test_sender_glob_does_not_match_suffix_lookalike() -> None:
     """`*@billing.example.com` does not match a domain that merely ends the same way."""
-    cfg = config({"name": "billing", "senders": ["*@billing.example.com"], "action": "relay", "upstream": "a"})
+    cfg = config(
+        {
+            "name": "billing",
+            "senders": ["*@billing.example.com"],
+            "action": "relay",
+            "upstream": "a",
+        }
+    )
     assert rule_for(cfg, sender=Address("x@evilbilling.example.com")) is None
     assert rule_for(cfg, sender=Address("x@billing.example.com.evil")) is None
 
 
 def test_globs_case_insensitive() -> None:
     """Globs match regardless of case on either side."""
-    cfg = config({"name": "r", "senders": ["*@Billing.Example.COM"], "recipients": ["CUSTOMER@*"],
-                  "action": "relay", "upstream": "a"})
-    assert rule_for(cfg, sender=Address("App@BILLING.example.com"), recipient=Address("customer@Example.NET")) == "r"
+    cfg = config(
+        {
+            "name": "r",
+            "senders": ["*@Billing.Example.COM"],
+            "recipients": ["CUSTOMER@*"],
+            "action": "relay",
+            "upstream": "a",
+        }
+    )
+    assert (
+        rule_for(
+            cfg,
+            sender=Address("App@BILLING.example.com"),
+            recipient=Address("customer@Example.NET"),
+        )
+        == "r"
+    )
 
 
 def test_null_sender_matches_empty_glob() -> None:
     """The null sender <> is matched as the empty string: `*` matches it, `*@*` does not."""
-    cfg = config({"name": "bounces", "senders": ["*@*"], "action": "reject"},
-                 {"name": "null", "senders": ["*"], "action": "relay", "upstream": "a"})
+    cfg = config(
+        {"name": "bounces", "senders": ["*@*"], "action": "reject"},
+        {"name": "null", "senders": ["*"], "action": "relay", "upstream": "a"},
+    )
     assert rule_for(cfg, sender=Address("")) == "null"
 
 
 def test_null_sender_not_matched_by_domain_glob() -> None:
     """A domain glob does not match the null sender."""
-    cfg = config({"name": "billing", "senders": ["*@billing.example.com"], "action": "relay", "upstream": "a"})
+    cfg = config(
+        {
+            "name": "billing",
+            "senders": ["*@billing.example.com"],
+            "action": "relay",
+            "upstream": "a",
+        }
+    )
     assert rule_for(cfg, sender=Address("")) is None
 
 
 def test_glob_question_mark_and_class() -> None:
     """`?` matches one character and `[...]` a class, shell-style."""
-    cfg = config({"name": "r", "recipients": ["user?@[ab].example"], "action": "relay", "upstream": "a"})
+    cfg = config(
+        {"name": "r", "recipients": ["user?@[ab].example"], "action": "relay", "upstream": "a"}
+    )
     assert rule_for(cfg, recipient=Address("user1@a.example")) == "r"
     assert rule_for(cfg, recipient=Address("user12@a.example")) is None
     assert rule_for(cfg, recipient=Address("user1@c.example")) is None
@@ -190,8 +252,16 @@ def test_glob_question_mark_and_class() -> None:
 
 def test_all_conditions_must_hold() -> None:
     """A rule with client, sender and recipient conditions matches only when all three hold."""
-    cfg = config({"name": "r", "clients": ["10.1.0.0/16"], "senders": ["*@billing.example.com"],
-                  "recipients": ["*@example.net"], "action": "relay", "upstream": "a"})
+    cfg = config(
+        {
+            "name": "r",
+            "clients": ["10.1.0.0/16"],
+            "senders": ["*@billing.example.com"],
+            "recipients": ["*@example.net"],
+            "action": "relay",
+            "upstream": "a",
+        }
+    )
     assert rule_for(cfg) == "r"
     assert rule_for(cfg, client=OTHER_V4) is None
     assert rule_for(cfg, sender=Address("a@other.example")) is None
@@ -200,13 +270,17 @@ def test_all_conditions_must_hold() -> None:
 
 def test_recipient_glob_sees_text_as_written() -> None:
     """Recipients are matched on the text as written: a percent hack is not reinterpreted."""
-    cfg = config({"name": "net", "recipients": ["*@example.net"], "action": "relay", "upstream": "a"})
+    cfg = config(
+        {"name": "net", "recipients": ["*@example.net"], "action": "relay", "upstream": "a"}
+    )
     assert rule_for(cfg, recipient=Address("victim%evil.example@example.net")) == "net"
     assert rule_for(cfg, recipient=Address("victim@evil.example")) is None
 
 
 def test_decision_is_per_recipient() -> None:
     """Two recipients of one transaction can get different decisions."""
-    cfg = config({"name": "net", "recipients": ["*@example.net"], "action": "relay", "upstream": "a"})
+    cfg = config(
+        {"name": "net", "recipients": ["*@example.net"], "action": "relay", "upstream": "a"}
+    )
     assert decide(cfg, V4, SENDER, Address("a@example.net")).action == "relay"
     assert decide(cfg, V4, SENDER, Address("a@example.org")).action == "reject"

@@ -16,13 +16,9 @@ def test_single_line_wire_form() -> None:
 
 
 def test_multi_line_wire_form_repeats_enhanced_code() -> None:
-    """Every line of a multi-line reply carries the code, a hyphen until the last, and the enhanced code."""
+    """Each line of a multi-line reply has the code, a hyphen but the last, the enhanced code."""
     reply = Reply(451, "4.4.1", "first\nsecond\nthird")
-    assert reply.to_bytes() == (
-        b"451-4.4.1 first\r\n"
-        b"451-4.4.1 second\r\n"
-        b"451 4.4.1 third\r\n"
-    )
+    assert reply.to_bytes() == (b"451-4.4.1 first\r\n451-4.4.1 second\r\n451 4.4.1 third\r\n")
 
 
 def test_wire_form_without_enhanced_code() -> None:
@@ -42,12 +38,12 @@ def test_wire_form_is_ascii_even_for_non_ascii_text() -> None:
 
 
 def test_wire_form_has_no_control_characters() -> None:
-    """Control characters in a reply's text (say, relayed from an upstream) never reach the wire; HT is kept."""
+    """Control characters in a reply's text (say, an upstream's) never reach the wire; HT is kept."""
     assert Reply(550, "5.0.0", "a\rb\x00c\x1bd\te\x7f").to_bytes() == b"550 5.0.0 a?b?c?d\te?\r\n"
 
 
 def test_upstream_bare_cr_not_relayed() -> None:
-    """A bare CR inside an upstream's reply line does not come out in the wire form passed on to the app."""
+    """A bare CR inside an upstream's reply line is not in the wire form passed on to the app."""
     (reply,) = ReplyParser().feed(b"250 ok\rINJECTED\r\n")
     assert reply.to_bytes().count(b"\r") == 1
 
@@ -80,7 +76,7 @@ def _constants() -> list[tuple[str, Reply]]:
 
 @pytest.mark.parametrize(("name", "reply"), _constants(), ids=[n for n, _ in _constants()])
 def test_defined_replies_are_well_formed(name: str, reply: Reply) -> None:
-    """Every reply constant has a valid code, an enhanced code of its class (354 none), one ASCII line."""
+    """Each reply constant: valid code, enhanced code of its class (354 none), one ASCII line."""
     assert 200 <= reply.code <= 599
     if reply.code == 354:
         assert reply.enhanced == ""
@@ -97,7 +93,9 @@ def test_defined_replies_are_well_formed(name: str, reply: Reply) -> None:
 
 def test_parser_single_line() -> None:
     """A complete single-line reply is returned with its enhanced code split off."""
-    assert ReplyParser().feed(b"250 2.1.5 Recipient OK\r\n") == [Reply(250, "2.1.5", "Recipient OK")]
+    assert ReplyParser().feed(b"250 2.1.5 Recipient OK\r\n") == [
+        Reply(250, "2.1.5", "Recipient OK")
+    ]
 
 
 def test_parser_multi_line() -> None:
@@ -174,7 +172,6 @@ def test_pending_holds_partial_line() -> None:
     assert parser.pending == b"220 rea"
 
 
-
 def test_pending_is_the_bytes_received() -> None:
     """Pending is exactly the bytes of the incomplete multi-line reply, codes included."""
     parser = ReplyParser()
@@ -212,7 +209,7 @@ def test_parser_partial_line_too_long() -> None:
 
 
 def test_parser_complete_line_too_long() -> None:
-    """A line longer than max_line raises MalformedReply even when it arrives complete in one read."""
+    """A line longer than max_line raises MalformedReply even when complete in one read."""
     with pytest.raises(MalformedReply):
         ReplyParser(max_line=10).feed(b"250 " + b"x" * 20 + b"\r\n")
 
@@ -223,10 +220,9 @@ def test_parser_line_of_max_length_accepted() -> None:
     assert ReplyParser(max_line=10).feed(line + b"\r\n") == [Reply(250, "2.0.0", "x" * 6)]
 
 
-
 @pytest.mark.parametrize("split", range(1, 14))
 def test_parser_line_of_max_length_accepted_split_anywhere(split: int) -> None:
-    """A line of exactly max_line octets is accepted wherever the read boundary falls, even after its CR."""
+    """A line of exactly max_line octets is accepted wherever reads split it, even after its CR."""
     parser = ReplyParser(max_line=10)
     wire = b"250 " + b"x" * 6 + b"\r\n"
     assert parser.feed(wire[:split]) + parser.feed(wire[split:]) == [Reply(250, "2.0.0", "x" * 6)]
