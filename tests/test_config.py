@@ -114,13 +114,13 @@ def test_full_contract_parses(tmp_path: Path) -> None:
         upstream.min_tls_version,
     ) == ("smtp.example.com", 587, "starttls", "relay@example.com", "VAR", str(ca), "1.2")
     (rule,) = config.rules
-    assert (rule.name, rule.clients, rule.senders, rule.recipients, rule.action, rule.upstream) == (
+    assert (rule.name, rule.clients, rule.senders, rule.recipients, rule.action, rule.upstreams) == (
         "billing",
         (ipaddress.ip_network("10.1.0.0/16"),),
         ("*@billing.example.com",),
         ("*",),
         "relay",
-        "NAME",
+        ("NAME",),
     )
     assert config.source == SOURCE
 
@@ -656,9 +656,9 @@ def test_environment_relays_everything_from_loopback() -> None:
     assert config.listener.listen == Endpoint("127.0.0.1", 2525)
     assert config.listener.allowed_clients == configuration.LOOPBACK
     (rule,) = config.rules
-    assert (rule.action, rule.upstream, rule.clients, rule.senders, rule.recipients) == (
+    assert (rule.action, rule.upstreams, rule.clients, rule.senders, rule.recipients) == (
         "relay",
-        "default",
+        ("default",),
         None,
         None,
         None,
