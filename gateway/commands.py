@@ -47,13 +47,14 @@ def parse_command(line: bytes) -> Command:
         raise CommandError(replies.NUL_IN_COMMAND)
     text = line.decode("utf-8", "replace")
     verb, _, argument = text.partition(" ")
-    return Command(verb.upper(), argument.strip(" "))
+    # Only an ASCII verb is upper-cased: "maıl".upper() is "MAIL", and no lookalike may become a verb.
+    return Command(verb.upper() if verb.isascii() else verb, argument.strip(" "))
 
 
 def _split_path(argument: str, keyword: str) -> tuple[str, list[str]]:
     """Split ``FROM:<path> params`` into the path and its parameter words."""
     head, colon, rest = argument.partition(":")
-    if not colon or head.strip().upper() != keyword:
+    if not colon or head.strip(" ").upper() != keyword:
         raise CommandError(replies.SYNTAX_ARGS)
     rest = rest.lstrip(" ")  # tolerated: "MAIL FROM: <a@b>", as most servers do
     if not rest.startswith("<"):

@@ -271,3 +271,23 @@ def test_mail_repeated_parameter_refused(params: str) -> None:
     with pytest.raises(CommandError) as raised:
         parse_mail(f"FROM:<a@b.example> {params}")
     assert (raised.value.reply.code, raised.value.reply.enhanced) == (501, "5.5.4")
+
+
+@pytest.mark.parametrize(
+    "verb", ["maıl", "ſtarttls", "rſet"], ids=["dotless-i", "long-s", "long-s-inner"]
+)
+def test_non_ascii_verb_never_becomes_an_smtp_verb(verb: str) -> None:
+    """A verb with a non-ASCII lookalike (ı, ſ upper-case to I, S) is not read as MAIL/STARTTLS/RSET."""
+    assert parse_command(f"{verb} FROM:<a@b.example>".encode()).verb == verb
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ["\u2003FROM:<a@b.example>", "FROM\t:<a@b.example>", "\x0bFROM:<a@b.example>"],
+    ids=["em-space-before", "tab-before-colon", "vt-before"],
+)
+def test_mail_keyword_blanks_other_than_space_refused(argument: str) -> None:
+    """Only spaces are tolerated around the FROM keyword; other blanks are a syntax error (501)."""
+    with pytest.raises(CommandError) as raised:
+        parse_mail(argument)
+    assert raised.value.reply == replies.SYNTAX_ARGS
