@@ -96,6 +96,9 @@ def command_argument(draw: st.DrawFn, keyword: str) -> str:
     text = draw(st.sampled_from([f"{keyword}:", f"{keyword.lower()}: ", f"{keyword.title()} :"]))
     if not draw(st.integers(0, 9)):
         text = draw(st.sampled_from([keyword, "TO:" if keyword == "FROM" else "FROM:", ""]))
+    elif not draw(st.integers(0, 9)):  # a blank that must not pass for SP around the keyword
+        blank = draw(st.sampled_from(BLANKS))
+        text = draw(st.sampled_from([f"{blank}{keyword}:", f"{keyword}{blank}:"]))
     text += f"<{draw(VALID_MAILBOX if draw(st.integers(0, 3)) else MAILBOX)}>"
     for i in range(draw(st.integers(0, 3))):
         text += " " if i == 0 or draw(st.integers(0, 2)) else draw(st.sampled_from(BLANKS))
@@ -127,13 +130,23 @@ def assert_well_formed(reply: Reply) -> None:
 # --- commands and addresses -------------------------------------------------------------------
 
 
+# Verbs, including lookalikes whose str.upper() is an SMTP verb (dotless i, long s).
+VERB = st.one_of(
+    st.sampled_from(
+        ["MAIL", "mail", "RCPT", "ehlo", "STARTTLS", "maıl", "ſtarttls", "rſet", "ẞ", ""]
+    ),
+    st.text(max_size=6),
+)
+
+
 @FUZZ
 @given(
     st.binary(max_size=600)
-    | st.tuples(st.sampled_from(["MAIL ", "RCPT ", "ehlo ", ""]), MAIL_ARGUMENT).map(
-        lambda t: (t[0] + t[1]).encode("utf-8")
+    | st.tuples(VERB, st.sampled_from([" ", ""]), MAIL_ARGUMENT).map(
+        lambda t: "".join(t).encode("utf-8")
     )
 )
+@example("maıl FROM:<a@b.example>".encode())  # regression: a lookalike upper-cased into MAIL
 def test_parse_command_only_command_errors(line: bytes) -> None:
     """parse_command on any bytes gives a Command or a CommandError with a well-formed reply."""
     try:
@@ -141,7 +154,9 @@ def test_parse_command_only_command_errors(line: bytes) -> None:
     except CommandError as exc:
         assert_well_formed(exc.reply)
     else:
-        assert command.verb == command.verb.upper() and b"\0" not in line and b"\r" not in line
+        assert b"\0" not in line and b"\r" not in line and b"\n" not in line
+        if command.verb.isascii():  # an ASCII verb is upper case and was written in ASCII
+            assert command.verb == command.verb.upper() and line.partition(b" ")[0].isascii()
 
 
 @FUZZ
@@ -149,7 +164,8 @@ def test_parse_command_only_command_errors(line: bytes) -> None:
 @example("FROM:<a@b.example> SIZE=\u00b2")  # regressions found here: Unicode digits,
 @example("FROM:<a@b.example> SIZE=\u0661")
 @example("FROM:<a@b.example> SIZE=1\tBODY=7BIT")  # blanks other than SP,
-@example("FROM:<a@b.example> BODY=\x1f BODY=7BIT")  # a repeated parameter hiding a bad value
+@example("FROM:<a@b.example> BODY=\x1f BODY=7BIT")  # a repeated parameter hiding a bad value,
+@example("\u2003FROM:<a@b.example>")  # a blank other than SP before the keyword
 def test_parse_mail_only_command_errors(argument: str) -> None:
     """parse_mail on any argument gives a MailFrom or a CommandError with a well-formed reply."""
     try:
