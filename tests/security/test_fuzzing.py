@@ -11,6 +11,7 @@ file runs in seconds; a failure prints the minimal example to reproduce it.
 from __future__ import annotations
 
 import itertools
+import os
 import re
 
 from hypothesis import HealthCheck, example, given, settings
@@ -21,8 +22,14 @@ from gateway.commands import CommandError, parse_command, parse_mail, parse_rcpt
 from gateway.data import MAX_LINE, DataReader, dot_stuff
 from gateway.replies import MalformedReply, Reply, ReplyParser
 
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-FUZZ_DATA = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Few examples by default, so the suite stays fast; MAILGATE_FUZZ_EXAMPLES=5000 searches harder.
+_EXAMPLES = int(os.environ.get("MAILGATE_FUZZ_EXAMPLES", "0")) or None
+FUZZ = settings(
+    max_examples=_EXAMPLES or 100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+FUZZ_DATA = settings(
+    max_examples=_EXAMPLES or 80, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 # Pieces of the SMTP grammar, so random text reaches deep into the parsers rather than
 # failing at the first character; mixed with arbitrary characters (non-ASCII, controls).
