@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import MutableMapping
 from typing import IO, Any
 
 import structlog
@@ -70,7 +71,8 @@ class _ChainedSink:
     info = warning = error = msg
 
 
-def _to_sink(logger: object, method: str, event: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _to_sink(logger: Any, method: str, event: MutableMapping[str, Any]) -> tuple[Any, ...]:
+    """Hand the event dict itself to the sink, which seals and renders it under its lock."""
     return (event,), {}
 
 
@@ -164,8 +166,8 @@ class AuditLog:
                     self._sink.state = None
 
 
-def _order(logger: object, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _order(logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """Put timestamp, event and session_id first, for people reading raw lines."""
-    head = {k: event.pop(k) for k in ("timestamp", "event", "session_id") if k in event}
+    head: dict[str, Any] = {k: event.pop(k) for k in ("timestamp", "event", "session_id") if k in event}
     head.update(event)
     return head

@@ -12,8 +12,9 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -73,18 +74,23 @@ class Records:
     def where(self, wanted: Callable[[str], bool] | None) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
         return self.parsed(self.scan, wanted)
 
-    def parsed(self, lines: Any, wanted: Callable[[str], bool] | None) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
+    def parsed(self, lines: Iterable[tuple[str, int, str]],
+               wanted: Callable[[str], bool] | None) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
         for path, number, text in lines:
-            if not text.strip() or (wanted is not None and not wanted(text)):
+            if not text.strip():
+                continue
+            if not (text.startswith("{") and text.endswith("}")):  # cheap: every line is looked at
+                self._complain(path, number, ValueError("a record is one JSON object on one line"))
+                continue
+            if wanted is not None and not wanted(text):  # cheaper than parsing lines nobody asked for
                 continue
             try:
                 record = json.loads(text)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
             except ValueError as exc:
                 self._complain(path, number, exc)
                 continue
-            yield path, number, text, record
+            if isinstance(record, dict):
+                yield path, number, text, record
 
     def _complain(self, path: str, number: int, exc: ValueError) -> None:
         self.bad += 1
@@ -100,7 +106,7 @@ class Records:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _window(args: argparse.Namespace) -> audit_query.Window:
@@ -142,19 +148,37 @@ def cmd_search(args: argparse.Namespace) -> int:
     def wanted(text: str) -> bool:
         return audit_query.RESULT in text
 
-    for _, _, text, record in records.where(wanted):
-        emit(text, record)
-    if args.follow and sources.current:
-        out.flush()
-        live = audit_files.follow(sources.current, records.scan.positions.get(sources.current))
-        try:
+    if args.follow:
+        _stop_on_signals()
+    try:
+        for _, _, text, record in records.where(wanted):
+            emit(text, record)
+        if args.follow and sources.current:
+            out.flush()
+            live = audit_files.follow(sources.current, records.scan.positions.get(sources.current))
             for _, _, text, record in records.parsed(live, wanted):
                 emit(text, record)
-        except KeyboardInterrupt:
-            return records.status
+    except KeyboardInterrupt:
+        if not args.follow:
+            raise
+        return records.status  # Ctrl-C is how --follow ends: not a failure
     if table is not None and out.isatty():
         sys.stderr.write(f"{matched:,} message(s)\n")
     return records.status
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_signals() -> None:
+    """--follow ends on Ctrl-C or SIGTERM, even where SIGINT was inherited as ignored
+    (a shell's background job, a supervisor): both become a clean stop."""
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (embedded): leave the handlers alone
+        pass
 
 
 # --- show ---------------------------------------------------------------------------------------

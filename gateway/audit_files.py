@@ -58,7 +58,7 @@ def _open_binary(path: str) -> tuple[IO[bytes], IO[bytes]]:
         raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
     except OSError as exc:
         raise AuditFileError(f"{path}: cannot open: {exc.strerror}") from None
-    if raw.peek(2)[:2] == _GZIP_MAGIC:  # type: ignore[attr-defined]
+    if raw.peek(2)[:2] == _GZIP_MAGIC:
         return raw, gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     return raw, raw
 
@@ -75,12 +75,15 @@ class FirstRecord:
 
 
 def first_record(path: str) -> FirstRecord | None:
-    """The ordering key of a file: its first record's timestamp and seq (None: no record)."""
+    """The ordering key of a file: its first record's timestamp and seq (None: no record yet).
+
+    A file whose first 16 lines hold no JSON record is not an audit log: an error.
+    """
     raw, reader = _open_binary(path)
     try:
         for count, chunk in enumerate(reader):
             if count >= 16:
-                break
+                raise AuditFileError(f"{path}: not an audit log (no JSON record in its first 16 lines)")
             if not chunk.endswith(b"\n"):
                 return None
             try:

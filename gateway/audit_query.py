@@ -36,7 +36,7 @@ def parse_time(option: str, text: str, now: dt.datetime) -> dt.datetime:
     except ValueError:
         raise UsageError(f"{option}: found {text!r}, expected an ISO date or time such as 2026-11-28 or "
                          "2026-11-28T13:00Z, or an age such as 30m, 2h, 7d") from None
-    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when.astimezone(dt.timezone.utc)
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
 
 def record_time(record: Mapping[str, Any]) -> dt.datetime | None:
@@ -48,7 +48,7 @@ def record_time(record: Mapping[str, Any]) -> dt.datetime | None:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
         return None
-    return when.replace(tzinfo=dt.timezone.utc) if when.tzinfo is None else when
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when
 
 
 @dataclass(frozen=True)

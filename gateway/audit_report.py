@@ -19,6 +19,8 @@ from typing import Any
 from gateway.audit_query import OUTCOMES, RESULT, Window, reasons, record_time, rules_of
 
 STEPS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
+STEP_NAMES = dict(zip(STEPS, ("second", "10 seconds", "minute", "5 minutes", "15 minutes", "hour", "4 hours",
+                              "day", "week"), strict=True))
 NONE = "(none)"
 
 
@@ -144,8 +146,8 @@ class Summary:
         self.upstream_series.add(when, upstream)
 
 
-def consume(records: Iterable[Mapping[str, Any]], window: Window = Window()) -> Summary:
-    summary = Summary(window)
+def consume(records: Iterable[Mapping[str, Any]], window: Window | None = None) -> Summary:
+    summary = Summary(window or Window())
     for record in records:
         summary.add(record)
     return summary
@@ -200,15 +202,14 @@ def sparkline(values: list[int], unicode: bool = True) -> str:
 
 
 def _step_name(step: int) -> str:
-    return {1: "second", 10: "10 seconds", 60: "minute", 300: "5 minutes", 900: "15 minutes", 3600: "hour", 4 * 3600: "4 hours",
-            86400: "day", 7 * 86400: "week"}[step]
+    return STEP_NAMES[step]
 
 
 def render_text(summary: Summary, width: int = 80, unicode: bool = True, top: int = 10) -> str:
     s = summary
     out = [f"audit summary: {_stamp(s.first)} to {_stamp(s.last)}",
-           f"{s.messages:,} message(s) in {s.sessions:,} session(s); {s.denied:,} session(s) denied by "
-           f"listener.allowed_clients; {s.refused_at_mail:,} refused at MAIL", ""]
+           (f"{s.messages:,} message(s) in {s.sessions:,} session(s); {s.denied:,} session(s) denied by "
+            f"listener.allowed_clients; {s.refused_at_mail:,} refused at MAIL"), ""]
     out += _table("by outcome", _ordered(s.by_outcome), s.messages, width, unicode)
     out += _table("by rule", s.by_rule.most_common(top), s.messages, width, unicode)
     out += _table("by upstream", s.by_upstream.most_common(top), s.messages, width, unicode)
@@ -236,7 +237,7 @@ def _ordered(counts: Counter[str]) -> list[tuple[str, int]]:
 
 
 def _utc(epoch: int) -> dt.datetime:
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
 
 
 # --- the HTML page -----------------------------------------------------------------------------
@@ -275,8 +276,8 @@ def svg_stacked(series: TimeSeries, order: list[str], colours: Mapping[str, str]
     slot = plot_w / len(buckets)
     gap = min(2.0, slot * 0.15)
     bar_w = min(slot - gap, 48.0)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="{_e(title)}" class="chart">', f"<title>{_e(title)}</title>"]
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+              f'aria-label="{_e(title)}" class="chart">'), f"<title>{_e(title)}</title>"]
     for value in ticks:  # grid lines and y labels
         y = top_pad + plot_h - plot_h * value / ceiling
         parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
@@ -370,8 +371,8 @@ def render_html(summary: Summary, sources: list[str], generated: dt.datetime, to
         "<title>mailgate audit summary</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>mailgate audit summary</h1>",
-        f'<p class="sub">{_e(_stamp(s.first))} to {_e(_stamp(s.last))} &middot; '
-        f"{len(sources)} file(s)</p>",
+        (f'<p class="sub">{_e(_stamp(s.first))} to {_e(_stamp(s.last))} &middot; '
+         f"{len(sources)} file(s)</p>"),
         '<div class="cards">' + "".join(f"<div class=card><b>{_e(v)}</b><span>{_e(k)}</span></div>"
                                         for v, k in cards) + "</div>",
         "<h2>Messages over time, by outcome</h2>",

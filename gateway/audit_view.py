@@ -102,7 +102,8 @@ def _headline(record: Mapping[str, Any]) -> str:
         verdict = "allowed" if record.get("allowed") else "denied"
         return f"client {record.get('client_ip', '?')}:{record.get('client_port', '?')}, {verdict}"
     if name == "session.closed":
-        return f"{record.get('reason', '')}, {record.get('duration_s', '?')} s, {record.get('messages', 0)} message(s)"
+        seconds, count = record.get("duration_s", "?"), record.get("messages", 0)
+        return f"{record.get('reason', '')}, {seconds} s, {count} message(s)"
     return ""
 
 

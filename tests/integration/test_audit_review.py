@@ -229,7 +229,7 @@ def test_verify_catches_an_inserted_line(run_log, capsys, tmp_path):
     forged = json.dumps({"timestamp": "2026-11-28T00:00:00Z", "event": "message.result", "outcome": "relayed"})
     copy = tampered(run_log, tmp_path, lambda lines: lines[:5] + [forged + "\n"] + lines[5:])
     code, out, _ = cli(capsys, "audit", "verify", str(copy))
-    assert code == 1 and out.startswith(f"{copy}:6: no valid seq/prev/hash fields")
+    assert code == 1 and out.startswith(f"{copy}:6: no valid seq/prev/hash at the end of the line")
 
 
 def test_verify_catches_two_swapped_lines(run_log, capsys, tmp_path):
