@@ -81,7 +81,7 @@ def write(log: AuditLog, count: int, start: dt.datetime, seed: int = 5) -> int:
 def main(argv: list[str]) -> int:
     path, megabytes = argv[0], float(argv[1])
     log = AuditLog(path)
-    start = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     size, batch, seed = 0, 2000, 0
     try:
         while size < megabytes * 1e6:
