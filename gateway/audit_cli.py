@@ -56,7 +56,8 @@ def find_sources(args: argparse.Namespace) -> Sources:
     if current is None:
         current = ordered[-1] if ordered else files[-1]
     state = audit_files.state_path(current)
-    return Sources(ordered, current, state if os.path.isfile(state) else None)
+    # the state says what was written last; it only helps when some of the records are here
+    return Sources(ordered, current, state if ordered and os.path.isfile(state) else None)
 
 
 class Records:
@@ -146,7 +147,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                 out.flush()
 
     def wanted(text: str) -> bool:
-        return audit_query.RESULT in text
+        return audit_query.RESULT in text and query.window.may_contain(text)
 
     if args.follow:
         _stop_on_signals()
@@ -220,7 +221,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 # --- summary ------------------------------------------------------------------------------------
 
-_SUMMARY_EVENTS = (audit_query.RESULT, "session.opened", "session.denied", "mail.refused")
+_SESSION_EVENTS = ("session.opened", "session.denied")
+_SUMMARY_EVENTS = (audit_query.RESULT, "mail.refused", *_SESSION_EVENTS)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -230,7 +232,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
     sources = find_sources(args)
     records = Records(sources, sys.stderr)
     summary = audit_report.Summary(window)
-    for _, _, _, record in records.where(lambda text: any(name in text for name in _SUMMARY_EVENTS)):
+
+    def triage(text: str) -> bool:
+        """Parse only what the summary needs: sessions are counted from the line's head alone."""
+        head = audit_query.peek(text)
+        if head is None:  # not laid out as the gateway writes it: parse it and let Summary decide
+            return any(name in text for name in _SUMMARY_EVENTS)
+        when, event = head
+        if event in _SESSION_EVENTS:
+            summary.count_session(event, when)
+            return False
+        return event in _SUMMARY_EVENTS and window.admits(when)
+
+    for _, _, _, record in records.where(triage):
         summary.add(record)
     if args.html:
         page = audit_report.render_html(summary, sources.paths, _now(), top=args.top)
@@ -284,8 +298,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
                   "the audit trail is not intact\n")
         return 1
     assert check.first is not None and check.head is not None
-    out.write(f"OK: {check.verified:,} record(s) verified in {files}, seq {check.first.seq} to "
-              f"{check.head.seq}; last hash {check.head.hash}\n")
+    out.write(f"OK: {check.verified:,} record(s) verified in {files}, seq {check.first.seq:,} to "
+              f"{check.head.seq:,}; last hash {check.head.hash}\n")
     return 0
 
 

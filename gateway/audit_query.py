@@ -21,6 +21,7 @@ from gateway.errors import UsageError
 OUTCOMES = ("relayed", "rejected", "deferred", "failed")
 RESULT = "message.result"
 _AGE = re.compile(r"(\d+)\s*([smhdw])")
+_HEAD = re.compile(r'\{"timestamp":"([^"]{10,40})","event":"([^"]{1,80})"')
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -41,7 +42,16 @@ def parse_time(option: str, text: str, now: dt.datetime) -> dt.datetime:
 
 def record_time(record: Mapping[str, Any]) -> dt.datetime | None:
     """The record's ``timestamp`` as an aware datetime (None when missing or malformed)."""
-    text = record.get("timestamp")
+    return _time(record.get("timestamp"))
+
+
+def peek(line: str) -> tuple[dt.datetime | None, str] | None:
+    """A record line's time and event name without parsing the JSON (None: not laid out as written)."""
+    head = _HEAD.match(line)
+    return (_time(head.group(1)), head.group(2)) if head else None
+
+
+def _time(text: object) -> dt.datetime | None:
     if not isinstance(text, str):
         return None
     try:
@@ -58,13 +68,26 @@ class Window:
     since: dt.datetime | None = None
     until: dt.datetime | None = None
 
+    @property
+    def open(self) -> bool:
+        return self.since is None and self.until is None
+
     def contains(self, record: Mapping[str, Any]) -> bool:
-        if self.since is None and self.until is None:
+        return self.open or self.admits(record_time(record))
+
+    def admits(self, when: dt.datetime | None) -> bool:
+        if self.open:
             return True
-        when = record_time(record)
         if when is None:
             return False
         return (self.since is None or when >= self.since) and (self.until is None or when < self.until)
+
+    def may_contain(self, line: str) -> bool:
+        """A cheap look at a line's timestamp: False only when it is surely outside."""
+        if self.open:
+            return True
+        head = peek(line)
+        return head is None or head[0] is None or self.admits(head[0])
 
 
 def _pattern(text: str) -> str:

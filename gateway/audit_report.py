@@ -110,6 +110,15 @@ class Summary:
     outcome_series: TimeSeries = field(default_factory=TimeSeries)
     upstream_series: TimeSeries = field(default_factory=TimeSeries)
 
+    def count_session(self, event: str, when: dt.datetime | None) -> None:
+        """Count a session.opened or session.denied seen without parsing its line."""
+        if not self.window.admits(when):
+            return
+        if event == "session.opened":
+            self.sessions += 1
+        elif event == "session.denied":
+            self.denied += 1
+
     def add(self, record: Mapping[str, Any]) -> None:
         name = record.get("event")
         if name not in (RESULT, "session.opened", "session.denied", "mail.refused"):
@@ -296,7 +305,7 @@ def svg_stacked(series: TimeSeries, order: list[str], colours: Mapping[str, str]
                              f'height="{h:.1f}" fill="{colours[key]}"/>')
         parts.append("</g>")
     ticks = sorted({0, len(buckets) // 2, len(buckets) - 1})
-    clock = "%m-%d %H:%M:%S" if step < 60 else "%m-%d %H:%M"
+    clock = "%m-%d %H:%M:%S" if step < 60 else "%m-%d %H:%M" if step < 86400 else "%Y-%m-%d"
     for index in ticks:
         x = left + index * slot + slot / 2
         anchor = "middle"

@@ -57,7 +57,7 @@ def test_config_finds_current_rotated_and_gzipped_files(rotated, capsys):
     """--config FILE reads [audit] path and its rotated siblings; the chain runs across all three."""
     config, _ = rotated
     code, out, _ = cli(capsys, "audit", "verify", "--config", str(config))
-    assert code == 0 and "record(s) verified in 3 file(s), seq 1 to " in out
+    assert code == 0 and "record(s) verified in 3 file(s), seq 1 to 92; last hash " in out
 
 
 def test_files_in_any_order_are_read_oldest_first(rotated, capsys):
@@ -74,6 +74,14 @@ def test_a_missing_rotated_file_is_a_gap_in_the_chain(rotated, capsys):
     _, path = rotated
     code, out, _ = cli(capsys, "audit", "verify", f"{path}.2.gz", str(path))
     assert code == 1 and out.startswith(f"{path}:1: 31 record(s) missing before this line")
+
+
+def test_an_empty_current_file_alone_is_not_reported_as_truncated(rotated, capsys):
+    """Right after rotation the current file holds nothing yet: no records, but nothing cut either."""
+    _, path = rotated
+    path.write_text("")
+    code, _, err = cli(capsys, "audit", "verify", str(path))
+    assert code == 1 and err == f"mailgate: no audit records in {path}\n"
 
 
 def test_missing_file_is_one_line_naming_it(tmp_path, capsys):

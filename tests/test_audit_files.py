@@ -111,6 +111,20 @@ def test_progress_is_shown_only_when_enabled_and_cleared_at_the_end():
     assert quiet.getvalue() == ""
 
 
+def test_long_scan_reports_progress_through_the_file(tmp_path):
+    """A scan updates its progress as it goes, in bytes of the file, and clears it at the end."""
+    path = tmp_path / "audit.jsonl"
+    path.write_text("".join(record(seq) for seq in range(1, 101)))
+    stream = io.StringIO()
+    clock = iter(range(1000))
+    scan = Scan([str(path)], Progress(stream, enabled=True, clock=lambda: float(next(clock))), every=10)
+    assert sum(1 for _ in scan) == 100
+    shown = [part for part in stream.getvalue().split("\r") if part.startswith(f"scanning {path}:")]
+    percents = [int(part.split(":")[-1].split("%")[0]) for part in shown]
+    assert len(percents) == 10 and percents == sorted(percents) and 5 <= percents[0] < percents[-1] <= 100
+    assert stream.getvalue().endswith("\r\x1b[K")
+
+
 def test_last_record_reads_the_end_of_a_file_only(tmp_path):
     """The writer's resume point: the last complete record, and whether the file ends mid-line."""
     path = tmp_path / "audit.jsonl"

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from gateway.audit_query import MessageFilter, Window, final_reply, parse_time, reasons
+from gateway.audit_query import MessageFilter, Window, final_reply, parse_time, peek, reasons
 from gateway.errors import UsageError
 
 NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
@@ -110,3 +110,18 @@ def test_reasons_prefer_recipient_replies_with_the_rule_or_limit():
     assert final_reply(refused) == "550 5.7.1 Relay access denied"
     deferred = result(outcome="deferred", reply=None, recipients=[], upstream_error="cannot connect")
     assert reasons(deferred) == ["cannot connect"]
+
+
+def test_peek_reads_time_and_event_from_the_head_of_a_line():
+    """The gateway's own layout is read without a JSON parser; any other layout says 'cannot tell'."""
+    line = '{"timestamp":"2026-11-28T11:30:00.5Z","event":"session.opened","session_id":"ab"}'
+    assert peek(line) == (dt.datetime(2026, 11, 28, 11, 30, 0, 500000, tzinfo=dt.UTC), "session.opened")
+    assert peek('{"event":"session.opened","timestamp":"2026-11-28T11:30:00Z"}') is None
+
+
+def test_window_may_contain_rejects_only_lines_surely_outside():
+    """The cheap check never drops a line it cannot read; the full check decides those."""
+    window = Window(NOW - dt.timedelta(hours=1), NOW)
+    assert window.may_contain('{"timestamp":"2026-11-28T11:30:00Z","event":"message.result"}')
+    assert not window.may_contain('{"timestamp":"2026-11-28T09:00:00Z","event":"message.result"}')
+    assert window.may_contain('{"event":"message.result","timestamp":"2026-11-28T09:00:00Z"}')
