@@ -48,18 +48,20 @@ class MessageTable:
 
     @classmethod
     def fitting(cls, width: int) -> MessageTable:
-        fixed = {"time (UTC)": 19, "session": 16, "client": 15, "outcome": 8}
-        spare = max(width - sum(fixed.values()) - 2 * 7, 60)
+        session = 16 if width >= 140 else 8  # a prefix is enough for `audit show`
+        fixed = {"time (UTC)": 19, "session": session, "client": 15, "outcome": 8}
+        spare = max(width - sum(fixed.values()) - 2 * 7, 48)
         upstream = max(10, spare // 9)
         sender = recipients = max(16, spare * 22 // 100)
         reply = max(16, spare - upstream - sender - recipients)
-        columns = (Column("time (UTC)", 19), Column("session", 16), Column("client", 15),
+        columns = (Column("time (UTC)", 19), Column("session", session), Column("client", 15),
                    Column("sender", sender), Column("recipients", recipients), Column("outcome", 8),
                    Column("upstream", upstream), Column("reply", reply))
         return cls(columns)
 
     def _line(self, cells: Sequence[str]) -> str:
-        return "  ".join(f"{clip(c, col.width):<{col.width}}" for c, col in zip(cells, self.columns)).rstrip()
+        return "  ".join(f"{clip(c, col.width):<{col.width}}"
+                         for c, col in zip(cells, self.columns, strict=True)).rstrip()
 
     def header(self) -> str:
         return self._line([c.title for c in self.columns])
@@ -68,7 +70,7 @@ class MessageTable:
         sender = record.get("sender", "")
         return self._line([
             _time(record),
-            str(record.get("session_id", "")),
+            str(record.get("session_id", ""))[: self.columns[1].width],  # cut, not "…": still a prefix
             str(record.get("client_ip", "")),
             f"<{sender}>" if isinstance(sender, str) else "",
             _recipients(record),
