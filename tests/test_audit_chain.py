@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gateway import audit_chain
 from gateway.audit_chain import GENESIS, START, ChainCheck, Head
 
@@ -172,3 +175,25 @@ def test_breaks_kept_are_bounded_but_all_are_counted():
     for number in range(1, 101):
         result.line("a.jsonl", number, "x")
     assert len(result.breaks) == 10 and result.problems == 100
+
+
+@given(size=st.integers(3, 12), data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_any_single_tampering_inside_the_chain_is_detected(size, data):
+    """Delete, duplicate, move or edit any one record strictly inside the chain: never intact."""
+    lines = chain(size)
+    operation = data.draw(st.sampled_from(["delete", "duplicate", "move", "edit"]))
+    if operation == "delete":
+        del lines[data.draw(st.integers(1, size - 2))]
+    elif operation == "duplicate":
+        lines.insert(data.draw(st.integers(1, size)), lines[data.draw(st.integers(0, size - 1))])
+    elif operation == "move":
+        source = data.draw(st.integers(0, size - 1))
+        target = data.draw(st.integers(0, size - 1).filter(lambda t: t != source))
+        lines.insert(target, lines.pop(source))
+    else:
+        index = data.draw(st.integers(0, size - 1))
+        position = data.draw(st.integers(0, len(lines[index]) - 1))
+        replacement = data.draw(st.characters(codec="ascii").filter(lambda c: c != lines[index][position]))
+        lines[index] = lines[index][:position] + replacement + lines[index][position + 1:]
+    assert not check(lines).intact
