@@ -184,3 +184,26 @@ def test_unwritable_path_is_a_clear_error(tmp_path):
     """An audit path in a missing directory fails at open, naming the key and the path."""
     with pytest.raises(MailgateError, match=r"audit.path: cannot open .*missing/audit.jsonl"):
         AuditLog(str(tmp_path / "missing" / "audit.jsonl"))
+
+
+def test_concurrent_writers_never_break_the_chain(tmp_path):
+    """Events from several threads at once are sealed and written one at a time."""
+    import threading
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(str(path))
+    start = threading.Barrier(4)
+
+    def hammer(name: str) -> None:
+        start.wait()
+        for n in range(200):
+            log.bind(session_id=name).info("e", n=n)
+
+    threads = [threading.Thread(target=hammer, args=(f"s{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    log.close()
+    result = intact(path)
+    assert result.intact and result.verified == 800

@@ -41,40 +41,67 @@ def _send(port: int, sender: str, recipient: str) -> tuple[int, bytes]:
         return code, text
 
 
+class FileGateway:
+    """A real gateway auditing to a real file (not CapturedAudit), started and stopped on demand."""
+
+    def __init__(self, reactor: Any, upstream: SubmissionServer, ca_file: str, path: Path) -> None:
+        self.reactor, self.path = reactor, path
+        self.config = configuration.parse({
+            "listener": {"listen": "127.0.0.1:0", "hostname": "mailgate.test", "shutdown_grace": 5},
+            "audit": {"path": str(path)},
+            "upstreams": {"up": upstream_table(upstream, ca_file)},
+            "rules": [{"name": "blocked", "recipients": ["*@blocked.example"], "action": "reject"},
+                      {"name": "all", "action": "relay", "upstream": "up"}],
+        }, "test.toml")
+
+    def start(self) -> int:
+        from twisted.internet import defer, threads
+
+        from gateway.audit import AuditLog
+        from gateway.service import Gateway
+
+        def go() -> Any:
+            self.gateway = Gateway(self.reactor, self.config, AuditLog(str(self.path)))
+            return defer.Deferred.fromCoroutine(self.gateway.start())
+
+        return int(threads.blockingCallFromThread(self.reactor, go))
+
+    def reopen(self) -> bool:
+        from twisted.internet import threads
+
+        return bool(threads.blockingCallFromThread(self.reactor, self.gateway.audit.reopen))
+
+    def stop(self) -> None:
+        from twisted.internet import defer, threads
+
+        threads.blockingCallFromThread(self.reactor, lambda: defer.Deferred.fromCoroutine(self.gateway.stop()))
+        self.gateway.audit.close()
+
+
 @pytest.fixture(scope="module")
-def run_log(reactor: Any, ca: Any, server_cert: Any, tmp_path_factory: pytest.TempPathFactory) -> RunLog:
-    from twisted.internet import defer, threads
-
-    from gateway.audit import AuditLog
-    from gateway.service import Gateway
-
-    folder = tmp_path_factory.mktemp("audit-run")
-    path = folder / "audit.jsonl"
-    upstream = SubmissionServer("starttls", server_cert.server_context(), {USER: PASSWORD})
-    upstream.start()
-    upstream.script.rcpt["busy@example.net"] = "450 4.2.1 mailbox busy, try later"
+def upstream(server_cert: Any) -> Any:
+    server = SubmissionServer("starttls", server_cert.server_context(), {USER: PASSWORD})
+    server.start()
+    server.script.rcpt["busy@example.net"] = "450 4.2.1 mailbox busy, try later"
     patch = pytest.MonkeyPatch()
     patch.setenv("MAILGATE_TEST_PASSWORD", PASSWORD)
-    document = {
-        "listener": {"listen": "127.0.0.1:0", "hostname": "mailgate.test", "shutdown_grace": 5},
-        "audit": {"path": str(path)},
-        "upstreams": {"up": upstream_table(upstream, ca.ca_file)},
-        "rules": [{"name": "blocked", "recipients": ["*@blocked.example"], "action": "reject"},
-                  {"name": "all", "action": "relay", "upstream": "up"}],
-    }
-    config = configuration.parse(document, "test.toml")
+    yield server
+    server.stop()
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def run_log(reactor: Any, ca: Any, upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> RunLog:
+    path = tmp_path_factory.mktemp("audit-run") / "audit.jsonl"
+    running = FileGateway(reactor, upstream, ca.ca_file, path)
+    port = running.start()
     try:
-        gateway = threads.blockingCallFromThread(reactor, lambda: Gateway(reactor, config, AuditLog(str(path))))
-        port = threads.blockingCallFromThread(reactor, lambda: defer.Deferred.fromCoroutine(gateway.start()))
         replies = [_send(port, sender, "ops@example.net") for sender in SENDERS]
         assert [code for code, _ in replies] == [250, 250, 250]
         assert _send(port, "app@example.com", "x@blocked.example")[0] == 550
         assert _send(port, "billing@example.com", "busy@example.net")[0] == 450
-        threads.blockingCallFromThread(reactor, lambda: defer.Deferred.fromCoroutine(gateway.stop()))
-        gateway.audit.close()
     finally:
-        upstream.stop()
-        patch.undo()
+        running.stop()
     results = [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == "message.result"]
     assert [r["outcome"] for r in results] == ["relayed", "relayed", "relayed", "rejected", "deferred"]
     sessions = {"relayed": results[0]["session_id"], "rejected": results[3]["session_id"],
@@ -248,3 +275,24 @@ def test_verify_catches_lines_cut_from_the_end_with_the_state_file(run_log, caps
     shutil.copy(f"{run_log.path}.chain", f"{copy}.chain")
     code, out, _ = cli(capsys, "audit", "verify", str(copy))
     assert code == 1 and "2 record(s) cut from the end" in out
+
+
+def test_chain_runs_across_a_restart_and_a_logrotate_reopen(reactor, ca, upstream, tmp_path, capsys):
+    """Run, stop, start again, rotate with reopen while running: verify --config sees one chain."""
+    path = tmp_path / "audit.jsonl"
+    running = FileGateway(reactor, upstream, ca.ca_file, path)
+    port = running.start()
+    assert _send(port, "app@example.com", "ops@example.net")[0] == 250
+    running.stop()
+    port = running.start()  # a restart: a new AuditLog on the same file
+    assert _send(port, "app@example.com", "ops@example.net")[0] == 250
+    path.rename(tmp_path / "audit.jsonl.1")  # logrotate: rename, then SIGUSR1
+    assert running.reopen() is True
+    assert _send(port, "app@example.com", "ops@example.net")[0] == 250
+    running.stop()
+    config = tmp_path / "mailgate.toml"
+    config.write_text(f'[audit]\npath = "{path}"\n')
+    code, out, _ = cli(capsys, "audit", "verify", "--config", str(config))
+    assert code == 0 and "verified in 2 file(s), seq 1 to " in out
+    code, out, _ = cli(capsys, "audit", "search", "--json", "--config", str(config))
+    assert len(out.splitlines()) == 3
