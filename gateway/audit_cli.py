@@ -197,8 +197,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     texts: list[str] = []
     ids: set[str] = set()
     for path, number, text, record in records.where(lambda text: needle in text):
-        session = str(record.get("session_id", "")).lower()
-        if not session.startswith(wanted_id):
+        session = next((s.lower() for s in audit_query.sessions_of(record) if s.lower().startswith(wanted_id)),
+                       None)
+        if session is None:
             continue
         ids.add(session)
         if len(ids) > 1:
@@ -349,7 +350,8 @@ def add_commands(subparsers: Any) -> None:
     search.add_argument("--client", metavar="IP|CIDR", help="the app's address or network", **many)
     search.add_argument("--rule", metavar="NAME", help="a policy rule that decided a recipient", **many)
     search.add_argument("--upstream", metavar="NAME", help="the upstream the message went to", **many)
-    search.add_argument("--outcome", metavar="OUTCOME", help="relayed, rejected, deferred or failed", **many)
+    search.add_argument("--outcome", metavar="OUTCOME", help="as in message.result: relayed, rejected, "
+                        "deferred, failed", **many)
     search.add_argument("--session", metavar="ID", help="a session id (* for a prefix: 3fa2*)", **many)
     search.add_argument("--json", action="store_true", help="print matching records as JSON lines, unchanged")
     search.add_argument("--follow", "-f", action="store_true",

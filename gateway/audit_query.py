@@ -18,7 +18,8 @@ from typing import Any
 
 from gateway.errors import UsageError
 
-OUTCOMES = ("relayed", "rejected", "deferred", "failed")
+OUTCOMES = ("relayed", "rejected", "deferred", "failed")  # in relay mode; shown first, in this order
+_WORD = re.compile(r"[a-z][a-z_-]{0,31}")
 RESULT = "message.result"
 _AGE = re.compile(r"(\d+)\s*([smhdw])")
 _HEAD = re.compile(r'\{"timestamp":"([^"]{10,40})","event":"([^"]{1,80})"')
@@ -129,9 +130,10 @@ class MessageFilter:
     def build(cls, window: Window = Window(), *, senders: Sequence[str] = (), recipients: Sequence[str] = (),
               clients: Sequence[str] = (), rules: Sequence[str] = (), upstreams: Sequence[str] = (),
               outcomes: Sequence[str] = (), sessions: Sequence[str] = ()) -> MessageFilter:
-        for outcome in outcomes:
-            if outcome not in OUTCOMES:
-                raise UsageError(f"--outcome: found {outcome!r}, expected one of {', '.join(OUTCOMES)}")
+        for outcome in outcomes:  # not only OUTCOMES: other delivery modes have outcomes of their own
+            if not _WORD.fullmatch(outcome):
+                raise UsageError(f"--outcome: found {outcome!r}, expected an outcome such as "
+                                 f"{', '.join(OUTCOMES)}")
         return cls(window, tuple(map(_pattern, senders)), tuple(map(_pattern, recipients)),
                    parse_networks(clients), tuple(r.lower() for r in rules), tuple(u.lower() for u in upstreams),
                    tuple(outcomes), tuple(s.lower() for s in sessions))
@@ -141,13 +143,13 @@ class MessageFilter:
             return False
         if self.outcomes and record.get("outcome") not in self.outcomes:
             return False
-        if self.sessions and not _like(record.get("session_id"), self.sessions):
+        if self.sessions and not any(_like(s, self.sessions) for s in sessions_of(record)):
             return False
         if self.senders and not _like(record.get("sender"), self.senders):
             return False
         if self.recipients and not any(_like(a, self.recipients) for a in recipient_addresses(record)):
             return False
-        if self.upstreams and not _like(record.get("upstream"), self.upstreams):
+        if self.upstreams and not any(_like(u, self.upstreams) for u in upstreams_of(record)):
             return False
         if self.rules and not any(_like(r, self.rules) for r in rules_of(record)):
             return False
@@ -173,6 +175,19 @@ def recipients_of(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 def recipient_addresses(record: Mapping[str, Any]) -> list[str]:
     return [str(r.get("address", "")) for r in recipients_of(record)]
+
+
+def sessions_of(record: Mapping[str, Any]) -> list[str]:
+    """The session a record belongs to, and the session a queued message came from."""
+    return [str(record[k]) for k in ("session_id", "origin_session_id") if record.get(k)]
+
+
+def upstreams_of(record: Mapping[str, Any]) -> list[str]:
+    """The message's upstream, or each recipient's when they went different ways."""
+    if record.get("upstream"):
+        return [str(record["upstream"])]
+    names = [str(r["upstream"]) for r in recipients_of(record) if r.get("upstream")]
+    return list(dict.fromkeys(names))
 
 
 def rules_of(record: Mapping[str, Any]) -> list[str]:

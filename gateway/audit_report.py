@@ -16,7 +16,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.audit_query import OUTCOMES, RESULT, Window, reasons, record_time, rules_of
+from gateway.audit_query import (
+    OUTCOMES,
+    RESULT,
+    Window,
+    reasons,
+    record_time,
+    rules_of,
+    upstreams_of,
+)
 
 STEPS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
 STEP_NAMES = dict(zip(STEPS, ("second", "10 seconds", "minute", "5 minutes", "15 minutes", "hour", "4 hours",
@@ -140,7 +148,7 @@ class Summary:
         self.first = when if self.first is None or when < self.first else self.first
         self.last = when if self.last is None or when > self.last else self.last
         outcome = str(record.get("outcome", NONE))
-        upstream = str(record.get("upstream") or NONE)
+        upstream = ", ".join(upstreams_of(record)) or NONE
         self.by_outcome[outcome] += 1
         self.by_upstream[upstream] += 1
         self.by_tls[str(record.get("tls_version") or "(no upstream session)")] += 1

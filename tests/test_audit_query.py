@@ -89,10 +89,18 @@ def test_each_filter_narrows(option, value, hit):
     assert MessageFilter.build(**{option: value}).matches(result()) is hit
 
 
-def test_unknown_outcome_is_a_usage_error():
-    """--outcome takes relayed, rejected, deferred or failed only."""
-    with pytest.raises(UsageError, match=r"--outcome: found 'bounced', expected one of relayed, rejected"):
-        MessageFilter.build(outcomes=["bounced"])
+def test_outcome_that_is_not_a_word_is_a_usage_error():
+    """--outcome takes a word (relay mode's four, or another delivery mode's); not a pattern or a typo'd list."""
+    with pytest.raises(UsageError, match=r"--outcome: found 'relayed,rejected', expected an outcome such as"):
+        MessageFilter.build(outcomes=["relayed,rejected"])
+    assert MessageFilter.build(outcomes=["delivered"]).matches(result(outcome="delivered"))
+
+
+def test_upstream_and_session_also_match_per_recipient_and_origin_fields():
+    """A message delivered later (queue) names its upstream per recipient and its origin session."""
+    later = result(session_id=None, origin_session_id="3fa2b1c0d9e8f7a6", upstream=None, recipients=[
+        {"address": "a@example.net", "result": "relayed", "upstream": "smtps"}])
+    assert MessageFilter.build(upstreams=["smtps"], sessions=["3fa2*"]).matches(later)
 
 
 def test_bad_client_network_is_a_usage_error():
