@@ -25,6 +25,7 @@ from gateway.audit_query import (
     rules_of,
     upstreams_of,
 )
+from gateway.audit_view import printable
 
 STEPS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
 STEP_NAMES = dict(zip(STEPS, ("second", "10 seconds", "minute", "5 minutes", "15 minutes", "hour", "4 hours",
@@ -198,6 +199,7 @@ def _table(title: str, rows: list[tuple[str, int]], total: int, width: int, unic
     lines = [f"{title}{note}"]
     if not rows:
         return lines + ["  (none)", ""]
+    rows = [(printable(key), value) for key, value in rows]  # keys came from clients: no ESC reaches the tty
     count_width = max(len(f"{v:,}") for _, v in rows)
     bar_width = max(10, min(30, width // 4))
     label_width = max(8, min(max(len(k) for k, _ in rows), width - bar_width - count_width - 14))
@@ -243,7 +245,7 @@ def render_text(summary: Summary, width: int = 80, unicode: bool = True, top: in
         out.append(f"messages per {_step_name(step)}, from {_stamp(_utc(buckets[0][0]))}")
         for outcome in [o for o in OUTCOMES if s.by_outcome[o]] + [o for o in s.by_outcome if o not in OUTCOMES]:
             values = [counts[outcome] for _, counts in buckets]
-            out.append(f"  {outcome:<9} {sparkline(values, unicode)}  max {max(values):,}".rstrip())
+            out.append(f"  {printable(outcome):<9} {sparkline(values, unicode)}  max {max(values):,}".rstrip())
         out.append("")
     return "\n".join(out)
 

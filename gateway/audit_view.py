@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +18,17 @@ from gateway.audit_query import final_reply, recipient_addresses, record_time
 HIDDEN = ("timestamp", "event", "session_id", "seq", "prev", "hash")
 
 
+# C0 and C1 controls, DEL, and the Unicode marks that reorder text on screen (bidi overrides)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal: a client's ESC sequence or bidi override is shown, not obeyed."""
+    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def clip(text: str, width: int) -> str:
-    text = text.replace("\n", " ")
+    text = printable(text)
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
@@ -130,7 +140,7 @@ def timeline(session_id: str, records: Sequence[tuple[str, int, Mapping[str, Any
                 lines += [f"{'':27}- {_recipient_line(r)}" for r in value if isinstance(r, Mapping)]
             else:
                 lines.append(f"{'':25}{key:<{width}}  {_value(value)}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def _span(numbers: list[int]) -> str:

@@ -126,3 +126,26 @@ def test_timeline_lists_each_event_with_its_offset_and_fields():
     assert [h.split()[2] for h in heads] == ["session.opened", "message.result", "session.closed"]
     assert heads[0].split()[1] == "+0.000s"
     assert "seq" not in text.split()
+
+
+def _hostile() -> list[dict]:
+    events = sample(3)
+    for event in events:
+        if event["event"] == "message.result":
+            event["sender"] = "evil\x1b]0;owned\x07\x1b[2J@example.com"
+            event["helo"] = "\u202eexample.com"
+    return events
+
+
+def test_terminal_views_show_control_characters_instead_of_obeying_them():
+    """A client's ESC sequence or bidi override in the log reaches the terminal as text, in every view."""
+    events = _hostile()
+    result = next(e for e in events if e["event"] == "message.result")
+    outputs = [
+        audit_view.MessageTable.fitting(300).row(result),
+        audit_view.timeline(result["session_id"], [("a.jsonl", n, e) for n, e in enumerate(events[:3], 1)]),
+        audit_report.render_text(audit_report.consume(events), width=200),
+    ]
+    for text in outputs:
+        assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+    assert "\\u001b]0;owned\\u0007" in outputs[0]
