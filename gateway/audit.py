@@ -16,6 +16,7 @@ and one small in-place write of the state file per event; nothing is re-read.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import threading
 from collections.abc import MutableMapping
@@ -89,8 +90,9 @@ class AuditLog:
         else:
             stream = self._open(path)
             self._owned = True
-            state = ChainState(state_path(path))
-            head = self._resume(path, state, stream)
+            if _regular(stream):  # not /dev/stdout, a FIFO or a tty: nothing to read back or keep beside
+                state = ChainState(state_path(path))
+                head = self._resume(path, state, stream)
         self._sink = _ChainedSink(stream, head, state)
         self._logger = structlog.wrap_logger(
             self._sink,
@@ -140,10 +142,13 @@ class AuditLog:
         """
         if not self._owned:
             return True
+        stream: IO[str] | None = None
         try:
             stream = self._open(self.path)
-            state = ChainState(state_path(self.path))
+            state = ChainState(state_path(self.path)) if _regular(stream) else None
         except MailgateError as exc:
+            if stream is not None:
+                stream.close()
             self.event("audit.reopen_failed", path=self.path, error=str(exc))
             return False
         sink = self._sink
@@ -152,7 +157,8 @@ class AuditLog:
             sink.stream, sink.state = stream, state
             if old_state is not None:
                 old_state.close()
-            state.save(sink.head)
+            if state is not None:
+                state.save(sink.head)
         old_stream.close()
         self.event("audit.reopened", path=self.path)
         return True
@@ -164,6 +170,10 @@ class AuditLog:
                 if self._sink.state is not None:
                     self._sink.state.close()
                     self._sink.state = None
+
+
+def _regular(stream: IO[str]) -> bool:
+    return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
 
 
 def _order(logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:

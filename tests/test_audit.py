@@ -180,6 +180,20 @@ def test_failed_reopen_keeps_writing_to_the_old_file(tmp_path):
     assert intact(moved / "audit.jsonl").intact
 
 
+def test_a_path_that_is_not_a_regular_file_gets_no_state_beside_it():
+    """/dev/stdout, a FIFO or /dev/null: records are chained, nothing is read back or created beside it."""
+    import stat
+
+    log = AuditLog(os.devnull)
+    write(log, 2)
+    assert log.reopen() is True
+    write(log, 1)
+    log.close()
+    assert log.head.seq == 4  # 3 events and audit.reopened
+    assert not os.path.exists(audit.state_path(os.devnull))
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+
+
 def test_unwritable_path_is_a_clear_error(tmp_path):
     """An audit path in a missing directory fails at open, naming the key and the path."""
     with pytest.raises(MailgateError, match=r"audit.path: cannot open .*missing/audit.jsonl"):
