@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     oauth_cli.add_commands(sub)
+
+    from gateway.audit_cli import add_commands as add_audit_commands
+    add_audit_commands(sub)
     return parser
 
 
