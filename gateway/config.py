@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from gateway import credentials
 from gateway.credentials import Secret
@@ -97,7 +97,7 @@ class UpstreamConfig:
     @property
     def url(self) -> str:
         scheme = "smtps" if self.tls == "implicit" else "starttls"
-        user = f"{self.username}@" if self.username else ""
+        user = f"{quote(self.username, safe='')}@" if self.username else ""
         return f"{scheme}://{user}{self.host}:{self.port}"
 
 
@@ -500,9 +500,9 @@ class _Reader:
                 rate=self.rate(value, f"{key}.rate"),
                 headers=read_header_edits(self, value, key),
             ))
-        names = [r.name for r in rules]
-        for i, name in enumerate(names):
-            if name in names[:i]:
+        rule_names = [r.name for r in rules]
+        for i, name in enumerate(rule_names):
+            if name in rule_names[:i]:
                 self.problem(f"rules[{i}].name", name, "a name not used by an earlier rule")
         return tuple(rules)
 
