@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     oauth_cli.add_commands(sub)
 
+    from gateway.audit_cli import add_commands as add_audit_commands
+    add_audit_commands(sub)
+
     from gateway.queue_cli import add_commands as add_queue_commands
 
     add_queue_commands(sub)

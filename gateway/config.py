@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from gateway import credentials
 from gateway.credentials import Secret
@@ -98,7 +98,7 @@ class UpstreamConfig:
     @property
     def url(self) -> str:
         scheme = "smtps" if self.tls == "implicit" else "starttls"
-        user = f"{self.username}@" if self.username else ""
+        user = f"{quote(self.username, safe='')}@" if self.username else ""
         return f"{scheme}://{user}{self.host}:{self.port}"
 
 
@@ -199,7 +199,7 @@ def _describe(value: object) -> str:
     if kind is None:
         kind = "table" if isinstance(value, dict) else "array" if isinstance(value, list) else "value"
     text = repr(value)
-    return f"{text if len(text) <= 60 else text[:57] + '...'} ({kind})"
+    return f"{text if len(text) <= 300 else text[:297] + '...'} ({kind})"
 
 
 class _Reader:
@@ -276,7 +276,13 @@ class _Reader:
         networks = []
         for i, text in enumerate(values):
             try:
-                networks.append(ipaddress.ip_network(text, strict=False))
+                network = ipaddress.ip_network(text, strict=False)
+                if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 \
+                        and network.network_address.ipv4_mapped is not None:
+                    # Clients arrive as IPv4 (mapped addresses are unmapped), so match them as IPv4.
+                    mapped = network.network_address.ipv4_mapped
+                    network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+                networks.append(network)
             except ValueError:
                 self.problem(f"{key}[{i}]", text, 'a CIDR network such as "10.1.0.0/16" or "::1/128"')
         return tuple(networks)
@@ -534,9 +540,9 @@ class _Reader:
                 headers=read_header_edits(self, value, key),
                 delivery=delivery,
             ))
-        names = [r.name for r in rules]
-        for i, name in enumerate(names):
-            if name in names[:i]:
+        rule_names = [r.name for r in rules]
+        for i, name in enumerate(rule_names):
+            if name in rule_names[:i]:
                 self.problem(f"rules[{i}].name", name, "a name not used by an earlier rule")
         return tuple(rules)
 
@@ -611,13 +617,26 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Config:
     return parse(document, "environment")
 
 
+def _redact_url(url: str) -> str:
+    """The URL with anything before the last '@' hidden: it may hold a password."""
+    head, at, tail = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, _ = head.partition("://")
+    return f"{scheme}{sep}<user>@{tail}" if sep else f"<user>@{tail}"
+
+
 def upstream_from_url(url: str) -> dict[str, Any]:
-    """``starttls://user@host:587`` or ``smtps://user@host:465`` to an upstream table."""
+    """``starttls://user@host:587`` or ``smtps://user@host:465`` to an upstream table.
+
+    Error messages never repeat the user part of the URL: it may carry a password.
+    """
+    shown = _redact_url(url)
     scheme, sep, rest = url.partition("://")
     modes = {"starttls": ("starttls", 587), "smtps": ("implicit", 465)}
     if not sep or scheme.lower() not in modes or not rest:
         raise UsageError(
-            f"{UPSTREAM_VARIABLE}: found {url!r}, expected starttls://USER@HOST:587 or smtps://USER@HOST:465"
+            f"{UPSTREAM_VARIABLE}: found {shown!r}, expected starttls://USER@HOST:587 or smtps://USER@HOST:465"
         )
     tls, default_port = modes[scheme.lower()]
     userinfo, at, hostport = rest.rpartition("@")
@@ -625,11 +644,18 @@ def upstream_from_url(url: str) -> dict[str, Any]:
         raise UsageError(
             f"{UPSTREAM_VARIABLE}: a password in the URL is not accepted; put it in {PASSWORD_VARIABLE}"
         )
-    host, colon, port = hostport.rstrip("/").rpartition(":")
-    if not colon:
-        host, port = hostport.rstrip("/"), str(default_port)
+    hostport = hostport.rstrip("/")
+    if hostport.startswith("["):  # an IPv6 literal: [2001:db8::25] or [2001:db8::25]:465
+        host, bracket, after = hostport[1:].partition("]")
+        port = after[1:] if after.startswith(":") else str(default_port) if not after else ""
+        if not bracket:
+            host = ""
+    else:
+        host, colon, port = hostport.rpartition(":")
+        if not colon:
+            host, port = hostport, str(default_port)
     if not host or not port.isdigit():
-        raise UsageError(f"{UPSTREAM_VARIABLE}: found {url!r}, expected HOST and a numeric PORT")
+        raise UsageError(f"{UPSTREAM_VARIABLE}: found {shown!r}, expected HOST and a numeric PORT")
     table: dict[str, Any] = {"host": host.strip("[]"), "port": int(port), "tls": tls}
     if at:
         table["username"] = unquote(userinfo)

@@ -5,7 +5,8 @@ given condition (authenticated app, client network, envelope sender glob,
 recipient glob) holds
 wins. No match is a refusal (``550 5.7.1``): the gateway is closed by default.
 Globs are shell-style (``*``, ``?``, ``[...]``) and case-insensitive; the
-null sender ``<>`` is matched as the empty string.
+null sender ``<>`` is matched as the empty string (so ``*`` matches it), and
+the glob ``"<>"`` matches the null sender only.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def _in_networks(client: IPAddress, networks: tuple[Network, ...]) -> bool:
 
 
 def _globs_match(text: str, globs: tuple[str, ...]) -> bool:
-    return any(fnmatchcase(text, glob.lower()) for glob in globs)
+    """Shell-style, case-insensitive; the glob ``<>`` matches only the null sender."""
+    return any(text == "" if glob == "<>" else fnmatchcase(text, glob.lower()) for glob in globs)
 
 
 def rule_matches(rule: Rule, client: IPAddress, sender: Address, recipient: Address,
