@@ -154,7 +154,6 @@ class Config:
     rules: tuple[Rule, ...]
     apps: Mapping[str, App] = field(default_factory=dict)
     source: str = "<embedded default>"
-    extras: Mapping[str, Any] = field(default_factory=dict)
     metrics: MetricsConfig = MetricsConfig()
     queue: QueueConfig = field(default_factory=QueueConfig)
 
@@ -291,8 +290,7 @@ class _Reader:
 
     def config(self, document: Mapping[str, Any]) -> Config:
         known = {"listener", "audit", "upstreams", "rules", "apps", "metrics", "queue"}
-        extras = {k: v for k, v in document.items() if k in EXTRA_SECTIONS}
-        self.unknown_keys(document, "", known | set(EXTRA_SECTIONS))
+        self.unknown_keys(document, "", known)
         listener = self.listener(document)
         audit = self.audit(document)
         upstreams = self.upstreams(document)
@@ -301,7 +299,7 @@ class _Reader:
         if listener.require_auth and not apps:
             self.problem("listener.require_auth", True, "at least one [apps.NAME] table to authenticate")
         metrics = self.metrics(document)
-        return Config(listener, audit, upstreams, rules, apps, self.source, extras, metrics=metrics,
+        return Config(listener, audit, upstreams, rules, apps, self.source, metrics=metrics,
                       queue=self.queue(document))
 
     def queue(self, document: Mapping[str, Any]) -> QueueConfig:
@@ -386,7 +384,7 @@ class _Reader:
         known = {"host", "port", "tls", "username", "password_env", "password_file", "ca_file",
                  "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout",
                  "failover_cooldown", "max_connections", "pool_idle_timeout", "pool_max_messages"}
-        known |= EXTRA_UPSTREAM_KEYS | UPSTREAM_KEYS
+        known |= UPSTREAM_KEYS
         self.unknown_keys(value, key, known)
         t = value
         preset = preset_for(self, t, key)
@@ -517,7 +515,6 @@ class _Reader:
                 continue
             known = {"name", "clients", "senders", "recipients", "action", "upstream", "apps", "rate",
                      "delivery"}
-            known |= EXTRA_RULE_KEYS
             known |= {"rewrite_from", "strip_headers"}
             self.unknown_keys(value, key, known)
             name = self.string(value, f"{key}.name", f"rule-{i + 1}") or f"rule-{i + 1}"
@@ -546,11 +543,6 @@ class _Reader:
                 self.problem(f"rules[{i}].name", name, "a name not used by an earlier rule")
         return tuple(rules)
 
-
-# Sections and keys owned by later features; validated by their own modules.
-EXTRA_SECTIONS: tuple[str, ...] = ()
-EXTRA_UPSTREAM_KEYS: set[str] = set()
-EXTRA_RULE_KEYS: set[str] = set()
 
 
 HASH_PREFIXES = ("$argon2", "$2a$", "$2b$", "$2y$", "$scrypt$")
