@@ -7,9 +7,12 @@ now, deferred messages whose time has come move to ``active/``, and messages
 the operator moved to ``trash/`` are logged and removed. The operator commands
 act only by renaming folders, so they are safe while this runs.
 
-Each delivery groups the pending recipients by upstream and opens one session
-per group through the same `UpstreamConnector` as relay mode (TLS, verification,
-AUTH), at most ``max_connections`` per upstream at once. The body is streamed
+Each delivery groups the pending recipients by route (their rule's upstream
+list) and takes one session per group from the same pools as relay mode (TLS,
+verification, AUTH, reuse, ``max_connections`` shared with relay traffic),
+failing over along the route with the same cool-downs: a connection, TLS or
+4xx failure before any recipient is accepted moves the attempt to the next
+upstream; a 5xx is final. The body is streamed
 from disk in whole-line regions, dot-stuffed, with the transport pulling it.
 Per recipient: 2xx is delivered (never sent again), 5xx failed, anything else
 is retried with backoff until ``max_age``. Recipients are marked ``in_flight``
@@ -54,10 +57,11 @@ from gateway.spool import (
     read_headers,
     read_lines,
 )
-from gateway.upstream import UpstreamConnector, UpstreamFailure, UpstreamSession
+from gateway.failover import Cooldowns
+from gateway.pool import UpstreamPool
+from gateway.upstream import UpstreamFailure, UpstreamSession
 
 SCAN_INTERVAL = 1.0  # seconds between looks at the spool (operator commands take effect within this)
-IDLE_SESSION = 5.0  # seconds an upstream session is kept open for the next queued message
 
 
 BAD_SPOOLED_ADDRESS = Reply(550, "5.1.3", "Address in the spool contains control characters")
@@ -66,13 +70,6 @@ BAD_SPOOLED_ADDRESS = Reply(550, "5.1.3", "Address in the spool contains control
 def _clean(address: str) -> bool:
     """No CR, LF, NUL or other controls: a spool edited by hand must not inject SMTP commands."""
     return not any(ord(c) < 32 or ord(c) == 127 for c in address)
-
-
-def _pool_key(connector: UpstreamConnector, sender: str) -> str:
-    """Idle sessions are shared per upstream and authenticated user (username = "$sender" differs)."""
-    user_for = getattr(connector, "user_for", None)
-    user = user_for(sender or None) if user_for is not None else None
-    return f"{connector.config.name}\0{user or ''}"
 
 
 def _iso(when: float) -> str:
@@ -121,25 +118,26 @@ class _BodyProducer:
 
 class DeliveryRunner:
     def __init__(self, reactor: Any, spool: Spool, config: Config,
-                 connectors: Callable[[str], UpstreamConnector | None], audit: AuditLog,
+                 pools: Callable[[str], UpstreamPool | None], audit: AuditLog,
                  clock: Callable[[], float] = time.time, interval: float = SCAN_INTERVAL,
-                 on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_result: Callable[[dict[str, Any]], None] | None = None,
+                 cooldowns: Cooldowns | None = None) -> None:
         self.reactor = reactor
         self.spool = spool
         self.config = config
-        self.connectors = connectors
+        self.pools = pools
+        self.cooldowns = cooldowns if cooldowns is not None else Cooldowns()
         self.audit = audit
         self.clock = clock
         self.interval = interval
         self.on_result = on_result  # metrics: called with each message.result's fields
         queue = config.queue
         self.backoff = Backoff(queue.min_backoff, queue.max_backoff, queue.max_age)
-        self.slots: dict[str, defer.DeferredSemaphore] = {}  # upstream -> max_connections queue deliveries
+        self.slots: dict[str, defer.DeferredSemaphore] = {}  # first upstream -> parallel queue deliveries
         self.in_flight: dict[str, defer.Deferred[None]] = {}
         self.schedule: dict[str, float] = {}  # deferred queue id -> when it is due
         self.duplicates: dict[str, set[str]] = {}  # queue id -> recipients possibly delivered already
         self.sessions: dict[int, UpstreamSession] = {}  # by id(): sessions are not hashable
-        self.idle: dict[str, list[tuple[UpstreamSession, Any]]] = {}  # upstream -> (session, expiry timer)
         self.unreadable: set[str] = set()
         self.stopping = False
         self._loop = task.LoopingCall(self.scan)
@@ -181,13 +179,11 @@ class DeliveryRunner:
         self.stopping = True
         if self._loop.running:
             self._loop.stop()
-        self._close_idle()
         if self.in_flight:
             timer = self.reactor.callLater(grace, self._abort_sessions)
             await defer.DeferredList(list(self.in_flight.values()), consumeErrors=True)
             if timer.active():
                 timer.cancel()
-        self._close_idle()
 
     def queue_state(self) -> QueueState:
         """Depth and oldest age for the metrics scrape (ids begin with the arrival time)."""
@@ -267,9 +263,9 @@ class DeliveryRunner:
         envelope = self._load(ACTIVE, queue_id)
         if envelope is None:
             return
-        groups: dict[str, list[RecipientState]] = {}
+        groups: dict[tuple[str, ...], list[RecipientState]] = {}
         for recipient in envelope.pending:
-            groups.setdefault(recipient.upstream, []).append(recipient)
+            groups.setdefault(recipient.hops, []).append(recipient)
         attempted = [False, False]  # a round was tried; a session was opened (the duplicate window)
         try:
             await defer.gatherResults(
@@ -284,10 +280,11 @@ class DeliveryRunner:
         if attempted[0] or not envelope.pending:
             self._settle(envelope, opened=attempted[1])
 
-    async def _attempt(self, envelope: Envelope, name: str, group: list[RecipientState],
+    async def _attempt(self, envelope: Envelope, route: tuple[str, ...], group: list[RecipientState],
                        attempted: list[bool], several: bool) -> None:
-        connector = self.connectors(name)
-        if connector is None:
+        name = route[0]
+        first = self.pools(name)
+        if first is None:
             now = self.clock()
             for recipient in group:
                 recipient.attempts += 1
@@ -300,7 +297,7 @@ class DeliveryRunner:
             return
         slots = self.slots.get(name)
         if slots is None:
-            slots = self.slots[name] = defer.DeferredSemaphore(connector.config.max_connections)
+            slots = self.slots[name] = defer.DeferredSemaphore(first.config.max_connections)
         await slots.acquire()
         try:
             if self.stopping:
@@ -311,7 +308,7 @@ class DeliveryRunner:
                 recipient.attempts += 1
                 recipient.last_attempt = now
             envelope.attempts += 1
-            answers, session, error = await self._transact(connector, envelope, group)
+            answers, used, session, error, tried = await self._transact(route, envelope, group)
             attempted[1] = attempted[1] or session is not None
             for recipient in group:
                 recipient.in_flight = False
@@ -321,36 +318,43 @@ class DeliveryRunner:
                     recipient.status = DELIVERED
                 elif reply.is_permanent:
                     recipient.status = FAILED
-            self._log_attempt(envelope, connector, group, answers, session, error)
+            self._log_attempt(envelope, used or first, group, answers, session, error, tried)
             if session is not None and several:
                 self.spool.save(ACTIVE, envelope)  # other upstreams' groups still running: record this one
         finally:
             slots.release()
 
-    async def _transact(self, connector: UpstreamConnector, envelope: Envelope, group: list[RecipientState]
-                        ) -> tuple[dict[str, Reply], UpstreamSession | None, str | None]:
-        """One SMTP transaction upstream; a reply for every recipient of the group.
+    async def _transact(self, route: tuple[str, ...], envelope: Envelope, group: list[RecipientState]
+                        ) -> tuple[dict[str, Reply], UpstreamPool | None, UpstreamSession | None, str | None,
+                                   list[dict[str, str]]]:
+        """One SMTP transaction, failing over along `route`; a reply for every recipient of the group."""
+        tried: list[dict[str, str]] = []
+        last: UpstreamFailure | None = None
+        for name in self.cooldowns.order(route, self.clock()):
+            pool = self.pools(name)
+            if pool is None:
+                tried.append({"upstream": name, "reason": "not configured"})
+                continue
+            try:
+                session = await pool.acquire(envelope.sender or None)
+            except UpstreamFailure as failure:
+                self.cooldowns.failed(name, self.reactor.seconds(), pool.config.failover_cooldown)
+                tried.append({"upstream": name, "reason": failure.reason})
+                last = failure
+                continue
+            self.cooldowns.succeeded(name)
+            answers, error, mail_refused = await self._transact_on(pool, session, envelope, group)
+            if mail_refused is not None and mail_refused.is_transient and name != route[-1]:
+                tried.append({"upstream": name, "reason": f"MAIL answered {mail_refused.code} {mail_refused.enhanced}"})
+                continue
+            return answers, pool, session, error, tried
+        failure = last or UpstreamFailure(replies.UPSTREAM_UNREACHABLE, "no upstream of the route is configured")
+        reasons = "; ".join(t["reason"] for t in tried) or failure.reason
+        return {r.address: failure.reply for r in group}, None, None, reasons, tried
 
-        An idle session to the same upstream is used first; if it turns out to be
-        closed before MAIL is accepted (nothing was sent), a fresh one is opened.
-        """
-        key = _pool_key(connector, envelope.sender)
-        session = self._take_idle(key)
-        if session is not None:
-            outcome = await self._transact_on(session, envelope, group, reused=True)
-            if outcome is not None:
-                return outcome
-        try:
-            session = await connector.open(envelope.sender or None)
-        except UpstreamFailure as failure:
-            return {r.address: failure.reply for r in group}, None, failure.reason
-        session.pool_key = key  # type: ignore[attr-defined]
-        outcome = await self._transact_on(session, envelope, group, reused=False)
-        assert outcome is not None
-        return outcome
-
-    async def _transact_on(self, session: UpstreamSession, envelope: Envelope, group: list[RecipientState],
-                           *, reused: bool) -> tuple[dict[str, Reply], UpstreamSession, str | None] | None:
+    async def _transact_on(self, pool: UpstreamPool, session: UpstreamSession, envelope: Envelope,
+                           group: list[RecipientState]) -> tuple[dict[str, Reply], str | None, Reply | None]:
+        """MAIL, RCPTs, DATA and the body on a session; (answers, error, MAIL refusal if any)."""
         # From here the upstream may accept: mark the window on disk (MessageGone if deleted meanwhile).
         if not all(r.in_flight for r in group):
             for recipient in group:
@@ -358,7 +362,7 @@ class DeliveryRunner:
             try:
                 self.spool.save(ACTIVE, envelope)
             except BaseException:
-                self._release(session, reusable=True)
+                pool.release(session, reusable=True)
                 raise
         self.sessions[id(session)] = session
         answers: dict[str, Reply] = {}
@@ -366,88 +370,46 @@ class DeliveryRunner:
         try:
             capabilities = session.capabilities
             if not all(_clean(a) for a in [envelope.sender, *(r.address for r in group)]):
-                self._release(session, reusable=True)
-                return {r.address: BAD_SPOOLED_ADDRESS for r in group}, session, "control characters in spool"
+                pool.release(session, reusable=True)
+                return {r.address: BAD_SPOOLED_ADDRESS for r in group}, "control characters in spool", None
             if envelope.mail_body == "8BITMIME" and "8BITMIME" not in capabilities:
-                self._release(session, reusable=True)
-                return {r.address: replies.UPSTREAM_NO_8BIT for r in group}, session, "8BITMIME not offered"
+                pool.release(session, reusable=True)
+                return {r.address: replies.UPSTREAM_NO_8BIT for r in group}, "8BITMIME not offered", None
             line = f"MAIL FROM:<{envelope.sender}>"
             if "SIZE" in capabilities:
                 line += f" SIZE={envelope.size}"
             if envelope.mail_body and "8BITMIME" in capabilities:
                 line += f" BODY={envelope.mail_body}"
-            try:
-                reply = await session.command(line.encode("utf-8"))
-            except UpstreamFailure:
-                if reused:
-                    session.abort()
-                    return None  # the idle session was gone; nothing was sent
-                raise
-            if reused and reply.code == 421:
-                session.abort()
-                return None
+            reply = await session.command(line.encode("utf-8"))
             if reply.code != 250:
-                self._release(session, reusable=False)
-                return {r.address: reply for r in group}, session, None
+                pool.release(session, reusable=reply.code != 421)
+                return {r.address: reply for r in group}, None, reply
             for recipient in group:
                 reply = await session.command(f"RCPT TO:<{recipient.address}>".encode())
                 answers[recipient.address] = reply
                 if reply.is_positive:
                     accepted.append(recipient)
             if not accepted:
-                self._release(session, reusable=False)
-                return answers, session, None
+                pool.release(session, reusable=True)
+                return answers, None, None
             reply = await session.command(b"DATA")
             if reply.code == 354:
                 await self._send_body(session, envelope)
                 reply = await session.end_data()
-                self._release(session, reusable=reply.code != 421)
+                pool.release(session, reusable=reply.code != 421)
             else:
-                self._release(session, reusable=False)
+                pool.release(session, reusable=False)
             for recipient in accepted:
                 answers[recipient.address] = reply
-            return answers, session, None
+            return answers, None, None
         except UpstreamFailure as failure:
-            session.abort()
+            pool.release(session, reusable=False)
             for recipient in group:
                 if recipient.address not in answers or recipient in accepted:
                     answers[recipient.address] = failure.reply
-            return answers, session, failure.reason
+            return answers, failure.reason, None
         finally:
             self.sessions.pop(id(session), None)
-
-    # --- idle upstream sessions, kept for the next message -----------------------------------
-
-    def _take_idle(self, key: str) -> UpstreamSession | None:
-        pool = self.idle.get(key, [])
-        while pool:
-            session, timer = pool.pop()
-            if timer.active():
-                timer.cancel()
-            if not session.protocol.closed.called:
-                return session
-        return None
-
-    def _release(self, session: UpstreamSession, *, reusable: bool) -> None:
-        """After a transaction: keep the session for the next message to this upstream, or QUIT."""
-        if not reusable or self.stopping or session.protocol.closed.called:
-            session.quit()
-            return
-        key = getattr(session, "pool_key", session.config.name)
-        timer = self.reactor.callLater(IDLE_SESSION, self._expire_idle, key, session)
-        self.idle.setdefault(key, []).append((session, timer))
-
-    def _expire_idle(self, name: str, session: UpstreamSession) -> None:
-        self.idle[name] = [(s, t) for s, t in self.idle.get(name, []) if s is not session]
-        session.quit()
-
-    def _close_idle(self) -> None:
-        for pool in self.idle.values():
-            for session, timer in pool:
-                if timer.active():
-                    timer.cancel()
-                session.quit()
-        self.idle.clear()
 
     async def _send_body(self, session: UpstreamSession, envelope: Envelope) -> None:
         producer = _BodyProducer(session, read_lines(self.spool.body_path(ACTIVE, envelope.id)))
@@ -461,9 +423,10 @@ class DeliveryRunner:
             if timer.active():
                 timer.cancel()
 
-    def _log_attempt(self, envelope: Envelope, connector: UpstreamConnector, group: list[RecipientState],
-                     answers: dict[str, Reply], session: UpstreamSession | None, error: str | None) -> None:
-        up = connector.config
+    def _log_attempt(self, envelope: Envelope, pool: UpstreamPool, group: list[RecipientState],
+                     answers: dict[str, Reply], session: UpstreamSession | None, error: str | None,
+                     tried: list[dict[str, str]]) -> None:
+        up = pool.config
         risky = self.duplicates.get(envelope.id, set())
         fields: dict[str, Any] = {
             "queue_id": envelope.id,
@@ -479,6 +442,8 @@ class DeliveryRunner:
                           peer_cert_sha256=session.tls.peer_cert_sha256, auth_user=session.auth_user)
         if error:
             fields["upstream_error"] = error
+        if tried:
+            fields["upstreams_tried"] = tried
         duplicate = sorted(r.address for r in group if r.address in risky)
         if duplicate:
             fields["possible_duplicate"] = duplicate

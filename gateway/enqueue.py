@@ -36,8 +36,8 @@ class QueueTransaction:
     def upstreams(self) -> list[str]:
         return sorted({r.upstream for r in self.recipients})
 
-    def rcpt(self, recipient: Address, upstream: str, rule: str | None) -> Reply:
-        self.recipients.append(RecipientState(recipient.text, upstream, rule))
+    def rcpt(self, recipient: Address, route: tuple[str, ...], rule: str | None) -> Reply:
+        self.recipients.append(RecipientState(recipient.text, route[0], rule, route=list(route)))
         return replies.QUEUE_RECIPIENT_OK
 
     def data(self) -> Reply:

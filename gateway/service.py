@@ -58,8 +58,8 @@ class Gateway:
         self.spool: Spool | None = spool if queueing or spool.exists() else None
         self.runner: DeliveryRunner | None = None
         if self.spool is not None:
-            self.runner = DeliveryRunner(reactor, self.spool, config, self._queue_connector, self.audit,
-                                         on_result=self.metrics.message_result)
+            self.runner = DeliveryRunner(reactor, self.spool, config, self._queue_pool, self.audit,
+                                         on_result=self.metrics.message_result, cooldowns=self.cooldowns)
             self.metrics.watch_queue(self.runner.queue_state)
 
     def _build_pools(self, config: Config, problems: list[Problem] | None = None) -> dict[str, UpstreamPool]:
@@ -100,10 +100,9 @@ class Gateway:
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                          passwords.verify, password_hash, password.reveal())
 
-    def _queue_connector(self, name: str) -> UpstreamConnector | None:
-        """The connector queue deliveries to `name` use now (after a reload, the new one)."""
-        pool = self.pools.get(name) or self._retired.get(name)
-        return pool.connector if pool is not None else None
+    def _queue_pool(self, name: str) -> UpstreamPool | None:
+        """The pool queue deliveries to `name` use now (after a reload, the new one)."""
+        return self.pools.get(name) or self._retired.get(name)
 
     def connector(self, name: str) -> UpstreamConnector:
         return self._pool(name).connector

@@ -333,7 +333,7 @@ class Session:
             return self._refuse(txn, rcpt, replies.OTHER_HEADER_EDITS, rule=rule,
                                 limit="one set of header edits per transaction")
         assert decision.upstream is not None
-        return self._rcpt_answered(txn.queue.rcpt(rcpt, decision.upstream.name, rule), txn, rcpt, rule)
+        return self._rcpt_answered(txn.queue.rcpt(rcpt, decision.route, rule), txn, rcpt, rule)
 
     def _rcpt_answered(self, reply: Reply, txn: Transaction, rcpt: Address, rule: str | None) -> Reply:
         if rule and rule not in txn.rules:

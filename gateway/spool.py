@@ -48,7 +48,7 @@ class MessageGone(Exception):
 @dataclass
 class RecipientState:
     address: str
-    upstream: str
+    upstream: str  # the first upstream of the route (the one named in the audit when none was used)
     rule: str | None = None
     status: str = PENDING
     attempts: int = 0
@@ -57,6 +57,11 @@ class RecipientState:
     in_flight: bool = False  # set while the upstream may be accepting it (the duplicate window)
     bounced: bool = False
     expired: bool = False  # failed because max_age was reached, not by a 5xx
+    route: list[str] = field(default_factory=list)  # failover order; empty means [upstream]
+
+    @property
+    def hops(self) -> tuple[str, ...]:
+        return tuple(self.route) or (self.upstream,)
 
 
 @dataclass

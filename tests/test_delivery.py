@@ -9,6 +9,7 @@ from twisted.internet import defer, task
 from gateway import config as configuration
 from gateway import replies
 from gateway.delivery import DeliveryRunner
+from gateway.pool import UpstreamPool
 from gateway.spool import ACTIVE, DEFERRED, Envelope, RecipientState, Spool, SpoolWriter, new_id
 from gateway.testing.audit import CapturedAudit
 from gateway.upstream import UpstreamFailure
@@ -20,6 +21,9 @@ class FakeConnector:
     def __init__(self, config: Any) -> None:
         self.config = config
         self.opens: list[defer.Deferred[Any]] = []
+
+    def user_for(self, sender: str | None) -> str | None:
+        return self.config.username
 
     def open(self, sender: str | None = None) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()
@@ -37,8 +41,9 @@ def make_runner(tmp_path, now: list[float], **upstream: Any) -> tuple[DeliveryRu
     spool = Spool(config.queue.path)
     spool.create()
     connector = FakeConnector(config.upstreams["up"])
-    runner = DeliveryRunner(task.Clock(), spool, config, {"up": connector}.get,  # type: ignore[arg-type]
-                            CapturedAudit().log(), clock=lambda: now[0])
+    clock = task.Clock()
+    pools = {"up": UpstreamPool(connector, clock)}  # type: ignore[arg-type]
+    runner = DeliveryRunner(clock, spool, config, pools.get, CapturedAudit().log(), clock=lambda: now[0])
     return runner, connector, spool
 
 

@@ -91,3 +91,38 @@ def test_all_upstreams_down_gives_4xx(start_gateway, ca):
     assert (code, text[:5]) == (451, b"4.4.1")
     [result] = gw.audit.wait_for("message.result")
     assert [t["upstream"] for t in result["upstreams_tried"]] == ["primary", "backup"]
+
+
+def test_queued_message_fails_over_within_one_attempt(make_upstream, start_gateway, ca, tmp_path):
+    """Queue mode: the primary unreachable, the same delivery attempt goes to the backup."""
+    backup = make_upstream()
+    primary = upstream_table(backup, ca.ca_file, host="127.0.0.1", port=dead_port())
+    document = routed(primary, upstream_table(backup, ca.ca_file))
+    document["rules"][0]["delivery"] = "queue"
+    document["queue"] = {"path": str(tmp_path / "spool"), "min_backoff": 60}
+    gw = start_gateway(document)
+    assert send(gw.port)[0] == 250
+    assert len(backup.wait_for(1)) == 1
+    [attempt] = gw.audit.wait_for("delivery.attempt")
+    assert attempt["upstream"] == "backup" and attempt["recipients"][0]["result"] == "delivered"
+    assert attempt["upstreams_tried"][0]["upstream"] == "primary"
+
+
+def test_queue_and_relay_share_the_upstream_pool(make_upstream, start_gateway, ca, tmp_path):
+    """A relayed and a queued message to one upstream travel over one pooled connection."""
+    upstream = make_upstream()
+    table = upstream_table(upstream, ca.ca_file)
+    document = {
+        "listener": {"listen": "127.0.0.1:0", "shutdown_grace": 2},
+        "queue": {"path": str(tmp_path / "spool"), "min_backoff": 60},
+        "upstreams": {"up": table},
+        "rules": [{"name": "queued", "recipients": ["*@queue.example"], "action": "relay", "upstream": "up",
+                   "delivery": "queue"},
+                  {"name": "relayed", "action": "relay", "upstream": "up"}],
+    }
+    gw = start_gateway(document)
+    assert send(gw.port, "ops@example.net")[0] == 250
+    upstream.wait_for(1)
+    assert send(gw.port, "ops@queue.example")[0] == 250
+    assert len(upstream.wait_for(2)) == 2
+    assert upstream.connections == 1
