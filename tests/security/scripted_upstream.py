@@ -32,6 +32,7 @@ class Script:
     mail_reply: bytes = b"250 2.1.0 OK\r\n"
     rcpt_reply: bytes = b"250 2.1.5 OK\r\n"
     data_end_reply: bytes = b"250 2.0.0 Queued\r\n"
+    echo_auth: bool = False  # append the client's last AUTH line to `auth_reply` (a careless server)
 
 
 @dataclass
@@ -211,18 +212,24 @@ class _Dialogue:
     def auth(self, line: bytes) -> None:
         words = line.split()
         mechanism = words[1].upper() if len(words) > 1 else b""
+        last = line
         if mechanism == b"LOGIN":
             for prompt in (b"334 VXNlcm5hbWU6\r\n", b"334 UGFzc3dvcmQ6\r\n"):
                 self.send(prompt)
-                if self.command() == b"*":
+                last = self.command()
+                if last == b"*":
                     self.send(b"501 5.7.0 Cancelled\r\n")
                     return
         elif mechanism == b"PLAIN" and len(words) == 2:
             self.send(b"334 \r\n")
-            if self.command() == b"*":
+            last = self.command()
+            if last == b"*":
                 self.send(b"501 5.7.0 Cancelled\r\n")
                 return
-        self.send(self.script.auth_reply)
+        reply = self.script.auth_reply
+        if self.script.echo_auth:
+            reply = reply.rstrip(b"\r\n") + b" " + last + b"\r\n"
+        self.send(reply)
 
     def data(self) -> None:
         content = bytearray()
