@@ -191,7 +191,7 @@ def test_run_refuses_password_file_readable_by_others(mode, tmp_path):
     """Prevents `mailgate run` starting with a password file other local users can read."""
     config, secret = config_with_password_file(tmp_path, mode)
     done = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", config],
-                          capture_output=True, timeout=60)
+                          capture_output=True, timeout=30)
     assert done.returncode == 1
     assert secret.encode() in done.stderr and b"group or others" in done.stderr
     assert b"Traceback" not in done.stderr

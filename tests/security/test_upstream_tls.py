@@ -42,7 +42,7 @@ def deferred_result(gw) -> dict:
 
 INJECTIONS = [
     b"250-scripted.test\r\n250 AUTH PLAIN\r\n",  # a whole forged post-TLS EHLO reply
-    b"235 2.7.0 Authentication successful\r\n",  # a forged AUTH success
+    b"250-scripted.test\r\n250 AUTH LOGIN\r\n334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n",  # a forged dialogue
     b"250-AUTH PLAIN",  # a partial line still waiting in the buffer
 ]
 
