@@ -31,6 +31,7 @@ class Script:
     auth_reply: bytes = b"235 2.7.0 Authentication successful\r\n"
     mail_reply: bytes = b"250 2.1.0 OK\r\n"
     rcpt_reply: bytes = b"250 2.1.5 OK\r\n"
+    data_reply: bytes = b"354 End data with <CR><LF>.<CR><LF>\r\n"
     data_end_reply: bytes = b"250 2.0.0 Queued\r\n"
     echo_auth: bool = False  # append the client's last AUTH line to `auth_reply` (a careless server)
 
@@ -199,8 +200,9 @@ class _Dialogue:
             elif verb == b"RCPT":
                 self.send(script.rcpt_reply)
             elif verb == b"DATA":
-                self.send(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                self.data()
+                self.send(script.data_reply)
+                if script.data_reply.startswith(b"354"):
+                    self.data()
             elif verb in (b"RSET", b"NOOP"):
                 self.send(b"250 2.0.0 OK\r\n")
             elif verb == b"QUIT":
