@@ -52,11 +52,12 @@ def test_leak_forms_find_the_password_in_base64():
 
 # --- never before TLS -------------------------------------------------------------------
 
-@pytest.mark.parametrize("script", [
-    Script(capabilities_plain=("AUTH PLAIN LOGIN",)),
-    Script(capabilities_plain=("STARTTLS", "AUTH PLAIN LOGIN"), starttls_reply=b"454 4.7.0 TLS not available\r\n"),
+@pytest.mark.parametrize("script,reason", [
+    (Script(capabilities_plain=("AUTH PLAIN LOGIN",)), "STARTTLS not offered"),
+    (Script(capabilities_plain=("STARTTLS", "AUTH PLAIN LOGIN"), starttls_reply=b"454 4.7.0 TLS not available\r\n"),
+     "STARTTLS refused"),
 ], ids=["starttls-not-offered", "starttls-refused"])
-def test_password_never_sent_in_cleartext(script, scripted, start_gateway, ca):
+def test_password_never_sent_in_cleartext(script, reason, scripted, start_gateway, ca):
     """Prevents AUTH in cleartext to an upstream that offers AUTH but not (working) STARTTLS."""
     upstream = scripted(script)
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
@@ -66,6 +67,8 @@ def test_password_never_sent_in_cleartext(script, scripted, start_gateway, ca):
     assert connection.handshake is None
     assert not connection.saw_auth and not connection.saw_mail
     assert_no_leak(bytes(connection.raw), "the cleartext upstream stream")
+    [result] = gw.audit.wait_for("message.result")
+    assert result["outcome"] == "deferred" and reason in result["upstream_error"]
 
 
 # --- one AUTH attempt per connection -------------------------------------------------------
