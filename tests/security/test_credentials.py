@@ -20,7 +20,7 @@ import pytest
 from gateway import cli
 from tests.conftest import PASSWORD, USER, relay_all, upstream_table
 from tests.security.conftest import MailgateProcess, to_toml, try_recipient
-from tests.security.scripted_upstream import Connection, Script, ScriptedUpstream
+from tests.security.scripted_upstream import Script, ScriptedUpstream
 
 BODY = b"Subject: credentials\r\n\r\nbody\r\n"
 
@@ -194,7 +194,7 @@ def test_run_refuses_password_file_readable_by_others(mode, tmp_path):
     """Prevents `mailgate run` starting with a password file other local users can read."""
     config, secret = config_with_password_file(tmp_path, mode)
     done = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", config],
-                          capture_output=True, timeout=30)
+                          check=False, capture_output=True, timeout=30)
     assert done.returncode == 1
     assert secret.encode() in done.stderr and b"group or others" in done.stderr
     assert b"Traceback" not in done.stderr

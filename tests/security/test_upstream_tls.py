@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.testing.pki import ServerCert, ThrowawayCA
 from tests.conftest import relay_all, upstream_table
 from tests.security.conftest import try_recipient
-from tests.security.scripted_upstream import Connection, Script
+from tests.security.scripted_upstream import Connection
 
 MODES = ["starttls", "implicit"]
 
@@ -150,7 +150,7 @@ def self_signed(folder: str) -> ServerCert:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -169,7 +169,7 @@ def self_signed(folder: str) -> ServerCert:
 
 
 def bad_certificate(case: str, ca: ThrowawayCA, folder: str) -> tuple[ServerCert, str]:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     day = datetime.timedelta(days=1)
     if case == "self-signed":
         return self_signed(folder), "self-signed certificate"
