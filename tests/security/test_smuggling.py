@@ -239,3 +239,17 @@ def test_data_error_early_in_a_large_message_still_gets_550(error, relay):
     assert final.startswith(b"550 5.5.2") and noop.startswith(b"250 2.0.0")
     app.close()
     assert upstream.messages == []
+
+
+@pytest.mark.xfail(strict=True, reason=DROP_BUG)
+def test_oversized_message_still_gets_552(make_upstream, start_gateway, ca):
+    """Prevents a message over max_message_size from dropping the app (which then retries) instead of 552."""
+    upstream = make_upstream()
+    gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file), max_message_size=10000))
+    app = App(gw.port)
+    app.start_data()
+    app.sock.sendall(HEAD + b"\r\n" + BIG_TAIL + b".\r\nNOOP\r\n")
+    final, noop = app.replies(2)
+    assert final.startswith(b"552 5.3.4") and noop.startswith(b"250 2.0.0")
+    app.close()
+    assert upstream.messages == []
