@@ -1,0 +1,274 @@
+"""Audit files on disk: find the current and rotated files, put them in order, stream their lines.
+
+Rotated siblings of ``audit.jsonl`` are ``audit.jsonl.1``, ``audit.jsonl.2.gz``,
+``audit.jsonl-20261128``, ``audit.jsonl-20261128.gz`` and the like (logrotate's
+numbered and dated names); gzip files are recognised by their magic bytes. Files
+are read one line at a time, never whole, and put in chain order by their first
+record. A final line without a newline is still being written (or was torn by a
+crash): it is not yielded, and `Scan.incomplete` says where it was.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from gateway.errors import MailgateError
+
+STATE_SUFFIX = ".chain"
+_ROTATED = re.compile(r"(?:[.-][0-9][0-9_-]*)?(?:\.gz)?")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class AuditFileError(MailgateError):
+    """An audit file cannot be read; the message names the file (and line) and what is wrong."""
+
+
+def state_path(path: str) -> str:
+    """Where the writer keeps the chain head beside the audit file at `path`."""
+    return path + STATE_SUFFIX
+
+
+def siblings(path: str) -> list[str]:
+    """`path` (if it exists) and its rotated siblings in the same directory, unordered."""
+    folder, name = os.path.split(os.path.abspath(path))
+    try:
+        entries = os.listdir(folder)
+    except OSError as exc:
+        raise AuditFileError(f"{folder}: cannot list the audit directory: {exc.strerror}") from None
+    found = []
+    for entry in sorted(entries):
+        if entry.startswith(name) and _ROTATED.fullmatch(entry[len(name):]):
+            full = os.path.join(folder, entry)
+            if os.path.isfile(full):
+                found.append(os.path.join(os.path.dirname(path), entry))
+    return found
+
+
+def _open_binary(path: str) -> tuple[IO[bytes], IO[bytes]]:
+    """(raw file, decompressed reader); the raw file's position measures progress."""
+    try:
+        raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        raise AuditFileError(f"{path}: cannot open: {exc.strerror}") from None
+    if raw.peek(2)[:2] == _GZIP_MAGIC:
+        return raw, gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw, raw
+
+
+def _decode(chunk: bytes) -> str:
+    return chunk.decode("utf-8", "replace").rstrip("\r\n")
+
+
+@dataclass(frozen=True)
+class FirstRecord:
+    path: str
+    timestamp: str
+    seq: int
+
+
+def first_record(path: str) -> FirstRecord | None:
+    """The ordering key of a file: its first record's timestamp and seq (None: no record yet).
+
+    A file whose first 16 lines hold no JSON record is not an audit log: an error.
+    """
+    raw, reader = _open_binary(path)
+    try:
+        for count, chunk in enumerate(reader):
+            if count >= 16:
+                raise AuditFileError(f"{path}: not an audit log (no JSON record in its first 16 lines)")
+            if not chunk.endswith(b"\n"):
+                return None
+            try:
+                record = json.loads(chunk)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                seq = record.get("seq")
+                return FirstRecord(path, str(record.get("timestamp", "")), seq if isinstance(seq, int) else 0)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise AuditFileError(f"{path}: cannot read: {exc}") from None
+    finally:
+        raw.close()
+    return None
+
+
+def chain_order(paths: Sequence[str]) -> list[str]:
+    """Oldest first, by each file's first record; files without any record are left out."""
+    keyed = []
+    for index, path in enumerate(paths):
+        first = first_record(path)
+        if first is not None:
+            keyed.append(((first.timestamp, first.seq, index), path))
+    return [path for _, path in sorted(keyed)]
+
+
+def last_record(path: str, window: int = 65536) -> tuple[dict[str, Any] | None, bool]:
+    """The last complete JSON record of a plain file, read from its end (cheap on any size),
+    and whether the file ends in the middle of a line."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return None, False
+    with handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return None, False
+        handle.seek(size - 1)
+        torn = handle.read(1) != b"\n"
+        start = size
+        tail = b""
+        while start > 0:
+            start = max(0, start - window)
+            handle.seek(start)
+            tail = handle.read(size - start)
+            complete = tail[: tail.rfind(b"\n") + 1] if torn else tail
+            lines = complete.split(b"\n")[:-1]
+            if start > 0:
+                lines = lines[1:]  # the first piece may be the end of a longer line
+            for line in reversed(lines[-16:]):
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict):
+                    return record, torn
+            if len(lines) >= 16:
+                break
+        return None, torn
+
+
+class Progress:
+    """'scanning FILE 41%' on stderr, at most twice a second, only when stderr is a terminal."""
+
+    def __init__(self, stream: IO[str] | None = None, enabled: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.clock = clock
+        self._next = 0.0
+        self._shown = False
+
+    def update(self, path: str, done: int, total: int) -> None:
+        if not self.enabled or self.clock() < self._next:
+            return
+        self._next = self.clock() + 0.5
+        percent = 100 * done // total if total else 100
+        self.stream.write(f"\rscanning {path}: {percent:3d}% ({done / 1e6:,.0f} of {total / 1e6:,.0f} MB)\x1b[K")
+        self.stream.flush()
+        self._shown = True
+
+    def done(self) -> None:
+        if self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._shown = False
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a scan stopped in a file: after `lines` complete lines, at byte `offset`."""
+
+    lines: int
+    offset: int
+    identity: tuple[int, int]  # (st_dev, st_ino): the same file, not just the same name
+
+
+@dataclass
+class Scan:
+    """Stream (path, line number, text) over files in the order given; one file open at a time."""
+
+    paths: Sequence[str]
+    progress: Progress = field(default_factory=Progress)
+    incomplete: list[tuple[str, int]] = field(default_factory=list)
+    positions: dict[str, Position] = field(default_factory=dict)
+    every: int = 4096  # lines between progress checks
+
+    def __iter__(self) -> Iterator[tuple[str, int, str]]:
+        try:
+            for path in self.paths:
+                yield from self._file(path)
+        finally:
+            self.progress.done()
+
+    def _file(self, path: str) -> Iterator[tuple[str, int, str]]:
+        raw, reader = _open_binary(path)
+        stat = os.fstat(raw.fileno())
+        number = offset = 0
+        try:
+            for chunk in reader:
+                if not chunk.endswith(b"\n"):
+                    self.incomplete.append((path, number + 1))
+                    break
+                number += 1
+                offset += len(chunk)
+                if number % self.every == 0:
+                    self.progress.update(path, raw.tell(), stat.st_size)
+                yield path, number, _decode(chunk)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise AuditFileError(f"{path}: cannot read after line {number}: {exc}") from None
+        finally:
+            raw.close()
+            self.positions[path] = Position(number, offset, (stat.st_dev, stat.st_ino))
+
+
+def follow(path: str, after: Position | None, *, poll: float = 0.25,
+           sleep: Callable[[float], None] = time.sleep) -> Iterator[tuple[str, int, str]]:
+    """Complete lines appended to `path` after `after` (a scan's end), forever; survives rotation.
+
+    When the file is renamed away (logrotate ``create``) or truncated (``copytruncate``),
+    the new file is read from its start. Stops only when the caller stops iterating
+    (or on KeyboardInterrupt).
+    """
+    handle: IO[bytes] | None = None
+    number = 0
+    partial = b""
+    try:
+        while True:
+            if handle is None:
+                try:
+                    handle = open(path, "rb")  # noqa: SIM115
+                except FileNotFoundError:
+                    sleep(poll)
+                    continue
+                except OSError as exc:
+                    raise AuditFileError(f"{path}: cannot open: {exc.strerror}") from None
+                number, partial = 0, b""
+                stat = os.fstat(handle.fileno())
+                if after is not None and after.identity == (stat.st_dev, stat.st_ino) \
+                        and after.offset <= stat.st_size:
+                    handle.seek(after.offset)
+                    number = after.lines
+                after = None
+            chunk = handle.readline()
+            if chunk:
+                partial += chunk
+                if partial.endswith(b"\n"):
+                    number += 1
+                    line, partial = partial, b""
+                    yield path, number, _decode(line)
+                continue
+            if _replaced(path, handle):
+                handle.close()
+                handle = None
+                continue
+            sleep(poll)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+def _replaced(path: str, handle: IO[bytes]) -> bool:
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False  # renamed away and not yet re-created: keep reading the old one for a while
+    mine = os.fstat(handle.fileno())
+    return (now.st_ino, now.st_dev) != (mine.st_ino, mine.st_dev) or now.st_size < handle.tell()
