@@ -222,12 +222,6 @@ def test_overlong_line_never_turns_the_body_into_commands(length, relay):
 
 BIG_TAIL = (b"y" * 998 + b"\r\n") * 300  # 300 kB: the end of data comes many reads after the error
 
-DROP_BUG = ("bug: gateway/session.py:217 registers the app transport as producer of the upstream transport; "
-            "data_failed (session.py:229) aborts the upstream while it is still registered, and Twisted's "
-            "connectionLost calls producer.stopProducing(): the app is disconnected with no 550 reply")
-
-
-@pytest.mark.xfail(strict=True, reason=DROP_BUG)
 @pytest.mark.parametrize("error", [b"x" * 2000 + b"\r\n", b"bare\nLF\r\n"], ids=["overlong-line", "bare-LF"])
 def test_data_error_early_in_a_large_message_still_gets_550(error, relay):
     """Prevents a DATA error found long before the end of data from dropping the app without a reply."""
@@ -241,7 +235,6 @@ def test_data_error_early_in_a_large_message_still_gets_550(error, relay):
     assert upstream.messages == []
 
 
-@pytest.mark.xfail(strict=True, reason=DROP_BUG)
 def test_oversized_message_still_gets_552(make_upstream, start_gateway, ca):
     """Prevents a message over max_message_size from dropping the app (which then retries) instead of 552."""
     upstream = make_upstream()
