@@ -1,4 +1,4 @@
-"""The ``mailgate`` command: run, check, explain, demo.
+"""The ``mailgate`` command: run, check, explain, demo, queue.
 
 Expected failures print ``mailgate: ...`` on stderr and exit non-zero without a
 traceback: 1 for an invalid configuration or a failure while running, 2 for a
@@ -85,7 +85,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             continue
         decision = policy.decide(config, client, sender, recipient, args.app)
         rule = f"rule {decision.rule.name!r}" if decision.rule else "no rule matches"
-        if decision.action == "relay" and decision.upstreams:
+        if decision.action == "relay" and decision.upstreams and decision.rule and decision.rule.delivery == "queue":
+            up = decision.upstreams[0]
+            print(f"  <{recipient.text}>: {rule} -> queue for delivery via upstream {up.name!r} "
+                  f"({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})")
+        elif decision.action == "relay" and decision.upstreams:
             hops = ", then ".join(
                 f"upstream {up.name!r} ({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})"
                 for up in decision.upstreams)
@@ -151,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from gateway.audit_cli import add_commands as add_audit_commands
     add_audit_commands(sub)
+
+    from gateway.queue_cli import add_commands as add_queue_commands
+
+    add_queue_commands(sub)
     return parser
 
 

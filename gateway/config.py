@@ -14,7 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from gateway import credentials
 from gateway.credentials import Secret
@@ -27,6 +27,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 TLS_MODES = ("starttls", "implicit")
 TLS_VERSIONS = ("1.2", "1.3")
 ACTIONS = ("relay", "reject")
+DELIVERY_MODES = ("relay", "queue")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
@@ -97,7 +98,7 @@ class UpstreamConfig:
     @property
     def url(self) -> str:
         scheme = "smtps" if self.tls == "implicit" else "starttls"
-        user = f"{self.username}@" if self.username else ""
+        user = f"{quote(self.username, safe='')}@" if self.username else ""
         return f"{scheme}://{user}{self.host}:{self.port}"
 
 
@@ -131,6 +132,18 @@ class Rule:
     apps: tuple[str, ...] | None = None
     rate: Rate | None = None
     headers: HeaderEdits | None = None  # rewrite_from / strip_headers (see gateway.headers)
+    delivery: str = "relay"  # "relay" (cut-through) or "queue" (store-and-forward)
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """The spool and its retry schedule (store-and-forward, ``delivery = "queue"``)."""
+
+    path: str = "./var/spool"
+    min_backoff: float = 300.0
+    max_backoff: float = 4000.0
+    max_age: float = 432000.0
+    bounce: bool = True
 
 
 @dataclass(frozen=True)
@@ -141,8 +154,8 @@ class Config:
     rules: tuple[Rule, ...]
     apps: Mapping[str, App] = field(default_factory=dict)
     source: str = "<embedded default>"
-    extras: Mapping[str, Any] = field(default_factory=dict)
     metrics: MetricsConfig = MetricsConfig()
+    queue: QueueConfig = field(default_factory=QueueConfig)
 
 
 def resolve_password(upstream: UpstreamConfig) -> Secret | None:
@@ -276,9 +289,8 @@ class _Reader:
     # --- sections -------------------------------------------------------------------
 
     def config(self, document: Mapping[str, Any]) -> Config:
-        known = {"listener", "audit", "upstreams", "rules", "apps", "metrics"}
-        extras = {k: v for k, v in document.items() if k in EXTRA_SECTIONS}
-        self.unknown_keys(document, "", known | set(EXTRA_SECTIONS))
+        known = {"listener", "audit", "upstreams", "rules", "apps", "metrics", "queue"}
+        self.unknown_keys(document, "", known)
         listener = self.listener(document)
         audit = self.audit(document)
         upstreams = self.upstreams(document)
@@ -287,7 +299,28 @@ class _Reader:
         if listener.require_auth and not apps:
             self.problem("listener.require_auth", True, "at least one [apps.NAME] table to authenticate")
         metrics = self.metrics(document)
-        return Config(listener, audit, upstreams, rules, apps, self.source, extras, metrics=metrics)
+        return Config(listener, audit, upstreams, rules, apps, self.source, metrics=metrics,
+                      queue=self.queue(document))
+
+    def queue(self, document: Mapping[str, Any]) -> QueueConfig:
+        d = QueueConfig()
+        t = self.table(document, "queue", {"path", "min_backoff", "max_backoff", "max_age", "bounce"})
+        min_backoff = self.number(t, "queue.min_backoff", d.min_backoff, 1, 86400)
+        max_backoff = self.number(t, "queue.max_backoff", d.max_backoff, 1, 86400)
+        if max_backoff < min_backoff:
+            self.problem("queue.max_backoff", t.get("max_backoff", max_backoff),
+                         f"a number of seconds not below queue.min_backoff ({min_backoff:g})")
+        bounce = t.get("bounce", d.bounce)
+        if not isinstance(bounce, bool):
+            self.problem("queue.bounce", bounce, "true or false")
+            bounce = d.bounce
+        return QueueConfig(
+            path=self.string(t, "queue.path", d.path) or d.path,
+            min_backoff=min_backoff,
+            max_backoff=max_backoff,
+            max_age=self.number(t, "queue.max_age", d.max_age, 1, 365 * 86400),
+            bounce=bounce,
+        )
 
     def listener(self, document: Mapping[str, Any]) -> ListenerConfig:
         d = ListenerConfig()
@@ -351,7 +384,7 @@ class _Reader:
         known = {"host", "port", "tls", "username", "password_env", "password_file", "ca_file",
                  "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout",
                  "failover_cooldown", "max_connections", "pool_idle_timeout", "pool_max_messages"}
-        known |= EXTRA_UPSTREAM_KEYS | UPSTREAM_KEYS
+        known |= UPSTREAM_KEYS
         self.unknown_keys(value, key, known)
         t = value
         preset = preset_for(self, t, key)
@@ -480,14 +513,17 @@ class _Reader:
             if not isinstance(value, dict):
                 self.problem(key, value, "a table")
                 continue
-            known = {"name", "clients", "senders", "recipients", "action", "upstream", "apps", "rate"}
-            known |= EXTRA_RULE_KEYS
+            known = {"name", "clients", "senders", "recipients", "action", "upstream", "apps", "rate",
+                     "delivery"}
             known |= {"rewrite_from", "strip_headers"}
             self.unknown_keys(value, key, known)
             name = self.string(value, f"{key}.name", f"rule-{i + 1}") or f"rule-{i + 1}"
             action = self.string(value, f"{key}.action", None, choices=ACTIONS)
             if action is None and "action" not in value:
                 self.problem(f"{key}.action", "nothing", '"relay" or "reject"', raw=True)
+            delivery = self.string(value, f"{key}.delivery", "relay", choices=DELIVERY_MODES) or "relay"
+            if delivery == "queue" and action != "relay":
+                self.problem(f"{key}.delivery", delivery, 'delivery = "queue" only with action = "relay"')
             names = self.upstream_names(value, f"{key}.upstream", upstreams, required=action == "relay")
             rules.append(Rule(
                 name=name,
@@ -499,18 +535,14 @@ class _Reader:
                 apps=self.rule_apps(value, f"{key}.apps", apps),
                 rate=self.rate(value, f"{key}.rate"),
                 headers=read_header_edits(self, value, key),
+                delivery=delivery,
             ))
-        names = [r.name for r in rules]
-        for i, name in enumerate(names):
-            if name in names[:i]:
+        rule_names = [r.name for r in rules]
+        for i, name in enumerate(rule_names):
+            if name in rule_names[:i]:
                 self.problem(f"rules[{i}].name", name, "a name not used by an earlier rule")
         return tuple(rules)
 
-
-# Sections and keys owned by later features; validated by their own modules.
-EXTRA_SECTIONS: tuple[str, ...] = ()
-EXTRA_UPSTREAM_KEYS: set[str] = set()
-EXTRA_RULE_KEYS: set[str] = set()
 
 
 HASH_PREFIXES = ("$argon2", "$2a$", "$2b$", "$2y$", "$scrypt$")

@@ -123,6 +123,8 @@ def run(config: Config, load: Callable[[], Config] | None = None) -> int:
     reactor.addSystemEventTrigger("before", "shutdown", stop)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     gateway.audit.close()
+    if isinstance(outcome["error"], MailgateError):
+        raise outcome["error"]  # already names the key and the problem (e.g. queue.path)
     if outcome["error"] is not None:
         raise MailgateError(f"cannot listen on {config.listener.listen}: {outcome['error']}")
     return 0

@@ -1,7 +1,7 @@
 """What a reload may change: everything except what is bound or opened at start. Pure.
 
 ``listener.listen``, ``listener.proxy_protocol``, ``metrics.listen`` and
-``audit.path`` are fixed for the life of the process (a bound socket, an open
+``audit.path`` and the ``[queue]`` keys are fixed for the life of the process (a bound socket, an open
 file); a new config that changes one is refused as a whole, naming each key,
 so that nothing half-applies. Restart mailgate to change them.
 """
@@ -11,7 +11,9 @@ from __future__ import annotations
 from gateway.config import Config
 from gateway.errors import Problem
 
-FIXED = ("listener.listen", "listener.proxy_protocol", "metrics.listen", "audit.path")
+FIXED = ("listener.listen", "listener.proxy_protocol", "metrics.listen", "audit.path",
+         # the spool and its delivery runner are set up at start
+         "queue.path", "queue.min_backoff", "queue.max_backoff", "queue.max_age", "queue.bounce")
 
 
 def _value(config: Config, key: str) -> object:

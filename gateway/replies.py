@@ -189,3 +189,12 @@ OTHER_HEADER_EDITS = Reply(
 )
 UPSTREAM_PROTOCOL = Reply(451, "4.5.0", "Upstream protocol error, try again later")
 UPSTREAM_NO_8BIT = Reply(554, "5.6.3", "Upstream does not accept 8-bit data (8BITMIME)")
+
+# Store-and-forward (delivery = "queue"); see gateway/enqueue.py.
+QUEUE_RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK, will be queued")
+QUEUED = Reply(250, "2.0.0", "Queued")
+QUEUE_WRITE_FAILED = Reply(452, "4.3.1", "Insufficient system storage: message not queued, try again later")
+QUEUE_NOT_RUNNING = Reply(451, "4.3.5", "Queue delivery is not running; the gateway needs a restart")
+OTHER_DELIVERY = Reply(
+    452, "4.5.3", "Recipient uses the other delivery mode (queue or relay); send it in a separate transaction"
+)

@@ -19,7 +19,8 @@ from gateway import passwords
 from gateway.config import Config, resolve_password
 from gateway.commands import MailFrom
 from gateway.credentials import Secret
-from gateway.errors import ConfigError, Problem, SecretError
+from gateway.delivery import DeliveryRunner
+from gateway.errors import ConfigError, MailgateError, Problem, SecretError
 from gateway.failover import Cooldowns
 from gateway.health import Readiness, WatchedConnector
 from gateway.metrics import Metrics
@@ -28,6 +29,7 @@ from gateway.ratelimit import RateLimits
 from gateway.relay import RelayTransaction
 from gateway.reload import fixed_changes
 from gateway.oauth import TokenCache, tokens_for
+from gateway.spool import Spool
 from gateway.upstream import UpstreamConnector
 
 
@@ -50,6 +52,15 @@ class Gateway:
         self.port: Any = None
         self.status_port: Any = None
         self._drained: defer.Deferred[None] | None = None
+        # Store-and-forward: a spool and its runner when a rule queues, or the spool holds mail.
+        spool = Spool(config.queue.path)
+        queueing = any(rule.delivery == "queue" for rule in config.rules)
+        self.spool: Spool | None = spool if queueing or spool.exists() else None
+        self.runner: DeliveryRunner | None = None
+        if self.spool is not None:
+            self.runner = DeliveryRunner(reactor, self.spool, config, self._queue_connector, self.audit,
+                                         on_result=self.metrics.message_result)
+            self.metrics.watch_queue(self.runner.queue_state)
 
     def _build_pools(self, config: Config, problems: list[Problem] | None = None) -> dict[str, UpstreamPool]:
         """One pool per upstream, its connector watched for readiness and metrics, secrets read now.
@@ -88,6 +99,11 @@ class Gateway:
         """Check an app password off the reactor thread (the hashes are slow by design)."""
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
                                          passwords.verify, password_hash, password.reveal())
+
+    def _queue_connector(self, name: str) -> UpstreamConnector | None:
+        """The connector queue deliveries to `name` use now (after a reload, the new one)."""
+        pool = self.pools.get(name) or self._retired.get(name)
+        return pool.connector if pool is not None else None
 
     def connector(self, name: str) -> UpstreamConnector:
         return self._pool(name).connector
@@ -135,6 +151,11 @@ class Gateway:
     async def start(self) -> int:
         from gateway.proxy import listener_factory
 
+        if self.runner is not None:
+            try:
+                self.runner.start()
+            except OSError as exc:
+                raise MailgateError(f"queue.path: cannot use {self.config.queue.path}: {exc.strerror}") from None
         listen = self.config.listener.listen
         endpoint_type = TCP6ServerEndpoint if ":" in listen.host else TCP4ServerEndpoint
         endpoint = endpoint_type(self.reactor, listen.port, interface=listen.host)
@@ -168,6 +189,8 @@ class Gateway:
             await self._drained
             if timer.active():
                 timer.cancel()
+        if self.runner is not None:
+            await self.runner.stop(self.config.listener.shutdown_grace)
         for pool in [*self.pools.values(), *self._retired.values()]:
             pool.close_idle()
         if self.status_port is not None:

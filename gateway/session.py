@@ -20,6 +20,7 @@ from gateway.app_auth import Credentials, SaslExchange
 from gateway.commands import Command, CommandError, MailFrom, parse_command, parse_mail, parse_rcpt
 from gateway.data import MessageFacts
 from gateway.headers import HeaderRewriter
+from gateway.enqueue import QueueTransaction
 from gateway.replies import Reply
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class Transaction:
     recipients: list[RecipientResult] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
     relay: RelayTransaction | None = None
+    queue: QueueTransaction | None = None
     facts: MessageFacts = field(default_factory=MessageFacts)
     in_data: bool = False
     rated_rules: set[str] = field(default_factory=set)
@@ -89,7 +91,8 @@ class Session:
         self.transaction: Transaction | None = None
         self.app: str | None = None  # the authenticated app, if any
         self._sasl: SaslExchange | None = None
-        self.counts = {"messages": 0, "relayed": 0, "rejected": 0, "deferred": 0, "failed": 0}
+        self.counts = {"messages": 0, "relayed": 0, "rejected": 0, "deferred": 0, "failed": 0,
+                       "queued": 0}
         self.closed = False
 
     # --- session lifecycle --------------------------------------------------------
@@ -300,6 +303,8 @@ class Session:
                     rule=decision.rule_name, limit=f"rules[{decision.rule_name}].rate")
             txn.rated_rules.add(decision.rule_name or "")
         edits = decision.rule.headers if decision.rule else None
+        if decision.rule is not None and decision.rule.delivery == "queue" or txn.queue is not None:
+            return self._queue_rcpt(txn, rcpt, decision, edits)
         if txn.relay is None:
             txn.relay = self.gateway.relay(decision.route, txn.mail)
             txn.headers = HeaderRewriter(edits) if edits else None
@@ -311,6 +316,24 @@ class Session:
                                 limit="one set of header edits per transaction")
         rule = decision.rule_name
         return txn.relay.rcpt(rcpt).addCallback(self._rcpt_answered, txn, rcpt, rule)
+
+    def _queue_rcpt(self, txn: Transaction, rcpt: Address, decision: policy.Decision, edits: Any) -> Reply:
+        """Queue mode: accept after policy without asking the upstream; one mode per transaction."""
+        rule = decision.rule_name
+        queued = decision.rule is not None and decision.rule.delivery == "queue"
+        if queued and self.gateway.spool is None:  # a reload added the first queue rule
+            return self._refuse(txn, rcpt, replies.QUEUE_NOT_RUNNING, rule=rule, limit="queue.path")
+        if txn.relay is not None or not queued:
+            return self._refuse(txn, rcpt, replies.OTHER_DELIVERY, rule=rule,
+                                limit="one delivery mode per transaction")
+        if txn.queue is None:
+            txn.queue = QueueTransaction(self.gateway.spool, txn.mail)
+            txn.headers = HeaderRewriter(edits) if edits else None
+        elif (txn.headers.edits if txn.headers else None) != edits:
+            return self._refuse(txn, rcpt, replies.OTHER_HEADER_EDITS, rule=rule,
+                                limit="one set of header edits per transaction")
+        assert decision.upstream is not None
+        return self._rcpt_answered(txn.queue.rcpt(rcpt, decision.upstream.name, rule), txn, rcpt, rule)
 
     def _rcpt_answered(self, reply: Reply, txn: Transaction, rcpt: Address, rule: str | None) -> Reply:
         if rule and rule not in txn.rules:
@@ -334,6 +357,8 @@ class Session:
             return replies.SYNTAX_ARGS
         if not txn.recipients:
             return replies.NEED_RCPT
+        if txn.accepted and txn.queue is not None:
+            return self._data_answered(txn.queue.data(), txn)
         if not txn.accepted or txn.relay is None:
             return replies.NO_VALID_RECIPIENTS
         return txn.relay.data().addCallback(self._data_answered, txn)
@@ -342,7 +367,7 @@ class Session:
         if reply.code == 354:
             txn.in_data = True
         else:
-            self._finish(txn, reply)
+            self._finish(txn, reply, reason=txn.queue.error if txn.queue else None)
         return reply
 
     # --- the message body ------------------------------------------------------------
@@ -355,15 +380,22 @@ class Session:
 
     def data_content(self, content: bytes) -> None:
         txn = self.transaction
-        if txn is None or txn.relay is None or txn.refusal is not None:
+        if txn is None or (txn.relay is None and txn.queue is None) or txn.refusal is not None:
             return
         headers_were_done = txn.facts.headers_done
         txn.facts.update(content)
         if not headers_were_done and txn.facts.headers_done and not self._from_allowed(txn):
             txn.refusal = app_auth.FROM_NOT_OWNED
-            txn.relay.abort("From: header not owned by the app")
+            if txn.queue is not None:
+                txn.queue.abort()
+            if txn.relay is not None:
+                txn.relay.abort("From: header not owned by the app")
             return
-        txn.relay.write(txn.headers.feed(content) if txn.headers is not None else content)
+        data = txn.headers.feed(content) if txn.headers is not None else content
+        if txn.queue is not None:
+            txn.queue.write(data)
+        elif txn.relay is not None:
+            txn.relay.write(data)
 
     def _from_allowed(self, txn: Transaction) -> bool:
         app = self.config.apps.get(self.app or "")
@@ -376,16 +408,31 @@ class Session:
     def data_failed(self, reply: Reply) -> None:
         """The DATA reader found an error: the upstream must never see the final dot."""
         txn = self.transaction
+        if txn is not None and txn.queue is not None:
+            txn.queue.abort()
         if txn is not None and txn.relay is not None:
             txn.relay.abort(f"message refused by gateway: {reply.text}")
 
     def data_end(self, error: Reply | None) -> Reply | defer.Deferred[Reply]:
         txn = self.transaction
-        assert txn is not None and txn.relay is not None
-        txn.relay.unthrottle()
+        assert txn is not None
+        if txn.relay is not None:
+            txn.relay.unthrottle()
         if error is None and txn.refusal is not None:
+            if txn.queue is not None:
+                txn.queue.abort()
             self._finish(txn, txn.refusal, limit=f"apps.{self.app}.check_from_header")
             return txn.refusal
+        if txn.queue is not None and error is None:
+            if txn.headers is not None:
+                txn.queue.write(txn.headers.finish())
+            return self._queue_end(txn, txn.queue)
+        if txn.queue is not None:
+            txn.queue.abort()
+            limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"
+            self._finish(txn, error, limit=limit)
+            return error
+        assert txn.relay is not None
         if error is not None:
             limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"
             self._finish(txn, error, limit=limit)
@@ -399,6 +446,27 @@ class Session:
         self._finish(txn, reply)
         return reply
 
+    def _queue_end(self, txn: Transaction, queue: QueueTransaction) -> Reply:
+        """Commit to the spool; 250 only once it is durable, and then message.queued, not message.result."""
+        reply = queue.finish(txn.facts, session_id=self.session_id, client_ip=self.client, helo=self.helo)
+        if not reply.is_positive:
+            self._finish(txn, reply, reason=queue.error, limit="queue.path")
+            return reply
+        self.transaction = None
+        for recipient in txn.accepted:
+            recipient.result = "queued"
+        self.counts["messages"] += 1
+        self.counts["queued"] += 1
+        self.log.info("message.queued", queue_id=queue.queue_id, client_ip=self.client, helo=self.helo,
+                      sender=txn.mail.sender.text, recipients=[r.as_dict() for r in txn.recipients],
+                      rules=txn.rules, upstreams=queue.upstreams, size=txn.facts.size,
+                      message_id=txn.facts.message_id, sha256=txn.facts.sha256, reply=str(reply))
+        self.gateway.metrics.message_result({"outcome": "queued", "rules": txn.rules,
+                                             "upstream": queue.upstreams[0] if queue.upstreams else None})
+        assert queue.queue_id is not None and self.gateway.runner is not None
+        self.gateway.runner.submitted(queue.queue_id)
+        return reply
+
     # --- transaction end ---------------------------------------------------------------
 
     def _reset(self, why: str) -> None:
@@ -408,6 +476,8 @@ class Session:
     def _abandon(self, reason: str) -> None:
         txn = self.transaction
         assert txn is not None
+        if txn.queue is not None:
+            txn.queue.abort()
         if txn.relay is not None:
             txn.relay.abort(reason)
         if txn.accepted or txn.in_data:

@@ -198,7 +198,7 @@ def test_upstream_url_shows_no_secret() -> None:
         username="relay@example.com",
         password_env="VAR",
     )
-    assert upstream.url == "smtps://relay@example.com@smtp.example.com:465"
+    assert upstream.url == "smtps://relay%40example.com@smtp.example.com:465"
 
 
 # --- problems: naming file, key, found, expected ----------------------------------------------

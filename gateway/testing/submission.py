@@ -150,12 +150,13 @@ class SubmissionServer:
                 raise TimeoutError(f"upstream got {len(self.messages)} of {count} messages")
             return list(self.messages)
 
-    def start(self) -> int:
+    def start(self, port: int = 0) -> int:
+        """Serve on 127.0.0.1:`port` (0: a free port); a given port brings a stopped upstream back."""
         self._thread.start()
 
         async def serve() -> asyncio.base_events.Server:
             ssl_context = self.context if self.tls == "implicit" else None
-            return await self._loop.create_server(self._factory, "127.0.0.1", 0, ssl=ssl_context)
+            return await self._loop.create_server(self._factory, "127.0.0.1", port, ssl=ssl_context)
 
         self._server = asyncio.run_coroutine_threadsafe(serve(), self._loop).result(10)
         self.port = self._server.sockets[0].getsockname()[1]

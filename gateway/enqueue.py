@@ -1,0 +1,92 @@
+"""One app transaction in queue mode: its recipients and its body, committed to the spool.
+
+The counterpart of `gateway.relay.RelayTransaction` for rules with
+``delivery = "queue"``: recipients are accepted after policy without asking
+the upstream, the body is streamed to ``incoming/ID/body`` as it arrives (never
+held whole in memory; plain file writes in the reactor thread), and at the end
+of data the message is committed durably — fsyncs and an atomic rename — before
+the app sees ``250``. Any write error gives ``452 4.3.1`` and removes the partial
+message. No reactor imports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from gateway import replies
+from gateway.address import Address
+from gateway.commands import MailFrom
+from gateway.data import MessageFacts
+from gateway.replies import Reply
+from gateway.spool import Envelope, RecipientState, Spool, SpoolWriter, new_id
+
+
+class QueueTransaction:
+    def __init__(self, spool: Spool, mail: MailFrom, clock: Callable[[], float] = time.time) -> None:
+        self.spool = spool
+        self.mail = mail
+        self.clock = clock
+        self.recipients: list[RecipientState] = []
+        self.writer: SpoolWriter | None = None
+        self.queue_id: str | None = None
+        self.error: str | None = None  # why the message could not be stored (for the audit)
+
+    @property
+    def upstreams(self) -> list[str]:
+        return sorted({r.upstream for r in self.recipients})
+
+    def rcpt(self, recipient: Address, upstream: str, rule: str | None) -> Reply:
+        self.recipients.append(RecipientState(recipient.text, upstream, rule))
+        return replies.QUEUE_RECIPIENT_OK
+
+    def data(self) -> Reply:
+        """Open incoming/ID/body; 354, or 452 4.3.1 if the spool cannot be written."""
+        queue_id = new_id(self.clock())
+        try:
+            self.writer = SpoolWriter(self.spool, queue_id)
+        except OSError as exc:
+            return self._failed(exc)
+        self.queue_id = queue_id
+        return replies.START_DATA
+
+    def write(self, content: bytes) -> None:
+        if self.writer is not None:
+            self.writer.write(content)
+
+    def finish(self, facts: MessageFacts, *, session_id: str, client_ip: str, helo: str | None) -> Reply:
+        """Commit durably, then 250 with the queue id; 452 4.3.1 if anything failed."""
+        writer = self.writer
+        if writer is None:
+            return replies.QUEUE_WRITE_FAILED
+        envelope = Envelope(
+            id=writer.id,
+            sender=self.mail.sender.text,
+            recipients=self.recipients,
+            received=self.clock(),
+            mail_body=self.mail.body,
+            size=writer.size,
+            sha256=facts.sha256,
+            message_id=facts.message_id,
+            session_id=session_id,
+            client_ip=client_ip,
+            helo=helo,
+        )
+        try:
+            writer.commit(envelope)
+        except OSError as exc:
+            writer.discard()
+            self.writer = None
+            return self._failed(exc)
+        self.writer = None
+        return replies.QUEUED.with_text(f"Queued as {writer.id}")
+
+    def _failed(self, exc: OSError) -> Reply:
+        self.error = f"spool write failed: {exc.strerror or type(exc).__name__}"
+        return replies.QUEUE_WRITE_FAILED
+
+    def abort(self) -> None:
+        """The message will not be committed: remove what was received."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.discard()
