@@ -128,7 +128,7 @@ def one_message(port: int) -> None:
 
 
 ECHO_BUG = ("bug: an upstream 535 that echoes the AUTH argument is written verbatim to the audit as "
-            "upstream_reply (gateway/upstream.py:446-451 keeps the 535, relay.py:156 stores it, session.py:459-462 logs its text)")
+            "upstream_reply (gateway/upstream.py:446-451 keeps the 535, relay.py:156 stores it, session.py:529-532 logs its text)")
 
 
 @pytest.mark.parametrize("case", [
