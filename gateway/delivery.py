@@ -380,12 +380,13 @@ class DeliveryRunner:
                 line += f" SIZE={envelope.size}"
             if envelope.mail_body and "8BITMIME" in capabilities:
                 line += f" BODY={envelope.mail_body}"
-            reply = await session.command(line.encode("utf-8"))
+            reply = replies.expected(await session.command(line.encode("utf-8")), 250)
             if reply.code != 250:
                 pool.release(session, reusable=reply.code != 421)
                 return {r.address: reply for r in group}, None, reply
             for recipient in group:
-                reply = await session.command(f"RCPT TO:<{recipient.address}>".encode())
+                reply = replies.expected(await session.command(f"RCPT TO:<{recipient.address}>".encode()),
+                                         250, 251)
                 answers[recipient.address] = reply
                 if reply.is_positive:
                     accepted.append(recipient)
@@ -395,9 +396,11 @@ class DeliveryRunner:
             reply = await session.command(b"DATA")
             if reply.code == 354:
                 await self._send_body(session, envelope)
-                reply = await session.end_data()
-                pool.release(session, reusable=reply.code != 421)
+                answer = await session.end_data()
+                reply = replies.expected(answer, *range(200, 300))
+                pool.release(session, reusable=reply is answer and reply.code != 421)
             else:
+                reply = replies.expected(reply, 354)
                 pool.release(session, reusable=False)
             for recipient in accepted:
                 answers[recipient.address] = reply

@@ -52,8 +52,8 @@ class SMTPServerProtocol(Protocol):
         self._data_error_sent = False
         self._data_started = 0.0
         self._timer: Any = None
-        self._paused_for_buffer = False
-        self._paused_for_replies = False
+        self._pauses: set[str] = set()  # why reading from the app is paused: replies, buffer, upstream
+        self.upstream_throttle = _UpstreamThrottle(self)
         self._closing = False
         self._errors = 0
         self._first_bytes = True
@@ -143,13 +143,10 @@ class SMTPServerProtocol(Protocol):
     # --- IPushProducer: the app is not reading its replies --------------------------------
 
     def pauseProducing(self) -> None:  # noqa: N802
-        self._paused_for_replies = True
-        self.transport.pauseProducing()
+        self.pause("replies")
 
     def resumeProducing(self) -> None:  # noqa: N802
-        self._paused_for_replies = False
-        if not self._paused_for_buffer:
-            self.transport.resumeProducing()
+        self.resume("replies")
         if self._reader is None:
             self._process()
 
@@ -212,7 +209,7 @@ class SMTPServerProtocol(Protocol):
 
     def _process(self) -> None:
         while (self._pending is None and self._reader is None and not self._closing
-               and not self._paused_for_replies):
+               and "replies" not in self._pauses):
             newline = self._buffer.find(b"\n")
             if self._discarding_long_line:
                 if newline < 0:
@@ -239,13 +236,23 @@ class SMTPServerProtocol(Protocol):
 
     def _flow_control(self) -> None:
         waiting = len(self._buffer) > MAX_PIPELINE_BUFFER and self._pending is not None
-        if waiting and not self._paused_for_buffer:
-            self._paused_for_buffer = True
+        if waiting:
+            self.pause("buffer")
+        else:
+            self.resume("buffer")
+
+    def pause(self, reason: str) -> None:
+        """Stop reading from the app for `reason` (reading resumes when no reason is left)."""
+        if not self._pauses and self.transport is not None:
             self.transport.pauseProducing()
-        elif not waiting and self._paused_for_buffer:
-            self._paused_for_buffer = False
-            if not self._paused_for_replies:
-                self.transport.resumeProducing()
+        self._pauses.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if not self._pauses and self.transport is not None and not self._closing:
+            self.transport.resumeProducing()
 
     def _command(self, line: bytes) -> None:
         assert self.session is not None
@@ -297,7 +304,7 @@ class SMTPServerProtocol(Protocol):
         self._reader = DataReader(self.session.config.listener.max_message_size)
         self._data_error_sent = False
         self._data_started = self.gateway.reactor.seconds()
-        self.session.data_started(self.transport)
+        self.session.data_started(self.upstream_throttle)
         self._data_progress()
         buffered, self._buffer = self._buffer, b""
         if buffered:
@@ -335,6 +342,23 @@ class SMTPServerProtocol(Protocol):
         self.transport.write(reply.to_bytes())
         if self._errors >= self.gateway.config.listener.max_errors and reply.code != 221:
             self._close("too many errors", replies.TOO_MANY_ERRORS)
+
+
+@implementer(IPushProducer)
+class _UpstreamThrottle:
+    """What the upstream's transport pauses while a body streams: reading from the app."""
+
+    def __init__(self, listener: SMTPServerProtocol) -> None:
+        self._listener = listener
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self._listener.pause("upstream")
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._listener.resume("upstream")
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
 
 
 class ListenerFactory(Factory):

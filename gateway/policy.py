@@ -4,7 +4,8 @@ Rules are evaluated in order for each recipient; the first rule whose every
 given condition (authenticated app, client network, envelope sender glob,
 recipient glob) holds
 wins. No match is a refusal (``550 5.7.1``): the gateway is closed by default.
-Globs are shell-style (``*``, ``?``, ``[...]``) and case-insensitive; the
+Globs have ``*`` (any run of characters) and ``?`` (one character), everything
+else literal (so ``*@[10.0.0.1]`` matches an address literal), case-insensitive; the
 null sender ``<>`` is matched as the empty string (so ``*`` matches it), and
 the glob ``"<>"`` matches the null sender only.
 """
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+import re
+from functools import lru_cache
 
 from gateway import replies
 from gateway.address import Address
@@ -61,9 +63,19 @@ def _in_networks(client: IPAddress, networks: tuple[Network, ...]) -> bool:
     return any(client.version == net.version and client in net for net in networks)
 
 
+@lru_cache(maxsize=4096)
+def _glob(glob: str) -> re.Pattern[str]:
+    """``*`` is any run of characters, ``?`` one character; everything else is literal.
+
+    No ``[...]`` classes: address literals such as ``*@[10.0.0.1]`` must match as written.
+    """
+    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob.lower())
+    return re.compile("".join(parts), re.DOTALL)
+
+
 def _globs_match(text: str, globs: tuple[str, ...]) -> bool:
-    """Shell-style, case-insensitive; the glob ``<>`` matches only the null sender."""
-    return any(text == "" if glob == "<>" else fnmatchcase(text, glob.lower()) for glob in globs)
+    """Case-insensitive globs; the glob ``<>`` matches only the null sender."""
+    return any(text == "" if glob == "<>" else _glob(glob).fullmatch(text) is not None for glob in globs)
 
 
 def rule_matches(rule: Rule, client: IPAddress, sender: Address, recipient: Address,

@@ -24,7 +24,7 @@ from gateway.config import UpstreamConfig
 from gateway.data import dot_stuff
 from gateway.failover import Cooldowns
 from gateway.pool import UpstreamPool
-from gateway.replies import Reply
+from gateway.replies import Reply, expected
 from gateway.upstream import UpstreamFailure, UpstreamSession
 
 
@@ -54,6 +54,8 @@ class RelayTransaction:
         self.upstream_reply: Reply | None = None
         self.tried: list[dict[str, str]] = []  # each upstream left, and why
         self._done = False
+        self._producer: Any = None
+        self._throttling: Any = None  # the upstream transport our producer is registered with
 
     @property
     def upstream(self) -> UpstreamConfig:
@@ -74,6 +76,7 @@ class RelayTransaction:
                     return self.failure.reply if self.failure else replies.UPSTREAM_LOST
             else:
                 reply = await self.session.command(line)
+            reply = expected(reply, 250, 251)
         except UpstreamFailure as failure:
             self._fail(failure)
             return failure.reply
@@ -136,7 +139,7 @@ class RelayTransaction:
         try:
             mail_sent = session.command(line.encode("ascii"))
             rcpt_sent = session.command(rcpt_line) if "PIPELINING" in capabilities else None
-            reply = await mail_sent
+            reply = expected(await mail_sent, 250)
             if reply.code != 250:
                 if rcpt_sent is not None:
                     await rcpt_sent  # its 503 means nothing; keep the replies in step
@@ -163,14 +166,15 @@ class RelayTransaction:
         if self.failure is not None or self.session is None:
             return self.failure.reply if self.failure else replies.UPSTREAM_LOST
         try:
-            reply = await self.session.command(b"DATA")
+            answer = await self.session.command(b"DATA")
         except UpstreamFailure as failure:
             self._fail(failure)
             return failure.reply
-        self.upstream_reply = reply
-        if reply.code == 354:
+        self.upstream_reply = answer
+        if answer.code == 354:
             return replies.START_DATA
-        self._release(reusable=True)
+        reply = expected(answer, 354)
+        self._release(reusable=reply is answer)
         return reflect(reply)
 
     def write(self, content: bytes) -> None:
@@ -184,24 +188,32 @@ class RelayTransaction:
         if self.failure is not None or self.session is None:
             return self.failure.reply if self.failure else replies.UPSTREAM_LOST
         try:
-            reply = await self.session.end_data()
+            answer = await self.session.end_data()
         except UpstreamFailure as failure:
             self._fail(failure)
             return failure.reply
-        self.upstream_reply = reply
-        self._release(reusable=reply.code != 421)
+        self.upstream_reply = answer
+        reply = expected(answer, *range(200, 300))
+        self._release(reusable=reply is answer and reply.code != 421)
         return reflect(reply)
 
     def throttle(self, producer: Any) -> None:
-        """Let the upstream's send buffer pause `producer` (the app's transport) while the body streams."""
+        """Let the upstream's send buffer pause `producer` (the app's side) while the body streams."""
         if self.session is not None and not self._done and self.session.transport is not None:
-            self.session.transport.registerProducer(producer, True)
+            self._producer = producer
+            self._throttling = self.session.transport
+            self._throttling.registerProducer(producer, True)
 
     def unthrottle(self) -> None:
-        """Undo `throttle`; before any close, or the upstream would stop the app's connection."""
-        transport = self.session.transport if self.session is not None else None
-        if transport is not None and getattr(transport, "producer", None) is not None:
+        """Undo `throttle` before any close (or the upstream would stop the app's connection),
+        and resume the app's side in case the upstream left it paused."""
+        producer, self._producer = self._producer, None
+        transport, self._throttling = self._throttling, None
+        if producer is None:
+            return
+        if transport is not None:  # a TLS transport wraps the producer, so compare nothing: it is ours
             transport.unregisterProducer()
+        producer.resumeProducing()
 
     def abort(self, reason: str) -> None:
         """Drop the upstream mid-transaction: without the final dot nothing is delivered."""

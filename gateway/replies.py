@@ -55,6 +55,18 @@ class Reply:
         return Reply(self.code, self.enhanced, text)
 
 
+def expected(reply: Reply, *codes: int) -> Reply:
+    """`reply` if its code is one of `codes` or a refusal (4xx/5xx); otherwise a protocol error.
+
+    An upstream that answers MAIL with 251, DATA with 250 or RCPT with 354 has not done what
+    the gateway asked: passing such a positive reply on would tell the app "accepted" for a
+    message nobody took.
+    """
+    if reply.code in codes or 400 <= reply.code < 600:
+        return reply
+    return UPSTREAM_PROTOCOL.with_text(f"Upstream protocol error (unexpected {reply.code}), try again later")
+
+
 def default_enhanced(code: int) -> str:
     """The generic enhanced code for a reply class (X.0.0)."""
     return f"{code // 100}.0.0"

@@ -114,12 +114,14 @@ class UpstreamProtocol(Protocol):
             return
         for index, reply in enumerate(batch):
             if self._waiters:
-                waiter = self._waiters.popleft()
+                waiter = self._waiters[0]
                 if getattr(waiter, "starttls", False) and reply.code == 220:
                     if index + 1 < len(batch) or self._parser.pending:
+                        # The waiter stays queued: connectionLost fails it with this reason.
                         self._abort("STARTTLS response injection: extra data after 220")
                         return
                     self._switching_to_tls = True
+                self._waiters.popleft()
                 self._stop_timer()
                 waiter.callback(reply)
                 if self.transport is None or self._lost_reason is not None:
@@ -418,10 +420,12 @@ class UpstreamConnector:
         offered = set(capabilities.get("AUTH", "").upper().split())
         user = config.username.encode("utf-8")
         secret = self.password.reveal().encode("utf-8")
+        sent = [secret, base64.b64encode(secret)]  # what a refusal's text must not repeat
         try:
             if "PLAIN" in offered:
                 mechanism = "PLAIN"
                 token = base64.b64encode(b"\0" + user + b"\0" + secret)
+                sent.append(token)
                 answer = await protocol.send(b"AUTH PLAIN " + token)
             elif "LOGIN" in offered:
                 mechanism = "LOGIN"
@@ -448,7 +452,7 @@ class UpstreamConnector:
             raise UpstreamFailure(
                 replies.UPSTREAM_AUTH_FAILED,
                 f"{config.name}: AUTH {mechanism} as {config.username} refused: {answer.code} {answer.enhanced}",
-                answer,
+                _scrubbed(answer, sent),
             )
         return config.username, mechanism
 
@@ -492,6 +496,7 @@ class UpstreamConnector:
                 initial = sasl.xoauth2_response(user, secret)
             else:
                 initial = sasl.oauthbearer_response(user, secret, config.host, config.port)
+            sent = [secret.encode("utf-8"), bytes(initial)]  # what a refusal's text must not repeat
             del secret
             challenge = ""
             try:
@@ -517,8 +522,18 @@ class UpstreamConnector:
                 replies.UPSTREAM_AUTH_FAILED,
                 f"{config.name}: AUTH {mechanism} as {user} refused{challenge}: "
                 f"{answer.code} {answer.enhanced}{retried}",
-                answer,
+                _scrubbed(answer, sent),
             )
+
+
+def _scrubbed(reply: Reply, sent: list[bytes]) -> Reply:
+    """An AUTH refusal with every credential we sent cut out of its text (a server may echo it)."""
+    text = reply.text
+    for secret in sent:
+        value = secret.decode("utf-8", "replace")
+        if value:
+            text = text.replace(value, "<redacted>")
+    return Reply(reply.code, reply.enhanced, text)
 
 
 def _short(exc: BaseException) -> str:

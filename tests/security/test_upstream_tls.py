@@ -77,8 +77,6 @@ def test_starttls_response_injection_aborts_before_handshake(injected, scripted,
     assert_nothing_sent_over_tls(connection)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: gateway/upstream.py:117-121 pops the STARTTLS waiter, then "
-                   "aborts without firing it: the app's RCPT never gets a reply and no message.result is written")
 def test_starttls_response_injection_defers_with_reason(scripted, start_gateway, ca):
     """Prevents a STARTTLS injection from hanging the app: it gets 451 4.7.5 and the audit says why."""
     upstream = scripted(starttls_reply=b"220 2.0.0 Ready\r\n" + INJECTIONS[0])
