@@ -1,0 +1,83 @@
+"""Where mailgate spends its time: a summary of py-spy's collapsed stacks (``--format raw``). Pure.
+
+Each line of the input is ``frame;frame;...;leaf COUNT``, a frame being
+``function (path:line)``. Self time goes to the leaf; inclusive time to every
+distinct function on the stack; self time is also grouped by package
+(gateway, twisted, OpenSSL, structlog, ...) to show which layer costs what.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+_FRAME = re.compile(r"^(?P<function>.*?) \((?P<path>[^()]*?)(?::\d+)?\)$")
+_PACKAGES = (("gateway/", "gateway (mailgate)"), ("twisted/", "twisted"), ("OpenSSL/", "pyOpenSSL"),
+             ("cryptography/", "cryptography"), ("service_identity/", "service-identity"),
+             ("structlog/", "structlog"), ("json/", "json (stdlib)"), ("zope/", "zope.interface"))
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "/lib/python3", "/work/"):
+        if marker in path:
+            tail = path.split(marker, 1)[1]
+            return tail.split("/", 1)[1] if marker != "site-packages/" else tail
+    return path
+
+
+def _function(frame: str) -> str:
+    match = _FRAME.match(frame.strip())
+    if not match:
+        return frame.strip()
+    return f"{match['function']} ({_short(match['path'])})"
+
+
+def _package(function: str) -> str:
+    for marker, name in _PACKAGES:
+        if f"({marker}" in function or f"/{marker}" in function:
+            return name
+    if "(<" in function or function.endswith(")") is False:
+        return "native / other"
+    return "python stdlib / other"
+
+
+def summarise(path: str, top: int = 15) -> dict[str, Any]:
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    with open(path) as handle:
+        for line in handle:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            functions = [_function(frame) for frame in stack.split(";") if frame]
+            if not functions:
+                continue
+            total += count
+            own[functions[-1]] += count
+            for function in set(functions):
+                inclusive[function] += count
+    if total == 0:
+        return {"samples": 0}
+    packages: Counter[str] = Counter()
+    for function, count in own.items():
+        packages[_package(function)] += count
+
+    def share(counter: Counter[str], n: int) -> list[list[Any]]:
+        return [[name, round(100 * count / total, 1)] for name, count in counter.most_common(n)]
+
+    return {"samples": total, "self": share(own, top), "inclusive": share(inclusive, top * 2),
+            "self_by_package": share(packages, len(packages))}
+
+
+def render(profile: dict[str, Any]) -> str:
+    lines = [f"profile of mailgate relay mode under load ({profile['samples']} samples, py-spy):",
+             "  self time by package:"]
+    lines += [f"    {pct:5.1f}%  {name}" for name, pct in profile["self_by_package"]]
+    lines.append("  top functions by self time:")
+    lines += [f"    {pct:5.1f}%  {name}" for name, pct in profile["self"]]
+    lines.append("  top functions by inclusive time:")
+    lines += [f"    {pct:5.1f}%  {name}" for name, pct in profile["inclusive"]]
+    return "\n".join(lines)
