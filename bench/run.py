@@ -6,6 +6,7 @@ stops when the sink has counted all N messages.
 
     (a) direct          smtp-source -> sink plaintext port (no relay: the ceiling)
     (b) postfix         smtp-source -> throwaway Postfix null client -> sink STARTTLS+AUTH
+    (b+) the same Postfix with smtp_tls_connection_reuse = yes (for information; not in the ratios)
     (c) mailgate relay  smtp-source -> mailgate (cut-through) -> sink STARTTLS+AUTH
     (d) mailgate queue  smtp-source -> mailgate (delivery = "queue") -> sink, if this build has it
 
@@ -81,6 +82,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds allowed per throughput run (default 60 + 0.1 s per message)")
     parser.add_argument("--profile", action="store_true", default=bool(os.environ.get("BENCH_PROFILE")),
                         help="also profile mailgate relay mode under load with py-spy (BENCH_PROFILE=1)")
+    parser.add_argument("--no-postfix-reuse", dest="postfix_reuse", action="store_false",
+                        default=os.environ.get("BENCH_POSTFIX_REUSE", "1") != "0",
+                        help="skip the extra run of Postfix with smtp_tls_connection_reuse = yes "
+                             "(BENCH_POSTFIX_REUSE=0)")
     parser.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs)")
     args = parser.parse_args(argv)
@@ -271,14 +276,16 @@ class Bench:
         self.say("(a) direct: smtp-source -> sink plaintext port")
         self.throughput("direct", self.sink.plain_port)
 
-    def run_postfix(self) -> None:
-        self.say("(b) Postfix null client -> sink STARTTLS+AUTH")
-        postfix = PostfixInstance(os.path.join(self.tmp, "postfix"), self.sink.tls_port, self.ca_file,
-                                  USER, self.password)
+    def run_postfix(self, *, tls_connection_reuse: bool = False) -> None:
+        key = "postfix_tls_reuse" if tls_connection_reuse else "postfix"
+        self.say(f"({'b+' if tls_connection_reuse else 'b'}) Postfix null client"
+                 f"{' with smtp_tls_connection_reuse = yes' if tls_connection_reuse else ''} -> sink STARTTLS+AUTH")
+        postfix = PostfixInstance(os.path.join(self.tmp, key), self.sink.tls_port, self.ca_file,
+                                  USER, self.password, tls_connection_reuse=tls_connection_reuse)
         self.cleanup.callback(postfix.stop)
         port = postfix.start()
         try:
-            self.throughput("postfix", port, relay_cpu=postfix.cpu_seconds)
+            self.throughput(key, port, relay_cpu=postfix.cpu_seconds)
         finally:
             postfix.stop()
 
@@ -397,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.say(f"N={args.messages} S={args.size} C={args.concurrency}; temporary folder {bench.tmp}")
             bench.run_direct()
             bench.run_postfix()
+            if args.postfix_reuse:
+                bench.run_postfix(tls_connection_reuse=True)
             bench.run_mailgate_relay()
             bench.run_mailgate_queue()
             bench.run_latency()

@@ -79,6 +79,7 @@ def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
              f"{'run':<34}{'msgs/s':>9}{'seconds':>9}{'TLS hs/1000':>13}{'peak RSS MiB':>14}"
              f"{'relay CPU%':>12}{'sink CPU%':>11}{'other load':>12}"]
     names = {"direct": "(a) direct to the sink", "postfix": "(b) Postfix null client",
+             "postfix_tls_reuse": "(b+) Postfix, TLS conn. reuse",
              "mailgate_relay": "(c) mailgate relay mode", "mailgate_queue": "(d) mailgate queue mode"}
     for key, label in names.items():
         run = results["throughput"].get(key)
