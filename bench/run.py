@@ -252,7 +252,9 @@ class Bench:
             "other_load_cores": round(max(0.0, busy_cores - ours / window), 2),
         }
         if relay_cpu:
-            run["relay_cpu_percent"] = percent(relay_cpu() - cpu, seconds)
+            used = relay_cpu() - cpu
+            run["relay_cpu_percent"] = percent(used, seconds)
+            run["relay_cpu_ms_per_message"] = round(1000 * used / n, 2)
         if memory:
             run["peak_rss_mib"] = mib(memory().get("VmHWM"))
         self.results["throughput"][key] = run
@@ -331,11 +333,13 @@ class Bench:
         self.say(f"one {size // MIB} MiB message through mailgate relay mode")
         process = self.start_mailgate("big")
         try:
+            baseline = process.memory_kib().get("VmRSS")
             before = self.sink.stats()["messages"]
             seconds = app.big_message(process.port, size)
             self.sink.wait_for(before + 1, 60)
             self.results["big_message"] = {"bytes": size, "seconds": round(seconds, 2),
-                                           "peak_rss_mib": mib(process.memory_kib().get("VmHWM"))}
+                                           "peak_rss_mib": mib(process.memory_kib().get("VmHWM")),
+                                           "rss_before_mib": mib(baseline)}
         finally:
             process.stop()
 

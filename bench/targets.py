@@ -77,7 +77,7 @@ def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
              f"workload: N={p['messages']} messages, S={p['size']} bytes, C={p['concurrency']} sessions, "
              "one message per connection (smtp-source)", "",
              f"{'run':<34}{'msgs/s':>9}{'seconds':>9}{'TLS hs/1000':>13}{'peak RSS MiB':>14}"
-             f"{'relay CPU%':>12}{'sink CPU%':>11}{'other load':>12}"]
+             f"{'relay CPU%':>12}{'CPU ms/msg':>12}{'sink CPU%':>11}{'other load':>12}"]
     names = {"direct": "(a) direct to the sink", "postfix": "(b) Postfix null client",
              "postfix_tls_reuse": "(b+) Postfix, TLS conn. reuse",
              "mailgate_relay": "(c) mailgate relay mode", "mailgate_queue": "(d) mailgate queue mode"}
@@ -90,14 +90,15 @@ def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             continue
         lines.append(f"{label:<34}{_fmt(run.get('msgs_per_s')):>9}{_fmt(run.get('seconds'), '.2f'):>9}"
                      f"{_fmt(run.get('handshakes_per_1000')):>13}{_fmt(run.get('peak_rss_mib'), '.1f'):>14}"
-                     f"{_fmt(run.get('relay_cpu_percent')):>12}{_fmt(run.get('sink_cpu_percent')):>11}"
+                     f"{_fmt(run.get('relay_cpu_percent')):>12}{_fmt(run.get('relay_cpu_ms_per_message'), '.2f'):>12}"
+                     f"{_fmt(run.get('sink_cpu_percent')):>11}"
                      f"{_fmt(run.get('other_load_cores'), '.2f'):>12}")
     noisy = [k for k, run in results["throughput"].items() if (run.get("other_load_cores") or 0) > NOISE_CORES]
     if noisy:
         lines.append(f"warning: processes outside the bench used more than {NOISE_CORES} core(s) during "
                      f"{', '.join(noisy)}: those figures are low and the ratios unreliable; re-run on an idle machine")
-    lines.append("(relay CPU%: % of one core used by the relay, all Postfix processes for (b); "
-                 "other load: cores busy outside the bench)")
+    lines.append("(relay CPU%: % of one core used by the relay, all Postfix processes for (b); CPU ms/msg: "
+                 "the relay's CPU time per message; other load: cores busy outside the bench)")
     lines.append("")
     lines.append("ratios: " + ", ".join(f"{k} = {_fmt(v, '.2f')}" for k, v in ratios(results).items()))
     lat = results.get("latency", {})
@@ -113,11 +114,12 @@ def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
     big = results.get("big_message", {})
     if big:
         lines.append(f"100 MiB message through relay mode: {big.get('seconds', 0):.2f} s, "
-                     f"mailgate peak RSS {_fmt(big.get('peak_rss_mib'), '.1f')} MiB")
+                     f"mailgate peak RSS {_fmt(big.get('peak_rss_mib'), '.1f')} MiB "
+                     f"(idle before it: {_fmt(big.get('rss_before_mib'), '.1f')} MiB)")
     idle = results.get("idle_sessions", {})
     if idle:
         lines.append(f"{idle['sessions']} idle app sessions: mailgate RSS {idle['rss_mib']:.1f} MiB "
-                     f"(peak {idle['peak_rss_mib']:.1f} MiB)")
+                     f"(peak {idle['peak_rss_mib']:.1f} MiB; idle before them: {_fmt(idle.get('rss_before_mib'), '.1f')} MiB)")
     lines += ["", "targets (issue 6):"]
     lines += [f"  {v.status:<5} {v.target}: {v.measured}" for v in verdicts]
     return "\n".join(lines)
