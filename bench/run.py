@@ -372,7 +372,7 @@ class Bench:
         process = self.start_mailgate("profile")
         out_dir = os.path.join(os.path.dirname(self.args.output))
         collapsed = os.path.join(out_dir, "relay-profile.txt")
-        recorder = subprocess.Popen([spy, "record", "--format", "raw", "--rate", "250", "--nonblocking",
+        recorder = subprocess.Popen([spy, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--threads",
                                      "--output", collapsed, "--pid", str(process.pid)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.cleanup.callback(lambda: recorder.poll() is None and recorder.kill())
