@@ -20,9 +20,11 @@ from errors import BenchError
 
 
 def relay_config(tmp: str, sink_port: int, ca_file: str, user: str, *, delivery: str | None = None,
-                 extra: str = "") -> str:
+                 queue_path: str | None = None, extra: str = "") -> str:
     """A bench config: loopback listener on port 0, every recipient to the sink's STARTTLS port."""
     rule_delivery = f'delivery = "{delivery}"\n' if delivery else ""
+    if queue_path:
+        rule_delivery += f'\n[queue]\npath = "{queue_path}"\n'
     return f"""\
 # Written by bench/run.py for one run; see docs/performance.md.
 [listener]
@@ -56,8 +58,9 @@ upstream = "sink"
 
 
 class MailgateProcess:
-    def __init__(self, binary: str, config_path: str, password: str) -> None:
+    def __init__(self, binary: str, config_path: str, password: str, cwd: str | None = None) -> None:
         self.binary = binary
+        self.cwd = cwd  # relative defaults (a spool path, say) land here, not in the checkout
         self.config_path = config_path
         self.env = dict(os.environ, MAILGATE_BENCH_PASSWORD=password)
         self.process: subprocess.Popen[str] | None = None
@@ -73,12 +76,12 @@ class MailgateProcess:
     def check(self) -> tuple[bool, str]:
         """``mailgate check`` on the config: (accepted, what it said)."""
         done = subprocess.run([self.binary, "check", "--config", self.config_path], env=self.env,
-                              capture_output=True, text=True, timeout=60)
+                              cwd=self.cwd, capture_output=True, text=True, timeout=60)
         return done.returncode == 0, (done.stdout + done.stderr).strip()
 
     def start(self, timeout: float = 30) -> int:
         self.process = subprocess.Popen([self.binary, "run", "--config", self.config_path],
-                                        env=self.env, stdin=subprocess.DEVNULL,
+                                        env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._drain, daemon=True, name="mailgate-stderr").start()
         while True:

@@ -153,6 +153,12 @@ def raise_open_files(needed: int) -> None:
 
 
 def mailgate_binary() -> str:
+    """The mailgate of this checkout's venv, or $BENCH_MAILGATE (to bench another build)."""
+    if os.environ.get("BENCH_MAILGATE"):
+        chosen = os.environ["BENCH_MAILGATE"]
+        if not os.access(chosen, os.X_OK):
+            raise BenchError(f"BENCH_MAILGATE={chosen}: not an executable mailgate command")
+        return chosen
     beside = os.path.join(os.path.dirname(sys.executable), "mailgate")
     found = beside if os.access(beside, os.X_OK) else shutil.which("mailgate")
     if not found:
@@ -211,14 +217,22 @@ class Bench:
     def start_mailgate(self, name: str, *, delivery: str | None = None) -> MailgateProcess:
         path = os.path.join(self.tmp, f"{name}.toml")
         extra = os.environ.get("BENCH_QUEUE_EXTRA", "").replace("{tmp}", self.tmp) if delivery else ""
-        with open(path, "w") as handle:
-            handle.write(relay_config(self.tmp, self.sink.tls_port, self.ca_file, USER,
-                                      delivery=delivery, extra=extra))
-        process = MailgateProcess(self.mailgate, path, self.password)
-        if delivery:
+        # Queue mode: the spool goes in the temp folder ([queue] path); a build whose
+        # queue mode takes no [queue] table is tried without it.
+        spools = [os.path.join(self.tmp, f"{name}-spool"), None] if delivery else [None]
+        said = ""
+        for spool in spools:
+            with open(path, "w") as handle:
+                handle.write(relay_config(self.tmp, self.sink.tls_port, self.ca_file, USER,
+                                          delivery=delivery, queue_path=spool, extra=extra))
+            process = MailgateProcess(self.mailgate, path, self.password, cwd=self.tmp)
+            if not delivery:
+                break
             ok, said = process.check()
-            if not ok:
-                raise QueueUnavailable(said)
+            if ok:
+                break
+        else:
+            raise QueueUnavailable(said)
         process.start()
         self.cleanup.callback(process.stop)
         return process
