@@ -103,10 +103,12 @@ def summarise(path: str, top: int = 15) -> dict[str, Any]:
 
 
 def render(profile: dict[str, Any]) -> str:
-    lines = [f"profile of mailgate relay mode under load ({profile['samples']} samples of the reactor "
-             "thread, py-spy):", "  samples by thread: " + ", ".join(f"{name} {pct}%" for name, pct in
-                                                               profile.get("threads", [])),
-             "  self time by package (reactor thread):"]
+    threads = ", ".join(f"{name} {pct}%" for name, pct in profile.get("threads", []))
+    lines = [
+        f"profile of mailgate relay mode under load ({profile['samples']} samples of the reactor thread, py-spy):",
+        f"  samples by thread: {threads}",
+        "  self time by package (reactor thread):",
+    ]
     lines += [f"    {pct:5.1f}%  {name}" for name, pct in profile["self_by_package"]]
     lines.append("  top functions by self time (reactor thread):")
     lines += [f"    {pct:5.1f}%  {name}" for name, pct in profile["self"]]

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from typing import Any
+from typing import Self
 
 import procfs
 from errors import BenchError
@@ -76,7 +76,7 @@ class MailgateProcess:
     def check(self) -> tuple[bool, str]:
         """``mailgate check`` on the config: (accepted, what it said)."""
         done = subprocess.run([self.binary, "check", "--config", self.config_path], env=self.env,
-                              cwd=self.cwd, capture_output=True, text=True, timeout=60)
+                              cwd=self.cwd, capture_output=True, text=True, timeout=60, check=False)
         return done.returncode == 0, (done.stdout + done.stderr).strip()
 
     def start(self, timeout: float = 30) -> int:
@@ -121,8 +121,8 @@ class MailgateProcess:
             self.process.kill()
             return self.process.wait(5)
 
-    def __enter__(self) -> MailgateProcess:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -103,7 +103,7 @@ class PostfixInstance:
 
     def _postfix(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["postfix", "-c", self.etc, *args], capture_output=True, text=True,
-                              timeout=timeout)
+                              timeout=timeout, check=False)
 
     def start(self, timeout: float = 30) -> int:
         done = self._postfix("start")
@@ -129,7 +129,7 @@ class PostfixInstance:
         if not shutil.which("script"):
             return ""
         done = subprocess.run(["script", "-qc", f"postfix -c {self.etc} check", "/dev/null"],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, check=False)
         return done.stdout.strip()
 
     def master_pid(self) -> int | None:

@@ -273,7 +273,7 @@ class SinkProtocol(asyncio.Protocol):
         try:
             transport = await loop.start_tls(self.transport, self, self.tls_context, server_side=True,
                                              ssl_handshake_timeout=30)
-        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError):
             self.transport.abort()
             return
         if transport is None:
@@ -314,7 +314,7 @@ async def control(counters: Counters) -> None:
                 counters.waiters.append((count, future))
                 try:
                     answer = {"ok": True, "at": await asyncio.wait_for(future, float(request["timeout"]))}
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     answer = {"ok": False}
             answer.update(counters.snapshot())
         else:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-
 NOISE_CORES = 0.25  # CPU used by processes outside the bench above which a run is flagged
 
 
@@ -74,10 +73,10 @@ def _fmt(value: Any, spec: str = ".0f") -> str:
 def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
     p = results["parameters"]
     lines = [f"mailgate bench — {results['date']} — {results['machine']['summary']}",
-             f"workload: N={p['messages']} messages, S={p['size']} bytes, C={p['concurrency']} sessions, "
-             "one message per connection (smtp-source)", "",
-             f"{'run':<34}{'msgs/s':>9}{'seconds':>9}{'TLS hs/1000':>13}{'peak RSS MiB':>14}"
-             f"{'relay CPU%':>12}{'CPU ms/msg':>12}{'sink CPU%':>11}{'other load':>12}"]
+             (f"workload: N={p['messages']} messages, S={p['size']} bytes, C={p['concurrency']} sessions, "
+             "one message per connection (smtp-source)"), "",
+             (f"{'run':<34}{'msgs/s':>9}{'seconds':>9}{'TLS hs/1000':>13}{'peak RSS MiB':>14}"
+             f"{'relay CPU%':>12}{'CPU ms/msg':>12}{'sink CPU%':>11}{'other load':>12}")]
     names = {"direct": "(a) direct to the sink", "postfix": "(b) Postfix null client",
              "postfix_tls_reuse": "(b+) Postfix, TLS conn. reuse",
              "mailgate_relay": "(c) mailgate relay mode", "mailgate_queue": "(d) mailgate queue mode"}

@@ -6,12 +6,11 @@ import smtplib
 import socket
 import ssl
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from sink_control import SinkProcess
 
 from gateway.testing.pki import ThrowawayCA
-from sink_control import SinkProcess
 
 USER, PASSWORD = "bench@bench.test", "sink-test-password"
 
