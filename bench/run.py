@@ -302,6 +302,8 @@ class Bench:
         port = postfix.start()
         try:
             self.throughput(key, port, relay_cpu=postfix.cpu_seconds)
+        except BenchError as exc:
+            raise BenchError(f"{exc}; Postfix's log is {postfix.root}/maillog (--keep keeps it)") from None
         finally:
             postfix.stop()
 
@@ -310,6 +312,8 @@ class Bench:
         process = self.start_mailgate("relay")
         try:
             self.throughput("mailgate_relay", process.port, process.cpu_seconds, process.memory_kib)
+        except BenchError as exc:
+            raise BenchError(f"{exc}; mailgate's audit log is {self.tmp}/audit.jsonl (--keep keeps it)") from None
         finally:
             process.stop()
 
