@@ -80,7 +80,7 @@ class MailgateProcess:
         return done.returncode == 0, (done.stdout + done.stderr).strip()
 
     def start(self, timeout: float = 30) -> int:
-        self.process = subprocess.Popen([self.binary, "run", "--config", self.config_path],
+        self.process = subprocess.Popen(procfs.tied_to_parent([self.binary, "run", "--config", self.config_path]),
                                         env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         threading.Thread(target=self._drain, daemon=True, name="mailgate-stderr").start()

@@ -77,3 +77,12 @@ def children_cpu_seconds() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+
+def tied_to_parent(command: list[str]) -> list[str]:
+    """`command` run so that it gets SIGTERM if the bench itself is killed (util-linux setpriv)."""
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", *command] if setpriv else command

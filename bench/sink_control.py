@@ -17,7 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class SinkProcess:
     def __init__(self, cert_file: str, key_file: str, user: str, password: str) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "sink.py"), cert_file, key_file, user],
+            procfs.tied_to_parent([sys.executable, os.path.join(HERE, "sink.py"), cert_file, key_file, user]),
             env=dict(os.environ, BENCH_SINK_PASSWORD=password),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         first = self._read()
