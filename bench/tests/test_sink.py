@@ -85,3 +85,37 @@ def test_pipelined_commands_are_answered_in_order(sink: SinkProcess) -> None:
                 codes.append(int(line[:3]))
     assert codes == [250, 250, 250, 354, 250, 221]
     assert sink.stats()["messages"] == 1
+
+
+def test_a_command_sent_with_the_tls_finished_message_is_answered(sink: SinkProcess,
+                                                                   pki: tuple[str, str, str]) -> None:
+    """EHLO in the same write as the client's TLS Finished (as Twisted sends it) is not lost."""
+    context = ssl.create_default_context(cafile=pki[0])
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="sink.bench.test")
+    with socket.create_connection(("127.0.0.1", sink.tls_port), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"EHLO t\r\n")
+        while reader.readline()[3:4] == b"-":
+            pass
+        sock.sendall(b"STARTTLS\r\n")
+        assert reader.readline().startswith(b"220 ")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    sock.sendall(outgoing.read())
+                incoming.write(sock.recv(65536))
+        tls.write(b"EHLO t\r\n")
+        sock.sendall(outgoing.read())  # Finished and EHLO in one segment
+        answer = b""
+        while b"\r\n250 " not in b"\r\n" + answer:
+            try:
+                answer += tls.read(65536)
+            except ssl.SSLWantReadError:
+                incoming.write(sock.recv(65536))
+    assert b"AUTH PLAIN LOGIN" in answer
