@@ -100,6 +100,8 @@ def _valid_domain(domain: str) -> bool:
         literal = domain[1:-1]
         if literal.lower().startswith("ipv6:"):
             literal = literal[5:]
+            if "%" in literal:  # ipaddress accepts zone identifiers; RFC 5321 has none
+                return False
             try:
                 return isinstance(ipaddress.ip_address(literal), ipaddress.IPv6Address)
             except ValueError:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import config as configuration
-from gateway import policy
+from gateway import grants, oauth_cli, policy
 from gateway.address import AddressError, parse_path
 from gateway.config import Config, resolve_password
 from gateway.errors import ConfigError, MailgateError, UsageError
@@ -25,7 +25,7 @@ def _load(path: str | None) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.daemon import run
 
-    return run(_load(args.config))
+    return run(_load(args.config), lambda: _load(args.config))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -39,6 +39,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         for upstream in config.upstreams.values():
             try:
                 resolve_password(upstream)
+                if upstream.oauth is not None:
+                    grants.resolve(upstream.oauth, upstream.name)
             except MailgateError as exc:
                 problems.append(f"{args.config}: {exc}")
         if not config.rules:
@@ -68,6 +70,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     print(f"client {client}: {'allowed' if allowed else 'DENIED'} by listener.allowed_clients")
     if not allowed:
         print(f"  every command would get: {policy.replies.GREETING_DENIED}")
+    if args.app is not None:
+        if args.app not in config.apps:
+            raise UsageError(f"--app: found {args.app!r}, expected one of the [apps] ({', '.join(config.apps) or 'none'})")
+        owned = policy.sender_owned(config.apps[args.app].senders, sender.text)
+        print(f"app {args.app!r}: sender {'owned' if owned else 'NOT owned (553 5.7.1 at MAIL)'}")
     print(f"sender <{sender.text}>")
     status = 0
     for text in args.recipients:
@@ -76,15 +83,33 @@ def cmd_explain(args: argparse.Namespace) -> int:
         except AddressError as exc:
             print(f"  <{text}>: refused at RCPT: {exc.reply}")
             continue
-        decision = policy.decide(config, client, sender, recipient)
+        decision = policy.decide(config, client, sender, recipient, args.app)
         rule = f"rule {decision.rule.name!r}" if decision.rule else "no rule matches"
-        if decision.action == "relay" and decision.upstream is not None:
-            up = decision.upstream
-            print(f"  <{recipient.text}>: {rule} -> relay via upstream {up.name!r} "
-                  f"({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})")
+        if decision.action == "relay" and decision.upstreams:
+            hops = ", then ".join(
+                f"upstream {up.name!r} ({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})"
+                for up in decision.upstreams)
+            print(f"  <{recipient.text}>: {rule} -> relay via {hops}")
         else:
             print(f"  <{recipient.text}>: {rule} -> reject: {decision.reply}")
     return status if allowed else 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.passwords import make_hash
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("App password: ")
+        if getpass.getpass("Again: ") != password:
+            raise MailgateError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 12:
+        raise MailgateError("the password must be at least 12 characters long")
+    print(make_hash(password, args.scheme))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -110,12 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--config", metavar="FILE")
     explain.add_argument("--client", required=True, metavar="IP")
     explain.add_argument("--from", dest="sender", required=True, metavar="ADDR", help="envelope sender ('' for <>)")
+    explain.add_argument("--app", metavar="NAME", help="as if authenticated as this [apps.NAME]")
     explain.add_argument("--to", dest="recipients", required=True, action="append", metavar="ADDR")
     explain.set_defaults(func=cmd_explain)
+
+    hashing = sub.add_parser("hash-password", help="make a password_hash for an [apps.NAME] table")
+    hashing.add_argument("--scheme", choices=("argon2", "bcrypt", "scrypt"), default="argon2")
+    hashing.set_defaults(func=cmd_hash_password)
 
     demo = sub.add_parser("demo", help="the whole path on this machine, with local upstreams")
     demo.add_argument("--policy", metavar="FILE", help="demo policy (default: policies/demo.toml)")
     demo.set_defaults(func=cmd_demo)
+
+    oauth_cli.add_commands(sub)
     return parser
 
 

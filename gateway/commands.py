@@ -47,13 +47,14 @@ def parse_command(line: bytes) -> Command:
         raise CommandError(replies.NUL_IN_COMMAND)
     text = line.decode("utf-8", "replace")
     verb, _, argument = text.partition(" ")
-    return Command(verb.upper(), argument.strip(" "))
+    # Only an ASCII verb is upper-cased: "maıl".upper() is "MAIL", and no lookalike may become a verb.
+    return Command(verb.upper() if verb.isascii() else verb, argument.strip(" "))
 
 
 def _split_path(argument: str, keyword: str) -> tuple[str, list[str]]:
     """Split ``FROM:<path> params`` into the path and its parameter words."""
     head, colon, rest = argument.partition(":")
-    if not colon or head.strip().upper() != keyword:
+    if not colon or head.strip(" ").upper() != keyword:
         raise CommandError(replies.SYNTAX_ARGS)
     rest = rest.lstrip(" ")  # tolerated: "MAIL FROM: <a@b>", as most servers do
     if not rest.startswith("<"):
@@ -64,7 +65,7 @@ def _split_path(argument: str, keyword: str) -> tuple[str, list[str]]:
     path, params = rest[: end + 1], rest[end + 1 :]
     if params and not params.startswith(" "):
         raise CommandError(replies.SYNTAX_ARGS)
-    return path, params.split()
+    return path, [word for word in params.split(" ") if word]  # SP only, not any Unicode blank
 
 
 def _path_end(text: str) -> int:
@@ -88,6 +89,8 @@ def _params(words: list[str]) -> dict[str, str]:
         key, _, value = word.partition("=")
         if not key.isascii() or not key.replace("-", "").isalnum():
             raise CommandError(replies.SYNTAX_ARGS)
+        if key.upper() in params:
+            raise CommandError(replies.SYNTAX_ARGS.with_text(f"Parameter {key.upper()} given twice"))
         params[key.upper()] = value
     return params
 
@@ -102,7 +105,7 @@ def parse_mail(argument: str) -> MailFrom:
     size = body = None
     for key, value in params.items():
         if key == "SIZE":
-            if not value.isdigit() or len(value) > 20:
+            if not (value.isascii() and value.isdigit()) or len(value) > 20:
                 raise CommandError(replies.SYNTAX_ARGS.with_text("Bad SIZE parameter"))
             size = int(value)
         elif key == "BODY":

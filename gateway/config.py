@@ -19,6 +19,8 @@ from urllib.parse import unquote
 from gateway import credentials
 from gateway.credentials import Secret
 from gateway.errors import ConfigError, Problem, SecretError, UsageError
+from gateway.headers import HeaderEdits, read_header_edits
+from gateway.providers import UPSTREAM_KEYS, OAuthConfig, preset_for, read_upstream_auth
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -37,6 +39,9 @@ class Endpoint:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+METRICS_LISTEN = Endpoint("127.0.0.1", 9225)
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     listen: Endpoint = Endpoint("127.0.0.1", 2525)
@@ -46,11 +51,25 @@ class ListenerConfig:
     max_recipients: int = 100
     idle_timeout: float = 300.0
     shutdown_grace: float = 30.0
+    require_auth: bool = False
+    max_connections: int = 1000
+    max_connections_per_client: int = 100
+    max_errors: int = 20
+    data_timeout: float = 300.0
+    min_data_rate: int = 256  # bytes/second averaged over DATA, enforced after the first 30 s
+    proxy_protocol: bool = False  # the client's address comes from a PROXY v1/v2 header
 
 
 @dataclass(frozen=True)
 class AuditConfig:
     path: str = "-"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The metrics and health HTTP server; ``listen`` None (no [metrics] section) turns it off."""
+
+    listen: Endpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,12 @@ class UpstreamConfig:
     connect_timeout: float = 30.0
     command_timeout: float = 120.0
     data_timeout: float = 600.0
+    failover_cooldown: float = 60.0
+    max_connections: int = 10
+    pool_idle_timeout: float = 30.0
+    pool_max_messages: int = 100
+    auth: str = "password"  # or "xoauth2" (see gateway.providers)
+    oauth: OAuthConfig | None = None
 
     @property
     def url(self) -> str:
@@ -77,13 +102,35 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """A rate limit: `count` messages per `seconds`."""
+
+    count: int
+    seconds: float
+    text: str
+
+
+@dataclass(frozen=True)
+class App:
+    """An app that authenticates to the listener (AUTH PLAIN/LOGIN)."""
+
+    name: str
+    password_hash: str
+    senders: tuple[str, ...] | None = None
+    check_from_header: bool = False
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     action: str
-    upstream: str | None = None
+    upstreams: tuple[str, ...] = ()  # failover order; empty for reject rules
     clients: tuple[Network, ...] | None = None
     senders: tuple[str, ...] | None = None
     recipients: tuple[str, ...] | None = None
+    apps: tuple[str, ...] | None = None
+    rate: Rate | None = None
+    headers: HeaderEdits | None = None  # rewrite_from / strip_headers (see gateway.headers)
 
 
 @dataclass(frozen=True)
@@ -92,8 +139,10 @@ class Config:
     audit: AuditConfig
     upstreams: Mapping[str, UpstreamConfig]
     rules: tuple[Rule, ...]
+    apps: Mapping[str, App] = field(default_factory=dict)
     source: str = "<embedded default>"
     extras: Mapping[str, Any] = field(default_factory=dict)
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def resolve_password(upstream: UpstreamConfig) -> Secret | None:
@@ -178,6 +227,13 @@ class _Reader:
             return default
         return float(value)
 
+    def boolean(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
+        value = table.get(key.rpartition(".")[2], default)
+        if not isinstance(value, bool):
+            self.problem(key, value, "true or false")
+            return default
+        return value
+
     def string(self, table: Mapping[str, Any], key: str, default: str | None, *, choices: tuple[str, ...] = ()) -> str | None:
         value = table.get(key.rpartition(".")[2], default)
         if value is None:
@@ -214,19 +270,25 @@ class _Reader:
     # --- sections -------------------------------------------------------------------
 
     def config(self, document: Mapping[str, Any]) -> Config:
-        known = {"listener", "audit", "upstreams", "rules"}
+        known = {"listener", "audit", "upstreams", "rules", "apps", "metrics"}
         extras = {k: v for k, v in document.items() if k in EXTRA_SECTIONS}
         self.unknown_keys(document, "", known | set(EXTRA_SECTIONS))
         listener = self.listener(document)
         audit = self.audit(document)
         upstreams = self.upstreams(document)
-        rules = self.rules(document, upstreams)
-        return Config(listener, audit, upstreams, rules, self.source, extras)
+        apps = self.apps(document)
+        rules = self.rules(document, upstreams, apps)
+        if listener.require_auth and not apps:
+            self.problem("listener.require_auth", True, "at least one [apps.NAME] table to authenticate")
+        metrics = self.metrics(document)
+        return Config(listener, audit, upstreams, rules, apps, self.source, extras, metrics=metrics)
 
     def listener(self, document: Mapping[str, Any]) -> ListenerConfig:
         d = ListenerConfig()
         known = {"listen", "allowed_clients", "hostname", "max_message_size", "max_recipients",
-                 "idle_timeout", "shutdown_grace"}
+                 "idle_timeout", "shutdown_grace", "require_auth", "max_connections",
+                 "max_connections_per_client", "max_errors", "data_timeout", "min_data_rate",
+                 "proxy_protocol"}
         t = self.table(document, "listener", known)
         listen = self.endpoint(t, "listener.listen", d.listen)
         allowed = self.networks(t, "listener.allowed_clients")
@@ -238,6 +300,14 @@ class _Reader:
             max_recipients=self.integer(t, "listener.max_recipients", d.max_recipients, 1, 100000),
             idle_timeout=self.number(t, "listener.idle_timeout", d.idle_timeout, 1, 86400),
             shutdown_grace=self.number(t, "listener.shutdown_grace", d.shutdown_grace, 0, 3600),
+            require_auth=self.boolean(t, "listener.require_auth", d.require_auth),
+            max_connections=self.integer(t, "listener.max_connections", d.max_connections, 1, 1000000),
+            max_connections_per_client=self.integer(
+                t, "listener.max_connections_per_client", d.max_connections_per_client, 1, 1000000),
+            max_errors=self.integer(t, "listener.max_errors", d.max_errors, 1, 10000),
+            data_timeout=self.number(t, "listener.data_timeout", d.data_timeout, 1, 86400),
+            min_data_rate=self.integer(t, "listener.min_data_rate", d.min_data_rate, 0, 2**30),
+            proxy_protocol=self.boolean(t, "listener.proxy_protocol", d.proxy_protocol),
         )
 
     def endpoint(self, table: Mapping[str, Any], key: str, default: Endpoint) -> Endpoint:
@@ -249,6 +319,12 @@ class _Reader:
             self.problem(key, value, 'HOST:PORT such as "127.0.0.1:2525" or "[::1]:2525"')
             return default
         return parsed
+
+    def metrics(self, document: Mapping[str, Any]) -> MetricsConfig:
+        if "metrics" not in document:
+            return MetricsConfig()
+        t = self.table(document, "metrics", {"listen"})
+        return MetricsConfig(listen=self.endpoint(t, "metrics.listen", METRICS_LISTEN))
 
     def audit(self, document: Mapping[str, Any]) -> AuditConfig:
         t = self.table(document, "audit", {"path"})
@@ -267,11 +343,14 @@ class _Reader:
             self.problem(key, value, "a table")
             return UpstreamConfig(name=name, host="invalid")
         known = {"host", "port", "tls", "username", "password_env", "password_file", "ca_file",
-                 "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout"}
-        known |= EXTRA_UPSTREAM_KEYS
+                 "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout",
+                 "failover_cooldown", "max_connections", "pool_idle_timeout", "pool_max_messages"}
+        known |= EXTRA_UPSTREAM_KEYS | UPSTREAM_KEYS
         self.unknown_keys(value, key, known)
         t = value
-        host = self.string(t, f"{key}.host", None)
+        preset = preset_for(self, t, key)
+        auth, oauth = read_upstream_auth(self, t, key, preset)
+        host = self.string(t, f"{key}.host", preset.host if preset else None)
         if host is None:
             self.problem(f"{key}.host", "nothing", "the upstream's host name, as on its certificate", raw=True)
             host = "invalid"
@@ -283,7 +362,7 @@ class _Reader:
         if password_env and password_file:
             self.problem(f"{key}.password_file", "both password_env and password_file",
                          "exactly one of the two", raw=True)
-        if username and not (password_env or password_file):
+        if auth == "password" and username and not (password_env or password_file):
             self.problem(f"{key}.password_env", "nothing",
                          "password_env or password_file when username is set", raw=True)
         if (password_env or password_file) and not username:
@@ -312,9 +391,79 @@ class _Reader:
             connect_timeout=self.number(t, f"{key}.connect_timeout", 30, 0.1, 3600),
             command_timeout=self.number(t, f"{key}.command_timeout", 120, 0.1, 3600),
             data_timeout=self.number(t, f"{key}.data_timeout", 600, 0.1, 3600),
+            failover_cooldown=self.number(t, f"{key}.failover_cooldown", 60, 0, 86400),
+            max_connections=self.integer(t, f"{key}.max_connections", 10, 1, 10000),
+            pool_idle_timeout=self.number(t, f"{key}.pool_idle_timeout", 30, 0, 3600),
+            pool_max_messages=self.integer(t, f"{key}.pool_max_messages", 100, 1, 1000000),
+            auth=auth,
+            oauth=oauth,
         )
 
-    def rules(self, document: Mapping[str, Any], upstreams: Mapping[str, UpstreamConfig]) -> tuple[Rule, ...]:
+    def apps(self, document: Mapping[str, Any]) -> dict[str, App]:
+        section = document.get("apps", {})
+        if not isinstance(section, dict):
+            self.problem("apps", section, "a table of [apps.NAME] tables")
+            return {}
+        apps = {}
+        for name, value in section.items():
+            key = f"apps.{name}"
+            if not isinstance(value, dict):
+                self.problem(key, value, "a table")
+                continue
+            self.unknown_keys(value, key, {"password_hash", "senders", "check_from_header"})
+            password_hash = self.string(value, f"{key}.password_hash", None)
+            if password_hash is None:
+                self.problem(f"{key}.password_hash", "nothing", "a hash made by `mailgate hash-password`", raw=True)
+            elif not password_hash.startswith(HASH_PREFIXES):
+                self.problem(f"{key}.password_hash", "a value that is not a password hash",
+                             "an argon2, bcrypt or scrypt hash made by `mailgate hash-password`", raw=True)
+            apps[name] = App(
+                name=name,
+                password_hash=password_hash or "",
+                senders=self.strings(value, f"{key}.senders"),
+                check_from_header=self.boolean(value, f"{key}.check_from_header", False),
+            )
+        return apps
+
+    def upstream_names(self, table: Mapping[str, Any], key: str, upstreams: Mapping[str, UpstreamConfig],
+                       *, required: bool) -> tuple[str, ...]:
+        """``upstream = "NAME"`` or ``upstream = ["primary", "backup"]`` (failover, in order)."""
+        value = table.get("upstream")
+        if value is None:
+            if required:
+                self.problem(key, "nothing", "the name of an [upstreams.NAME] table, or a list of them", raw=True)
+            return ()
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            self.problem(key, value, 'an upstream name or a list such as ["primary", "backup"]')
+            return ()
+        defined = ", ".join(sorted(upstreams)) or "none defined"
+        for i, name in enumerate(names):
+            if name not in upstreams:
+                where = key if isinstance(value, str) else f"{key}[{i}]"
+                self.problem(where, name, f"one of the defined upstreams ({defined})")
+        if len(set(names)) != len(names):
+            self.problem(key, value, "each upstream at most once")
+        return tuple(names)
+
+    def rule_apps(self, table: Mapping[str, Any], key: str, apps: Mapping[str, App]) -> tuple[str, ...] | None:
+        names = self.strings(table, key)
+        for i, name in enumerate(names or ()):
+            if name not in apps:
+                self.problem(f"{key}[{i}]", name, f"one of the defined apps ({', '.join(sorted(apps)) or 'none defined'})")
+        return names
+
+    def rate(self, table: Mapping[str, Any], key: str) -> Rate | None:
+        value = table.get("rate")
+        if value is None:
+            return None
+        rate = parse_rate(value) if isinstance(value, str) else None
+        if rate is None:
+            self.problem(key, value, 'COUNT/UNIT such as "100/minute" (unit: second, minute, hour)')
+        return rate
+
+    def rules(self, document: Mapping[str, Any], upstreams: Mapping[str, UpstreamConfig],
+              apps: Mapping[str, App]) -> tuple[Rule, ...]:
         section = document.get("rules", [])
         if not isinstance(section, list):
             self.problem("rules", section, "an array of [[rules]] tables")
@@ -325,26 +474,25 @@ class _Reader:
             if not isinstance(value, dict):
                 self.problem(key, value, "a table")
                 continue
-            known = {"name", "clients", "senders", "recipients", "action", "upstream"} | EXTRA_RULE_KEYS
+            known = {"name", "clients", "senders", "recipients", "action", "upstream", "apps", "rate"}
+            known |= EXTRA_RULE_KEYS
+            known |= {"rewrite_from", "strip_headers"}
             self.unknown_keys(value, key, known)
             name = self.string(value, f"{key}.name", f"rule-{i + 1}") or f"rule-{i + 1}"
             action = self.string(value, f"{key}.action", None, choices=ACTIONS)
             if action is None and "action" not in value:
                 self.problem(f"{key}.action", "nothing", '"relay" or "reject"', raw=True)
-            upstream = self.string(value, f"{key}.upstream", None)
-            if action == "relay":
-                if upstream is None:
-                    self.problem(f"{key}.upstream", "nothing", "the name of an [upstreams.NAME] table", raw=True)
-                elif upstream not in upstreams:
-                    known_names = ", ".join(sorted(upstreams)) or "none defined"
-                    self.problem(f"{key}.upstream", upstream, f"one of the defined upstreams ({known_names})")
+            names = self.upstream_names(value, f"{key}.upstream", upstreams, required=action == "relay")
             rules.append(Rule(
                 name=name,
                 action=action or "reject",
-                upstream=upstream,
+                upstreams=names,
                 clients=self.networks(value, f"{key}.clients"),
                 senders=self.strings(value, f"{key}.senders"),
                 recipients=self.strings(value, f"{key}.recipients"),
+                apps=self.rule_apps(value, f"{key}.apps", apps),
+                rate=self.rate(value, f"{key}.rate"),
+                headers=read_header_edits(self, value, key),
             ))
         names = [r.name for r in rules]
         for i, name in enumerate(names):
@@ -357,6 +505,19 @@ class _Reader:
 EXTRA_SECTIONS: tuple[str, ...] = ()
 EXTRA_UPSTREAM_KEYS: set[str] = set()
 EXTRA_RULE_KEYS: set[str] = set()
+
+
+HASH_PREFIXES = ("$argon2", "$2a$", "$2b$", "$2y$", "$scrypt$")
+_RATE_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def parse_rate(text: str) -> Rate | None:
+    """``"100/minute"`` to a `Rate` (units: second, minute, hour, day; plural allowed)."""
+    count, slash, unit = text.partition("/")
+    unit = unit.strip().lower().removesuffix("s")
+    if not slash or not count.strip().isdigit() or int(count) < 1 or unit not in _RATE_UNITS:
+        return None
+    return Rate(int(count), _RATE_UNITS[unit], text)
 
 
 def parse_endpoint(text: str) -> Endpoint | None:
@@ -386,7 +547,7 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Config:
 
     Variables: MAILGATE_UPSTREAM (``starttls://USER@HOST:587`` or ``smtps://USER@HOST:465``),
     MAILGATE_UPSTREAM_PASSWORD, and optionally MAILGATE_UPSTREAM_CA_FILE, MAILGATE_LISTEN,
-    MAILGATE_AUDIT.
+    MAILGATE_AUDIT, MAILGATE_METRICS (HOST:PORT of /metrics, /healthz, /readyz).
     """
     env = os.environ if environ is None else environ
     url = env.get(UPSTREAM_VARIABLE)
@@ -403,6 +564,8 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Config:
     }
     if env.get("MAILGATE_LISTEN"):
         document["listener"]["listen"] = env["MAILGATE_LISTEN"]
+    if env.get("MAILGATE_METRICS"):
+        document["metrics"] = {"listen": env["MAILGATE_METRICS"]}
     if env.get("MAILGATE_UPSTREAM_CA_FILE"):
         document["upstreams"]["default"]["ca_file"] = env["MAILGATE_UPSTREAM_CA_FILE"]
     return parse(document, "environment")

@@ -22,6 +22,8 @@ from gateway import replies
 from gateway.replies import Reply
 
 MAX_LINE = 1000  # octets including CRLF, RFC 5321 4.5.3.1.6
+# ... "not counting the leading dot duplicated for transparency": a line starting
+# with a dot may be one octet longer on the wire.
 TERMINATOR = b"\r\n.\r\n"
 MAX_HEADER_SCAN = 65536
 
@@ -39,6 +41,7 @@ class DataReader:
     def __init__(self, max_size: int) -> None:
         self.max_size = max_size
         self.size = 0
+        self.received = 0  # raw bytes read, for the minimum data rate
         self.error: Reply | None = None
         self.done = False
         self._buffer = b""
@@ -48,6 +51,7 @@ class DataReader:
         if self.done:
             raise RuntimeError("DATA already complete")
         self._buffer += data
+        self.received += len(data)
         feed = Feed()
         if self.error is None:
             self._read(feed)
@@ -64,7 +68,7 @@ class DataReader:
         buffer = self._buffer
         newline = buffer.rfind(b"\n")
         if newline < 0:
-            if len(buffer) >= MAX_LINE:
+            if len(buffer) >= MAX_LINE + buffer.startswith(b"."):
                 self._fail(replies.DATA_LINE_TOO_LONG)
                 self._tail = b"\r\n"
             return
@@ -83,7 +87,7 @@ class DataReader:
             content = region
             self._buffer = rest
         self._check(content)
-        if not feed.done and len(rest) >= MAX_LINE:
+        if not feed.done and len(rest) >= MAX_LINE + rest.startswith(b"."):
             self._fail(replies.DATA_LINE_TOO_LONG)
         if self.error is not None:
             if not feed.done:
@@ -106,7 +110,9 @@ class DataReader:
         if b"\0" in content or content.count(b"\n") != crlf or content.count(b"\r") != crlf:
             self._fail(replies.BARE_LINE_ENDING)
         elif len(content) >= MAX_LINE and max(map(len, content.split(b"\n"))) >= MAX_LINE:
-            self._fail(replies.DATA_LINE_TOO_LONG)
+            # Rare: only now look line by line, to let a stuffed line have its extra dot.
+            if any(len(line) >= MAX_LINE + line.startswith(b".") for line in content.split(b"\n")):
+                self._fail(replies.DATA_LINE_TOO_LONG)
 
     def _discard(self, feed: Feed) -> None:
         search = self._tail + self._buffer
@@ -126,8 +132,8 @@ def dot_stuff(content: bytes) -> bytes:
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
-_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*((?:.|\r\n[ \t])*)")
-_FROM = re.compile(rb"(?im)^from[ \t]*:[ \t]*((?:.|\r\n[ \t])*)")
+_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*((?:[^\r\n]|\r\n[ \t])*)")
+_FROM = re.compile(rb"(?im)^from[ \t]*:[ \t]*((?:[^\r\n]|\r\n[ \t])*)")
 
 
 class MessageFacts:
@@ -151,6 +157,10 @@ class MessageFacts:
                 self._headers, self._headers_done = self._headers[: blank + 2], True
             elif len(self._headers) > MAX_HEADER_SCAN:
                 self._headers, self._headers_done = self._headers[:MAX_HEADER_SCAN], True
+
+    @property
+    def headers_done(self) -> bool:
+        return self._headers_done
 
     @property
     def sha256(self) -> str:

@@ -1,7 +1,8 @@
 """Policy: which rule a recipient matches and what happens to it. Pure.
 
 Rules are evaluated in order for each recipient; the first rule whose every
-given condition (client network, envelope sender glob, recipient glob) holds
+given condition (authenticated app, client network, envelope sender glob,
+recipient glob) holds
 wins. No match is a refusal (``550 5.7.1``): the gateway is closed by default.
 Globs are shell-style (``*``, ``?``, ``[...]``) and case-insensitive; the
 null sender ``<>`` is matched as the empty string.
@@ -27,8 +28,17 @@ class Decision:
 
     action: str  # "relay" or "reject"
     rule: Rule | None
-    upstream: UpstreamConfig | None
+    upstreams: tuple[UpstreamConfig, ...]  # in failover order
     reply: Reply | None  # the refusal, when action is "reject"
+
+    @property
+    def upstream(self) -> UpstreamConfig | None:
+        """The first (primary) upstream of the route."""
+        return self.upstreams[0] if self.upstreams else None
+
+    @property
+    def route(self) -> tuple[str, ...]:
+        return tuple(u.name for u in self.upstreams)
 
     @property
     def rule_name(self) -> str | None:
@@ -54,7 +64,10 @@ def _globs_match(text: str, globs: tuple[str, ...]) -> bool:
     return any(fnmatchcase(text, glob.lower()) for glob in globs)
 
 
-def rule_matches(rule: Rule, client: IPAddress, sender: Address, recipient: Address) -> bool:
+def rule_matches(rule: Rule, client: IPAddress, sender: Address, recipient: Address,
+                 app: str | None = None) -> bool:
+    if rule.apps is not None and app not in rule.apps:
+        return False
     if rule.clients is not None and not _in_networks(client, rule.clients):
         return False
     if rule.senders is not None and not _globs_match(sender.for_matching(), rule.senders):
@@ -64,11 +77,18 @@ def rule_matches(rule: Rule, client: IPAddress, sender: Address, recipient: Addr
     return True
 
 
-def decide(config: Config, client: IPAddress, sender: Address, recipient: Address) -> Decision:
+def sender_owned(globs: tuple[str, ...] | None, sender: str) -> bool:
+    """Whether an app with these sender globs may use `sender` (no globs: any sender)."""
+    return globs is None or _globs_match(sender.lower(), globs)
+
+
+def decide(config: Config, client: IPAddress, sender: Address, recipient: Address,
+           app: str | None = None) -> Decision:
+    """The first rule matching (client, app, sender, recipient) decides; none matching refuses."""
     for rule in config.rules:
-        if rule_matches(rule, client, sender, recipient):
-            if rule.action == "relay" and rule.upstream is not None:
-                return Decision("relay", rule, config.upstreams[rule.upstream], None)
-            return Decision("reject", rule, None, replies.RULE_REJECT.with_text(
+        if rule_matches(rule, client, sender, recipient, app):
+            if rule.action == "relay" and rule.upstreams:
+                return Decision("relay", rule, tuple(config.upstreams[n] for n in rule.upstreams), None)
+            return Decision("reject", rule, (), replies.RULE_REJECT.with_text(
                 f"Relay access denied by rule {rule.name}"))
-    return Decision("reject", None, None, replies.NO_RULE)
+    return Decision("reject", None, (), replies.NO_RULE)

@@ -1,8 +1,11 @@
-"""Cut-through relay of one mail transaction to one upstream.
+"""Cut-through relay of one mail transaction over a rule's route of upstreams.
 
-The app's MAIL is held until its first recipient passes policy; then the
-upstream session is opened (TLS, verification, AUTH) and MAIL is sent, and
-each RCPT is forwarded as it comes, so the upstream's verdict on a recipient
+The app's MAIL is held until its first recipient passes policy; then a
+session is taken from the first usable upstream of the route (pooled, or
+newly opened: TLS, verification, AUTH) and MAIL is sent. If the upstream
+cannot be reached, fails TLS or answers 4xx before any recipient is accepted,
+the next upstream of the route is tried (failover); a 5xx is final. Each RCPT
+is then forwarded as it comes, so the upstream's verdict on a recipient
 reaches the app at that RCPT. The body is streamed through, dot-stuffed, and
 the reply after DATA is the upstream's. Nothing is answered 2xx that the
 upstream did not accept.
@@ -17,9 +20,12 @@ from twisted.internet import defer
 from gateway import replies
 from gateway.address import Address
 from gateway.commands import MailFrom
+from gateway.config import UpstreamConfig
 from gateway.data import dot_stuff
+from gateway.failover import Cooldowns
+from gateway.pool import UpstreamPool
 from gateway.replies import Reply
-from gateway.upstream import UpstreamConnector, UpstreamFailure, UpstreamSession
+from gateway.upstream import UpstreamFailure, UpstreamSession
 
 
 def reflect(reply: Reply) -> Reply:
@@ -36,17 +42,23 @@ def reflect(reply: Reply) -> Reply:
 
 
 class RelayTransaction:
-    def __init__(self, connector: UpstreamConnector, mail: MailFrom) -> None:
-        self.connector = connector
+    def __init__(self, pools: list[UpstreamPool], mail: MailFrom, cooldowns: Cooldowns, clock: Any) -> None:
+        self.pools = pools
+        self.route = tuple(p.config.name for p in pools)
         self.mail = mail
+        self.cooldowns = cooldowns
+        self.clock = clock
+        self.pool: UpstreamPool | None = None
         self.session: UpstreamSession | None = None
         self.failure: UpstreamFailure | None = None
         self.upstream_reply: Reply | None = None
-        self._closed = False
+        self.tried: list[dict[str, str]] = []  # each upstream left, and why
+        self._done = False
 
     @property
-    def upstream(self) -> Any:
-        return self.connector.config
+    def upstream(self) -> UpstreamConfig:
+        """The upstream in use (or, before one was chosen, the first of the route)."""
+        return (self.pool or self.pools[0]).config
 
     def rcpt(self, recipient: Address) -> defer.Deferred[Reply]:
         return defer.Deferred.fromCoroutine(self._rcpt(recipient))
@@ -54,40 +66,95 @@ class RelayTransaction:
     async def _rcpt(self, recipient: Address) -> Reply:
         if self.failure is not None:
             return self.failure.reply
+        line = f"RCPT TO:{recipient.path()}".encode("ascii")
         try:
             if self.session is None:
-                await self._open()
-                if self.failure is not None:
-                    return self.failure.reply
-            assert self.session is not None
-            reply = await self.session.command(f"RCPT TO:{recipient.path()}".encode("ascii"))
+                reply = await self._open(line)
+                if self.failure is not None or reply is None:
+                    return self.failure.reply if self.failure else replies.UPSTREAM_LOST
+            else:
+                reply = await self.session.command(line)
         except UpstreamFailure as failure:
             self._fail(failure)
             return failure.reply
         self.upstream_reply = reply
         return reflect(reply)
 
-    async def _open(self) -> None:
-        self.session = await self.connector.open()
-        capabilities = self.session.capabilities
+    async def _open(self, rcpt_line: bytes) -> Reply | None:
+        """Take a session and send MAIL (and, pipelined, the first RCPT), failing over along the route.
+
+        Returns the first RCPT's reply, or None with `failure` set.
+        """
+        now = self.clock.seconds()
+        pools = {p.config.name: p for p in self.pools}
+        last: UpstreamFailure | None = None
+        for name in self.cooldowns.order(self.route, now):
+            pool = pools[name]
+            try:
+                session = await pool.acquire(self.mail.sender.text)
+            except UpstreamFailure as failure:
+                self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)
+                self.tried.append({"upstream": name, "reason": failure.reason})
+                last = failure
+                if failure.upstream_reply is not None and failure.upstream_reply.is_permanent \
+                        and failure.reply.is_permanent:
+                    break
+                continue
+            self.cooldowns.succeeded(name)
+            self.pool, self.session = pool, session
+            reply, rcpt = await self._mail(session, rcpt_line)
+            if reply is None:
+                return rcpt
+            if reply.is_transient and name != self.route[-1]:
+                self.tried.append({"upstream": name, "reason": f"MAIL answered {reply.code} {reply.enhanced}"})
+                self._release(reusable=False)
+                self.pool = self.session = None
+                continue
+            self._fail(UpstreamFailure(reflect(reply), f"{name}: MAIL refused", reply))
+            return None
+        self.failure = last or UpstreamFailure(replies.UPSTREAM_UNREACHABLE, "no upstream available")
+        if self.failure.upstream_reply is not None:
+            self.upstream_reply = self.failure.upstream_reply
+        return None
+
+    async def _mail(self, session: UpstreamSession, rcpt_line: bytes) -> tuple[Reply | None, Reply | None]:
+        """Send MAIL, and the first RCPT pipelined where offered (RFC 2920).
+
+        Returns (None, RCPT reply) when MAIL was accepted, (refusal, None) when it was
+        not, and (None, None) with `failure` set when the session broke.
+        """
+        capabilities = session.capabilities
         if self.mail.body == "8BITMIME" and "8BITMIME" not in capabilities:
-            self._fail(UpstreamFailure(replies.UPSTREAM_NO_8BIT, f"{self.upstream.name}: 8BITMIME not offered"))
-            return
+            self._fail(UpstreamFailure(replies.UPSTREAM_NO_8BIT, f"{session.config.name}: 8BITMIME not offered"))
+            return None, None
         line = f"MAIL FROM:{self.mail.sender.path()}"
         if self.mail.size is not None and "SIZE" in capabilities:
             line += f" SIZE={self.mail.size}"
         if self.mail.body and "8BITMIME" in capabilities:
             line += f" BODY={self.mail.body}"
-        reply = await self.session.command(line.encode("ascii"))
-        self.upstream_reply = reply
-        if reply.code != 250:
-            self._fail(UpstreamFailure(reflect(reply), f"{self.upstream.name}: MAIL refused", reply))
+        rcpt_sent = None
+        try:
+            mail_sent = session.command(line.encode("ascii"))
+            rcpt_sent = session.command(rcpt_line) if "PIPELINING" in capabilities else None
+            reply = await mail_sent
+            if reply.code != 250:
+                if rcpt_sent is not None:
+                    await rcpt_sent  # its 503 means nothing; keep the replies in step
+                self.upstream_reply = reply
+                return reply, None
+            rcpt = await (rcpt_sent if rcpt_sent is not None else session.command(rcpt_line))
+        except UpstreamFailure as failure:
+            if rcpt_sent is not None:
+                rcpt_sent.addErrback(lambda _: None)  # the same loss, already handled
+            self._fail(failure)
+            return None, None
+        return None, rcpt
 
     def _fail(self, failure: UpstreamFailure) -> None:
         self.failure = failure
         if failure.upstream_reply is not None:
             self.upstream_reply = failure.upstream_reply
-        self.close()
+        self._release(reusable=False)
 
     def data(self) -> defer.Deferred[Reply]:
         return defer.Deferred.fromCoroutine(self._data())
@@ -103,7 +170,7 @@ class RelayTransaction:
         self.upstream_reply = reply
         if reply.code == 354:
             return replies.START_DATA
-        self.close()
+        self._release(reusable=True)
         return reflect(reply)
 
     def write(self, content: bytes) -> None:
@@ -122,22 +189,28 @@ class RelayTransaction:
             self._fail(failure)
             return failure.reply
         self.upstream_reply = reply
-        self.close()
+        self._release(reusable=reply.code != 421)
         return reflect(reply)
 
-    @property
-    def transport(self) -> Any:
-        return self.session.transport if self.session is not None else None
+    def throttle(self, producer: Any) -> None:
+        """Let the upstream's send buffer pause `producer` (the app's transport) while the body streams."""
+        if self.session is not None and not self._done and self.session.transport is not None:
+            self.session.transport.registerProducer(producer, True)
+
+    def unthrottle(self) -> None:
+        """Undo `throttle`; before any close, or the upstream would stop the app's connection."""
+        transport = self.session.transport if self.session is not None else None
+        if transport is not None and getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
 
     def abort(self, reason: str) -> None:
-        """Drop the upstream connection mid-transaction: without the final dot nothing is delivered."""
+        """Drop the upstream mid-transaction: without the final dot nothing is delivered."""
         if self.failure is None:
             self.failure = UpstreamFailure(replies.UPSTREAM_LOST, reason)
-        if self.session is not None and not self._closed:
-            self._closed = True
-            self.session.abort()
+        self._release(reusable=False)
 
-    def close(self) -> None:
-        if self.session is not None and not self._closed:
-            self._closed = True
-            self.session.quit()
+    def _release(self, reusable: bool) -> None:
+        if self.session is not None and self.pool is not None and not self._done:
+            self._done = True
+            self.unthrottle()
+            self.pool.release(self.session, reusable)

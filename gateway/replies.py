@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 _ENHANCED = re.compile(rb"^([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 5321 textstring: HT and printable ASCII
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Reply:
         out = []
         for i, line in enumerate(lines):
             sep = " " if i == len(lines) - 1 else "-"
+            line = _CONTROL.sub("?", line)  # e.g. a bare CR in an upstream's text, relayed to the app
             body = f"{self.enhanced} {line}" if self.enhanced else line
             out.append(f"{self.code}{sep}{body}".rstrip(" ") + "\r\n")
         return "".join(out).encode("ascii", "replace")
@@ -68,6 +70,7 @@ class ReplyParser:
     def __init__(self, max_line: int = 4096, max_lines: int = 200) -> None:
         self._buffer = b""
         self._lines: list[bytes] = []
+        self._received = b""  # the wire lines of an incomplete multi-line reply
         self._code: int | None = None
         self._max_line = max_line
         self._max_lines = max_lines
@@ -75,7 +78,7 @@ class ReplyParser:
     @property
     def pending(self) -> bytes:
         """Bytes received but not yet part of a complete reply."""
-        return b"".join(line + b"\r\n" for line in self._lines) + self._buffer
+        return self._received + self._buffer
 
     def feed(self, data: bytes) -> list[Reply]:
         self._buffer += data
@@ -83,17 +86,22 @@ class ReplyParser:
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
-                if len(self._buffer) > self._max_line:
+                # A CR whose LF has not arrived yet is not part of the line.
+                if len(self._buffer) - self._buffer.endswith(b"\r") > self._max_line:
                     raise MalformedReply("reply line too long")
                 return replies
             line = self._buffer[:end].rstrip(b"\r")
+            if len(line) > self._max_line:
+                raise MalformedReply("reply line too long")
+            self._received += self._buffer[: end + 1]
             self._buffer = self._buffer[end + 1 :]
             reply = self._line(line)
             if reply is not None:
                 replies.append(reply)
 
     def _line(self, line: bytes) -> Reply | None:
-        if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3:4] not in b" -"):
+        if (len(line) < 3 or not line[:3].isdigit() or line[0] not in b"2345"
+                or (len(line) > 3 and line[3:4] not in b" -")):
             raise MalformedReply("malformed reply line")
         code = int(line[:3])
         if self._code is not None and code != self._code:
@@ -105,6 +113,7 @@ class ReplyParser:
         if line[3:4] == b"-":
             return None
         lines, self._lines, self._code = self._lines, [], None
+        self._received = b""
         return _assemble(code, lines)
 
 
@@ -127,6 +136,7 @@ class MalformedReply(Exception):
 # Replies of the listener, defined once. Grouped by where they are sent.
 GREETING_DENIED = Reply(554, "5.7.1", "Client address not allowed to use this gateway")
 DENIED_COMMAND = Reply(503, "5.7.1", "Client address not allowed; only QUIT is accepted")
+PROXY_HEADER_INVALID = Reply(421, "4.7.0", "PROXY protocol header missing or invalid, closing connection")
 CLOSING = Reply(221, "2.0.0", "Bye")
 OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
@@ -172,5 +182,10 @@ UPSTREAM_NO_STARTTLS = Reply(451, "4.7.10", "Upstream did not offer STARTTLS; no
 UPSTREAM_STARTTLS_REFUSED = Reply(451, "4.7.10", "Upstream refused STARTTLS; not sending in clear")
 UPSTREAM_TLS_FAILED = Reply(451, "4.7.5", "Upstream TLS verification failed")
 UPSTREAM_AUTH_FAILED = Reply(451, "4.7.0", "Upstream authentication failed")
+UPSTREAM_TOKEN_FAILED = Reply(451, "4.7.0", "Upstream OAuth token unavailable, try again later")
+UPSTREAM_NULL_SENDER_OAUTH = Reply(550, "5.7.1", "The null sender <> cannot authenticate upstream as the sender")
+OTHER_HEADER_EDITS = Reply(
+    452, "4.5.3", "Recipient needs other header edits (rewrite_from/strip_headers); send it separately"
+)
 UPSTREAM_PROTOCOL = Reply(451, "4.5.0", "Upstream protocol error, try again later")
 UPSTREAM_NO_8BIT = Reply(554, "5.6.3", "Upstream does not accept 8-bit data (8BITMIME)")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -32,11 +32,16 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gateway import replies
+from gateway import replies, sasl
 from gateway.config import UpstreamConfig
 from gateway.credentials import Secret
+from gateway.grants import TokenError
+from gateway.providers import is_sender_placeholder
 from gateway.replies import MalformedReply, Reply, ReplyParser
 from gateway.tls import ClientConnectionCreator, TLSFacts, TLSFailure, UpstreamTLS
+
+if TYPE_CHECKING:
+    from gateway.oauth import UpstreamTokens
 
 MAX_UNCLAIMED_REPLIES = 8
 
@@ -64,6 +69,17 @@ class _Lost(Exception):
 
 class _Timeout(Exception):
     pass
+
+
+class _Reconnect(Exception):
+    """The upstream closed after refusing a token: retry once, with a fresh token, on a new connection."""
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    sender: str | None  # the envelope sender, for username = "$sender"
+    token_refreshed: bool = False  # a refused token was already refreshed: no second retry
+    probe: bool = False  # a readiness probe: no mail will follow
 
 
 @implementer(IHandshakeListener)
@@ -248,6 +264,7 @@ class UpstreamSession:
     auth_user: str | None
     auth_mechanism: str | None
     log: list[str] = field(default_factory=list)
+    oauth_grant: str | None = None  # the OAuth grant the token came from (auth = "xoauth2")
 
     def command(self, line: bytes, timeout: float | None = None) -> defer.Deferred[Reply]:
         return _guard(self.protocol.send(line, timeout), self.config)
@@ -288,17 +305,33 @@ def _guard(d: defer.Deferred[Reply], config: UpstreamConfig) -> defer.Deferred[R
 class UpstreamConnector:
     """Opens `UpstreamSession`s to one upstream: its TLS policy and resolved password."""
 
-    def __init__(self, reactor: Any, config: UpstreamConfig, password: Secret | None, helo_name: str) -> None:
+    def __init__(self, reactor: Any, config: UpstreamConfig, password: Secret | None, helo_name: str,
+                 tokens: UpstreamTokens | None = None) -> None:
         self.reactor = reactor
         self.config = config
         self.password = password
         self.helo_name = helo_name
         self.tls = UpstreamTLS(config)
+        self.tokens = tokens
 
-    def open(self) -> defer.Deferred[UpstreamSession]:
-        return defer.Deferred.fromCoroutine(self._open())
+    def user_for(self, sender: str | None) -> str | None:
+        """Who a session for `sender` authenticates as: `username`, or the sender for "$sender"."""
+        return sender if is_sender_placeholder(self.config.username) else self.config.username
 
-    async def _open(self) -> UpstreamSession:
+    def open(self, sender: str | None = None, *, probe: bool = False) -> defer.Deferred[UpstreamSession]:
+        """A ready session; `sender` (the envelope sender) is needed for username = "$sender".
+
+        `probe`: only to learn whether the upstream is reachable; no mail may follow.
+        """
+        return defer.Deferred.fromCoroutine(self._open(sender, probe))
+
+    async def _open(self, sender: str | None = None, probe: bool = False) -> UpstreamSession:
+        try:
+            return await self._connect(_Attempt(sender, probe=probe))
+        except _Reconnect:
+            return await self._connect(_Attempt(sender, token_refreshed=True, probe=probe))
+
+    async def _connect(self, attempt: _Attempt) -> UpstreamSession:
         config = self.config
         factory = _ProtocolFactory(self.reactor, config.command_timeout)
         endpoint: Any = HostnameEndpoint(self.reactor, config.host, config.port, timeout=config.connect_timeout)
@@ -313,12 +346,13 @@ class UpstreamConnector:
                 replies.UPSTREAM_UNREACHABLE, f"{config.name}: cannot connect to {config.host}:{config.port} ({_short(exc)})"
             ) from None
         try:
-            return await self._dialogue(protocol, creator)
-        except UpstreamFailure:
+            return await self._dialogue(protocol, creator, attempt)
+        except (UpstreamFailure, _Reconnect):
             protocol.abort("session setup failed")
             raise
 
-    async def _dialogue(self, protocol: UpstreamProtocol, creator: ClientConnectionCreator | None) -> UpstreamSession:
+    async def _dialogue(self, protocol: UpstreamProtocol, creator: ClientConnectionCreator | None,
+                        attempt: _Attempt) -> UpstreamSession:
         config = self.config
         name = config.name
         ehlo = f"EHLO {self.helo_name}".encode("ascii")
@@ -355,6 +389,10 @@ class UpstreamConnector:
             if "injection" in exc.reason:
                 reply = replies.UPSTREAM_TLS_FAILED.with_text("Upstream STARTTLS failed: " + exc.reason)
             raise UpstreamFailure(reply, f"{name}: {exc.reason}") from None
+        if config.auth == "xoauth2":
+            bearer_user, bearer = await self._authenticate_bearer(protocol, capabilities, attempt)
+            return UpstreamSession(config, protocol, facts, capabilities, bearer_user, bearer,
+                                   oauth_grant=self.tokens.grant if self.tokens else None)
         auth_user, mechanism = await self._authenticate(protocol, capabilities)
         return UpstreamSession(config, protocol, facts, capabilities, auth_user, mechanism)
 
@@ -413,6 +451,74 @@ class UpstreamConnector:
                 answer,
             )
         return config.username, mechanism
+
+    async def _authenticate_bearer(self, protocol: UpstreamProtocol, capabilities: dict[str, str],
+                                   attempt: _Attempt) -> tuple[str | None, str | None]:
+        """XOAUTH2 (or OAUTHBEARER) after TLS; a refused token is refreshed and tried once more."""
+        config, tokens = self.config, self.tokens
+        offered = set(capabilities.get("AUTH", "").upper().split())
+        mechanism = sasl.choose_mechanism(offered)
+        if mechanism is None:
+            self._quit(protocol)
+            raise UpstreamFailure(
+                replies.UPSTREAM_AUTH_FAILED,
+                f"{config.name}: neither XOAUTH2 nor OAUTHBEARER offered after TLS "
+                f"(offered: {' '.join(sorted(offered)) or 'none'})",
+            )
+        user = self.user_for(attempt.sender)
+        if user is None and attempt.probe:
+            # username = "$sender" in a readiness probe: connection, TLS, EHLO and the mechanism
+            # are proven; there is no mailbox to authenticate as, and no mail will follow.
+            return None, None
+        if user is None:
+            self._quit(protocol)
+            raise UpstreamFailure(replies.UPSTREAM_AUTH_FAILED,
+                                  f'{config.name}: username = "$sender" needs the envelope sender to authenticate')
+        if not user:
+            self._quit(protocol)
+            raise UpstreamFailure(replies.UPSTREAM_NULL_SENDER_OAUTH,
+                                  f"{config.name}: username = \"$sender\" cannot authenticate the null sender <>")
+        if tokens is None:
+            raise UpstreamFailure(replies.UPSTREAM_AUTH_FAILED, f"{config.name}: no token source configured")
+        refreshed = attempt.token_refreshed
+        while True:
+            try:
+                token = await tokens.token(user)
+            except TokenError as exc:
+                self._quit(protocol)
+                raise UpstreamFailure(replies.UPSTREAM_TOKEN_FAILED, f"{config.name}: {exc.reason}") from None
+            secret = token.value.reveal()
+            if mechanism == "XOAUTH2":
+                initial = sasl.xoauth2_response(user, secret)
+            else:
+                initial = sasl.oauthbearer_response(user, secret, config.host, config.port)
+            del secret
+            challenge = ""
+            try:
+                answer = await protocol.send(b"AUTH " + mechanism.encode("ascii") + b" " + initial)
+                del initial
+                if answer.code == 334:
+                    challenge = f" after {sasl.describe_challenge(answer.text)}"
+                    answer = await protocol.send(sasl.error_answer(mechanism))
+            except _Lost as exc:
+                if refreshed and not attempt.token_refreshed:
+                    raise _Reconnect() from None  # it closed after refusing the old token
+                raise UpstreamFailure(replies.UPSTREAM_LOST, f"{config.name}: {exc.reason} during AUTH") from None
+            if answer.code == 235:
+                return user, mechanism
+            may_retry = answer.code == 535 and not refreshed
+            if may_retry and tokens.invalidate(user, token):
+                refreshed = True
+                continue
+            self._quit(protocol)
+            retried = (" (with a refreshed token)" if refreshed else
+                       " (not retried: a refused token forced a refresh less than 30 s ago)" if may_retry else "")
+            raise UpstreamFailure(
+                replies.UPSTREAM_AUTH_FAILED,
+                f"{config.name}: AUTH {mechanism} as {user} refused{challenge}: "
+                f"{answer.code} {answer.enhanced}{retried}",
+                answer,
+            )
 
 
 def _short(exc: BaseException) -> str:

@@ -167,8 +167,14 @@ class SubmissionServer:
 
             async def close() -> None:
                 server.close()
-                await asyncio.sleep(0)
+                # End the per-connection handlers too, so none is destroyed while pending.
+                current = asyncio.current_task()
+                tasks = [t for t in asyncio.all_tasks() if t is not current]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()

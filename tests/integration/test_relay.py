@@ -32,6 +32,14 @@ def send_raw(port: int, body: bytes, rcpts: list[str] | None = None, sender: str
         return client.data(body)
 
 
+def first_rcpt(port: int, rcpt: str = "ops@example.net") -> tuple[int, bytes]:
+    """EHLO, MAIL and one RCPT; the reply to the RCPT (where upstream trouble surfaces)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo()
+        client.mail("app@example.com")
+        return client.rcpt(rcpt)
+
+
 @pytest.mark.parametrize("tls", ["starttls", "implicit"])
 def test_relays_byte_for_byte_over_verified_tls_with_auth(tls, make_upstream, start_gateway, ca):
     """A message reaches a STARTTLS+AUTH and an implicit-TLS+AUTH upstream intact."""
@@ -74,10 +82,7 @@ def test_starttls_not_offered_sends_no_auth_and_defers(make_upstream, start_gate
     """An upstream without STARTTLS gets QUIT: no AUTH, no MAIL, and the app gets 4xx."""
     upstream = make_upstream("none")
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
-    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
-        client.ehlo()
-        client.mail("app@example.com")
-        code, text = client.rcpt("ops@example.net")
+    code, text = first_rcpt(gw.port)
     assert code == 451 and text.startswith(b"4.7.10")
     assert upstream.auth_attempts == [] and upstream.messages == []
     [result] = gw.audit.wait_for("message.result")
@@ -89,10 +94,7 @@ def test_starttls_refused_defers(make_upstream, start_gateway, ca):
     upstream = make_upstream("starttls")
     upstream.script.starttls = "454 4.7.0 TLS not available due to temporary reason"
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
-    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
-        client.ehlo()
-        client.mail("app@example.com")
-        code, text = client.rcpt("ops@example.net")
+    code, text = first_rcpt(gw.port)
     assert code == 451 and b"STARTTLS" in text
     assert upstream.auth_attempts == []
 
@@ -122,10 +124,7 @@ def test_bad_certificate_defers_before_auth(case, tls, make_upstream, start_gate
         expect = "issuer is not trusted"
     upstream = make_upstream(tls, cert=cert)
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
-    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
-        client.ehlo()
-        client.mail("app@example.com")
-        code, text = client.rcpt("ops@example.net")
+    code, text = first_rcpt(gw.port)
     assert code == 451 and text.startswith(b"4.7.5")
     assert expect.encode() in text
     assert upstream.auth_attempts == [] and upstream.messages == []
@@ -203,10 +202,7 @@ def test_unreachable_upstream_gives_451_4_4_1(start_gateway, ca):
     table = {"host": "127.0.0.1", "port": dead_port, "tls": "starttls", "username": USER,
              "password_env": "MAILGATE_TEST_PASSWORD", "ca_file": ca.ca_file, "connect_timeout": 5}
     gw = start_gateway(relay_all(table))
-    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
-        client.ehlo()
-        client.mail("app@example.com")
-        code, text = client.rcpt("ops@example.net")
+    code, text = first_rcpt(gw.port)
     assert (code, text[:5]) == (451, b"4.4.1")
     [result] = gw.audit.wait_for("message.result")
     assert "cannot connect" in result["upstream_error"]
@@ -216,9 +212,6 @@ def test_wrong_password_defers_and_tries_auth_once(make_upstream, start_gateway,
     """A 535 from the upstream is one attempt per connection and a 4xx to the app."""
     upstream = make_upstream(users={USER: "another password"})
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
-    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
-        client.ehlo()
-        client.mail("app@example.com")
-        code, text = client.rcpt("ops@example.net")
+    code, text = first_rcpt(gw.port)
     assert code == 451 and text.startswith(b"4.7.0")
     assert upstream.auth_attempts == [(USER, False)]

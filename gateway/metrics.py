@@ -1,0 +1,184 @@
+"""Metrics: what the gateway did, as Prometheus counters, gauges and histograms.
+
+Each gateway owns a private `CollectorRegistry` (never the process-global one),
+so several gateways in one process (tests) keep separate counts. The numbers
+are fed from the points that write audit events, one call per event:
+``session.opened`` -> `session_opened`, ``message.result`` -> `message_result`;
+the upstream connector's attempts -> `upstream_attempt`; a reload ->
+`config_reload`. Gauges that describe a state (sessions in flight, queue depth)
+are read at scrape time from callables. No reactor.
+
+Queue mode plugs in with `Metrics.watch_queue(probe)`: ``probe()`` returns a
+`QueueState` (messages waiting, age in seconds of the oldest) and is called on
+every scrape; without a probe the two queue gauges are absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+# Seconds: a loopback provider answers in milliseconds, a slow one in tens of seconds.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What a queue probe reports: messages waiting and the age of the oldest (0 when empty)."""
+
+    depth: int
+    oldest_age_seconds: float
+
+
+def reply_class(code: object) -> str:
+    """``250`` -> ``"2xx"``; anything that is not a reply code -> ``"other"``."""
+    if isinstance(code, int) and 200 <= code < 600:
+        return f"{code // 100}xx"
+    return "other"
+
+
+def rule_label(rules: object) -> str:
+    """The rules a message's recipients matched, in order, joined by ``+`` (``"none"``: no rule)."""
+    if isinstance(rules, list | tuple) and rules:
+        return "+".join(str(r) for r in rules)
+    return "none"
+
+
+class _StateCollector(Collector):
+    """Gauges computed at scrape time from the registered probes."""
+
+    def __init__(self) -> None:
+        self.sessions: Callable[[], int] | None = None
+        self.queue: Callable[[], QueueState] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.sessions is not None:
+            yield GaugeMetricFamily(
+                "mailgate_sessions_active", "App sessions open now.", value=self.sessions()
+            )
+        if self.queue is not None:
+            state = self.queue()
+            yield GaugeMetricFamily(
+                "mailgate_queue_depth",
+                "Messages in the spool waiting for delivery.",
+                value=state.depth,
+            )
+            yield GaugeMetricFamily(
+                "mailgate_queue_oldest_age_seconds",
+                "Age of the oldest message in the spool (0 when empty).",
+                value=state.oldest_age_seconds,
+            )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.sessions = Counter(
+            "mailgate_sessions",
+            "App sessions opened, by whether the client was allowed.",
+            ["allowed"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "mailgate_messages",
+            "Mail transactions ended, by outcome, rule(s) and upstream.",
+            ["outcome", "rule", "upstream"],
+            registry=r,
+        )
+        self.upstream_replies = Counter(
+            "mailgate_upstream_replies",
+            "Last upstream reply of each transaction, by class (2xx, 4xx, 5xx).",
+            ["upstream", "class"],
+            registry=r,
+        )
+        self.upstream_connections = Counter(
+            "mailgate_upstream_connections",
+            "Upstream connection attempts (TLS, verification, AUTH), by result.",
+            ["upstream", "result"],
+            registry=r,
+        )
+        self.upstream_tls = Counter(
+            "mailgate_upstream_tls",
+            "Upstream sessions ready, by TLS version negotiated.",
+            ["upstream", "version"],
+            registry=r,
+        )
+        self.connect_seconds = Histogram(
+            "mailgate_upstream_connect_seconds",
+            "Upstream connection set-up: connect to ready for MAIL (TLS and AUTH done).",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.message_seconds = Histogram(
+            "mailgate_upstream_message_seconds",
+            "Per message: end of data sent upstream to the upstream's final reply.",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reloads = Counter(
+            "mailgate_config_reloads",
+            "Configuration reloads (SIGHUP), by result.",
+            ["result"],
+            registry=r,
+        )
+        self.ready = Gauge("mailgate_ready", "1 while /readyz answers 200.", registry=r)
+        self._state = _StateCollector()
+        r.register(self._state)
+
+    # --- state probes ------------------------------------------------------------------
+
+    def watch_sessions(self, probe: Callable[[], int]) -> None:
+        self._state.sessions = probe
+
+    def watch_queue(self, probe: Callable[[], QueueState] | None) -> None:
+        """Queue mode: report depth and oldest age from ``probe()`` on every scrape (None: stop)."""
+        self._state.queue = probe
+
+    # --- events ------------------------------------------------------------------------
+
+    def session_opened(self, allowed: bool) -> None:
+        self.sessions.labels(allowed="true" if allowed else "false").inc()
+
+    def message_result(
+        self, fields: Mapping[str, Any], upstream_seconds: float | None = None
+    ) -> None:
+        """One ``message.result`` event (its fields) and the upstream's time for the message."""
+        upstream = str(fields.get("upstream") or "none")
+        self.messages.labels(
+            outcome=str(fields.get("outcome", "unknown")),
+            rule=rule_label(fields.get("rules")),
+            upstream=upstream,
+        ).inc()
+        if "upstream_code" in fields:
+            self.upstream_replies.labels(
+                upstream=upstream, **{"class": reply_class(fields["upstream_code"])}
+            ).inc()
+        if upstream_seconds is not None and fields.get("upstream"):
+            self.message_seconds.labels(upstream=upstream).observe(upstream_seconds)
+
+    def upstream_attempt(
+        self, upstream: str, ok: bool, seconds: float, tls_version: str | None = None
+    ) -> None:
+        self.upstream_connections.labels(upstream=upstream, result="ok" if ok else "failed").inc()
+        if ok:
+            self.connect_seconds.labels(upstream=upstream).observe(seconds)
+            self.upstream_tls.labels(upstream=upstream, version=tls_version or "unknown").inc()
+
+    def config_reload(self, ok: bool) -> None:
+        self.reloads.labels(result="ok" if ok else "failed").inc()
+
+    # --- exposition ----------------------------------------------------------------------
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition format (`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)

@@ -1,0 +1,263 @@
+"""Live reload (SIGHUP) and audit reopening (SIGUSR1) on a real `mailgate run` process,
+and `Gateway.reload` in-process for what a reload refuses."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import queue
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import threads
+
+from gateway import config as configuration
+from gateway.audit import AuditLog
+from gateway.errors import ConfigError
+from tests.conftest import PASSWORD, USER, relay_all, upstream_table
+
+BLOCK_RULE = """
+[[rules]]
+name = "blocked"
+recipients = ["*@blocked.example"]
+action = "reject"
+"""
+
+
+def write_config(
+    path: Path,
+    upstream: Any,
+    ca_file: str,
+    audit: Path,
+    *,
+    first_rules: str = "",
+    action: str = "relay",
+) -> Path:
+    path.write_text(f"""\
+[listener]
+listen = "127.0.0.1:0"
+shutdown_grace = 10
+
+[audit]
+path = "{audit}"
+
+[upstreams.up]
+host = "localhost"
+port = {upstream.port}
+username = "{USER}"
+password_env = "MAILGATE_TEST_PASSWORD"
+ca_file = "{ca_file}"
+{first_rules}
+[[rules]]
+name = "all"
+action = "{action}"
+upstream = "up"
+""")
+    return path
+
+
+class Daemon:
+    """`mailgate run --config FILE` in a subprocess; its stderr lines are read as they come."""
+
+    def __init__(self, config: Path) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+        env["MAILGATE_TEST_PASSWORD"] = PASSWORD
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.port = int(self.expect("listening on").rsplit(":", 1)[1])
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def expect(self, text: str, timeout: float = 30) -> str:
+        """The next stderr line containing `text` (lines before it are kept in `seen`)."""
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if line is None:
+                raise AssertionError(f"mailgate exited before saying {text!r}: {self.seen}")
+            self.seen.append(line)
+            if text in line:
+                return line
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+@pytest.fixture
+def daemon():
+    started: list[Daemon] = []
+
+    def start(config: Path) -> Daemon:
+        started.append(Daemon(config))
+        return started[-1]
+
+    yield start
+    for process in started:
+        assert process.stop() == 0
+
+
+def events(path: Path, name: str) -> list[dict[str, Any]]:
+    return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == name]
+
+
+def open_session(port: int) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", port, timeout=30)
+    client.ehlo("app.test")
+    return client
+
+
+def send(port: int, rcpt: str = "ops@example.net") -> int:
+    with open_session(port) as client:
+        client.mail("app@example.com")
+        code, _ = client.rcpt(rcpt)
+        if code != 250:
+            return code
+        return client.data(b"Subject: after\r\n\r\nbody\r\n")[0]
+
+
+def test_sighup_under_load_drops_no_session(make_upstream, ca, tmp_path, daemon):
+    """Sessions mid-body and sessions before MAIL all finish after SIGHUP; they keep the old rules, new ones get the new."""
+    upstream = make_upstream()
+    audit = tmp_path / "audit.jsonl"
+    config = write_config(tmp_path / "mailgate.toml", upstream, ca.ca_file, audit)
+    mailgate = daemon(config)
+
+    mid_body = [open_session(mailgate.port) for _ in range(4)]
+    for client in mid_body:
+        client.mail("app@example.com")
+        assert client.rcpt("ops@example.net")[0] == 250
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(b"Subject: in flight\r\n")
+    before_mail = [open_session(mailgate.port) for _ in range(2)]
+
+    write_config(config, upstream, ca.ca_file, audit, first_rules=BLOCK_RULE)
+    mailgate.signal(signal.SIGHUP)
+    mailgate.expect("reloaded configuration")
+
+    for client in mid_body:
+        client.send(b"\r\nbody\r\n.\r\n")
+        assert client.getreply()[0] == 250
+        client.quit()
+    for client in before_mail:  # started under the old rules: blocked.example still relays
+        assert (
+            client.sendmail(
+                "app@example.com", ["x@blocked.example"], b"Subject: old\r\n\r\nbody\r\n"
+            )
+            == {}
+        )
+        client.quit()
+    assert send(mailgate.port, "x@blocked.example") == 550  # a new session: the new rules
+    assert len(upstream.wait_for(6)) == 6
+    [reloaded] = events(audit, "config.reloaded")
+    assert reloaded["rules"] == 2
+
+
+def test_invalid_config_on_sighup_is_refused_and_the_old_one_kept(
+    make_upstream, ca, tmp_path, daemon
+):
+    """A broken file on SIGHUP: its problems on stderr and in the audit; mail still flows on the old config."""
+    upstream = make_upstream()
+    audit = tmp_path / "audit.jsonl"
+    config = write_config(tmp_path / "mailgate.toml", upstream, ca.ca_file, audit)
+    mailgate = daemon(config)
+
+    write_config(config, upstream, ca.ca_file, audit, action="bounce")
+    mailgate.signal(signal.SIGHUP)
+    mailgate.expect("reload refused")
+    assert any("rules[0].action" in line and "bounce" in line for line in mailgate.seen)
+    [failed] = events(audit, "config.reload_failed")
+    assert any("rules[0].action" in problem for problem in failed["problems"])
+    assert send(mailgate.port) == 250
+    upstream.wait_for(1)
+
+
+@pytest.mark.skipif(
+    not hasattr(AuditLog, "reopen"), reason="AuditLog.reopen() comes with the audit-review branch"
+)
+def test_sigusr1_reopens_the_audit_file(make_upstream, ca, tmp_path, daemon):
+    """After logrotate's rename and SIGUSR1, new events go to a new file at the configured path."""
+    upstream = make_upstream()
+    audit = tmp_path / "audit.jsonl"
+    mailgate = daemon(write_config(tmp_path / "mailgate.toml", upstream, ca.ca_file, audit))
+    rotated = tmp_path / "audit.jsonl.1"
+    audit.rename(rotated)
+    mailgate.signal(signal.SIGUSR1)
+    mailgate.expect("reopened the audit file")
+    assert send(mailgate.port) == 250
+    assert len(events(audit, "message.result")) == 1
+    assert events(rotated, "message.result") == [] and events(rotated, "gateway.started")
+
+
+# --- in-process: what Gateway.reload refuses ------------------------------------------------
+
+
+def reload(gw: Any, document: dict[str, Any]) -> None:
+    new = configuration.parse(copy.deepcopy(document), "new.toml")
+    threads.blockingCallFromThread(gw.reactor, gw.gateway.reload, new)
+
+
+def test_reload_refuses_a_new_listen_address(make_upstream, start_gateway, ca):
+    """listener.listen cannot change on reload: refused by key, audited, the old config stays."""
+    document = relay_all(upstream_table(make_upstream(), ca.ca_file))
+    gw = start_gateway(document)
+    running = gw.gateway.config
+    changed = copy.deepcopy(document)
+    changed["listener"]["listen"] = "127.0.0.1:2"
+    with pytest.raises(ConfigError) as refused:
+        reload(gw, changed)
+    assert [p.key for p in refused.value.problems] == ["listener.listen"]
+    assert gw.gateway.config is running
+    [failed] = gw.audit.named("config.reload_failed")
+    assert "listener.listen" in failed["problems"][0]
+
+
+def test_reload_rereads_secrets_and_refuses_a_missing_one(
+    make_upstream, start_gateway, ca, monkeypatch
+):
+    """Secrets are read again on reload; one that is gone refuses the reload and names its key, not its value."""
+    document = relay_all(upstream_table(make_upstream(), ca.ca_file))
+    gw = start_gateway(document)
+    monkeypatch.delenv("MAILGATE_TEST_PASSWORD")
+    with pytest.raises(ConfigError) as refused:
+        reload(gw, document)
+    [problem] = refused.value.problems
+    assert problem.key == "upstreams.up.password_env" and "MAILGATE_TEST_PASSWORD" in problem.found
+    assert PASSWORD not in gw.audit.text
+
+
+def test_reload_applies_new_rules_to_new_sessions(make_upstream, start_gateway, ca):
+    """After a reload, a new session is judged by the new rules, and config.reloaded is audited."""
+    document = relay_all(upstream_table(make_upstream(), ca.ca_file))
+    gw = start_gateway(document)
+    assert send(gw.port, "x@blocked.example") == 250
+    changed = copy.deepcopy(document)
+    changed["rules"].insert(
+        0, {"name": "blocked", "recipients": ["*@blocked.example"], "action": "reject"}
+    )
+    reload(gw, changed)
+    assert send(gw.port, "x@blocked.example") == 550
+    assert gw.audit.named("config.reloaded")[0]["rules"] == 2
