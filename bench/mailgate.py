@@ -20,8 +20,13 @@ from errors import BenchError
 
 
 def relay_config(tmp: str, sink_port: int, ca_file: str, user: str, *, delivery: str | None = None,
-                 queue_path: str | None = None, extra: str = "") -> str:
-    """A bench config: loopback listener on port 0, every recipient to the sink's STARTTLS port."""
+                 queue_path: str | None = None, max_connections: int | None = None, extra: str = "") -> str:
+    """A bench config: loopback listener on port 0, every recipient to the sink's STARTTLS port.
+
+    `max_connections` raises the listener's session limits (total and per client: every
+    bench session comes from 127.0.0.1) for builds that have them."""
+    limits = (f"max_connections = {max_connections}\nmax_connections_per_client = {max_connections}\n"
+              if max_connections else "")
     rule_delivery = f'delivery = "{delivery}"\n' if delivery else ""
     if queue_path:
         rule_delivery += f'\n[queue]\npath = "{queue_path}"\n'
@@ -35,7 +40,7 @@ max_message_size = 209715200   # 200 MiB: the 100 MiB message must fit
 max_recipients = 100
 idle_timeout = 600
 shutdown_grace = 5
-
+{limits}
 [audit]
 path = "{tmp}/audit.jsonl"
 

@@ -217,22 +217,24 @@ class Bench:
     def start_mailgate(self, name: str, *, delivery: str | None = None) -> MailgateProcess:
         path = os.path.join(self.tmp, f"{name}.toml")
         extra = os.environ.get("BENCH_QUEUE_EXTRA", "").replace("{tmp}", self.tmp) if delivery else ""
-        # Queue mode: the spool goes in the temp folder ([queue] path); a build whose
-        # queue mode takes no [queue] table is tried without it.
+        # Each config is checked with `mailgate check` first. The listener's session limits
+        # are raised for the idle sessions (builds without those keys get none); queue mode's
+        # spool goes in the temp folder ([queue] path; also tried without the table).
+        limits = [self.args.idle + 200, None]
         spools = [os.path.join(self.tmp, f"{name}-spool"), None] if delivery else [None]
         said = ""
-        for spool in spools:
+        for connections, spool in ((c, q) for c in limits for q in spools):
             with open(path, "w") as handle:
-                handle.write(relay_config(self.tmp, self.sink.tls_port, self.ca_file, USER,
-                                          delivery=delivery, queue_path=spool, extra=extra))
+                handle.write(relay_config(self.tmp, self.sink.tls_port, self.ca_file, USER, delivery=delivery,
+                                          queue_path=spool, max_connections=connections, extra=extra))
             process = MailgateProcess(self.mailgate, path, self.password, cwd=self.tmp)
-            if not delivery:
-                break
             ok, said = process.check()
             if ok:
                 break
         else:
-            raise QueueUnavailable(said)
+            if delivery:
+                raise QueueUnavailable(said)
+            raise BenchError(f"mailgate check refused the bench config {path}: {said}")
         process.start()
         self.cleanup.callback(process.stop)
         return process
