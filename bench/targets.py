@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 NOISE_CORES = 0.25  # CPU used by processes outside the bench above which a run is flagged
+SINK_BUSY_PERCENT = 80  # sink CPU above which a relay run may have been limited by the sink
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def evaluate(results: dict[str, Any]) -> list[Verdict]:
         per_1000 = (runs.get(key) or {}).get("handshakes_per_1000")
         verdicts.append(_judge(f"<= 10 upstream TLS handshakes per 1,000 messages ({label} mode)",
                                per_1000, 10, at_least=False, inclusive=True,
-                               shown=None if per_1000 is None else f"{per_1000:.0f} per 1,000"))
+                               shown=None if per_1000 is None else f"{per_1000:.1f} per 1,000"))
     big = results.get("big_message", {})
     verdicts.append(_judge(f"{big.get('bytes', 100 * 2**20) / 2**20:g} MiB message: mailgate peak RSS < 64 MiB",
                            big.get("peak_rss_mib"), 64, at_least=False, unit=" MiB"))
@@ -96,6 +97,11 @@ def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
     if noisy:
         lines.append(f"warning: processes outside the bench used more than {NOISE_CORES} core(s) during "
                      f"{', '.join(noisy)}: those figures are low and the ratios unreliable; re-run on an idle machine")
+    busy_sink = [k for k, run in results["throughput"].items()
+                 if k != "direct" and (run.get("sink_cpu_percent") or 0) > SINK_BUSY_PERCENT]
+    if busy_sink:
+        lines.append(f"warning: the sink used more than {SINK_BUSY_PERCENT}% of a core during {', '.join(busy_sink)}: "
+                     "it may have limited those runs")
     lines.append("(relay CPU%: % of one core used by the relay, all Postfix processes for (b); CPU ms/msg: "
                  "the relay's CPU time per message; other load: cores busy outside the bench)")
     lines.append("")

@@ -76,3 +76,12 @@ def test_the_big_message_is_labelled_with_its_real_size() -> None:
     results = figures(big_message={"bytes": 10 * 2**20, "peak_rss_mib": 50.0, "seconds": 1.0})
     assert "10 MiB message: mailgate peak RSS < 64 MiB" in statuses(results)
     assert "one 10 MiB message through relay mode" in summary(results, evaluate(results))
+
+
+def test_summary_warns_when_the_sink_was_busy_during_a_relay_run() -> None:
+    """A relay run with the sink above 80% of a core is named; the direct run is its ceiling run."""
+    results = figures()
+    results["throughput"]["direct"]["sink_cpu_percent"] = 95
+    results["throughput"]["mailgate_relay"]["sink_cpu_percent"] = 85
+    text = summary(results, evaluate(results))
+    assert "warning: the sink used more than 80% of a core during mailgate_relay:" in text
