@@ -121,6 +121,18 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def checkout() -> str:
+    """The commit of the mailgate checkout being benched (``+changes`` if the tree is dirty)."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (head or "unknown") + ("+changes" if dirty else "")
+
+
 def find_smtp_source() -> str:
     found = shutil.which("smtp-source") or (os.path.exists("/usr/sbin/smtp-source") and "/usr/sbin/smtp-source")
     if not found or not shutil.which("postfix"):
@@ -201,6 +213,8 @@ class Bench:
         self.results: dict[str, Any] = {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "machine": machine(),
+            "mailgate": {"command": self.mailgate,
+                         "commit": checkout() if not os.environ.get("BENCH_MAILGATE") else "see command"},
             "parameters": {"messages": args.messages, "size": args.size, "concurrency": args.concurrency,
                            "latency_messages": args.latency_messages, "serial_messages": args.serial_messages,
                            "big_message_bytes": args.big_size, "idle_sessions": args.idle,

@@ -73,7 +73,9 @@ def _fmt(value: Any, spec: str = ".0f") -> str:
 
 def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
     p = results["parameters"]
+    build = results.get("mailgate", {})
     lines = [f"mailgate bench — {results['date']} — {results['machine']['summary']}",
+             f"mailgate: {build.get('command', '?')} (checkout {build.get('commit', '?')})",
              (f"workload: N={p['messages']} messages, S={p['size']} bytes, C={p['concurrency']} sessions, "
              "one message per connection (smtp-source)"), "",
              (f"{'run':<34}{'msgs/s':>9}{'seconds':>9}{'TLS hs/1000':>13}{'peak RSS MiB':>14}"
