@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Not part of `test`: mailgate vs Postfix vs direct on loopback (see docs/performance.md).
+# `make bench N=500` for a quick run; S (body bytes), C (parallel sessions), PROFILE=1 (py-spy).
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(if $(N),-n $(N)) $(if $(S),-s $(S)) $(if $(C),-c $(C)) $(if $(PROFILE),--profile)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
