@@ -91,7 +91,7 @@ class UpstreamConfig:
     failover_cooldown: float = 60.0
     max_connections: int = 10
     pool_idle_timeout: float = 30.0
-    pool_max_messages: int = 100
+    pool_max_messages: int = 1000
     auth: str = "password"  # or "xoauth2" (see gateway.providers)
     oauth: OAuthConfig | None = None
 
@@ -433,7 +433,7 @@ class _Reader:
             failover_cooldown=self.number(t, f"{key}.failover_cooldown", 60, 0, 86400),
             max_connections=self.integer(t, f"{key}.max_connections", 10, 1, 10000),
             pool_idle_timeout=self.number(t, f"{key}.pool_idle_timeout", 30, 0, 3600),
-            pool_max_messages=self.integer(t, f"{key}.pool_max_messages", 100, 1, 1000000),
+            pool_max_messages=self.integer(t, f"{key}.pool_max_messages", 1000, 1, 1000000),
             auth=auth,
             oauth=oauth,
         )

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, ConnectionDone, DNSLookupError, TimeoutError
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -336,7 +337,7 @@ class UpstreamConnector:
     async def _connect(self, attempt: _Attempt) -> UpstreamSession:
         config = self.config
         factory = _ProtocolFactory(self.reactor, config.command_timeout)
-        endpoint: Any = HostnameEndpoint(self.reactor, config.host, config.port, timeout=config.connect_timeout)
+        endpoint: Any = _endpoint(self.reactor, config)
         creator = None
         if config.tls == "implicit":
             creator = self.tls.creator()
@@ -524,6 +525,15 @@ class UpstreamConnector:
                 f"{answer.code} {answer.enhanced}{retried}",
                 _scrubbed(answer, sent),
             )
+
+
+def _endpoint(reactor: Any, config: UpstreamConfig) -> Any:
+    """TCP to the upstream; an IP literal skips name resolution (and its thread-pool hop)."""
+    if isIPAddress(config.host):
+        return TCP4ClientEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
+    if isIPv6Address(config.host):
+        return TCP6ClientEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
+    return HostnameEndpoint(reactor, config.host, config.port, timeout=config.connect_timeout)
 
 
 def _scrubbed(reply: Reply, sent: list[bytes]) -> Reply:
