@@ -95,13 +95,18 @@ def _params(words: list[str]) -> dict[str, str]:
     return params
 
 
-def parse_mail(argument: str) -> MailFrom:
-    path, words = _split_path(argument, "FROM")
+def _address_and_params(argument: str, keyword: str) -> tuple[Address, dict[str, str]]:
+    """``FROM:<path> params`` / ``TO:<path> params`` to the address and its parameters."""
+    path, words = _split_path(argument, keyword)
     try:
-        sender = parse_path(path, sender=True)
+        address = parse_path(path, sender=keyword == "FROM")
     except AddressError as exc:
         raise CommandError(exc.reply) from None
-    params = _params(words)
+    return address, _params(words)
+
+
+def parse_mail(argument: str) -> MailFrom:
+    sender, params = _address_and_params(argument, "FROM")
     size = body = None
     for key, value in params.items():
         if key == "SIZE":
@@ -118,12 +123,7 @@ def parse_mail(argument: str) -> MailFrom:
 
 
 def parse_rcpt(argument: str) -> RcptTo:
-    path, words = _split_path(argument, "TO")
-    try:
-        recipient = parse_path(path, sender=False)
-    except AddressError as exc:
-        raise CommandError(exc.reply) from None
-    params = _params(words)
+    recipient, params = _address_and_params(argument, "TO")
     if params:
         raise CommandError(replies.PARAM_UNKNOWN)
     return RcptTo(recipient)

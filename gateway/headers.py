@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.address import AddressError, parse_path
+from gateway.config_reader import Reader
 
 MAX_ORIGINAL_FROM = 65536  # octets of the original From kept for Reply-To and the audit
 _FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
@@ -38,21 +39,6 @@ class HeaderEdits:
 
     def __bool__(self) -> bool:
         return bool(self.rewrite_from or self.strip)
-
-
-class Reader(Protocol):
-    def problem(self, key: str, found: object, expected: str, *, raw: bool = False) -> None: ...
-
-    def string(
-        self,
-        table: Mapping[str, Any],
-        key: str,
-        default: str | None,
-        *,
-        choices: tuple[str, ...] = (),
-    ) -> str | None: ...
-
-    def strings(self, table: Mapping[str, Any], key: str) -> tuple[str, ...] | None: ...
 
 
 def read_header_edits(reader: Reader, rule: Mapping[str, Any], key: str) -> HeaderEdits | None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlsplit
+
+from gateway.config_reader import Reader
 
 AUTH_MODES = ("password", "xoauth2")
 GRANTS = ("client_credentials", "refresh_token", "jwt_bearer")
@@ -75,21 +77,6 @@ class OAuthConfig:
     refresh_token_file: str | None = None
     service_account_file: str | None = None
     ca_file: str | None = None
-
-
-class Reader(Protocol):
-    """The part of the config reader this module uses (see `gateway.config._Reader`)."""
-
-    def problem(self, key: str, found: object, expected: str, *, raw: bool = False) -> None: ...
-
-    def string(
-        self,
-        table: Mapping[str, Any],
-        key: str,
-        default: str | None,
-        *,
-        choices: tuple[str, ...] = (),
-    ) -> str | None: ...
 
 
 def preset_for(reader: Reader, table: Mapping[str, Any], key: str) -> Preset | None:
