@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q bench/tests
 
 # Not part of `test`: mailgate vs Postfix vs direct on loopback (see docs/performance.md).
 # `make bench N=500` for a quick run; S (body bytes), C (parallel sessions), PROFILE=1 (py-spy).

@@ -54,31 +54,35 @@ class QueueTransaction:
         if self.writer is not None:
             self.writer.write(content)
 
-    def finish(self, facts: MessageFacts, *, session_id: str, client_ip: str, helo: str | None) -> Reply:
-        """Commit durably, then 250 with the queue id; 452 4.3.1 if anything failed."""
-        writer = self.writer
-        if writer is None:
-            return replies.QUEUE_WRITE_FAILED
-        envelope = Envelope(
-            id=writer.id,
+    def envelope(self, facts: MessageFacts, *, session_id: str, client_ip: str, helo: str | None) -> Envelope:
+        """The envelope to commit with the body received so far."""
+        assert self.writer is not None
+        return Envelope(
+            id=self.writer.id,
             sender=self.mail.sender.text,
             recipients=self.recipients,
             received=self.clock(),
             mail_body=self.mail.body,
-            size=writer.size,
+            size=self.writer.size,
             sha256=facts.sha256,
             message_id=facts.message_id,
             session_id=session_id,
             client_ip=client_ip,
             helo=helo,
         )
-        try:
-            writer.commit(envelope)
-        except OSError as exc:
+
+    def commit(self, envelope: Envelope) -> None:
+        """Make the message durable (fsyncs; blocking: the session runs it in a thread)."""
+        assert self.writer is not None
+        self.writer.commit(envelope)
+
+    def committed(self, error: OSError | None) -> Reply:
+        """After `commit`: 250 with the queue id, or 452 4.3.1 (and nothing kept) if it failed."""
+        writer, self.writer = self.writer, None
+        assert writer is not None
+        if error is not None:
             writer.discard()
-            self.writer = None
-            return self._failed(exc)
-        self.writer = None
+            return self._failed(error)
         return replies.QUEUED.with_text(f"Queued as {writer.id}")
 
     def _failed(self, exc: OSError) -> Reply:

@@ -446,9 +446,25 @@ class Session:
         self._finish(txn, reply)
         return reply
 
-    def _queue_end(self, txn: Transaction, queue: QueueTransaction) -> Reply:
-        """Commit to the spool; 250 only once it is durable, and then message.queued, not message.result."""
-        reply = queue.finish(txn.facts, session_id=self.session_id, client_ip=self.client, helo=self.helo)
+    def _queue_end(self, txn: Transaction, queue: QueueTransaction) -> Reply | defer.Deferred[Reply]:
+        """Commit to the spool; 250 only once it is durable, and then message.queued, not message.result.
+
+        The fsyncs run in a thread, so one session's disk wait does not stall the others and
+        concurrent commits share the journal's flushes.
+        """
+        if queue.writer is None:
+            return self._queue_committed(queue.committed(OSError("spool not writable")), txn, queue)
+        envelope = queue.envelope(txn.facts, session_id=self.session_id, client_ip=self.client, helo=self.helo)
+
+        def failed(failure: Any) -> Reply:
+            failure.trap(OSError)
+            return queue.committed(failure.value)
+
+        d = self.gateway.run_blocking(queue.commit, envelope)
+        d.addCallbacks(lambda _: queue.committed(None), failed)
+        return d.addCallback(self._queue_committed, txn, queue)
+
+    def _queue_committed(self, reply: Reply, txn: Transaction, queue: QueueTransaction) -> Reply:
         if not reply.is_positive:
             self._finish(txn, reply, reason=queue.error, limit="queue.path")
             return reply
