@@ -95,9 +95,9 @@ class Gateway:
     def _pool(self, name: str) -> UpstreamPool:
         return self.pools[name] if name in self.pools else self._retired[name]
 
-    def run_blocking(self, function: Any, *args: Any) -> defer.Deferred[Any]:
+    def run_blocking(self, function: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Run blocking disk work (spool fsyncs) in the reactor's thread pool."""
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args)
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs)
 
     def verify_password(self, password_hash: str, password: Secret) -> defer.Deferred[bool]:
         """Check an app password off the reactor thread (the hashes are slow by design)."""
