@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import smtplib
 import subprocess
 import sys
-import threading
 from types import SimpleNamespace
-from typing import IO, Any
+from typing import Any
 
 from gateway.testing.pki import ServerCert
+from gateway.testing.process import MailgateProcess
 from gateway.testing.submission import SubmissionServer
 from tests.conftest import PASSWORD, USER, upstream_table
 
@@ -86,30 +85,6 @@ class Upstream:
         return upstream_table(where, ca_file, **overrides)  # type: ignore[arg-type]
 
 
-def toml_value(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value)
-
-
-def write_toml(document: dict[str, Any], path: str) -> None:
-    lines = []
-    for section, table in document.items():
-        if section == "rules":
-            for rule in table:
-                lines.append("[[rules]]")
-                lines += [f"{k} = {toml_value(v)}" for k, v in rule.items()]
-        elif section == "upstreams":
-            for name, upstream in table.items():
-                lines.append(f"[upstreams.{name}]")
-                lines += [f"{k} = {toml_value(v)}" for k, v in upstream.items()]
-        else:
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
-
-
 class AuditFile:
     """The audit log of a gateway process, read as events."""
 
@@ -127,32 +102,12 @@ class AuditFile:
         return [e for e in self.events if e["event"] == name]
 
 
-class GatewayProcess:
-    """``python -m gateway run --config FILE`` as a child process."""
-
-    def __init__(self, config_path: str, cwd: str) -> None:
-        env = dict(os.environ, MAILGATE_TEST_PASSWORD=PASSWORD)
-        self.process = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", config_path],
-                                        cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        stderr: IO[bytes] = self.process.stderr  # type: ignore[assignment]
-        line = stderr.readline().decode()
-        if "listening on" not in line:
-            self.process.kill()
-            raise RuntimeError(f"gateway did not start: {line}{stderr.read().decode()}")
-        self.port = int(line.rsplit(":", 1)[1])
-        self._drain = threading.Thread(target=stderr.read, daemon=True)
-        self._drain.start()
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
+def start_gateway_process(config_path: str, cwd: str) -> MailgateProcess:
+    """``python -m gateway run --config FILE`` as a child process, once it listens."""
+    process = MailgateProcess("run", "--config", config_path, cwd=cwd,
+                              env=dict(os.environ, MAILGATE_TEST_PASSWORD=PASSWORD))
+    assert process.port > 0
+    return process
 
 
 def queue_command(config_path: str, cwd: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import smtplib
 import subprocess
 import sys
@@ -12,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.testing.process import MailgateProcess, clean_env
 from tests.conftest import PASSWORD, USER
 
 MAILGATE = [sys.executable, "-m", "gateway"]
@@ -22,37 +21,11 @@ def mailgate(*args: str, env: dict[str, str] | None = None, **kwargs) -> subproc
                           env=env if env is not None else clean_env(), **kwargs)
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
-    env.update(extra)
-    return env
-
-
-class Daemon:
-    """`mailgate run` in a subprocess; knows its port once it says it is listening."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.terminated = False
-        self.process = subprocess.Popen([*MAILGATE, "run", *args], env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
-        line = self.process.stderr.readline()
-        assert "listening on" in line, line + self.process.stderr.read()
-        self.port = int(line.rsplit(":", 1)[1])
-
-    def peak_rss_kib(self) -> int:
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1])
-
-    def terminate(self) -> None:
-        """One SIGTERM: a second may land after the reactor restored the default handler."""
-        if not self.terminated and self.process.poll() is None:
-            self.terminated = True
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self) -> tuple[int, str, str]:
-        self.terminate()
-        out, err = self.process.communicate(timeout=30)
-        return self.process.returncode, out, err
+def start_daemon(args: list[str], env: dict[str, str]) -> MailgateProcess:
+    """`mailgate run ARGS` started and listening."""
+    daemon = MailgateProcess("run", *args, env=env)
+    assert daemon.port > 0
+    return daemon
 
 
 def write_config(tmp_path: Path, upstream, ca_file: str, **listener) -> Path:
@@ -95,7 +68,7 @@ def test_run_from_environment_relays(make_upstream, ca):
     env = clean_env(MAILGATE_UPSTREAM=f"smtps://{USER}@localhost:{upstream.port}",
                     MAILGATE_UPSTREAM_PASSWORD=PASSWORD, MAILGATE_UPSTREAM_CA_FILE=ca.ca_file,
                     MAILGATE_LISTEN="127.0.0.1:0")
-    daemon = Daemon([], env)
+    daemon = start_daemon([], env)
     try:
         with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
             client.sendmail("app@example.com", ["ops@example.net"], b"Subject: env\r\n\r\nhi\r\n")
@@ -103,14 +76,14 @@ def test_run_from_environment_relays(make_upstream, ca):
     finally:
         code, out, _ = daemon.stop()
     assert code == 0
-    assert '"event":"message.result"' in out and '"outcome":"relayed"' in out
+    assert b'"event":"message.result"' in out and b'"outcome":"relayed"' in out
 
 
 def test_sigterm_lets_the_session_in_flight_finish(make_upstream, ca, tmp_path):
     """SIGTERM stops accepting, lets the open transaction complete, then exits 0."""
     upstream = make_upstream()
     env = clean_env(MAILGATE_TEST_PASSWORD=PASSWORD)
-    daemon = Daemon(["--config", str(write_config(tmp_path, upstream, ca.ca_file))], env)
+    daemon = start_daemon(["--config", str(write_config(tmp_path, upstream, ca.ca_file))], env)
     client = smtplib.SMTP("127.0.0.1", daemon.port, timeout=30)
     client.ehlo()
     client.mail("app@example.com")
@@ -121,7 +94,7 @@ def test_sigterm_lets_the_session_in_flight_finish(make_upstream, ca, tmp_path):
     code, out, _ = daemon.stop()
     assert code == 0
     assert len(upstream.wait_for(1)) == 1
-    assert '"event":"gateway.stopped"' in out
+    assert b'"event":"gateway.stopped"' in out
     with pytest.raises(OSError):
         smtplib.SMTP("127.0.0.1", daemon.port, timeout=5)
 
@@ -129,7 +102,7 @@ def test_sigterm_lets_the_session_in_flight_finish(make_upstream, ca, tmp_path):
 def test_relays_20_mib_intact_with_bounded_memory(make_upstream, ca, tmp_path):
     """A 20 MiB message arrives byte for byte while the gateway's peak RSS grows far less than 20 MiB."""
     upstream = make_upstream()
-    daemon = Daemon(["--config", str(write_config(tmp_path, upstream, ca.ca_file, max_message_size=64 * 2**20))],
+    daemon = start_daemon(["--config", str(write_config(tmp_path, upstream, ca.ca_file, max_message_size=64 * 2**20))],
                     clean_env(MAILGATE_TEST_PASSWORD=PASSWORD))
     try:
         line = b"0123456789" * 9 + b"abcdefg\r\n"  # 99 octets

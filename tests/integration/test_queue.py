@@ -16,16 +16,17 @@ import threading
 import pytest
 
 from gateway import cli
+from gateway.testing.configfile import write_toml
+from gateway.testing.process import MailgateProcess
 from tests.integration.queueing import (
     AuditFile,
-    GatewayProcess,
+    start_gateway_process,
     Upstream,
     message,
     queue_command,
     queue_document,
     send,
     send_many,
-    write_toml,
 )
 
 
@@ -285,7 +286,7 @@ def process_config(tmp_path, upstream, ca, spool: str, **queue) -> str:
 
 @pytest.fixture
 def processes():
-    started: list[GatewayProcess] = []
+    started: list[MailgateProcess] = []
     yield started
     for process in started:
         process.stop()
@@ -294,7 +295,7 @@ def processes():
 def test_killed_while_receiving_never_sends_the_half_message(upstream, ca, tmp_path, fast_spool, processes):
     """SIGKILL in the middle of DATA: the partial message is discarded at restart and never delivered."""
     config = process_config(tmp_path, upstream, ca, fast_spool)
-    gateway = GatewayProcess(config, str(tmp_path))
+    gateway = start_gateway_process(config, str(tmp_path))
     processes.append(gateway)
     client = smtplib.SMTP("127.0.0.1", gateway.port, timeout=30)
     client.ehlo("app.test")
@@ -306,7 +307,7 @@ def test_killed_while_receiving_never_sends_the_half_message(upstream, ca, tmp_p
     client.send(b"Subject: half\r\nMessage-ID: <half@example.com>\r\n\r\nfirst part of the body\r\n")
     gateway.kill()
     client.close()
-    processes.append(GatewayProcess(config, str(tmp_path)))
+    processes.append(start_gateway_process(config, str(tmp_path)))
     assert send(processes[-1].port, message(2))[0] == 250
     [received] = upstream.server.wait_for(1)
     assert received.content == message(2)
@@ -321,12 +322,12 @@ def test_killed_right_after_250_delivers_after_restart(upstream, ca, tmp_path, f
     """SIGKILL right after the 250 (upstream down): after a restart the message is delivered."""
     upstream.down()
     config = process_config(tmp_path, upstream, ca, fast_spool)
-    gateway = GatewayProcess(config, str(tmp_path))
+    gateway = start_gateway_process(config, str(tmp_path))
     processes.append(gateway)
     assert send(gateway.port, message(3))[0] == 250
     gateway.kill()
     server = upstream.back()
-    processes.append(GatewayProcess(config, str(tmp_path)))
+    processes.append(start_gateway_process(config, str(tmp_path)))
     [received] = server.wait_for(1)
     assert received.content == message(3)
 
@@ -342,14 +343,14 @@ def test_killed_during_delivery_sends_at_most_one_logged_duplicate(upstream, ca,
 
     upstream.server.on_message = hold
     config = process_config(tmp_path, upstream, ca, fast_spool)
-    gateway = GatewayProcess(config, str(tmp_path))
+    gateway = start_gateway_process(config, str(tmp_path))
     processes.append(gateway)
     _, text = send(gateway.port, message(4))
     queue_id = text.split()[-1].decode()
     assert arrived.wait(30)
     gateway.kill()
     release.set()
-    processes.append(GatewayProcess(config, str(tmp_path)))
+    processes.append(start_gateway_process(config, str(tmp_path)))
     first, second = upstream.server.wait_for(2)
     assert first.content == second.content == message(4)
     audit = AuditFile(str(tmp_path / "audit.jsonl"))
@@ -366,7 +367,7 @@ def test_thousand_messages_queued_while_down_are_drained(upstream, ca, tmp_path,
     """1,000 messages each get 250 while the upstream is down; once it is back every one arrives once."""
     upstream.down()
     config = process_config(tmp_path, upstream, ca, fast_spool, max_backoff=3600)
-    processes.append(GatewayProcess(config, str(tmp_path)))
+    processes.append(start_gateway_process(config, str(tmp_path)))
     answers = send_many(processes[-1].port, range(1000))
     assert [code for code, _ in answers] == [250] * 1000
     server = upstream.back()
@@ -385,7 +386,7 @@ def test_done_when_thousand_messages_survive_two_kills(upstream, ca, tmp_path, f
     Message-ID, and the audit has a message.queued and a delivered message.result for each."""
     upstream.down()
     config = process_config(tmp_path, upstream, ca, fast_spool, max_backoff=3600)
-    processes.append(GatewayProcess(config, str(tmp_path)))
+    processes.append(start_gateway_process(config, str(tmp_path)))
     answers = send_many(processes[-1].port, range(1000))
     assert [code for code, _ in answers] == [250] * 1000
     arrivals = threading.Condition()
@@ -406,7 +407,7 @@ def test_done_when_thousand_messages_survive_two_kills(upstream, ca, tmp_path, f
         assert queue_command(config, str(tmp_path), "retry", "--all").returncode == 0
         wait_for_distinct(150 * (kill + 1))  # deliveries are under way
         processes[-1].kill()
-        processes.append(GatewayProcess(config, str(tmp_path)))
+        processes.append(start_gateway_process(config, str(tmp_path)))
     retried = queue_command(config, str(tmp_path), "retry", "--all")
     assert retried.returncode == 0, retried.stderr
     wait_for_distinct(1000)

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import queue
 import signal
 import smtplib
-import subprocess
-import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +16,7 @@ from twisted.internet import threads
 from gateway import config as configuration
 from gateway.audit import AuditLog
 from gateway.errors import ConfigError
+from gateway.testing.process import MailgateProcess, clean_env
 from tests.conftest import PASSWORD, USER, relay_all, upstream_table
 
 BLOCK_RULE = """
@@ -63,47 +59,23 @@ upstream = "up"
     return path
 
 
-class Daemon:
-    """`mailgate run --config FILE` in a subprocess; its stderr lines are read as they come."""
+class Daemon(MailgateProcess):
+    """`mailgate run --config FILE`, with its stderr read in order through `expect`."""
 
     def __init__(self, config: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
-        env["MAILGATE_TEST_PASSWORD"] = PASSWORD
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        self.port = int(self.expect("listening on").rsplit(":", 1)[1])
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
+        super().__init__("run", "--config", str(config), env=clean_env(MAILGATE_TEST_PASSWORD=PASSWORD))
+        self._cursor = 0
+        self.expect("listening on")
 
     def expect(self, text: str, timeout: float = 30) -> str:
-        """The next stderr line containing `text` (lines before it are kept in `seen`)."""
-        while True:
-            line = self.lines.get(timeout=timeout)
-            if line is None:
-                raise AssertionError(f"mailgate exited before saying {text!r}: {self.seen}")
-            self.seen.append(line)
-            if text in line:
-                return line
+        """The next stderr line containing `text`, after the one the last call returned."""
+        line = self.wait_for(self.stderr, text.encode(), timeout, after=self._cursor)
+        self._cursor = self.stderr.index(line, self._cursor) + 1
+        return line.decode().rstrip("\n")
 
-    def signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
+    @property
+    def seen(self) -> list[str]:
+        return [line.decode().rstrip("\n") for line in self.stderr[: self._cursor]]
 
 
 @pytest.fixture
@@ -116,7 +88,7 @@ def daemon():
 
     yield start
     for process in started:
-        assert process.stop() == 0
+        assert process.stop()[0] == 0
 
 
 def events(path: Path, name: str) -> list[dict[str, Any]]:

@@ -19,7 +19,9 @@ import pytest
 
 from gateway import cli
 from tests.conftest import PASSWORD, USER, relay_all, upstream_table
-from tests.security.conftest import MailgateProcess, to_toml, try_recipient
+from gateway.testing.configfile import to_toml
+from gateway.testing.process import MailgateProcess
+from tests.security.conftest import try_recipient
 from tests.security.scripted_upstream import Script, ScriptedUpstream
 
 BODY = b"Subject: credentials\r\n\r\nbody\r\n"
@@ -109,7 +111,7 @@ def mailgate_run(tmp_path):
         path = tmp_path / "mailgate.toml"
         path.write_text(to_toml(document))
         env = {**os.environ, "MAILGATE_TEST_PASSWORD": PASSWORD}
-        process = MailgateProcess(str(path), env)
+        process = MailgateProcess("run", "--config", str(path), env=env)
         processes.append(process)
         return process
 
@@ -157,7 +159,7 @@ def test_password_never_in_audit_or_log(case, scripted, mailgate_run, ca, tmp_pa
     result = gateway.wait_for(gateway.stdout, b'"event":"message.result"')
     assert (b'"outcome":"relayed"' in result) == (case == "relayed")
     gateway.wait_for(gateway.stdout, b'"event":"session.closed"')
-    stdout, stderr = gateway.stop()
+    _, stdout, stderr = gateway.stop()
     if upstream is not None and case != "tls-failure":  # the password really was used
         assert upstream.wait_closed()[0].saw_auth
     assert_no_leak(stdout, "the audit (stdout)")
