@@ -53,6 +53,7 @@ class RelayTransaction:
         self.failure: UpstreamFailure | None = None
         self.upstream_reply: Reply | None = None
         self.tried: list[dict[str, str]] = []  # each upstream left, and why
+        self.aborted = False
         self._done = False
         self._producer: Any = None
         self._throttling: Any = None  # the upstream transport our producer is registered with
@@ -219,6 +220,7 @@ class RelayTransaction:
         """Drop the upstream mid-transaction: without the final dot nothing is delivered."""
         if self.failure is None:
             self.failure = UpstreamFailure(replies.UPSTREAM_LOST, reason)
+            self.aborted = True  # our decision (a refused body, the app left), not the upstream's error
         self._release(reusable=False)
 
     def _release(self, reusable: bool) -> None:

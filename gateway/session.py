@@ -547,7 +547,7 @@ class Session:
                               upstream_enhanced=relay.upstream_reply.enhanced,
                               upstream_reply=relay.upstream_reply.text)
             if relay.failure is not None:
-                fields["upstream_error"] = relay.failure.reason
+                fields["gateway_abort" if relay.aborted else "upstream_error"] = relay.failure.reason
             if relay.tried:
                 fields["upstreams_tried"] = relay.tried
         if txn.in_data:

@@ -117,6 +117,7 @@ def test_message_over_limit_is_552_and_not_relayed(relay):
     assert upstream.messages == []
     [result] = gw.audit.wait_for("message.result")
     assert result["outcome"] == "rejected" and result["limit"] == "listener.max_message_size"
+    assert "upstream_error" not in result and "size exceeds" in result["gateway_abort"]
 
 
 def test_recipient_limit_is_452_4_5_3(relay):
