@@ -24,5 +24,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(N),-n $(N)) $(if $(S),-s $(S)) $(if $(C),-c $(C)) $(if $(PROFILE),--profile)
 
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tests bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache

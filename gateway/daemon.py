@@ -86,8 +86,13 @@ def install_signals(reactor: Any, gateway: Any, load: Callable[[], Config] | Non
 def run(config: Config, load: Callable[[], Config] | None = None) -> int:
     """Run until SIGTERM/SIGINT; `load` reads the configuration again on SIGHUP."""
     from twisted.internet import defer, reactor
-    from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
-                                globalLogBeginner, textFileLogObserver)
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
 
     from gateway.service import Gateway
 

@@ -37,7 +37,9 @@ from gateway.audit import AuditLog
 from gateway.backoff import Backoff
 from gateway.config import Config
 from gateway.data import dot_stuff
+from gateway.failover import Cooldowns
 from gateway.metrics import QueueState
+from gateway.pool import UpstreamPool
 from gateway.replies import Reply
 from gateway.spool import (
     ACTIVE,
@@ -57,8 +59,6 @@ from gateway.spool import (
     read_headers,
     read_lines,
 )
-from gateway.failover import Cooldowns
-from gateway.pool import UpstreamPool
 from gateway.upstream import UpstreamFailure, UpstreamSession
 
 SCAN_INTERVAL = 1.0  # seconds between looks at the spool (operator commands take effect within this)
@@ -85,7 +85,7 @@ class _BodyProducer:
         self.regions = regions
         self.done: defer.Deferred[None] = defer.Deferred()
 
-    def resumeProducing(self) -> None:
+    def resumeProducing(self) -> None:  # noqa: N802
         if self.done.called:
             return
         try:
@@ -98,7 +98,7 @@ class _BodyProducer:
             return
         self.session.write(dot_stuff(region))
 
-    def stopProducing(self) -> None:
+    def stopProducing(self) -> None:  # noqa: N802
         self.lost("connection lost while sending the body")
 
     def lost(self, reason: str) -> None:

@@ -13,8 +13,8 @@ the glob ``"<>"`` matches the null sender only.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 from gateway import replies

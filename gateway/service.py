@@ -14,21 +14,21 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
-from gateway.audit import AuditLog
 from gateway import passwords
-from gateway.config import Config, resolve_password
+from gateway.audit import AuditLog
 from gateway.commands import MailFrom
+from gateway.config import Config, resolve_password
 from gateway.credentials import Secret
 from gateway.delivery import DeliveryRunner
 from gateway.errors import ConfigError, MailgateError, Problem, SecretError
 from gateway.failover import Cooldowns
 from gateway.health import Readiness, WatchedConnector
 from gateway.metrics import Metrics
+from gateway.oauth import TokenCache, tokens_for
 from gateway.pool import UpstreamPool
 from gateway.ratelimit import RateLimits
 from gateway.relay import RelayTransaction
 from gateway.reload import fixed_changes
-from gateway.oauth import TokenCache, tokens_for
 from gateway.spool import Spool
 from gateway.upstream import UpstreamConnector
 

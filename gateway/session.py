@@ -8,8 +8,8 @@ Each mail transaction ends in exactly one ``message.result`` event.
 from __future__ import annotations
 
 import time
-from email.utils import getaddresses
 from dataclasses import dataclass, field
+from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -19,11 +19,12 @@ from gateway.address import Address
 from gateway.app_auth import Credentials, SaslExchange
 from gateway.commands import Command, CommandError, MailFrom, parse_command, parse_mail, parse_rcpt
 from gateway.data import MessageFacts
-from gateway.headers import HeaderRewriter
 from gateway.enqueue import QueueTransaction
+from gateway.headers import HeaderRewriter
 from gateway.replies import Reply
 
 if TYPE_CHECKING:
+    from gateway.relay import RelayTransaction
     from gateway.service import Gateway
 
 EXTENSIONS = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")

@@ -27,7 +27,7 @@ TEXT = b"text/plain; charset=utf-8"
 
 
 class _Leaf(Resource):
-    isLeaf = True
+    isLeaf = True  # noqa: N815 (twisted.web's name)
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__()

@@ -127,7 +127,7 @@ class ClientConnectionCreator:
         self._policy = policy
         self._record: _VerifyRecord | None = None
 
-    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802, N803
         connection, self._record = self._policy._connection()
         return connection
 

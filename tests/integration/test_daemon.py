@@ -31,7 +31,7 @@ def start_daemon(args: list[str], env: dict[str, str]) -> MailgateProcess:
 def write_config(tmp_path: Path, upstream, ca_file: str, **listener) -> Path:
     extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in listener.items())
     path = tmp_path / "mailgate.toml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(textwrap.dedent("""\
         [listener]
         listen = "127.0.0.1:0"
         shutdown_grace = 10

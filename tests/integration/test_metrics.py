@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import smtplib
+import threading
 import urllib.error
 import urllib.request
 from typing import Any

@@ -20,13 +20,13 @@ from gateway.testing.configfile import write_toml
 from gateway.testing.process import MailgateProcess
 from tests.integration.queueing import (
     AuditFile,
-    start_gateway_process,
     Upstream,
     message,
     queue_command,
     queue_document,
     send,
     send_many,
+    start_gateway_process,
 )
 
 

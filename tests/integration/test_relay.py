@@ -7,7 +7,7 @@ import smtplib
 
 import pytest
 
-from tests.conftest import PASSWORD, USER, relay_all, upstream_table
+from tests.conftest import USER, relay_all, upstream_table
 
 BODY = (
     b"From: app@example.com\r\n"

@@ -122,7 +122,7 @@ def test_error_limit_closes_with_421(gateway):
     sock.sendall(b"BOGUS\r\nBOGUS\r\nBOGUS\r\nNOOP\r\n")
     reader = sock.makefile("rb")
     lines = [reader.readline() for _ in range(4)]
-    assert [l[:3] for l in lines] == [b"500", b"500", b"500", b"421"]
+    assert [line[:3] for line in lines] == [b"500", b"500", b"500", b"421"]
     assert reader.readline() == b""
 
 

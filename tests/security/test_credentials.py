@@ -18,9 +18,9 @@ import sys
 import pytest
 
 from gateway import cli
-from tests.conftest import PASSWORD, USER, relay_all, upstream_table
 from gateway.testing.configfile import to_toml
 from gateway.testing.process import MailgateProcess
+from tests.conftest import PASSWORD, USER, relay_all, upstream_table
 from tests.security.conftest import try_recipient
 from tests.security.scripted_upstream import Script, ScriptedUpstream
 

@@ -162,7 +162,7 @@ def upstream_reads(stream: bytes) -> list[bytes]:
     messages, lines = [], []
     for line in stream.split(b"\r\n")[:-1]:
         if line == b".":
-            messages.append(b"".join(l + b"\r\n" for l in lines))
+            messages.append(b"".join(line + b"\r\n" for line in lines))
             lines = []
         else:
             lines.append(line[1:] if line.startswith(b".") else line)
