@@ -158,6 +158,10 @@ class MessageFacts:
             elif len(self._headers) > MAX_HEADER_SCAN:
                 self._headers, self._headers_done = self._headers[:MAX_HEADER_SCAN], True
 
+    def end_headers(self) -> None:
+        """The message ended inside its header section: what was received is all header."""
+        self._headers_done = True
+
     @property
     def headers_done(self) -> bool:
         return self._headers_done

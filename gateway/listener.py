@@ -171,16 +171,20 @@ class SMTPServerProtocol(Protocol):
 
     def _data_idle(self) -> None:
         self._timer = None
-        self._abandon_data()
-        self._close("data timeout", replies.IDLE_TIMEOUT)
+        try:
+            self._abandon_data()
+        finally:
+            self._close("data timeout", replies.IDLE_TIMEOUT)
 
     def _data_progress(self) -> None:
         listener = self.gateway.config.listener
         elapsed = self.gateway.reactor.seconds() - self._data_started
         if listener.min_data_rate and elapsed > MIN_RATE_GRACE and self._reader is not None:
             if self._reader.received / elapsed < listener.min_data_rate:
-                self._abandon_data()
-                self._close("data rate below listener.min_data_rate", DATA_TOO_SLOW)
+                try:
+                    self._abandon_data()
+                finally:
+                    self._close("data rate below listener.min_data_rate", DATA_TOO_SLOW)
                 return
         self._arm(listener.data_timeout, self._data_idle)
 
@@ -358,7 +362,7 @@ class _UpstreamThrottle:
         self._listener.resume("upstream")
 
     def stopProducing(self) -> None:  # noqa: N802
-        pass
+        self._listener.resume("upstream")  # the upstream went away: it must not keep the app paused
 
 
 class ListenerFactory(Factory):

@@ -21,6 +21,10 @@ from gateway.upstream import UpstreamConnector, UpstreamFailure, UpstreamSession
 POOL_BUSY = replies.Reply(451, "4.4.5", "All connections to the upstream are busy, try again later")
 
 
+class PoolBusy(UpstreamFailure):
+    """Every connection to the upstream stayed busy: the upstream itself did not fail."""
+
+
 class _Idle:
     __slots__ = ("session", "timer")
 
@@ -89,15 +93,18 @@ class UpstreamPool:
     def _give_up(self, waiter: defer.Deferred[None]) -> None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
-            waiter.errback(UpstreamFailure(POOL_BUSY, f"{self.config.name}: no free connection "
-                                           f"(max_connections = {self.config.max_connections})"))
+            waiter.errback(PoolBusy(POOL_BUSY, f"{self.config.name}: no free connection "
+                                    f"(max_connections = {self.config.max_connections})"))
 
     async def _new(self, sender: str | None = None) -> UpstreamSession:
         self._opening += 1
         try:
             session = await self.connector.open(sender)
-        finally:
+        except BaseException:
             self._opening -= 1
+            self._wake()  # the slot is free again: a waiting transaction may try
+            raise
+        self._opening -= 1
         self.handshakes += 1
         key = id(session)
         self._open.add(key)
@@ -110,6 +117,9 @@ class UpstreamPool:
         if key in self._open:
             self._open.discard(key)
             self.messages.pop(key, None)
+            for idle in self._idle:
+                if idle.session is session and idle.timer.active():
+                    idle.timer.cancel()
             self._idle = [i for i in self._idle if i.session is not session]
             self._wake()
 

@@ -23,7 +23,7 @@ from gateway.commands import MailFrom
 from gateway.config import UpstreamConfig
 from gateway.data import dot_stuff
 from gateway.failover import Cooldowns
-from gateway.pool import UpstreamPool
+from gateway.pool import PoolBusy, UpstreamPool
 from gateway.replies import Reply, expected
 from gateway.upstream import UpstreamFailure, UpstreamSession
 
@@ -89,15 +89,16 @@ class RelayTransaction:
 
         Returns the first RCPT's reply, or None with `failure` set.
         """
-        now = self.clock.seconds()
         pools = {p.config.name: p for p in self.pools}
+        order = self.cooldowns.order(self.route, self.clock.seconds())
         last: UpstreamFailure | None = None
-        for name in self.cooldowns.order(self.route, now):
+        for name in order:
             pool = pools[name]
             try:
                 session = await pool.acquire(self.mail.sender.text)
             except UpstreamFailure as failure:
-                self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)
+                if not isinstance(failure, PoolBusy):  # busy is not broken: no cool-down
+                    self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)
                 self.tried.append({"upstream": name, "reason": failure.reason})
                 last = failure
                 if failure.upstream_reply is not None and failure.upstream_reply.is_permanent \
@@ -105,11 +106,14 @@ class RelayTransaction:
                     break
                 continue
             self.cooldowns.succeeded(name)
-            self.pool, self.session = pool, session
+            if self.failure is not None:  # the app left while the session was being opened
+                pool.release(session, reusable=True)
+                return None
+            self.pool, self.session, self._done = pool, session, False
             reply, rcpt = await self._mail(session, rcpt_line)
             if reply is None:
                 return rcpt
-            if reply.is_transient and name != self.route[-1]:
+            if reply.is_transient and name != order[-1]:
                 self.tried.append({"upstream": name, "reason": f"MAIL answered {reply.code} {reply.enhanced}"})
                 self._release(reusable=False)
                 self.pool = self.session = None
@@ -213,7 +217,10 @@ class RelayTransaction:
         if producer is None:
             return
         if transport is not None:  # a TLS transport wraps the producer, so compare nothing: it is ours
-            transport.unregisterProducer()
+            try:
+                transport.unregisterProducer()
+            except (AttributeError, RuntimeError):
+                pass  # the upstream connection is already gone (a closed TLS layer cannot unregister)
         producer.resumeProducing()
 
     def abort(self, reason: str) -> None:

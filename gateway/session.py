@@ -64,6 +64,7 @@ class Transaction:
     queue: QueueTransaction | None = None
     facts: MessageFacts = field(default_factory=MessageFacts)
     in_data: bool = False
+    committing: bool = False  # queue mode: the spool commit is running in a thread
     rated_rules: set[str] = field(default_factory=set)
     refusal: Reply | None = None  # set during DATA when the message must be refused (From: check)
     dot_sent: float | None = None  # when the end of data went upstream (for the latency metric)
@@ -419,6 +420,12 @@ class Session:
         assert txn is not None
         if txn.relay is not None:
             txn.relay.unthrottle()
+        if error is None and txn.refusal is None and not txn.facts.headers_done:
+            txn.facts.end_headers()  # a message that is all header: check it now
+            if not self._from_allowed(txn):
+                txn.refusal = app_auth.FROM_NOT_OWNED
+                if txn.relay is not None:
+                    txn.relay.abort("From: header not owned by the app")
         if error is None and txn.refusal is not None:
             if txn.queue is not None:
                 txn.queue.abort()
@@ -461,11 +468,13 @@ class Session:
             failure.trap(OSError)
             return queue.committed(failure.value)
 
+        txn.committing = True
         d = self.gateway.run_blocking(queue.commit, envelope)
         d.addCallbacks(lambda _: queue.committed(None), failed)
         return d.addCallback(self._queue_committed, txn, queue)
 
     def _queue_committed(self, reply: Reply, txn: Transaction, queue: QueueTransaction) -> Reply:
+        txn.committing = False
         if not reply.is_positive:
             self._finish(txn, reply, reason=queue.error, limit="queue.path")
             return reply
@@ -493,6 +502,10 @@ class Session:
     def _abandon(self, reason: str) -> None:
         txn = self.transaction
         assert txn is not None
+        if txn.committing:
+            # The whole message is in and its commit is running: let it finish and be delivered
+            # (the app saw no 250 and may send it again: the usual at-least-once).
+            return
         if txn.queue is not None:
             txn.queue.abort()
         if txn.relay is not None:

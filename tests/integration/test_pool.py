@@ -76,3 +76,70 @@ def test_a_refused_message_does_not_poison_the_pool(make_upstream, start_gateway
     send(gw.port)
     [message] = upstream.wait_for(1)
     assert message.content == BODY
+
+
+def test_failover_after_mail_4xx_returns_the_backup_session_to_the_pool(make_upstream, start_gateway, ca):
+    """After a MAIL 4xx moved a transaction to the backup, the backup's only connection is reused."""
+    primary, backup = make_upstream(), make_upstream()
+    primary.script.mail = "421 4.7.0 Try later"
+    document = {
+        "listener": {"listen": "127.0.0.1:0", "shutdown_grace": 2},
+        "upstreams": {"primary": upstream_table(primary, ca.ca_file),
+                      "backup": upstream_table(backup, ca.ca_file, max_connections=1, command_timeout=5)},
+        "rules": [{"name": "all", "action": "relay", "upstream": ["primary", "backup"]}],
+    }
+    gw = start_gateway(document)
+    send(gw.port)
+    send(gw.port)  # with the first session leaked, this would wait command_timeout and get 451 4.4.5
+    assert len(backup.wait_for(2)) == 2
+    assert backup.connections == 1
+
+
+def test_a_failed_open_wakes_the_transaction_waiting_for_its_slot(make_upstream, start_gateway, ca):
+    """With max_connections = 1, a transaction waiting behind a failing open gets its own try at once."""
+    upstream = make_upstream(users={"someone@else.test": "x"})  # every AUTH fails
+    gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file, max_connections=1, command_timeout=20)))
+    results: list[object] = []
+    done = threading.Event()
+
+    def app() -> None:
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=60) as client:
+            client.ehlo()
+            client.mail("app@example.com")
+            results.append(client.rcpt("ops@example.net"))
+        if len(results) == 2:
+            done.set()
+
+    for _ in range(2):
+        threading.Thread(target=app, daemon=True).start()
+    assert done.wait(15), "the second transaction waited for the pool's command_timeout"
+    assert [code for code, _ in results] == [451, 451]
+    assert len(upstream.auth_attempts) == 2  # each transaction really tried
+
+
+def test_app_leaving_while_the_session_opens_does_not_leak_it(make_upstream, start_gateway, ca):
+    """An app that disconnects while its upstream session is still being opened costs no pool slot."""
+    import socket
+
+    upstream = make_upstream()
+    hold, entered = threading.Event(), threading.Event()
+    authenticate = upstream._authenticate
+
+    def slow_auth(*args):  # runs in the upstream's own thread: hold AUTH until the app has gone
+        entered.set()
+        assert hold.wait(30)
+        return authenticate(*args)
+
+    upstream._authenticate = slow_auth
+    gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file, max_connections=1, command_timeout=20)))
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+    sock.sendall(b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\n")
+    assert entered.wait(30)
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    gw.audit.wait_for("session.closed")
+    hold.set()
+    upstream._authenticate = authenticate
+    send(gw.port)  # with the slot leaked this waits command_timeout (20 s) and gets 451 4.4.5
+    [message] = upstream.wait_for(1, timeout=15)
+    assert message.content == BODY

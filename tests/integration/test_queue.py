@@ -435,3 +435,40 @@ def test_unusable_spool_path_stops_start_up_with_its_key(upstream, ca, tmp_path)
                          env=env, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 1
     assert run.stderr.startswith("mailgate: queue.path: cannot use ") and "Traceback" not in run.stderr
+
+
+def test_app_leaving_during_the_commit_neither_corrupts_nor_loses_the_message(
+        upstream, start_gateway, ca, tmp_path, monkeypatch):
+    """An app that disconnects while its message is being committed: the commit completes and the
+    message is delivered whole (never a half-removed folder in the spool)."""
+    import socket
+
+    from gateway.enqueue import QueueTransaction
+
+    hold, entered = threading.Event(), threading.Event()
+    real_commit = QueueTransaction.commit
+
+    def slow_commit(self, envelope):  # runs in the thread pool: hold it until the app has gone
+        entered.set()
+        assert hold.wait(30)
+        real_commit(self, envelope)
+
+    monkeypatch.setattr(QueueTransaction, "commit", slow_commit)
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool")))
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+    sock.sendall(b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n")
+    reader = sock.makefile("rb")
+    replies = []
+    while len(replies) < 5:  # greeting, EHLO (multi-line, last line counts), MAIL, RCPT, DATA
+        line = reader.readline()
+        if line[3:4] == b" ":
+            replies.append(line)
+    sock.sendall(message(7).replace(b"\r\n.", b"\r\n..") + b".\r\n")  # dot-stuffed, as a client sends it
+    assert entered.wait(30)
+    sock.shutdown(socket.SHUT_RDWR)  # close() alone waits for the makefile() reader to go
+    sock.close()
+    gw.audit.wait_for("session.closed")
+    hold.set()
+    [received] = upstream.server.wait_for(1)
+    assert received.content == message(7)
+    assert gw.audit.wait_for("message.queued")[0]["message_id"] == "<q7@example.com>"

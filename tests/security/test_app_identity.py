@@ -114,3 +114,15 @@ def test_auth_not_offered_without_apps(make_upstream, start_gateway, ca):
         client.ehlo()
         assert "auth" not in client.esmtp_features
         assert client.docmd("AUTH", "PLAIN AGJpbGxpbmcAeA==")[0] == 502
+
+
+def test_from_check_applies_to_a_message_that_is_all_header(gateway_with_apps):
+    """A forged From: in a message without a blank line (no body) is still refused."""
+    gw, upstream = gateway_with_apps(check_from_header=True)
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
+        client.login("billing", APP_PASSWORD)
+        client.mail("invoices@billing.example.com")
+        client.rcpt("ops@example.net")
+        assert client.data(b"From: CEO <ceo@example.com>\r\nSubject: pay this") == (
+            550, b"5.7.1 From: header not allowed for the authenticated app")
+    assert upstream.messages == []
