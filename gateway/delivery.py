@@ -39,7 +39,7 @@ from gateway.config import Config
 from gateway.data import dot_stuff
 from gateway.failover import Cooldowns
 from gateway.metrics import QueueState
-from gateway.pool import UpstreamPool
+from gateway.pool import PoolBusy, UpstreamPool
 from gateway.replies import Reply
 from gateway.spool import (
     ACTIVE,
@@ -137,6 +137,8 @@ class DeliveryRunner:
         self.in_flight: dict[str, defer.Deferred[None]] = {}
         self.schedule: dict[str, float] = {}  # deferred queue id -> when it is due
         self.duplicates: dict[str, set[str]] = {}  # queue id -> recipients possibly delivered already
+        self.uncertain: dict[str, set[str]] = {}  # this attempt: the dot went out, the reply did not come
+        self.unsaved: dict[str, dict[str, str]] = {}  # queue id -> final recipient statuses not yet on disk
         self.sessions: dict[int, UpstreamSession] = {}  # by id(): sessions are not hashable
         self.unreadable: set[str] = set()
         self.stopping = False
@@ -263,6 +265,10 @@ class DeliveryRunner:
         envelope = self._load(ACTIVE, queue_id)
         if envelope is None:
             return
+        for recipient in envelope.recipients:  # outcomes this process knows but could not write
+            status = self.unsaved.get(queue_id, {}).get(recipient.address)
+            if status is not None:
+                recipient.status, recipient.in_flight = status, False
         groups: dict[tuple[str, ...], list[RecipientState]] = {}
         for recipient in envelope.pending:
             groups.setdefault(recipient.hops, []).append(recipient)
@@ -282,14 +288,15 @@ class DeliveryRunner:
 
     async def _attempt(self, envelope: Envelope, route: tuple[str, ...], group: list[RecipientState],
                        attempted: list[bool], several: bool) -> None:
-        name = route[0]
+        configured = [hop for hop in route if self.pools(hop) is not None]
+        name = configured[0] if configured else route[0]
         first = self.pools(name)
-        if first is None:
+        if first is None:  # no upstream of the route is configured (any more)
             now = self.clock()
             for recipient in group:
                 recipient.attempts += 1
                 recipient.last_attempt = now
-                recipient.last_reply = f"451 4.3.5 upstream {name!r} is not configured"
+                recipient.last_reply = f"451 4.3.5 no upstream of the route {list(route)} is configured"
             attempted[0] = True
             self.audit.event("delivery.attempt", queue_id=envelope.id, upstream=name,
                              recipients=[{"address": r.address, "result": "deferred", "reply": r.last_reply}
@@ -310,8 +317,9 @@ class DeliveryRunner:
             envelope.attempts += 1
             answers, used, session, error, tried = await self._transact(route, envelope, group)
             attempted[1] = attempted[1] or session is not None
+            uncertain = self.uncertain.pop(envelope.id, set())
             for recipient in group:
-                recipient.in_flight = False
+                recipient.in_flight = recipient.address in uncertain  # still in the duplicate window
                 reply = answers[recipient.address]
                 recipient.last_reply = str(reply)
                 if reply.is_positive:
@@ -319,6 +327,8 @@ class DeliveryRunner:
                 elif reply.is_permanent:
                     recipient.status = FAILED
             self._log_attempt(envelope, used or first, group, answers, session, error, tried)
+            if uncertain:  # logged as possible_duplicate on the next attempt
+                self.duplicates.setdefault(envelope.id, set()).update(uncertain)
             if session is not None and several:
                 self.spool.save(ACTIVE, envelope)  # other upstreams' groups still running: record this one
         finally:
@@ -338,7 +348,8 @@ class DeliveryRunner:
             try:
                 session = await pool.acquire(envelope.sender or None)
             except UpstreamFailure as failure:
-                self.cooldowns.failed(name, self.reactor.seconds(), pool.config.failover_cooldown)
+                if not isinstance(failure, PoolBusy):  # busy is not broken: no cool-down
+                    self.cooldowns.failed(name, self.reactor.seconds(), pool.config.failover_cooldown)
                 tried.append({"upstream": name, "reason": failure.reason})
                 last = failure
                 continue
@@ -367,6 +378,7 @@ class DeliveryRunner:
         self.sessions[id(session)] = session
         answers: dict[str, Reply] = {}
         accepted: list[RecipientState] = []
+        dot_sent = False
         try:
             capabilities = session.capabilities
             if not all(_clean(a) for a in [envelope.sender, *(r.address for r in group)]):
@@ -396,6 +408,7 @@ class DeliveryRunner:
             reply = await session.command(b"DATA")
             if reply.code == 354:
                 await self._send_body(session, envelope)
+                dot_sent = True
                 answer = await session.end_data()
                 reply = replies.expected(answer, *range(200, 300))
                 pool.release(session, reusable=reply is answer and reply.code != 421)
@@ -410,6 +423,8 @@ class DeliveryRunner:
             for recipient in group:
                 if recipient.address not in answers or recipient in accepted:
                     answers[recipient.address] = failure.reply
+            if dot_sent:  # the upstream may have taken it: a retry is a possible duplicate
+                self.uncertain.setdefault(envelope.id, set()).update(r.address for r in accepted)
             return answers, failure.reason, None
         finally:
             self.sessions.pop(id(session), None)
@@ -474,7 +489,12 @@ class DeliveryRunner:
         # a round of transient failures only needs the new backoff, which a crash may shorten.
         changed = opened or any(r.status != PENDING for r in envelope.recipients)
         try:
-            self.spool.save(ACTIVE, envelope, durable=changed)
+            try:
+                self.spool.save(ACTIVE, envelope, durable=changed)
+            except OSError as exc:
+                self._save_failed(envelope, exc, now)
+                return
+            self.unsaved.pop(envelope.id, None)
             if envelope.pending:
                 self.spool.move(envelope.id, ACTIVE, DEFERRED, durable=False)
                 self.schedule[envelope.id] = envelope.next_attempt
@@ -494,6 +514,24 @@ class DeliveryRunner:
         except MessageGone:
             self._gone(envelope)
 
+    def _save_failed(self, envelope: Envelope, exc: OSError, now: float) -> None:
+        """The round's outcome could not be written (disk full, I/O error).
+
+        On disk the recipients are still pending and in flight, so the next round sends them
+        again: flag that as a possible duplicate, and wait a backoff instead of the next scan.
+        """
+        sent = {r.address for r in envelope.recipients if r.status == DELIVERED}
+        # Never sent again by this process; after a restart the disk's state wins: flagged resend.
+        self.unsaved[envelope.id] = {r.address: r.status for r in envelope.recipients if r.status != PENDING}
+        due = now + self.config.queue.min_backoff
+        self.audit.event("queue.write_failed", queue_id=envelope.id, error=exc.strerror or type(exc).__name__,
+                         delivered_not_recorded=sorted(sent), next_attempt=_iso(due))
+        try:
+            self.spool.move(envelope.id, ACTIVE, DEFERRED, durable=False)
+            self.schedule[envelope.id] = due
+        except (OSError, MessageGone):
+            pass  # it stays in active/ and is tried at the next scan, still flagged
+
     def _bounce(self, envelope: Envelope, now: float) -> None:
         failed = [r for r in envelope.recipients if r.status == FAILED and not r.bounced]
         if not failed or not self.config.queue.bounce or not dsn.wants_bounce(envelope):
@@ -504,7 +542,8 @@ class DeliveryRunner:
             body = dsn.build(envelope, failed, headers, hostname=self.config.listener.hostname,
                              dsn_id=dsn_id, now=now)
             bounce = Envelope(id=dsn_id, sender="", received=now, size=len(body),
-                              recipients=[RecipientState(envelope.sender, failed[0].upstream, None)],
+                              recipients=[RecipientState(envelope.sender, failed[0].upstream, None,
+                                                          route=list(failed[0].hops))],
                               message_id=f"<{dsn_id}@{self.config.listener.hostname}>", bounce_of=envelope.id)
             self.spool.store(bounce, body)
         except OSError as exc:

@@ -105,8 +105,8 @@ class Gateway:
                                          passwords.verify, password_hash, password.reveal())
 
     def _queue_pool(self, name: str) -> UpstreamPool | None:
-        """The pool queue deliveries to `name` use now (after a reload, the new one)."""
-        return self.pools.get(name) or self._retired.get(name)
+        """The pool queue deliveries to `name` use now: the current config's, never a removed one."""
+        return self.pools.get(name)
 
     def connector(self, name: str) -> UpstreamConnector:
         return self._pool(name).connector

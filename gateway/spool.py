@@ -290,8 +290,14 @@ class SpoolWriter:
             handle.close()
         _write_file(os.path.join(self.folder, ENVELOPE), envelope.to_json())
         _fsync_dir(self.folder)
-        os.rename(self.folder, self.spool.folder(ACTIVE, self.id))
-        _fsync_dir(self.spool.folder(ACTIVE))
+        committed = self.spool.folder(ACTIVE, self.id)
+        os.rename(self.folder, committed)
+        try:
+            _fsync_dir(self.spool.folder(ACTIVE))
+        except OSError:
+            # Not durable, so the app will hear 452: take it back, or it would be delivered too.
+            os.rename(committed, self.folder)
+            raise
 
     def discard(self) -> None:
         if self._file is not None:

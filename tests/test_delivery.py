@@ -95,3 +95,42 @@ def test_due_deferred_message_is_tried_again_at_scan(tmp_path):
     now[0] = 5060.0
     runner.scan()
     assert spool.locate(queue_id) == ACTIVE and len(connector.opens) == 2
+
+
+def test_route_with_an_unconfigured_first_hop_uses_the_next(tmp_path):
+    """A spooled route whose first upstream is gone (reload) is delivered through the next one."""
+    runner, connector, spool = make_runner(tmp_path, [5000.0])
+    queue_id = new_id()
+    writer = SpoolWriter(spool, queue_id)
+    writer.write(b"Subject: x\r\n\r\nbody\r\n")
+    writer.commit(Envelope(id=queue_id, sender="app@example.com", received=4000.0,
+                           recipients=[RecipientState("ops@example.net", "gone", "all", route=["gone", "up"])]))
+    runner.submitted(queue_id)
+    assert len(connector.opens) == 1
+
+
+def test_a_busy_pool_does_not_cool_down_a_healthy_upstream(tmp_path):
+    """Waiting in vain for a pooled connection defers the message but leaves the upstream usable."""
+
+    class Protocol:
+        _lost_reason = None
+
+        def __init__(self) -> None:
+            self.closed: defer.Deferred[None] = defer.Deferred()
+
+    class Session:
+        auth_user = None
+
+        def __init__(self) -> None:
+            self.protocol = Protocol()
+
+    runner, connector, spool = make_runner(tmp_path, [5000.0], max_connections=1)
+    pool = runner.pools("up")
+    held = pool.acquire("app@example.com")  # a relay transaction holds the only connection
+    connector.opens[0].callback(Session())
+    assert held.called
+    queue_id = queue(spool, received=4999.0)
+    runner.submitted(queue_id)
+    runner.reactor.advance(pool.config.command_timeout + 1)
+    assert spool.locate(queue_id) == DEFERRED
+    assert not runner.cooldowns.cooling("up", runner.reactor.seconds())

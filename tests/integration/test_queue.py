@@ -472,3 +472,44 @@ def test_app_leaving_during_the_commit_neither_corrupts_nor_loses_the_message(
     [received] = upstream.server.wait_for(1)
     assert received.content == message(7)
     assert gw.audit.wait_for("message.queued")[0]["message_id"] == "<q7@example.com>"
+
+
+def test_outcome_that_cannot_be_written_is_not_delivered_again(upstream, start_gateway, ca, tmp_path, monkeypatch):
+    """Disk full when recording a delivery: the message is not sent again by this process (no loop),
+    and the failure is in the audit."""
+    from gateway import spool as spool_module
+
+    real_save = spool_module.Spool.save
+
+    def save(self, state, envelope, *, durable=True):
+        if any(r.status == spool_module.DELIVERED for r in envelope.recipients):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, state, envelope, durable=durable)
+
+    monkeypatch.setattr(spool_module.Spool, "save", save)
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool")))
+    assert send(gw.port, message(1))[0] == 250
+    failed = gw.audit.wait_for("queue.write_failed", 2)  # two rounds: the delivery, then a retry of the record
+    assert failed[0]["delivered_not_recorded"] == ["ops@example.net"]
+    assert len(upstream.server.messages) == 1
+
+
+def test_commit_that_fails_after_its_rename_is_not_delivered(upstream, start_gateway, ca, tmp_path, monkeypatch):
+    """A commit whose last fsync fails answers 452 and leaves nothing in active/ to be delivered."""
+    from gateway import spool as spool_module
+
+    real_fsync_dir = spool_module._fsync_dir
+    failures = []
+
+    def fsync_dir(path):
+        if path.endswith(os.sep + "active") and not failures:
+            failures.append(path)
+            raise OSError(errno.EIO, "Input/output error")
+        return real_fsync_dir(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+    spool = str(tmp_path / "spool")
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), spool))
+    code, text = send(gw.port, message(1))
+    assert (code, text[:5]) == (452, b"4.3.1")
+    assert failures and spool_ids(spool, "active") == [] and spool_ids(spool, "incoming") == []
