@@ -354,6 +354,10 @@ class DeliveryRunner:
                 last = failure
                 continue
             self.cooldowns.succeeded(name)
+            if self.stopping:  # the session came after stop() began: start nothing new
+                pool.release(session, reusable=True)
+                return ({r.address: replies.SHUTTING_DOWN.with_text("Gateway stopping; will retry")
+                         for r in group}, None, None, "gateway stopping", tried)
             answers, error, mail_refused = await self._transact_on(pool, session, envelope, group)
             if mail_refused is not None and mail_refused.is_transient and name != route[-1]:
                 tried.append({"upstream": name, "reason": f"MAIL answered {mail_refused.code} {mail_refused.enhanced}"})

@@ -153,6 +153,11 @@ class SMTPServerProtocol(Protocol):
     def stopProducing(self) -> None:  # noqa: N802
         pass
 
+    @property
+    def _limits(self) -> Any:
+        """The listener settings of this session's config (a reload does not change them mid-session)."""
+        return (self.session.config if self.session is not None else self.gateway.config).listener
+
     # --- timers -------------------------------------------------------------------------
 
     def _arm(self, timeout: float, expired: Any) -> None:
@@ -177,7 +182,7 @@ class SMTPServerProtocol(Protocol):
             self._close("data timeout", replies.IDLE_TIMEOUT)
 
     def _data_progress(self) -> None:
-        listener = self.gateway.config.listener
+        listener = self._limits
         elapsed = self.gateway.reactor.seconds() - self._data_started
         if listener.min_data_rate and elapsed > MIN_RATE_GRACE and self._reader is not None:
             if self._reader.received / elapsed < listener.min_data_rate:
@@ -300,7 +305,7 @@ class SMTPServerProtocol(Protocol):
         if reply.code == 354:
             self._start_data()
             return False
-        self._arm(self.gateway.config.listener.idle_timeout, self._idle)
+        self._arm(self._limits.idle_timeout, self._idle)
         return True
 
     def _start_data(self) -> None:
@@ -344,7 +349,7 @@ class SMTPServerProtocol(Protocol):
         if reply.code >= 500:
             self._errors += 1
         self.transport.write(reply.to_bytes())
-        if self._errors >= self.gateway.config.listener.max_errors and reply.code != 221:
+        if self._errors >= self._limits.max_errors and reply.code != 221:
             self._close("too many errors", replies.TOO_MANY_ERRORS)
 
 

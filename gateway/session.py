@@ -502,9 +502,10 @@ class Session:
     def _abandon(self, reason: str) -> None:
         txn = self.transaction
         assert txn is not None
-        if txn.committing:
-            # The whole message is in and its commit is running: let it finish and be delivered
-            # (the app saw no 250 and may send it again: the usual at-least-once).
+        if txn.committing or txn.dot_sent is not None:
+            # The whole message is in and its commit is running, or the final dot went upstream:
+            # let it finish, so the audit records what really happened (the app saw no reply and
+            # may send it again: the usual at-least-once).
             return
         if txn.queue is not None:
             txn.queue.abort()

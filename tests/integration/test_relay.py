@@ -215,3 +215,37 @@ def test_wrong_password_defers_and_tries_auth_once(make_upstream, start_gateway,
     code, text = first_rcpt(gw.port)
     assert code == 451 and text.startswith(b"4.7.0")
     assert upstream.auth_attempts == [(USER, False)]
+
+
+def test_app_leaving_after_the_final_dot_gets_the_true_outcome_in_the_audit(make_upstream, start_gateway, ca):
+    """If the app disconnects while the upstream's reply to the body is pending, the upstream
+    transaction is not torn down: the audit records what the upstream really did."""
+    import socket
+    import threading
+
+    upstream = make_upstream()
+    hold, entered = threading.Event(), threading.Event()
+    record = upstream._record
+
+    def slow_record(message):  # in the upstream's thread, before it answers 250
+        entered.set()
+        assert hold.wait(30)
+        record(message)
+
+    upstream._record = slow_record
+    gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+    reader = sock.makefile("rb")
+    sock.sendall(b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n")
+    seen = 0
+    while seen < 5:  # greeting, EHLO, MAIL, RCPT, 354
+        seen += reader.readline()[3:4] == b" "
+    sock.sendall(BODY.replace(b"\r\n.", b"\r\n..") + b".\r\n")
+    assert entered.wait(30)
+    sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+    gw.audit.wait_for("session.closed")
+    hold.set()
+    [result] = gw.audit.wait_for("message.result")
+    assert result["outcome"] == "relayed"
+    assert len(upstream.wait_for(1)) == 1
