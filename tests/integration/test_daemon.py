@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.testing.configfile import write_toml
 from gateway.testing.process import MailgateProcess, clean_env
-from tests.conftest import PASSWORD, USER
+from tests.conftest import PASSWORD, USER, relay_all, upstream_table
 
 MAILGATE = [sys.executable, "-m", "gateway"]
 
@@ -29,30 +30,10 @@ def start_daemon(args: list[str], env: dict[str, str]) -> MailgateProcess:
 
 
 def write_config(tmp_path: Path, upstream, ca_file: str, **listener) -> Path:
-    extra = "".join(f"{k} = {v!r}\n".replace("'", '"') for k, v in listener.items())
-    path = tmp_path / "mailgate.toml"
-    path.write_text(textwrap.dedent("""\
-        [listener]
-        listen = "127.0.0.1:0"
-        shutdown_grace = 10
-        """) + extra + textwrap.dedent(f"""
-        [audit]
-        path = "-"
-
-        [upstreams.up]
-        host = "localhost"
-        port = {upstream.port}
-        tls = "{'implicit' if upstream.tls == 'implicit' else 'starttls'}"
-        username = "{USER}"
-        password_env = "MAILGATE_TEST_PASSWORD"
-        ca_file = "{ca_file}"
-
-        [[rules]]
-        name = "all"
-        action = "relay"
-        upstream = "up"
-        """))
-    return path
+    """A config file relaying everything to `upstream`, auditing to stdout."""
+    document = relay_all(upstream_table(upstream, ca_file), shutdown_grace=10, **listener)
+    document["audit"] = {"path": "-"}
+    return Path(write_toml(document, str(tmp_path / "mailgate.toml")))
 
 
 def test_run_without_config_or_upstream_exits_2():

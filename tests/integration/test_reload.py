@@ -16,15 +16,11 @@ from twisted.internet import threads
 from gateway import config as configuration
 from gateway.audit import AuditLog
 from gateway.errors import ConfigError
+from gateway.testing.configfile import write_toml
 from gateway.testing.process import MailgateProcess, clean_env
-from tests.conftest import PASSWORD, USER, relay_all, upstream_table
+from tests.conftest import PASSWORD, relay_all, upstream_table
 
-BLOCK_RULE = """
-[[rules]]
-name = "blocked"
-recipients = ["*@blocked.example"]
-action = "reject"
-"""
+BLOCK_RULE = {"name": "blocked", "recipients": ["*@blocked.example"], "action": "reject"}
 
 
 def write_config(
@@ -33,30 +29,14 @@ def write_config(
     ca_file: str,
     audit: Path,
     *,
-    first_rules: str = "",
+    first_rules: tuple[dict[str, Any], ...] = (),
     action: str = "relay",
 ) -> Path:
-    path.write_text(f"""\
-[listener]
-listen = "127.0.0.1:0"
-shutdown_grace = 10
-
-[audit]
-path = "{audit}"
-
-[upstreams.up]
-host = "localhost"
-port = {upstream.port}
-username = "{USER}"
-password_env = "MAILGATE_TEST_PASSWORD"
-ca_file = "{ca_file}"
-{first_rules}
-[[rules]]
-name = "all"
-action = "{action}"
-upstream = "up"
-""")
-    return path
+    """Relay everything to `upstream` (rule "all" with `action`), after `first_rules`."""
+    document = relay_all(upstream_table(upstream, ca_file), shutdown_grace=10)
+    document["audit"] = {"path": str(audit)}
+    document["rules"] = [*first_rules, {"name": "all", "action": action, "upstream": "up"}]
+    return Path(write_toml(document, str(path)))
 
 
 class Daemon(MailgateProcess):
@@ -126,7 +106,7 @@ def test_sighup_under_load_drops_no_session(make_upstream, ca, tmp_path, daemon)
         client.send(b"Subject: in flight\r\n")
     before_mail = [open_session(mailgate.port) for _ in range(2)]
 
-    write_config(config, upstream, ca.ca_file, audit, first_rules=BLOCK_RULE)
+    write_config(config, upstream, ca.ca_file, audit, first_rules=(BLOCK_RULE,))
     mailgate.signal(signal.SIGHUP)
     mailgate.expect("reloaded configuration")
 
