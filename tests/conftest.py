@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway import config as configuration
+from gateway.config import model as configuration
 from gateway.testing.audit import CapturedAudit
 from gateway.testing.pki import ServerCert, ThrowawayCA
 from gateway.testing.submission import SubmissionServer
@@ -104,7 +104,7 @@ class RunningGateway:
 def start_gateway(reactor: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict[str, Any]], RunningGateway]]:
     from twisted.internet import defer, threads
 
-    from gateway.service import Gateway
+    from gateway.daemon.gateway import Gateway
 
     monkeypatch.setenv("MAILGATE_TEST_PASSWORD", PASSWORD)
     running: list[RunningGateway] = []

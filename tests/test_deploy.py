@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config as configuration
-from gateway.cli import main
-from gateway.providers import UPSTREAM_KEYS
+from gateway.cli.main import main
+from gateway.config import model as configuration
+from gateway.config.providers import UPSTREAM_KEYS
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 SAMPLE = DEPLOY / "mailgate.toml"

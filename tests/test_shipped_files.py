@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config
+from gateway.config import model as config
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted([*ROOT.glob("policies/*.toml"), *ROOT.glob("deploy/*.toml")])

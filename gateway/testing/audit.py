@@ -6,7 +6,7 @@ import json
 import threading
 from typing import Any
 
-from gateway.audit import AuditLog
+from gateway.audit.log import AuditLog
 
 
 class CapturedAudit:

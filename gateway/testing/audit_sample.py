@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from gateway.audit import AuditLog, _order
+from gateway.audit.log import AuditLog, _order
 
 SENDERS = ("app@example.com", "billing@example.com", "alerts@example.com", "noreply@shop.example")
 UPSTREAMS = ("submission", "smtps")

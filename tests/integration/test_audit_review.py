@@ -2,7 +2,7 @@
 
 One gateway run (module scope) relays three messages, has one refused by policy and
 one deferred by the upstream, and writes its audit to a real file; each test then
-reads that file (or a tampered copy) with `gateway.cli.main([...])`.
+reads that file (or a tampered copy) with `gateway.cli.main.main([...])`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from gateway import config as configuration
-from gateway.cli import main
+from gateway.cli.main import main
+from gateway.config import model as configuration
 from gateway.testing.submission import SubmissionServer
 from tests.conftest import PASSWORD, USER, upstream_table
 
@@ -57,8 +57,8 @@ class FileGateway:
     def start(self) -> int:
         from twisted.internet import defer, threads
 
-        from gateway.audit import AuditLog
-        from gateway.service import Gateway
+        from gateway.audit.log import AuditLog
+        from gateway.daemon.gateway import Gateway
 
         def go() -> Any:
             self.gateway = Gateway(self.reactor, self.config, AuditLog(str(self.path)))

@@ -157,7 +157,7 @@ def test_readyz_probes_a_failed_upstream_so_readiness_recovers_without_traffic(
     """With no mail flowing, asking /readyz retries a failed upstream; once it is back, /readyz is 200."""
     from twisted.internet import threads
 
-    from gateway import health
+    from gateway.daemon import health
 
     monkeypatch.setattr(health, "PROBE_INTERVAL", 0.0)
     upstream = make_upstream()

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from gateway import cli
+from gateway.cli import main as cli
 from gateway.testing.configfile import write_toml
 from gateway.testing.process import MailgateProcess
 from tests.integration.queueing import (
@@ -171,7 +171,7 @@ def test_relay_and_queue_recipients_do_not_mix(upstream, start_gateway, ca, tmp_
 
 def test_write_failure_answers_452_and_keeps_serving(upstream, start_gateway, ca, tmp_path, monkeypatch):
     """An injected ENOSPC at commit gives 452 4.3.1, leaves nothing behind, and the next message is queued."""
-    from gateway import spool as spool_module
+    from gateway.queue import spool as spool_module
 
     spool = str(tmp_path / "spool")
     gw = start_gateway(queue_document(upstream.table(ca.ca_file), spool))
@@ -443,7 +443,7 @@ def test_app_leaving_during_the_commit_neither_corrupts_nor_loses_the_message(
     message is delivered whole (never a half-removed folder in the spool)."""
     import socket
 
-    from gateway.enqueue import QueueTransaction
+    from gateway.queue.enqueue import QueueTransaction
 
     hold, entered = threading.Event(), threading.Event()
     real_commit = QueueTransaction.commit
@@ -477,7 +477,7 @@ def test_app_leaving_during_the_commit_neither_corrupts_nor_loses_the_message(
 def test_outcome_that_cannot_be_written_is_not_delivered_again(upstream, start_gateway, ca, tmp_path, monkeypatch):
     """Disk full when recording a delivery: the message is not sent again by this process (no loop),
     and the failure is in the audit."""
-    from gateway import spool as spool_module
+    from gateway.queue import spool as spool_module
 
     real_save = spool_module.Spool.save
 
@@ -496,7 +496,7 @@ def test_outcome_that_cannot_be_written_is_not_delivered_again(upstream, start_g
 
 def test_commit_that_fails_after_its_rename_is_not_delivered(upstream, start_gateway, ca, tmp_path, monkeypatch):
     """A commit whose last fsync fails answers 452 and leaves nothing in active/ to be delivered."""
-    from gateway import spool as spool_module
+    from gateway.queue import spool as spool_module
 
     real_fsync_dir = spool_module._fsync_dir
     failures = []

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from twisted.internet import threads
 
-from gateway import config as configuration
-from gateway.audit import AuditLog
+from gateway.audit.log import AuditLog
+from gateway.config import model as configuration
 from gateway.errors import ConfigError
 from gateway.testing.configfile import write_toml
 from gateway.testing.process import MailgateProcess, clean_env

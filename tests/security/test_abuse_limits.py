@@ -87,7 +87,7 @@ def test_data_timeout_closes_a_stalled_body(gateway):
 
 def test_minimum_data_rate(gateway, monkeypatch):
     """A body trickled below listener.min_data_rate is cut off with 421 4.4.2 and not delivered."""
-    import gateway.listener as listener
+    import gateway.inbound.listener as listener
 
     monkeypatch.setattr(listener, "MIN_RATE_GRACE", 0.5)
     gw, upstream = gateway(min_data_rate=1000)

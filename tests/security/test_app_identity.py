@@ -7,7 +7,7 @@ import smtplib
 
 import pytest
 
-from gateway.passwords import make_hash
+from gateway.policy.passwords import make_hash
 from tests.conftest import relay_all, upstream_table
 
 APP_PASSWORD = "billing-app-password-123"

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from gateway import cli
+from gateway.cli import main as cli
 from gateway.testing.configfile import to_toml
 from gateway.testing.process import MailgateProcess
 from tests.conftest import PASSWORD, USER, relay_all, upstream_table

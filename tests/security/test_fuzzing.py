@@ -17,10 +17,10 @@ import re
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.address import MAX_PATH, AddressError, parse_path
-from gateway.commands import CommandError, parse_command, parse_mail, parse_rcpt
-from gateway.data import MAX_LINE, DataReader, dot_stuff
-from gateway.replies import MalformedReply, Reply, ReplyParser
+from gateway.smtp.address import MAX_PATH, AddressError, parse_path
+from gateway.smtp.commands import CommandError, parse_command, parse_mail, parse_rcpt
+from gateway.smtp.data import MAX_LINE, DataReader, dot_stuff
+from gateway.smtp.replies import MalformedReply, Reply, ReplyParser
 
 # Few examples by default, so the suite stays fast; MAILGATE_FUZZ_EXAMPLES=5000 searches harder.
 _EXAMPLES = int(os.environ.get("MAILGATE_FUZZ_EXAMPLES", "0")) or None

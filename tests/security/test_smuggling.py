@@ -15,7 +15,7 @@ import socket
 
 import pytest
 
-from gateway.data import DataReader, dot_stuff
+from gateway.smtp.data import DataReader, dot_stuff
 from tests.conftest import relay_all, upstream_table
 
 SMUGGLED = (b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"

@@ -1,0 +1,1 @@
+"""The `mailgate` command and its subcommands, the demo."""

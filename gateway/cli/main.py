@@ -1,0 +1,189 @@
+"""The ``mailgate`` command: run, check, explain, demo, queue.
+
+Expected failures print ``mailgate: ...`` on stderr and exit non-zero without a
+traceback: 1 for an invalid configuration or a failure while running, 2 for a
+command line or environment that does not say enough to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from gateway.cli import oauth as oauth_cli
+from gateway.config import model as configuration
+from gateway.config.model import Config, resolve_password
+from gateway.errors import ConfigError, MailgateError, UsageError
+from gateway.outbound import grants
+from gateway.policy import rules as policy
+from gateway.smtp.address import AddressError, parse_path
+
+
+def _load(path: str | None) -> Config:
+    return configuration.load(path) if path else configuration.from_environment()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.daemon.run import run
+
+    return run(_load(args.config), lambda: _load(args.config))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    try:
+        config = configuration.load(args.config)
+    except ConfigError as exc:
+        problems.extend(str(p) for p in exc.problems)
+        config = None
+    if config is not None:
+        for upstream in config.upstreams.values():
+            try:
+                resolve_password(upstream)
+                if upstream.oauth is not None:
+                    grants.resolve(upstream.oauth, upstream.name)
+            except MailgateError as exc:
+                problems.append(f"{args.config}: {exc}")
+        if not config.rules:
+            problems.append(f"{args.config}: rules: found no rules, expected at least one [[rules]] "
+                            "(with none, every recipient is refused)")
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        print(f"mailgate: {args.config}: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    assert config is not None
+    print(f"{args.config}: OK ({len(config.upstreams)} upstream(s), {len(config.rules)} rule(s))")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    try:
+        client = policy.parse_client(args.client)
+    except ValueError:
+        raise UsageError(f"--client: found {args.client!r}, expected an IP address") from None
+    try:
+        sender = parse_path(f"<{args.sender}>", sender=True)
+    except AddressError as exc:
+        raise UsageError(f"--from: {args.sender!r}: {exc.reply.text}") from None
+    allowed = policy.client_allowed(config, client)
+    print(f"client {client}: {'allowed' if allowed else 'DENIED'} by listener.allowed_clients")
+    if not allowed:
+        print(f"  every command would get: {policy.replies.GREETING_DENIED}")
+    if args.app is not None:
+        if args.app not in config.apps:
+            raise UsageError(f"--app: found {args.app!r}, expected one of the [apps] ({', '.join(config.apps) or 'none'})")
+        owned = policy.sender_owned(config.apps[args.app].senders, sender.text)
+        print(f"app {args.app!r}: sender {'owned' if owned else 'NOT owned (553 5.7.1 at MAIL)'}")
+    print(f"sender <{sender.text}>")
+    status = 0
+    for text in args.recipients:
+        try:
+            recipient = parse_path(f"<{text}>", sender=False)
+        except AddressError as exc:
+            print(f"  <{text}>: refused at RCPT: {exc.reply}")
+            continue
+        decision = policy.decide(config, client, sender, recipient, args.app)
+        rule = f"rule {decision.rule.name!r}" if decision.rule else "no rule matches"
+        if decision.action == "relay" and decision.upstreams and decision.rule and decision.rule.delivery == "queue":
+            up = decision.upstreams[0]
+            print(f"  <{recipient.text}>: {rule} -> queue for delivery via upstream {up.name!r} "
+                  f"({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})")
+        elif decision.action == "relay" and decision.upstreams:
+            hops = ", then ".join(
+                f"upstream {up.name!r} ({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})"
+                for up in decision.upstreams)
+            print(f"  <{recipient.text}>: {rule} -> relay via {hops}")
+        else:
+            print(f"  <{recipient.text}>: {rule} -> reject: {decision.reply}")
+    return status if allowed else 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from gateway.policy.passwords import make_hash
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("App password: ")
+        if getpass.getpass("Again: ") != password:
+            raise MailgateError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < 12:
+        raise MailgateError("the password must be at least 12 characters long")
+    print(make_hash(password, args.scheme))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.cli.demo import run_demo
+
+    return run_demo(args.policy)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailgate", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"mailgate {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", metavar="FILE", help="TOML config (default: embedded, from MAILGATE_UPSTREAM)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config file and report every problem")
+    check.add_argument("--config", metavar="FILE", required=True)
+    check.set_defaults(func=cmd_check)
+
+    explain = sub.add_parser("explain", help="show which rule, action and upstream apply; sends nothing")
+    explain.add_argument("--config", metavar="FILE")
+    explain.add_argument("--client", required=True, metavar="IP")
+    explain.add_argument("--from", dest="sender", required=True, metavar="ADDR", help="envelope sender ('' for <>)")
+    explain.add_argument("--app", metavar="NAME", help="as if authenticated as this [apps.NAME]")
+    explain.add_argument("--to", dest="recipients", required=True, action="append", metavar="ADDR")
+    explain.set_defaults(func=cmd_explain)
+
+    hashing = sub.add_parser("hash-password", help="make a password_hash for an [apps.NAME] table")
+    hashing.add_argument("--scheme", choices=("argon2", "bcrypt", "scrypt"), default="argon2")
+    hashing.set_defaults(func=cmd_hash_password)
+
+    demo = sub.add_parser("demo", help="the whole path on this machine, with local upstreams")
+    demo.add_argument("--policy", metavar="FILE", help="demo policy (default: policies/demo.toml)")
+    demo.set_defaults(func=cmd_demo)
+
+    oauth_cli.add_commands(sub)
+
+    from gateway.cli.audit import add_commands as add_audit_commands
+    add_audit_commands(sub)
+
+    from gateway.cli.queue import add_commands as add_queue_commands
+
+    add_queue_commands(sub)
+    return parser
+
+
+def _version() -> str:
+    from gateway import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"mailgate: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except MailgateError as exc:
+        print(f"mailgate: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

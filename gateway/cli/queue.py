@@ -1,0 +1,190 @@
+"""``mailgate queue ...``: look at and steer the spool, safe while the daemon runs.
+
+Every command acts by reading envelopes and renaming message folders — the
+same atomic step the runner uses — so it never writes a file the runner may be
+writing. ``retry`` moves ``deferred/ID`` to ``active/ID``; ``delete`` moves a
+message to ``trash/`` (the runner logs ``message.deleted`` and removes it, at
+once or at its next start); ``requeue`` resets the failed recipients of a dead
+letter to pending and moves it to ``active/``. The running daemon looks at the
+spool every second, so a command takes effect within about a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from gateway.config import model as configuration
+from gateway.errors import MailgateError, UsageError
+from gateway.queue.spool import (
+    ACTIVE,
+    DEAD,
+    DEFERRED,
+    FAILED,
+    PENDING,
+    QUEUED,
+    TRASH,
+    Envelope,
+    MessageGone,
+    Spool,
+    valid_id,
+)
+
+
+def _spool(args: argparse.Namespace) -> Spool:
+    config = configuration.load(args.config) if args.config else configuration.from_environment()
+    spool = Spool(config.queue.path)
+    if not spool.exists():
+        raise MailgateError(f"queue.path: {config.queue.path} is not a spool (no active/ folder); "
+                            "it is created when the gateway starts with a queue rule")
+    return spool
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _line(envelope: Envelope, state: str, now: float, recipients: list[str]) -> str:
+    reply = (envelope.last_reply or "-").replace("\n", " / ")
+    return (f"{envelope.id}  {state:<8}  {_age(now - envelope.received):>4}  <{envelope.sender}>  "
+            f"{','.join(recipients) or '-'}  attempts={envelope.attempts}  {reply}")
+
+
+def _envelopes(spool: Spool, states: tuple[str, ...]) -> list[tuple[str, Envelope]]:
+    found = []
+    for state in states:
+        for queue_id in spool.ids(state):
+            try:
+                found.append((state, spool.load(state, queue_id)))
+            except MessageGone:
+                continue  # moved by the runner while we looked
+            except (ValueError, TypeError, KeyError):
+                print(f"{queue_id}  {state:<8}  (unreadable envelope)")
+    return sorted(found, key=lambda item: item[1].id)
+
+
+def _find(spool: Spool, queue_id: str) -> str:
+    if not valid_id(queue_id):
+        raise UsageError(f"ID: found {queue_id!r}, expected a queue id as printed by `mailgate queue list`")
+    state = spool.locate(queue_id)
+    if state is None or state == TRASH:
+        raise MailgateError(f"queue: no message {queue_id}")
+    return state
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    spool, now = _spool(args), time.time()
+    messages = _envelopes(spool, QUEUED)
+    for state, envelope in messages:
+        print(_line(envelope, state, now, [r.address for r in envelope.pending]))
+    print(f"-- {len(messages)} message(s) queued", file=sys.stderr)
+    return 0
+
+
+def cmd_dead(args: argparse.Namespace) -> int:
+    spool, now = _spool(args), time.time()
+    messages = _envelopes(spool, (DEAD,))
+    for state, envelope in messages:
+        print(_line(envelope, state, now, [r.address for r in envelope.recipients if r.status == FAILED]))
+    print(f"-- {len(messages)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    spool = _spool(args)
+    state = _find(spool, args.id)
+    envelope = spool.load(state, args.id)
+    out: dict[str, Any] = {
+        "id": envelope.id, "state": state, "sender": envelope.sender, "message_id": envelope.message_id,
+        "size": envelope.size, "sha256": envelope.sha256, "received": envelope.received,
+        "attempts": envelope.attempts, "next_attempt": envelope.next_attempt if state == DEFERRED else None,
+        "bounce_of": envelope.bounce_of, "session_id": envelope.session_id, "client_ip": envelope.client_ip,
+    }
+    for key, value in out.items():
+        if value is not None:
+            print(f"{key}: {value}")
+    for r in envelope.recipients:
+        print(f"recipient: <{r.address}> {r.status} via {r.upstream} attempts={r.attempts} "
+              f"last_reply={r.last_reply or '-'}" + (" (expired)" if r.expired else ""))
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    spool = _spool(args)
+    if args.all == (args.id is not None):
+        raise UsageError("queue retry: give one ID or --all")
+    ids = spool.ids(DEFERRED) if args.all else [args.id]
+    moved = 0
+    for queue_id in ids:
+        state = DEFERRED if args.all else _find(spool, queue_id)
+        if state == DEAD:
+            raise MailgateError(f"queue: {queue_id} is a dead letter; use `mailgate queue requeue {queue_id}`")
+        if state != DEFERRED:
+            print(f"{queue_id}: already due ({state})")
+            continue
+        try:
+            spool.move(queue_id, DEFERRED, ACTIVE)
+            moved += 1
+        except MessageGone:
+            print(f"{queue_id}: already due or gone")
+    print(f"{moved} message(s) due now")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    spool = _spool(args)
+    state = _find(spool, args.id)
+    try:
+        spool.move(args.id, state, TRASH)
+    except MessageGone:
+        raise MailgateError(f"queue: {args.id} moved while deleting; try again") from None
+    print(f"{args.id}: deleted (was {state})")
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    spool = _spool(args)
+    state = _find(spool, args.id)
+    if state != DEAD:
+        raise MailgateError(f"queue: {args.id} is not a dead letter (it is {state}); use `queue retry`")
+    envelope = spool.load(DEAD, args.id)
+    failed = [r for r in envelope.recipients if r.status == FAILED]
+    for recipient in failed:
+        recipient.status = PENDING
+        recipient.expired = False
+        recipient.bounced = False
+    envelope.requeued = time.time()
+    envelope.next_attempt = 0.0
+    spool.save(DEAD, envelope)  # the runner never writes dead letters
+    spool.move(args.id, DEAD, ACTIVE)
+    print(f"{args.id}: requeued {len(failed)} recipient(s)")
+    return 0
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``mailgate queue ...`` on the top-level subparsers."""
+    queue = subparsers.add_parser("queue", help="list and steer the store-and-forward spool")
+    sub = queue.add_subparsers(dest="queue_command", required=True, metavar="SUBCOMMAND")
+
+    def command(name: str, func: Any, text: str, with_id: bool = False) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = sub.add_parser(name, help=text)
+        parser.add_argument("--config", metavar="FILE", help="TOML config (default: embedded)")
+        if with_id:
+            parser.add_argument("id", metavar="ID")
+        parser.set_defaults(func=func)
+        return parser
+
+    command("list", cmd_list, "one line per queued message: id, state, age, sender, pending, attempts, last reply")
+    command("show", cmd_show, "every detail of one message", with_id=True)
+    retry = command("retry", cmd_retry, "deliver now, ignoring backoff (ID or --all)")
+    retry.add_argument("id", metavar="ID", nargs="?")
+    retry.add_argument("--all", action="store_true", help="every deferred message")
+    command("delete", cmd_delete, "remove a message (logged as message.deleted)", with_id=True)
+    command("dead", cmd_dead, "list dead letters")
+    command("requeue", cmd_requeue, "move a dead letter back to the queue", with_id=True)

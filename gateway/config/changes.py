@@ -1,0 +1,40 @@
+"""What a reload may change: everything except what is bound or opened at start. Pure.
+
+``listener.listen``, ``listener.proxy_protocol``, ``metrics.listen`` and
+``audit.path`` and the ``[queue]`` keys are fixed for the life of the process (a bound socket, an open
+file); a new config that changes one is refused as a whole, naming each key,
+so that nothing half-applies. Restart mailgate to change them.
+"""
+
+from __future__ import annotations
+
+from gateway.config.model import Config
+from gateway.errors import Problem
+
+FIXED = ("listener.listen", "listener.proxy_protocol", "metrics.listen", "audit.path",
+         # the spool and its delivery runner are set up at start
+         "queue.path", "queue.min_backoff", "queue.max_backoff", "queue.max_age", "queue.bounce")
+
+
+def _value(config: Config, key: str) -> object:
+    section, _, name = key.partition(".")
+    return getattr(getattr(config, section), name)
+
+
+def fixed_changes(running: Config, new: Config) -> list[Problem]:
+    """One problem per fixed setting that `new` changes."""
+    problems = []
+    for key in FIXED:
+        before, after = _value(running, key), _value(new, key)
+        if before != after:
+            shown = "off" if after is None else str(after)
+            was = "off" if before is None else str(before)
+            problems.append(
+                Problem(
+                    new.source,
+                    key,
+                    f"{shown} (changed on reload)",
+                    f"{was} as at start: this setting needs a restart",
+                )
+            )
+    return problems

@@ -1,0 +1,1 @@
+"""The wiring: the Gateway, signals, metrics, health and the status server."""

@@ -1,0 +1,206 @@
+"""The running gateway: config, audit, upstream connectors and the listening port.
+
+`Gateway.start()` binds the listener; `Gateway.stop()` stops accepting, lets
+sessions in flight finish within ``listener.shutdown_grace`` seconds, then
+closes the rest with ``421 4.3.2``. `Gateway.reload()` swaps in a new config
+for new sessions (sessions in flight keep theirs) with freshly built upstream
+pools. The status server (metrics, health) runs when ``[metrics]`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, threads
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+from gateway.audit.log import AuditLog
+from gateway.config.changes import fixed_changes
+from gateway.config.model import Config, resolve_password
+from gateway.config.secrets import Secret
+from gateway.daemon.health import Readiness, WatchedConnector
+from gateway.daemon.metrics import Metrics
+from gateway.errors import ConfigError, MailgateError, Problem, SecretError
+from gateway.outbound.failover import Cooldowns
+from gateway.outbound.oauth import TokenCache, tokens_for
+from gateway.outbound.pool import UpstreamPool
+from gateway.outbound.relay import RelayTransaction
+from gateway.outbound.upstream import UpstreamConnector
+from gateway.policy import passwords
+from gateway.policy.ratelimit import RateLimits
+from gateway.queue.runner import DeliveryRunner
+from gateway.queue.spool import Spool
+from gateway.smtp.commands import MailFrom
+
+
+class Gateway:
+    def __init__(self, reactor: Any, config: Config, audit: AuditLog | None = None) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.audit = audit or AuditLog(config.audit.path)
+        self.metrics = Metrics()
+        self.readiness = Readiness()
+        self.tokens = TokenCache(reactor, on_event=self.audit.event)  # one per gateway, kept across reloads
+        self.pools = self._build_pools(config)
+        self._retired: dict[str, UpstreamPool] = {}  # pools a reload removed, for sessions on the old config
+        self.cooldowns = Cooldowns()
+        self.sessions: set[Any] = set()
+        self.clients: dict[str, int] = {}  # open sessions per client address
+        self.rate_limits = RateLimits()
+        self.metrics.watch_sessions(lambda: len(self.sessions))
+        self.readiness.config_loaded = True
+        self.port: Any = None
+        self.status_port: Any = None
+        self._drained: defer.Deferred[None] | None = None
+        # Store-and-forward: a spool and its runner when a rule queues, or the spool holds mail.
+        spool = Spool(config.queue.path)
+        queueing = any(rule.delivery == "queue" for rule in config.rules)
+        self.spool: Spool | None = spool if queueing or spool.exists() else None
+        self.runner: DeliveryRunner | None = None
+        if self.spool is not None:
+            self.runner = DeliveryRunner(reactor, self.spool, config, self._queue_pool, self.audit,
+                                         on_result=self.metrics.message_result, cooldowns=self.cooldowns)
+            self.metrics.watch_queue(self.runner.queue_state)
+
+    def _build_pools(self, config: Config, problems: list[Problem] | None = None) -> dict[str, UpstreamPool]:
+        """One pool per upstream, its connector watched for readiness and metrics, secrets read now.
+
+        An unreadable secret raises `SecretError`, or with `problems` is added to it.
+        """
+        pools = {}
+        for name, upstream in config.upstreams.items():
+            try:
+                password = resolve_password(upstream)
+            except SecretError as exc:
+                if problems is None:
+                    raise
+                key = "password_env" if upstream.password_env else "password_file"
+                problems.append(Problem(config.source, f"upstreams.{name}.{key}",
+                                        str(exc).partition(": ")[2], "a readable, non-empty secret"))
+                continue
+            try:
+                tokens = tokens_for(self.reactor, self.tokens, upstream)
+            except SecretError as exc:
+                if problems is None:
+                    raise
+                problems.append(Problem(config.source, f"upstreams.{name}", str(exc).partition(": ")[2],
+                                        "readable, non-empty OAuth secrets"))
+                continue
+            connector = UpstreamConnector(self.reactor, upstream, password, config.listener.hostname,
+                                          tokens=tokens)
+            watched = WatchedConnector(connector, self.readiness, self.metrics, self.reactor.seconds)
+            pools[name] = UpstreamPool(watched, self.reactor)  # type: ignore[arg-type]
+        return pools
+
+    def _pool(self, name: str) -> UpstreamPool:
+        return self.pools[name] if name in self.pools else self._retired[name]
+
+    def run_blocking(self, function: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        """Run blocking disk work (spool fsyncs) in the reactor's thread pool."""
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs)
+
+    def verify_password(self, password_hash: str, password: Secret) -> defer.Deferred[bool]:
+        """Check an app password off the reactor thread (the hashes are slow by design)."""
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                         passwords.verify, password_hash, password.reveal())
+
+    def _queue_pool(self, name: str) -> UpstreamPool | None:
+        """The pool queue deliveries to `name` use now: the current config's, never a removed one."""
+        return self.pools.get(name)
+
+    def connector(self, name: str) -> UpstreamConnector:
+        return self._pool(name).connector
+
+    def relay(self, route: tuple[str, ...], mail: MailFrom) -> RelayTransaction:
+        """A cut-through relay of one transaction over `route` (upstream names, failover order)."""
+        return RelayTransaction([self._pool(name) for name in route], mail, self.cooldowns, self.reactor)
+
+    # --- reload ------------------------------------------------------------------------
+
+    def reload(self, config: Config) -> None:
+        """Use `config` for sessions that start from now on; sessions in flight keep theirs.
+
+        Raises `ConfigError` (and changes nothing) when `config` changes a setting fixed
+        at start or names a secret that cannot be read.
+        """
+        problems = fixed_changes(self.config, config)
+        pools = self._build_pools(config, problems)
+        if problems:
+            self.reload_refused(problems)
+            raise ConfigError(problems)
+        old, old_pools = self.config, self.pools
+        self._retired.update({n: p for n, p in old_pools.items() if n not in pools})
+        self.pools, self.config = pools, config
+        for pool in old_pools.values():
+            pool.close_idle()  # idle sessions were opened with the old settings and secrets
+        self.readiness.forget(n for n, u in old.upstreams.items() if config.upstreams.get(n) != u)
+        self.metrics.config_reload(True)
+        self.audit.event("config.reloaded", config=config.source, rules=len(config.rules),
+                         upstreams={n: u.url for n, u in config.upstreams.items()})
+
+    def reload_refused(self, problems: list[Problem] | list[str]) -> None:
+        """Record a refused reload: the running config stays."""
+        self.metrics.config_reload(False)
+        self.audit.event("config.reload_failed", config=self.config.source, problems=[str(p) for p in problems])
+
+    def probe_upstreams(self) -> None:
+        """Try again each upstream whose last attempt failed a while ago (see `gateway.daemon.health`)."""
+        for name in self.readiness.due_probes(self.reactor.seconds()):
+            if name in self.pools:
+                self.pools[name].connector.probe()  # type: ignore[attr-defined]
+
+    # --- start and stop -------------------------------------------------------------------
+
+    async def start(self) -> int:
+        from gateway.inbound.proxy import listener_factory
+
+        if self.runner is not None:
+            try:
+                self.runner.start()
+            except OSError as exc:
+                raise MailgateError(f"queue.path: cannot use {self.config.queue.path}: {exc.strerror}") from None
+        listen = self.config.listener.listen
+        endpoint_type = TCP6ServerEndpoint if ":" in listen.host else TCP4ServerEndpoint
+        endpoint = endpoint_type(self.reactor, listen.port, interface=listen.host)
+        self.port = await endpoint.listen(listener_factory(self))
+        bound = self.port.getHost().port
+        self.readiness.listening = True
+        status = {}
+        if self.config.metrics.listen is not None:
+            from gateway.daemon import status as status_server
+
+            where = self.config.metrics.listen
+            self.status_port = await status_server.listen(self.reactor, self, where)
+            status["metrics"] = f"{where.host}:{self.status_port.getHost().port}"
+        self.audit.event("gateway.started", listen=f"{listen.host}:{bound}", config=self.config.source,
+                         upstreams={n: u.url for n, u in self.config.upstreams.items()}, **status)
+        return bound
+
+    def session_closed(self) -> None:
+        if self._drained is not None and not self.sessions:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
+
+    async def stop(self) -> None:
+        if self.port is not None:
+            self.readiness.listening = False
+            await self.port.stopListening()
+            self.port = None
+        if self.sessions:
+            self._drained = defer.Deferred()
+            timer = self.reactor.callLater(self.config.listener.shutdown_grace, self._force_close)
+            await self._drained
+            if timer.active():
+                timer.cancel()
+        if self.runner is not None:
+            await self.runner.stop(self.config.listener.shutdown_grace)
+        for pool in [*self.pools.values(), *self._retired.values()]:
+            pool.close_idle()
+        if self.status_port is not None:
+            await self.status_port.stopListening()
+            self.status_port = None
+        self.audit.event("gateway.stopped")
+
+    def _force_close(self) -> None:
+        for session in list(self.sessions):
+            session.shutdown()

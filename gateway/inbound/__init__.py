@@ -1,0 +1,1 @@
+"""The app side: listener, PROXY protocol, the SMTP session, app AUTH."""

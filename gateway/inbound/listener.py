@@ -1,0 +1,381 @@
+"""The listener: bytes <-> SMTP lines for one app connection.
+
+It frames commands (CRLF only, RFC 5321 line limits), answers them strictly in
+order — while one command waits on the upstream, later pipelined commands wait
+in a bounded buffer and the socket is paused — switches to the DATA reader
+after 354, and enforces the abuse limits that are about bytes and time:
+connection counts, the idle timeout (reset only by complete commands, so a
+slow-drip client cannot hold a session), the DATA timeout and minimum data
+rate, the error limit, and a client that never reads its replies. All SMTP
+meaning lives in `gateway.inbound.session`; this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.inbound.session import Session
+from gateway.smtp import replies
+from gateway.smtp.commands import COMMAND_LINE_LIMIT
+from gateway.smtp.data import DataReader
+from gateway.smtp.replies import Reply
+
+if TYPE_CHECKING:
+    from gateway.daemon.gateway import Gateway
+
+MAX_PIPELINE_BUFFER = 64 * 1024  # pause reading past this many unprocessed bytes
+MIN_RATE_GRACE = 30.0  # seconds of DATA before min_data_rate is enforced
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_FROM_CLIENT = Reply(421, "4.7.0", "Too many connections from your address, try again later")
+HTTP_ON_SMTP = Reply(421, "4.7.0", "This is an SMTP server, not HTTP")
+DATA_TOO_SLOW = Reply(421, "4.4.2", "Data rate too low, closing connection")
+HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "HOST:", "USER-AGENT:"})
+
+
+@implementer(IPushProducer)
+class SMTPServerProtocol(Protocol):
+    def __init__(self, gateway: Gateway, proxied: bool = False) -> None:
+        self.gateway = gateway
+        self.proxied = proxied  # behind a PROXY header reader (gateway.proxy)
+        self.session: Session | None = None
+        self._buffer = b""
+        self._discarding_long_line = False
+        self._pending: defer.Deferred[Reply] | None = None
+        self._reader: DataReader | None = None
+        self._data_error_sent = False
+        self._data_started = 0.0
+        self._timer: Any = None
+        self._pauses: set[str] = set()  # why reading from the app is paused: replies, buffer, upstream
+        self.upstream_throttle = _UpstreamThrottle(self)
+        self._closing = False
+        self._errors = 0
+        self._first_bytes = True
+        self._counted_client: str | None = None
+        self._close_reason = "connection lost"
+
+    # --- connection -----------------------------------------------------------------
+
+    def connectionMade(self) -> None:  # noqa: N802
+        peer = self.transport.getPeer()
+        host, port = getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
+        listener = self.gateway.config.listener
+        refusal = None
+        if len(self.gateway.sessions) >= listener.max_connections:
+            refusal, limit = TOO_MANY_CONNECTIONS, "listener.max_connections"
+        elif not self.proxied and self.gateway.clients.get(host, 0) >= listener.max_connections_per_client:
+            refusal, limit = TOO_MANY_FROM_CLIENT, "listener.max_connections_per_client"
+        if refusal is not None:
+            self.gateway.audit.event("connection.refused", client_ip=host, client_port=port, limit=limit,
+                                     reply=str(refusal))
+            self._closing = True
+            self.transport.write(refusal.to_bytes())
+            self.transport.loseConnection()
+            return
+        if not self.proxied:  # behind a balancer the client is counted when its PROXY header arrives
+            self._count_client(host)
+        self.session = Session(self.gateway, secrets.token_hex(8), host, port)
+        if self.proxied:
+            self.session.expect_proxy_header()
+        self.gateway.sessions.add(self)
+        # Our own transport tells us when the app stops reading its replies.
+        self.transport.registerProducer(self, True)
+        self._reply(self.session.greeting())
+        self._arm(listener.idle_timeout, self._idle)
+
+    def _count_client(self, host: str) -> None:
+        self._counted_client = host
+        self.gateway.clients[host] = self.gateway.clients.get(host, 0) + 1
+
+    def _proxy_header_read(self) -> bool:
+        """The PROXY header named the client: tell the session, count it; False if refused."""
+        assert self.session is not None
+        peer = self.transport.getPeer()  # data arrives only after a valid header: the real client
+        host, port = getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
+        self.session.proxy_header(host, port)
+        if self.gateway.clients.get(host, 0) >= self.gateway.config.listener.max_connections_per_client:
+            self.gateway.audit.event("connection.refused", client_ip=host, client_port=port,
+                                     limit="listener.max_connections_per_client", reply=str(TOO_MANY_FROM_CLIENT))
+            self._close("too many connections from the client", TOO_MANY_FROM_CLIENT)
+            return False
+        self._count_client(host)
+        return True
+
+    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
+        self._cancel_timer()
+        if self._counted_client is not None:
+            remaining = self.gateway.clients.get(self._counted_client, 1) - 1
+            if remaining > 0:
+                self.gateway.clients[self._counted_client] = remaining
+            else:
+                self.gateway.clients.pop(self._counted_client, None)
+        if self.session is None:
+            return
+        self.gateway.sessions.discard(self)
+        self.session.close(self._close_reason)
+        self.gateway.session_closed()
+
+    def _close(self, reason: str, reply: Reply | None = None) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._close_reason = reason
+        if reply is not None:
+            self.transport.write(reply.to_bytes())
+        self.transport.loseConnection()
+
+    def proxy_header_invalid(self) -> None:
+        """The PROXY header reader refused the connection's first bytes."""
+        if self.session is not None:
+            self.session.proxy_header_invalid()
+        self._close("invalid PROXY header", replies.PROXY_HEADER_INVALID)
+
+    def shutdown(self) -> None:
+        """The gateway is stopping and the grace period is over."""
+        self._close("gateway shutdown", replies.SHUTTING_DOWN)
+
+    # --- IPushProducer: the app is not reading its replies --------------------------------
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.pause("replies")
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.resume("replies")
+        if self._reader is None:
+            self._process()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+    @property
+    def _limits(self) -> Any:
+        """The listener settings of this session's config (a reload does not change them mid-session)."""
+        return (self.session.config if self.session is not None else self.gateway.config).listener
+
+    # --- timers -------------------------------------------------------------------------
+
+    def _arm(self, timeout: float, expired: Any) -> None:
+        self._cancel_timer()
+        if not self._closing:
+            self._timer = self.gateway.reactor.callLater(timeout, expired)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _idle(self) -> None:
+        self._timer = None
+        self._close("idle timeout", replies.IDLE_TIMEOUT)
+
+    def _data_idle(self) -> None:
+        self._timer = None
+        try:
+            self._abandon_data()
+        finally:
+            self._close("data timeout", replies.IDLE_TIMEOUT)
+
+    def _data_progress(self) -> None:
+        listener = self._limits
+        elapsed = self.gateway.reactor.seconds() - self._data_started
+        if listener.min_data_rate and elapsed > MIN_RATE_GRACE and self._reader is not None:
+            if self._reader.received / elapsed < listener.min_data_rate:
+                try:
+                    self._abandon_data()
+                finally:
+                    self._close("data rate below listener.min_data_rate", DATA_TOO_SLOW)
+                return
+        self._arm(listener.data_timeout, self._data_idle)
+
+    def _abandon_data(self) -> None:
+        if self._reader is not None and self.session is not None:
+            self.session.data_failed(DATA_TOO_SLOW)
+
+    # --- input --------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._closing:
+            return
+        if self._first_bytes:
+            self._first_bytes = False
+            if data[:1] == b"\x16":  # a TLS ClientHello on the plaintext port
+                self._close("TLS handshake on the plaintext port")
+                return
+        if self.proxied and self.session is not None and self.session.awaiting_proxy_header:
+            if not self._proxy_header_read():
+                return
+        if self._reader is not None:
+            self._feed_data(data)
+        else:
+            self._buffer += data
+            self._process()
+
+    def _process(self) -> None:
+        while (self._pending is None and self._reader is None and not self._closing
+               and "replies" not in self._pauses):
+            newline = self._buffer.find(b"\n")
+            if self._discarding_long_line:
+                if newline < 0:
+                    self._buffer = b""
+                    break
+                self._buffer = self._buffer[newline + 1 :]
+                self._discarding_long_line = False
+                self._reply(replies.LINE_TOO_LONG)
+                continue
+            if newline < 0:
+                if len(self._buffer) > COMMAND_LINE_LIMIT:
+                    self._buffer = b""
+                    self._discarding_long_line = True
+                break
+            line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
+            if len(line) + 1 > COMMAND_LINE_LIMIT:
+                self._reply(replies.LINE_TOO_LONG)
+                continue
+            if not line.endswith(b"\r"):
+                self._reply(replies.NUL_IN_COMMAND.with_text("Command line must end with CRLF"))
+                continue
+            self._command(line[:-1])
+        self._flow_control()
+
+    def _flow_control(self) -> None:
+        waiting = len(self._buffer) > MAX_PIPELINE_BUFFER and self._pending is not None
+        if waiting:
+            self.pause("buffer")
+        else:
+            self.resume("buffer")
+
+    def pause(self, reason: str) -> None:
+        """Stop reading from the app for `reason` (reading resumes when no reason is left)."""
+        if not self._pauses and self.transport is not None:
+            self.transport.pauseProducing()
+        self._pauses.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if not self._pauses and self.transport is not None and not self._closing:
+            self.transport.resumeProducing()
+
+    def _command(self, line: bytes) -> None:
+        assert self.session is not None
+        self._cancel_timer()  # a complete command: the idle clock starts again after the reply
+        if self.session.helo is None and line.split(b" ", 1)[0].upper().decode("ascii", "replace") in HTTP_VERBS:
+            self._close("HTTP request on the SMTP port", HTTP_ON_SMTP)
+            return
+        try:
+            result = self.session.handle_line(line)
+        except Exception:  # a bug must cost one session a 421, never a silent drop
+            self._internal_error(Failure())
+            return
+        self._dispatch(result)
+
+    def _dispatch(self, result: Reply | defer.Deferred[Reply]) -> None:
+        if isinstance(result, defer.Deferred):
+            self._pending = result
+            result.addCallback(self._answered_later)
+            result.addErrback(self._internal_error)
+        else:
+            self._answered(result)
+
+    def _answered_later(self, reply: Reply) -> None:
+        self._pending = None
+        if self._answered(reply):
+            self._process()
+
+    def _answered(self, reply: Reply) -> bool:
+        """Send the reply and act on it; True when the command loop may go on."""
+        if self._closing or self.transport is None:
+            return False
+        self._reply(reply)
+        if self._closing:
+            return False
+        if reply.code == 221:
+            self._close("client quit")
+            return False
+        if reply.code == 421:
+            self._close("closed by gateway")
+            return False
+        if reply.code == 354:
+            self._start_data()
+            return False
+        self._arm(self._limits.idle_timeout, self._idle)
+        return True
+
+    def _start_data(self) -> None:
+        assert self.session is not None
+        self._reader = DataReader(self.session.config.listener.max_message_size)
+        self._data_error_sent = False
+        self._data_started = self.gateway.reactor.seconds()
+        self.session.data_started(self.upstream_throttle)
+        self._data_progress()
+        buffered, self._buffer = self._buffer, b""
+        if buffered:
+            self._feed_data(buffered)
+
+    def _internal_error(self, failure: Failure) -> None:
+        self.gateway.audit.event("gateway.error", session_id=self.session.session_id if self.session else None,
+                                 error=failure.getErrorMessage()[:300], type=failure.type.__name__)
+        self._pending = None
+        self._close("internal error", Reply(421, "4.3.0", "Internal error, closing connection"))
+
+    def _feed_data(self, data: bytes) -> None:
+        reader, session = self._reader, self.session
+        assert reader is not None and session is not None
+        feed = reader.feed(data)
+        for content in feed.content:
+            session.data_content(content)
+        if reader.error is not None and not self._data_error_sent:
+            self._data_error_sent = True
+            session.data_failed(reader.error)
+        if not feed.done:
+            self._data_progress()
+            return
+        self._reader = None
+        self._cancel_timer()
+        self._buffer = feed.leftover + self._buffer
+        self._dispatch(session.data_end(reader.error))
+        self._process()
+
+    # --- output -------------------------------------------------------------------------
+
+    def _reply(self, reply: Reply) -> None:
+        if reply.code >= 500:
+            self._errors += 1
+        self.transport.write(reply.to_bytes())
+        if self._errors >= self._limits.max_errors and reply.code != 221:
+            self._close("too many errors", replies.TOO_MANY_ERRORS)
+
+
+@implementer(IPushProducer)
+class _UpstreamThrottle:
+    """What the upstream's transport pauses while a body streams: reading from the app."""
+
+    def __init__(self, listener: SMTPServerProtocol) -> None:
+        self._listener = listener
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self._listener.pause("upstream")
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self._listener.resume("upstream")
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self._listener.resume("upstream")  # the upstream went away: it must not keep the app paused
+
+
+class ListenerFactory(Factory):
+    def __init__(self, gateway: Gateway, proxied: bool = False) -> None:
+        self.gateway = gateway
+        self.proxied = proxied
+
+    def buildProtocol(self, addr: object) -> SMTPServerProtocol:  # noqa: N802
+        protocol = SMTPServerProtocol(self.gateway, self.proxied)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,116 @@
+"""PROXY protocol v1/v2 in front of the listener (``[listener] proxy_protocol = true``).
+
+Twisted's HAProxy wrapper makes ``getPeer()`` return the client the balancer
+saw, once the header is parsed. The header phase is done here, with Twisted's
+v1/v2 parsers, because the wrapper's own falls short for a mail gateway:
+
+- it needs 16 bytes in its first read, else drops the connection: here a
+  header split across reads is gathered first;
+- it drops a connection with a bad header without a word: here the listener
+  answers ``421 4.7.0`` and the audit says why;
+- its v1 parser takes any word as an address, and a bad port escapes as a
+  ``ValueError``: here the source must be an IP address and a port.
+
+The wrapped listener protocol greets at connect, before the header can have
+been read, so the session decides on the client at its first command; see
+`gateway.inbound.session.Session.greeting`.
+
+Uses ``twisted.protocols.haproxy``'s private modules: Twisted exports only
+``proxyEndpoint``, which cannot answer a bad header.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.protocol import Factory
+from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
+from twisted.protocols.haproxy._info import ProxyInfo
+from twisted.protocols.haproxy._v1parser import V1Parser
+from twisted.protocols.haproxy._v2parser import V2Parser
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+
+from gateway.inbound.listener import ListenerFactory
+
+if TYPE_CHECKING:
+    from gateway.daemon.gateway import Gateway
+
+V1_SIGNATURE = b"PROXY "
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+CHOOSE_AFTER = 16  # bytes needed to tell v1 from v2 (a v2 header's fixed part)
+
+
+def could_be_header(start: bytes) -> bool:
+    """Whether `start` is still a possible beginning of a v1 or v2 header."""
+    return V1_SIGNATURE.startswith(start[:6]) or V2_SIGNATURE.startswith(start[:12])
+
+
+def choose_parser(start: bytes) -> V1Parser | V2Parser | None:
+    """The parser for a header starting with `start` (`CHOOSE_AFTER` bytes or a non-header)."""
+    if start.startswith(V2_SIGNATURE) and len(start) >= CHOOSE_AFTER and start[12] & 0xF0 == 0x20:
+        return V2Parser()
+    if start.startswith(V1_SIGNATURE):
+        return V1Parser()
+    return None
+
+
+def acceptable(info: ProxyInfo) -> bool:
+    """A source, when given (not for UNKNOWN/LOCAL), must be an IP address and a port."""
+    source = info.source
+    if source is None:
+        return True
+    try:
+        ipaddress.ip_address(getattr(source, "host", ""))
+    except ValueError:
+        return False
+    return isinstance(getattr(source, "port", None), int)
+
+
+class ProxyHeaderReader(HAProxyProtocolWrapper):
+    def __init__(self, factory: Any, wrappedProtocol: Any) -> None:  # noqa: N803
+        super().__init__(factory, wrappedProtocol)
+        self._start = b""
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._proxyInfo is not None:
+            self.wrappedProtocol.dataReceived(data)
+            return
+        if self._parser is None:
+            self._start += data
+            if len(self._start) < CHOOSE_AFTER and could_be_header(self._start):
+                return
+            data, self._start = self._start, b""
+            self._parser = choose_parser(data)
+            if self._parser is None:
+                self._refuse()
+                return
+        try:
+            info, remaining = self._parser.feed(data)
+        except (InvalidProxyHeader, ValueError, UnicodeDecodeError):
+            self._refuse()
+            return
+        if info is None:
+            return
+        if not acceptable(info):
+            self._refuse()
+            return
+        self._proxyInfo = info
+        if remaining:
+            self.wrappedProtocol.dataReceived(remaining)
+
+    def _refuse(self) -> None:
+        self._parser = None
+        self.wrappedProtocol.proxy_header_invalid()
+
+
+class ProxyListenerFactory(HAProxyWrappingFactory):
+    protocol = ProxyHeaderReader
+    noisy = False
+
+
+def listener_factory(gateway: Gateway) -> Factory:
+    """The listener's factory, behind a PROXY header reader when the config asks for one."""
+    proxied = gateway.config.listener.proxy_protocol
+    factory = ListenerFactory(gateway, proxied=proxied)
+    return ProxyListenerFactory(factory) if proxied else factory

@@ -1,0 +1,1 @@
+"""The provider side: upstream protocol, TLS, AUTH, pool, failover, the one transaction, OAuth."""

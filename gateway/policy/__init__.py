@@ -1,0 +1,1 @@
+"""Policy, pure: rule evaluation, rate limits, app passwords, the header rewriter."""

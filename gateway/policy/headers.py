@@ -1,0 +1,167 @@
+"""Header edits on the way out: ``rewrite_from`` and ``strip_headers`` of a rule.
+
+`HeaderRewriter` consumes the content regions `gateway.smtp.data.DataReader` emits
+(whole CRLF lines, transparency dots removed) and returns what to relay. It
+edits the header section only — folded fields included, names matched without
+regard to case — and once the blank line that ends the header section has
+passed, every region goes through unchanged and unbuffered. Only the original
+From field is held (for Reply-To and the audit), never a whole message.
+
+Rewriting From: every From field is replaced by one ``From: <rewrite_from>``
+at the place of the first; the original value goes to a ``Reply-To:`` added at
+the end of the header section, unless the message (after stripping) already
+has a Reply-To. A message without From gets one. Sender is left alone (strip
+it with ``strip_headers`` if the provider objects to it).
+Pure: no reactor, no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config.reader import Reader
+from gateway.smtp.address import AddressError, parse_path
+
+MAX_ORIGINAL_FROM = 65536  # octets of the original From kept for Reply-To and the audit
+_FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+_NAME_TEXT = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
+
+
+@dataclass(frozen=True)
+class HeaderEdits:
+    """What one rule changes in the header section; `strip` holds lower-case field names."""
+
+    rewrite_from: str | None = None
+    strip: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.rewrite_from or self.strip)
+
+
+def read_header_edits(reader: Reader, rule: Mapping[str, Any], key: str) -> HeaderEdits | None:
+    """Validate a rule's ``rewrite_from`` and ``strip_headers``; None when it has neither."""
+    rewrite_from = reader.string(rule, f"{key}.rewrite_from", None)
+    if rewrite_from is not None:
+        try:
+            address: object = parse_path(f"<{rewrite_from}>", sender=False)
+        except AddressError:
+            address = None
+        if address is None:
+            reader.problem(
+                f"{key}.rewrite_from",
+                rewrite_from,
+                'a plain ASCII address such as "relay@corp.example"',
+            )
+            rewrite_from = None
+    names = reader.strings(rule, f"{key}.strip_headers") or ()
+    strip = set()
+    for i, name in enumerate(names):
+        if not _NAME_TEXT.match(name):
+            reader.problem(
+                f"{key}.strip_headers[{i}]", name, 'a header field name such as "Received"'
+            )
+        elif name.lower() == "from":
+            reader.problem(
+                f"{key}.strip_headers[{i}]", name, "a field other than From (use rewrite_from)"
+            )
+        else:
+            strip.add(name.lower())
+    edits = HeaderEdits(rewrite_from, frozenset(strip))
+    return edits if edits else None
+
+
+class HeaderRewriter:
+    """Streaming header editor for one message. Feed regions; call `finish` at the end of data."""
+
+    def __init__(self, edits: HeaderEdits) -> None:
+        self.edits = edits
+        self.in_body = False
+        self._field = "none"  # the current field: "keep", "drop", "first-from" or "other-from"
+        self._original_from = bytearray()
+        self._from_seen = False
+        self._reply_to_seen = False
+        self._from_truncated = False
+
+    @property
+    def original_from(self) -> str | None:
+        """The first From field's value as the app sent it, unfolded (None when it had none)."""
+        if not self._from_seen:
+            return None
+        value = re.sub(rb"\r\n[ \t]+", b" ", bytes(self._original_from)).strip()
+        text = value.decode("utf-8", "replace")
+        return text + "..." if self._from_truncated else text
+
+    def feed(self, content: bytes) -> bytes:
+        """Return the bytes to relay for one region of whole lines."""
+        if self.in_body:
+            return content
+        out: list[bytes] = []
+        start = 0
+        while start < len(content):
+            end = content.find(b"\n", start) + 1 or len(content)
+            line = content[start:end]
+            if not self._header_line(line, out):
+                out.append(content[start:])  # the body starts here: pass the rest through
+                break
+            start = end
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """The additions still due when data ended inside the header section."""
+        if self.in_body:
+            return b""
+        self.in_body = True
+        return self._additions()
+
+    def _header_line(self, line: bytes, out: list[bytes]) -> bool:
+        """Handle one header-section line; False when it is the first line of the body."""
+        if line[:1] in (b" ", b"\t") and self._field != "none":
+            if self._field == "keep":
+                out.append(line)
+            elif self._field == "first-from":
+                self._keep_from(line)
+            return True  # continuation of a dropped field ("drop", "other-from"): dropped too
+        match = _FIELD_NAME.match(line)
+        if match is None:  # the blank line, or text that cannot be a field: the body begins
+            self.in_body = True
+            out.append(self._additions())
+            return False
+        name = match.group(1).decode("ascii").lower()
+        if name == "from" and self.edits.rewrite_from:
+            if self._from_seen:
+                self._field = "other-from"
+            else:
+                self._field = "first-from"
+                self._from_seen = True
+                self._keep_from(line[match.end() :])
+                out.append(self._new_from())
+        elif name in self.edits.strip:
+            self._field = "drop"
+        else:
+            self._field = "keep"
+            self._reply_to_seen |= name == "reply-to"
+            out.append(line)
+        return True
+
+    def _keep_from(self, text: bytes) -> None:
+        room = MAX_ORIGINAL_FROM - len(self._original_from)
+        if len(text) > room:
+            self._from_truncated = True
+        self._original_from += text[: max(room, 0)]
+
+    def _new_from(self) -> bytes:
+        assert self.edits.rewrite_from is not None
+        return b"From: " + self.edits.rewrite_from.encode("ascii") + b"\r\n"
+
+    def _additions(self) -> bytes:
+        if not self.edits.rewrite_from:
+            return b""
+        if not self._from_seen:
+            return self._new_from()
+        value = bytes(self._original_from).rstrip(b"\r\n")
+        if self._reply_to_seen or self._from_truncated or not value.strip():
+            return b""
+        return b"Reply-To:" + value + b"\r\n"

@@ -1,0 +1,1 @@
+"""Store-and-forward: the spool, enqueue, the delivery runner, backoff, bounces."""

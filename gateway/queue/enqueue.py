@@ -1,0 +1,96 @@
+"""One app transaction in queue mode: its recipients and its body, committed to the spool.
+
+The counterpart of `gateway.outbound.relay.RelayTransaction` for rules with
+``delivery = "queue"``: recipients are accepted after policy without asking
+the upstream, the body is streamed to ``incoming/ID/body`` as it arrives (never
+held whole in memory; plain file writes in the reactor thread), and at the end
+of data the message is committed durably — fsyncs and an atomic rename — before
+the app sees ``250``. Any write error gives ``452 4.3.1`` and removes the partial
+message. No reactor imports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from gateway.queue.spool import Envelope, RecipientState, Spool, SpoolWriter, new_id
+from gateway.smtp import replies
+from gateway.smtp.address import Address
+from gateway.smtp.commands import MailFrom
+from gateway.smtp.data import MessageFacts
+from gateway.smtp.replies import Reply
+
+
+class QueueTransaction:
+    def __init__(self, spool: Spool, mail: MailFrom, clock: Callable[[], float] = time.time) -> None:
+        self.spool = spool
+        self.mail = mail
+        self.clock = clock
+        self.recipients: list[RecipientState] = []
+        self.writer: SpoolWriter | None = None
+        self.queue_id: str | None = None
+        self.error: str | None = None  # why the message could not be stored (for the audit)
+
+    @property
+    def upstreams(self) -> list[str]:
+        return sorted({r.upstream for r in self.recipients})
+
+    def rcpt(self, recipient: Address, route: tuple[str, ...], rule: str | None) -> Reply:
+        self.recipients.append(RecipientState(recipient.text, route[0], rule, route=list(route)))
+        return replies.QUEUE_RECIPIENT_OK
+
+    def data(self) -> Reply:
+        """Open incoming/ID/body; 354, or 452 4.3.1 if the spool cannot be written."""
+        queue_id = new_id(self.clock())
+        try:
+            self.writer = SpoolWriter(self.spool, queue_id)
+        except OSError as exc:
+            return self._failed(exc)
+        self.queue_id = queue_id
+        return replies.START_DATA
+
+    def write(self, content: bytes) -> None:
+        if self.writer is not None:
+            self.writer.write(content)
+
+    def envelope(self, facts: MessageFacts, *, session_id: str, client_ip: str, helo: str | None) -> Envelope:
+        """The envelope to commit with the body received so far."""
+        assert self.writer is not None
+        return Envelope(
+            id=self.writer.id,
+            sender=self.mail.sender.text,
+            recipients=self.recipients,
+            received=self.clock(),
+            mail_body=self.mail.body,
+            size=self.writer.size,
+            sha256=facts.sha256,
+            message_id=facts.message_id,
+            session_id=session_id,
+            client_ip=client_ip,
+            helo=helo,
+        )
+
+    def commit(self, envelope: Envelope) -> None:
+        """Make the message durable (fsyncs; blocking: the session runs it in a thread)."""
+        assert self.writer is not None
+        self.writer.commit(envelope)
+
+    def committed(self, error: OSError | None) -> Reply:
+        """After `commit`: 250 with the queue id, or 452 4.3.1 (and nothing kept) if it failed."""
+        writer, self.writer = self.writer, None
+        assert writer is not None
+        if error is not None:
+            writer.discard()
+            return self._failed(error)
+        return replies.QUEUED.with_text(f"Queued as {writer.id}")
+
+    def _failed(self, exc: OSError) -> Reply:
+        self.error = f"spool write failed: {exc.strerror or type(exc).__name__}"
+        return replies.QUEUE_WRITE_FAILED
+
+    def abort(self) -> None:
+        """The message will not be committed: remove what was received."""
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            writer.discard()

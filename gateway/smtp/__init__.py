@@ -1,0 +1,1 @@
+"""Wire values, no I/O: replies, addresses, commands, DATA framing, SASL encodings."""

@@ -1,0 +1,33 @@
+"""What a reload may change: the settings fixed at start are refused by name."""
+
+from __future__ import annotations
+
+from gateway.config import model as configuration
+from gateway.config.changes import fixed_changes
+
+BASE = {"listener": {"listen": "127.0.0.1:2525"}, "rules": [{"name": "r", "action": "reject"}]}
+
+
+def parse(**sections: object) -> configuration.Config:
+    return configuration.parse({**BASE, **sections}, "new.toml")
+
+
+def test_same_fixed_settings_is_no_problem():
+    """Rules, limits and upstreams may change freely."""
+    assert fixed_changes(parse(), parse(rules=[{"name": "other", "action": "reject"}])) == []
+
+
+def test_changing_the_listen_address_is_refused_by_key():
+    """listener.listen cannot change while the port is bound."""
+    [problem] = fixed_changes(parse(), parse(listener={"listen": "127.0.0.1:2526"}))
+    assert problem.key == "listener.listen" and problem.source == "new.toml"
+    assert "restart" in problem.expected
+
+
+def test_turning_metrics_on_or_proxy_protocol_on_is_refused():
+    """metrics.listen and listener.proxy_protocol are fixed too."""
+    new = parse(metrics={}, listener={"listen": "127.0.0.1:2525", "proxy_protocol": True})
+    assert [p.key for p in fixed_changes(parse(), new)] == [
+        "listener.proxy_protocol",
+        "metrics.listen",
+    ]

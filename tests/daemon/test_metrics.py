@@ -1,0 +1,76 @@
+"""The metrics registry, without sockets: events in, Prometheus samples out."""
+
+from __future__ import annotations
+
+from gateway.daemon.metrics import Metrics, QueueState, reply_class, rule_label
+
+
+def test_each_gateway_has_its_own_registry():
+    """Two Metrics never share counts (tests run several gateways in one process)."""
+    first, second = Metrics(), Metrics()
+    first.session_opened(True)
+    assert first.registry.get_sample_value("mailgate_sessions_total", {"allowed": "true"}) == 1
+    assert second.registry.get_sample_value("mailgate_sessions_total", {"allowed": "true"}) is None
+
+
+def test_message_result_counts_outcome_rule_upstream_and_reply_class():
+    """One message.result event increments the messages and upstream reply-class series."""
+    metrics = Metrics()
+    metrics.message_result(
+        {"outcome": "deferred", "rules": ["a", "b"], "upstream": "up", "upstream_code": 451}, 0.2
+    )
+    get = metrics.registry.get_sample_value
+    assert (
+        get("mailgate_messages_total", {"outcome": "deferred", "rule": "a+b", "upstream": "up"})
+        == 1
+    )
+    assert get("mailgate_upstream_replies_total", {"upstream": "up", "class": "4xx"}) == 1
+    assert get("mailgate_upstream_message_seconds_count", {"upstream": "up"}) == 1
+
+
+def test_queue_gauges_appear_only_with_a_probe():
+    """Without queue mode there are no queue series; with a probe they show its numbers."""
+    metrics = Metrics()
+    assert b"mailgate_queue_depth" not in metrics.render()
+    metrics.watch_queue(lambda: QueueState(depth=3, oldest_age_seconds=42.5))
+    assert metrics.registry.get_sample_value("mailgate_queue_depth") == 3
+    assert metrics.registry.get_sample_value("mailgate_queue_oldest_age_seconds") == 42.5
+
+
+def test_sessions_active_is_read_at_scrape_time():
+    """The sessions-in-flight gauge calls its probe on every scrape."""
+    metrics = Metrics()
+    open_now = [2]
+    metrics.watch_sessions(lambda: open_now[0])
+    assert metrics.registry.get_sample_value("mailgate_sessions_active") == 2
+    open_now[0] = 0
+    assert metrics.registry.get_sample_value("mailgate_sessions_active") == 0
+
+
+def test_reply_class_and_rule_label():
+    """Reply codes fold into classes; a message with no rule is labelled "none"."""
+    assert [reply_class(c) for c in (250, 421, 554, None, 99)] == [
+        "2xx",
+        "4xx",
+        "5xx",
+        "other",
+        "other",
+    ]
+    assert rule_label([]) == "none" and rule_label(["x"]) == "x"
+
+
+def test_metrics_server_can_be_turned_on_from_the_environment():
+    """MAILGATE_METRICS sets [metrics] listen for the env-only (container) configuration."""
+    from gateway.config.model import Endpoint, from_environment
+
+    config = from_environment(
+        {
+            "MAILGATE_UPSTREAM": "starttls://u@smtp.example.net:587",
+            "MAILGATE_METRICS": "0.0.0.0:9225",
+        }
+    )
+    assert config.metrics.listen == Endpoint("0.0.0.0", 9225)
+    assert (
+        from_environment({"MAILGATE_UPSTREAM": "starttls://u@smtp.example.net:587"}).metrics.listen
+        is None
+    )

@@ -1,0 +1,158 @@
+"""The on-disk spool: commit order, atomic state changes, and reading the body back by lines."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from gateway.queue import spool as spool_module
+from gateway.queue.spool import (
+    ACTIVE,
+    DEFERRED,
+    INCOMING,
+    Envelope,
+    MessageGone,
+    RecipientState,
+    Spool,
+    SpoolWriter,
+    new_id,
+    read_headers,
+    read_lines,
+    valid_id,
+)
+
+BODY = b"Subject: hi\r\nMessage-ID: <m@example.com>\r\n\r\n.dot\r\nline\r\n"
+
+
+@pytest.fixture
+def spool(tmp_path) -> Spool:
+    s = Spool(str(tmp_path / "spool"))
+    s.create()
+    return s
+
+
+def envelope(queue_id: str) -> Envelope:
+    return Envelope(id=queue_id, sender="app@example.com", received=1000.0,
+                    recipients=[RecipientState("a@example.net", "up", "all")])
+
+
+def commit(spool: Spool, body: bytes = BODY) -> str:
+    queue_id = new_id()
+    writer = SpoolWriter(spool, queue_id)
+    writer.write(body)
+    writer.commit(envelope(queue_id))
+    return queue_id
+
+
+def test_commit_moves_body_and_envelope_into_active(spool):
+    """A committed message is active/ID with its body and envelope; incoming/ is empty."""
+    queue_id = commit(spool)
+    assert spool.ids(ACTIVE) == [queue_id] and spool.ids(INCOMING) == []
+    with open(spool.body_path(ACTIVE, queue_id), "rb") as handle:
+        assert handle.read() == BODY
+    assert spool.load(ACTIVE, queue_id) == envelope(queue_id)
+
+
+def test_commit_syncs_everything_before_and_after_the_rename(spool, monkeypatch):
+    """Body, envelope and message folder are fsynced before the rename into active/, active/ after."""
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(source: str, target: str) -> None:
+        calls.append(("rename", target))
+        real_rename(source, target)
+
+    queue_id = new_id()
+    writer = SpoolWriter(spool, queue_id)
+    writer.write(BODY)
+    monkeypatch.setattr(spool_module.os, "fsync", fsync)
+    monkeypatch.setattr(spool_module.os, "rename", rename)
+    writer.commit(envelope(queue_id))
+    incoming, active = spool.folder(INCOMING, queue_id), spool.folder(ACTIVE)
+    assert calls == [
+        ("fsync", os.path.join(incoming, "body")),
+        ("fsync", os.path.join(incoming, "envelope.json")),
+        ("fsync", incoming),
+        ("rename", os.path.join(active, queue_id)),
+        ("fsync", active),
+    ]
+
+
+def test_write_error_is_raised_at_commit_and_discard_cleans_up(spool):
+    """A failed write is kept, commit raises it, and discard leaves nothing in incoming/."""
+    writer = SpoolWriter(spool, new_id())
+
+    class Full:
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        def close(self) -> None:
+            pass
+
+    writer._file = Full()  # type: ignore[assignment]
+    writer.write(b"x\r\n")
+    with pytest.raises(OSError):
+        writer.commit(envelope(writer.id))
+    writer.discard()
+    assert spool.ids(INCOMING) == [] and spool.ids(ACTIVE) == []
+
+
+def test_save_replaces_the_envelope_without_leftovers(spool):
+    """save() rewrites envelope.json through a temp file that does not remain."""
+    queue_id = commit(spool)
+    changed = spool.load(ACTIVE, queue_id)
+    changed.recipients[0].status = "delivered"
+    spool.save(ACTIVE, changed)
+    assert spool.load(ACTIVE, queue_id).recipients[0].status == "delivered"
+    assert sorted(os.listdir(spool.folder(ACTIVE, queue_id))) == ["body", "envelope.json"]
+
+
+def test_save_of_a_moved_message_raises_message_gone(spool):
+    """Saving where the message no longer is (the operator moved it) raises MessageGone."""
+    queue_id = commit(spool)
+    spool.move(queue_id, ACTIVE, DEFERRED)
+    with pytest.raises(MessageGone):
+        spool.save(ACTIVE, envelope(queue_id))
+
+
+def test_move_of_a_missing_message_raises_message_gone(spool):
+    """Moving a message that is not in the source state raises MessageGone."""
+    with pytest.raises(MessageGone):
+        spool.move(new_id(), DEFERRED, ACTIVE)
+
+
+def test_unknown_format_version_is_refused():
+    """An envelope of another format version is not guessed at."""
+    raw = envelope("0123456789abcdef").to_json().replace(b'"version": 1', b'"version": 99')
+    with pytest.raises(ValueError):
+        Envelope.from_json(raw)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 16, 1000])
+def test_read_lines_gives_whole_lines_that_rebuild_the_body(tmp_path, chunk):
+    """Every region starts at a line start and ends at a line end, whatever the read size."""
+    path = tmp_path / "body"
+    body = b"".join(b"." * (i % 4) + b"line %d\r\n" % i for i in range(50))
+    path.write_bytes(body)
+    regions = list(read_lines(str(path), chunk))
+    assert b"".join(regions) == body
+    assert all(region.endswith(b"\r\n") for region in regions)
+
+
+def test_read_headers_stops_at_the_blank_line(tmp_path):
+    """The header section is everything before the first empty line."""
+    path = tmp_path / "body"
+    path.write_bytes(BODY)
+    assert read_headers(str(path)) == b"Subject: hi\r\nMessage-ID: <m@example.com>\r\n"
+
+
+def test_queue_ids_sort_by_arrival_and_validate():
+    """Ids are lowercase hex, sortable by time; anything else is not an id."""
+    first, second = new_id(1000.0), new_id(2000.0)
+    assert first < second and valid_id(first)
+    assert not valid_id("../etc") and not valid_id("ABCDEF0123")
