@@ -26,15 +26,33 @@ RECIPIENT = "rcpt@sink.test"
 HELO = "bench.test"
 
 
-def smtp_source(binary: str, port: int, messages: int, size: int, sessions: int, timeout: float) -> float:
+def smtp_source(
+    binary: str, port: int, messages: int, size: int, sessions: int, timeout: float
+) -> float:
     """Run smtp-source to 127.0.0.1:port; return its wall time. Any non-2xx reply is fatal to it."""
-    command = [binary, "-s", str(sessions), "-m", str(messages), "-l", str(size),
-               "-f", SENDER, "-t", RECIPIENT, "-M", HELO, f"127.0.0.1:{port}"]
+    command = [
+        binary,
+        "-s",
+        str(sessions),
+        "-m",
+        str(messages),
+        "-l",
+        str(size),
+        "-f",
+        SENDER,
+        "-t",
+        RECIPIENT,
+        "-M",
+        HELO,
+        f"127.0.0.1:{port}",
+    ]
     started = time.monotonic()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        raise BenchError(f"smtp-source did not finish within {timeout:g} s: {' '.join(command)}") from None
+        raise BenchError(
+            f"smtp-source did not finish within {timeout:g} s: {' '.join(command)}"
+        ) from None
     if done.returncode != 0:
         raise BenchError(f"smtp-source failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     return time.monotonic() - started
@@ -42,13 +60,17 @@ def smtp_source(binary: str, port: int, messages: int, size: int, sessions: int,
 
 def message_body(size: int) -> bytes:
     """A message of about `size` body bytes in 78-character lines, like smtp-source's."""
-    header = (f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: bench\r\n"
-              "Message-Id: <bench@bench.test>\r\n\r\n").encode()
+    header = (
+        f"From: <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: bench\r\n"
+        "Message-Id: <bench@bench.test>\r\n\r\n"
+    ).encode()
     line = b"X" * 78 + b"\r\n"
     return header + line * max(1, size // len(line))
 
 
-def timed_messages(port: int, count: int, concurrency: int, size: int, timeout: float = 60) -> list[float]:
+def timed_messages(
+    port: int, count: int, concurrency: int, size: int, timeout: float = 60
+) -> list[float]:
     """Send `count` messages, one per connection, `concurrency` at a time; seconds per message."""
     body = message_body(size)
     latencies: list[float] = []
@@ -78,7 +100,9 @@ def timed_messages(port: int, count: int, concurrency: int, size: int, timeout: 
             with lock:
                 latencies.append(elapsed)
 
-    threads = [threading.Thread(target=worker, name=f"app-{i}", daemon=True) for i in range(concurrency)]
+    threads = [
+        threading.Thread(target=worker, name=f"app-{i}", daemon=True) for i in range(concurrency)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -164,7 +188,9 @@ def big_message(port: int, size: int, timeout: float = 300) -> float:
         sock.sendall(b"Subject: one big message\r\n\r\n")
         sent = 0
         while sent < size:
-            piece = chunk if size - sent >= len(chunk) else line * max(1, (size - sent) // len(line))
+            piece = (
+                chunk if size - sent >= len(chunk) else line * max(1, (size - sent) // len(line))
+            )
             sock.sendall(piece)
             sent += len(piece)
         replies.expect(sock, b".\r\n", 2)

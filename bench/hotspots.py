@@ -17,9 +17,16 @@ from typing import Any
 
 _THREAD = re.compile(r"^thread \((?P<tid>\w+)\)(?::\s*(?P<name>.*))?$")
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<path>[^()]*?)(?::\d+)?\)$")
-_PACKAGES = (("gateway/", "gateway (mailgate)"), ("twisted/", "twisted"), ("OpenSSL/", "pyOpenSSL"),
-             ("cryptography/", "cryptography"), ("service_identity/", "service-identity"),
-             ("structlog/", "structlog"), ("json/", "json (stdlib)"), ("zope/", "zope.interface"))
+_PACKAGES = (
+    ("gateway/", "gateway (mailgate)"),
+    ("twisted/", "twisted"),
+    ("OpenSSL/", "pyOpenSSL"),
+    ("cryptography/", "cryptography"),
+    ("service_identity/", "service-identity"),
+    ("structlog/", "structlog"),
+    ("json/", "json (stdlib)"),
+    ("zope/", "zope.interface"),
+)
 
 
 def _short(path: str) -> str:
@@ -97,9 +104,15 @@ def summarise(path: str, top: int = 15) -> dict[str, Any]:
     def share(counter: Counter[str], n: int) -> list[list[Any]]:
         return [[name, round(100 * count / total, 1)] for name, count in counter.most_common(n)]
 
-    return {"samples": total, "self": share(own, top), "inclusive": share(inclusive, top * 2),
-            "self_by_package": share(packages, len(packages)),
-            "threads": [[name, round(100 * count / everything, 1)] for name, count in by_thread.most_common()]}
+    return {
+        "samples": total,
+        "self": share(own, top),
+        "inclusive": share(inclusive, top * 2),
+        "self_by_package": share(packages, len(packages)),
+        "threads": [
+            [name, round(100 * count / everything, 1)] for name, count in by_thread.most_common()
+        ],
+    }
 
 
 def render(profile: dict[str, Any]) -> str:

@@ -19,14 +19,26 @@ import procfs
 from errors import BenchError
 
 
-def relay_config(tmp: str, sink_port: int, ca_file: str, user: str, *, delivery: str | None = None,
-                 queue_path: str | None = None, max_connections: int | None = None, extra: str = "") -> str:
+def relay_config(
+    tmp: str,
+    sink_port: int,
+    ca_file: str,
+    user: str,
+    *,
+    delivery: str | None = None,
+    queue_path: str | None = None,
+    max_connections: int | None = None,
+    extra: str = "",
+) -> str:
     """A bench config: loopback listener on port 0, every recipient to the sink's STARTTLS port.
 
     `max_connections` raises the listener's session limits (total and per client: every
     bench session comes from 127.0.0.1) for builds that have them."""
-    limits = (f"max_connections = {max_connections}\nmax_connections_per_client = {max_connections}\n"
-              if max_connections else "")
+    limits = (
+        f"max_connections = {max_connections}\nmax_connections_per_client = {max_connections}\n"
+        if max_connections
+        else ""
+    )
     rule_delivery = f'delivery = "{delivery}"\n' if delivery else ""
     if queue_path:
         rule_delivery += f'\n[queue]\npath = "{queue_path}"\n'
@@ -63,7 +75,9 @@ upstream = "sink"
 
 
 class MailgateProcess:
-    def __init__(self, binary: str, config_path: str, password: str, cwd: str | None = None) -> None:
+    def __init__(
+        self, binary: str, config_path: str, password: str, cwd: str | None = None
+    ) -> None:
         self.binary = binary
         self.cwd = cwd  # relative defaults (a spool path, say) land here, not in the checkout
         self.config_path = config_path
@@ -80,25 +94,41 @@ class MailgateProcess:
 
     def check(self) -> tuple[bool, str]:
         """``mailgate check`` on the config: (accepted, what it said)."""
-        done = subprocess.run([self.binary, "check", "--config", self.config_path], env=self.env,
-                              cwd=self.cwd, capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [self.binary, "check", "--config", self.config_path],
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         return done.returncode == 0, (done.stdout + done.stderr).strip()
 
     def start(self, timeout: float = 30) -> int:
-        self.process = subprocess.Popen(procfs.tied_to_parent([self.binary, "run", "--config", self.config_path]),
-                                        env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            procfs.tied_to_parent([self.binary, "run", "--config", self.config_path]),
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         threading.Thread(target=self._drain, daemon=True, name="mailgate-stderr").start()
         while True:
             try:
                 line = self._lines.get(timeout=timeout)
             except queue.Empty:
                 self.stop()
-                raise BenchError(f"mailgate did not report listening within {timeout:g} s") from None
+                raise BenchError(
+                    f"mailgate did not report listening within {timeout:g} s"
+                ) from None
             if line is None:
                 code = self.process.wait()
-                raise BenchError(f"mailgate exited with {code} before listening: "
-                                 + " | ".join(self.stderr_tail))
+                raise BenchError(
+                    f"mailgate exited with {code} before listening: " + " | ".join(self.stderr_tail)
+                )
             if "listening on" in line:
                 self.port = int(line.rstrip().rpartition(":")[2])
                 return self.port

@@ -75,16 +75,25 @@ def master_cf(listen_port: int, *, tls_connection_reuse: bool = False) -> str:
         text = handle.read()
     if tls_connection_reuse:
         text = re.sub(r"(?m)^#(tlsproxy\s+unix\s)", r"\1", text)
-    replaced, count = re.subn(r"(?m)^smtp\s+inet\s.*$",
-                              f"127.0.0.1:{listen_port} inet n - n - - smtpd", text)
+    replaced, count = re.subn(
+        r"(?m)^smtp\s+inet\s.*$", f"127.0.0.1:{listen_port} inet n - n - - smtpd", text
+    )
     if count != 1:
         raise BenchError("/etc/postfix/master.cf: expected one 'smtp inet' line to replace")
     return replaced
 
 
 class PostfixInstance:
-    def __init__(self, root: str, sink_port: int, ca_file: str, user: str, password: str, *,
-                 tls_connection_reuse: bool = False) -> None:
+    def __init__(
+        self,
+        root: str,
+        sink_port: int,
+        ca_file: str,
+        user: str,
+        password: str,
+        *,
+        tls_connection_reuse: bool = False,
+    ) -> None:
         self.root = root
         self.etc = os.path.join(root, "etc")
         self.port = free_port()
@@ -93,7 +102,9 @@ class PostfixInstance:
             os.makedirs(os.path.join(root, name))
         shutil.chown(os.path.join(root, "data"), "postfix")
         with open(os.path.join(self.etc, "main.cf"), "w") as handle:
-            handle.write(main_cf(root, sink_port, ca_file, tls_connection_reuse=tls_connection_reuse))
+            handle.write(
+                main_cf(root, sink_port, ca_file, tls_connection_reuse=tls_connection_reuse)
+            )
         with open(os.path.join(self.etc, "master.cf"), "w") as handle:
             handle.write(master_cf(self.port, tls_connection_reuse=tls_connection_reuse))
         secrets = os.path.join(self.etc, "sasl_passwd")
@@ -102,14 +113,21 @@ class PostfixInstance:
         self.started = False
 
     def _postfix(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["postfix", "-c", self.etc, *args], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        return subprocess.run(
+            ["postfix", "-c", self.etc, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def start(self, timeout: float = 30) -> int:
         done = self._postfix("start")
         if done.returncode != 0:
-            raise BenchError(f"postfix -c {self.etc} start failed: {self._diagnose() or done.stderr.strip()}"
-                             f"; see {self.root}/maillog")
+            raise BenchError(
+                f"postfix -c {self.etc} start failed: {self._diagnose() or done.stderr.strip()}"
+                f"; see {self.root}/maillog"
+            )
         self.started = True
         deadline = time.monotonic() + timeout
         while True:  # master binds asynchronously: poll the port, bounded
@@ -120,16 +138,23 @@ class PostfixInstance:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise BenchError(f"postfix did not answer on 127.0.0.1:{self.port} within {timeout:g} s; "
-                                 f"see {self.root}/maillog")
+                raise BenchError(
+                    f"postfix did not answer on 127.0.0.1:{self.port} within {timeout:g} s; "
+                    f"see {self.root}/maillog"
+                )
             time.sleep(0.05)
 
     def _diagnose(self) -> str:
         """Postfix prints a fatal error only to syslog or a terminal: re-run the check on a pty."""
         if not shutil.which("script"):
             return ""
-        done = subprocess.run(["script", "-qc", f"postfix -c {self.etc} check", "/dev/null"],
-                              capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            ["script", "-qc", f"postfix -c {self.etc} check", "/dev/null"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         return done.stdout.strip()
 
     def master_pid(self) -> int | None:

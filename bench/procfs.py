@@ -79,7 +79,6 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-
 def tied_to_parent(command: list[str]) -> list[str]:
     """`command` run so that it gets SIGTERM if the bench itself is killed (util-linux setpriv)."""
     import shutil

@@ -64,30 +64,75 @@ def _env_int(name: str, default: int) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
-    parser.add_argument("-n", "--messages", type=int, default=_env_int("BENCH_N", 5000),
-                        help="messages per throughput run (BENCH_N, default 5000)")
-    parser.add_argument("-s", "--size", type=int, default=_env_int("BENCH_SIZE", 10240),
-                        help="body bytes per message (BENCH_SIZE, default 10240)")
-    parser.add_argument("-c", "--concurrency", type=int, default=_env_int("BENCH_C", 20),
-                        help="parallel app sessions (BENCH_C, default 20)")
-    parser.add_argument("--latency-messages", type=int, default=_env_int("BENCH_LATENCY_N", 0),
-                        help="messages in the loaded latency pass (default: min(N, 1000))")
-    parser.add_argument("--serial-messages", type=int, default=_env_int("BENCH_SERIAL_N", 0),
-                        help="messages in the one-app-at-a-time latency pass (default: min(N, 300))")
-    parser.add_argument("--big-size", type=int, default=_env_int("BENCH_BIG_MIB", 100) * MIB,
-                        help="bytes of the one big message (BENCH_BIG_MIB MiB, default 100)")
-    parser.add_argument("--idle", type=int, default=_env_int("BENCH_IDLE", 2000),
-                        help="idle app sessions to hold open (BENCH_IDLE, default 2000)")
-    parser.add_argument("--timeout", type=float, default=0,
-                        help="seconds allowed per throughput run (default 60 + 0.1 s per message)")
-    parser.add_argument("--profile", action="store_true", default=bool(os.environ.get("BENCH_PROFILE")),
-                        help="also profile mailgate relay mode under load with py-spy (BENCH_PROFILE=1)")
-    parser.add_argument("--no-postfix-reuse", dest="postfix_reuse", action="store_false",
-                        default=os.environ.get("BENCH_POSTFIX_REUSE", "1") != "0",
-                        help="skip the extra run of Postfix with smtp_tls_connection_reuse = yes "
-                             "(BENCH_POSTFIX_REUSE=0)")
+    parser.add_argument(
+        "-n",
+        "--messages",
+        type=int,
+        default=_env_int("BENCH_N", 5000),
+        help="messages per throughput run (BENCH_N, default 5000)",
+    )
+    parser.add_argument(
+        "-s",
+        "--size",
+        type=int,
+        default=_env_int("BENCH_SIZE", 10240),
+        help="body bytes per message (BENCH_SIZE, default 10240)",
+    )
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=_env_int("BENCH_C", 20),
+        help="parallel app sessions (BENCH_C, default 20)",
+    )
+    parser.add_argument(
+        "--latency-messages",
+        type=int,
+        default=_env_int("BENCH_LATENCY_N", 0),
+        help="messages in the loaded latency pass (default: min(N, 1000))",
+    )
+    parser.add_argument(
+        "--serial-messages",
+        type=int,
+        default=_env_int("BENCH_SERIAL_N", 0),
+        help="messages in the one-app-at-a-time latency pass (default: min(N, 300))",
+    )
+    parser.add_argument(
+        "--big-size",
+        type=int,
+        default=_env_int("BENCH_BIG_MIB", 100) * MIB,
+        help="bytes of the one big message (BENCH_BIG_MIB MiB, default 100)",
+    )
+    parser.add_argument(
+        "--idle",
+        type=int,
+        default=_env_int("BENCH_IDLE", 2000),
+        help="idle app sessions to hold open (BENCH_IDLE, default 2000)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=0,
+        help="seconds allowed per throughput run (default 60 + 0.1 s per message)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        default=bool(os.environ.get("BENCH_PROFILE")),
+        help="also profile mailgate relay mode under load with py-spy (BENCH_PROFILE=1)",
+    )
+    parser.add_argument(
+        "--no-postfix-reuse",
+        dest="postfix_reuse",
+        action="store_false",
+        default=os.environ.get("BENCH_POSTFIX_REUSE", "1") != "0",
+        help="skip the extra run of Postfix with smtp_tls_connection_reuse = yes "
+        "(BENCH_POSTFIX_REUSE=0)",
+    )
     parser.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
-    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, configs)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temporary folder (logs, configs)"
+    )
     args = parser.parse_args(argv)
     for name in ("messages", "size", "concurrency", "idle"):
         if getattr(args, name) < 1:
@@ -104,41 +149,72 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def machine() -> dict[str, Any]:
     def run(*command: str) -> str:
         try:
-            return subprocess.run(command, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+            return subprocess.run(
+                command, capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
 
-    model = next((line.split(":", 1)[1].strip() for line in run("lscpu").splitlines()
-                  if line.startswith("Model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in run("lscpu").splitlines()
+            if line.startswith("Model name")
+        ),
+        platform.processor(),
+    )
     with open("/proc/meminfo") as meminfo:
         total_kib = int(meminfo.readline().split()[1])
     cores = os.cpu_count() or 0
-    info = {"nproc": run("nproc") or str(cores), "cpu": model, "memory_gib": round(total_kib / MIB, 1),
-            "kernel": platform.release(), "python": platform.python_version(),
-            "postfix": run("postconf", "-dh", "mail_version")}
-    info["summary"] = (f"{info['nproc']} cores ({model}), {info['memory_gib']} GiB, Linux {info['kernel']}, "
-                       f"Python {info['python']}, Postfix {info['postfix']}")
+    info = {
+        "nproc": run("nproc") or str(cores),
+        "cpu": model,
+        "memory_gib": round(total_kib / MIB, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postfix": run("postconf", "-dh", "mail_version"),
+    }
+    info["summary"] = (
+        f"{info['nproc']} cores ({model}), {info['memory_gib']} GiB, Linux {info['kernel']}, "
+        f"Python {info['python']}, Postfix {info['postfix']}"
+    )
     return info
 
 
 def checkout() -> str:
     """The commit of the mailgate checkout being benched (``+changes`` if the tree is dirty)."""
     try:
-        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=False).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return (head or "unknown") + ("+changes" if dirty else "")
 
 
 def find_smtp_source() -> str:
-    found = shutil.which("smtp-source") or (os.path.exists("/usr/sbin/smtp-source") and "/usr/sbin/smtp-source")
+    found = shutil.which("smtp-source") or (
+        os.path.exists("/usr/sbin/smtp-source") and "/usr/sbin/smtp-source"
+    )
     if not found or not shutil.which("postfix"):
-        done = subprocess.run(["sh", os.path.join(HERE, "install-postfix.sh")], timeout=900, check=False)
+        done = subprocess.run(
+            ["sh", os.path.join(HERE, "install-postfix.sh")], timeout=900, check=False
+        )
         if done.returncode != 0:
-            raise BenchError("smtp-source is needed: bench/install-postfix.sh could not install Postfix")
+            raise BenchError(
+                "smtp-source is needed: bench/install-postfix.sh could not install Postfix"
+            )
         found = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
     if not os.access(found, os.X_OK):
         raise BenchError(f"smtp-source not executable at {found}")
@@ -160,8 +236,10 @@ def raise_open_files(needed: int) -> None:
             pass
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft < needed:
-        raise BenchError(f"open files limit is {soft}, the idle-session run needs {needed}: "
-                         "run as root or raise `ulimit -n`")
+        raise BenchError(
+            f"open files limit is {soft}, the idle-session run needs {needed}: "
+            "run as root or raise `ulimit -n`"
+        )
 
 
 def mailgate_binary() -> str:
@@ -174,7 +252,9 @@ def mailgate_binary() -> str:
     beside = os.path.join(os.path.dirname(sys.executable), "mailgate")
     found = beside if os.access(beside, os.X_OK) else shutil.which("mailgate")
     if not found:
-        raise BenchError("the mailgate command is not installed: run `make bench` (it installs .venv)")
+        raise BenchError(
+            "the mailgate command is not installed: run `make bench` (it installs .venv)"
+        )
     return found
 
 
@@ -213,12 +293,20 @@ class Bench:
         self.results: dict[str, Any] = {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "machine": machine(),
-            "mailgate": {"command": self.mailgate,
-                         "commit": checkout() if not os.environ.get("BENCH_MAILGATE") else "see command"},
-            "parameters": {"messages": args.messages, "size": args.size, "concurrency": args.concurrency,
-                           "latency_messages": args.latency_messages, "serial_messages": args.serial_messages,
-                           "big_message_bytes": args.big_size, "idle_sessions": args.idle,
-                           "load_generator": f"{self.smtp_source} (one message per connection, HELO)"},
+            "mailgate": {
+                "command": self.mailgate,
+                "commit": checkout() if not os.environ.get("BENCH_MAILGATE") else "see command",
+            },
+            "parameters": {
+                "messages": args.messages,
+                "size": args.size,
+                "concurrency": args.concurrency,
+                "latency_messages": args.latency_messages,
+                "serial_messages": args.serial_messages,
+                "big_message_bytes": args.big_size,
+                "idle_sessions": args.idle,
+                "load_generator": f"{self.smtp_source} (one message per connection, HELO)",
+            },
             "throughput": {},
             "load_average_at_start": os.getloadavg(),
         }
@@ -230,7 +318,9 @@ class Bench:
 
     def start_mailgate(self, name: str, *, delivery: str | None = None) -> MailgateProcess:
         path = os.path.join(self.tmp, f"{name}.toml")
-        extra = os.environ.get("BENCH_QUEUE_EXTRA", "").replace("{tmp}", self.tmp) if delivery else ""
+        extra = (
+            os.environ.get("BENCH_QUEUE_EXTRA", "").replace("{tmp}", self.tmp) if delivery else ""
+        )
         # Each config is checked with `mailgate check` first. The listener's session limits
         # are raised for the idle sessions (builds without those keys get none); queue mode's
         # spool goes in the temp folder ([queue] path; also tried without the table).
@@ -239,8 +329,18 @@ class Bench:
         said = ""
         for connections, spool in ((c, q) for c in limits for q in spools):
             with open(path, "w") as handle:
-                handle.write(relay_config(self.tmp, self.sink.tls_port, self.ca_file, USER, delivery=delivery,
-                                          queue_path=spool, max_connections=connections, extra=extra))
+                handle.write(
+                    relay_config(
+                        self.tmp,
+                        self.sink.tls_port,
+                        self.ca_file,
+                        USER,
+                        delivery=delivery,
+                        queue_path=spool,
+                        max_connections=connections,
+                        extra=extra,
+                    )
+                )
             process = MailgateProcess(self.mailgate, path, self.password, cwd=self.tmp)
             ok, said = process.check()
             if ok:
@@ -255,14 +355,21 @@ class Bench:
 
     # --- measurements ---
 
-    def throughput(self, key: str, port: int, relay_cpu: Callable[[], float] | None = None,
-                   memory: Callable[[], dict[str, int]] | None = None) -> dict[str, Any]:
+    def throughput(
+        self,
+        key: str,
+        port: int,
+        relay_cpu: Callable[[], float] | None = None,
+        memory: Callable[[], dict[str, int]] | None = None,
+    ) -> dict[str, Any]:
         n = self.args.messages
         before = self.sink.stats()
         sink_cpu, cpu = self.sink.cpu_seconds(), relay_cpu() if relay_cpu else 0.0
         source_cpu, ticks = procfs.children_cpu_seconds(), procfs.machine_ticks()
         started = time.monotonic()
-        app.smtp_source(self.smtp_source, port, n, self.args.size, self.args.concurrency, self.args.timeout)
+        app.smtp_source(
+            self.smtp_source, port, n, self.args.size, self.args.concurrency, self.args.timeout
+        )
         answer = self.sink.wait_for(before["messages"] + n, self.args.timeout)
         seconds = answer["at"] - started
         window = time.monotonic() - started
@@ -272,8 +379,11 @@ class Bench:
         busy_cores = (os.cpu_count() or 1) * (1 - idle / total) if total else 0.0
         handshakes = answer["handshakes"] - before["handshakes"]
         run: dict[str, Any] = {
-            "messages": n, "seconds": round(seconds, 3), "msgs_per_s": round(n / seconds, 1),
-            "handshakes": handshakes, "handshakes_per_1000": round(1000 * handshakes / n, 1),
+            "messages": n,
+            "seconds": round(seconds, 3),
+            "msgs_per_s": round(n / seconds, 1),
+            "handshakes": handshakes,
+            "handshakes_per_1000": round(1000 * handshakes / n, 1),
             "resumed_handshakes": answer["resumed"] - before["resumed"],
             "auths": answer["auths"] - before["auths"],
             "sink_cpu_percent": percent(self.sink.cpu_seconds() - sink_cpu, seconds),
@@ -288,18 +398,25 @@ class Bench:
         if memory:
             run["peak_rss_mib"] = mib(memory().get("VmHWM"))
         self.results["throughput"][key] = run
-        self.say(f"{key}: {n} messages in {seconds:.2f} s = {run['msgs_per_s']:.0f} msgs/s, "
-                 f"{handshakes} TLS handshakes at the sink")
+        self.say(
+            f"{key}: {n} messages in {seconds:.2f} s = {run['msgs_per_s']:.0f} msgs/s, "
+            f"{handshakes} TLS handshakes at the sink"
+        )
         return run
 
     def latency(self, port: int) -> dict[str, Any]:
         figures = {}
-        for mode, count, concurrency in (("c1", self.args.serial_messages, 1),
-                                         ("loaded", self.args.latency_messages, self.args.concurrency)):
+        for mode, count, concurrency in (
+            ("c1", self.args.serial_messages, 1),
+            ("loaded", self.args.latency_messages, self.args.concurrency),
+        ):
             seconds = app.timed_messages(port, count, concurrency, self.args.size)
-            figures[mode] = {"count": count, "concurrency": concurrency,
-                             "p50_ms": round(1000 * app.percentile(seconds, 0.50), 3),
-                             "p99_ms": round(1000 * app.percentile(seconds, 0.99), 3)}
+            figures[mode] = {
+                "count": count,
+                "concurrency": concurrency,
+                "p50_ms": round(1000 * app.percentile(seconds, 0.50), 3),
+                "p99_ms": round(1000 * app.percentile(seconds, 0.99), 3),
+            }
         return figures
 
     # --- the runs ---
@@ -310,16 +427,26 @@ class Bench:
 
     def run_postfix(self, *, tls_connection_reuse: bool = False) -> None:
         key = "postfix_tls_reuse" if tls_connection_reuse else "postfix"
-        self.say(f"({'b+' if tls_connection_reuse else 'b'}) Postfix null client"
-                 f"{' with smtp_tls_connection_reuse = yes' if tls_connection_reuse else ''} -> sink STARTTLS+AUTH")
-        postfix = PostfixInstance(os.path.join(self.tmp, key), self.sink.tls_port, self.ca_file,
-                                  USER, self.password, tls_connection_reuse=tls_connection_reuse)
+        self.say(
+            f"({'b+' if tls_connection_reuse else 'b'}) Postfix null client"
+            f"{' with smtp_tls_connection_reuse = yes' if tls_connection_reuse else ''} -> sink STARTTLS+AUTH"
+        )
+        postfix = PostfixInstance(
+            os.path.join(self.tmp, key),
+            self.sink.tls_port,
+            self.ca_file,
+            USER,
+            self.password,
+            tls_connection_reuse=tls_connection_reuse,
+        )
         self.cleanup.callback(postfix.stop)
         port = postfix.start()
         try:
             self.throughput(key, port, relay_cpu=postfix.cpu_seconds)
         except BenchError as exc:
-            raise BenchError(f"{exc}; Postfix's log is {postfix.root}/maillog (--keep keeps it)") from None
+            raise BenchError(
+                f"{exc}; Postfix's log is {postfix.root}/maillog (--keep keeps it)"
+            ) from None
         finally:
             postfix.stop()
 
@@ -329,7 +456,9 @@ class Bench:
         try:
             self.throughput("mailgate_relay", process.port, process.cpu_seconds, process.memory_kib)
         except BenchError as exc:
-            raise BenchError(f"{exc}; mailgate's audit log is {self.tmp}/audit.jsonl (--keep keeps it)") from None
+            raise BenchError(
+                f"{exc}; mailgate's audit log is {self.tmp}/audit.jsonl (--keep keeps it)"
+            ) from None
         finally:
             process.stop()
 
@@ -339,8 +468,10 @@ class Bench:
         except QueueUnavailable as exc:
             print(QUEUE_SKIPPED, flush=True)
             first = str(exc).splitlines()[0] if str(exc) else ""
-            self.results["throughput"]["mailgate_queue"] = {"skipped": "queue mode not available in this build",
-                                                            "check": first}
+            self.results["throughput"]["mailgate_queue"] = {
+                "skipped": "queue mode not available in this build",
+                "check": first,
+            }
             return
         self.say("(d) mailgate queue mode -> sink STARTTLS+AUTH")
         try:
@@ -356,10 +487,12 @@ class Bench:
             latency["mailgate_relay"] = self.latency(process.port)
         finally:
             process.stop()
-        latency["added_p50_ms"] = round(latency["mailgate_relay"]["c1"]["p50_ms"]
-                                        - latency["direct"]["c1"]["p50_ms"], 3)
-        latency["added_p99_ms"] = round(latency["mailgate_relay"]["c1"]["p99_ms"]
-                                        - latency["direct"]["c1"]["p99_ms"], 3)
+        latency["added_p50_ms"] = round(
+            latency["mailgate_relay"]["c1"]["p50_ms"] - latency["direct"]["c1"]["p50_ms"], 3
+        )
+        latency["added_p99_ms"] = round(
+            latency["mailgate_relay"]["c1"]["p99_ms"] - latency["direct"]["c1"]["p99_ms"], 3
+        )
         self.results["latency"] = latency
 
     def run_big_message(self) -> None:
@@ -371,9 +504,12 @@ class Bench:
             before = self.sink.stats()["messages"]
             seconds = app.big_message(process.port, size)
             self.sink.wait_for(before + 1, 60)
-            self.results["big_message"] = {"bytes": size, "seconds": round(seconds, 2),
-                                           "peak_rss_mib": mib(process.memory_kib().get("VmHWM")),
-                                           "rss_before_mib": mib(baseline)}
+            self.results["big_message"] = {
+                "bytes": size,
+                "seconds": round(seconds, 2),
+                "peak_rss_mib": mib(process.memory_kib().get("VmHWM")),
+                "rss_before_mib": mib(baseline),
+            }
         finally:
             process.stop()
 
@@ -388,9 +524,12 @@ class Bench:
                 memory = process.memory_kib()
             finally:
                 sessions.close()
-            self.results["idle_sessions"] = {"sessions": count, "rss_mib": mib(memory.get("VmRSS")),
-                                             "peak_rss_mib": mib(memory.get("VmHWM")),
-                                             "rss_before_mib": mib(baseline)}
+            self.results["idle_sessions"] = {
+                "sessions": count,
+                "rss_mib": mib(memory.get("VmRSS")),
+                "peak_rss_mib": mib(memory.get("VmHWM")),
+                "rss_before_mib": mib(baseline),
+            }
         finally:
             process.stop()
 
@@ -398,7 +537,9 @@ class Bench:
         spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
         if not os.access(spy, os.X_OK):
             self.say("profile: installing py-spy into the venv")
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=False, timeout=600)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=False, timeout=600
+            )
         if not os.access(spy, os.X_OK):
             self.results["profile"] = {"skipped": "py-spy could not be installed"}
             return
@@ -406,15 +547,36 @@ class Bench:
         process = self.start_mailgate("profile")
         out_dir = os.path.join(os.path.dirname(self.args.output))
         collapsed = os.path.join(out_dir, "relay-profile.txt")
-        recorder = subprocess.Popen([spy, "record", "--format", "raw", "--rate", "250", "--nonblocking", "--threads",
-                                     "--output", collapsed, "--pid", str(process.pid)],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        recorder = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "--nonblocking",
+                "--threads",
+                "--output",
+                collapsed,
+                "--pid",
+                str(process.pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.cleanup.callback(lambda: recorder.poll() is None and recorder.kill())
         try:
             n = self.args.messages
             before = self.sink.stats()["messages"]
-            app.smtp_source(self.smtp_source, process.port, n, self.args.size, self.args.concurrency,
-                            self.args.timeout)
+            app.smtp_source(
+                self.smtp_source,
+                process.port,
+                n,
+                self.args.size,
+                self.args.concurrency,
+                self.args.timeout,
+            )
             self.sink.wait_for(before + n, self.args.timeout)
         finally:
             recorder.send_signal(signal.SIGINT)
@@ -424,8 +586,10 @@ class Bench:
                 recorder.kill()
             process.stop()
         if os.path.exists(collapsed):
-            self.results["profile"] = {"collapsed_stacks": os.path.relpath(collapsed, ROOT),
-                                       **hotspots.summarise(collapsed)}
+            self.results["profile"] = {
+                "collapsed_stacks": os.path.relpath(collapsed, ROOT),
+                **hotspots.summarise(collapsed),
+            }
 
 
 class QueueUnavailable(Exception):
@@ -439,7 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as cleanup:
         try:
             bench = Bench(args, cleanup)
-            bench.say(f"N={args.messages} S={args.size} C={args.concurrency}; temporary folder {bench.tmp}")
+            bench.say(
+                f"N={args.messages} S={args.size} C={args.concurrency}; temporary folder {bench.tmp}"
+            )
             bench.run_direct()
             bench.run_postfix()
             if args.postfix_reuse:

@@ -68,17 +68,27 @@ class Counters:
             self.waiters = still
 
     def snapshot(self) -> dict[str, Any]:
-        return {"messages": self.messages, "bytes": self.bytes, "handshakes": self.handshakes,
-                "resumed": self.resumed,
-                "auths": self.auths, "auth_failures": self.auth_failures,
-                "connections": self.connections, "refused": self.refused}
+        return {
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "handshakes": self.handshakes,
+            "resumed": self.resumed,
+            "auths": self.auths,
+            "auth_failures": self.auth_failures,
+            "connections": self.connections,
+            "refused": self.refused,
+        }
 
 
 class SinkProtocol(asyncio.Protocol):
     """One SMTP server session; ``tls_context`` set means STARTTLS + AUTH are required."""
 
-    def __init__(self, counters: Counters, tls_context: ssl.SSLContext | None,
-                 credentials: tuple[bytes, bytes]) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        tls_context: ssl.SSLContext | None,
+        credentials: tuple[bytes, bytes],
+    ) -> None:
         self.counters = counters
         self.tls_context = tls_context
         self.credentials = credentials
@@ -123,7 +133,7 @@ class SinkProtocol(asyncio.Protocol):
                     self._reply(b"500 5.5.2 Line too long")
                     self._close()
                 return
-            line, self.buffer = self.buffer[:end], self.buffer[end + 2:]
+            line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
             self._command(line)
         if self.in_data and self.buffer:
             rest, self.buffer = self.buffer, b""
@@ -171,13 +181,23 @@ class SinkProtocol(asyncio.Protocol):
             if verb == b"HELO":
                 self._reply(b"250 sink.bench.test")
                 return
-            lines = [b"sink.bench.test", b"PIPELINING", b"8BITMIME", b"SIZE 0", b"ENHANCEDSTATUSCODES"]
+            lines = [
+                b"sink.bench.test",
+                b"PIPELINING",
+                b"8BITMIME",
+                b"SIZE 0",
+                b"ENHANCEDSTATUSCODES",
+            ]
             if needs_tls and not self.secure:
                 lines.append(b"STARTTLS")
             if needs_tls and self.secure:
                 lines.append(b"AUTH PLAIN LOGIN")
-            self.transport.write(b"".join(b"250-" + x + b"\r\n" for x in lines[:-1])  # type: ignore[union-attr]
-                                 + b"250 " + lines[-1] + b"\r\n")
+            self.transport.write(
+                b"".join(b"250-" + x + b"\r\n" for x in lines[:-1])  # type: ignore[union-attr]
+                + b"250 "
+                + lines[-1]
+                + b"\r\n"
+            )
         elif verb == b"STARTTLS" and needs_tls and not self.secure:
             self._reply(b"220 2.0.0 Ready to start TLS")
             self.transport.pause_reading()  # type: ignore[union-attr]  # the ClientHello is start_tls's
@@ -271,8 +291,9 @@ class SinkProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         assert self.transport is not None and self.tls_context is not None
         try:
-            transport = await loop.start_tls(self.transport, self, self.tls_context, server_side=True,
-                                             ssl_handshake_timeout=30)
+            transport = await loop.start_tls(
+                self.transport, self, self.tls_context, server_side=True, ssl_handshake_timeout=30
+            )
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError):
             self.transport.abort()
             return
@@ -313,7 +334,10 @@ async def control(counters: Counters) -> None:
                 future: asyncio.Future[float] = loop.create_future()
                 counters.waiters.append((count, future))
                 try:
-                    answer = {"ok": True, "at": await asyncio.wait_for(future, float(request["timeout"]))}
+                    answer = {
+                        "ok": True,
+                        "at": await asyncio.wait_for(future, float(request["timeout"])),
+                    }
                 except TimeoutError:
                     answer = {"ok": False}
             answer.update(counters.snapshot())
@@ -330,12 +354,17 @@ async def main(cert: str, key: str, user: str, password: str) -> None:
     context.load_cert_chain(cert, key)
     counters = Counters()
     credentials = (user.encode(), password.encode())
-    plain = await loop.create_server(lambda: SinkProtocol(counters, None, credentials),
-                                     "127.0.0.1", 0, backlog=4096)
-    tls = await loop.create_server(lambda: SinkProtocol(counters, context, credentials),
-                                   "127.0.0.1", 0, backlog=4096)
-    ports = {"plain": plain.sockets[0].getsockname()[1], "tls": tls.sockets[0].getsockname()[1],
-             "pid": os.getpid()}
+    plain = await loop.create_server(
+        lambda: SinkProtocol(counters, None, credentials), "127.0.0.1", 0, backlog=4096
+    )
+    tls = await loop.create_server(
+        lambda: SinkProtocol(counters, context, credentials), "127.0.0.1", 0, backlog=4096
+    )
+    ports = {
+        "plain": plain.sockets[0].getsockname()[1],
+        "tls": tls.sockets[0].getsockname()[1],
+        "pid": os.getpid(),
+    }
     sys.stdout.write(json.dumps(ports) + "\n")
     sys.stdout.flush()
     await control(counters)

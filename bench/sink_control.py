@@ -17,9 +17,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 class SinkProcess:
     def __init__(self, cert_file: str, key_file: str, user: str, password: str) -> None:
         self.process = subprocess.Popen(
-            procfs.tied_to_parent([sys.executable, os.path.join(HERE, "sink.py"), cert_file, key_file, user]),
+            procfs.tied_to_parent(
+                [sys.executable, os.path.join(HERE, "sink.py"), cert_file, key_file, user]
+            ),
             env=dict(os.environ, BENCH_SINK_PASSWORD=password),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         first = self._read()
         self.plain_port: int = first["plain"]
         self.tls_port: int = first["tls"]
@@ -47,8 +52,9 @@ class SinkProcess:
         (CLOCK_MONOTONIC of the count, comparable with this process's time.monotonic())."""
         answer = self._ask({"cmd": "wait", "count": count, "timeout": timeout})
         if not answer.get("ok"):
-            raise BenchError(f"the sink counted {answer['messages']} of {count} messages "
-                             f"within {timeout:g} s")
+            raise BenchError(
+                f"the sink counted {answer['messages']} of {count} messages within {timeout:g} s"
+            )
         return answer
 
     def cpu_seconds(self) -> float:

@@ -25,13 +25,23 @@ def _ratio(results: dict[str, Any], top: str, bottom: str) -> float | None:
 
 
 def ratios(results: dict[str, Any]) -> dict[str, float | None]:
-    return {"c/b": _ratio(results, "mailgate_relay", "postfix"),
-            "d/b": _ratio(results, "mailgate_queue", "postfix"),
-            "c/a": _ratio(results, "mailgate_relay", "direct")}
+    return {
+        "c/b": _ratio(results, "mailgate_relay", "postfix"),
+        "d/b": _ratio(results, "mailgate_queue", "postfix"),
+        "c/a": _ratio(results, "mailgate_relay", "direct"),
+    }
 
 
-def _judge(target: str, value: float | None, limit: float, *, at_least: bool, inclusive: bool = False,
-           unit: str = "", shown: str | None = None) -> Verdict:
+def _judge(
+    target: str,
+    value: float | None,
+    limit: float,
+    *,
+    at_least: bool,
+    inclusive: bool = False,
+    unit: str = "",
+    shown: str | None = None,
+) -> Verdict:
     """PASS when value >= limit (`at_least`), else when value < limit (<= with `inclusive`)."""
     if value is None:
         return Verdict(target, "not measured", "n/a")
@@ -39,7 +49,9 @@ def _judge(target: str, value: float | None, limit: float, *, at_least: bool, in
         ok = value >= limit
     else:
         ok = value <= limit if inclusive else value < limit
-    return Verdict(target, shown if shown is not None else f"{value:.2f}{unit}", "PASS" if ok else "MISS")
+    return Verdict(
+        target, shown if shown is not None else f"{value:.2f}{unit}", "PASS" if ok else "MISS"
+    )
 
 
 def evaluate(results: dict[str, Any]) -> list[Verdict]:
@@ -52,18 +64,47 @@ def evaluate(results: dict[str, Any]) -> list[Verdict]:
     ]
     for key, label in (("mailgate_relay", "relay"), ("mailgate_queue", "queue")):
         per_1000 = (runs.get(key) or {}).get("handshakes_per_1000")
-        verdicts.append(_judge(f"<= 10 upstream TLS handshakes per 1,000 messages ({label} mode)",
-                               per_1000, 10, at_least=False, inclusive=True,
-                               shown=None if per_1000 is None else f"{per_1000:.1f} per 1,000"))
+        verdicts.append(
+            _judge(
+                f"<= 10 upstream TLS handshakes per 1,000 messages ({label} mode)",
+                per_1000,
+                10,
+                at_least=False,
+                inclusive=True,
+                shown=None if per_1000 is None else f"{per_1000:.1f} per 1,000",
+            )
+        )
     big = results.get("big_message", {})
-    verdicts.append(_judge(f"{big.get('bytes', 100 * 2**20) / 2**20:g} MiB message: mailgate peak RSS < 64 MiB",
-                           big.get("peak_rss_mib"), 64, at_least=False, unit=" MiB"))
+    verdicts.append(
+        _judge(
+            f"{big.get('bytes', 100 * 2**20) / 2**20:g} MiB message: mailgate peak RSS < 64 MiB",
+            big.get("peak_rss_mib"),
+            64,
+            at_least=False,
+            unit=" MiB",
+        )
+    )
     idle = results.get("idle_sessions", {}).get("rss_mib")
-    verdicts.append(_judge(f"{results.get('idle_sessions', {}).get('sessions', 2000)} idle sessions: "
-                           "mailgate RSS < 256 MiB", idle, 256, at_least=False, unit=" MiB"))
+    verdicts.append(
+        _judge(
+            f"{results.get('idle_sessions', {}).get('sessions', 2000)} idle sessions: "
+            "mailgate RSS < 256 MiB",
+            idle,
+            256,
+            at_least=False,
+            unit=" MiB",
+        )
+    )
     added = results.get("latency", {}).get("added_p50_ms")
-    verdicts.append(_judge("p50 added latency < 5 ms on loopback (one app at a time)", added, 5,
-                           at_least=False, unit=" ms"))
+    verdicts.append(
+        _judge(
+            "p50 added latency < 5 ms on loopback (one app at a time)",
+            added,
+            5,
+            at_least=False,
+            unit=" ms",
+        )
+    )
     return verdicts
 
 
@@ -74,15 +115,26 @@ def _fmt(value: Any, spec: str = ".0f") -> str:
 def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
     p = results["parameters"]
     build = results.get("mailgate", {})
-    lines = [f"mailgate bench — {results['date']} — {results['machine']['summary']}",
-             f"mailgate: {build.get('command', '?')} (checkout {build.get('commit', '?')})",
-             (f"workload: N={p['messages']} messages, S={p['size']} bytes, C={p['concurrency']} sessions, "
-             "one message per connection (smtp-source)"), "",
-             (f"{'run':<34}{'msgs/s':>9}{'seconds':>9}{'TLS hs/1000':>13}{'peak RSS MiB':>14}"
-             f"{'relay CPU%':>12}{'CPU ms/msg':>12}{'sink CPU%':>11}{'other load':>12}")]
-    names = {"direct": "(a) direct to the sink", "postfix": "(b) Postfix null client",
-             "postfix_tls_reuse": "(b+) Postfix, TLS conn. reuse",
-             "mailgate_relay": "(c) mailgate relay mode", "mailgate_queue": "(d) mailgate queue mode"}
+    lines = [
+        f"mailgate bench — {results['date']} — {results['machine']['summary']}",
+        f"mailgate: {build.get('command', '?')} (checkout {build.get('commit', '?')})",
+        (
+            f"workload: N={p['messages']} messages, S={p['size']} bytes, C={p['concurrency']} sessions, "
+            "one message per connection (smtp-source)"
+        ),
+        "",
+        (
+            f"{'run':<34}{'msgs/s':>9}{'seconds':>9}{'TLS hs/1000':>13}{'peak RSS MiB':>14}"
+            f"{'relay CPU%':>12}{'CPU ms/msg':>12}{'sink CPU%':>11}{'other load':>12}"
+        ),
+    ]
+    names = {
+        "direct": "(a) direct to the sink",
+        "postfix": "(b) Postfix null client",
+        "postfix_tls_reuse": "(b+) Postfix, TLS conn. reuse",
+        "mailgate_relay": "(c) mailgate relay mode",
+        "mailgate_queue": "(d) mailgate queue mode",
+    }
     for key, label in names.items():
         run = results["throughput"].get(key)
         if not run:
@@ -90,43 +142,68 @@ def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
         if "skipped" in run:
             lines.append(f"{label:<34}  skipped: {run['skipped']}")
             continue
-        lines.append(f"{label:<34}{_fmt(run.get('msgs_per_s')):>9}{_fmt(run.get('seconds'), '.2f'):>9}"
-                     f"{_fmt(run.get('handshakes_per_1000')):>13}{_fmt(run.get('peak_rss_mib'), '.1f'):>14}"
-                     f"{_fmt(run.get('relay_cpu_percent')):>12}{_fmt(run.get('relay_cpu_ms_per_message'), '.2f'):>12}"
-                     f"{_fmt(run.get('sink_cpu_percent')):>11}"
-                     f"{_fmt(run.get('other_load_cores'), '.2f'):>12}")
-    noisy = [k for k, run in results["throughput"].items() if (run.get("other_load_cores") or 0) > NOISE_CORES]
+        lines.append(
+            f"{label:<34}{_fmt(run.get('msgs_per_s')):>9}{_fmt(run.get('seconds'), '.2f'):>9}"
+            f"{_fmt(run.get('handshakes_per_1000')):>13}{_fmt(run.get('peak_rss_mib'), '.1f'):>14}"
+            f"{_fmt(run.get('relay_cpu_percent')):>12}{_fmt(run.get('relay_cpu_ms_per_message'), '.2f'):>12}"
+            f"{_fmt(run.get('sink_cpu_percent')):>11}"
+            f"{_fmt(run.get('other_load_cores'), '.2f'):>12}"
+        )
+    noisy = [
+        k
+        for k, run in results["throughput"].items()
+        if (run.get("other_load_cores") or 0) > NOISE_CORES
+    ]
     if noisy:
-        lines.append(f"warning: processes outside the bench used more than {NOISE_CORES} core(s) during "
-                     f"{', '.join(noisy)}: those figures are low and the ratios unreliable; re-run on an idle machine")
-    busy_sink = [k for k, run in results["throughput"].items()
-                 if k != "direct" and (run.get("sink_cpu_percent") or 0) > SINK_BUSY_PERCENT]
+        lines.append(
+            f"warning: processes outside the bench used more than {NOISE_CORES} core(s) during "
+            f"{', '.join(noisy)}: those figures are low and the ratios unreliable; re-run on an idle machine"
+        )
+    busy_sink = [
+        k
+        for k, run in results["throughput"].items()
+        if k != "direct" and (run.get("sink_cpu_percent") or 0) > SINK_BUSY_PERCENT
+    ]
     if busy_sink:
-        lines.append(f"warning: the sink used more than {SINK_BUSY_PERCENT}% of a core during {', '.join(busy_sink)}: "
-                     "it may have limited those runs")
-    lines.append("(relay CPU%: % of one core used by the relay, all Postfix processes for (b); CPU ms/msg: "
-                 "the relay's CPU time per message; other load: cores busy outside the bench)")
+        lines.append(
+            f"warning: the sink used more than {SINK_BUSY_PERCENT}% of a core during {', '.join(busy_sink)}: "
+            "it may have limited those runs"
+        )
+    lines.append(
+        "(relay CPU%: % of one core used by the relay, all Postfix processes for (b); CPU ms/msg: "
+        "the relay's CPU time per message; other load: cores busy outside the bench)"
+    )
     lines.append("")
-    lines.append("ratios: " + ", ".join(f"{k} = {_fmt(v, '.2f')}" for k, v in ratios(results).items()))
+    lines.append(
+        "ratios: " + ", ".join(f"{k} = {_fmt(v, '.2f')}" for k, v in ratios(results).items())
+    )
     lat = results.get("latency", {})
     for key, label in (("direct", "direct"), ("mailgate_relay", "mailgate relay")):
         for mode in ("c1", "loaded"):
             figures = lat.get(key, {}).get(mode)
             if figures:
-                lines.append(f"latency {label:<15} {figures['concurrency']:>3} app(s), {figures['count']:>5} msgs: "
-                             f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms")
+                lines.append(
+                    f"latency {label:<15} {figures['concurrency']:>3} app(s), {figures['count']:>5} msgs: "
+                    f"p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
+                )
     if lat.get("added_p50_ms") is not None:
-        lines.append(f"added latency (mailgate - direct, one app at a time): p50 {lat['added_p50_ms']:.2f} ms, "
-                     f"p99 {lat['added_p99_ms']:.2f} ms")
+        lines.append(
+            f"added latency (mailgate - direct, one app at a time): p50 {lat['added_p50_ms']:.2f} ms, "
+            f"p99 {lat['added_p99_ms']:.2f} ms"
+        )
     big = results.get("big_message", {})
     if big:
-        lines.append(f"one {big.get('bytes', 0) / 2**20:g} MiB message through relay mode: {big.get('seconds', 0):.2f} s, "
-                     f"mailgate peak RSS {_fmt(big.get('peak_rss_mib'), '.1f')} MiB "
-                     f"(idle before it: {_fmt(big.get('rss_before_mib'), '.1f')} MiB)")
+        lines.append(
+            f"one {big.get('bytes', 0) / 2**20:g} MiB message through relay mode: {big.get('seconds', 0):.2f} s, "
+            f"mailgate peak RSS {_fmt(big.get('peak_rss_mib'), '.1f')} MiB "
+            f"(idle before it: {_fmt(big.get('rss_before_mib'), '.1f')} MiB)"
+        )
     idle = results.get("idle_sessions", {})
     if idle:
-        lines.append(f"{idle['sessions']} idle app sessions: mailgate RSS {idle['rss_mib']:.1f} MiB "
-                     f"(peak {idle['peak_rss_mib']:.1f} MiB; idle before them: {_fmt(idle.get('rss_before_mib'), '.1f')} MiB)")
+        lines.append(
+            f"{idle['sessions']} idle app sessions: mailgate RSS {idle['rss_mib']:.1f} MiB "
+            f"(peak {idle['peak_rss_mib']:.1f} MiB; idle before them: {_fmt(idle.get('rss_before_mib'), '.1f')} MiB)"
+        )
     lines += ["", "targets (issue 6):"]
     lines += [f"  {v.status:<5} {v.target}: {v.measured}" for v in verdicts]
     return "\n".join(lines)

@@ -27,8 +27,12 @@ USER = "relay@example.test"
 def reactor() -> Iterator[Any]:
     from twisted.internet import reactor as global_reactor
 
-    thread = threading.Thread(target=global_reactor.run, kwargs={"installSignalHandlers": False},
-                              name="reactor", daemon=True)
+    thread = threading.Thread(
+        target=global_reactor.run,
+        kwargs={"installSignalHandlers": False},
+        name="reactor",
+        daemon=True,
+    )
     thread.start()
     yield global_reactor
     global_reactor.callFromThread(global_reactor.stop)
@@ -49,10 +53,16 @@ def server_cert(ca: ThrowawayCA) -> ServerCert:
 def make_upstream(server_cert: ServerCert) -> Iterator[Callable[..., SubmissionServer]]:
     servers: list[SubmissionServer] = []
 
-    def make(tls: str = "starttls", cert: ServerCert | None = None, users: dict[str, str] | None = None,
-             context: Any = None) -> SubmissionServer:
+    def make(
+        tls: str = "starttls",
+        cert: ServerCert | None = None,
+        users: dict[str, str] | None = None,
+        context: Any = None,
+    ) -> SubmissionServer:
         context = context or (cert or server_cert).server_context()
-        server = SubmissionServer(tls, context if tls != "none" else None, users or {USER: PASSWORD})
+        server = SubmissionServer(
+            tls, context if tls != "none" else None, users or {USER: PASSWORD}
+        )
         server.start()
         servers.append(server)
         return server
@@ -81,7 +91,12 @@ def upstream_table(server: SubmissionServer, ca_file: str, **overrides: Any) -> 
 def relay_all(upstream: dict[str, Any], **listener: Any) -> dict[str, Any]:
     """A config document: loopback listener, every recipient relayed to `upstream`."""
     return {
-        "listener": {"listen": "127.0.0.1:0", "hostname": "mailgate.test", "shutdown_grace": 2, **listener},
+        "listener": {
+            "listen": "127.0.0.1:0",
+            "hostname": "mailgate.test",
+            "shutdown_grace": 2,
+            **listener,
+        },
         "upstreams": {"up": upstream},
         "rules": [{"name": "all", "action": "relay", "upstream": "up"}],
     }
@@ -97,11 +112,15 @@ class RunningGateway:
     def stop(self) -> None:
         from twisted.internet import defer, threads
 
-        threads.blockingCallFromThread(self.reactor, lambda: defer.Deferred.fromCoroutine(self.gateway.stop()))
+        threads.blockingCallFromThread(
+            self.reactor, lambda: defer.Deferred.fromCoroutine(self.gateway.stop())
+        )
 
 
 @pytest.fixture
-def start_gateway(reactor: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[dict[str, Any]], RunningGateway]]:
+def start_gateway(
+    reactor: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[dict[str, Any]], RunningGateway]]:
     from twisted.internet import defer, threads
 
     from gateway.daemon.gateway import Gateway

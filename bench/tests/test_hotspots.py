@@ -35,10 +35,15 @@ def test_self_time_is_grouped_by_package(tmp_path: Path) -> None:
 def test_only_the_main_thread_is_ranked_and_threads_are_shared_out(tmp_path: Path) -> None:
     """With --threads, thread-pool samples count in the thread split but not in the function ranking."""
     path = tmp_path / "stacks.txt"
-    path.write_text("thread (1): MainThread;run (twisted/internet/base.py:1) 3\n"
-                    "thread (1);doRead (twisted/internet/tcp.py:2) 1\n"
-                    "thread (2): worker;Condition.wait (threading.py:3) 4\n")
+    path.write_text(
+        "thread (1): MainThread;run (twisted/internet/base.py:1) 3\n"
+        "thread (1);doRead (twisted/internet/tcp.py:2) 1\n"
+        "thread (2): worker;Condition.wait (threading.py:3) 4\n"
+    )
     profile = summarise(str(path))
     assert profile["samples"] == 4
-    assert profile["threads"] == [["main (reactor) thread", 50.0], ["other threads (thread pool)", 50.0]]
+    assert profile["threads"] == [
+        ["main (reactor) thread", 50.0],
+        ["other threads (thread pool)", 50.0],
+    ]
     assert all("Condition.wait" not in name for name, _ in profile["self"])

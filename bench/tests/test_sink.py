@@ -35,7 +35,9 @@ def tls_client(sink: SinkProcess, ca_file: str) -> smtplib.SMTP:
     return client
 
 
-def test_tls_port_counts_a_message_a_handshake_and_an_auth(sink: SinkProcess, pki: tuple[str, str, str]) -> None:
+def test_tls_port_counts_a_message_a_handshake_and_an_auth(
+    sink: SinkProcess, pki: tuple[str, str, str]
+) -> None:
     """STARTTLS, AUTH and one message are each counted once, and wait_for returns."""
     client = tls_client(sink, pki[0])
     client.login(USER, PASSWORD)
@@ -45,8 +47,9 @@ def test_tls_port_counts_a_message_a_handshake_and_an_auth(sink: SinkProcess, pk
     assert (answer["messages"], answer["handshakes"], answer["auths"]) == (1, 1, 1)
 
 
-def test_tls_port_refuses_a_wrong_password_and_mail_before_auth(sink: SinkProcess,
-                                                                 pki: tuple[str, str, str]) -> None:
+def test_tls_port_refuses_a_wrong_password_and_mail_before_auth(
+    sink: SinkProcess, pki: tuple[str, str, str]
+) -> None:
     """A wrong password gets 535; MAIL without AUTH gets 530."""
     client = tls_client(sink, pki[0])
     with pytest.raises(smtplib.SMTPAuthenticationError):
@@ -60,7 +63,12 @@ def test_end_of_data_split_across_reads_ends_the_message_once(sink: SinkProcess)
     with socket.create_connection(("127.0.0.1", sink.plain_port), timeout=10) as sock:
         reader = sock.makefile("rb")
         reader.readline()
-        for command in (b"HELO t\r\n", b"MAIL FROM:<a@b.c>\r\n", b"RCPT TO:<d@e.f>\r\n", b"DATA\r\n"):
+        for command in (
+            b"HELO t\r\n",
+            b"MAIL FROM:<a@b.c>\r\n",
+            b"RCPT TO:<d@e.f>\r\n",
+            b"DATA\r\n",
+        ):
             sock.sendall(command)
             reader.readline()
         sock.sendall(b"Subject: x\r\n\r\n..not the end\r\n")
@@ -77,7 +85,9 @@ def test_pipelined_commands_are_answered_in_order(sink: SinkProcess) -> None:
     with socket.create_connection(("127.0.0.1", sink.plain_port), timeout=10) as sock:
         reader = sock.makefile("rb")
         reader.readline()
-        sock.sendall(b"EHLO t\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
+        sock.sendall(
+            b"EHLO t\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<d@e.f>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n"
+        )
         codes = []
         while len(codes) < 6:
             line = reader.readline()
@@ -87,8 +97,9 @@ def test_pipelined_commands_are_answered_in_order(sink: SinkProcess) -> None:
     assert sink.stats()["messages"] == 1
 
 
-def test_a_command_sent_with_the_tls_finished_message_is_answered(sink: SinkProcess,
-                                                                   pki: tuple[str, str, str]) -> None:
+def test_a_command_sent_with_the_tls_finished_message_is_answered(
+    sink: SinkProcess, pki: tuple[str, str, str]
+) -> None:
     """EHLO in the same write as the client's TLS Finished (as Twisted sends it) is not lost."""
     context = ssl.create_default_context(cafile=pki[0])
     context.minimum_version = ssl.TLSVersion.TLSv1_3

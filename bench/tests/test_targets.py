@@ -46,8 +46,11 @@ def test_figures_exactly_at_the_targets_pass() -> None:
 
 def test_each_figure_past_its_target_is_a_miss() -> None:
     """Every target turns to MISS when its figure is on the wrong side."""
-    results = figures(latency={"added_p50_ms": 5.0, "added_p99_ms": 6.0}, big_message={"bytes": 104857600, "peak_rss_mib": 64.0},
-                      idle_sessions={"sessions": 2000, "rss_mib": 256.0, "peak_rss_mib": 256.0})
+    results = figures(
+        latency={"added_p50_ms": 5.0, "added_p99_ms": 6.0},
+        big_message={"bytes": 104857600, "peak_rss_mib": 64.0},
+        idle_sessions={"sessions": 2000, "rss_mib": 256.0, "peak_rss_mib": 256.0},
+    )
     results["throughput"]["mailgate_relay"]["handshakes_per_1000"] = 10.1
     results["throughput"]["mailgate_queue"]["handshakes_per_1000"] = 11.0
     results["throughput"]["mailgate_relay"]["msgs_per_s"] = 399.0

@@ -79,7 +79,9 @@ def unseal(line: str) -> Sealed | None:
     if found is None:
         return None
     hash_ = found.group(4)
-    return Sealed(int(found.group(1)), found.group(2), hash_, digest(line[: found.start(3)]) == hash_)
+    return Sealed(
+        int(found.group(1)), found.group(2), hash_, digest(line[: found.start(3)]) == hash_
+    )
 
 
 def head_of(record: Mapping[str, Any]) -> Head | None:
@@ -93,7 +95,9 @@ def head_of(record: Mapping[str, Any]) -> Head | None:
 
 
 def _is_hex(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    return (
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 # --- checking ---------------------------------------------------------------------------
@@ -141,7 +145,9 @@ class ChainCheck:
     first: Head | None = None
     first_prev: str | None = None
     _head_at: Location | None = None
-    _missing: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq -> (break index, gap size)
+    _missing: dict[int, tuple[int, int]] = field(
+        default_factory=dict
+    )  # seq -> (break index, gap size)
 
     def _report(self, where: Location, kind: str, text: str) -> None:
         self.problems += 1
@@ -157,12 +163,20 @@ class ChainCheck:
             except ValueError as exc:
                 self._report(where, "not-json", f"not a JSON record ({exc})")
             else:
-                self._report(where, "unchained", "no valid seq/prev/hash at the end of the line: a record "
-                             "added by hand, or written before the chain existed")
+                self._report(
+                    where,
+                    "unchained",
+                    "no valid seq/prev/hash at the end of the line: a record "
+                    "added by hand, or written before the chain existed",
+                )
             return
         if not sealed.intact:
-            self._report(where, "changed", f"content does not match its hash (record seq {sealed.seq} "
-                         "was edited after it was written)")
+            self._report(
+                where,
+                "changed",
+                f"content does not match its hash (record seq {sealed.seq} "
+                "was edited after it was written)",
+            )
         self.link(where, sealed)
 
     def link(self, where: Location, sealed: Sealed) -> None:
@@ -179,9 +193,13 @@ class ChainCheck:
         elif sealed.seq == 1 and prev == GENESIS:
             self.restarts += 1
             if not self.allow_restarts:
-                self._report(where, "restarted", f"a new chain starts here (seq 1) after seq {head.seq} at "
-                             f"line {at.line}: the records after it may have been cut, or the gateway "
-                             "started without its chain state (use --allow-restarts for stdout logs)")
+                self._report(
+                    where,
+                    "restarted",
+                    f"a new chain starts here (seq 1) after seq {head.seq} at "
+                    f"line {at.line}: the records after it may have been cut, or the gateway "
+                    "started without its chain state (use --allow-restarts for stdout logs)",
+                )
             self._missing.clear()
             self._advance(sealed, where)
         elif sealed.seq <= head.seq:
@@ -190,29 +208,50 @@ class ChainCheck:
                 index, size = gap_at
                 gap = self.breaks[index]
                 if size == 1:
-                    self.breaks[index] = Break(gap.where, "reordered",
-                                               f"record seq {sealed.seq} belongs before this line but "
-                                               f"was found later, at {where}")
-                self._report(where, "reordered", f"record seq {sealed.seq} is out of order: it belongs "
-                             f"before {gap.where.source}:{gap.where.line}")
+                    self.breaks[index] = Break(
+                        gap.where,
+                        "reordered",
+                        f"record seq {sealed.seq} belongs before this line but "
+                        f"was found later, at {where}",
+                    )
+                self._report(
+                    where,
+                    "reordered",
+                    f"record seq {sealed.seq} is out of order: it belongs "
+                    f"before {gap.where.source}:{gap.where.line}",
+                )
             else:
-                self._report(where, "duplicated", f"record seq {sealed.seq} comes after seq {head.seq} "
-                             f"(line {at.line}): a copy inserted here, or a record moved")
+                self._report(
+                    where,
+                    "duplicated",
+                    f"record seq {sealed.seq} comes after seq {head.seq} "
+                    f"(line {at.line}): a copy inserted here, or a record moved",
+                )
             # keep linking from the head: the next record should still follow it
         elif sealed.seq > head.seq + 1:
             missing = sealed.seq - head.seq - 1
-            span = f"seq {head.seq + 1}" if missing == 1 else f"seq {head.seq + 1} to {sealed.seq - 1}"
+            span = (
+                f"seq {head.seq + 1}" if missing == 1 else f"seq {head.seq + 1} to {sealed.seq - 1}"
+            )
             stored = len(self.breaks)
-            self._report(where, "deleted", f"{missing} record(s) missing before this line ({span}); "
-                         f"expected seq {head.seq + 1} with prev {_short(head.hash)}")
+            self._report(
+                where,
+                "deleted",
+                f"{missing} record(s) missing before this line ({span}); "
+                f"expected seq {head.seq + 1} with prev {_short(head.hash)}",
+            )
             if len(self.breaks) > stored and len(self._missing) + missing <= self.keep:
                 for seq in range(head.seq + 1, sealed.seq):
                     self._missing[seq] = (stored, missing)
             self._advance(sealed, where)
         else:
-            self._report(where, "inserted", f"prev {_short(prev)} is not the hash of the record before "
-                         f"({at.source}:{at.line}, {_short(head.hash)}): a record was inserted or "
-                         "replaced here, or the one before was re-hashed")
+            self._report(
+                where,
+                "inserted",
+                f"prev {_short(prev)} is not the hash of the record before "
+                f"({at.source}:{at.line}, {_short(head.hash)}): a record was inserted or "
+                "replaced here, or the one before was re-hashed",
+            )
             self._advance(sealed, where)
 
     def _advance(self, sealed: Sealed, where: Location) -> None:
@@ -222,24 +261,37 @@ class ChainCheck:
         """Compare the last record with what the writer says it wrote last (its state file)."""
         if self.head is None or self._head_at is None:
             if written.seq > 0:
-                self._report(Location(state_source, 1), "truncated",
-                             f"the gateway wrote up to seq {written.seq} but the files hold no records")
+                self._report(
+                    Location(state_source, 1),
+                    "truncated",
+                    f"the gateway wrote up to seq {written.seq} but the files hold no records",
+                )
             return
         at = self._head_at
         if written.seq > self.head.seq:
-            self._report(at, "truncated", f"the last record here is seq {self.head.seq} but the gateway "
-                         f"wrote up to seq {written.seq} ({state_source}): {written.seq - self.head.seq} "
-                         "record(s) cut from the end")
+            self._report(
+                at,
+                "truncated",
+                f"the last record here is seq {self.head.seq} but the gateway "
+                f"wrote up to seq {written.seq} ({state_source}): {written.seq - self.head.seq} "
+                "record(s) cut from the end",
+            )
         elif written.seq == self.head.seq and written.hash != self.head.hash:
-            self._report(at, "changed", f"the last record's hash is {_short(self.head.hash)} but the "
-                         f"gateway wrote {_short(written.hash)} ({state_source}): it was re-written")
+            self._report(
+                at,
+                "changed",
+                f"the last record's hash is {_short(self.head.hash)} but the "
+                f"gateway wrote {_short(written.hash)} ({state_source}): it was re-written",
+            )
 
     @property
     def intact(self) -> bool:
         return self.problems == 0
 
 
-def check_lines(lines: Iterable[tuple[str, int, str]], *, allow_restarts: bool = False) -> ChainCheck:
+def check_lines(
+    lines: Iterable[tuple[str, int, str]], *, allow_restarts: bool = False
+) -> ChainCheck:
     """Check (source, line number, text) triples in order."""
     check = ChainCheck(allow_restarts=allow_restarts)
     for source, number, text in lines:

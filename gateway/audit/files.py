@@ -45,7 +45,7 @@ def siblings(path: str) -> list[str]:
         raise AuditFileError(f"{folder}: cannot list the audit directory: {exc.strerror}") from None
     found = []
     for entry in sorted(entries):
-        if entry.startswith(name) and _ROTATED.fullmatch(entry[len(name):]):
+        if entry.startswith(name) and _ROTATED.fullmatch(entry[len(name) :]):
             full = os.path.join(folder, entry)
             if os.path.isfile(full):
                 found.append(os.path.join(os.path.dirname(path), entry))
@@ -83,7 +83,9 @@ def first_record(path: str) -> FirstRecord | None:
     try:
         for count, chunk in enumerate(reader):
             if count >= 16:
-                raise AuditFileError(f"{path}: not an audit log (no JSON record in its first 16 lines)")
+                raise AuditFileError(
+                    f"{path}: not an audit log (no JSON record in its first 16 lines)"
+                )
             if not chunk.endswith(b"\n"):
                 return None
             try:
@@ -92,7 +94,9 @@ def first_record(path: str) -> FirstRecord | None:
                 continue
             if isinstance(record, dict):
                 seq = record.get("seq")
-                return FirstRecord(path, str(record.get("timestamp", "")), seq if isinstance(seq, int) else 0)
+                return FirstRecord(
+                    path, str(record.get("timestamp", "")), seq if isinstance(seq, int) else 0
+                )
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise AuditFileError(f"{path}: cannot read: {exc}") from None
     finally:
@@ -148,8 +152,12 @@ def last_record(path: str, window: int = 65536) -> tuple[dict[str, Any] | None, 
 class Progress:
     """'scanning FILE 41%' on stderr, at most twice a second, only when stderr is a terminal."""
 
-    def __init__(self, stream: IO[str] | None = None, enabled: bool | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        enabled: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.clock = clock
@@ -161,7 +169,9 @@ class Progress:
             return
         self._next = self.clock() + 0.5
         percent = 100 * done // total if total else 100
-        self.stream.write(f"\rscanning {path}: {percent:3d}% ({done / 1e6:,.0f} of {total / 1e6:,.0f} MB)\x1b[K")
+        self.stream.write(
+            f"\rscanning {path}: {percent:3d}% ({done / 1e6:,.0f} of {total / 1e6:,.0f} MB)\x1b[K"
+        )
         self.stream.flush()
         self._shown = True
 
@@ -219,8 +229,13 @@ class Scan:
             self.positions[path] = Position(number, offset, (stat.st_dev, stat.st_ino))
 
 
-def follow(path: str, after: Position | None, *, poll: float = 0.25,
-           sleep: Callable[[float], None] = time.sleep) -> Iterator[tuple[str, int, str]]:
+def follow(
+    path: str,
+    after: Position | None,
+    *,
+    poll: float = 0.25,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[tuple[str, int, str]]:
     """Complete lines appended to `path` after `after` (a scan's end), forever; survives rotation.
 
     When the file is renamed away (logrotate ``create``) or truncated (``copytruncate``),
@@ -242,8 +257,11 @@ def follow(path: str, after: Position | None, *, poll: float = 0.25,
                     raise AuditFileError(f"{path}: cannot open: {exc.strerror}") from None
                 number, partial = 0, b""
                 stat = os.fstat(handle.fileno())
-                if after is not None and after.identity == (stat.st_dev, stat.st_ino) \
-                        and after.offset <= stat.st_size:
+                if (
+                    after is not None
+                    and after.identity == (stat.st_dev, stat.st_ino)
+                    and after.offset <= stat.st_size
+                ):
                     handle.seek(after.offset)
                     number = after.lines
                 after = None

@@ -38,7 +38,9 @@ class ChainState:
         try:
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
-            raise MailgateError(f"audit.path: cannot open the chain state {path}: {exc.strerror}") from None
+            raise MailgateError(
+                f"audit.path: cannot open the chain state {path}: {exc.strerror}"
+            ) from None
 
     def read(self) -> Head | None:
         data = os.pread(self._fd, 256, 0)
@@ -90,7 +92,9 @@ class AuditLog:
         else:
             stream = self._open(path)
             self._owned = True
-            if _regular(stream):  # not /dev/stdout, a FIFO or a tty: nothing to read back or keep beside
+            if _regular(
+                stream
+            ):  # not /dev/stdout, a FIFO or a tty: nothing to read back or keep beside
                 state = ChainState(state_path(path))
                 head = self._resume(path, state, stream)
         self._sink = _ChainedSink(stream, head, state)
@@ -110,7 +114,9 @@ class AuditLog:
         try:
             return open(path, "a", encoding="utf-8")
         except OSError as exc:
-            raise MailgateError(f"audit.path: cannot open {path} for appending: {exc.strerror}") from None
+            raise MailgateError(
+                f"audit.path: cannot open {path} for appending: {exc.strerror}"
+            ) from None
 
     @staticmethod
     def _resume(path: str, state: ChainState, stream: IO[str]) -> Head:
@@ -178,6 +184,8 @@ def _regular(stream: IO[str]) -> bool:
 
 def _order(logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
     """Put timestamp, event and session_id first, for people reading raw lines."""
-    head: dict[str, Any] = {k: event.pop(k) for k in ("timestamp", "event", "session_id") if k in event}
+    head: dict[str, Any] = {
+        k: event.pop(k) for k in ("timestamp", "event", "session_id") if k in event
+    }
     head.update(event)
     return head

@@ -18,7 +18,12 @@ from typing import Any
 
 from gateway.errors import UsageError
 
-OUTCOMES = ("relayed", "rejected", "deferred", "failed")  # in relay mode; shown first, in this order
+OUTCOMES = (
+    "relayed",
+    "rejected",
+    "deferred",
+    "failed",
+)  # in relay mode; shown first, in this order
 _WORD = re.compile(r"[a-z][a-z_-]{0,31}")
 RESULT = "message.result"
 _AGE = re.compile(r"(\d+)\s*([smhdw])")
@@ -36,8 +41,10 @@ def parse_time(option: str, text: str, now: dt.datetime) -> dt.datetime:
     try:
         when = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise UsageError(f"{option}: found {text!r}, expected an ISO date or time such as 2026-11-28 or "
-                         "2026-11-28T13:00Z, or an age such as 30m, 2h, 7d") from None
+        raise UsageError(
+            f"{option}: found {text!r}, expected an ISO date or time such as 2026-11-28 or "
+            "2026-11-28T13:00Z, or an age such as 30m, 2h, 7d"
+        ) from None
     return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
 
 
@@ -81,7 +88,9 @@ class Window:
             return True
         if when is None:
             return False
-        return (self.since is None or when >= self.since) and (self.until is None or when < self.until)
+        return (self.since is None or when >= self.since) and (
+            self.until is None or when < self.until
+        )
 
     def may_contain(self, line: str) -> bool:
         """A cheap look at a line's timestamp: False only when it is surely outside."""
@@ -99,7 +108,10 @@ def _like(value: object, patterns: Sequence[str]) -> bool:
     if not isinstance(value, str):
         return False
     value = value.lower()
-    return any(fnmatch.fnmatchcase(value, p) if any(c in p for c in "*?[") else value == p for p in patterns)
+    return any(
+        fnmatch.fnmatchcase(value, p) if any(c in p for c in "*?[") else value == p
+        for p in patterns
+    )
 
 
 def parse_networks(texts: Sequence[str]) -> tuple[Network, ...]:
@@ -108,8 +120,9 @@ def parse_networks(texts: Sequence[str]) -> tuple[Network, ...]:
         try:
             networks.append(ipaddress.ip_network(text.strip(), strict=False))
         except ValueError:
-            raise UsageError(f"--client: found {text!r}, expected an IP address or a network such as "
-                             "10.0.0.0/8") from None
+            raise UsageError(
+                f"--client: found {text!r}, expected an IP address or a network such as 10.0.0.0/8"
+            ) from None
     return tuple(networks)
 
 
@@ -127,16 +140,36 @@ class MessageFilter:
     sessions: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, window: Window = Window(), *, senders: Sequence[str] = (), recipients: Sequence[str] = (),
-              clients: Sequence[str] = (), rules: Sequence[str] = (), upstreams: Sequence[str] = (),
-              outcomes: Sequence[str] = (), sessions: Sequence[str] = ()) -> MessageFilter:
-        for outcome in outcomes:  # not only OUTCOMES: other delivery modes have outcomes of their own
+    def build(
+        cls,
+        window: Window = Window(),
+        *,
+        senders: Sequence[str] = (),
+        recipients: Sequence[str] = (),
+        clients: Sequence[str] = (),
+        rules: Sequence[str] = (),
+        upstreams: Sequence[str] = (),
+        outcomes: Sequence[str] = (),
+        sessions: Sequence[str] = (),
+    ) -> MessageFilter:
+        for (
+            outcome
+        ) in outcomes:  # not only OUTCOMES: other delivery modes have outcomes of their own
             if not _WORD.fullmatch(outcome):
-                raise UsageError(f"--outcome: found {outcome!r}, expected an outcome such as "
-                                 f"{', '.join(OUTCOMES)}")
-        return cls(window, tuple(map(_pattern, senders)), tuple(map(_pattern, recipients)),
-                   parse_networks(clients), tuple(r.lower() for r in rules), tuple(u.lower() for u in upstreams),
-                   tuple(outcomes), tuple(s.lower() for s in sessions))
+                raise UsageError(
+                    f"--outcome: found {outcome!r}, expected an outcome such as "
+                    f"{', '.join(OUTCOMES)}"
+                )
+        return cls(
+            window,
+            tuple(map(_pattern, senders)),
+            tuple(map(_pattern, recipients)),
+            parse_networks(clients),
+            tuple(r.lower() for r in rules),
+            tuple(u.lower() for u in upstreams),
+            tuple(outcomes),
+            tuple(s.lower() for s in sessions),
+        )
 
     def matches(self, record: Mapping[str, Any]) -> bool:
         if record.get("event") != RESULT:
@@ -147,7 +180,9 @@ class MessageFilter:
             return False
         if self.senders and not _like(record.get("sender"), self.senders):
             return False
-        if self.recipients and not any(_like(a, self.recipients) for a in recipient_addresses(record)):
+        if self.recipients and not any(
+            _like(a, self.recipients) for a in recipient_addresses(record)
+        ):
             return False
         if self.upstreams and not any(_like(u, self.upstreams) for u in upstreams_of(record)):
             return False
@@ -193,7 +228,11 @@ def upstreams_of(record: Mapping[str, Any]) -> list[str]:
 def rules_of(record: Mapping[str, Any]) -> list[str]:
     rules = record.get("rules")
     names = [str(r) for r in rules] if isinstance(rules, list) else []
-    names += [str(r["rule"]) for r in recipients_of(record) if r.get("rule") and str(r["rule"]) not in names]
+    names += [
+        str(r["rule"])
+        for r in recipients_of(record)
+        if r.get("rule") and str(r["rule"]) not in names
+    ]
     return names
 
 

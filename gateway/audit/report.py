@@ -28,8 +28,23 @@ from gateway.audit.query import (
 from gateway.audit.view import printable
 
 STEPS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
-STEP_NAMES = dict(zip(STEPS, ("second", "10 seconds", "minute", "5 minutes", "15 minutes", "hour", "4 hours",
-                              "day", "week"), strict=True))
+STEP_NAMES = dict(
+    zip(
+        STEPS,
+        (
+            "second",
+            "10 seconds",
+            "minute",
+            "5 minutes",
+            "15 minutes",
+            "hour",
+            "4 hours",
+            "day",
+            "week",
+        ),
+        strict=True,
+    )
+)
 NONE = "(none)"
 
 
@@ -92,7 +107,9 @@ class TimeSeries:
         first, last = min(self.buckets), max(self.buckets)
         step = next((s for s in STEPS if s >= self.step and (last - first) // s < bars), STEPS[-1])
         start = first // step * step
-        out: dict[int, Counter[str]] = {t: Counter() for t in range(start, last // step * step + 1, step)}
+        out: dict[int, Counter[str]] = {
+            t: Counter() for t in range(start, last // step * step + 1, step)
+        }
         for when, counts in self.buckets.items():
             out[when // step * step].update(counts)
         return step, sorted(out.items())
@@ -194,20 +211,25 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _table(title: str, rows: list[tuple[str, int]], total: int, width: int, unicode: bool,
-           note: str = "") -> list[str]:
+def _table(
+    title: str, rows: list[tuple[str, int]], total: int, width: int, unicode: bool, note: str = ""
+) -> list[str]:
     lines = [f"{title}{note}"]
     if not rows:
         return lines + ["  (none)", ""]
-    rows = [(printable(key), value) for key, value in rows]  # keys came from clients: no ESC reaches the tty
+    rows = [
+        (printable(key), value) for key, value in rows
+    ]  # keys came from clients: no ESC reaches the tty
     count_width = max(len(f"{v:,}") for _, v in rows)
     bar_width = max(10, min(30, width // 4))
     label_width = max(8, min(max(len(k) for k, _ in rows), width - bar_width - count_width - 14))
     largest = max(v for _, v in rows)
     for key, value in rows:
         share = f"{100 * value / total:5.1f}%" if total else ""
-        lines.append(f"  {_clip(key, label_width):<{label_width}}  {value:>{count_width},}  {share}  "
-                     f"{bar(value, largest, bar_width, unicode)}".rstrip())
+        lines.append(
+            f"  {_clip(key, label_width):<{label_width}}  {value:>{count_width},}  {share}  "
+            f"{bar(value, largest, bar_width, unicode)}".rstrip()
+        )
     return lines + [""]
 
 
@@ -226,26 +248,53 @@ def _step_name(step: int) -> str:
 
 def render_text(summary: Summary, width: int = 80, unicode: bool = True, top: int = 10) -> str:
     s = summary
-    out = [f"audit summary: {_stamp(s.first)} to {_stamp(s.last)}",
-           (f"{s.messages:,} message(s) in {s.sessions:,} session(s); {s.denied:,} session(s) denied by "
-            f"listener.allowed_clients; {s.refused_at_mail:,} refused at MAIL"), ""]
+    out = [
+        f"audit summary: {_stamp(s.first)} to {_stamp(s.last)}",
+        (
+            f"{s.messages:,} message(s) in {s.sessions:,} session(s); {s.denied:,} session(s) denied by "
+            f"listener.allowed_clients; {s.refused_at_mail:,} refused at MAIL"
+        ),
+        "",
+    ]
     out += _table("by outcome", _ordered(s.by_outcome), s.messages, width, unicode)
     out += _table("by rule", s.by_rule.most_common(top), s.messages, width, unicode)
     out += _table("by upstream", s.by_upstream.most_common(top), s.messages, width, unicode)
     out += _table("by TLS version", s.by_tls.most_common(top), s.messages, width, unicode)
     approx = " (approximate: many distinct values)"
-    out += _table("top senders", s.senders.top(top), s.messages, width, unicode,
-                  approx if s.senders.approximate else "")
-    out += _table("top rejection reasons", s.rejections.top(top), s.rejections.total, width, unicode,
-                  approx if s.rejections.approximate else "")
-    out += _table("top deferral reasons", s.deferrals.top(top), s.deferrals.total, width, unicode,
-                  approx if s.deferrals.approximate else "")
+    out += _table(
+        "top senders",
+        s.senders.top(top),
+        s.messages,
+        width,
+        unicode,
+        approx if s.senders.approximate else "",
+    )
+    out += _table(
+        "top rejection reasons",
+        s.rejections.top(top),
+        s.rejections.total,
+        width,
+        unicode,
+        approx if s.rejections.approximate else "",
+    )
+    out += _table(
+        "top deferral reasons",
+        s.deferrals.top(top),
+        s.deferrals.total,
+        width,
+        unicode,
+        approx if s.deferrals.approximate else "",
+    )
     step, buckets = s.outcome_series.series(bars=max(10, min(120, width - 30)))
     if buckets:
         out.append(f"messages per {_step_name(step)}, from {_stamp(_utc(buckets[0][0]))}")
-        for outcome in [o for o in OUTCOMES if s.by_outcome[o]] + [o for o in s.by_outcome if o not in OUTCOMES]:
+        for outcome in [o for o in OUTCOMES if s.by_outcome[o]] + [
+            o for o in s.by_outcome if o not in OUTCOMES
+        ]:
             values = [counts[outcome] for _, counts in buckets]
-            out.append(f"  {printable(outcome):<9} {sparkline(values, unicode)}  max {max(values):,}".rstrip())
+            out.append(
+                f"  {printable(outcome):<9} {sparkline(values, unicode)}  max {max(values):,}".rstrip()
+            )
         out.append("")
     return "\n".join(out)
 
@@ -282,8 +331,14 @@ def axis_ticks(value: int, most: int = 5) -> list[int]:
     return [0, value]
 
 
-def svg_stacked(series: TimeSeries, order: list[str], colours: Mapping[str, str], title: str,
-                width: int = 900, height: int = 260) -> str:
+def svg_stacked(
+    series: TimeSeries,
+    order: list[str],
+    colours: Mapping[str, str],
+    title: str,
+    width: int = 900,
+    height: int = 260,
+) -> str:
     """Stacked bars over time with axes, a legend and a tooltip per bar (SVG <title>)."""
     step, buckets = series.series(bars=72)
     if not buckets:
@@ -295,12 +350,21 @@ def svg_stacked(series: TimeSeries, order: list[str], colours: Mapping[str, str]
     slot = plot_w / len(buckets)
     gap = min(2.0, slot * 0.15)
     bar_w = min(slot - gap, 48.0)
-    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
-              f'aria-label="{_e(title)}" class="chart">'), f"<title>{_e(title)}</title>"]
+    parts = [
+        (
+            f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="{_e(title)}" class="chart">'
+        ),
+        f"<title>{_e(title)}</title>",
+    ]
     for value in ticks:  # grid lines and y labels
         y = top_pad + plot_h - plot_h * value / ceiling
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{value:,.0f}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+        )
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="axis">{value:,.0f}</text>'
+        )
     for index, (start, counts) in enumerate(buckets):
         x = left + index * slot + (slot - bar_w) / 2
         y = top_pad + plot_h
@@ -311,8 +375,10 @@ def svg_stacked(series: TimeSeries, order: list[str], colours: Mapping[str, str]
             if counts[key]:
                 h = plot_h * counts[key] / ceiling
                 y -= h
-                parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bar_w, 0.5):.1f}" '
-                             f'height="{h:.1f}" fill="{colours[key]}"/>')
+                parts.append(
+                    f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bar_w, 0.5):.1f}" '
+                    f'height="{h:.1f}" fill="{colours[key]}"/>'
+                )
         parts.append("</g>")
     ticks = sorted({0, len(buckets) // 2, len(buckets) - 1})
     clock = "%m-%d %H:%M:%S" if step < 60 else "%m-%d %H:%M" if step < 86400 else "%Y-%m-%d"
@@ -324,10 +390,14 @@ def svg_stacked(series: TimeSeries, order: list[str], colours: Mapping[str, str]
         elif len(ticks) > 1 and index == ticks[-1]:
             x, anchor = left + (index + 1) * slot, "end"
         label = _utc(buckets[index][0]).strftime(clock)
-        parts.append(f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="{anchor}" class="axis">'
-                     f"{_e(label)}</text>")
-    parts.append(f'<text x="{left}" y="{height - 6}" class="axis">UTC, one bar per {_e(_step_name(step))}'
-                 "</text>")
+        parts.append(
+            f'<text x="{x:.1f}" y="{height - bottom + 16}" text-anchor="{anchor}" class="axis">'
+            f"{_e(label)}</text>"
+        )
+    parts.append(
+        f'<text x="{left}" y="{height - 6}" class="axis">UTC, one bar per {_e(_step_name(step))}'
+        "</text>"
+    )
     x = left
     for key in order:  # legend
         parts.append(f'<rect x="{x}" y="6" width="12" height="12" fill="{colours[key]}"/>')
@@ -337,20 +407,29 @@ def svg_stacked(series: TimeSeries, order: list[str], colours: Mapping[str, str]
     return "\n".join(parts)
 
 
-def _html_bars(title: str, rows: list[tuple[str, int]], total: int, colours: Mapping[str, str] | None = None,
-               note: str = "") -> str:
+def _html_bars(
+    title: str,
+    rows: list[tuple[str, int]],
+    total: int,
+    colours: Mapping[str, str] | None = None,
+    note: str = "",
+) -> str:
     if not rows:
-        return f"<section><h2>{_e(title)}</h2><p class=\"empty\">none</p></section>"
+        return f'<section><h2>{_e(title)}</h2><p class="empty">none</p></section>'
     largest = max(v for _, v in rows)
     body = []
     for key, value in rows:
         share = f"{100 * value / total:.1f}%" if total else ""
         colour = (colours or {}).get(key, "#1565c0")
-        body.append(f'<tr><td class="key">{_e(key)}</td><td class="num">{value:,}</td>'
-                    f'<td class="num">{share}</td><td class="bar"><span style="width:{100 * value / largest:.1f}%;'
-                    f'background:{colour}"></span></td></tr>')
-    return (f"<section><h2>{_e(title)}</h2>{f'<p class=note>{_e(note)}</p>' if note else ''}"
-            f"<table>{''.join(body)}</table></section>")
+        body.append(
+            f'<tr><td class="key">{_e(key)}</td><td class="num">{value:,}</td>'
+            f'<td class="num">{share}</td><td class="bar"><span style="width:{100 * value / largest:.1f}%;'
+            f'background:{colour}"></span></td></tr>'
+        )
+    return (
+        f"<section><h2>{_e(title)}</h2>{f'<p class=note>{_e(note)}</p>' if note else ''}"
+        f"<table>{''.join(body)}</table></section>"
+    )
 
 
 CSS = """
@@ -375,7 +454,9 @@ td.bar{width:35%}td.bar span{display:block;height:12px;border-radius:2px;min-wid
 
 def render_html(summary: Summary, sources: list[str], generated: dt.datetime, top: int = 10) -> str:
     s = summary
-    outcomes = [o for o in OUTCOMES if s.by_outcome[o]] + [o for o in s.by_outcome if o not in OUTCOMES]
+    outcomes = [o for o in OUTCOMES if s.by_outcome[o]] + [
+        o for o in s.by_outcome if o not in OUTCOMES
+    ]
     outcome_colours = _colours(outcomes, COLOURS)
     upstreams = s.upstream_series.keys()
     upstream_colours = _colours(upstreams, {NONE: "#9e9e9e"})
@@ -383,32 +464,59 @@ def render_html(summary: Summary, sources: list[str], generated: dt.datetime, to
     cards += [(f"{s.by_outcome[o]:,}", o) for o in outcomes]
     cards += [(f"{s.denied:,}", "sessions denied"), (f"{s.refused_at_mail:,}", "refused at MAIL")]
     approx = "approximate: more distinct values than can be counted exactly"
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>mailgate audit summary</title>",
-        f"<style>{CSS}</style></head><body>",
-        "<h1>mailgate audit summary</h1>",
-        (f'<p class="sub">{_e(_stamp(s.first))} to {_e(_stamp(s.last))} &middot; '
-         f"{len(sources)} file(s)</p>"),
-        '<div class="cards">' + "".join(f"<div class=card><b>{_e(v)}</b><span>{_e(k)}</span></div>"
-                                        for v, k in cards) + "</div>",
-        "<h2>Messages over time, by outcome</h2>",
-        svg_stacked(s.outcome_series, outcomes, outcome_colours, "Messages over time, by outcome"),
-        "<h2>Messages over time, by upstream</h2>",
-        svg_stacked(s.upstream_series, upstreams, upstream_colours, "Messages over time, by upstream"),
-        '<div class="grid2">',
-        _html_bars("By outcome", _ordered(s.by_outcome), s.messages, outcome_colours),
-        _html_bars("By upstream", s.by_upstream.most_common(top), s.messages, upstream_colours),
-        _html_bars("By rule", s.by_rule.most_common(top), s.messages),
-        _html_bars("By TLS version", s.by_tls.most_common(top), s.messages),
-        "</div>",
-        _html_bars("Top senders", s.senders.top(top), s.messages, note=approx if s.senders.approximate else ""),
-        _html_bars("Top rejection reasons", s.rejections.top(top), s.rejections.total, {},
-                   approx if s.rejections.approximate else ""),
-        _html_bars("Top deferral reasons", s.deferrals.top(top), s.deferrals.total, {},
-                   approx if s.deferrals.approximate else ""),
-        f"<footer>Generated {_e(_stamp(generated))} by <code>mailgate audit summary</code> from "
-        + ", ".join(f"<code>{_e(p)}</code>" for p in sources) + ".</footer>",
-        "</body></html>", ""])
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            "<title>mailgate audit summary</title>",
+            f"<style>{CSS}</style></head><body>",
+            "<h1>mailgate audit summary</h1>",
+            (
+                f'<p class="sub">{_e(_stamp(s.first))} to {_e(_stamp(s.last))} &middot; '
+                f"{len(sources)} file(s)</p>"
+            ),
+            '<div class="cards">'
+            + "".join(f"<div class=card><b>{_e(v)}</b><span>{_e(k)}</span></div>" for v, k in cards)
+            + "</div>",
+            "<h2>Messages over time, by outcome</h2>",
+            svg_stacked(
+                s.outcome_series, outcomes, outcome_colours, "Messages over time, by outcome"
+            ),
+            "<h2>Messages over time, by upstream</h2>",
+            svg_stacked(
+                s.upstream_series, upstreams, upstream_colours, "Messages over time, by upstream"
+            ),
+            '<div class="grid2">',
+            _html_bars("By outcome", _ordered(s.by_outcome), s.messages, outcome_colours),
+            _html_bars("By upstream", s.by_upstream.most_common(top), s.messages, upstream_colours),
+            _html_bars("By rule", s.by_rule.most_common(top), s.messages),
+            _html_bars("By TLS version", s.by_tls.most_common(top), s.messages),
+            "</div>",
+            _html_bars(
+                "Top senders",
+                s.senders.top(top),
+                s.messages,
+                note=approx if s.senders.approximate else "",
+            ),
+            _html_bars(
+                "Top rejection reasons",
+                s.rejections.top(top),
+                s.rejections.total,
+                {},
+                approx if s.rejections.approximate else "",
+            ),
+            _html_bars(
+                "Top deferral reasons",
+                s.deferrals.top(top),
+                s.deferrals.total,
+                {},
+                approx if s.deferrals.approximate else "",
+            ),
+            f"<footer>Generated {_e(_stamp(generated))} by <code>mailgate audit summary</code> from "
+            + ", ".join(f"<code>{_e(p)}</code>" for p in sources)
+            + ".</footer>",
+            "</body></html>",
+            "",
+        ]
+    )

@@ -64,30 +64,42 @@ class MessageTable:
         upstream = max(10, spare // 9)
         sender = recipients = max(16, spare * 22 // 100)
         reply = max(16, spare - upstream - sender - recipients)
-        columns = (Column("time (UTC)", 19), Column("session", session), Column("client", 15),
-                   Column("sender", sender), Column("recipients", recipients), Column("outcome", 8),
-                   Column("upstream", upstream), Column("reply", reply))
+        columns = (
+            Column("time (UTC)", 19),
+            Column("session", session),
+            Column("client", 15),
+            Column("sender", sender),
+            Column("recipients", recipients),
+            Column("outcome", 8),
+            Column("upstream", upstream),
+            Column("reply", reply),
+        )
         return cls(columns)
 
     def _line(self, cells: Sequence[str]) -> str:
-        return "  ".join(f"{clip(c, col.width):<{col.width}}"
-                         for c, col in zip(cells, self.columns, strict=True)).rstrip()
+        return "  ".join(
+            f"{clip(c, col.width):<{col.width}}" for c, col in zip(cells, self.columns, strict=True)
+        ).rstrip()
 
     def header(self) -> str:
         return self._line([c.title for c in self.columns])
 
     def row(self, record: Mapping[str, Any]) -> str:
         sender = record.get("sender", "")
-        return self._line([
-            _time(record),
-            str(record.get("session_id", ""))[: self.columns[1].width],  # cut, not "…": still a prefix
-            str(record.get("client_ip", "")),
-            f"<{sender}>" if isinstance(sender, str) else "",
-            _recipients(record),
-            str(record.get("outcome", "")),
-            str(record.get("upstream") or "-"),
-            final_reply(record),
-        ])
+        return self._line(
+            [
+                _time(record),
+                str(record.get("session_id", ""))[
+                    : self.columns[1].width
+                ],  # cut, not "…": still a prefix
+                str(record.get("client_ip", "")),
+                f"<{sender}>" if isinstance(sender, str) else "",
+                _recipients(record),
+                str(record.get("outcome", "")),
+                str(record.get("upstream") or "-"),
+                final_reply(record),
+            ]
+        )
 
 
 def _value(value: Any) -> str:
@@ -125,13 +137,19 @@ def timeline(session_id: str, records: Sequence[tuple[str, int, Mapping[str, Any
     known = [t for t in times if t is not None]
     start: dt.datetime | None = min(known) if known else None
     files = sorted({source for source, _, _ in records})
-    lines = [f"session {session_id}: {len(records)} event(s)"
-             + (f", {start:%Y-%m-%d %H:%M:%S}Z to {max(known):%H:%M:%S}Z" if start else ""),
-             "in " + ", ".join(f"{f} (lines {_span([n for s, n, _ in records if s == f])})" for f in files), ""]
+    lines = [
+        f"session {session_id}: {len(records)} event(s)"
+        + (f", {start:%Y-%m-%d %H:%M:%S}Z to {max(known):%H:%M:%S}Z" if start else ""),
+        "in "
+        + ", ".join(f"{f} (lines {_span([n for s, n, _ in records if s == f])})" for f in files),
+        "",
+    ]
     for (source, number, record), when in zip(records, times):
         clock = f"{when:%H:%M:%S.%f}"[:12] if when else "?" * 12
         offset = f"+{(when - start).total_seconds():.3f}s" if when and start else ""
-        lines.append(f"{clock}  {offset:>8}  {record.get('event', '?'):<16} {_headline(record)}".rstrip())
+        lines.append(
+            f"{clock}  {offset:>8}  {record.get('event', '?'):<16} {_headline(record)}".rstrip()
+        )
         fields = [(k, v) for k, v in record.items() if k not in HIDDEN]
         width = max((len(k) for k, _ in fields), default=0)
         for key, value in fields:

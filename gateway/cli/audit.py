@@ -45,17 +45,23 @@ def find_sources(args: argparse.Namespace) -> Sources:
 
         path = configuration.load(args.config).audit.path
         if path == "-":
-            raise UsageError(f'{args.config}: audit.path: found "-" (standard output), expected a file path; '
-                             "pass the files that captured the gateway's output instead")
+            raise UsageError(
+                f'{args.config}: audit.path: found "-" (standard output), expected a file path; '
+                "pass the files that captured the gateway's output instead"
+            )
         found = audit_files.siblings(path)
         if not found:
-            raise AuditFileError(f"{path}: no audit file there, nor rotated ones (audit.path of {args.config})")
+            raise AuditFileError(
+                f"{path}: no audit file there, nor rotated ones (audit.path of {args.config})"
+            )
         current = path
     elif files:
         found = files
         current = None
     else:
-        raise UsageError("give audit files, or --config FILE to read [audit] path and its rotated files")
+        raise UsageError(
+            "give audit files, or --config FILE to read [audit] path and its rotated files"
+        )
     ordered = audit_files.chain_order(found)
     if current is None:
         current = ordered[-1] if ordered else files[-1]
@@ -76,18 +82,23 @@ class Records:
     def __iter__(self) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
         return self.parsed(self.scan, None)
 
-    def where(self, wanted: Callable[[str], bool] | None) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
+    def where(
+        self, wanted: Callable[[str], bool] | None
+    ) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
         return self.parsed(self.scan, wanted)
 
-    def parsed(self, lines: Iterable[tuple[str, int, str]],
-               wanted: Callable[[str], bool] | None) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
+    def parsed(
+        self, lines: Iterable[tuple[str, int, str]], wanted: Callable[[str], bool] | None
+    ) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
         for path, number, text in lines:
             if not text.strip():
                 continue
             if not (text.startswith("{") and text.endswith("}")):  # cheap: every line is looked at
                 self._complain(path, number, ValueError("a record is one JSON object on one line"))
                 continue
-            if wanted is not None and not wanted(text):  # cheaper than parsing lines nobody asked for
+            if wanted is not None and not wanted(
+                text
+            ):  # cheaper than parsing lines nobody asked for
                 continue
             try:
                 record = json.loads(text)
@@ -101,8 +112,10 @@ class Records:
         self.bad += 1
         count = self._bad_in[path] = self._bad_in.get(path, 0) + 1
         if count > BAD_LINES_PER_FILE:
-            raise AuditFileError(f"{path}: not an audit log (more than {BAD_LINES_PER_FILE} lines are not "
-                                 "JSON records)")
+            raise AuditFileError(
+                f"{path}: not an audit log (more than {BAD_LINES_PER_FILE} lines are not "
+                "JSON records)"
+            )
         self.stderr.write(f"mailgate: {path}:{number}: not a JSON record ({exc}); skipped\n")
 
     @property
@@ -132,12 +145,23 @@ def _unicode(stream: IO[str]) -> bool:
 
 def cmd_search(args: argparse.Namespace) -> int:
     query = audit_query.MessageFilter.build(
-        _window(args), senders=args.sender, recipients=args.recipient, clients=args.client, rules=args.rule,
-        upstreams=args.upstream, outcomes=args.outcome, sessions=args.session)
+        _window(args),
+        senders=args.sender,
+        recipients=args.recipient,
+        clients=args.client,
+        rules=args.rule,
+        upstreams=args.upstream,
+        outcomes=args.outcome,
+        sessions=args.session,
+    )
     sources = find_sources(args)
     records = Records(sources, sys.stderr)
     out = sys.stdout
-    table = None if args.json else audit_view.MessageTable.fitting(shutil.get_terminal_size((200, 24)).columns)
+    table = (
+        None
+        if args.json
+        else audit_view.MessageTable.fitting(shutil.get_terminal_size((200, 24)).columns)
+    )
     if table is not None:
         out.write(table.header() + "\n")
     matched = 0
@@ -192,8 +216,10 @@ def _stop_on_signals() -> None:
 def cmd_show(args: argparse.Namespace) -> int:
     wanted_id = args.session_id.strip().lower()
     if len(wanted_id) < 4 or not all(c.isalnum() or c in "-_" for c in wanted_id):
-        raise UsageError(f"SESSION_ID: found {args.session_id!r}, expected a session id (or its first 4+ "
-                         "characters) as in the session_id field")
+        raise UsageError(
+            f"SESSION_ID: found {args.session_id!r}, expected a session id (or its first 4+ "
+            "characters) as in the session_id field"
+        )
     sources = find_sources(args)
     records = Records(sources, sys.stderr)
     needle = f'"session_id":"{wanted_id}'
@@ -201,8 +227,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     texts: list[str] = []
     ids: set[str] = set()
     for path, number, text, record in records.where(lambda text: needle in text):
-        session = next((s.lower() for s in audit_query.sessions_of(record) if s.lower().startswith(wanted_id)),
-                       None)
+        session = next(
+            (s.lower() for s in audit_query.sessions_of(record) if s.lower().startswith(wanted_id)),
+            None,
+        )
         if session is None:
             continue
         ids.add(session)
@@ -213,10 +241,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         found.append((path, number, record))
         texts.append(text)
     if len(ids) > 1:
-        raise UsageError(f"SESSION_ID: {args.session_id!r} matches several sessions ({', '.join(sorted(ids))}"
-                         f"{', ...' if len(ids) >= 5 else ''}); give more characters")
+        raise UsageError(
+            f"SESSION_ID: {args.session_id!r} matches several sessions ({', '.join(sorted(ids))}"
+            f"{', ...' if len(ids) >= 5 else ''}); give more characters"
+        )
     if not found:
-        raise AuditFileError(f"session {args.session_id}: not found in {', '.join(sources.paths) or 'the files'}")
+        raise AuditFileError(
+            f"session {args.session_id}: not found in {', '.join(sources.paths) or 'the files'}"
+        )
     if args.json:
         sys.stdout.write("".join(t + "\n" for t in texts))
     else:
@@ -257,11 +289,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
             with open(args.html, "w", encoding="utf-8") as handle:
                 handle.write(page)
         except OSError as exc:
-            raise AuditFileError(f"{args.html}: cannot write the HTML page: {exc.strerror}") from None
-        print(f"wrote {args.html}: {summary.messages:,} message(s) from {len(sources.paths)} file(s)")
+            raise AuditFileError(
+                f"{args.html}: cannot write the HTML page: {exc.strerror}"
+            ) from None
+        print(
+            f"wrote {args.html}: {summary.messages:,} message(s) from {len(sources.paths)} file(s)"
+        )
     else:
         width = min(shutil.get_terminal_size((100, 24)).columns, 120)
-        print(audit_report.render_text(summary, width=width, unicode=_unicode(sys.stdout), top=args.top))
+        print(
+            audit_report.render_text(
+                summary, width=width, unicode=_unicode(sys.stdout), top=args.top
+            )
+        )
     return records.status
 
 
@@ -288,23 +328,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if check.problems > SHOW_BREAKS:
         out.write(f"... and {check.problems - SHOW_BREAKS:,} more problem(s)\n")
     for path, number in scan.incomplete:
-        out.write(f"note: {path}:{number}: the last line is incomplete (still being written, or cut by a "
-                  "crash); not verified\n")
+        out.write(
+            f"note: {path}:{number}: the last line is incomplete (still being written, or cut by a "
+            "crash); not verified\n"
+        )
     if check.first is not None and check.first.seq > 1:
-        out.write(f"note: the chain starts at seq {check.first.seq}; the records before it are in files "
-                  "not given here\n")
+        out.write(
+            f"note: the chain starts at seq {check.first.seq}; the records before it are in files "
+            "not given here\n"
+        )
     if check.restarts and args.allow_restarts:
-        out.write(f"note: a new chain started {check.restarts} time(s) (allowed by --allow-restarts)\n")
+        out.write(
+            f"note: a new chain started {check.restarts} time(s) (allowed by --allow-restarts)\n"
+        )
     files = f"{len(sources.paths)} file(s)"
     if check.verified == 0 and check.intact:
-        raise AuditFileError(f"no audit records in {', '.join(sources.paths) or ', '.join(args.files or [])}")
+        raise AuditFileError(
+            f"no audit records in {', '.join(sources.paths) or ', '.join(args.files or [])}"
+        )
     if not check.intact:
-        out.write(f"FAILED: {check.problems:,} problem(s) in {check.verified:,} record(s) in {files}: "
-                  "the audit trail is not intact\n")
+        out.write(
+            f"FAILED: {check.problems:,} problem(s) in {check.verified:,} record(s) in {files}: "
+            "the audit trail is not intact\n"
+        )
         return 1
     assert check.first is not None and check.head is not None
-    out.write(f"OK: {check.verified:,} record(s) verified in {files}, seq {check.first.seq:,} to "
-              f"{check.head.seq:,}; last hash {check.head.hash}\n")
+    out.write(
+        f"OK: {check.verified:,} record(s) verified in {files}, seq {check.first.seq:,} to "
+        f"{check.head.seq:,}; last hash {check.head.hash}\n"
+    )
     return 0
 
 
@@ -312,16 +364,29 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _sources_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="*", metavar="FILE",
-                        help="audit files: current and rotated, .gz included, in any order")
-    parser.add_argument("--config", metavar="FILE", help="read [audit] path from this config and find its "
-                        "rotated files (instead of naming files)")
+    parser.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="audit files: current and rotated, .gz included, in any order",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read [audit] path from this config and find its "
+        "rotated files (instead of naming files)",
+    )
 
 
 def _window_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", metavar="TIME", help="from this time: ISO (2026-11-28T13:00Z; UTC when "
-                        "no zone) or an age (30m, 2h, 7d)")
-    parser.add_argument("--until", metavar="TIME", help="up to (not including) this time, as for --since")
+    parser.add_argument(
+        "--since",
+        metavar="TIME",
+        help="from this time: ISO (2026-11-28T13:00Z; UTC when no zone) or an age (30m, 2h, 7d)",
+    )
+    parser.add_argument(
+        "--until", metavar="TIME", help="up to (not including) this time, as for --since"
+    )
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -340,43 +405,79 @@ def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 def add_commands(subparsers: Any) -> None:
     """Add ``mailgate audit ...`` to the top-level parser's subcommands."""
-    audit = subparsers.add_parser("audit", help="review audit logs: search, show, summary, verify",
-                                  description="Review audit logs (current and rotated files, .gz "
-                                  "included): search, show, summary, verify.")
+    audit = subparsers.add_parser(
+        "audit",
+        help="review audit logs: search, show, summary, verify",
+        description="Review audit logs (current and rotated files, .gz "
+        "included): search, show, summary, verify.",
+    )
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
 
     search = sub.add_parser("search", help="messages matching filters, as a table or JSON lines")
     _sources_arguments(search)
     _window_arguments(search)
     many = {"action": "append", "default": []}
-    search.add_argument("--sender", metavar="ADDR", help="envelope sender; * and ? are wildcards", **many)
-    search.add_argument("--recipient", metavar="ADDR", help="any recipient; * and ? are wildcards", **many)
+    search.add_argument(
+        "--sender", metavar="ADDR", help="envelope sender; * and ? are wildcards", **many
+    )
+    search.add_argument(
+        "--recipient", metavar="ADDR", help="any recipient; * and ? are wildcards", **many
+    )
     search.add_argument("--client", metavar="IP|CIDR", help="the app's address or network", **many)
-    search.add_argument("--rule", metavar="NAME", help="a policy rule that decided a recipient", **many)
-    search.add_argument("--upstream", metavar="NAME", help="the upstream the message went to", **many)
-    search.add_argument("--outcome", metavar="OUTCOME", help="as in message.result: relayed, rejected, "
-                        "deferred, failed", **many)
-    search.add_argument("--session", metavar="ID", help="a session id (* for a prefix: 3fa2*)", **many)
-    search.add_argument("--json", action="store_true", help="print matching records as JSON lines, unchanged")
-    search.add_argument("--follow", "-f", action="store_true",
-                        help="then keep reading the current file for new messages (Ctrl-C to stop)")
+    search.add_argument(
+        "--rule", metavar="NAME", help="a policy rule that decided a recipient", **many
+    )
+    search.add_argument(
+        "--upstream", metavar="NAME", help="the upstream the message went to", **many
+    )
+    search.add_argument(
+        "--outcome",
+        metavar="OUTCOME",
+        help="as in message.result: relayed, rejected, deferred, failed",
+        **many,
+    )
+    search.add_argument(
+        "--session", metavar="ID", help="a session id (* for a prefix: 3fa2*)", **many
+    )
+    search.add_argument(
+        "--json", action="store_true", help="print matching records as JSON lines, unchanged"
+    )
+    search.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="then keep reading the current file for new messages (Ctrl-C to stop)",
+    )
     search.set_defaults(func=_guarded(cmd_search))
 
     show = sub.add_parser("show", help="one session's whole timeline")
-    show.add_argument("session_id", metavar="SESSION_ID", help="the session_id (or its first characters)")
+    show.add_argument(
+        "session_id", metavar="SESSION_ID", help="the session_id (or its first characters)"
+    )
     _sources_arguments(show)
-    show.add_argument("--json", action="store_true", help="print the session's records as JSON lines")
+    show.add_argument(
+        "--json", action="store_true", help="print the session's records as JSON lines"
+    )
     show.set_defaults(func=_guarded(cmd_show))
 
     summary = sub.add_parser("summary", help="counts and charts over a time window")
     _sources_arguments(summary)
     _window_arguments(summary)
-    summary.add_argument("--top", type=int, default=10, metavar="N", help="rows in each top list (default 10)")
-    summary.add_argument("--html", metavar="FILE", help="write one self-contained HTML page with charts")
+    summary.add_argument(
+        "--top", type=int, default=10, metavar="N", help="rows in each top list (default 10)"
+    )
+    summary.add_argument(
+        "--html", metavar="FILE", help="write one self-contained HTML page with charts"
+    )
     summary.set_defaults(func=_guarded(cmd_summary))
 
-    verify = sub.add_parser("verify", help="check the hash chain: deleted, changed, inserted or moved records")
+    verify = sub.add_parser(
+        "verify", help="check the hash chain: deleted, changed, inserted or moved records"
+    )
     _sources_arguments(verify)
-    verify.add_argument("--allow-restarts", action="store_true",
-                        help="accept a new chain starting mid-stream (stdout logs: each start begins one)")
+    verify.add_argument(
+        "--allow-restarts",
+        action="store_true",
+        help="accept a new chain starting mid-stream (stdout logs: each start begins one)",
+    )
     verify.set_defaults(func=_guarded(cmd_verify))

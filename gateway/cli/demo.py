@@ -25,7 +25,11 @@ from gateway.errors import MailgateError
 from gateway.testing.pki import ThrowawayCA
 from gateway.testing.submission import SubmissionServer
 
-DEFAULT_POLICY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "policies", "demo.toml")
+DEFAULT_POLICY = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    "policies",
+    "demo.toml",
+)
 SENDER = "cron@app.demo"
 
 
@@ -35,16 +39,20 @@ def _message(to: str, subject: str) -> EmailMessage:
     message["To"] = to
     message["Subject"] = subject
     message["Message-ID"] = make_msgid(domain="app.demo")
-    message.set_content(f"Hello from the mailgate demo.\n\n{subject}\n.\n(a line with a lone dot above)\n")
+    message.set_content(
+        f"Hello from the mailgate demo.\n\n{subject}\n.\n(a line with a lone dot above)\n"
+    )
     return message
 
 
 def _send_all(port: int) -> list[tuple[str, str]]:
     """The app's side: plain SMTP to the gateway. Returns (recipient, outcome) pairs."""
     outcomes = []
-    for to, subject in [("ops@example.net", "via 587 STARTTLS"),
-                        ("ops@example.org", "via 465 implicit TLS"),
-                        ("someone@blocked.example", "refused by policy")]:
+    for to, subject in [
+        ("ops@example.net", "via 587 STARTTLS"),
+        ("ops@example.org", "via 465 implicit TLS"),
+        ("someone@blocked.example", "refused by policy"),
+    ]:
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             try:
                 client.send_message(_message(to, subject))
@@ -129,15 +137,22 @@ def _run(policy_path: str, folder: str, servers: list[SubmissionServer]) -> int:
     print("\n-- what the upstreams received --")
     for name, server in (("submission", starttls), ("smtps", implicit)):
         for message in server.messages:
-            print(f"  {name}: from {message.sender} to {', '.join(message.recipients)}; "
-                  f"{message.tls_version}; authenticated as {message.auth_user}; {len(message.content)} bytes")
+            print(
+                f"  {name}: from {message.sender} to {', '.join(message.recipients)}; "
+                f"{message.tls_version}; authenticated as {message.auth_user}; {len(message.content)} bytes"
+            )
     print("\n-- audit events --")
     with open(audit_path, encoding="utf-8") as handle:
         for line in handle:
             event = json.loads(line)
             print("  " + json.dumps(event, sort_keys=False))
     delivered = len(starttls.messages) == 1 and len(implicit.messages) == 1
-    tls_ok = all(m.tls_version in ("TLSv1.2", "TLSv1.3") for m in starttls.messages + implicit.messages)
-    print(f"\nresult: {'OK' if delivered and tls_ok else 'FAILED'} - both routes delivered over verified TLS with AUTH"
-          if delivered and tls_ok else "\nresult: FAILED")
+    tls_ok = all(
+        m.tls_version in ("TLSv1.2", "TLSv1.3") for m in starttls.messages + implicit.messages
+    )
+    print(
+        f"\nresult: {'OK' if delivered and tls_ok else 'FAILED'} - both routes delivered over verified TLS with AUTH"
+        if delivered and tls_ok
+        else "\nresult: FAILED"
+    )
     return 0 if delivered and tls_ok else 1

@@ -46,8 +46,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             except MailgateError as exc:
                 problems.append(f"{args.config}: {exc}")
         if not config.rules:
-            problems.append(f"{args.config}: rules: found no rules, expected at least one [[rules]] "
-                            "(with none, every recipient is refused)")
+            problems.append(
+                f"{args.config}: rules: found no rules, expected at least one [[rules]] "
+                "(with none, every recipient is refused)"
+            )
     if problems:
         for problem in problems:
             print(problem, file=sys.stderr)
@@ -74,7 +76,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"  every command would get: {policy.replies.GREETING_DENIED}")
     if args.app is not None:
         if args.app not in config.apps:
-            raise UsageError(f"--app: found {args.app!r}, expected one of the [apps] ({', '.join(config.apps) or 'none'})")
+            raise UsageError(
+                f"--app: found {args.app!r}, expected one of the [apps] ({', '.join(config.apps) or 'none'})"
+            )
         owned = policy.sender_owned(config.apps[args.app].senders, sender.text)
         print(f"app {args.app!r}: sender {'owned' if owned else 'NOT owned (553 5.7.1 at MAIL)'}")
     print(f"sender <{sender.text}>")
@@ -87,14 +91,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
             continue
         decision = policy.decide(config, client, sender, recipient, args.app)
         rule = f"rule {decision.rule.name!r}" if decision.rule else "no rule matches"
-        if decision.action == "relay" and decision.upstreams and decision.rule and decision.rule.delivery == "queue":
+        if (
+            decision.action == "relay"
+            and decision.upstreams
+            and decision.rule
+            and decision.rule.delivery == "queue"
+        ):
             up = decision.upstreams[0]
-            print(f"  <{recipient.text}>: {rule} -> queue for delivery via upstream {up.name!r} "
-                  f"({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})")
+            print(
+                f"  <{recipient.text}>: {rule} -> queue for delivery via upstream {up.name!r} "
+                f"({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})"
+            )
         elif decision.action == "relay" and decision.upstreams:
             hops = ", then ".join(
                 f"upstream {up.name!r} ({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})"
-                for up in decision.upstreams)
+                for up in decision.upstreams
+            )
             print(f"  <{recipient.text}>: {rule} -> relay via {hops}")
         else:
             print(f"  <{recipient.text}>: {rule} -> reject: {decision.reply}")
@@ -125,22 +137,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mailgate", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="mailgate", description=__doc__.split("\n")[0] if __doc__ else None
+    )
     parser.add_argument("--version", action="version", version=f"mailgate {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the gateway daemon")
-    run.add_argument("--config", metavar="FILE", help="TOML config (default: embedded, from MAILGATE_UPSTREAM)")
+    run.add_argument(
+        "--config", metavar="FILE", help="TOML config (default: embedded, from MAILGATE_UPSTREAM)"
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config file and report every problem")
     check.add_argument("--config", metavar="FILE", required=True)
     check.set_defaults(func=cmd_check)
 
-    explain = sub.add_parser("explain", help="show which rule, action and upstream apply; sends nothing")
+    explain = sub.add_parser(
+        "explain", help="show which rule, action and upstream apply; sends nothing"
+    )
     explain.add_argument("--config", metavar="FILE")
     explain.add_argument("--client", required=True, metavar="IP")
-    explain.add_argument("--from", dest="sender", required=True, metavar="ADDR", help="envelope sender ('' for <>)")
+    explain.add_argument(
+        "--from", dest="sender", required=True, metavar="ADDR", help="envelope sender ('' for <>)"
+    )
     explain.add_argument("--app", metavar="NAME", help="as if authenticated as this [apps.NAME]")
     explain.add_argument("--to", dest="recipients", required=True, action="append", metavar="ADDR")
     explain.set_defaults(func=cmd_explain)
@@ -156,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     oauth_cli.add_commands(sub)
 
     from gateway.cli.audit import add_commands as add_audit_commands
+
     add_audit_commands(sub)
 
     from gateway.cli.queue import add_commands as add_queue_commands

@@ -37,8 +37,10 @@ def _spool(args: argparse.Namespace) -> Spool:
     config = configuration.load(args.config) if args.config else configuration.from_environment()
     spool = Spool(config.queue.path)
     if not spool.exists():
-        raise MailgateError(f"queue.path: {config.queue.path} is not a spool (no active/ folder); "
-                            "it is created when the gateway starts with a queue rule")
+        raise MailgateError(
+            f"queue.path: {config.queue.path} is not a spool (no active/ folder); "
+            "it is created when the gateway starts with a queue rule"
+        )
     return spool
 
 
@@ -52,8 +54,10 @@ def _age(seconds: float) -> str:
 
 def _line(envelope: Envelope, state: str, now: float, recipients: list[str]) -> str:
     reply = (envelope.last_reply or "-").replace("\n", " / ")
-    return (f"{envelope.id}  {state:<8}  {_age(now - envelope.received):>4}  <{envelope.sender}>  "
-            f"{','.join(recipients) or '-'}  attempts={envelope.attempts}  {reply}")
+    return (
+        f"{envelope.id}  {state:<8}  {_age(now - envelope.received):>4}  <{envelope.sender}>  "
+        f"{','.join(recipients) or '-'}  attempts={envelope.attempts}  {reply}"
+    )
 
 
 def _envelopes(spool: Spool, states: tuple[str, ...]) -> list[tuple[str, Envelope]]:
@@ -71,7 +75,9 @@ def _envelopes(spool: Spool, states: tuple[str, ...]) -> list[tuple[str, Envelop
 
 def _find(spool: Spool, queue_id: str) -> str:
     if not valid_id(queue_id):
-        raise UsageError(f"ID: found {queue_id!r}, expected a queue id as printed by `mailgate queue list`")
+        raise UsageError(
+            f"ID: found {queue_id!r}, expected a queue id as printed by `mailgate queue list`"
+        )
     state = spool.locate(queue_id)
     if state is None or state == TRASH:
         raise MailgateError(f"queue: no message {queue_id}")
@@ -91,7 +97,11 @@ def cmd_dead(args: argparse.Namespace) -> int:
     spool, now = _spool(args), time.time()
     messages = _envelopes(spool, (DEAD,))
     for state, envelope in messages:
-        print(_line(envelope, state, now, [r.address for r in envelope.recipients if r.status == FAILED]))
+        print(
+            _line(
+                envelope, state, now, [r.address for r in envelope.recipients if r.status == FAILED]
+            )
+        )
     print(f"-- {len(messages)} dead letter(s)", file=sys.stderr)
     return 0
 
@@ -101,17 +111,27 @@ def cmd_show(args: argparse.Namespace) -> int:
     state = _find(spool, args.id)
     envelope = spool.load(state, args.id)
     out: dict[str, Any] = {
-        "id": envelope.id, "state": state, "sender": envelope.sender, "message_id": envelope.message_id,
-        "size": envelope.size, "sha256": envelope.sha256, "received": envelope.received,
-        "attempts": envelope.attempts, "next_attempt": envelope.next_attempt if state == DEFERRED else None,
-        "bounce_of": envelope.bounce_of, "session_id": envelope.session_id, "client_ip": envelope.client_ip,
+        "id": envelope.id,
+        "state": state,
+        "sender": envelope.sender,
+        "message_id": envelope.message_id,
+        "size": envelope.size,
+        "sha256": envelope.sha256,
+        "received": envelope.received,
+        "attempts": envelope.attempts,
+        "next_attempt": envelope.next_attempt if state == DEFERRED else None,
+        "bounce_of": envelope.bounce_of,
+        "session_id": envelope.session_id,
+        "client_ip": envelope.client_ip,
     }
     for key, value in out.items():
         if value is not None:
             print(f"{key}: {value}")
     for r in envelope.recipients:
-        print(f"recipient: <{r.address}> {r.status} via {r.upstream} attempts={r.attempts} "
-              f"last_reply={r.last_reply or '-'}" + (" (expired)" if r.expired else ""))
+        print(
+            f"recipient: <{r.address}> {r.status} via {r.upstream} attempts={r.attempts} "
+            f"last_reply={r.last_reply or '-'}" + (" (expired)" if r.expired else "")
+        )
     return 0
 
 
@@ -124,7 +144,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
     for queue_id in ids:
         state = DEFERRED if args.all else _find(spool, queue_id)
         if state == DEAD:
-            raise MailgateError(f"queue: {queue_id} is a dead letter; use `mailgate queue requeue {queue_id}`")
+            raise MailgateError(
+                f"queue: {queue_id} is a dead letter; use `mailgate queue requeue {queue_id}`"
+            )
         if state != DEFERRED:
             print(f"{queue_id}: already due ({state})")
             continue
@@ -152,7 +174,9 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     spool = _spool(args)
     state = _find(spool, args.id)
     if state != DEAD:
-        raise MailgateError(f"queue: {args.id} is not a dead letter (it is {state}); use `queue retry`")
+        raise MailgateError(
+            f"queue: {args.id} is not a dead letter (it is {state}); use `queue retry`"
+        )
     envelope = spool.load(DEAD, args.id)
     failed = [r for r in envelope.recipients if r.status == FAILED]
     for recipient in failed:
@@ -180,7 +204,11 @@ def add_commands(subparsers: Any) -> None:
         parser.set_defaults(func=func)
         return parser
 
-    command("list", cmd_list, "one line per queued message: id, state, age, sender, pending, attempts, last reply")
+    command(
+        "list",
+        cmd_list,
+        "one line per queued message: id, state, age, sender, pending, attempts, last reply",
+    )
     command("show", cmd_show, "every detail of one message", with_id=True)
     retry = command("retry", cmd_retry, "deliver now, ignoring backoff (ID or --all)")
     retry.add_argument("id", metavar="ID", nargs="?")

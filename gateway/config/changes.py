@@ -11,9 +11,18 @@ from __future__ import annotations
 from gateway.config.model import Config
 from gateway.errors import Problem
 
-FIXED = ("listener.listen", "listener.proxy_protocol", "metrics.listen", "audit.path",
-         # the spool and its delivery runner are set up at start
-         "queue.path", "queue.min_backoff", "queue.max_backoff", "queue.max_age", "queue.bounce")
+FIXED = (
+    "listener.listen",
+    "listener.proxy_protocol",
+    "metrics.listen",
+    "audit.path",
+    # the spool and its delivery runner are set up at start
+    "queue.path",
+    "queue.min_backoff",
+    "queue.max_backoff",
+    "queue.max_age",
+    "queue.bounce",
+)
 
 
 def _value(config: Config, key: str) -> object:

@@ -196,7 +196,9 @@ def parse(document: Mapping[str, Any], source: str) -> Config:
 def _describe(value: object) -> str:
     kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(type(value))
     if kind is None:
-        kind = "table" if isinstance(value, dict) else "array" if isinstance(value, list) else "value"
+        kind = (
+            "table" if isinstance(value, dict) else "array" if isinstance(value, list) else "value"
+        )
     text = repr(value)
     return f"{text if len(text) <= 300 else text[:297] + '...'} ({kind})"
 
@@ -233,9 +235,15 @@ class _Reader:
             return default
         return value
 
-    def number(self, table: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+    def number(
+        self, table: Mapping[str, Any], key: str, default: float, low: float, high: float
+    ) -> float:
         value = table.get(key.rpartition(".")[2], default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
             self.problem(key, value, f"a number of seconds from {low:g} to {high:g}")
             return default
         return float(value)
@@ -247,12 +255,23 @@ class _Reader:
             return default
         return value
 
-    def string(self, table: Mapping[str, Any], key: str, default: str | None, *, choices: tuple[str, ...] = ()) -> str | None:
+    def string(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        default: str | None,
+        *,
+        choices: tuple[str, ...] = (),
+    ) -> str | None:
         value = table.get(key.rpartition(".")[2], default)
         if value is None:
             return None
         if not isinstance(value, str) or not value or (choices and value not in choices):
-            expected = "one of " + ", ".join(f'"{c}"' for c in choices) if choices else "a non-empty string"
+            expected = (
+                "one of " + ", ".join(f'"{c}"' for c in choices)
+                if choices
+                else "a non-empty string"
+            )
             self.problem(key, value, expected)
             return default
         return value
@@ -263,7 +282,11 @@ class _Reader:
             return None
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v for v in value)
+        ):
             self.problem(key, value, "a non-empty list of non-empty strings")
             return None
         return tuple(value)
@@ -276,14 +299,19 @@ class _Reader:
         for i, text in enumerate(values):
             try:
                 network = ipaddress.ip_network(text, strict=False)
-                if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 \
-                        and network.network_address.ipv4_mapped is not None:
+                if (
+                    isinstance(network, ipaddress.IPv6Network)
+                    and network.prefixlen >= 96
+                    and network.network_address.ipv4_mapped is not None
+                ):
                     # Clients arrive as IPv4 (mapped addresses are unmapped), so match them as IPv4.
                     mapped = network.network_address.ipv4_mapped
                     network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
                 networks.append(network)
             except ValueError:
-                self.problem(f"{key}[{i}]", text, 'a CIDR network such as "10.1.0.0/16" or "::1/128"')
+                self.problem(
+                    f"{key}[{i}]", text, 'a CIDR network such as "10.1.0.0/16" or "::1/128"'
+                )
         return tuple(networks)
 
     # --- sections -------------------------------------------------------------------
@@ -297,19 +325,34 @@ class _Reader:
         apps = self.apps(document)
         rules = self.rules(document, upstreams, apps)
         if listener.require_auth and not apps:
-            self.problem("listener.require_auth", True, "at least one [apps.NAME] table to authenticate")
+            self.problem(
+                "listener.require_auth", True, "at least one [apps.NAME] table to authenticate"
+            )
         metrics = self.metrics(document)
-        return Config(listener, audit, upstreams, rules, apps, self.source, metrics=metrics,
-                      queue=self.queue(document))
+        return Config(
+            listener,
+            audit,
+            upstreams,
+            rules,
+            apps,
+            self.source,
+            metrics=metrics,
+            queue=self.queue(document),
+        )
 
     def queue(self, document: Mapping[str, Any]) -> QueueConfig:
         d = QueueConfig()
-        t = self.table(document, "queue", {"path", "min_backoff", "max_backoff", "max_age", "bounce"})
+        t = self.table(
+            document, "queue", {"path", "min_backoff", "max_backoff", "max_age", "bounce"}
+        )
         min_backoff = self.number(t, "queue.min_backoff", d.min_backoff, 1, 86400)
         max_backoff = self.number(t, "queue.max_backoff", d.max_backoff, 1, 86400)
         if max_backoff < min_backoff:
-            self.problem("queue.max_backoff", t.get("max_backoff", max_backoff),
-                         f"a number of seconds not below queue.min_backoff ({min_backoff:g})")
+            self.problem(
+                "queue.max_backoff",
+                t.get("max_backoff", max_backoff),
+                f"a number of seconds not below queue.min_backoff ({min_backoff:g})",
+            )
         bounce = t.get("bounce", d.bounce)
         if not isinstance(bounce, bool):
             self.problem("queue.bounce", bounce, "true or false")
@@ -324,10 +367,22 @@ class _Reader:
 
     def listener(self, document: Mapping[str, Any]) -> ListenerConfig:
         d = ListenerConfig()
-        known = {"listen", "allowed_clients", "hostname", "max_message_size", "max_recipients",
-                 "idle_timeout", "shutdown_grace", "require_auth", "max_connections",
-                 "max_connections_per_client", "max_errors", "data_timeout", "min_data_rate",
-                 "proxy_protocol"}
+        known = {
+            "listen",
+            "allowed_clients",
+            "hostname",
+            "max_message_size",
+            "max_recipients",
+            "idle_timeout",
+            "shutdown_grace",
+            "require_auth",
+            "max_connections",
+            "max_connections_per_client",
+            "max_errors",
+            "data_timeout",
+            "min_data_rate",
+            "proxy_protocol",
+        }
         t = self.table(document, "listener", known)
         listen = self.endpoint(t, "listener.listen", d.listen)
         allowed = self.networks(t, "listener.allowed_clients")
@@ -335,14 +390,19 @@ class _Reader:
             listen=listen,
             allowed_clients=d.allowed_clients if allowed is None else allowed,
             hostname=self.string(t, "listener.hostname", d.hostname) or d.hostname,
-            max_message_size=self.integer(t, "listener.max_message_size", d.max_message_size, 1024, 2**40),
+            max_message_size=self.integer(
+                t, "listener.max_message_size", d.max_message_size, 1024, 2**40
+            ),
             max_recipients=self.integer(t, "listener.max_recipients", d.max_recipients, 1, 100000),
             idle_timeout=self.number(t, "listener.idle_timeout", d.idle_timeout, 1, 86400),
             shutdown_grace=self.number(t, "listener.shutdown_grace", d.shutdown_grace, 0, 3600),
             require_auth=self.boolean(t, "listener.require_auth", d.require_auth),
-            max_connections=self.integer(t, "listener.max_connections", d.max_connections, 1, 1000000),
+            max_connections=self.integer(
+                t, "listener.max_connections", d.max_connections, 1, 1000000
+            ),
             max_connections_per_client=self.integer(
-                t, "listener.max_connections_per_client", d.max_connections_per_client, 1, 1000000),
+                t, "listener.max_connections_per_client", d.max_connections_per_client, 1, 1000000
+            ),
             max_errors=self.integer(t, "listener.max_errors", d.max_errors, 1, 10000),
             data_timeout=self.number(t, "listener.data_timeout", d.data_timeout, 1, 86400),
             min_data_rate=self.integer(t, "listener.min_data_rate", d.min_data_rate, 0, 2**30),
@@ -381,9 +441,24 @@ class _Reader:
         if not isinstance(value, dict):
             self.problem(key, value, "a table")
             return UpstreamConfig(name=name, host="invalid")
-        known = {"host", "port", "tls", "username", "password_env", "password_file", "ca_file",
-                 "min_tls_version", "pin_sha256", "connect_timeout", "command_timeout", "data_timeout",
-                 "failover_cooldown", "max_connections", "pool_idle_timeout", "pool_max_messages"}
+        known = {
+            "host",
+            "port",
+            "tls",
+            "username",
+            "password_env",
+            "password_file",
+            "ca_file",
+            "min_tls_version",
+            "pin_sha256",
+            "connect_timeout",
+            "command_timeout",
+            "data_timeout",
+            "failover_cooldown",
+            "max_connections",
+            "pool_idle_timeout",
+            "pool_max_messages",
+        }
         known |= UPSTREAM_KEYS
         self.unknown_keys(value, key, known)
         t = value
@@ -391,30 +466,53 @@ class _Reader:
         auth, oauth = read_upstream_auth(self, t, key, preset)
         host = self.string(t, f"{key}.host", preset.host if preset else None)
         if host is None:
-            self.problem(f"{key}.host", "nothing", "the upstream's host name, as on its certificate", raw=True)
+            self.problem(
+                f"{key}.host",
+                "nothing",
+                "the upstream's host name, as on its certificate",
+                raw=True,
+            )
             host = "invalid"
         port = self.integer(t, f"{key}.port", 587, 1, 65535)
-        tls = self.string(t, f"{key}.tls", "implicit" if port == 465 else "starttls", choices=TLS_MODES)
+        tls = self.string(
+            t, f"{key}.tls", "implicit" if port == 465 else "starttls", choices=TLS_MODES
+        )
         username = self.string(t, f"{key}.username", None)
         password_env = self.string(t, f"{key}.password_env", None)
         password_file = self.string(t, f"{key}.password_file", None)
         if password_env and password_file:
-            self.problem(f"{key}.password_file", "both password_env and password_file",
-                         "exactly one of the two", raw=True)
+            self.problem(
+                f"{key}.password_file",
+                "both password_env and password_file",
+                "exactly one of the two",
+                raw=True,
+            )
         if auth == "password" and username and not (password_env or password_file):
-            self.problem(f"{key}.password_env", "nothing",
-                         "password_env or password_file when username is set", raw=True)
+            self.problem(
+                f"{key}.password_env",
+                "nothing",
+                "password_env or password_file when username is set",
+                raw=True,
+            )
         if (password_env or password_file) and not username:
-            self.problem(f"{key}.username", "nothing", "a username when a password is configured", raw=True)
+            self.problem(
+                f"{key}.username", "nothing", "a username when a password is configured", raw=True
+            )
         ca_file = self.string(t, f"{key}.ca_file", None)
         if ca_file and not os.path.isfile(ca_file):
-            self.problem(f"{key}.ca_file", ca_file, "an existing PEM file of trusted CA certificates")
+            self.problem(
+                f"{key}.ca_file", ca_file, "an existing PEM file of trusted CA certificates"
+            )
         pins = self.strings(t, f"{key}.pin_sha256") or ()
         normalised = []
         for i, pin in enumerate(pins):
             hexpin = pin.replace(":", "").lower()
             if len(hexpin) != 64 or any(c not in "0123456789abcdef" for c in hexpin):
-                self.problem(f"{key}.pin_sha256[{i}]", pin, "64 hex digits (SHA-256 of the DER certificate), colons optional")
+                self.problem(
+                    f"{key}.pin_sha256[{i}]",
+                    pin,
+                    "64 hex digits (SHA-256 of the DER certificate), colons optional",
+                )
             normalised.append(hexpin)
         return UpstreamConfig(
             name=name,
@@ -425,7 +523,8 @@ class _Reader:
             password_env=password_env,
             password_file=password_file,
             ca_file=ca_file,
-            min_tls_version=self.string(t, f"{key}.min_tls_version", "1.2", choices=TLS_VERSIONS) or "1.2",
+            min_tls_version=self.string(t, f"{key}.min_tls_version", "1.2", choices=TLS_VERSIONS)
+            or "1.2",
             pin_sha256=tuple(normalised),
             connect_timeout=self.number(t, f"{key}.connect_timeout", 30, 0.1, 3600),
             command_timeout=self.number(t, f"{key}.command_timeout", 120, 0.1, 3600),
@@ -452,10 +551,19 @@ class _Reader:
             self.unknown_keys(value, key, {"password_hash", "senders", "check_from_header"})
             password_hash = self.string(value, f"{key}.password_hash", None)
             if password_hash is None:
-                self.problem(f"{key}.password_hash", "nothing", "a hash made by `mailgate hash-password`", raw=True)
+                self.problem(
+                    f"{key}.password_hash",
+                    "nothing",
+                    "a hash made by `mailgate hash-password`",
+                    raw=True,
+                )
             elif not password_hash.startswith(HASH_PREFIXES):
-                self.problem(f"{key}.password_hash", "a value that is not a password hash",
-                             "an argon2, bcrypt or scrypt hash made by `mailgate hash-password`", raw=True)
+                self.problem(
+                    f"{key}.password_hash",
+                    "a value that is not a password hash",
+                    "an argon2, bcrypt or scrypt hash made by `mailgate hash-password`",
+                    raw=True,
+                )
             apps[name] = App(
                 name=name,
                 password_hash=password_hash or "",
@@ -464,16 +572,31 @@ class _Reader:
             )
         return apps
 
-    def upstream_names(self, table: Mapping[str, Any], key: str, upstreams: Mapping[str, UpstreamConfig],
-                       *, required: bool) -> tuple[str, ...]:
+    def upstream_names(
+        self,
+        table: Mapping[str, Any],
+        key: str,
+        upstreams: Mapping[str, UpstreamConfig],
+        *,
+        required: bool,
+    ) -> tuple[str, ...]:
         """``upstream = "NAME"`` or ``upstream = ["primary", "backup"]`` (failover, in order)."""
         value = table.get("upstream")
         if value is None:
             if required:
-                self.problem(key, "nothing", "the name of an [upstreams.NAME] table, or a list of them", raw=True)
+                self.problem(
+                    key,
+                    "nothing",
+                    "the name of an [upstreams.NAME] table, or a list of them",
+                    raw=True,
+                )
             return ()
         names = [value] if isinstance(value, str) else value
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n for n in names)
+        ):
             self.problem(key, value, 'an upstream name or a list such as ["primary", "backup"]')
             return ()
         defined = ", ".join(sorted(upstreams)) or "none defined"
@@ -485,11 +608,17 @@ class _Reader:
             self.problem(key, value, "each upstream at most once")
         return tuple(names)
 
-    def rule_apps(self, table: Mapping[str, Any], key: str, apps: Mapping[str, App]) -> tuple[str, ...] | None:
+    def rule_apps(
+        self, table: Mapping[str, Any], key: str, apps: Mapping[str, App]
+    ) -> tuple[str, ...] | None:
         names = self.strings(table, key)
         for i, name in enumerate(names or ()):
             if name not in apps:
-                self.problem(f"{key}[{i}]", name, f"one of the defined apps ({', '.join(sorted(apps)) or 'none defined'})")
+                self.problem(
+                    f"{key}[{i}]",
+                    name,
+                    f"one of the defined apps ({', '.join(sorted(apps)) or 'none defined'})",
+                )
         return names
 
     def rate(self, table: Mapping[str, Any], key: str) -> Rate | None:
@@ -501,8 +630,12 @@ class _Reader:
             self.problem(key, value, 'COUNT/UNIT such as "100/minute" (unit: second, minute, hour)')
         return rate
 
-    def rules(self, document: Mapping[str, Any], upstreams: Mapping[str, UpstreamConfig],
-              apps: Mapping[str, App]) -> tuple[Rule, ...]:
+    def rules(
+        self,
+        document: Mapping[str, Any],
+        upstreams: Mapping[str, UpstreamConfig],
+        apps: Mapping[str, App],
+    ) -> tuple[Rule, ...]:
         section = document.get("rules", [])
         if not isinstance(section, list):
             self.problem("rules", section, "an array of [[rules]] tables")
@@ -513,36 +646,52 @@ class _Reader:
             if not isinstance(value, dict):
                 self.problem(key, value, "a table")
                 continue
-            known = {"name", "clients", "senders", "recipients", "action", "upstream", "apps", "rate",
-                     "delivery"}
+            known = {
+                "name",
+                "clients",
+                "senders",
+                "recipients",
+                "action",
+                "upstream",
+                "apps",
+                "rate",
+                "delivery",
+            }
             known |= {"rewrite_from", "strip_headers"}
             self.unknown_keys(value, key, known)
             name = self.string(value, f"{key}.name", f"rule-{i + 1}") or f"rule-{i + 1}"
             action = self.string(value, f"{key}.action", None, choices=ACTIONS)
             if action is None and "action" not in value:
                 self.problem(f"{key}.action", "nothing", '"relay" or "reject"', raw=True)
-            delivery = self.string(value, f"{key}.delivery", "relay", choices=DELIVERY_MODES) or "relay"
+            delivery = (
+                self.string(value, f"{key}.delivery", "relay", choices=DELIVERY_MODES) or "relay"
+            )
             if delivery == "queue" and action != "relay":
-                self.problem(f"{key}.delivery", delivery, 'delivery = "queue" only with action = "relay"')
-            names = self.upstream_names(value, f"{key}.upstream", upstreams, required=action == "relay")
-            rules.append(Rule(
-                name=name,
-                action=action or "reject",
-                upstreams=names,
-                clients=self.networks(value, f"{key}.clients"),
-                senders=self.strings(value, f"{key}.senders"),
-                recipients=self.strings(value, f"{key}.recipients"),
-                apps=self.rule_apps(value, f"{key}.apps", apps),
-                rate=self.rate(value, f"{key}.rate"),
-                headers=read_header_edits(self, value, key),
-                delivery=delivery,
-            ))
+                self.problem(
+                    f"{key}.delivery", delivery, 'delivery = "queue" only with action = "relay"'
+                )
+            names = self.upstream_names(
+                value, f"{key}.upstream", upstreams, required=action == "relay"
+            )
+            rules.append(
+                Rule(
+                    name=name,
+                    action=action or "reject",
+                    upstreams=names,
+                    clients=self.networks(value, f"{key}.clients"),
+                    senders=self.strings(value, f"{key}.senders"),
+                    recipients=self.strings(value, f"{key}.recipients"),
+                    apps=self.rule_apps(value, f"{key}.apps", apps),
+                    rate=self.rate(value, f"{key}.rate"),
+                    headers=read_header_edits(self, value, key),
+                    delivery=delivery,
+                )
+            )
         rule_names = [r.name for r in rules]
         for i, name in enumerate(rule_names):
             if name in rule_names[:i]:
                 self.problem(f"rules[{i}].name", name, "a name not used by an earlier rule")
         return tuple(rules)
-
 
 
 HASH_PREFIXES = ("$argon2", "$2a$", "$2b$", "$2y$", "$scrypt$")

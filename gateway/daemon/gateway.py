@@ -40,9 +40,13 @@ class Gateway:
         self.audit = audit or AuditLog(config.audit.path)
         self.metrics = Metrics()
         self.readiness = Readiness()
-        self.tokens = TokenCache(reactor, on_event=self.audit.event)  # one per gateway, kept across reloads
+        self.tokens = TokenCache(
+            reactor, on_event=self.audit.event
+        )  # one per gateway, kept across reloads
         self.pools = self._build_pools(config)
-        self._retired: dict[str, UpstreamPool] = {}  # pools a reload removed, for sessions on the old config
+        self._retired: dict[
+            str, UpstreamPool
+        ] = {}  # pools a reload removed, for sessions on the old config
         self.cooldowns = Cooldowns()
         self.sessions: set[Any] = set()
         self.clients: dict[str, int] = {}  # open sessions per client address
@@ -58,11 +62,20 @@ class Gateway:
         self.spool: Spool | None = spool if queueing or spool.exists() else None
         self.runner: DeliveryRunner | None = None
         if self.spool is not None:
-            self.runner = DeliveryRunner(reactor, self.spool, config, self._queue_pool, self.audit,
-                                         on_result=self.metrics.message_result, cooldowns=self.cooldowns)
+            self.runner = DeliveryRunner(
+                reactor,
+                self.spool,
+                config,
+                self._queue_pool,
+                self.audit,
+                on_result=self.metrics.message_result,
+                cooldowns=self.cooldowns,
+            )
             self.metrics.watch_queue(self.runner.queue_state)
 
-    def _build_pools(self, config: Config, problems: list[Problem] | None = None) -> dict[str, UpstreamPool]:
+    def _build_pools(
+        self, config: Config, problems: list[Problem] | None = None
+    ) -> dict[str, UpstreamPool]:
         """One pool per upstream, its connector watched for readiness and metrics, secrets read now.
 
         An unreadable secret raises `SecretError`, or with `problems` is added to it.
@@ -75,20 +88,35 @@ class Gateway:
                 if problems is None:
                     raise
                 key = "password_env" if upstream.password_env else "password_file"
-                problems.append(Problem(config.source, f"upstreams.{name}.{key}",
-                                        str(exc).partition(": ")[2], "a readable, non-empty secret"))
+                problems.append(
+                    Problem(
+                        config.source,
+                        f"upstreams.{name}.{key}",
+                        str(exc).partition(": ")[2],
+                        "a readable, non-empty secret",
+                    )
+                )
                 continue
             try:
                 tokens = tokens_for(self.reactor, self.tokens, upstream)
             except SecretError as exc:
                 if problems is None:
                     raise
-                problems.append(Problem(config.source, f"upstreams.{name}", str(exc).partition(": ")[2],
-                                        "readable, non-empty OAuth secrets"))
+                problems.append(
+                    Problem(
+                        config.source,
+                        f"upstreams.{name}",
+                        str(exc).partition(": ")[2],
+                        "readable, non-empty OAuth secrets",
+                    )
+                )
                 continue
-            connector = UpstreamConnector(self.reactor, upstream, password, config.listener.hostname,
-                                          tokens=tokens)
-            watched = WatchedConnector(connector, self.readiness, self.metrics, self.reactor.seconds)
+            connector = UpstreamConnector(
+                self.reactor, upstream, password, config.listener.hostname, tokens=tokens
+            )
+            watched = WatchedConnector(
+                connector, self.readiness, self.metrics, self.reactor.seconds
+            )
             pools[name] = UpstreamPool(watched, self.reactor)  # type: ignore[arg-type]
         return pools
 
@@ -97,12 +125,19 @@ class Gateway:
 
     def run_blocking(self, function: Any, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         """Run blocking disk work (spool fsyncs) in the reactor's thread pool."""
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs)
+        return threads.deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), function, *args, **kwargs
+        )
 
     def verify_password(self, password_hash: str, password: Secret) -> defer.Deferred[bool]:
         """Check an app password off the reactor thread (the hashes are slow by design)."""
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                         passwords.verify, password_hash, password.reveal())
+        return threads.deferToThreadPool(
+            self.reactor,
+            self.reactor.getThreadPool(),
+            passwords.verify,
+            password_hash,
+            password.reveal(),
+        )
 
     def _queue_pool(self, name: str) -> UpstreamPool | None:
         """The pool queue deliveries to `name` use now: the current config's, never a removed one."""
@@ -113,7 +148,9 @@ class Gateway:
 
     def relay(self, route: tuple[str, ...], mail: MailFrom) -> RelayTransaction:
         """A cut-through relay of one transaction over `route` (upstream names, failover order)."""
-        return RelayTransaction([self._pool(name) for name in route], mail, self.cooldowns, self.reactor)
+        return RelayTransaction(
+            [self._pool(name) for name in route], mail, self.cooldowns, self.reactor
+        )
 
     # --- reload ------------------------------------------------------------------------
 
@@ -135,13 +172,19 @@ class Gateway:
             pool.close_idle()  # idle sessions were opened with the old settings and secrets
         self.readiness.forget(n for n, u in old.upstreams.items() if config.upstreams.get(n) != u)
         self.metrics.config_reload(True)
-        self.audit.event("config.reloaded", config=config.source, rules=len(config.rules),
-                         upstreams={n: u.url for n, u in config.upstreams.items()})
+        self.audit.event(
+            "config.reloaded",
+            config=config.source,
+            rules=len(config.rules),
+            upstreams={n: u.url for n, u in config.upstreams.items()},
+        )
 
     def reload_refused(self, problems: list[Problem] | list[str]) -> None:
         """Record a refused reload: the running config stays."""
         self.metrics.config_reload(False)
-        self.audit.event("config.reload_failed", config=self.config.source, problems=[str(p) for p in problems])
+        self.audit.event(
+            "config.reload_failed", config=self.config.source, problems=[str(p) for p in problems]
+        )
 
     def probe_upstreams(self) -> None:
         """Try again each upstream whose last attempt failed a while ago (see `gateway.daemon.health`)."""
@@ -158,7 +201,9 @@ class Gateway:
             try:
                 self.runner.start()
             except OSError as exc:
-                raise MailgateError(f"queue.path: cannot use {self.config.queue.path}: {exc.strerror}") from None
+                raise MailgateError(
+                    f"queue.path: cannot use {self.config.queue.path}: {exc.strerror}"
+                ) from None
         listen = self.config.listener.listen
         endpoint_type = TCP6ServerEndpoint if ":" in listen.host else TCP4ServerEndpoint
         endpoint = endpoint_type(self.reactor, listen.port, interface=listen.host)
@@ -172,8 +217,13 @@ class Gateway:
             where = self.config.metrics.listen
             self.status_port = await status_server.listen(self.reactor, self, where)
             status["metrics"] = f"{where.host}:{self.status_port.getHost().port}"
-        self.audit.event("gateway.started", listen=f"{listen.host}:{bound}", config=self.config.source,
-                         upstreams={n: u.url for n, u in self.config.upstreams.items()}, **status)
+        self.audit.event(
+            "gateway.started",
+            listen=f"{listen.host}:{bound}",
+            config=self.config.source,
+            upstreams={n: u.url for n, u in self.config.upstreams.items()},
+            **status,
+        )
         return bound
 
     def session_closed(self) -> None:

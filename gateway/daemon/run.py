@@ -98,8 +98,9 @@ def run(config: Config, load: Callable[[], Config] | None = None) -> int:
 
     # Twisted's own warnings and unhandled errors go to stderr; the audit trail is separate.
     level = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
-    globalLogBeginner.beginLoggingTo([FilteringLogObserver(textFileLogObserver(sys.stderr), [level])],
-                                     redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr), [level])], redirectStandardIO=False
+    )
 
     gateway = Gateway(reactor, config)  # resolves secrets: fails before binding anything
     outcome: dict[str, BaseException | None] = {"error": None}

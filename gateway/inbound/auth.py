@@ -23,7 +23,9 @@ AUTH_UNDECODABLE = Reply(501, "5.5.2", "Cannot decode the response")
 AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type; use PLAIN or LOGIN")
 AUTH_TWICE = Reply(503, "5.5.1", "Already authenticated")
 AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
-AUTH_NOT_OFFERED = replies.NOT_IMPLEMENTED.with_text("AUTH is not offered: no [apps] are configured")
+AUTH_NOT_OFFERED = replies.NOT_IMPLEMENTED.with_text(
+    "AUTH is not offered: no [apps] are configured"
+)
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated app")
 FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header not allowed for the authenticated app")
@@ -67,7 +69,9 @@ class SaslExchange:
             return exchange._finish(exchange.respond(initial))
         return exchange, _challenge("Username:")
 
-    def _finish(self, answer: Reply | Credentials) -> tuple[SaslExchange | None, Reply | Credentials]:
+    def _finish(
+        self, answer: Reply | Credentials
+    ) -> tuple[SaslExchange | None, Reply | Credentials]:
         done = isinstance(answer, Credentials) or answer.code != 334
         return (None if done else self), answer
 

@@ -33,10 +33,14 @@ if TYPE_CHECKING:
 MAX_PIPELINE_BUFFER = 64 * 1024  # pause reading past this many unprocessed bytes
 MIN_RATE_GRACE = 30.0  # seconds of DATA before min_data_rate is enforced
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
-TOO_MANY_FROM_CLIENT = Reply(421, "4.7.0", "Too many connections from your address, try again later")
+TOO_MANY_FROM_CLIENT = Reply(
+    421, "4.7.0", "Too many connections from your address, try again later"
+)
 HTTP_ON_SMTP = Reply(421, "4.7.0", "This is an SMTP server, not HTTP")
 DATA_TOO_SLOW = Reply(421, "4.4.2", "Data rate too low, closing connection")
-HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "HOST:", "USER-AGENT:"})
+HTTP_VERBS = frozenset(
+    {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "HOST:", "USER-AGENT:"}
+)
 
 
 @implementer(IPushProducer)
@@ -52,7 +56,9 @@ class SMTPServerProtocol(Protocol):
         self._data_error_sent = False
         self._data_started = 0.0
         self._timer: Any = None
-        self._pauses: set[str] = set()  # why reading from the app is paused: replies, buffer, upstream
+        self._pauses: set[str] = (
+            set()
+        )  # why reading from the app is paused: replies, buffer, upstream
         self.upstream_throttle = _UpstreamThrottle(self)
         self._closing = False
         self._errors = 0
@@ -69,16 +75,26 @@ class SMTPServerProtocol(Protocol):
         refusal = None
         if len(self.gateway.sessions) >= listener.max_connections:
             refusal, limit = TOO_MANY_CONNECTIONS, "listener.max_connections"
-        elif not self.proxied and self.gateway.clients.get(host, 0) >= listener.max_connections_per_client:
+        elif (
+            not self.proxied
+            and self.gateway.clients.get(host, 0) >= listener.max_connections_per_client
+        ):
             refusal, limit = TOO_MANY_FROM_CLIENT, "listener.max_connections_per_client"
         if refusal is not None:
-            self.gateway.audit.event("connection.refused", client_ip=host, client_port=port, limit=limit,
-                                     reply=str(refusal))
+            self.gateway.audit.event(
+                "connection.refused",
+                client_ip=host,
+                client_port=port,
+                limit=limit,
+                reply=str(refusal),
+            )
             self._closing = True
             self.transport.write(refusal.to_bytes())
             self.transport.loseConnection()
             return
-        if not self.proxied:  # behind a balancer the client is counted when its PROXY header arrives
+        if (
+            not self.proxied
+        ):  # behind a balancer the client is counted when its PROXY header arrives
             self._count_client(host)
         self.session = Session(self.gateway, secrets.token_hex(8), host, port)
         if self.proxied:
@@ -99,9 +115,17 @@ class SMTPServerProtocol(Protocol):
         peer = self.transport.getPeer()  # data arrives only after a valid header: the real client
         host, port = getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
         self.session.proxy_header(host, port)
-        if self.gateway.clients.get(host, 0) >= self.gateway.config.listener.max_connections_per_client:
-            self.gateway.audit.event("connection.refused", client_ip=host, client_port=port,
-                                     limit="listener.max_connections_per_client", reply=str(TOO_MANY_FROM_CLIENT))
+        if (
+            self.gateway.clients.get(host, 0)
+            >= self.gateway.config.listener.max_connections_per_client
+        ):
+            self.gateway.audit.event(
+                "connection.refused",
+                client_ip=host,
+                client_port=port,
+                limit="listener.max_connections_per_client",
+                reply=str(TOO_MANY_FROM_CLIENT),
+            )
             self._close("too many connections from the client", TOO_MANY_FROM_CLIENT)
             return False
         self._count_client(host)
@@ -217,8 +241,12 @@ class SMTPServerProtocol(Protocol):
             self._process()
 
     def _process(self) -> None:
-        while (self._pending is None and self._reader is None and not self._closing
-               and "replies" not in self._pauses):
+        while (
+            self._pending is None
+            and self._reader is None
+            and not self._closing
+            and "replies" not in self._pauses
+        ):
             newline = self._buffer.find(b"\n")
             if self._discarding_long_line:
                 if newline < 0:
@@ -266,7 +294,10 @@ class SMTPServerProtocol(Protocol):
     def _command(self, line: bytes) -> None:
         assert self.session is not None
         self._cancel_timer()  # a complete command: the idle clock starts again after the reply
-        if self.session.helo is None and line.split(b" ", 1)[0].upper().decode("ascii", "replace") in HTTP_VERBS:
+        if (
+            self.session.helo is None
+            and line.split(b" ", 1)[0].upper().decode("ascii", "replace") in HTTP_VERBS
+        ):
             self._close("HTTP request on the SMTP port", HTTP_ON_SMTP)
             return
         try:
@@ -320,8 +351,12 @@ class SMTPServerProtocol(Protocol):
             self._feed_data(buffered)
 
     def _internal_error(self, failure: Failure) -> None:
-        self.gateway.audit.event("gateway.error", session_id=self.session.session_id if self.session else None,
-                                 error=failure.getErrorMessage()[:300], type=failure.type.__name__)
+        self.gateway.audit.event(
+            "gateway.error",
+            session_id=self.session.session_id if self.session else None,
+            error=failure.getErrorMessage()[:300],
+            type=failure.type.__name__,
+        )
         self._pending = None
         self._close("internal error", Reply(421, "4.3.0", "Internal error, closing connection"))
 

@@ -98,13 +98,21 @@ class Session:
         self.allowed = False
         self.opened = False  # session.opened written: the client's address is decided
         self.proxied = False
-        self.proxy_peer: tuple[str, int] | None = None  # the balancer, once a PROXY header named the client
+        self.proxy_peer: tuple[str, int] | None = (
+            None  # the balancer, once a PROXY header named the client
+        )
         self.proxy_rejected = False
         self.transaction: Transaction | None = None
         self.app: str | None = None  # the authenticated app, if any
         self._sasl: SaslExchange | None = None
-        self.counts = {"messages": 0, "relayed": 0, "rejected": 0, "deferred": 0, "failed": 0,
-                       "queued": 0}
+        self.counts = {
+            "messages": 0,
+            "relayed": 0,
+            "rejected": 0,
+            "deferred": 0,
+            "failed": 0,
+            "queued": 0,
+        }
         self.closed = False
 
     # --- session lifecycle --------------------------------------------------------
@@ -138,11 +146,18 @@ class Session:
                 proxy["proxy_header"] = "invalid" if self.proxy_rejected else "missing"
             else:
                 proxy.update(proxy_ip=self.proxy_peer[0], proxy_port=self.proxy_peer[1])
-        self.log.info("session.opened", client_ip=self.client, client_port=self.client_port,
-                      allowed=self.allowed, **proxy)
+        self.log.info(
+            "session.opened",
+            client_ip=self.client,
+            client_port=self.client_port,
+            allowed=self.allowed,
+            **proxy,
+        )
         self.gateway.metrics.session_opened(self.allowed)
         if not self.allowed:
-            refusal = replies.PROXY_HEADER_INVALID if self.proxy_rejected else replies.GREETING_DENIED
+            refusal = (
+                replies.PROXY_HEADER_INVALID if self.proxy_rejected else replies.GREETING_DENIED
+            )
             self.log.info("session.denied", client_ip=self.client, limit=limit, reply=str(refusal))
             return refusal
         return None
@@ -173,8 +188,12 @@ class Session:
             self._admit()
         if self.transaction is not None:
             self._abandon(f"client session ended ({reason})")
-        self.log.info("session.closed", reason=reason,
-                      duration_s=round(time.monotonic() - self.started, 3), **self.counts)
+        self.log.info(
+            "session.closed",
+            reason=reason,
+            duration_s=round(time.monotonic() - self.started, 3),
+            **self.counts,
+        )
 
     # --- commands -----------------------------------------------------------------
 
@@ -253,7 +272,9 @@ class Session:
             return answer
         return self._sasl_answer(None, answer)
 
-    def _sasl_answer(self, exchange: SaslExchange | None, answer: Reply | Credentials) -> Reply | defer.Deferred[Reply]:
+    def _sasl_answer(
+        self, exchange: SaslExchange | None, answer: Reply | Credentials
+    ) -> Reply | defer.Deferred[Reply]:
         if isinstance(answer, Reply):
             if answer.code == 334:
                 self._sasl = exchange
@@ -271,8 +292,12 @@ class Session:
             self.app = username
             self.log.info("session.authenticated", client_ip=self.client, app=username)
             return app_auth.AUTH_OK
-        self.log.info("session.auth_failed", client_ip=self.client, username=username[:64],
-                      reason="unknown app" if not known else "wrong password")
+        self.log.info(
+            "session.auth_failed",
+            client_ip=self.client,
+            username=username[:64],
+            reason="unknown app" if not known else "wrong password",
+        )
         return app_auth.AUTH_FAILED
 
     def smtp_MAIL(self, argument: str) -> Reply:  # noqa: N802
@@ -283,14 +308,26 @@ class Session:
         if self.config.listener.require_auth and self.app is None:
             return app_auth.AUTH_REQUIRED
         mail = parse_mail(argument)
-        if self.app is not None and not policy.sender_owned(self.config.apps[self.app].senders, mail.sender.text):
-            self.log.info("mail.refused", sender=mail.sender.text, app=self.app,
-                          limit=f"apps.{self.app}.senders", reply=str(app_auth.SENDER_NOT_OWNED))
+        if self.app is not None and not policy.sender_owned(
+            self.config.apps[self.app].senders, mail.sender.text
+        ):
+            self.log.info(
+                "mail.refused",
+                sender=mail.sender.text,
+                app=self.app,
+                limit=f"apps.{self.app}.senders",
+                reply=str(app_auth.SENDER_NOT_OWNED),
+            )
             return app_auth.SENDER_NOT_OWNED
         limit = self.config.listener.max_message_size
         if mail.size is not None and mail.size > limit:
-            self.log.info("mail.refused", sender=mail.sender.text, size=mail.size,
-                          limit="listener.max_message_size", reply=str(replies.SIZE_EXCEEDED))
+            self.log.info(
+                "mail.refused",
+                sender=mail.sender.text,
+                size=mail.size,
+                limit="listener.max_message_size",
+                reply=str(replies.SIZE_EXCEEDED),
+            )
             return replies.SIZE_EXCEEDED
         self.transaction = Transaction(mail)
         return replies.SENDER_OK
@@ -301,18 +338,33 @@ class Session:
             return replies.NEED_MAIL
         rcpt = parse_rcpt(argument).recipient
         if len(txn.accepted) >= self.config.listener.max_recipients:
-            return self._refuse(txn, rcpt, replies.TOO_MANY_RECIPIENTS, limit="listener.max_recipients")
+            return self._refuse(
+                txn, rcpt, replies.TOO_MANY_RECIPIENTS, limit="listener.max_recipients"
+            )
         decision = policy.decide(self.config, self.address, txn.mail.sender, rcpt, self.app)
         if decision.action != "relay" or decision.upstream is None:
             assert decision.reply is not None
-            return self._refuse(txn, rcpt, decision.reply, rule=decision.rule_name,
-                                limit=None if decision.rule else "no matching rule")
+            return self._refuse(
+                txn,
+                rcpt,
+                decision.reply,
+                rule=decision.rule_name,
+                limit=None if decision.rule else "no matching rule",
+            )
         rate = decision.rule.rate if decision.rule else None
         if rate is not None and decision.rule_name not in txn.rated_rules:
-            if not self.gateway.rate_limits.allow(decision.rule_name or "", rate, self.gateway.reactor.seconds()):
-                return self._refuse(txn, rcpt, RATE_LIMITED.with_text(
-                    f"Rate limit of rule {decision.rule_name} ({rate.text}) exceeded, try again later"),
-                    rule=decision.rule_name, limit=f"rules[{decision.rule_name}].rate")
+            if not self.gateway.rate_limits.allow(
+                decision.rule_name or "", rate, self.gateway.reactor.seconds()
+            ):
+                return self._refuse(
+                    txn,
+                    rcpt,
+                    RATE_LIMITED.with_text(
+                        f"Rate limit of rule {decision.rule_name} ({rate.text}) exceeded, try again later"
+                    ),
+                    rule=decision.rule_name,
+                    limit=f"rules[{decision.rule_name}].rate",
+                )
             txn.rated_rules.add(decision.rule_name or "")
         edits = decision.rule.headers if decision.rule else None
         if decision.rule is not None and decision.rule.delivery == "queue" or txn.queue is not None:
@@ -321,42 +373,75 @@ class Session:
             txn.relay = self.gateway.relay(decision.route, txn.mail)
             txn.headers = HeaderRewriter(edits) if edits else None
         elif txn.relay.route != decision.route:
-            return self._refuse(txn, rcpt, replies.OTHER_ROUTE, rule=decision.rule_name,
-                                limit="one upstream per transaction in relay mode")
+            return self._refuse(
+                txn,
+                rcpt,
+                replies.OTHER_ROUTE,
+                rule=decision.rule_name,
+                limit="one upstream per transaction in relay mode",
+            )
         elif (txn.headers.edits if txn.headers else None) != edits:
-            return self._refuse(txn, rcpt, replies.OTHER_HEADER_EDITS, rule=decision.rule_name,
-                                limit="one set of header edits per transaction")
+            return self._refuse(
+                txn,
+                rcpt,
+                replies.OTHER_HEADER_EDITS,
+                rule=decision.rule_name,
+                limit="one set of header edits per transaction",
+            )
         rule = decision.rule_name
         return txn.relay.rcpt(rcpt).addCallback(self._rcpt_answered, txn, rcpt, rule)
 
-    def _queue_rcpt(self, txn: Transaction, rcpt: Address, decision: policy.Decision, edits: Any) -> Reply:
+    def _queue_rcpt(
+        self, txn: Transaction, rcpt: Address, decision: policy.Decision, edits: Any
+    ) -> Reply:
         """Queue mode: accept after policy without asking the upstream; one mode per transaction."""
         rule = decision.rule_name
         queued = decision.rule is not None and decision.rule.delivery == "queue"
         if queued and self.gateway.spool is None:  # a reload added the first queue rule
             return self._refuse(txn, rcpt, replies.QUEUE_NOT_RUNNING, rule=rule, limit="queue.path")
         if txn.relay is not None or not queued:
-            return self._refuse(txn, rcpt, replies.OTHER_DELIVERY, rule=rule,
-                                limit="one delivery mode per transaction")
+            return self._refuse(
+                txn,
+                rcpt,
+                replies.OTHER_DELIVERY,
+                rule=rule,
+                limit="one delivery mode per transaction",
+            )
         if txn.queue is None:
             txn.queue = QueueTransaction(self.gateway.spool, txn.mail)
             txn.headers = HeaderRewriter(edits) if edits else None
         elif (txn.headers.edits if txn.headers else None) != edits:
-            return self._refuse(txn, rcpt, replies.OTHER_HEADER_EDITS, rule=rule,
-                                limit="one set of header edits per transaction")
+            return self._refuse(
+                txn,
+                rcpt,
+                replies.OTHER_HEADER_EDITS,
+                rule=rule,
+                limit="one set of header edits per transaction",
+            )
         assert decision.upstream is not None
         return self._rcpt_answered(txn.queue.rcpt(rcpt, decision.route, rule), txn, rcpt, rule)
 
-    def _rcpt_answered(self, reply: Reply, txn: Transaction, rcpt: Address, rule: str | None) -> Reply:
+    def _rcpt_answered(
+        self, reply: Reply, txn: Transaction, rcpt: Address, rule: str | None
+    ) -> Reply:
         if rule and rule not in txn.rules:
             txn.rules.append(rule)
         result = "accepted" if reply.is_positive else _outcome(reply)
         txn.recipients.append(RecipientResult(rcpt.text, result, str(reply), rule=rule))
         return reply
 
-    def _refuse(self, txn: Transaction, rcpt: Address, reply: Reply, *, rule: str | None = None,
-                limit: str | None = None) -> Reply:
-        txn.recipients.append(RecipientResult(rcpt.text, _outcome(reply), str(reply), rule=rule, limit=limit))
+    def _refuse(
+        self,
+        txn: Transaction,
+        rcpt: Address,
+        reply: Reply,
+        *,
+        rule: str | None = None,
+        limit: str | None = None,
+    ) -> Reply:
+        txn.recipients.append(
+            RecipientResult(rcpt.text, _outcome(reply), str(reply), rule=rule, limit=limit)
+        )
         if rule and rule not in txn.rules:
             txn.rules.append(rule)
         return reply
@@ -464,7 +549,9 @@ class Session:
         self._finish(txn, reply)
         return reply
 
-    def _queue_end(self, txn: Transaction, queue: QueueTransaction) -> Reply | defer.Deferred[Reply]:
+    def _queue_end(
+        self, txn: Transaction, queue: QueueTransaction
+    ) -> Reply | defer.Deferred[Reply]:
         """Commit to the spool; 250 only once it is durable, and then message.queued, not message.result.
 
         The fsyncs run in a thread, so one session's disk wait does not stall the others and
@@ -472,7 +559,9 @@ class Session:
         """
         if queue.writer is None:
             return self._queue_committed(queue.committed(OSError("spool not writable")), txn, queue)
-        envelope = queue.envelope(txn.facts, session_id=self.session_id, client_ip=self.client, helo=self.helo)
+        envelope = queue.envelope(
+            txn.facts, session_id=self.session_id, client_ip=self.client, helo=self.helo
+        )
 
         def failed(failure: Any) -> Reply:
             failure.trap(OSError)
@@ -493,12 +582,27 @@ class Session:
             recipient.result = "queued"
         self.counts["messages"] += 1
         self.counts["queued"] += 1
-        self.log.info("message.queued", queue_id=queue.queue_id, client_ip=self.client, helo=self.helo,
-                      sender=txn.mail.sender.text, recipients=[r.as_dict() for r in txn.recipients],
-                      rules=txn.rules, upstreams=queue.upstreams, size=txn.facts.size,
-                      message_id=txn.facts.message_id, sha256=txn.facts.sha256, reply=str(reply))
-        self.gateway.metrics.message_result({"outcome": "queued", "rules": txn.rules,
-                                             "upstream": queue.upstreams[0] if queue.upstreams else None})
+        self.log.info(
+            "message.queued",
+            queue_id=queue.queue_id,
+            client_ip=self.client,
+            helo=self.helo,
+            sender=txn.mail.sender.text,
+            recipients=[r.as_dict() for r in txn.recipients],
+            rules=txn.rules,
+            upstreams=queue.upstreams,
+            size=txn.facts.size,
+            message_id=txn.facts.message_id,
+            sha256=txn.facts.sha256,
+            reply=str(reply),
+        )
+        self.gateway.metrics.message_result(
+            {
+                "outcome": "queued",
+                "rules": txn.rules,
+                "upstream": queue.upstreams[0] if queue.upstreams else None,
+            }
+        )
         assert queue.queue_id is not None and self.gateway.runner is not None
         self.gateway.runner.submitted(queue.queue_id)
         return reply
@@ -529,8 +633,15 @@ class Session:
             outcome = "rejected"
         self._finish(txn, None, outcome=outcome, reason=reason)
 
-    def _finish(self, txn: Transaction, reply: Reply | None, *, outcome: str | None = None,
-                reason: str | None = None, limit: str | None = None) -> None:
+    def _finish(
+        self,
+        txn: Transaction,
+        reply: Reply | None,
+        *,
+        outcome: str | None = None,
+        reason: str | None = None,
+        limit: str | None = None,
+    ) -> None:
         """Emit the one message.result of this transaction and forget it."""
         if self.transaction is not txn:
             return
@@ -559,24 +670,37 @@ class Session:
             fields["reply"] = str(reply)
         if relay is not None:
             up = relay.upstream
-            fields.update(upstream=up.name, upstream_host=up.host, upstream_port=up.port, tls_mode=up.tls)
+            fields.update(
+                upstream=up.name, upstream_host=up.host, upstream_port=up.port, tls_mode=up.tls
+            )
             if relay.session is not None:
-                fields.update(tls_version=relay.session.tls.version, tls_cipher=relay.session.tls.cipher,
-                              peer_cert_sha256=relay.session.tls.peer_cert_sha256,
-                              auth_user=relay.session.auth_user)
+                fields.update(
+                    tls_version=relay.session.tls.version,
+                    tls_cipher=relay.session.tls.cipher,
+                    peer_cert_sha256=relay.session.tls.peer_cert_sha256,
+                    auth_user=relay.session.auth_user,
+                )
                 if relay.session.oauth_grant:
-                    fields.update(oauth_grant=relay.session.oauth_grant,
-                                  auth_mechanism=relay.session.auth_mechanism)
+                    fields.update(
+                        oauth_grant=relay.session.oauth_grant,
+                        auth_mechanism=relay.session.auth_mechanism,
+                    )
             if relay.upstream_reply is not None:
-                fields.update(upstream_code=relay.upstream_reply.code,
-                              upstream_enhanced=relay.upstream_reply.enhanced,
-                              upstream_reply=relay.upstream_reply.text)
+                fields.update(
+                    upstream_code=relay.upstream_reply.code,
+                    upstream_enhanced=relay.upstream_reply.enhanced,
+                    upstream_reply=relay.upstream_reply.text,
+                )
             if relay.failure is not None:
-                fields["gateway_abort" if relay.aborted else "upstream_error"] = relay.failure.reason
+                fields["gateway_abort" if relay.aborted else "upstream_error"] = (
+                    relay.failure.reason
+                )
             if relay.tried:
                 fields["upstreams_tried"] = relay.tried
         if txn.in_data:
-            fields.update(size=txn.facts.size, message_id=txn.facts.message_id, sha256=txn.facts.sha256)
+            fields.update(
+                size=txn.facts.size, message_id=txn.facts.message_id, sha256=txn.facts.sha256
+            )
             if txn.headers is not None and txn.headers.edits.rewrite_from:
                 fields["original_from"] = txn.headers.original_from
         if reason:

@@ -93,8 +93,13 @@ class UpstreamPool:
     def _give_up(self, waiter: defer.Deferred[None]) -> None:
         if waiter in self._waiters:
             self._waiters.remove(waiter)
-            waiter.errback(PoolBusy(POOL_BUSY, f"{self.config.name}: no free connection "
-                                    f"(max_connections = {self.config.max_connections})"))
+            waiter.errback(
+                PoolBusy(
+                    POOL_BUSY,
+                    f"{self.config.name}: no free connection "
+                    f"(max_connections = {self.config.max_connections})",
+                )
+            )
 
     async def _new(self, sender: str | None = None) -> UpstreamSession:
         self._opening += 1
@@ -124,7 +129,12 @@ class UpstreamPool:
             self._wake()
 
     def _wake(self) -> None:
-        if self._waiters and self.size < self.config.max_connections or self._waiters and self._idle:
+        if (
+            self._waiters
+            and self.size < self.config.max_connections
+            or self._waiters
+            and self._idle
+        ):
             self._waiters.popleft().callback(None)
 
     def release(self, session: UpstreamSession, reusable: bool) -> None:
@@ -132,7 +142,12 @@ class UpstreamPool:
         count = self.messages.get(key, 0) + 1
         self.messages[key] = count
         alive = session.protocol._lost_reason is None
-        if reusable and alive and count < self.config.pool_max_messages and self.config.pool_idle_timeout > 0:
+        if (
+            reusable
+            and alive
+            and count < self.config.pool_max_messages
+            and self.config.pool_idle_timeout > 0
+        ):
             timer = self.clock.callLater(self.config.pool_idle_timeout, self._expire, session)
             self._idle.append(_Idle(session, timer))
             self._wake()

@@ -42,7 +42,9 @@ def reflect(reply: Reply) -> Reply:
 
 
 class RelayTransaction:
-    def __init__(self, pools: list[UpstreamPool], mail: MailFrom, cooldowns: Cooldowns, clock: Any) -> None:
+    def __init__(
+        self, pools: list[UpstreamPool], mail: MailFrom, cooldowns: Cooldowns, clock: Any
+    ) -> None:
         self.pools = pools
         self.route = tuple(p.config.name for p in pools)
         self.mail = mail
@@ -101,8 +103,11 @@ class RelayTransaction:
                     self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)
                 self.tried.append({"upstream": name, "reason": failure.reason})
                 last = failure
-                if failure.upstream_reply is not None and failure.upstream_reply.is_permanent \
-                        and failure.reply.is_permanent:
+                if (
+                    failure.upstream_reply is not None
+                    and failure.upstream_reply.is_permanent
+                    and failure.reply.is_permanent
+                ):
                     break
                 continue
             self.cooldowns.succeeded(name)
@@ -114,18 +119,24 @@ class RelayTransaction:
             if reply is None:
                 return rcpt
             if reply.is_transient and name != order[-1]:
-                self.tried.append({"upstream": name, "reason": f"MAIL answered {reply.code} {reply.enhanced}"})
+                self.tried.append(
+                    {"upstream": name, "reason": f"MAIL answered {reply.code} {reply.enhanced}"}
+                )
                 self._release(reusable=False)
                 self.pool = self.session = None
                 continue
             self._fail(UpstreamFailure(reflect(reply), f"{name}: MAIL refused", reply))
             return None
-        self.failure = last or UpstreamFailure(replies.UPSTREAM_UNREACHABLE, "no upstream available")
+        self.failure = last or UpstreamFailure(
+            replies.UPSTREAM_UNREACHABLE, "no upstream available"
+        )
         if self.failure.upstream_reply is not None:
             self.upstream_reply = self.failure.upstream_reply
         return None
 
-    async def _mail(self, session: UpstreamSession, rcpt_line: bytes) -> tuple[Reply | None, Reply | None]:
+    async def _mail(
+        self, session: UpstreamSession, rcpt_line: bytes
+    ) -> tuple[Reply | None, Reply | None]:
         """Send MAIL, and the first RCPT pipelined where offered (RFC 2920).
 
         Returns (None, RCPT reply) when MAIL was accepted, (refusal, None) when it was
@@ -133,7 +144,11 @@ class RelayTransaction:
         """
         capabilities = session.capabilities
         if self.mail.body == "8BITMIME" and "8BITMIME" not in capabilities:
-            self._fail(UpstreamFailure(replies.UPSTREAM_NO_8BIT, f"{session.config.name}: 8BITMIME not offered"))
+            self._fail(
+                UpstreamFailure(
+                    replies.UPSTREAM_NO_8BIT, f"{session.config.name}: 8BITMIME not offered"
+                )
+            )
             return None, None
         line = f"MAIL FROM:{self.mail.sender.path()}"
         if self.mail.size is not None and "SIZE" in capabilities:
@@ -216,7 +231,9 @@ class RelayTransaction:
         transport, self._throttling = self._throttling, None
         if producer is None:
             return
-        if transport is not None:  # a TLS transport wraps the producer, so compare nothing: it is ours
+        if (
+            transport is not None
+        ):  # a TLS transport wraps the producer, so compare nothing: it is ours
             try:
                 transport.unregisterProducer()
             except (AttributeError, RuntimeError):
@@ -227,7 +244,9 @@ class RelayTransaction:
         """Drop the upstream mid-transaction: without the final dot nothing is delivered."""
         if self.failure is None:
             self.failure = UpstreamFailure(replies.UPSTREAM_LOST, reason)
-            self.aborted = True  # our decision (a refused body, the app left), not the upstream's error
+            self.aborted = (
+                True  # our decision (a refused body, the app left), not the upstream's error
+            )
         self._release(reusable=False)
 
     def _release(self, reusable: bool) -> None:

@@ -138,6 +138,12 @@ class ClientConnectionCreator:
             text = _VERIFY_ERRORS.get(errno, f"certificate verification error {errno}")
             return f"{text} (depth {depth})"
         if isinstance(error, SSL.Error):
-            parts = [p[2] for p in error.args[0] if isinstance(p, tuple) and len(p) == 3] if error.args and isinstance(error.args[0], list) else []
-            return "TLS handshake failed: " + ("; ".join(parts) or str(error) or type(error).__name__)
+            parts = (
+                [p[2] for p in error.args[0] if isinstance(p, tuple) and len(p) == 3]
+                if error.args and isinstance(error.args[0], list)
+                else []
+            )
+            return "TLS handshake failed: " + (
+                "; ".join(parts) or str(error) or type(error).__name__
+            )
         return f"TLS handshake failed: {type(error).__name__}"

@@ -190,7 +190,9 @@ class UpstreamProtocol(Protocol):
         self._timer = None
         self._abort("timeout waiting for the upstream")
 
-    def read_reply(self, timeout: float | None = None, *, starttls: bool = False) -> defer.Deferred[Reply]:
+    def read_reply(
+        self, timeout: float | None = None, *, starttls: bool = False
+    ) -> defer.Deferred[Reply]:
         if self._lost_reason is not None:
             return defer.fail(_Lost(self._lost_reason))
         if self._unclaimed and not starttls:
@@ -202,7 +204,9 @@ class UpstreamProtocol(Protocol):
             self._start_timer(timeout)
         return waiter
 
-    def send(self, line: bytes, timeout: float | None = None, *, starttls: bool = False) -> defer.Deferred[Reply]:
+    def send(
+        self, line: bytes, timeout: float | None = None, *, starttls: bool = False
+    ) -> defer.Deferred[Reply]:
         """Write one command line; the Deferred fires with its reply."""
         if self._lost_reason is not None:
             return defer.fail(_Lost(self._lost_reason))
@@ -291,7 +295,9 @@ class UpstreamSession:
     def quit(self) -> None:
         """Say QUIT and close; errors are irrelevant at this point."""
         if self.protocol._lost_reason is None:
-            self.protocol.send(b"QUIT", 10).addBoth(lambda _: self.protocol.abort("closed after QUIT"))
+            self.protocol.send(b"QUIT", 10).addBoth(
+                lambda _: self.protocol.abort("closed after QUIT")
+            )
 
     def abort(self) -> None:
         self.protocol.abort()
@@ -313,8 +319,14 @@ def _guard(d: defer.Deferred[Reply], config: UpstreamConfig) -> defer.Deferred[R
 class UpstreamConnector:
     """Opens `UpstreamSession`s to one upstream: its TLS policy and resolved password."""
 
-    def __init__(self, reactor: Any, config: UpstreamConfig, password: Secret | None, helo_name: str,
-                 tokens: UpstreamTokens | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        config: UpstreamConfig,
+        password: Secret | None,
+        helo_name: str,
+        tokens: UpstreamTokens | None = None,
+    ) -> None:
         self.reactor = reactor
         self.config = config
         self.password = password
@@ -326,7 +338,9 @@ class UpstreamConnector:
         """Who a session for `sender` authenticates as: `username`, or the sender for "$sender"."""
         return sender if is_sender_placeholder(self.config.username) else self.config.username
 
-    def open(self, sender: str | None = None, *, probe: bool = False) -> defer.Deferred[UpstreamSession]:
+    def open(
+        self, sender: str | None = None, *, probe: bool = False
+    ) -> defer.Deferred[UpstreamSession]:
         """A ready session; `sender` (the envelope sender) is needed for username = "$sender".
 
         `probe`: only to learn whether the upstream is reachable; no mail may follow.
@@ -351,7 +365,8 @@ class UpstreamConnector:
             protocol: UpstreamProtocol = await endpoint.connect(factory)
         except (ConnectError, DNSLookupError, TimeoutError, OSError) as exc:
             raise UpstreamFailure(
-                replies.UPSTREAM_UNREACHABLE, f"{config.name}: cannot connect to {config.host}:{config.port} ({_short(exc)})"
+                replies.UPSTREAM_UNREACHABLE,
+                f"{config.name}: cannot connect to {config.host}:{config.port} ({_short(exc)})",
             ) from None
         try:
             return await self._dialogue(protocol, creator, attempt)
@@ -359,8 +374,9 @@ class UpstreamConnector:
             protocol.abort("session setup failed")
             raise
 
-    async def _dialogue(self, protocol: UpstreamProtocol, creator: ClientConnectionCreator | None,
-                        attempt: _Attempt) -> UpstreamSession:
+    async def _dialogue(
+        self, protocol: UpstreamProtocol, creator: ClientConnectionCreator | None, attempt: _Attempt
+    ) -> UpstreamSession:
         config = self.config
         name = config.name
         ehlo = f"EHLO {self.helo_name}".encode("ascii")
@@ -377,7 +393,9 @@ class UpstreamConnector:
                 capabilities = parse_ehlo(self._expect(await protocol.send(ehlo), 250, "EHLO"))
                 if "STARTTLS" not in capabilities:
                     self._quit(protocol)
-                    raise UpstreamFailure(replies.UPSTREAM_NO_STARTTLS, f"{name}: STARTTLS not offered")
+                    raise UpstreamFailure(
+                        replies.UPSTREAM_NO_STARTTLS, f"{name}: STARTTLS not offered"
+                    )
                 answer = await protocol.send(b"STARTTLS", starttls=True)
                 if answer.code != 220:
                     self._quit(protocol)
@@ -386,21 +404,34 @@ class UpstreamConnector:
                     )
                 facts = await protocol.start_tls(self.tls)
                 # RFC 3207 4.2: forget everything learned before TLS.
-                capabilities = parse_ehlo(self._expect(await protocol.send(ehlo), 250, "EHLO after STARTTLS"))
+                capabilities = parse_ehlo(
+                    self._expect(await protocol.send(ehlo), 250, "EHLO after STARTTLS")
+                )
         except TLSFailure as exc:
             raise UpstreamFailure(
-                replies.UPSTREAM_TLS_FAILED.with_text(f"Upstream TLS verification failed: {exc.reason}"),
+                replies.UPSTREAM_TLS_FAILED.with_text(
+                    f"Upstream TLS verification failed: {exc.reason}"
+                ),
                 f"{name}: {exc.reason}",
             ) from None
         except _Lost as exc:
             reply = replies.UPSTREAM_TIMEOUT if "timeout" in exc.reason else replies.UPSTREAM_LOST
             if "injection" in exc.reason:
-                reply = replies.UPSTREAM_TLS_FAILED.with_text("Upstream STARTTLS failed: " + exc.reason)
+                reply = replies.UPSTREAM_TLS_FAILED.with_text(
+                    "Upstream STARTTLS failed: " + exc.reason
+                )
             raise UpstreamFailure(reply, f"{name}: {exc.reason}") from None
         if config.auth == "xoauth2":
             bearer_user, bearer = await self._authenticate_bearer(protocol, capabilities, attempt)
-            return UpstreamSession(config, protocol, facts, capabilities, bearer_user, bearer,
-                                   oauth_grant=self.tokens.grant if self.tokens else None)
+            return UpstreamSession(
+                config,
+                protocol,
+                facts,
+                capabilities,
+                bearer_user,
+                bearer,
+                oauth_grant=self.tokens.grant if self.tokens else None,
+            )
         auth_user, mechanism = await self._authenticate(protocol, capabilities)
         return UpstreamSession(config, protocol, facts, capabilities, auth_user, mechanism)
 
@@ -417,12 +448,16 @@ class UpstreamConnector:
     def _quit(protocol: UpstreamProtocol) -> None:
         protocol.send(b"QUIT", 5).addBoth(lambda _: protocol.abort("closed after QUIT"))
 
-    async def _authenticate(self, protocol: UpstreamProtocol, capabilities: dict[str, str]) -> tuple[str | None, str | None]:
+    async def _authenticate(
+        self, protocol: UpstreamProtocol, capabilities: dict[str, str]
+    ) -> tuple[str | None, str | None]:
         config = self.config
         if not config.username:
             return None, None
         if self.password is None:
-            raise UpstreamFailure(replies.UPSTREAM_AUTH_FAILED, f"{config.name}: no password available")
+            raise UpstreamFailure(
+                replies.UPSTREAM_AUTH_FAILED, f"{config.name}: no password available"
+            )
         offered = set(capabilities.get("AUTH", "").upper().split())
         user = config.username.encode("utf-8")
         secret = self.password.reveal().encode("utf-8")
@@ -447,7 +482,9 @@ class UpstreamConnector:
                     f"{config.name}: no supported AUTH mechanism offered after TLS (offered: {' '.join(sorted(offered)) or 'none'})",
                 )
         except _Lost as exc:
-            raise UpstreamFailure(replies.UPSTREAM_LOST, f"{config.name}: {exc.reason} during AUTH") from None
+            raise UpstreamFailure(
+                replies.UPSTREAM_LOST, f"{config.name}: {exc.reason} during AUTH"
+            ) from None
         finally:
             del secret
         if answer.code == 334:
@@ -462,8 +499,9 @@ class UpstreamConnector:
             )
         return config.username, mechanism
 
-    async def _authenticate_bearer(self, protocol: UpstreamProtocol, capabilities: dict[str, str],
-                                   attempt: _Attempt) -> tuple[str | None, str | None]:
+    async def _authenticate_bearer(
+        self, protocol: UpstreamProtocol, capabilities: dict[str, str], attempt: _Attempt
+    ) -> tuple[str | None, str | None]:
         """XOAUTH2 (or OAUTHBEARER) after TLS; a refused token is refreshed and tried once more."""
         config, tokens = self.config, self.tokens
         offered = set(capabilities.get("AUTH", "").upper().split())
@@ -482,21 +520,29 @@ class UpstreamConnector:
             return None, None
         if user is None:
             self._quit(protocol)
-            raise UpstreamFailure(replies.UPSTREAM_AUTH_FAILED,
-                                  f'{config.name}: username = "$sender" needs the envelope sender to authenticate')
+            raise UpstreamFailure(
+                replies.UPSTREAM_AUTH_FAILED,
+                f'{config.name}: username = "$sender" needs the envelope sender to authenticate',
+            )
         if not user:
             self._quit(protocol)
-            raise UpstreamFailure(replies.UPSTREAM_NULL_SENDER_OAUTH,
-                                  f"{config.name}: username = \"$sender\" cannot authenticate the null sender <>")
+            raise UpstreamFailure(
+                replies.UPSTREAM_NULL_SENDER_OAUTH,
+                f'{config.name}: username = "$sender" cannot authenticate the null sender <>',
+            )
         if tokens is None:
-            raise UpstreamFailure(replies.UPSTREAM_AUTH_FAILED, f"{config.name}: no token source configured")
+            raise UpstreamFailure(
+                replies.UPSTREAM_AUTH_FAILED, f"{config.name}: no token source configured"
+            )
         refreshed = attempt.token_refreshed
         while True:
             try:
                 token = await tokens.token(user)
             except TokenError as exc:
                 self._quit(protocol)
-                raise UpstreamFailure(replies.UPSTREAM_TOKEN_FAILED, f"{config.name}: {exc.reason}") from None
+                raise UpstreamFailure(
+                    replies.UPSTREAM_TOKEN_FAILED, f"{config.name}: {exc.reason}"
+                ) from None
             secret = token.value.reveal()
             if mechanism == "XOAUTH2":
                 initial = sasl.xoauth2_response(user, secret)
@@ -514,7 +560,9 @@ class UpstreamConnector:
             except _Lost as exc:
                 if refreshed and not attempt.token_refreshed:
                     raise _Reconnect() from None  # it closed after refusing the old token
-                raise UpstreamFailure(replies.UPSTREAM_LOST, f"{config.name}: {exc.reason} during AUTH") from None
+                raise UpstreamFailure(
+                    replies.UPSTREAM_LOST, f"{config.name}: {exc.reason} during AUTH"
+                ) from None
             if answer.code == 235:
                 return user, mechanism
             may_retry = answer.code == 535 and not refreshed
@@ -522,8 +570,13 @@ class UpstreamConnector:
                 refreshed = True
                 continue
             self._quit(protocol)
-            retried = (" (with a refreshed token)" if refreshed else
-                       " (not retried: a refused token forced a refresh less than 30 s ago)" if may_retry else "")
+            retried = (
+                " (with a refreshed token)"
+                if refreshed
+                else " (not retried: a refused token forced a refresh less than 30 s ago)"
+                if may_retry
+                else ""
+            )
             raise UpstreamFailure(
                 replies.UPSTREAM_AUTH_FAILED,
                 f"{config.name}: AUTH {mechanism} as {user} refused{challenge}: "

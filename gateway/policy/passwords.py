@@ -62,8 +62,9 @@ def verify(password_hash: str, password: str) -> bool:
             values = dict(item.split("=") for item in params.split(","))
             n, r, p = 2 ** int(values["ln"]), int(values["r"]), int(values["p"])
             expected = _unb64(key)
-            derived = hashlib.scrypt(secret, salt=_unb64(salt), n=n, r=r, p=p, maxmem=256 * 2**20,
-                                     dklen=len(expected))
+            derived = hashlib.scrypt(
+                secret, salt=_unb64(salt), n=n, r=r, p=p, maxmem=256 * 2**20, dklen=len(expected)
+            )
             return hmac.compare_digest(derived, expected)
     except (ValueError, KeyError, TypeError):
         return False

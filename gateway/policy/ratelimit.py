@@ -16,7 +16,9 @@ class TokenBucket:
     def take(self, now: float) -> bool:
         elapsed = max(0.0, now - self.updated)
         self.updated = now
-        self.tokens = min(float(self.rate.count), self.tokens + elapsed * self.rate.count / self.rate.seconds)
+        self.tokens = min(
+            float(self.rate.count), self.tokens + elapsed * self.rate.count / self.rate.seconds
+        )
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True

@@ -75,11 +75,14 @@ def _glob(glob: str) -> re.Pattern[str]:
 
 def _globs_match(text: str, globs: tuple[str, ...]) -> bool:
     """Case-insensitive globs; the glob ``<>`` matches only the null sender."""
-    return any(text == "" if glob == "<>" else _glob(glob).fullmatch(text) is not None for glob in globs)
+    return any(
+        text == "" if glob == "<>" else _glob(glob).fullmatch(text) is not None for glob in globs
+    )
 
 
-def rule_matches(rule: Rule, client: IPAddress, sender: Address, recipient: Address,
-                 app: str | None = None) -> bool:
+def rule_matches(
+    rule: Rule, client: IPAddress, sender: Address, recipient: Address, app: str | None = None
+) -> bool:
     if rule.apps is not None and app not in rule.apps:
         return False
     if rule.clients is not None and not _in_networks(client, rule.clients):
@@ -96,13 +99,20 @@ def sender_owned(globs: tuple[str, ...] | None, sender: str) -> bool:
     return globs is None or _globs_match(sender.lower(), globs)
 
 
-def decide(config: Config, client: IPAddress, sender: Address, recipient: Address,
-           app: str | None = None) -> Decision:
+def decide(
+    config: Config, client: IPAddress, sender: Address, recipient: Address, app: str | None = None
+) -> Decision:
     """The first rule matching (client, app, sender, recipient) decides; none matching refuses."""
     for rule in config.rules:
         if rule_matches(rule, client, sender, recipient, app):
             if rule.action == "relay" and rule.upstreams:
-                return Decision("relay", rule, tuple(config.upstreams[n] for n in rule.upstreams), None)
-            return Decision("reject", rule, (), replies.RULE_REJECT.with_text(
-                f"Relay access denied by rule {rule.name}"))
+                return Decision(
+                    "relay", rule, tuple(config.upstreams[n] for n in rule.upstreams), None
+                )
+            return Decision(
+                "reject",
+                rule,
+                (),
+                replies.RULE_REJECT.with_text(f"Relay access denied by rule {rule.name}"),
+            )
     return Decision("reject", None, (), replies.NO_RULE)

@@ -41,8 +41,15 @@ def _ascii(text: str, limit: int = 900) -> str:
     return clean[:limit]
 
 
-def build(envelope: Envelope, failed: Sequence[RecipientState], original_headers: bytes, *,
-          hostname: str, dsn_id: str, now: float) -> bytes:
+def build(
+    envelope: Envelope,
+    failed: Sequence[RecipientState],
+    original_headers: bytes,
+    *,
+    hostname: str,
+    dsn_id: str,
+    now: float,
+) -> bytes:
     """The DSN message for `failed` recipients of `envelope`, CRLF lines, ready to queue."""
     boundary = f"{BOUNDARY_PREFIX}{dsn_id}"
     date = email.utils.formatdate(now, usegmt=True)
@@ -73,10 +80,17 @@ def build(envelope: Envelope, failed: Sequence[RecipientState], original_headers
             "Action: failed\r\n"
             f"Status: {status_of(r)}\r\n"
             + (f"Diagnostic-Code: smtp; {_ascii(r.last_reply)}\r\n" if r.last_reply else "")
-            + (f"Last-Attempt-Date: {email.utils.formatdate(r.last_attempt, usegmt=True)}\r\n"
-               if r.last_attempt else "")
+            + (
+                f"Last-Attempt-Date: {email.utils.formatdate(r.last_attempt, usegmt=True)}\r\n"
+                if r.last_attempt
+                else ""
+            )
         )
-    headers = original_headers if original_headers.endswith(b"\r\n") or not original_headers else original_headers + b"\r\n"
+    headers = (
+        original_headers
+        if original_headers.endswith(b"\r\n") or not original_headers
+        else original_headers + b"\r\n"
+    )
     parts = (
         f"From: Mail Delivery System <MAILER-DAEMON@{_ascii(hostname)}>\r\n"
         f"To: <{_ascii(envelope.sender)}>\r\n"

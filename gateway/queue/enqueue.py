@@ -23,7 +23,9 @@ from gateway.smtp.replies import Reply
 
 
 class QueueTransaction:
-    def __init__(self, spool: Spool, mail: MailFrom, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, spool: Spool, mail: MailFrom, clock: Callable[[], float] = time.time
+    ) -> None:
         self.spool = spool
         self.mail = mail
         self.clock = clock
@@ -54,7 +56,9 @@ class QueueTransaction:
         if self.writer is not None:
             self.writer.write(content)
 
-    def envelope(self, facts: MessageFacts, *, session_id: str, client_ip: str, helo: str | None) -> Envelope:
+    def envelope(
+        self, facts: MessageFacts, *, session_id: str, client_ip: str, helo: str | None
+    ) -> Envelope:
         """The envelope to commit with the body received so far."""
         assert self.writer is not None
         return Envelope(

@@ -62,7 +62,9 @@ from gateway.smtp import replies
 from gateway.smtp.data import dot_stuff
 from gateway.smtp.replies import Reply
 
-SCAN_INTERVAL = 1.0  # seconds between looks at the spool (operator commands take effect within this)
+SCAN_INTERVAL = (
+    1.0  # seconds between looks at the spool (operator commands take effect within this)
+)
 
 
 BAD_SPOOLED_ADDRESS = Reply(550, "5.1.3", "Address in the spool contains control characters")
@@ -104,7 +106,9 @@ class _BodyProducer:
 
     def lost(self, reason: str) -> None:
         if not self.done.called:
-            self.done.errback(UpstreamFailure(replies.UPSTREAM_LOST, f"{self.session.config.name}: {reason}"))
+            self.done.errback(
+                UpstreamFailure(replies.UPSTREAM_LOST, f"{self.session.config.name}: {reason}")
+            )
 
     def _end(self, error: Exception | None) -> None:
         transport = self.session.transport
@@ -118,11 +122,18 @@ class _BodyProducer:
 
 
 class DeliveryRunner:
-    def __init__(self, reactor: Any, spool: Spool, config: Config,
-                 pools: Callable[[str], UpstreamPool | None], audit: AuditLog,
-                 clock: Callable[[], float] = time.time, interval: float = SCAN_INTERVAL,
-                 on_result: Callable[[dict[str, Any]], None] | None = None,
-                 cooldowns: Cooldowns | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        spool: Spool,
+        config: Config,
+        pools: Callable[[str], UpstreamPool | None],
+        audit: AuditLog,
+        clock: Callable[[], float] = time.time,
+        interval: float = SCAN_INTERVAL,
+        on_result: Callable[[dict[str, Any]], None] | None = None,
+        cooldowns: Cooldowns | None = None,
+    ) -> None:
         self.reactor = reactor
         self.spool = spool
         self.config = config
@@ -134,12 +145,20 @@ class DeliveryRunner:
         self.on_result = on_result  # metrics: called with each message.result's fields
         queue = config.queue
         self.backoff = Backoff(queue.min_backoff, queue.max_backoff, queue.max_age)
-        self.slots: dict[str, defer.DeferredSemaphore] = {}  # first upstream -> parallel queue deliveries
+        self.slots: dict[
+            str, defer.DeferredSemaphore
+        ] = {}  # first upstream -> parallel queue deliveries
         self.in_flight: dict[str, defer.Deferred[None]] = {}
         self.schedule: dict[str, float] = {}  # deferred queue id -> when it is due
-        self.duplicates: dict[str, set[str]] = {}  # queue id -> recipients possibly delivered already
-        self.uncertain: dict[str, set[str]] = {}  # this attempt: the dot went out, the reply did not come
-        self.unsaved: dict[str, dict[str, str]] = {}  # queue id -> final recipient statuses not yet on disk
+        self.duplicates: dict[
+            str, set[str]
+        ] = {}  # queue id -> recipients possibly delivered already
+        self.uncertain: dict[
+            str, set[str]
+        ] = {}  # this attempt: the dot went out, the reply did not come
+        self.unsaved: dict[
+            str, dict[str, str]
+        ] = {}  # queue id -> final recipient statuses not yet on disk
         self.sessions: dict[int, UpstreamSession] = {}  # by id(): sessions are not hashable
         self.unreadable: set[str] = set()
         self.stopping = False
@@ -157,25 +176,40 @@ class DeliveryRunner:
         """Pick up the spool as a crash or a stop left it."""
         discarded = self.spool.clear(INCOMING)
         if discarded:
-            self.audit.event("queue.incomplete_discarded", queue_ids=discarded, count=len(discarded),
-                             reason="half-received when the gateway stopped; never answered 250")
+            self.audit.event(
+                "queue.incomplete_discarded",
+                queue_ids=discarded,
+                count=len(discarded),
+                reason="half-received when the gateway stopped; never answered 250",
+            )
         self.spool.clear(DONE)
         for state in (ACTIVE, DEFERRED):
             for queue_id in self.spool.ids(state):
                 envelope = self._load(state, queue_id)
                 if envelope is None:
                     continue
-                risky = {r.address for r in envelope.recipients if r.in_flight and r.status == PENDING}
+                risky = {
+                    r.address for r in envelope.recipients if r.in_flight and r.status == PENDING
+                }
                 if risky:
                     self.duplicates[queue_id] = risky
-                    self.audit.event("delivery.duplicate_risk", queue_id=queue_id, recipients=sorted(risky),
-                                     message_id=envelope.message_id,
-                                     reason="stopped during a delivery; the upstream may have accepted it, "
-                                            "it will be sent again (at-least-once)")
+                    self.audit.event(
+                        "delivery.duplicate_risk",
+                        queue_id=queue_id,
+                        recipients=sorted(risky),
+                        message_id=envelope.message_id,
+                        reason="stopped during a delivery; the upstream may have accepted it, "
+                        "it will be sent again (at-least-once)",
+                    )
                 if state == DEFERRED:
                     self.schedule[queue_id] = envelope.next_attempt
-        self.audit.event("queue.started", path=self.spool.path, active=len(self.spool.ids(ACTIVE)),
-                         deferred=len(self.schedule), dead=len(self.spool.ids(DEAD)))
+        self.audit.event(
+            "queue.started",
+            path=self.spool.path,
+            active=len(self.spool.ids(ACTIVE)),
+            deferred=len(self.schedule),
+            dead=len(self.spool.ids(DEAD)),
+        )
 
     async def stop(self, grace: float) -> None:
         """Stop starting deliveries; let those under way finish for `grace` seconds, then abort them."""
@@ -210,7 +244,9 @@ class DeliveryRunner:
         try:
             self._scan()
         except OSError as exc:
-            self.audit.event("gateway.error", error=f"queue scan failed: {exc.strerror}", type="OSError")
+            self.audit.event(
+                "gateway.error", error=f"queue scan failed: {exc.strerror}", type="OSError"
+            )
 
     def _scan(self) -> None:
         for queue_id in self.spool.ids(TRASH):
@@ -232,7 +268,11 @@ class DeliveryRunner:
                 except MessageGone:
                     pass
         for queue_id in self.spool.ids(ACTIVE):
-            if queue_id not in self.in_flight and queue_id not in self.unreadable and not self.stopping:
+            if (
+                queue_id not in self.in_flight
+                and queue_id not in self.unreadable
+                and not self.stopping
+            ):
                 self._start(queue_id)
 
     def _start(self, queue_id: str) -> None:
@@ -245,8 +285,12 @@ class DeliveryRunner:
         self.in_flight.pop(queue_id, None)
 
     def _internal_error(self, failure: Failure, queue_id: str) -> None:
-        self.audit.event("gateway.error", queue_id=queue_id, error=failure.getErrorMessage()[:300],
-                         type=failure.type.__name__ if failure.type else "unknown")
+        self.audit.event(
+            "gateway.error",
+            queue_id=queue_id,
+            error=failure.getErrorMessage()[:300],
+            type=failure.type.__name__ if failure.type else "unknown",
+        )
 
     def _load(self, state: str, queue_id: str) -> Envelope | None:
         try:
@@ -256,8 +300,12 @@ class DeliveryRunner:
         except (ValueError, TypeError, KeyError) as exc:
             if queue_id not in self.unreadable:
                 self.unreadable.add(queue_id)
-                self.audit.event("queue.unreadable", queue_id=queue_id, state=state,
-                                 error=f"{type(exc).__name__}: {str(exc)[:200]}")
+                self.audit.event(
+                    "queue.unreadable",
+                    queue_id=queue_id,
+                    state=state,
+                    error=f"{type(exc).__name__}: {str(exc)[:200]}",
+                )
             return None
 
     # --- one delivery round of one message -------------------------------------------------
@@ -276,8 +324,12 @@ class DeliveryRunner:
         attempted = [False, False]  # a round was tried; a session was opened (the duplicate window)
         try:
             await defer.gatherResults(
-                [defer.Deferred.fromCoroutine(self._attempt(envelope, name, group, attempted, len(groups) > 1))
-                 for name, group in groups.items()],
+                [
+                    defer.Deferred.fromCoroutine(
+                        self._attempt(envelope, name, group, attempted, len(groups) > 1)
+                    )
+                    for name, group in groups.items()
+                ],
                 consumeErrors=True,
             )
         except defer.FirstError as error:
@@ -287,8 +339,14 @@ class DeliveryRunner:
         if attempted[0] or not envelope.pending:
             self._settle(envelope, opened=attempted[1])
 
-    async def _attempt(self, envelope: Envelope, route: tuple[str, ...], group: list[RecipientState],
-                       attempted: list[bool], several: bool) -> None:
+    async def _attempt(
+        self,
+        envelope: Envelope,
+        route: tuple[str, ...],
+        group: list[RecipientState],
+        attempted: list[bool],
+        several: bool,
+    ) -> None:
         configured = [hop for hop in route if self.pools(hop) is not None]
         name = configured[0] if configured else route[0]
         first = self.pools(name)
@@ -297,11 +355,19 @@ class DeliveryRunner:
             for recipient in group:
                 recipient.attempts += 1
                 recipient.last_attempt = now
-                recipient.last_reply = f"451 4.3.5 no upstream of the route {list(route)} is configured"
+                recipient.last_reply = (
+                    f"451 4.3.5 no upstream of the route {list(route)} is configured"
+                )
             attempted[0] = True
-            self.audit.event("delivery.attempt", queue_id=envelope.id, upstream=name,
-                             recipients=[{"address": r.address, "result": "deferred", "reply": r.last_reply}
-                                         for r in group])
+            self.audit.event(
+                "delivery.attempt",
+                queue_id=envelope.id,
+                upstream=name,
+                recipients=[
+                    {"address": r.address, "result": "deferred", "reply": r.last_reply}
+                    for r in group
+                ],
+            )
             return
         slots = self.slots.get(name)
         if slots is None:
@@ -320,7 +386,9 @@ class DeliveryRunner:
             attempted[1] = attempted[1] or session is not None
             uncertain = self.uncertain.pop(envelope.id, set())
             for recipient in group:
-                recipient.in_flight = recipient.address in uncertain  # still in the duplicate window
+                recipient.in_flight = (
+                    recipient.address in uncertain
+                )  # still in the duplicate window
                 reply = answers[recipient.address]
                 recipient.last_reply = str(reply)
                 if reply.is_positive:
@@ -331,13 +399,21 @@ class DeliveryRunner:
             if uncertain:  # logged as possible_duplicate on the next attempt
                 self.duplicates.setdefault(envelope.id, set()).update(uncertain)
             if session is not None and several:
-                self.spool.save(ACTIVE, envelope)  # other upstreams' groups still running: record this one
+                self.spool.save(
+                    ACTIVE, envelope
+                )  # other upstreams' groups still running: record this one
         finally:
             slots.release()
 
-    async def _transact(self, route: tuple[str, ...], envelope: Envelope, group: list[RecipientState]
-                        ) -> tuple[dict[str, Reply], UpstreamPool | None, UpstreamSession | None, str | None,
-                                   list[dict[str, str]]]:
+    async def _transact(
+        self, route: tuple[str, ...], envelope: Envelope, group: list[RecipientState]
+    ) -> tuple[
+        dict[str, Reply],
+        UpstreamPool | None,
+        UpstreamSession | None,
+        str | None,
+        list[dict[str, str]],
+    ]:
         """One SMTP transaction, failing over along `route`; a reply for every recipient of the group."""
         tried: list[dict[str, str]] = []
         last: UpstreamFailure | None = None
@@ -350,26 +426,48 @@ class DeliveryRunner:
                 session = await pool.acquire(envelope.sender or None)
             except UpstreamFailure as failure:
                 if not isinstance(failure, PoolBusy):  # busy is not broken: no cool-down
-                    self.cooldowns.failed(name, self.reactor.seconds(), pool.config.failover_cooldown)
+                    self.cooldowns.failed(
+                        name, self.reactor.seconds(), pool.config.failover_cooldown
+                    )
                 tried.append({"upstream": name, "reason": failure.reason})
                 last = failure
                 continue
             self.cooldowns.succeeded(name)
             if self.stopping:  # the session came after stop() began: start nothing new
                 pool.release(session, reusable=True)
-                return ({r.address: replies.SHUTTING_DOWN.with_text("Gateway stopping; will retry")
-                         for r in group}, None, None, "gateway stopping", tried)
+                return (
+                    {
+                        r.address: replies.SHUTTING_DOWN.with_text("Gateway stopping; will retry")
+                        for r in group
+                    },
+                    None,
+                    None,
+                    "gateway stopping",
+                    tried,
+                )
             answers, error, mail_refused = await self._transact_on(pool, session, envelope, group)
             if mail_refused is not None and mail_refused.is_transient and name != route[-1]:
-                tried.append({"upstream": name, "reason": f"MAIL answered {mail_refused.code} {mail_refused.enhanced}"})
+                tried.append(
+                    {
+                        "upstream": name,
+                        "reason": f"MAIL answered {mail_refused.code} {mail_refused.enhanced}",
+                    }
+                )
                 continue
             return answers, pool, session, error, tried
-        failure = last or UpstreamFailure(replies.UPSTREAM_UNREACHABLE, "no upstream of the route is configured")
+        failure = last or UpstreamFailure(
+            replies.UPSTREAM_UNREACHABLE, "no upstream of the route is configured"
+        )
         reasons = "; ".join(t["reason"] for t in tried) or failure.reason
         return {r.address: failure.reply for r in group}, None, None, reasons, tried
 
-    async def _transact_on(self, pool: UpstreamPool, session: UpstreamSession, envelope: Envelope,
-                           group: list[RecipientState]) -> tuple[dict[str, Reply], str | None, Reply | None]:
+    async def _transact_on(
+        self,
+        pool: UpstreamPool,
+        session: UpstreamSession,
+        envelope: Envelope,
+        group: list[RecipientState],
+    ) -> tuple[dict[str, Reply], str | None, Reply | None]:
         """MAIL, RCPTs, DATA and the body on a session; (answers, error, MAIL refusal if any)."""
         # From here the upstream may accept: mark the window on disk (MessageGone if deleted meanwhile).
         if not all(r.in_flight for r in group):
@@ -388,10 +486,18 @@ class DeliveryRunner:
             capabilities = session.capabilities
             if not all(_clean(a) for a in [envelope.sender, *(r.address for r in group)]):
                 pool.release(session, reusable=True)
-                return {r.address: BAD_SPOOLED_ADDRESS for r in group}, "control characters in spool", None
+                return (
+                    {r.address: BAD_SPOOLED_ADDRESS for r in group},
+                    "control characters in spool",
+                    None,
+                )
             if envelope.mail_body == "8BITMIME" and "8BITMIME" not in capabilities:
                 pool.release(session, reusable=True)
-                return {r.address: replies.UPSTREAM_NO_8BIT for r in group}, "8BITMIME not offered", None
+                return (
+                    {r.address: replies.UPSTREAM_NO_8BIT for r in group},
+                    "8BITMIME not offered",
+                    None,
+                )
             line = f"MAIL FROM:<{envelope.sender}>"
             if "SIZE" in capabilities:
                 line += f" SIZE={envelope.size}"
@@ -402,8 +508,9 @@ class DeliveryRunner:
                 pool.release(session, reusable=reply.code != 421)
                 return {r.address: reply for r in group}, None, reply
             for recipient in group:
-                reply = replies.expected(await session.command(f"RCPT TO:<{recipient.address}>".encode()),
-                                         250, 251)
+                reply = replies.expected(
+                    await session.command(f"RCPT TO:<{recipient.address}>".encode()), 250, 251
+                )
                 answers[recipient.address] = reply
                 if reply.is_positive:
                     accepted.append(recipient)
@@ -436,9 +543,12 @@ class DeliveryRunner:
 
     async def _send_body(self, session: UpstreamSession, envelope: Envelope) -> None:
         producer = _BodyProducer(session, read_lines(self.spool.body_path(ACTIVE, envelope.id)))
-        session.protocol.closed.addCallback(lambda _: producer.lost("connection lost while sending the body"))
-        timer = self.reactor.callLater(session.config.data_timeout, session.protocol.abort,
-                                       "timeout sending the body")
+        session.protocol.closed.addCallback(
+            lambda _: producer.lost("connection lost while sending the body")
+        )
+        timer = self.reactor.callLater(
+            session.config.data_timeout, session.protocol.abort, "timeout sending the body"
+        )
         try:
             session.transport.registerProducer(producer, False)
             await producer.done
@@ -446,23 +556,46 @@ class DeliveryRunner:
             if timer.active():
                 timer.cancel()
 
-    def _log_attempt(self, envelope: Envelope, pool: UpstreamPool, group: list[RecipientState],
-                     answers: dict[str, Reply], session: UpstreamSession | None, error: str | None,
-                     tried: list[dict[str, str]]) -> None:
+    def _log_attempt(
+        self,
+        envelope: Envelope,
+        pool: UpstreamPool,
+        group: list[RecipientState],
+        answers: dict[str, Reply],
+        session: UpstreamSession | None,
+        error: str | None,
+        tried: list[dict[str, str]],
+    ) -> None:
         up = pool.config
         risky = self.duplicates.get(envelope.id, set())
         fields: dict[str, Any] = {
             "queue_id": envelope.id,
             "message_id": envelope.message_id,
-            "upstream": up.name, "upstream_host": up.host, "upstream_port": up.port, "tls_mode": up.tls,
+            "upstream": up.name,
+            "upstream_host": up.host,
+            "upstream_port": up.port,
+            "tls_mode": up.tls,
             "attempt": max(r.attempts for r in group),
-            "recipients": [{"address": r.address, "reply": str(answers[r.address]),
-                            "result": "delivered" if r.status == DELIVERED
-                            else "failed" if r.status == FAILED else "deferred"} for r in group],
+            "recipients": [
+                {
+                    "address": r.address,
+                    "reply": str(answers[r.address]),
+                    "result": "delivered"
+                    if r.status == DELIVERED
+                    else "failed"
+                    if r.status == FAILED
+                    else "deferred",
+                }
+                for r in group
+            ],
         }
         if session is not None:
-            fields.update(tls_version=session.tls.version, tls_cipher=session.tls.cipher,
-                          peer_cert_sha256=session.tls.peer_cert_sha256, auth_user=session.auth_user)
+            fields.update(
+                tls_version=session.tls.version,
+                tls_cipher=session.tls.cipher,
+                peer_cert_sha256=session.tls.peer_cert_sha256,
+                auth_user=session.auth_user,
+            )
         if error:
             fields["upstream_error"] = error
         if tried:
@@ -503,16 +636,25 @@ class DeliveryRunner:
             if envelope.pending:
                 self.spool.move(envelope.id, ACTIVE, DEFERRED, durable=False)
                 self.schedule[envelope.id] = envelope.next_attempt
-                self.audit.event("message.deferred", queue_id=envelope.id, message_id=envelope.message_id,
-                                 recipients=[r.address for r in envelope.pending], attempts=envelope.attempts,
-                                 next_attempt=_iso(envelope.next_attempt))
+                self.audit.event(
+                    "message.deferred",
+                    queue_id=envelope.id,
+                    message_id=envelope.message_id,
+                    recipients=[r.address for r in envelope.pending],
+                    attempts=envelope.attempts,
+                    next_attempt=_iso(envelope.next_attempt),
+                )
                 return
             self._result(envelope)
             if any(r.status == FAILED for r in envelope.recipients):
                 self.spool.move(envelope.id, ACTIVE, DEAD, durable=False)
-                self.audit.event("message.dead", queue_id=envelope.id, message_id=envelope.message_id,
-                                 recipients=[r.address for r in envelope.recipients if r.status == FAILED],
-                                 reason="kept in the dead-letter area (mailgate queue dead)")
+                self.audit.event(
+                    "message.dead",
+                    queue_id=envelope.id,
+                    message_id=envelope.message_id,
+                    recipients=[r.address for r in envelope.recipients if r.status == FAILED],
+                    reason="kept in the dead-letter area (mailgate queue dead)",
+                )
             else:
                 self.spool.move(envelope.id, ACTIVE, DONE, durable=False)
                 self.spool.remove(DONE, envelope.id)
@@ -527,10 +669,17 @@ class DeliveryRunner:
         """
         sent = {r.address for r in envelope.recipients if r.status == DELIVERED}
         # Never sent again by this process; after a restart the disk's state wins: flagged resend.
-        self.unsaved[envelope.id] = {r.address: r.status for r in envelope.recipients if r.status != PENDING}
+        self.unsaved[envelope.id] = {
+            r.address: r.status for r in envelope.recipients if r.status != PENDING
+        }
         due = now + self.config.queue.min_backoff
-        self.audit.event("queue.write_failed", queue_id=envelope.id, error=exc.strerror or type(exc).__name__,
-                         delivered_not_recorded=sorted(sent), next_attempt=_iso(due))
+        self.audit.event(
+            "queue.write_failed",
+            queue_id=envelope.id,
+            error=exc.strerror or type(exc).__name__,
+            delivered_not_recorded=sorted(sent),
+            next_attempt=_iso(due),
+        )
         try:
             self.spool.move(envelope.id, ACTIVE, DEFERRED, durable=False)
             self.schedule[envelope.id] = due
@@ -544,27 +693,58 @@ class DeliveryRunner:
         dsn_id = new_id(now)
         try:
             headers = read_headers(self.spool.body_path(ACTIVE, envelope.id))
-            body = dsn.build(envelope, failed, headers, hostname=self.config.listener.hostname,
-                             dsn_id=dsn_id, now=now)
-            bounce = Envelope(id=dsn_id, sender="", received=now, size=len(body),
-                              recipients=[RecipientState(envelope.sender, failed[0].upstream, None,
-                                                          route=list(failed[0].hops))],
-                              message_id=f"<{dsn_id}@{self.config.listener.hostname}>", bounce_of=envelope.id)
+            body = dsn.build(
+                envelope,
+                failed,
+                headers,
+                hostname=self.config.listener.hostname,
+                dsn_id=dsn_id,
+                now=now,
+            )
+            bounce = Envelope(
+                id=dsn_id,
+                sender="",
+                received=now,
+                size=len(body),
+                recipients=[
+                    RecipientState(
+                        envelope.sender, failed[0].upstream, None, route=list(failed[0].hops)
+                    )
+                ],
+                message_id=f"<{dsn_id}@{self.config.listener.hostname}>",
+                bounce_of=envelope.id,
+            )
             self.spool.store(bounce, body)
         except OSError as exc:
-            self.audit.event("gateway.error", queue_id=envelope.id, type="OSError",
-                             error=f"could not queue the DSN: {exc.strerror}; will try again next round")
+            self.audit.event(
+                "gateway.error",
+                queue_id=envelope.id,
+                type="OSError",
+                error=f"could not queue the DSN: {exc.strerror}; will try again next round",
+            )
             return
         for recipient in failed:
             recipient.bounced = True
-        self.audit.event("message.bounced", queue_id=envelope.id, dsn_queue_id=dsn_id, to=envelope.sender,
-                         recipients=[r.address for r in failed], upstream=failed[0].upstream)
+        self.audit.event(
+            "message.bounced",
+            queue_id=envelope.id,
+            dsn_queue_id=dsn_id,
+            to=envelope.sender,
+            recipients=[r.address for r in failed],
+            upstream=failed[0].upstream,
+        )
         self.submitted(dsn_id)
 
     def _result(self, envelope: Envelope, outcome: str | None = None) -> None:
         statuses = {r.status for r in envelope.recipients}
         if outcome is None:
-            outcome = "delivered" if statuses == {DELIVERED} else "failed" if statuses == {FAILED} else "partial"
+            outcome = (
+                "delivered"
+                if statuses == {DELIVERED}
+                else "failed"
+                if statuses == {FAILED}
+                else "partial"
+            )
         fields: dict[str, Any] = {
             "queue_id": envelope.id,
             "delivery": "queue",
@@ -574,9 +754,18 @@ class DeliveryRunner:
             "sha256": envelope.sha256,
             "received": _iso(envelope.received),
             "attempts": envelope.attempts,
-            "recipients": [{"address": r.address, "result": r.status, "reply": r.last_reply,
-                            "upstream": r.upstream, "rule": r.rule, "attempts": r.attempts,
-                            **({"expired": True} if r.expired else {})} for r in envelope.recipients],
+            "recipients": [
+                {
+                    "address": r.address,
+                    "result": r.status,
+                    "reply": r.last_reply,
+                    "upstream": r.upstream,
+                    "rule": r.rule,
+                    "attempts": r.attempts,
+                    **({"expired": True} if r.expired else {}),
+                }
+                for r in envelope.recipients
+            ],
             "outcome": outcome,
         }
         if envelope.session_id:
@@ -599,9 +788,14 @@ class DeliveryRunner:
         self.schedule.pop(queue_id, None)
         if envelope is not None:
             pending = envelope.pending
-            self.audit.event("message.deleted", queue_id=queue_id, message_id=envelope.message_id,
-                             sender=envelope.sender, recipients=[r.address for r in pending],
-                             reason="deleted by the operator (mailgate queue delete)")
+            self.audit.event(
+                "message.deleted",
+                queue_id=queue_id,
+                message_id=envelope.message_id,
+                sender=envelope.sender,
+                recipients=[r.address for r in pending],
+                reason="deleted by the operator (mailgate queue delete)",
+            )
             if pending:
                 for recipient in pending:
                     recipient.status = "deleted"

@@ -31,7 +31,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, BinaryIO
 
-INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE = "incoming", "active", "deferred", "dead", "trash", "done"
+INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE = (
+    "incoming",
+    "active",
+    "deferred",
+    "dead",
+    "trash",
+    "done",
+)
 FOLDERS = (INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE)
 QUEUED = (ACTIVE, DEFERRED)  # states a message waits for delivery in
 BODY, ENVELOPE = "body", "envelope.json"
@@ -136,7 +143,7 @@ def _write_file(path: str, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -156,7 +163,9 @@ class Spool:
         self.path = path
 
     def folder(self, state: str, queue_id: str | None = None) -> str:
-        return os.path.join(self.path, state, queue_id) if queue_id else os.path.join(self.path, state)
+        return (
+            os.path.join(self.path, state, queue_id) if queue_id else os.path.join(self.path, state)
+        )
 
     def exists(self) -> bool:
         return os.path.isdir(self.folder(ACTIVE))
@@ -261,7 +270,9 @@ class SpoolWriter:
         self._file: BinaryIO | None = None
         os.mkdir(self.folder, 0o700)
         try:
-            fd = os.open(os.path.join(self.folder, BODY), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(
+                os.path.join(self.folder, BODY), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+            )
             self._file = os.fdopen(fd, "wb")
         except OSError:
             self.discard()

@@ -90,7 +90,9 @@ def _params(words: list[str]) -> dict[str, str]:
         if not key.isascii() or not key.replace("-", "").isalnum():
             raise CommandError(replies.SYNTAX_ARGS)
         if key.upper() in params:
-            raise CommandError(replies.SYNTAX_ARGS.with_text(f"Parameter {key.upper()} given twice"))
+            raise CommandError(
+                replies.SYNTAX_ARGS.with_text(f"Parameter {key.upper()} given twice")
+            )
         params[key.upper()] = value
     return params
 

@@ -43,7 +43,9 @@ class Reply:
         out = []
         for i, line in enumerate(lines):
             sep = " " if i == len(lines) - 1 else "-"
-            line = _CONTROL.sub("?", line)  # e.g. a bare CR in an upstream's text, relayed to the app
+            line = _CONTROL.sub(
+                "?", line
+            )  # e.g. a bare CR in an upstream's text, relayed to the app
             body = f"{self.enhanced} {line}" if self.enhanced else line
             out.append(f"{self.code}{sep}{body}".rstrip(" ") + "\r\n")
         return "".join(out).encode("ascii", "replace")
@@ -64,7 +66,9 @@ def expected(reply: Reply, *codes: int) -> Reply:
     """
     if reply.code in codes or 400 <= reply.code < 600:
         return reply
-    return UPSTREAM_PROTOCOL.with_text(f"Upstream protocol error (unexpected {reply.code}), try again later")
+    return UPSTREAM_PROTOCOL.with_text(
+        f"Upstream protocol error (unexpected {reply.code}), try again later"
+    )
 
 
 def default_enhanced(code: int) -> str:
@@ -112,8 +116,12 @@ class ReplyParser:
                 replies.append(reply)
 
     def _line(self, line: bytes) -> Reply | None:
-        if (len(line) < 3 or not line[:3].isdigit() or line[0] not in b"2345"
-                or (len(line) > 3 and line[3:4] not in b" -")):
+        if (
+            len(line) < 3
+            or not line[:3].isdigit()
+            or line[0] not in b"2345"
+            or (len(line) > 3 and line[3:4] not in b" -")
+        ):
             raise MalformedReply("malformed reply line")
         code = int(line[:3])
         if self._code is not None and code != self._code:
@@ -148,7 +156,9 @@ class MalformedReply(Exception):
 # Replies of the listener, defined once. Grouped by where they are sent.
 GREETING_DENIED = Reply(554, "5.7.1", "Client address not allowed to use this gateway")
 DENIED_COMMAND = Reply(503, "5.7.1", "Client address not allowed; only QUIT is accepted")
-PROXY_HEADER_INVALID = Reply(421, "4.7.0", "PROXY protocol header missing or invalid, closing connection")
+PROXY_HEADER_INVALID = Reply(
+    421, "4.7.0", "PROXY protocol header missing or invalid, closing connection"
+)
 CLOSING = Reply(221, "2.0.0", "Bye")
 OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
@@ -181,8 +191,12 @@ OTHER_ROUTE = Reply(
     452, "4.5.3", "Recipient routes through another upstream; send it in a separate transaction"
 )
 SIZE_EXCEEDED = Reply(552, "5.3.4", "Message size exceeds the fixed limit")
-BARE_LINE_ENDING = Reply(550, "5.5.2", "Bare CR or LF (or NUL) in message data; only CRLF is allowed")
-DATA_LINE_TOO_LONG = Reply(550, "5.5.2", "Message line longer than 1000 octets (RFC 5321 4.5.3.1.6)")
+BARE_LINE_ENDING = Reply(
+    550, "5.5.2", "Bare CR or LF (or NUL) in message data; only CRLF is allowed"
+)
+DATA_LINE_TOO_LONG = Reply(
+    550, "5.5.2", "Message line longer than 1000 octets (RFC 5321 4.5.3.1.6)"
+)
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Idle timeout, closing connection")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Gateway shutting down, try again later")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
@@ -195,9 +209,13 @@ UPSTREAM_STARTTLS_REFUSED = Reply(451, "4.7.10", "Upstream refused STARTTLS; not
 UPSTREAM_TLS_FAILED = Reply(451, "4.7.5", "Upstream TLS verification failed")
 UPSTREAM_AUTH_FAILED = Reply(451, "4.7.0", "Upstream authentication failed")
 UPSTREAM_TOKEN_FAILED = Reply(451, "4.7.0", "Upstream OAuth token unavailable, try again later")
-UPSTREAM_NULL_SENDER_OAUTH = Reply(550, "5.7.1", "The null sender <> cannot authenticate upstream as the sender")
+UPSTREAM_NULL_SENDER_OAUTH = Reply(
+    550, "5.7.1", "The null sender <> cannot authenticate upstream as the sender"
+)
 OTHER_HEADER_EDITS = Reply(
-    452, "4.5.3", "Recipient needs other header edits (rewrite_from/strip_headers); send it separately"
+    452,
+    "4.5.3",
+    "Recipient needs other header edits (rewrite_from/strip_headers); send it separately",
 )
 UPSTREAM_PROTOCOL = Reply(451, "4.5.0", "Upstream protocol error, try again later")
 UPSTREAM_NO_8BIT = Reply(554, "5.6.3", "Upstream does not accept 8-bit data (8BITMIME)")
@@ -205,8 +223,14 @@ UPSTREAM_NO_8BIT = Reply(554, "5.6.3", "Upstream does not accept 8-bit data (8BI
 # Store-and-forward (delivery = "queue"); see gateway/enqueue.py.
 QUEUE_RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK, will be queued")
 QUEUED = Reply(250, "2.0.0", "Queued")
-QUEUE_WRITE_FAILED = Reply(452, "4.3.1", "Insufficient system storage: message not queued, try again later")
-QUEUE_NOT_RUNNING = Reply(451, "4.3.5", "Queue delivery is not running; the gateway needs a restart")
+QUEUE_WRITE_FAILED = Reply(
+    452, "4.3.1", "Insufficient system storage: message not queued, try again later"
+)
+QUEUE_NOT_RUNNING = Reply(
+    451, "4.3.5", "Queue delivery is not running; the gateway needs a restart"
+)
 OTHER_DELIVERY = Reply(
-    452, "4.5.3", "Recipient uses the other delivery mode (queue or relay); send it in a separate transaction"
+    452,
+    "4.5.3",
+    "Recipient uses the other delivery mode (queue or relay); send it in a separate transaction",
 )

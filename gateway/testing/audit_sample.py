@@ -19,7 +19,9 @@ SENDERS = ("app@example.com", "billing@example.com", "alerts@example.com", "nore
 UPSTREAMS = ("submission", "smtps")
 
 
-def sessions(count: int, start: dt.datetime, seed: int = 5, spacing_s: float = 7.0) -> Iterator[list[dict[str, Any]]]:
+def sessions(
+    count: int, start: dt.datetime, seed: int = 5, spacing_s: float = 7.0
+) -> Iterator[list[dict[str, Any]]]:
     """`count` sessions, each a list of (unsealed) events with their timestamp set."""
     rng = random.Random(seed)
     when = start
@@ -32,37 +34,90 @@ def sessions(count: int, start: dt.datetime, seed: int = 5, spacing_s: float = 7
         roll = rng.random()
         rcpt = f"user{rng.randrange(50)}@example.net"
         base = {"session_id": sid}
-        events = [dict(base, event="session.opened", client_ip=client, client_port=40000 + n % 20000, allowed=True)]
-        result: dict[str, Any] = dict(base, event="message.result", client_ip=client, helo="app.test",
-                                      sender=sender, rules=["net-via-587"], upstream=upstream,
-                                      upstream_host="localhost", upstream_port=587 if upstream == "submission" else 465,
-                                      tls_mode="starttls" if upstream == "submission" else "implicit")
+        events = [
+            dict(
+                base,
+                event="session.opened",
+                client_ip=client,
+                client_port=40000 + n % 20000,
+                allowed=True,
+            )
+        ]
+        result: dict[str, Any] = dict(
+            base,
+            event="message.result",
+            client_ip=client,
+            helo="app.test",
+            sender=sender,
+            rules=["net-via-587"],
+            upstream=upstream,
+            upstream_host="localhost",
+            upstream_port=587 if upstream == "submission" else 465,
+            tls_mode="starttls" if upstream == "submission" else "implicit",
+        )
         if roll < 0.80:
             reply = f"250 2.0.0 Queued as upstream-{n}"
-            result.update(recipients=[{"address": rcpt, "result": "relayed", "reply": reply, "rule": "net-via-587"}],
-                          outcome="relayed", reply=reply, tls_version="TLSv1.3", tls_cipher="TLS_AES_256_GCM_SHA384",
-                          peer_cert_sha256="ab" * 32, auth_user="relay@demo.example", upstream_code=250,
-                          upstream_enhanced="2.0.0", upstream_reply=f"Queued as upstream-{n}",
-                          size=rng.randrange(800, 40000), message_id=f"<{sid}@example.com>", sha256="cd" * 32)
+            result.update(
+                recipients=[
+                    {"address": rcpt, "result": "relayed", "reply": reply, "rule": "net-via-587"}
+                ],
+                outcome="relayed",
+                reply=reply,
+                tls_version="TLSv1.3",
+                tls_cipher="TLS_AES_256_GCM_SHA384",
+                peer_cert_sha256="ab" * 32,
+                auth_user="relay@demo.example",
+                upstream_code=250,
+                upstream_enhanced="2.0.0",
+                upstream_reply=f"Queued as upstream-{n}",
+                size=rng.randrange(800, 40000),
+                message_id=f"<{sid}@example.com>",
+                sha256="cd" * 32,
+            )
         elif roll < 0.90:
             reply = "550 5.7.1 Recipient not allowed by policy"
-            result.update(recipients=[{"address": "x@blocked.example", "result": "rejected", "reply": reply,
-                                       "rule": "blocked-domain"}], rules=["blocked-domain"], outcome="rejected",
-                          reason="client session ended (client quit)")
+            result.update(
+                recipients=[
+                    {
+                        "address": "x@blocked.example",
+                        "result": "rejected",
+                        "reply": reply,
+                        "rule": "blocked-domain",
+                    }
+                ],
+                rules=["blocked-domain"],
+                outcome="rejected",
+                reason="client session ended (client quit)",
+            )
             for key in ("upstream", "upstream_host", "upstream_port", "tls_mode"):
                 result.pop(key)
         else:
             reply = "451 4.4.1 Upstream unreachable, try again later"
-            result.update(recipients=[{"address": rcpt, "result": "deferred", "reply": reply, "rule": "net-via-587"}],
-                          outcome="deferred", upstream_error="cannot connect to localhost:587: Connection refused",
-                          reason="client session ended (client quit)")
+            result.update(
+                recipients=[
+                    {"address": rcpt, "result": "deferred", "reply": reply, "rule": "net-via-587"}
+                ],
+                outcome="deferred",
+                upstream_error="cannot connect to localhost:587: Connection refused",
+                reason="client session ended (client quit)",
+            )
         step = dt.timedelta(milliseconds=rng.randrange(20, 400))
         result["timestamp"] = when + step
         events.append(result)
-        events.append(dict(base, event="session.closed", reason="client quit", duration_s=round(2 * step.total_seconds(), 3),
-                           messages=1, relayed=int(result["outcome"] == "relayed"),
-                           rejected=int(result["outcome"] == "rejected"), deferred=int(result["outcome"] == "deferred"),
-                           failed=0, timestamp=when + 2 * step))
+        events.append(
+            dict(
+                base,
+                event="session.closed",
+                reason="client quit",
+                duration_s=round(2 * step.total_seconds(), 3),
+                messages=1,
+                relayed=int(result["outcome"] == "relayed"),
+                rejected=int(result["outcome"] == "rejected"),
+                deferred=int(result["outcome"] == "deferred"),
+                failed=0,
+                timestamp=when + 2 * step,
+            )
+        )
         events[0]["timestamp"] = when
         yield events
 
@@ -73,7 +128,9 @@ def write(log: AuditLog, count: int, start: dt.datetime, seed: int = 5) -> int:
     for events in sessions(count, start, seed):
         for event in events:
             event["timestamp"] = event["timestamp"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            log._sink.msg(_order(None, "info", event))  # the same sealing and line as AuditLog.event
+            log._sink.msg(
+                _order(None, "info", event)
+            )  # the same sealing and line as AuditLog.event
             written += 1
     return written
 

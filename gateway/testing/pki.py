@@ -18,8 +18,12 @@ class ServerCert:
     cert_file: str
     key_file: str
 
-    def server_context(self, *, minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
-                       maximum: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    def server_context(
+        self,
+        *,
+        minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2,
+        maximum: ssl.TLSVersion | None = None,
+    ) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = minimum
         if maximum is not None:
@@ -35,10 +39,16 @@ class ThrowawayCA:
         self.ca_file = os.path.join(folder, "ca.pem")
         self.ca.cert_pem.write_to_path(self.ca_file)
 
-    def issue(self, name: str, *hosts: str, not_before: datetime.datetime | None = None,
-              not_after: datetime.datetime | None = None) -> ServerCert:
-        leaf = self.ca.issue_cert(*(hosts or ("localhost", "127.0.0.1")), not_before=not_before,
-                                  not_after=not_after)
+    def issue(
+        self,
+        name: str,
+        *hosts: str,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> ServerCert:
+        leaf = self.ca.issue_cert(
+            *(hosts or ("localhost", "127.0.0.1")), not_before=not_before, not_after=not_after
+        )
         cert_file = os.path.join(self.folder, f"{name}.crt")
         key_file = os.path.join(self.folder, f"{name}.key")
         leaf.cert_chain_pems[0].write_to_path(cert_file)

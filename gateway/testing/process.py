@@ -17,18 +17,28 @@ from pathlib import Path
 class MailgateProcess:
     """``python -m gateway ARGS`` as a child process (e.g. ``"run", "--config", FILE``)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, cwd: str | None = None
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "gateway", *args],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         self.stdout: list[bytes] = []
         self.stderr: list[bytes] = []
         self.terminated = False
         self._changed = threading.Condition()
         self._readers = [
-            threading.Thread(target=self._read, args=(self.process.stdout, self.stdout), daemon=True),
-            threading.Thread(target=self._read, args=(self.process.stderr, self.stderr), daemon=True),
+            threading.Thread(
+                target=self._read, args=(self.process.stdout, self.stdout), daemon=True
+            ),
+            threading.Thread(
+                target=self._read, args=(self.process.stderr, self.stderr), daemon=True
+            ),
         ]
         for reader in self._readers:
             reader.start()
@@ -42,8 +52,11 @@ class MailgateProcess:
             into.append(b"")  # end of stream
             self._changed.notify_all()
 
-    def wait_for(self, lines: list[bytes], needle: bytes, timeout: float = 30, *, after: int = 0) -> bytes:
+    def wait_for(
+        self, lines: list[bytes], needle: bytes, timeout: float = 30, *, after: int = 0
+    ) -> bytes:
         """Block until a line containing `needle` arrives on `lines` (from index `after`); return it."""
+
         def found() -> bytes | None:
             return next((line for line in lines[after:] if needle in line), None)
 
@@ -84,7 +97,9 @@ class MailgateProcess:
 
     def peak_rss_kib(self) -> int:
         status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+        return int(
+            next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]
+        )
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -44,16 +44,28 @@ class _Handler:
     def __init__(self, server: SubmissionServer) -> None:
         self.server = server
 
-    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,  # noqa: N802
-                          options: list[str]) -> str:
+    async def handle_MAIL(  # noqa: N802
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
         if self.server.script.mail:
             return self.server.script.mail
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
 
-    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,  # noqa: N802
-                          options: list[str]) -> str:
+    async def handle_RCPT(  # noqa: N802
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
+    ) -> str:
         scripted = self.server.script.rcpt.get(address)
         if scripted and not scripted.startswith("2"):
             return scripted
@@ -66,9 +78,13 @@ class _Handler:
         ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
         auth = session.auth_data
         user = auth.login.decode() if isinstance(auth, LoginPassword) else None
-        message = ReceivedMessage(envelope.mail_from, list(envelope.rcpt_tos),
-                                  envelope.original_content or b"",
-                                  ssl_object.version() if ssl_object else None, user)
+        message = ReceivedMessage(
+            envelope.mail_from,
+            list(envelope.rcpt_tos),
+            envelope.original_content or b"",
+            ssl_object.version() if ssl_object else None,
+            user,
+        )
         self.server._record(message)
         return "250 2.0.0 Queued as upstream-%d" % len(self.server.messages)
 
@@ -93,8 +109,13 @@ logging.getLogger("mail.log").setLevel(logging.CRITICAL)  # aiosmtpd's per-conne
 class SubmissionServer:
     """``tls`` is "starttls" (587-style), "implicit" (465-style) or "none" (no STARTTLS offered)."""
 
-    def __init__(self, tls: str, context: ssl.SSLContext | None, users: dict[str, str],
-                 hostname: str = "upstream.test") -> None:
+    def __init__(
+        self,
+        tls: str,
+        context: ssl.SSLContext | None,
+        users: dict[str, str],
+        hostname: str = "upstream.test",
+    ) -> None:
         self.tls = tls
         self.context = context
         self.users = users
@@ -105,13 +126,16 @@ class SubmissionServer:
         self.connections = 0
         self.port = 0
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"upstream-{tls}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"upstream-{tls}", daemon=True
+        )
         self._server: asyncio.base_events.Server | None = None
         self._changed = threading.Condition()
         self.on_message: Callable[[ReceivedMessage], None] | None = None
 
-    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
-                      auth_data: Any) -> AuthResult:
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         if isinstance(auth_data, LoginPassword):
             user, password = auth_data.login.decode(), auth_data.password.decode()
             ok = self.users.get(user) == password

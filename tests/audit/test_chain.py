@@ -15,13 +15,17 @@ from gateway.audit.chain import GENESIS, START, ChainCheck, Head
 def chain(count: int, start: Head = START) -> list[str]:
     lines, head = [], start
     for n in range(count):
-        line, head = audit_chain.seal({"timestamp": f"2026-11-28T00:00:{n:02d}Z", "event": "e", "n": n}, head)
+        line, head = audit_chain.seal(
+            {"timestamp": f"2026-11-28T00:00:{n:02d}Z", "event": "e", "n": n}, head
+        )
         lines.append(line)
     return lines
 
 
 def check(lines: list[str], **options) -> ChainCheck:
-    return audit_chain.check_lines((("a.jsonl", i, text) for i, text in enumerate(lines, 1)), **options)
+    return audit_chain.check_lines(
+        (("a.jsonl", i, text) for i, text in enumerate(lines, 1)), **options
+    )
 
 
 def kinds(result: ChainCheck) -> list[tuple[int, str]]:
@@ -60,14 +64,18 @@ def test_values_json_cannot_encode_are_hashed_as_their_text():
     """A value rendered with str() verifies after a round trip through the file."""
     import ipaddress
 
-    line, _ = audit_chain.seal({"event": "e", "client": ipaddress.ip_address("::1"), "ratio": 0.1}, START)
+    line, _ = audit_chain.seal(
+        {"event": "e", "client": ipaddress.ip_address("::1"), "ratio": 0.1}, START
+    )
     assert check([line]).intact
 
 
 def test_intact_chain_verifies():
     """An untouched chain has no breaks and counts every record."""
     result = check(chain(5))
-    assert result.intact and result.verified == 5 and result.head is not None and result.head.seq == 5
+    assert (
+        result.intact and result.verified == 5 and result.head is not None and result.head.seq == 5
+    )
 
 
 def test_deleted_record_is_found_at_the_next_line():
@@ -194,6 +202,8 @@ def test_any_single_tampering_inside_the_chain_is_detected(size, data):
     else:
         index = data.draw(st.integers(0, size - 1))
         position = data.draw(st.integers(0, len(lines[index]) - 1))
-        replacement = data.draw(st.characters(codec="ascii").filter(lambda c: c != lines[index][position]))
-        lines[index] = lines[index][:position] + replacement + lines[index][position + 1:]
+        replacement = data.draw(
+            st.characters(codec="ascii").filter(lambda c: c != lines[index][position])
+        )
+        lines[index] = lines[index][:position] + replacement + lines[index][position + 1 :]
     assert not check(lines).intact

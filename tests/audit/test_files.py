@@ -24,8 +24,17 @@ def lines_of(scan: Scan) -> list[tuple[str, int, str]]:
 
 def test_siblings_are_the_current_file_and_logrotate_names(tmp_path):
     """Numbered and dated names, gzipped or not; never the chain state or other files."""
-    names = ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2.gz", "audit.jsonl-20261128",
-             "audit.jsonl-20261127.gz", "audit.jsonl.chain", "audit.jsonl.bak", "other.jsonl", "audit.jsonlx"]
+    names = [
+        "audit.jsonl",
+        "audit.jsonl.1",
+        "audit.jsonl.2.gz",
+        "audit.jsonl-20261128",
+        "audit.jsonl-20261127.gz",
+        "audit.jsonl.chain",
+        "audit.jsonl.bak",
+        "other.jsonl",
+        "audit.jsonlx",
+    ]
     for name in names:
         (tmp_path / name).write_text("")
     found = sorted(Path(p).name for p in audit_files.siblings(str(tmp_path / "audit.jsonl")))
@@ -39,9 +48,14 @@ def test_chain_order_puts_oldest_first_whatever_the_names(tmp_path):
         handle.write(record(1, "2026-11-28T01:00:00Z"))
     (tmp_path / "audit.jsonl.1").write_text(record(4, "2026-11-28T02:00:00Z"))
     (tmp_path / "empty").write_text("")
-    paths = [str(tmp_path / n) for n in ("audit.jsonl", "audit.jsonl.1", "empty", "audit.jsonl.2.gz")]
-    assert [Path(p).name for p in audit_files.chain_order(paths)] == ["audit.jsonl.2.gz", "audit.jsonl.1",
-                                                                        "audit.jsonl"]
+    paths = [
+        str(tmp_path / n) for n in ("audit.jsonl", "audit.jsonl.1", "empty", "audit.jsonl.2.gz")
+    ]
+    assert [Path(p).name for p in audit_files.chain_order(paths)] == [
+        "audit.jsonl.2.gz",
+        "audit.jsonl.1",
+        "audit.jsonl",
+    ]
 
 
 def test_gzip_files_are_recognised_by_content(tmp_path):
@@ -117,11 +131,17 @@ def test_long_scan_reports_progress_through_the_file(tmp_path):
     path.write_text("".join(record(seq) for seq in range(1, 101)))
     stream = io.StringIO()
     clock = iter(range(1000))
-    scan = Scan([str(path)], Progress(stream, enabled=True, clock=lambda: float(next(clock))), every=10)
+    scan = Scan(
+        [str(path)], Progress(stream, enabled=True, clock=lambda: float(next(clock))), every=10
+    )
     assert sum(1 for _ in scan) == 100
     shown = [part for part in stream.getvalue().split("\r") if part.startswith(f"scanning {path}:")]
     percents = [int(part.split(":")[-1].split("%")[0]) for part in shown]
-    assert len(percents) == 10 and percents == sorted(percents) and 5 <= percents[0] < percents[-1] <= 100
+    assert (
+        len(percents) == 10
+        and percents == sorted(percents)
+        and 5 <= percents[0] < percents[-1] <= 100
+    )
     assert stream.getvalue().endswith("\r\x1b[K")
 
 
@@ -164,11 +184,18 @@ def test_follow_yields_new_lines_and_survives_rotation(tmp_path):
     def truncate() -> None:
         path.write_text("")  # logrotate copytruncate
 
-    script = Script(lambda: append(record(2)[:10]), lambda: append(record(2)[10:]), rotate, truncate,
-                    lambda: append(record(4)))
+    script = Script(
+        lambda: append(record(2)[:10]),
+        lambda: append(record(2)[10:]),
+        rotate,
+        truncate,
+        lambda: append(record(4)),
+    )
     seen = []
     with pytest.raises(KeyboardInterrupt):
-        for _, number, text in audit_files.follow(str(path), scan.positions[str(path)], sleep=script):
+        for _, number, text in audit_files.follow(
+            str(path), scan.positions[str(path)], sleep=script
+        ):
             seen.append((number, json.loads(text)["seq"]))
     assert seen == [(2, 2), (1, 3), (1, 4)]
 

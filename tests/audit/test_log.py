@@ -20,7 +20,9 @@ def records(*paths: Path) -> list[dict]:
 
 
 def intact(*paths: Path) -> audit_chain.ChainCheck:
-    lines = ((str(p), n, text) for p in paths for n, text in enumerate(p.read_text().splitlines(), 1))
+    lines = (
+        (str(p), n, text) for p in paths for n, text in enumerate(p.read_text().splitlines(), 1)
+    )
     return audit_chain.check_lines(lines)
 
 
@@ -45,7 +47,9 @@ def test_every_record_carries_seq_prev_and_hash(tmp_path):
 def test_record_line_still_starts_with_timestamp_event_session(tmp_path):
     """The chain fields do not push the human-first keys away from the start."""
     stream = io.StringIO()
-    AuditLog("<memory>", stream=stream).bind(session_id="s1").info("session.opened", client_ip="::1")
+    AuditLog("<memory>", stream=stream).bind(session_id="s1").info(
+        "session.opened", client_ip="::1"
+    )
     assert list(json.loads(stream.getvalue()))[:3] == ["timestamp", "event", "session_id"]
 
 

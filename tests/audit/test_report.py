@@ -18,7 +18,9 @@ def sample(count: int = 200) -> list[dict]:
     events = []
     for session in audit_sample.sessions(count, START):
         for event in session:
-            events.append({**event, "timestamp": event["timestamp"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+            events.append(
+                {**event, "timestamp": event["timestamp"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+            )
     return events
 
 
@@ -59,7 +61,9 @@ def test_series_fills_gaps_and_limits_bars():
     series.add(START, "relayed")
     series.add(START + dt.timedelta(hours=5), "rejected")
     step, buckets = series.series(bars=60)
-    assert len(buckets) <= 60 and all(b - a == step for (a, _), (b, _) in itertools.pairwise(buckets))
+    assert len(buckets) <= 60 and all(
+        b - a == step for (a, _), (b, _) in itertools.pairwise(buckets)
+    )
 
 
 def test_axis_ticks_are_round_numbers_reaching_the_top():
@@ -114,14 +118,16 @@ def test_search_rows_are_aligned_and_clipped_to_their_columns():
     results[0]["sender"] = "a-very-long-sender-name-that-goes-on@subdomain.example.com"
     rows = [table.header()] + [table.row(r) for r in results]
     start = table.header().index("outcome")
-    assert all(row[start - 2:start] == "  " for row in rows)
+    assert all(row[start - 2 : start] == "  " for row in rows)
     assert "…" in rows[1]
 
 
 def test_timeline_lists_each_event_with_its_offset_and_fields():
     """show: one headline per event with +seconds from the first, then its fields."""
     session = sample(1)
-    text = audit_view.timeline(session[0]["session_id"], [("audit.jsonl", n, e) for n, e in enumerate(session, 1)])
+    text = audit_view.timeline(
+        session[0]["session_id"], [("audit.jsonl", n, e) for n, e in enumerate(session, 1)]
+    )
     assert "audit.jsonl (lines 1-3)" in text
     heads = [line for line in text.splitlines() if line[:2].isdigit()]
     assert [h.split()[2] for h in heads] == ["session.opened", "message.result", "session.closed"]
@@ -144,7 +150,9 @@ def test_terminal_views_show_control_characters_instead_of_obeying_them():
     result = next(e for e in events if e["event"] == "message.result")
     outputs = [
         audit_view.MessageTable.fitting(300).row(result),
-        audit_view.timeline(result["session_id"], [("a.jsonl", n, e) for n, e in enumerate(events[:3], 1)]),
+        audit_view.timeline(
+            result["session_id"], [("a.jsonl", n, e) for n, e in enumerate(events[:3], 1)]
+        ),
         audit_report.render_text(audit_report.consume(events), width=200),
     ]
     for text in outputs:

@@ -45,7 +45,10 @@ def rotated(tmp_path: Path) -> tuple[Path, Path]:
     log.reopen()
     audit_sample.write(log, 10, START + dt.timedelta(hours=2), seed=7)
     log.close()
-    with open(tmp_path / "audit.jsonl.2", "rb") as plain, gzip.open(tmp_path / "audit.jsonl.2.gz", "wb") as packed:
+    with (
+        open(tmp_path / "audit.jsonl.2", "rb") as plain,
+        gzip.open(tmp_path / "audit.jsonl.2.gz", "wb") as packed,
+    ):
         shutil.copyfileobj(plain, packed)
     os.remove(tmp_path / "audit.jsonl.2")
     config = tmp_path / "mailgate.toml"
@@ -63,7 +66,9 @@ def test_config_finds_current_rotated_and_gzipped_files(rotated, capsys):
 def test_files_in_any_order_are_read_oldest_first(rotated, capsys):
     """A shell glob lists the current file first; search still prints in time order."""
     _, path = rotated
-    files = sorted(str(p) for p in path.parent.glob("audit.jsonl*") if not p.name.endswith(".chain"))
+    files = sorted(
+        str(p) for p in path.parent.glob("audit.jsonl*") if not p.name.endswith(".chain")
+    )
     code, out, _ = cli(capsys, "audit", "search", "--json", *files)
     times = [json.loads(line)["timestamp"] for line in out.splitlines()]
     assert code == 0 and len(times) == 30 and times == sorted(times)
@@ -87,7 +92,10 @@ def test_an_empty_current_file_alone_is_not_reported_as_truncated(rotated, capsy
 def test_missing_file_is_one_line_naming_it(tmp_path, capsys):
     """A file that does not exist: exit 1, the file named, no traceback."""
     code, _, err = cli(capsys, "audit", "search", str(tmp_path / "nope.jsonl"))
-    assert code == 1 and err == f"mailgate: {tmp_path / 'nope.jsonl'}: cannot open: No such file or directory\n"
+    assert (
+        code == 1
+        and err == f"mailgate: {tmp_path / 'nope.jsonl'}: cannot open: No such file or directory\n"
+    )
 
 
 def test_an_audit_log_that_turns_to_garbage_stops_after_ten_bad_lines(tmp_path, capsys):
@@ -98,7 +106,10 @@ def test_an_audit_log_that_turns_to_garbage_stops_after_ten_bad_lines(tmp_path, 
         handle.write("\x00garbage\n" * 100)
     code, _, err = cli(capsys, "audit", "summary", str(path))
     assert code == 1 and len(err.splitlines()) == 11
-    assert err.splitlines()[-1] == f"mailgate: {path}: not an audit log (more than 10 lines are not JSON records)"
+    assert (
+        err.splitlines()[-1]
+        == f"mailgate: {path}: not an audit log (more than 10 lines are not JSON records)"
+    )
 
 
 def test_line_that_is_not_json_is_named_and_fails_the_command(tmp_path, capsys):
@@ -110,7 +121,10 @@ def test_line_that_is_not_json_is_named_and_fails_the_command(tmp_path, capsys):
     path.write_text("".join(lines))
     code, out, err = cli(capsys, "audit", "search", "--json", str(path))
     assert code == 1 and len(out.splitlines()) == 3
-    assert err == f"mailgate: {path}:4: not a JSON record (a record is one JSON object on one line); skipped\n"
+    assert (
+        err
+        == f"mailgate: {path}:4: not a JSON record (a record is one JSON object on one line); skipped\n"
+    )
 
 
 def test_a_file_that_is_not_an_audit_log_is_refused_at_once(tmp_path, capsys):
@@ -118,7 +132,10 @@ def test_a_file_that_is_not_an_audit_log_is_refused_at_once(tmp_path, capsys):
     path = tmp_path / "notes.txt"
     path.write_text("hello\n" * 100)
     code, _, err = cli(capsys, "audit", "summary", str(path))
-    assert code == 1 and err == f"mailgate: {path}: not an audit log (no JSON record in its first 16 lines)\n"
+    assert (
+        code == 1
+        and err == f"mailgate: {path}: not an audit log (no JSON record in its first 16 lines)\n"
+    )
 
 
 def test_no_files_and_no_config_is_a_usage_error(capsys):
@@ -139,15 +156,19 @@ def test_config_with_stdout_audit_says_there_is_no_file(tmp_path, capsys):
     config = tmp_path / "mailgate.toml"
     config.write_text('[audit]\npath = "-"\n')
     code, _, err = cli(capsys, "audit", "search", "--config", str(config))
-    assert code == 2 and err.startswith(f'mailgate: {config}: audit.path: found "-" (standard output), expected a file path')
+    assert code == 2 and err.startswith(
+        f'mailgate: {config}: audit.path: found "-" (standard output), expected a file path'
+    )
 
 
 def test_invalid_config_lists_its_problems(tmp_path, capsys):
     """A config that does not load gives the loader's file: key: found/expected lines."""
     config = tmp_path / "mailgate.toml"
-    config.write_text('[audit]\npath = 5\n')
+    config.write_text("[audit]\npath = 5\n")
     code, _, err = cli(capsys, "audit", "verify", "--config", str(config))
-    assert code == 1 and f"{config}: audit.path: found 5 (integer), expected a non-empty string" in err
+    assert (
+        code == 1 and f"{config}: audit.path: found 5 (integer), expected a non-empty string" in err
+    )
 
 
 def test_stdout_logs_verify_with_allow_restarts(tmp_path, capsys):
@@ -192,8 +213,12 @@ def test_follow_prints_new_messages_until_interrupted(stop, tmp_path):
     """search --follow in a real process: old rows, rows written later, then a clean stop (Ctrl-C, SIGTERM)."""
     path = tmp_path / "audit.jsonl"
     write_log(path, 2).close()
-    process = subprocess.Popen([sys.executable, "-m", "gateway", "audit", "search", "--follow", "--json",
-                                str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "audit", "search", "--follow", "--json", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = [json.loads(process.stdout.readline()) for _ in range(2)]  # type: ignore[union-attr]
         log = AuditLog(str(path))

@@ -28,8 +28,10 @@ def spool(tmp_path) -> Spool:
 @pytest.fixture
 def config(tmp_path, spool) -> str:
     path = tmp_path / "mailgate.toml"
-    path.write_text(f'[queue]\npath = "{spool.path}"\n\n[upstreams.up]\nhost = "smtp.example.net"\n\n'
-                    '[[rules]]\nname = "all"\naction = "relay"\nupstream = "up"\ndelivery = "queue"\n')
+    path.write_text(
+        f'[queue]\npath = "{spool.path}"\n\n[upstreams.up]\nhost = "smtp.example.net"\n\n'
+        '[[rules]]\nname = "all"\naction = "relay"\nupstream = "up"\ndelivery = "queue"\n'
+    )
     return str(path)
 
 
@@ -38,10 +40,20 @@ def put(spool: Spool, state: str, status: str = "pending") -> str:
     queue_id = new_id()
     writer = SpoolWriter(spool, queue_id)
     writer.write(b"Subject: x\r\n\r\nbody\r\n")
-    recipient = RecipientState("ops@example.net", "up", "all", status=status, attempts=1,
-                               last_reply="451 4.4.1 Upstream unreachable, try again later", last_attempt=1.0)
-    writer.commit(Envelope(id=queue_id, sender="app@example.com", received=1.0, attempts=1,
-                           recipients=[recipient]))
+    recipient = RecipientState(
+        "ops@example.net",
+        "up",
+        "all",
+        status=status,
+        attempts=1,
+        last_reply="451 4.4.1 Upstream unreachable, try again later",
+        last_attempt=1.0,
+    )
+    writer.commit(
+        Envelope(
+            id=queue_id, sender="app@example.com", received=1.0, attempts=1, recipients=[recipient]
+        )
+    )
     if state != ACTIVE:
         spool.move(queue_id, ACTIVE, state)
     return queue_id
@@ -61,7 +73,12 @@ def test_list_prints_one_line_per_queued_message(spool, config, capsys):
     assert code == 0
     [line] = out.splitlines()
     assert line.startswith(f"{deferred}  deferred")
-    for part in ("<app@example.com>", "ops@example.net", "attempts=1", "451 4.4.1 Upstream unreachable"):
+    for part in (
+        "<app@example.com>",
+        "ops@example.net",
+        "attempts=1",
+        "451 4.4.1 Upstream unreachable",
+    ):
         assert part in line
     assert "1 message(s) queued" in err
 

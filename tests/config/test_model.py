@@ -121,7 +121,14 @@ def test_full_contract_parses(tmp_path: Path) -> None:
         upstream.min_tls_version,
     ) == ("smtp.example.com", 587, "starttls", "relay@example.com", "VAR", str(ca), "1.2")
     (rule,) = config.rules
-    assert (rule.name, rule.clients, rule.senders, rule.recipients, rule.action, rule.upstreams) == (
+    assert (
+        rule.name,
+        rule.clients,
+        rule.senders,
+        rule.recipients,
+        rule.action,
+        rule.upstreams,
+    ) == (
         "billing",
         (ipaddress.ip_network("10.1.0.0/16"),),
         ("*@billing.example.com",),
@@ -725,10 +732,18 @@ def test_ipv4_mapped_client_network_matches_mapped_clients() -> None:
     from gateway.policy import rules as policy
     from gateway.smtp.address import Address
 
-    config = parse({"upstreams": {"u": {"host": "h"}},
-                    "rules": [{"clients": ["::ffff:10.0.0.0/104"], "action": "relay", "upstream": "u"}]}, "t")
+    config = parse(
+        {
+            "upstreams": {"u": {"host": "h"}},
+            "rules": [{"clients": ["::ffff:10.0.0.0/104"], "action": "relay", "upstream": "u"}],
+        },
+        "t",
+    )
     client = policy.parse_client("::ffff:10.1.2.3")
-    assert policy.decide(config, client, Address("a@b.example"), Address("c@d.example")).action == "relay"
+    assert (
+        policy.decide(config, client, Address("a@b.example"), Address("c@d.example")).action
+        == "relay"
+    )
 
 
 def test_null_sender_glob_matches_only_the_null_sender() -> None:
@@ -736,8 +751,16 @@ def test_null_sender_glob_matches_only_the_null_sender() -> None:
     from gateway.policy import rules as policy
     from gateway.smtp.address import Address
 
-    config = parse({"upstreams": {"u": {"host": "h"}},
-                    "rules": [{"senders": ["<>"], "action": "relay", "upstream": "u"}]}, "t")
+    config = parse(
+        {
+            "upstreams": {"u": {"host": "h"}},
+            "rules": [{"senders": ["<>"], "action": "relay", "upstream": "u"}],
+        },
+        "t",
+    )
     client = policy.parse_client("127.0.0.1")
     assert policy.decide(config, client, Address(""), Address("c@d.example")).action == "relay"
-    assert policy.decide(config, client, Address("a@b.example"), Address("c@d.example")).action == "reject"
+    assert (
+        policy.decide(config, client, Address("a@b.example"), Address("c@d.example")).action
+        == "reject"
+    )

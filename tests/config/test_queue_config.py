@@ -39,9 +39,18 @@ def test_delivery_defaults_to_relay():
 
 def test_queue_values_are_read():
     """Every [queue] key is taken as given; one-second backoffs are allowed."""
-    doc = document(queue={"path": "/srv/spool", "min_backoff": 1, "max_backoff": 2, "max_age": 60,
-                          "bounce": False})
-    assert configuration.parse(doc, "q.toml").queue == configuration.QueueConfig("/srv/spool", 1, 2, 60, False)
+    doc = document(
+        queue={
+            "path": "/srv/spool",
+            "min_backoff": 1,
+            "max_backoff": 2,
+            "max_age": 60,
+            "bounce": False,
+        }
+    )
+    assert configuration.parse(doc, "q.toml").queue == configuration.QueueConfig(
+        "/srv/spool", 1, 2, 60, False
+    )
 
 
 def test_max_backoff_below_min_backoff_is_a_problem():
@@ -59,7 +68,9 @@ def test_bad_queue_values_are_all_reported():
 
 def test_unknown_delivery_mode_is_a_problem():
     """delivery must be "relay" or "queue"."""
-    doc = document(rules=[{"name": "all", "action": "relay", "upstream": "up", "delivery": "later"}])
+    doc = document(
+        rules=[{"name": "all", "action": "relay", "upstream": "up", "delivery": "later"}]
+    )
     assert 'expected one of "relay", "queue"' in problems(doc)["rules[0].delivery"]
 
 

@@ -28,12 +28,15 @@ def queue_document(upstream: dict[str, Any], spool: str, **queue: Any) -> dict[s
 
 
 def message(number: int, sender: str = "app@example.com", to: str = "ops@example.net") -> bytes:
-    return (f"From: {sender}\r\nTo: {to}\r\nSubject: queued {number}\r\n"
-            f"Message-ID: <q{number}@example.com>\r\n\r\n.dot line {number}\r\nbody {number}\r\n").encode()
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: queued {number}\r\n"
+        f"Message-ID: <q{number}@example.com>\r\n\r\n.dot line {number}\r\nbody {number}\r\n"
+    ).encode()
 
 
-def send(port: int, body: bytes, rcpts: list[str] | None = None, sender: str = "app@example.com"
-         ) -> tuple[int, bytes]:
+def send(
+    port: int, body: bytes, rcpts: list[str] | None = None, sender: str = "app@example.com"
+) -> tuple[int, bytes]:
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("app.test")
         client.mail(sender)
@@ -104,12 +107,23 @@ class AuditFile:
 
 def start_gateway_process(config_path: str, cwd: str) -> MailgateProcess:
     """``python -m gateway run --config FILE`` as a child process, once it listens."""
-    process = MailgateProcess("run", "--config", config_path, cwd=cwd,
-                              env=dict(os.environ, MAILGATE_TEST_PASSWORD=PASSWORD))
+    process = MailgateProcess(
+        "run",
+        "--config",
+        config_path,
+        cwd=cwd,
+        env=dict(os.environ, MAILGATE_TEST_PASSWORD=PASSWORD),
+    )
     assert process.port > 0
     return process
 
 
 def queue_command(config_path: str, cwd: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "queue", *args, "--config", config_path],
-                          cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "queue", *args, "--config", config_path],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

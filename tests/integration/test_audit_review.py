@@ -46,13 +46,22 @@ class FileGateway:
 
     def __init__(self, reactor: Any, upstream: SubmissionServer, ca_file: str, path: Path) -> None:
         self.reactor, self.path = reactor, path
-        self.config = configuration.parse({
-            "listener": {"listen": "127.0.0.1:0", "hostname": "mailgate.test", "shutdown_grace": 5},
-            "audit": {"path": str(path)},
-            "upstreams": {"up": upstream_table(upstream, ca_file)},
-            "rules": [{"name": "blocked", "recipients": ["*@blocked.example"], "action": "reject"},
-                      {"name": "all", "action": "relay", "upstream": "up"}],
-        }, "test.toml")
+        self.config = configuration.parse(
+            {
+                "listener": {
+                    "listen": "127.0.0.1:0",
+                    "hostname": "mailgate.test",
+                    "shutdown_grace": 5,
+                },
+                "audit": {"path": str(path)},
+                "upstreams": {"up": upstream_table(upstream, ca_file)},
+                "rules": [
+                    {"name": "blocked", "recipients": ["*@blocked.example"], "action": "reject"},
+                    {"name": "all", "action": "relay", "upstream": "up"},
+                ],
+            },
+            "test.toml",
+        )
 
     def start(self) -> int:
         from twisted.internet import defer, threads
@@ -74,7 +83,9 @@ class FileGateway:
     def stop(self) -> None:
         from twisted.internet import defer, threads
 
-        threads.blockingCallFromThread(self.reactor, lambda: defer.Deferred.fromCoroutine(self.gateway.stop()))
+        threads.blockingCallFromThread(
+            self.reactor, lambda: defer.Deferred.fromCoroutine(self.gateway.stop())
+        )
         self.gateway.audit.close()
 
 
@@ -91,7 +102,9 @@ def upstream(server_cert: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def run_log(reactor: Any, ca: Any, upstream: Any, tmp_path_factory: pytest.TempPathFactory) -> RunLog:
+def run_log(
+    reactor: Any, ca: Any, upstream: Any, tmp_path_factory: pytest.TempPathFactory
+) -> RunLog:
     path = tmp_path_factory.mktemp("audit-run") / "audit.jsonl"
     running = FileGateway(reactor, upstream, ca.ca_file, path)
     port = running.start()
@@ -102,10 +115,21 @@ def run_log(reactor: Any, ca: Any, upstream: Any, tmp_path_factory: pytest.TempP
         assert _send(port, "billing@example.com", "busy@example.net")[0] == 450
     finally:
         running.stop()
-    results = [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == "message.result"]
-    assert [r["outcome"] for r in results] == ["relayed", "relayed", "relayed", "rejected", "deferred"]
-    sessions = {"relayed": results[0]["session_id"], "rejected": results[3]["session_id"],
-                "deferred": results[4]["session_id"]}
+    results = [
+        r for r in map(json.loads, path.read_text().splitlines()) if r["event"] == "message.result"
+    ]
+    assert [r["outcome"] for r in results] == [
+        "relayed",
+        "relayed",
+        "relayed",
+        "rejected",
+        "deferred",
+    ]
+    sessions = {
+        "relayed": results[0]["session_id"],
+        "rejected": results[3]["session_id"],
+        "deferred": results[4]["session_id"],
+    }
     return RunLog(path, sessions)
 
 
@@ -130,7 +154,16 @@ def test_search_shows_one_aligned_row_per_message(run_log, capsys):
     code, out, _ = cli(capsys, "audit", "search", str(run_log.path))
     header, *rows = out.splitlines()
     assert code == 0 and len(rows) == 5
-    for title in ("time (UTC)", "session", "client", "sender", "recipients", "outcome", "upstream", "reply"):
+    for title in (
+        "time (UTC)",
+        "session",
+        "client",
+        "sender",
+        "recipients",
+        "outcome",
+        "upstream",
+        "reply",
+    ):
         assert title in header
     column = header.index("outcome")
     assert [row[column:].split()[0] for row in rows] == ["relayed"] * 3 + ["rejected", "deferred"]
@@ -145,8 +178,19 @@ def test_search_by_outcome(run_log, capsys):
 
 def test_search_by_sender_recipient_and_rule_as_json(run_log, capsys):
     """Filters combine; --json gives the matching records unchanged, one per line."""
-    code, out, _ = cli(capsys, "audit", "search", "--json", "--sender", "APP@example.com",
-                       "--recipient", "*@example.net", "--rule", "all", str(run_log.path))
+    code, out, _ = cli(
+        capsys,
+        "audit",
+        "search",
+        "--json",
+        "--sender",
+        "APP@example.com",
+        "--recipient",
+        "*@example.net",
+        "--rule",
+        "all",
+        str(run_log.path),
+    )
     found = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(found) == 2
     assert {r["sender"] for r in found} == {"app@example.com"} and all(r["hash"] for r in found)
@@ -155,10 +199,27 @@ def test_search_by_sender_recipient_and_rule_as_json(run_log, capsys):
 def test_search_by_rule_upstream_client_and_session(run_log, capsys):
     """--rule, --upstream, --client (a network) and --session each narrow the rows."""
     path = str(run_log.path)
-    assert len(cli(capsys, "audit", "search", "--json", "--rule", "blocked", path)[1].splitlines()) == 1
-    assert len(cli(capsys, "audit", "search", "--json", "--upstream", "up", path)[1].splitlines()) == 4
-    assert len(cli(capsys, "audit", "search", "--json", "--client", "127.0.0.0/8", path)[1].splitlines()) == 5
-    assert len(cli(capsys, "audit", "search", "--json", "--client", "10.0.0.0/8", path)[1].splitlines()) == 0
+    assert (
+        len(cli(capsys, "audit", "search", "--json", "--rule", "blocked", path)[1].splitlines())
+        == 1
+    )
+    assert (
+        len(cli(capsys, "audit", "search", "--json", "--upstream", "up", path)[1].splitlines()) == 4
+    )
+    assert (
+        len(
+            cli(capsys, "audit", "search", "--json", "--client", "127.0.0.0/8", path)[
+                1
+            ].splitlines()
+        )
+        == 5
+    )
+    assert (
+        len(
+            cli(capsys, "audit", "search", "--json", "--client", "10.0.0.0/8", path)[1].splitlines()
+        )
+        == 0
+    )
     session = run_log.sessions["rejected"]
     [only] = cli(capsys, "audit", "search", "--json", "--session", session, path)[1].splitlines()
     assert json.loads(only)["outcome"] == "rejected"
@@ -199,15 +260,23 @@ def test_summary_counts_outcomes_rules_upstreams_and_tls(run_log, capsys):
     assert code == 0
     assert "5 message(s) in 5 session(s)" in out
     lines = out.splitlines()
-    section = {title: lines[lines.index(title) + 1: lines.index("", lines.index(title))]
-               for title in ("by outcome", "by rule", "by upstream", "top senders", "top deferral reasons")}
-    assert [line.split()[:2] for line in section["by outcome"]] == [["relayed", "3"], ["rejected", "1"],
-                                                                    ["deferred", "1"]]
+    section = {
+        title: lines[lines.index(title) + 1 : lines.index("", lines.index(title))]
+        for title in ("by outcome", "by rule", "by upstream", "top senders", "top deferral reasons")
+    }
+    assert [line.split()[:2] for line in section["by outcome"]] == [
+        ["relayed", "3"],
+        ["rejected", "1"],
+        ["deferred", "1"],
+    ]
     assert [line.split()[:2] for line in section["by rule"]] == [["all", "4"], ["blocked", "1"]]
     assert ["up", "4"] in [line.split()[:2] for line in section["by upstream"]]
     assert section["top senders"][0].split()[:2] == ["app@example.com", "3"]
     assert "450 4.2.1 mailbox busy" in section["top deferral reasons"][0]
-    assert any(line.split()[0].startswith("TLSv1.") for line in lines[lines.index("by TLS version") + 1:][:2])
+    assert any(
+        line.split()[0].startswith("TLSv1.")
+        for line in lines[lines.index("by TLS version") + 1 :][:2]
+    )
 
 
 def test_summary_html_is_one_self_contained_page(run_log, capsys, tmp_path):
@@ -216,7 +285,11 @@ def test_summary_html_is_one_self_contained_page(run_log, capsys, tmp_path):
     code, out, _ = cli(capsys, "audit", "summary", "--html", str(page), str(run_log.path))
     text = page.read_text()
     assert code == 0 and str(page) in out
-    assert text.count("<svg") == 2 and "Messages over time, by outcome" in text and "by upstream" in text
+    assert (
+        text.count("<svg") == 2
+        and "Messages over time, by outcome" in text
+        and "by upstream" in text
+    )
     for external in ("http://", "https://", "src=", "<link", "<script"):
         assert external not in text.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
@@ -240,6 +313,7 @@ def test_verify_catches_a_deleted_line(run_log, capsys, tmp_path):
 
 def test_verify_catches_an_edited_field(run_log, capsys, tmp_path):
     """A sender changed in a message.result: exit 1 and the line named."""
+
     def edit(lines: list[str]) -> list[str]:
         index = next(i for i, line in enumerate(lines) if '"sender":"billing@example.com"' in line)
         lines[index] = lines[index].replace("billing@example.com", "innocent@example.com")
@@ -253,7 +327,9 @@ def test_verify_catches_an_edited_field(run_log, capsys, tmp_path):
 
 def test_verify_catches_an_inserted_line(run_log, capsys, tmp_path):
     """A forged message.result added by hand is named, and verify fails."""
-    forged = json.dumps({"timestamp": "2026-11-28T00:00:00Z", "event": "message.result", "outcome": "relayed"})
+    forged = json.dumps(
+        {"timestamp": "2026-11-28T00:00:00Z", "event": "message.result", "outcome": "relayed"}
+    )
     copy = tampered(run_log, tmp_path, lambda lines: lines[:5] + [forged + "\n"] + lines[5:])
     code, out, _ = cli(capsys, "audit", "verify", str(copy))
     assert code == 1 and out.startswith(f"{copy}:6: no valid seq/prev/hash at the end of the line")
@@ -266,7 +342,8 @@ def test_verify_catches_two_swapped_lines(run_log, capsys, tmp_path):
     assert code == 1
     assert out.splitlines()[:2] == [
         f"{copy}:5: record seq 5 belongs before this line but was found later, at {copy}:6",
-        f"{copy}:6: record seq 5 is out of order: it belongs before {copy}:5"]
+        f"{copy}:6: record seq 5 is out of order: it belongs before {copy}:5",
+    ]
 
 
 def test_verify_catches_lines_cut_from_the_end_with_the_state_file(run_log, capsys, tmp_path):
@@ -277,7 +354,9 @@ def test_verify_catches_lines_cut_from_the_end_with_the_state_file(run_log, caps
     assert code == 1 and "2 record(s) cut from the end" in out
 
 
-def test_chain_runs_across_a_restart_and_a_logrotate_reopen(reactor, ca, upstream, tmp_path, capsys):
+def test_chain_runs_across_a_restart_and_a_logrotate_reopen(
+    reactor, ca, upstream, tmp_path, capsys
+):
     """Run, stop, start again, rotate with reopen while running: verify --config sees one chain."""
     path = tmp_path / "audit.jsonl"
     running = FileGateway(reactor, upstream, ca.ca_file, path)

@@ -17,9 +17,17 @@ from tests.conftest import PASSWORD, USER, relay_all, upstream_table
 MAILGATE = [sys.executable, "-m", "gateway"]
 
 
-def mailgate(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*MAILGATE, *args], capture_output=True, text=True, timeout=60,
-                          env=env if env is not None else clean_env(), **kwargs)
+def mailgate(
+    *args: str, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*MAILGATE, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env if env is not None else clean_env(),
+        **kwargs,
+    )
 
 
 def start_daemon(args: list[str], env: dict[str, str]) -> MailgateProcess:
@@ -46,9 +54,12 @@ def test_run_without_config_or_upstream_exits_2():
 def test_run_from_environment_relays(make_upstream, ca):
     """The embedded default: MAILGATE_UPSTREAM + password variable, loopback listener."""
     upstream = make_upstream("implicit")
-    env = clean_env(MAILGATE_UPSTREAM=f"smtps://{USER}@localhost:{upstream.port}",
-                    MAILGATE_UPSTREAM_PASSWORD=PASSWORD, MAILGATE_UPSTREAM_CA_FILE=ca.ca_file,
-                    MAILGATE_LISTEN="127.0.0.1:0")
+    env = clean_env(
+        MAILGATE_UPSTREAM=f"smtps://{USER}@localhost:{upstream.port}",
+        MAILGATE_UPSTREAM_PASSWORD=PASSWORD,
+        MAILGATE_UPSTREAM_CA_FILE=ca.ca_file,
+        MAILGATE_LISTEN="127.0.0.1:0",
+    )
     daemon = start_daemon([], env)
     try:
         with smtplib.SMTP("127.0.0.1", daemon.port, timeout=30) as client:
@@ -83,8 +94,13 @@ def test_sigterm_lets_the_session_in_flight_finish(make_upstream, ca, tmp_path):
 def test_relays_20_mib_intact_with_bounded_memory(make_upstream, ca, tmp_path):
     """A 20 MiB message arrives byte for byte while the gateway's peak RSS grows far less than 20 MiB."""
     upstream = make_upstream()
-    daemon = start_daemon(["--config", str(write_config(tmp_path, upstream, ca.ca_file, max_message_size=64 * 2**20))],
-                    clean_env(MAILGATE_TEST_PASSWORD=PASSWORD))
+    daemon = start_daemon(
+        [
+            "--config",
+            str(write_config(tmp_path, upstream, ca.ca_file, max_message_size=64 * 2**20)),
+        ],
+        clean_env(MAILGATE_TEST_PASSWORD=PASSWORD),
+    )
     try:
         line = b"0123456789" * 9 + b"abcdefg\r\n"  # 99 octets
         small = b"Subject: warm-up\r\n\r\n" + line * 100
@@ -107,7 +123,8 @@ def test_relays_20_mib_intact_with_bounded_memory(make_upstream, ca, tmp_path):
 def test_check_reports_every_problem_at_once(tmp_path):
     """`mailgate check` names file, key, found and expected for each problem, and exits 1."""
     path = tmp_path / "bad.toml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         [listener]
         listen = "nowhere"
         max_recipients = "lots"
@@ -120,17 +137,26 @@ def test_check_reports_every_problem_at_once(tmp_path):
         [[rules]]
         action = "relay"
         upstream = "missing"
-        """))
+        """)
+    )
     result = mailgate("check", "--config", str(path))
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    for key in ("listener.listen", "listener.max_recipients", "upstreams.p.port", "upstreams.p.tls",
-                "rules[0].upstream"):
-        assert any(line.startswith(f"{path}: {key}: found ") and "expected" in line for line in lines), key
+    for key in (
+        "listener.listen",
+        "listener.max_recipients",
+        "upstreams.p.port",
+        "upstreams.p.tls",
+        "rules[0].upstream",
+    ):
+        assert any(
+            line.startswith(f"{path}: {key}: found ") and "expected" in line for line in lines
+        ), key
 
 
 def test_check_accepts_a_valid_file(tmp_path, ca):
     """A valid config passes `mailgate check` with exit 0."""
+
     class Up:
         port, tls = 587, "starttls"
 
@@ -142,6 +168,7 @@ def test_check_accepts_a_valid_file(tmp_path, ca):
 
 def test_check_reports_a_missing_secret(tmp_path, ca):
     """A password variable that is not set is a problem for `check`, named without any value."""
+
     class Up:
         port, tls = 587, "starttls"
 
@@ -153,7 +180,8 @@ def test_check_reports_a_missing_secret(tmp_path, ca):
 def test_explain_prints_rule_action_and_upstream_per_recipient(tmp_path):
     """`mailgate explain` shows, per recipient, the matching rule, the action and the upstream."""
     path = tmp_path / "p.toml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         [upstreams.billing]
         host = "smtp.example.com"
         port = 465
@@ -167,13 +195,37 @@ def test_explain_prints_rule_action_and_upstream_per_recipient(tmp_path):
         senders = ["*@billing.example.com"]
         action = "relay"
         upstream = "billing"
-        """))
-    result = mailgate("explain", "--config", str(path), "--client", "10.1.2.3", "--from",
-                      "invoices@billing.example.com", "--to", "a@customer.example", "--to", "b@gmail.com")
+        """)
+    )
+    result = mailgate(
+        "explain",
+        "--config",
+        str(path),
+        "--client",
+        "10.1.2.3",
+        "--from",
+        "invoices@billing.example.com",
+        "--to",
+        "a@customer.example",
+        "--to",
+        "b@gmail.com",
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "<a@customer.example>: rule 'billing' -> relay via upstream 'billing' (smtp.example.com:465, tls=implicit" in out
+    assert (
+        "<a@customer.example>: rule 'billing' -> relay via upstream 'billing' (smtp.example.com:465, tls=implicit"
+        in out
+    )
     assert "<b@gmail.com>: rule 'no-freemail' -> reject: 550 5.7.1" in out
-    other = mailgate("explain", "--config", str(path), "--client", "192.0.2.1", "--from", "x@y.example",
-                     "--to", "a@customer.example")
+    other = mailgate(
+        "explain",
+        "--config",
+        str(path),
+        "--client",
+        "192.0.2.1",
+        "--from",
+        "x@y.example",
+        "--to",
+        "a@customer.example",
+    )
     assert "DENIED" in other.stdout  # not in the default allowed_clients (loopback)

@@ -65,7 +65,9 @@ def test_primary_answering_421_fails_over(make_upstream, start_gateway, ca):
     """A 4xx from the primary at MAIL moves the transaction to the backup."""
     primary, backup = make_upstream(), make_upstream()
     primary.script.mail = "421 4.7.0 Too many connections, try later"
-    gw = start_gateway(routed(upstream_table(primary, ca.ca_file), upstream_table(backup, ca.ca_file)))
+    gw = start_gateway(
+        routed(upstream_table(primary, ca.ca_file), upstream_table(backup, ca.ca_file))
+    )
     assert send(gw.port)[0] == 250
     assert len(backup.wait_for(1)) == 1 and primary.messages == []
 
@@ -74,13 +76,16 @@ def test_no_failover_on_550(make_upstream, start_gateway, ca):
     """A 5xx is final: the app gets it and the backup is not tried."""
     primary, backup = make_upstream(), make_upstream()
     primary.script.mail = "550 5.7.1 Sender not allowed"
-    gw = start_gateway(routed(upstream_table(primary, ca.ca_file), upstream_table(backup, ca.ca_file)))
+    gw = start_gateway(
+        routed(upstream_table(primary, ca.ca_file), upstream_table(backup, ca.ca_file))
+    )
     assert send(gw.port) == (550, b"5.7.1 Sender not allowed")
     assert backup.connections == 0
 
 
 def test_all_upstreams_down_gives_4xx(start_gateway, ca):
     """Every upstream unreachable: 451 4.4.1, and the audit lists each one tried."""
+
     class Gone:
         port, tls = 0, "starttls"
 
@@ -116,9 +121,16 @@ def test_queue_and_relay_share_the_upstream_pool(make_upstream, start_gateway, c
         "listener": {"listen": "127.0.0.1:0", "shutdown_grace": 2},
         "queue": {"path": str(tmp_path / "spool"), "min_backoff": 60},
         "upstreams": {"up": table},
-        "rules": [{"name": "queued", "recipients": ["*@queue.example"], "action": "relay", "upstream": "up",
-                   "delivery": "queue"},
-                  {"name": "relayed", "action": "relay", "upstream": "up"}],
+        "rules": [
+            {
+                "name": "queued",
+                "recipients": ["*@queue.example"],
+                "action": "relay",
+                "upstream": "up",
+                "delivery": "queue",
+            },
+            {"name": "relayed", "action": "relay", "upstream": "up"},
+        ],
     }
     gw = start_gateway(document)
     assert send(gw.port, "ops@example.net")[0] == 250

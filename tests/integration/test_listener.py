@@ -44,11 +44,15 @@ def read_replies(sock: socket.socket, count: int) -> list[bytes]:
 def test_denied_client_gets_554_and_nothing_is_relayed(make_upstream, start_gateway, ca):
     """A client outside allowed_clients is greeted with 554 5.7.1; MAIL and RCPT get refused."""
     upstream = make_upstream()
-    gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file), allowed_clients=["10.0.0.0/8"]))
+    gw = start_gateway(
+        relay_all(upstream_table(upstream, ca.ca_file), allowed_clients=["10.0.0.0/8"])
+    )
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
     reader = sock.makefile("rb")
     assert reader.readline().startswith(b"554 5.7.1")
-    sock.sendall(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nQUIT\r\n")
+    sock.sendall(
+        b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nQUIT\r\n"
+    )
     lines = [reader.readline() for _ in range(5)]
     assert [line[:3] for line in lines] == [b"503"] * 4 + [b"221"]
     assert upstream.connections == 0
@@ -60,12 +64,17 @@ def test_no_matching_rule_is_550_5_7_1(make_upstream, start_gateway, ca):
     """A recipient no rule matches is refused: the gateway is closed by default."""
     upstream = make_upstream()
     document = relay_all(upstream_table(upstream, ca.ca_file))
-    document["rules"] = [{"name": "only-net", "recipients": ["*@example.net"], "action": "relay", "upstream": "up"}]
+    document["rules"] = [
+        {"name": "only-net", "recipients": ["*@example.net"], "action": "relay", "upstream": "up"}
+    ]
     gw = start_gateway(document)
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
         client.ehlo()
         client.mail("app@example.com")
-        assert client.rcpt("x@elsewhere.example") == (550, b"5.7.1 Relay access denied: no rule matches this recipient")
+        assert client.rcpt("x@elsewhere.example") == (
+            550,
+            b"5.7.1 Relay access denied: no rule matches this recipient",
+        )
     [result] = gw.audit.wait_for("message.result")
     assert result["recipients"][0]["limit"] == "no matching rule"
     assert upstream.connections == 0
@@ -75,7 +84,9 @@ def test_reject_rule_names_itself(make_upstream, start_gateway, ca):
     """A reject rule's refusal names the rule, in the reply and the audit."""
     upstream = make_upstream()
     document = relay_all(upstream_table(upstream, ca.ca_file))
-    document["rules"].insert(0, {"name": "no-gmail", "recipients": ["*@gmail.com"], "action": "reject"})
+    document["rules"].insert(
+        0, {"name": "no-gmail", "recipients": ["*@gmail.com"], "action": "reject"}
+    )
     gw = start_gateway(document)
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
         client.ehlo()
@@ -101,7 +112,10 @@ def test_size_parameter_over_limit_is_552(relay):
     gw, _ = relay(max_message_size=10000)
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
         client.ehlo()
-        assert client.mail("app@example.com", ["SIZE=20000"]) == (552, b"5.3.4 Message size exceeds the fixed limit")
+        assert client.mail("app@example.com", ["SIZE=20000"]) == (
+            552,
+            b"5.3.4 Message size exceeds the fixed limit",
+        )
 
 
 def test_message_over_limit_is_552_and_not_relayed(relay):
@@ -134,17 +148,22 @@ def test_recipient_limit_is_452_4_5_3(relay):
     assert message.recipients == ["a@example.net", "b@example.net"]
 
 
-@pytest.mark.parametrize("body", [
-    b"Subject: x\r\n\r\nbare LF\nhere\r\n",
-    b"Subject: x\r\n\r\nbare CR\rhere\r\n",
-    b"Subject: x\r\n\r\nNUL\x00here\r\n",
-    b"Subject: x\r\n\r\nsmuggle\n.\nMAIL FROM:<evil@example.com>\r\n",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Subject: x\r\n\r\nbare LF\nhere\r\n",
+        b"Subject: x\r\n\r\nbare CR\rhere\r\n",
+        b"Subject: x\r\n\r\nNUL\x00here\r\n",
+        b"Subject: x\r\n\r\nsmuggle\n.\nMAIL FROM:<evil@example.com>\r\n",
+    ],
+)
 def test_bare_cr_lf_nul_in_data_refused_and_never_forwarded(body, relay):
     """Bare CR, bare LF or NUL in DATA: 550 5.5.2, the upstream never sees the message."""
     gw, upstream = relay()
     sock = raw_session(gw.port)
-    sock.sendall(b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n")
+    sock.sendall(
+        b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n"
+    )
     assert [r[:3] for r in read_replies(sock, 4)] == [b"250", b"250", b"250", b"354"]
     sock.sendall(body + b".\r\nNOOP\r\n")
     final, noop = read_replies(sock, 2)
@@ -158,7 +177,9 @@ def test_overlong_data_line_refused_without_running_body_as_commands(relay):
     """A body line over 1000 octets ends the transaction; text after it is not executed."""
     gw, upstream = relay()
     sock = raw_session(gw.port)
-    sock.sendall(b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n")
+    sock.sendall(
+        b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n"
+    )
     read_replies(sock, 4)
     sock.sendall(b"x" * 5000 + b"\r\nRSET\r\nMAIL FROM:<evil@example.com>\r\n.\r\nNOOP\r\n")
     final, noop = read_replies(sock, 2)
@@ -180,8 +201,10 @@ def test_pipelined_replies_come_in_order(relay):
     gw, upstream = relay()
     upstream.script.rcpt["no@example.net"] = "550 5.1.1 unknown"
     sock = raw_session(gw.port)
-    sock.sendall(b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<a@example.net>\r\n"
-                 b"RCPT TO:<no@example.net>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+    sock.sendall(
+        b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<a@example.net>\r\n"
+        b"RCPT TO:<no@example.net>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
+    )
     replies = read_replies(sock, 6)
     assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"550", b"250", b"354"]
     sock.sendall(BODY + b".\r\nQUIT\r\n")
@@ -205,20 +228,32 @@ def test_command_sequence_errors(relay):
     """RCPT before MAIL, DATA before RCPT, MAIL before EHLO: 503 5.5.1 each."""
     gw, _ = relay()
     sock = raw_session(gw.port)
-    sock.sendall(b"MAIL FROM:<a@example.com>\r\nEHLO x\r\nRCPT TO:<b@example.net>\r\n"
-                 b"MAIL FROM:<a@example.com>\r\nDATA\r\nMAIL FROM:<a@example.com>\r\nBDAT 10\r\n")
+    sock.sendall(
+        b"MAIL FROM:<a@example.com>\r\nEHLO x\r\nRCPT TO:<b@example.net>\r\n"
+        b"MAIL FROM:<a@example.com>\r\nDATA\r\nMAIL FROM:<a@example.com>\r\nBDAT 10\r\n"
+    )
     replies = read_replies(sock, 7)
-    assert [r[:9] if r[4:5] != b"S" else r[:3] for r in replies] == [b"503 5.5.1", b"250", b"503 5.5.1", b"250 2.1.0",
-                                        b"503 5.5.1", b"503 5.5.1", b"500 5.5.2"]
+    assert [r[:9] if r[4:5] != b"S" else r[:3] for r in replies] == [
+        b"503 5.5.1",
+        b"250",
+        b"503 5.5.1",
+        b"250 2.1.0",
+        b"503 5.5.1",
+        b"503 5.5.1",
+        b"500 5.5.2",
+    ]
 
 
-@pytest.mark.parametrize("command,code", [
-    (b"MAIL FROM:<@relay.example:user@example.com>", b"501 5.1.3"),  # source route
-    (b"MAIL FROM:<user@exa mple.com>", b"501"),
-    (b"MAIL FROM:user@example.com", b"501 5.5.4"),  # no angle brackets
-    (b"MAIL FROM:<us\xc3\xa9r@example.com>", b"553 5.6.7"),  # non-ASCII without SMTPUTF8
-    (b"MAIL FROM:<a@example.com> FOO=BAR", b"555 5.5.4"),
-])
+@pytest.mark.parametrize(
+    "command,code",
+    [
+        (b"MAIL FROM:<@relay.example:user@example.com>", b"501 5.1.3"),  # source route
+        (b"MAIL FROM:<user@exa mple.com>", b"501"),
+        (b"MAIL FROM:user@example.com", b"501 5.5.4"),  # no angle brackets
+        (b"MAIL FROM:<us\xc3\xa9r@example.com>", b"553 5.6.7"),  # non-ASCII without SMTPUTF8
+        (b"MAIL FROM:<a@example.com> FOO=BAR", b"555 5.5.4"),
+    ],
+)
 def test_bad_sender_syntax(command, code, relay):
     """Malformed senders get a precise 5xx with an enhanced code."""
     gw, _ = relay()

@@ -78,19 +78,25 @@ def test_a_refused_message_does_not_poison_the_pool(make_upstream, start_gateway
     assert message.content == BODY
 
 
-def test_failover_after_mail_4xx_returns_the_backup_session_to_the_pool(make_upstream, start_gateway, ca):
+def test_failover_after_mail_4xx_returns_the_backup_session_to_the_pool(
+    make_upstream, start_gateway, ca
+):
     """After a MAIL 4xx moved a transaction to the backup, the backup's only connection is reused."""
     primary, backup = make_upstream(), make_upstream()
     primary.script.mail = "421 4.7.0 Try later"
     document = {
         "listener": {"listen": "127.0.0.1:0", "shutdown_grace": 2},
-        "upstreams": {"primary": upstream_table(primary, ca.ca_file),
-                      "backup": upstream_table(backup, ca.ca_file, max_connections=1, command_timeout=5)},
+        "upstreams": {
+            "primary": upstream_table(primary, ca.ca_file),
+            "backup": upstream_table(backup, ca.ca_file, max_connections=1, command_timeout=5),
+        },
         "rules": [{"name": "all", "action": "relay", "upstream": ["primary", "backup"]}],
     }
     gw = start_gateway(document)
     send(gw.port)
-    send(gw.port)  # with the first session leaked, this would wait command_timeout and get 451 4.4.5
+    send(
+        gw.port
+    )  # with the first session leaked, this would wait command_timeout and get 451 4.4.5
     assert len(backup.wait_for(2)) == 2
     assert backup.connections == 1
 
@@ -98,7 +104,9 @@ def test_failover_after_mail_4xx_returns_the_backup_session_to_the_pool(make_ups
 def test_a_failed_open_wakes_the_transaction_waiting_for_its_slot(make_upstream, start_gateway, ca):
     """With max_connections = 1, a transaction waiting behind a failing open gets its own try at once."""
     upstream = make_upstream(users={"someone@else.test": "x"})  # every AUTH fails
-    gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file, max_connections=1, command_timeout=20)))
+    gw = start_gateway(
+        relay_all(upstream_table(upstream, ca.ca_file, max_connections=1, command_timeout=20))
+    )
     results: list[object] = []
     done = threading.Event()
 
@@ -131,7 +139,9 @@ def test_app_leaving_while_the_session_opens_does_not_leak_it(make_upstream, sta
         return authenticate(*args)
 
     upstream._authenticate = slow_auth
-    gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file, max_connections=1, command_timeout=20)))
+    gw = start_gateway(
+        relay_all(upstream_table(upstream, ca.ca_file, max_connections=1, command_timeout=20))
+    )
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
     sock.sendall(b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\n")
     assert entered.wait(30)

@@ -54,7 +54,11 @@ def test_queued_message_is_delivered_byte_for_byte(upstream, start_gateway, ca, 
     [queued] = gw.audit.named("message.queued")
     assert queued["queue_id"] == result["queue_id"] and queued["message_id"] == "<q1@example.com>"
     gw.stop()
-    assert spool_ids(str(tmp_path / "spool"), "active") == spool_ids(str(tmp_path / "spool"), "deferred") == []
+    assert (
+        spool_ids(str(tmp_path / "spool"), "active")
+        == spool_ids(str(tmp_path / "spool"), "deferred")
+        == []
+    )
 
 
 def test_deliveries_reuse_an_idle_upstream_session(upstream, start_gateway, ca, tmp_path):
@@ -67,16 +71,23 @@ def test_deliveries_reuse_an_idle_upstream_session(upstream, start_gateway, ca, 
     assert upstream.server.connections == 1
 
 
-def test_upstream_down_then_back_delivers_each_recipient_once(upstream, start_gateway, ca, tmp_path):
+def test_upstream_down_then_back_delivers_each_recipient_once(
+    upstream, start_gateway, ca, tmp_path
+):
     """While the upstream is down messages are deferred; when it is back each recipient arrives once."""
     upstream.down()
     gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool")))
     for number in range(3):
         assert send(gw.port, message(number), ["a@example.net", "b@example.net"])[0] == 250
     deferred = gw.audit.wait_for("message.deferred", 3)
-    assert {e["queue_id"] for e in deferred} == {e["queue_id"] for e in gw.audit.named("message.queued")}
+    assert {e["queue_id"] for e in deferred} == {
+        e["queue_id"] for e in gw.audit.named("message.queued")
+    }
     attempt = gw.audit.named("delivery.attempt")[0]
-    assert attempt["recipients"][0]["result"] == "deferred" and "cannot connect" in attempt["upstream_error"]
+    assert (
+        attempt["recipients"][0]["result"] == "deferred"
+        and "cannot connect" in attempt["upstream_error"]
+    )
     server = upstream.back()
     gw.audit.wait_for("message.result", 3)
     gw.stop()
@@ -86,35 +97,50 @@ def test_upstream_down_then_back_delivers_each_recipient_once(upstream, start_ga
 
 def test_partial_failure_bounces_the_550_and_retries_the_450(upstream, start_gateway, ca, tmp_path):
     """One 250, one 550, one 450: the 550 fails with a DSN to the sender, the 450 is delivered later."""
-    upstream.server.script.rcpt = {"bad@example.net": "550 5.1.1 No such user",
-                                   "busy@example.net": "450 4.2.1 Mailbox busy"}
+    upstream.server.script.rcpt = {
+        "bad@example.net": "550 5.1.1 No such user",
+        "busy@example.net": "450 4.2.1 Mailbox busy",
+    }
     spool = str(tmp_path / "spool")
     gw = start_gateway(queue_document(upstream.table(ca.ca_file), spool, bounce=True))
     _, text = send(gw.port, message(7), ["ok@example.net", "bad@example.net", "busy@example.net"])
     queue_id = text.split()[-1].decode()
     [first] = gw.audit.wait_for("delivery.attempt")
     assert {r["address"]: r["result"] for r in first["recipients"]} == {
-        "ok@example.net": "delivered", "bad@example.net": "failed", "busy@example.net": "deferred"}
+        "ok@example.net": "delivered",
+        "bad@example.net": "failed",
+        "busy@example.net": "deferred",
+    }
     del upstream.server.script.rcpt["busy@example.net"]
     results = gw.audit.wait_for("message.result", 2)  # the original and its DSN
     [original] = [r for r in results if r["queue_id"] == queue_id]
     assert original["outcome"] == "partial"
     assert {r["address"]: r["result"] for r in original["recipients"]} == {
-        "ok@example.net": "delivered", "bad@example.net": "failed", "busy@example.net": "delivered"}
+        "ok@example.net": "delivered",
+        "bad@example.net": "failed",
+        "busy@example.net": "delivered",
+    }
     received = upstream.server.wait_for(3)
     null = ("", "<>")  # how aiosmtpd records MAIL FROM:<>
     assert sorted(r for m in received if m.sender not in null for r in m.recipients) == [
-        "busy@example.net", "ok@example.net"]
+        "busy@example.net",
+        "ok@example.net",
+    ]
     [bounce] = [m for m in received if m.sender in null]
     assert bounce.recipients == ["app@example.com"]
     assert b"report-type=delivery-status" in bounce.content
-    assert b"Final-Recipient: rfc822; bad@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n" in bounce.content
+    assert (
+        b"Final-Recipient: rfc822; bad@example.net\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        in bounce.content
+    )
     assert b"Message-ID: <q7@example.com>" in bounce.content  # the original headers
     gw.stop()
     assert spool_ids(spool, "dead") == [queue_id]
 
 
-def test_reaching_max_age_fails_the_recipient_with_a_dead_letter(upstream, start_gateway, ca, tmp_path):
+def test_reaching_max_age_fails_the_recipient_with_a_dead_letter(
+    upstream, start_gateway, ca, tmp_path
+):
     """A recipient still deferred at max_age fails permanently (5.4.7 in the DSN) and is kept as a dead letter."""
     upstream.down()
     spool = str(tmp_path / "spool")
@@ -131,8 +157,11 @@ def test_reaching_max_age_fails_the_recipient_with_a_dead_letter(upstream, start
 def test_metrics_show_queue_depth_and_results(upstream, start_gateway, ca, tmp_path):
     """mailgate_queue_depth counts a deferred message; queued and delivered outcomes are counted."""
     upstream.down()
-    gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"),
-                                      min_backoff=3600, max_backoff=3600))
+    gw = start_gateway(
+        queue_document(
+            upstream.table(ca.ca_file), str(tmp_path / "spool"), min_backoff=3600, max_backoff=3600
+        )
+    )
     send(gw.port, message(1))
     gw.audit.wait_for("message.deferred")
     text = gw.gateway.metrics.render().decode()
@@ -153,8 +182,10 @@ def test_rule_header_edits_apply_to_queued_messages(upstream, start_gateway, ca,
 def test_relay_and_queue_recipients_do_not_mix(upstream, start_gateway, ca, tmp_path):
     """A relay-mode recipient after a queued one (and the reverse) gets 452 4.5.3."""
     document = queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"))
-    document["rules"].insert(0, {"name": "direct", "action": "relay", "upstream": "up",
-                                 "recipients": ["*@direct.example"]})
+    document["rules"].insert(
+        0,
+        {"name": "direct", "action": "relay", "upstream": "up", "recipients": ["*@direct.example"]},
+    )
     gw = start_gateway(document)
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
         client.ehlo("app.test")
@@ -169,7 +200,9 @@ def test_relay_and_queue_recipients_do_not_mix(upstream, start_gateway, ca, tmp_
         assert (code, text[:5]) == (452, b"4.5.3")
 
 
-def test_write_failure_answers_452_and_keeps_serving(upstream, start_gateway, ca, tmp_path, monkeypatch):
+def test_write_failure_answers_452_and_keeps_serving(
+    upstream, start_gateway, ca, tmp_path, monkeypatch
+):
     """An injected ENOSPC at commit gives 452 4.3.1, leaves nothing behind, and the next message is queued."""
     from gateway.queue import spool as spool_module
 
@@ -196,9 +229,13 @@ def test_write_failure_answers_452_and_keeps_serving(upstream, start_gateway, ca
 def tiny_spool(tmp_path):
     path = str(tmp_path / "tiny")
     os.mkdir(path)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", path], capture_output=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", path], capture_output=True, check=False
+    )
     if mounted.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root); the injected ENOSPC test covers the path")
+        pytest.skip(
+            "cannot mount a tmpfs here (needs root); the injected ENOSPC test covers the path"
+        )
     yield path
     subprocess.run(["umount", path], check=True)
 
@@ -223,25 +260,32 @@ def operator_config(tmp_path, document) -> str:
 def test_retry_delivers_a_deferred_message_now(upstream, start_gateway, ca, tmp_path):
     """With an hour of backoff left, `queue retry ID` gets the message delivered within a scan."""
     upstream.down()
-    document = queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"), min_backoff=3600,
-                              max_backoff=3600)
+    document = queue_document(
+        upstream.table(ca.ca_file), str(tmp_path / "spool"), min_backoff=3600, max_backoff=3600
+    )
     gw = start_gateway(document)
     queue_id = send(gw.port, message(5))[1].split()[-1].decode()
     gw.audit.wait_for("message.deferred")
     server = upstream.back()
-    assert cli.main(["queue", "retry", queue_id, "--config", operator_config(tmp_path, document)]) == 0
+    assert (
+        cli.main(["queue", "retry", queue_id, "--config", operator_config(tmp_path, document)]) == 0
+    )
     assert server.wait_for(1)[0].content == message(5)
 
 
 def test_delete_while_running_is_logged(upstream, start_gateway, ca, tmp_path):
     """`queue delete ID` on a deferred message: message.deleted and a message.result "deleted"."""
     upstream.down()
-    document = queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool"), min_backoff=3600,
-                              max_backoff=3600)
+    document = queue_document(
+        upstream.table(ca.ca_file), str(tmp_path / "spool"), min_backoff=3600, max_backoff=3600
+    )
     gw = start_gateway(document)
     queue_id = send(gw.port, message(6))[1].split()[-1].decode()
     gw.audit.wait_for("message.deferred")
-    assert cli.main(["queue", "delete", queue_id, "--config", operator_config(tmp_path, document)]) == 0
+    assert (
+        cli.main(["queue", "delete", queue_id, "--config", operator_config(tmp_path, document)])
+        == 0
+    )
     [result] = gw.audit.wait_for("message.result")
     assert result["queue_id"] == queue_id and result["outcome"] == "deleted"
     [deleted] = gw.audit.named("message.deleted")
@@ -257,7 +301,10 @@ def test_requeue_delivers_a_dead_letter(upstream, start_gateway, ca, tmp_path):
     assert gw.audit.wait_for("message.result")[0]["outcome"] == "failed"
     gw.audit.wait_for("message.dead")  # moved to dead/ (after the result is logged)
     upstream.server.script.rcpt = {}
-    assert cli.main(["queue", "requeue", queue_id, "--config", operator_config(tmp_path, document)]) == 0
+    assert (
+        cli.main(["queue", "requeue", queue_id, "--config", operator_config(tmp_path, document)])
+        == 0
+    )
     assert upstream.server.wait_for(1)[0].content == message(8)
     results = gw.audit.wait_for("message.result", 2)
     assert [r["outcome"] for r in results] == ["failed", "delivered"]
@@ -270,7 +317,11 @@ def test_requeue_delivers_a_dead_letter(upstream, start_gateway, ca, tmp_path):
 def fast_spool(tmp_path):
     """A spool folder on tmpfs when there is one: these tests kill processes, not machines, and the
     shared disk's fsync latency would dominate their run time. Commit ordering is tested in test_spool."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else str(tmp_path)
+    base = (
+        "/dev/shm"
+        if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
+        else str(tmp_path)
+    )
     path = os.path.join(base, f"mailgate-test-{os.getpid()}-{tmp_path.name}")
     yield path
     subprocess.run(["rm", "-rf", path], check=True)
@@ -292,7 +343,9 @@ def processes():
         process.stop()
 
 
-def test_killed_while_receiving_never_sends_the_half_message(upstream, ca, tmp_path, fast_spool, processes):
+def test_killed_while_receiving_never_sends_the_half_message(
+    upstream, ca, tmp_path, fast_spool, processes
+):
     """SIGKILL in the middle of DATA: the partial message is discarded at restart and never delivered."""
     config = process_config(tmp_path, upstream, ca, fast_spool)
     gateway = start_gateway_process(config, str(tmp_path))
@@ -304,7 +357,9 @@ def test_killed_while_receiving_never_sends_the_half_message(upstream, ca, tmp_p
     client.putcmd("data")
     assert client.getreply()[0] == 354
     [half] = os.listdir(os.path.join(fast_spool, "incoming"))  # created before the 354
-    client.send(b"Subject: half\r\nMessage-ID: <half@example.com>\r\n\r\nfirst part of the body\r\n")
+    client.send(
+        b"Subject: half\r\nMessage-ID: <half@example.com>\r\n\r\nfirst part of the body\r\n"
+    )
     gateway.kill()
     client.close()
     processes.append(start_gateway_process(config, str(tmp_path)))
@@ -318,7 +373,9 @@ def test_killed_while_receiving_never_sends_the_half_message(upstream, ca, tmp_p
     assert upstream.server.messages == [received]
 
 
-def test_killed_right_after_250_delivers_after_restart(upstream, ca, tmp_path, fast_spool, processes):
+def test_killed_right_after_250_delivers_after_restart(
+    upstream, ca, tmp_path, fast_spool, processes
+):
     """SIGKILL right after the 250 (upstream down): after a restart the message is delivered."""
     upstream.down()
     config = process_config(tmp_path, upstream, ca, fast_spool)
@@ -332,7 +389,9 @@ def test_killed_right_after_250_delivers_after_restart(upstream, ca, tmp_path, f
     assert received.content == message(3)
 
 
-def test_killed_during_delivery_sends_at_most_one_logged_duplicate(upstream, ca, tmp_path, fast_spool, processes):
+def test_killed_during_delivery_sends_at_most_one_logged_duplicate(
+    upstream, ca, tmp_path, fast_spool, processes
+):
     """SIGKILL after the upstream took the data but before its 250 reached mailgate: one logged duplicate."""
     arrived, release = threading.Event(), threading.Event()
 
@@ -363,7 +422,9 @@ def test_killed_during_delivery_sends_at_most_one_logged_duplicate(upstream, ca,
     assert len(upstream.server.messages) == 2
 
 
-def test_thousand_messages_queued_while_down_are_drained(upstream, ca, tmp_path, fast_spool, processes):
+def test_thousand_messages_queued_while_down_are_drained(
+    upstream, ca, tmp_path, fast_spool, processes
+):
     """1,000 messages each get 250 while the upstream is down; once it is back every one arrives once."""
     upstream.down()
     config = process_config(tmp_path, upstream, ca, fast_spool, max_backoff=3600)
@@ -380,7 +441,9 @@ def test_thousand_messages_queued_while_down_are_drained(upstream, ca, tmp_path,
     assert len(results) == 1000 and {r["outcome"] for r in results} == {"delivered"}
 
 
-def test_done_when_thousand_messages_survive_two_kills(upstream, ca, tmp_path, fast_spool, processes):
+def test_done_when_thousand_messages_survive_two_kills(
+    upstream, ca, tmp_path, fast_spool, processes
+):
     """Issue 3's scenario: 1,000 messages get 250 with the upstream stopped; mailgate is killed -9
     twice during delivery; after a restart and `queue retry --all` the upstream holds every
     Message-ID, and the audit has a message.queued and a delivered message.result for each."""
@@ -399,7 +462,9 @@ def test_done_when_thousand_messages_survive_two_kills(upstream, ca, tmp_path, f
 
     def wait_for_distinct(count: int) -> None:
         with arrivals:
-            assert arrivals.wait_for(lambda: len(seen) >= count, 60), f"{len(seen)} of {count} arrived"
+            assert arrivals.wait_for(lambda: len(seen) >= count, 60), (
+                f"{len(seen)} of {count} arrived"
+            )
 
     server = upstream.back()
     server.on_message = arrived
@@ -431,14 +496,24 @@ def test_unusable_spool_path_stops_start_up_with_its_key(upstream, ca, tmp_path)
     blocker.write_text("not a folder")
     config = process_config(tmp_path, upstream, ca, str(blocker / "spool"))
     env = dict(os.environ, MAILGATE_TEST_PASSWORD="unused")
-    run = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", config], cwd=str(tmp_path),
-                         env=env, capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", config],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert run.returncode == 1
-    assert run.stderr.startswith("mailgate: queue.path: cannot use ") and "Traceback" not in run.stderr
+    assert (
+        run.stderr.startswith("mailgate: queue.path: cannot use ") and "Traceback" not in run.stderr
+    )
 
 
 def test_app_leaving_during_the_commit_neither_corrupts_nor_loses_the_message(
-        upstream, start_gateway, ca, tmp_path, monkeypatch):
+    upstream, start_gateway, ca, tmp_path, monkeypatch
+):
     """An app that disconnects while its message is being committed: the commit completes and the
     message is delivered whole (never a half-removed folder in the spool)."""
     import socket
@@ -456,14 +531,18 @@ def test_app_leaving_during_the_commit_neither_corrupts_nor_loses_the_message(
     monkeypatch.setattr(QueueTransaction, "commit", slow_commit)
     gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool")))
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
-    sock.sendall(b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n")
+    sock.sendall(
+        b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n"
+    )
     reader = sock.makefile("rb")
     replies = []
     while len(replies) < 5:  # greeting, EHLO (multi-line, last line counts), MAIL, RCPT, DATA
         line = reader.readline()
         if line[3:4] == b" ":
             replies.append(line)
-    sock.sendall(message(7).replace(b"\r\n.", b"\r\n..") + b".\r\n")  # dot-stuffed, as a client sends it
+    sock.sendall(
+        message(7).replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    )  # dot-stuffed, as a client sends it
     assert entered.wait(30)
     sock.shutdown(socket.SHUT_RDWR)  # close() alone waits for the makefile() reader to go
     sock.close()
@@ -474,7 +553,9 @@ def test_app_leaving_during_the_commit_neither_corrupts_nor_loses_the_message(
     assert gw.audit.wait_for("message.queued")[0]["message_id"] == "<q7@example.com>"
 
 
-def test_outcome_that_cannot_be_written_is_not_delivered_again(upstream, start_gateway, ca, tmp_path, monkeypatch):
+def test_outcome_that_cannot_be_written_is_not_delivered_again(
+    upstream, start_gateway, ca, tmp_path, monkeypatch
+):
     """Disk full when recording a delivery: the message is not sent again by this process (no loop),
     and the failure is in the audit."""
     from gateway.queue import spool as spool_module
@@ -489,12 +570,16 @@ def test_outcome_that_cannot_be_written_is_not_delivered_again(upstream, start_g
     monkeypatch.setattr(spool_module.Spool, "save", save)
     gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool")))
     assert send(gw.port, message(1))[0] == 250
-    failed = gw.audit.wait_for("queue.write_failed", 2)  # two rounds: the delivery, then a retry of the record
+    failed = gw.audit.wait_for(
+        "queue.write_failed", 2
+    )  # two rounds: the delivery, then a retry of the record
     assert failed[0]["delivered_not_recorded"] == ["ops@example.net"]
     assert len(upstream.server.messages) == 1
 
 
-def test_commit_that_fails_after_its_rename_is_not_delivered(upstream, start_gateway, ca, tmp_path, monkeypatch):
+def test_commit_that_fails_after_its_rename_is_not_delivered(
+    upstream, start_gateway, ca, tmp_path, monkeypatch
+):
     """A commit whose last fsync fails answers 452 and leaves nothing in active/ to be delivered."""
     from gateway.queue import spool as spool_module
 

@@ -21,7 +21,9 @@ BODY = (
 )
 
 
-def send_raw(port: int, body: bytes, rcpts: list[str] | None = None, sender: str = "app@example.com"):
+def send_raw(
+    port: int, body: bytes, rcpts: list[str] | None = None, sender: str = "app@example.com"
+):
     """Send `body` (already CRLF, not dot-stuffed) and return the final reply."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("app.test")
@@ -60,8 +62,9 @@ def test_relays_byte_for_byte_over_verified_tls_with_auth(tls, make_upstream, st
     assert result["message_id"] == "<m1@example.com>"
     assert result["size"] == len(BODY)
     assert result["tls_version"] == message.tls_version and result["peer_cert_sha256"]
-    assert result["recipients"] == [{"address": "ops@example.net", "result": "relayed",
-                                     "reply": result["reply"], "rule": "all"}]
+    assert result["recipients"] == [
+        {"address": "ops@example.net", "result": "relayed", "reply": result["reply"], "rule": "all"}
+    ]
 
 
 def test_audit_tells_the_session_story(make_upstream, start_gateway, ca):
@@ -112,12 +115,20 @@ def test_bad_certificate_defers_before_auth(case, tls, make_upstream, start_gate
         cert = ca.issue("wrong", "other.example")
         expect = "does not match host name"
     elif case == "expired":
-        cert = ca.issue("expired", "localhost", not_before=now - datetime.timedelta(days=30),
-                        not_after=now - datetime.timedelta(days=1))
+        cert = ca.issue(
+            "expired",
+            "localhost",
+            not_before=now - datetime.timedelta(days=30),
+            not_after=now - datetime.timedelta(days=1),
+        )
         expect = "expired"
     elif case == "not-yet-valid":
-        cert = ca.issue("future", "localhost", not_before=now + datetime.timedelta(days=1),
-                        not_after=now + datetime.timedelta(days=30))
+        cert = ca.issue(
+            "future",
+            "localhost",
+            not_before=now + datetime.timedelta(days=1),
+            not_after=now + datetime.timedelta(days=30),
+        )
         expect = "not yet valid"
     else:
         cert = ThrowawayCA(str(tmp_path)).issue("stranger", "localhost")
@@ -132,13 +143,18 @@ def test_bad_certificate_defers_before_auth(case, tls, make_upstream, start_gate
     assert expect in result["upstream_error"]
 
 
-@pytest.mark.parametrize("stage,reply,expected", [
-    ("mail", "451 4.3.0 sender check deferred", (451, b"4.3.0")),
-    ("mail", "550 5.7.60 not allowed to send as this sender", (550, b"5.7.60")),
-    ("rcpt", "450 4.2.1 mailbox busy", (450, b"4.2.1")),
-    ("rcpt", "550 5.1.1 no such user", (550, b"5.1.1")),
-])
-def test_upstream_refusal_before_data_reaches_app_at_rcpt(stage, reply, expected, make_upstream, start_gateway, ca):
+@pytest.mark.parametrize(
+    "stage,reply,expected",
+    [
+        ("mail", "451 4.3.0 sender check deferred", (451, b"4.3.0")),
+        ("mail", "550 5.7.60 not allowed to send as this sender", (550, b"5.7.60")),
+        ("rcpt", "450 4.2.1 mailbox busy", (450, b"4.2.1")),
+        ("rcpt", "550 5.1.1 no such user", (550, b"5.1.1")),
+    ],
+)
+def test_upstream_refusal_before_data_reaches_app_at_rcpt(
+    stage, reply, expected, make_upstream, start_gateway, ca
+):
     """Upstream 4xx/5xx at MAIL or RCPT reach the app at its RCPT, code and enhanced code kept."""
     upstream = make_upstream()
     if stage == "mail":
@@ -150,18 +166,23 @@ def test_upstream_refusal_before_data_reaches_app_at_rcpt(stage, reply, expected
         client.ehlo()
         client.mail("app@example.com")
         code, text = client.rcpt("ops@example.net")
-        assert (code, text[:len(expected[1])]) == expected
+        assert (code, text[: len(expected[1])]) == expected
         assert client.docmd("DATA")[0] == 554  # no valid recipients: nothing sent
     [result] = gw.audit.wait_for("message.result")
     assert result["outcome"] == ("deferred" if expected[0] < 500 else "rejected")
 
 
-@pytest.mark.parametrize("reply,code,enhanced", [
-    ("452 4.3.1 insufficient storage", 452, b"4.3.1"),
-    ("554 5.6.0 content rejected", 554, b"5.6.0"),
-    ("421 4.7.0 too many messages, closing", 451, b"4.7.0"),
-])
-def test_upstream_reply_after_data_is_the_apps(reply, code, enhanced, make_upstream, start_gateway, ca):
+@pytest.mark.parametrize(
+    "reply,code,enhanced",
+    [
+        ("452 4.3.1 insufficient storage", 452, b"4.3.1"),
+        ("554 5.6.0 content rejected", 554, b"5.6.0"),
+        ("421 4.7.0 too many messages, closing", 451, b"4.7.0"),
+    ],
+)
+def test_upstream_reply_after_data_is_the_apps(
+    reply, code, enhanced, make_upstream, start_gateway, ca
+):
     """The reply after DATA is the upstream's: 4xx stays 4xx, 5xx stays 5xx, 421 becomes 451."""
     upstream = make_upstream()
     upstream.script.data = reply
@@ -189,7 +210,9 @@ def test_partial_recipients_only_accepted_ones_relayed(make_upstream, start_gate
     assert message.recipients == ["ok@example.net"]
     [result] = gw.audit.wait_for("message.result")
     assert {r["address"]: r["result"] for r in result["recipients"]} == {
-        "ok@example.net": "relayed", "bad@example.net": "rejected"}
+        "ok@example.net": "relayed",
+        "bad@example.net": "rejected",
+    }
 
 
 def test_unreachable_upstream_gives_451_4_4_1(start_gateway, ca):
@@ -199,8 +222,15 @@ def test_unreachable_upstream_gives_451_4_4_1(start_gateway, ca):
     with socket.socket() as probe:  # a port that was free a moment ago and has no listener now
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
-    table = {"host": "127.0.0.1", "port": dead_port, "tls": "starttls", "username": USER,
-             "password_env": "MAILGATE_TEST_PASSWORD", "ca_file": ca.ca_file, "connect_timeout": 5}
+    table = {
+        "host": "127.0.0.1",
+        "port": dead_port,
+        "tls": "starttls",
+        "username": USER,
+        "password_env": "MAILGATE_TEST_PASSWORD",
+        "ca_file": ca.ca_file,
+        "connect_timeout": 5,
+    }
     gw = start_gateway(relay_all(table))
     code, text = first_rcpt(gw.port)
     assert (code, text[:5]) == (451, b"4.4.1")
@@ -217,7 +247,9 @@ def test_wrong_password_defers_and_tries_auth_once(make_upstream, start_gateway,
     assert upstream.auth_attempts == [(USER, False)]
 
 
-def test_app_leaving_after_the_final_dot_gets_the_true_outcome_in_the_audit(make_upstream, start_gateway, ca):
+def test_app_leaving_after_the_final_dot_gets_the_true_outcome_in_the_audit(
+    make_upstream, start_gateway, ca
+):
     """If the app disconnects while the upstream's reply to the body is pending, the upstream
     transaction is not torn down: the audit records what the upstream really did."""
     import socket
@@ -236,7 +268,9 @@ def test_app_leaving_after_the_final_dot_gets_the_true_outcome_in_the_audit(make
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
     reader = sock.makefile("rb")
-    sock.sendall(b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n")
+    sock.sendall(
+        b"EHLO app\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n"
+    )
     seen = 0
     while seen < 5:  # greeting, EHLO, MAIL, RCPT, 354
         seen += reader.readline()[3:4] == b" "

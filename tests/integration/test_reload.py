@@ -43,7 +43,9 @@ class Daemon(MailgateProcess):
     """`mailgate run --config FILE`, with its stderr read in order through `expect`."""
 
     def __init__(self, config: Path) -> None:
-        super().__init__("run", "--config", str(config), env=clean_env(MAILGATE_TEST_PASSWORD=PASSWORD))
+        super().__init__(
+            "run", "--config", str(config), env=clean_env(MAILGATE_TEST_PASSWORD=PASSWORD)
+        )
         self._cursor = 0
         self.expect("listening on")
 

@@ -242,7 +242,9 @@ def test_null_sender_not_matched_by_domain_glob() -> None:
 
 def test_glob_question_mark_is_one_character() -> None:
     """`?` matches exactly one character."""
-    cfg = config({"name": "r", "recipients": ["user?@a.example"], "action": "relay", "upstream": "a"})
+    cfg = config(
+        {"name": "r", "recipients": ["user?@a.example"], "action": "relay", "upstream": "a"}
+    )
     assert rule_for(cfg, recipient=Address("user1@a.example")) == "r"
     assert rule_for(cfg, recipient=Address("user12@a.example")) is None
 

@@ -9,19 +9,38 @@ from gateway.queue.spool import Envelope, RecipientState
 HEADERS = b"From: app@example.com\r\nSubject: hi\r\nMessage-ID: <m1@example.com>\r\n"
 
 
-def failed(address="bad@example.net", reply="550 5.1.1 No such user", expired=False) -> RecipientState:
-    return RecipientState(address, "up", status="failed", last_reply=reply, last_attempt=1_700_000_100.0,
-                          expired=expired)
+def failed(
+    address="bad@example.net", reply="550 5.1.1 No such user", expired=False
+) -> RecipientState:
+    return RecipientState(
+        address,
+        "up",
+        status="failed",
+        last_reply=reply,
+        last_attempt=1_700_000_100.0,
+        expired=expired,
+    )
 
 
 def envelope(sender="app@example.com", bounce_of=None) -> Envelope:
-    return Envelope(id="0123456789abcdef", sender=sender, received=1_700_000_000.0, bounce_of=bounce_of,
-                    recipients=[failed()])
+    return Envelope(
+        id="0123456789abcdef",
+        sender=sender,
+        received=1_700_000_000.0,
+        bounce_of=bounce_of,
+        recipients=[failed()],
+    )
 
 
 def build(*recipients: RecipientState) -> bytes:
-    return dsn.build(envelope(), recipients or [failed()], HEADERS, hostname="mailgate.test",
-                     dsn_id="fedcba9876543210", now=1_700_000_200.0)
+    return dsn.build(
+        envelope(),
+        recipients or [failed()],
+        HEADERS,
+        hostname="mailgate.test",
+        dsn_id="fedcba9876543210",
+        now=1_700_000_200.0,
+    )
 
 
 def test_status_comes_from_the_enhanced_code():
@@ -52,10 +71,14 @@ def test_dsn_is_a_delivery_status_report():
 def test_dsn_names_each_failed_recipient():
     """Each failed recipient has Final-Recipient, Action: failed, Status and Diagnostic-Code."""
     body = build(failed(), failed("gone@example.net", "551 5.1.6 Moved"))
-    for address, status, reply in (("bad@example.net", "5.1.1", "550 5.1.1 No such user"),
-                                   ("gone@example.net", "5.1.6", "551 5.1.6 Moved")):
-        assert (f"Final-Recipient: rfc822; {address}\r\nAction: failed\r\nStatus: {status}\r\n"
-                f"Diagnostic-Code: smtp; {reply}\r\n").encode() in body
+    for address, status, reply in (
+        ("bad@example.net", "5.1.1", "550 5.1.1 No such user"),
+        ("gone@example.net", "5.1.6", "551 5.1.6 Moved"),
+    ):
+        assert (
+            f"Final-Recipient: rfc822; {address}\r\nAction: failed\r\nStatus: {status}\r\n"
+            f"Diagnostic-Code: smtp; {reply}\r\n"
+        ).encode() in body
 
 
 def test_dsn_is_clean_smtp_content():

@@ -39,7 +39,9 @@ class FakeConnector:
         return d
 
 
-def make_runner(tmp_path, now: list[float], **upstream: Any) -> tuple[DeliveryRunner, FakeConnector, Spool]:
+def make_runner(
+    tmp_path, now: list[float], **upstream: Any
+) -> tuple[DeliveryRunner, FakeConnector, Spool]:
     document = {
         "queue": {"path": str(tmp_path / "spool"), "min_backoff": 60, "max_backoff": 600},
         "upstreams": {"up": {"host": "smtp.example.net", **upstream}},
@@ -51,7 +53,9 @@ def make_runner(tmp_path, now: list[float], **upstream: Any) -> tuple[DeliveryRu
     connector = FakeConnector(config.upstreams["up"])
     clock = task.Clock()
     pools = {"up": UpstreamPool(connector, clock)}  # type: ignore[arg-type]
-    runner = DeliveryRunner(clock, spool, config, pools.get, CapturedAudit().log(), clock=lambda: now[0])
+    runner = DeliveryRunner(
+        clock, spool, config, pools.get, CapturedAudit().log(), clock=lambda: now[0]
+    )
     return runner, connector, spool
 
 
@@ -59,8 +63,14 @@ def queue(spool: Spool, received: float = 1000.0) -> str:
     queue_id = new_id()
     writer = SpoolWriter(spool, queue_id)
     writer.write(b"Subject: x\r\n\r\nbody\r\n")
-    writer.commit(Envelope(id=queue_id, sender="app@example.com", received=received,
-                           recipients=[RecipientState("ops@example.net", "up", "all")]))
+    writer.commit(
+        Envelope(
+            id=queue_id,
+            sender="app@example.com",
+            received=received,
+            recipients=[RecipientState("ops@example.net", "up", "all")],
+        )
+    )
     return queue_id
 
 
@@ -111,8 +121,14 @@ def test_route_with_an_unconfigured_first_hop_uses_the_next(tmp_path):
     queue_id = new_id()
     writer = SpoolWriter(spool, queue_id)
     writer.write(b"Subject: x\r\n\r\nbody\r\n")
-    writer.commit(Envelope(id=queue_id, sender="app@example.com", received=4000.0,
-                           recipients=[RecipientState("ops@example.net", "gone", "all", route=["gone", "up"])]))
+    writer.commit(
+        Envelope(
+            id=queue_id,
+            sender="app@example.com",
+            received=4000.0,
+            recipients=[RecipientState("ops@example.net", "gone", "all", route=["gone", "up"])],
+        )
+    )
     runner.submitted(queue_id)
     assert len(connector.opens) == 1
 

@@ -33,8 +33,12 @@ def spool(tmp_path) -> Spool:
 
 
 def envelope(queue_id: str) -> Envelope:
-    return Envelope(id=queue_id, sender="app@example.com", received=1000.0,
-                    recipients=[RecipientState("a@example.net", "up", "all")])
+    return Envelope(
+        id=queue_id,
+        sender="app@example.com",
+        received=1000.0,
+        recipients=[RecipientState("a@example.net", "up", "all")],
+    )
 
 
 def commit(spool: Spool, body: bytes = BODY) -> str:

@@ -28,8 +28,9 @@ def scripted(server_cert: ServerCert) -> Iterator[Callable[..., ScriptedUpstream
         server.stop()
 
 
-def try_recipient(port: int, recipient: str = "ops@example.net",
-                  sender: str = "app@example.com") -> tuple[int, bytes]:
+def try_recipient(
+    port: int, recipient: str = "ops@example.net", sender: str = "app@example.com"
+) -> tuple[int, bytes]:
     """As an app: EHLO, MAIL, RCPT; return the reply to RCPT (where upstream failures show)."""
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
         client.ehlo("app.test")

@@ -33,7 +33,9 @@ class Script:
     rcpt_reply: bytes = b"250 2.1.5 OK\r\n"
     data_reply: bytes = b"354 End data with <CR><LF>.<CR><LF>\r\n"
     data_end_reply: bytes = b"250 2.0.0 Queued\r\n"
-    echo_auth: bool = False  # append the client's last AUTH line to `auth_reply` (a careless server)
+    echo_auth: bool = (
+        False  # append the client's last AUTH line to `auth_reply` (a careless server)
+    )
 
 
 @dataclass
@@ -69,7 +71,9 @@ class ScriptedUpstream:
         self.port = self._listener.getsockname()[1]
         self._threads: list[threading.Thread] = []
         self._stopping = False
-        self._accepter = threading.Thread(target=self._accept, name="scripted-upstream", daemon=True)
+        self._accepter = threading.Thread(
+            target=self._accept, name="scripted-upstream", daemon=True
+        )
 
     @property
     def tls(self) -> str:
@@ -95,6 +99,7 @@ class ScriptedUpstream:
 
     def wait_closed(self, count: int = 1, timeout: float = 30) -> list[Connection]:
         """Block until `count` connections have ended; return all connections."""
+
         def done() -> bool:
             return sum(1 for c in self.connections if c.closed) >= count
 
@@ -135,7 +140,9 @@ class ScriptedUpstream:
 
 
 class _Dialogue:
-    def __init__(self, server: ScriptedUpstream, sock: socket.socket, connection: Connection) -> None:
+    def __init__(
+        self, server: ScriptedUpstream, sock: socket.socket, connection: Connection
+    ) -> None:
         self.script = server.script
         self.context = server.context
         self.sock: socket.socket = sock
@@ -173,10 +180,13 @@ class _Dialogue:
         return True
 
     def ehlo_reply(self) -> bytes:
-        keywords = self.script.capabilities_tls if self.phase == "tls" else self.script.capabilities_plain
+        keywords = (
+            self.script.capabilities_tls if self.phase == "tls" else self.script.capabilities_plain
+        )
         lines = ["scripted.test", *keywords]
         return b"".join(
-            f"250{'-' if i < len(lines) - 1 else ' '}{text}\r\n".encode() for i, text in enumerate(lines)
+            f"250{'-' if i < len(lines) - 1 else ' '}{text}\r\n".encode()
+            for i, text in enumerate(lines)
         )
 
     def run(self) -> None:

@@ -76,7 +76,9 @@ def test_data_timeout_closes_a_stalled_body(gateway):
     gw, upstream = gateway(data_timeout=1)
     sock, _ = greeting(gw.port)
     reader = sock.makefile("rb")
-    sock.sendall(b"EHLO a\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: x\r\n")
+    sock.sendall(
+        b"EHLO a\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: x\r\n"
+    )
     lines = []
     while not lines or not lines[-1].startswith(b"421"):
         lines.append(reader.readline())

@@ -17,11 +17,20 @@ BODY = b"From: invoices@billing.example.com\r\nSubject: invoice\r\n\r\nbody\r\n"
 
 @pytest.fixture
 def gateway_with_apps(make_upstream, start_gateway, ca):
-    def start(require_auth: bool = False, check_from_header: bool = False, rule_apps: list[str] | None = None):
+    def start(
+        require_auth: bool = False,
+        check_from_header: bool = False,
+        rule_apps: list[str] | None = None,
+    ):
         upstream = make_upstream()
         document = relay_all(upstream_table(upstream, ca.ca_file), require_auth=require_auth)
-        document["apps"] = {"billing": {"password_hash": HASH, "senders": ["*@billing.example.com"],
-                                        "check_from_header": check_from_header}}
+        document["apps"] = {
+            "billing": {
+                "password_hash": HASH,
+                "senders": ["*@billing.example.com"],
+                "check_from_header": check_from_header,
+            }
+        }
         if rule_apps is not None:
             document["rules"][0]["apps"] = rule_apps
         return start_gateway(document), upstream
@@ -48,10 +57,15 @@ def test_auth_login_exchange(gateway_with_apps):
         client.ehlo()
         assert client.docmd("AUTH", "LOGIN")[0] == 334
         assert client.docmd(base64.b64encode(b"billing").decode())[0] == 334
-        assert client.docmd(base64.b64encode(APP_PASSWORD.encode()).decode()) == (235, b"2.7.0 Authentication successful")
+        assert client.docmd(base64.b64encode(APP_PASSWORD.encode()).decode()) == (
+            235,
+            b"2.7.0 Authentication successful",
+        )
 
 
-@pytest.mark.parametrize("user,password", [("billing", "wrong-password-123"), ("nobody", APP_PASSWORD)])
+@pytest.mark.parametrize(
+    "user,password", [("billing", "wrong-password-123"), ("nobody", APP_PASSWORD)]
+)
 def test_bad_credentials_get_535_and_are_not_logged(user, password, gateway_with_apps):
     """Wrong password or unknown app: 535 5.7.8, and the attempted password is in no audit event."""
     gw, _ = gateway_with_apps()
@@ -70,7 +84,10 @@ def test_sender_not_owned_by_app_is_553(gateway_with_apps):
     gw, upstream = gateway_with_apps()
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
         client.login("billing", APP_PASSWORD)
-        assert client.mail("ceo@example.com") == (553, b"5.7.1 Sender address not owned by the authenticated app")
+        assert client.mail("ceo@example.com") == (
+            553,
+            b"5.7.1 Sender address not owned by the authenticated app",
+        )
     assert upstream.connections == 0
 
 
@@ -79,7 +96,10 @@ def test_require_auth_refuses_anonymous_mail_with_530(gateway_with_apps):
     gw, upstream = gateway_with_apps(require_auth=True)
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
         client.ehlo()
-        assert client.mail("invoices@billing.example.com") == (530, b"5.7.0 Authentication required")
+        assert client.mail("invoices@billing.example.com") == (
+            530,
+            b"5.7.0 Authentication required",
+        )
     assert upstream.connections == 0
 
 
@@ -100,7 +120,10 @@ def test_from_header_must_belong_to_the_app(gateway_with_apps):
         client.login("billing", APP_PASSWORD)
         client.mail("invoices@billing.example.com")
         client.rcpt("ops@example.net")
-        assert client.data(forged) == (550, b"5.7.1 From: header not allowed for the authenticated app")
+        assert client.data(forged) == (
+            550,
+            b"5.7.1 From: header not allowed for the authenticated app",
+        )
         client.rset()
         client.sendmail("invoices@billing.example.com", ["ops@example.net"], BODY)
     [message] = upstream.wait_for(1)
@@ -124,5 +147,7 @@ def test_from_check_applies_to_a_message_that_is_all_header(gateway_with_apps):
         client.mail("invoices@billing.example.com")
         client.rcpt("ops@example.net")
         assert client.data(b"From: CEO <ceo@example.com>\r\nSubject: pay this") == (
-            550, b"5.7.1 From: header not allowed for the authenticated app")
+            550,
+            b"5.7.1 From: header not allowed for the authenticated app",
+        )
     assert upstream.messages == []

@@ -52,7 +52,9 @@ def gateway(make_upstream, start_gateway, ca):
     document = {
         "listener": {"listen": "127.0.0.1:0", "hostname": "mailgate.test", "shutdown_grace": 2},
         "upstreams": {"up": upstream_table(upstream, ca.ca_file)},
-        "rules": [{"name": "net", "recipients": ["*@example.net"], "action": "relay", "upstream": "up"}],
+        "rules": [
+            {"name": "net", "recipients": ["*@example.net"], "action": "relay", "upstream": "up"}
+        ],
     }
     return start_gateway(document), upstream
 
@@ -69,7 +71,9 @@ def converse(port: int, *commands: bytes) -> list[bytes]:
 def test_hostile_helo_is_escaped_in_the_audit(helo, gateway):
     """Prevents a HELO name from breaking an audit record, forging an event or driving a terminal."""
     gw, _ = gateway
-    replies = converse(gw.port, b"EHLO " + helo, b"MAIL FROM:<app@example.com>", b"RCPT TO:<x@nowhere.example>")
+    replies = converse(
+        gw.port, b"EHLO " + helo, b"MAIL FROM:<app@example.com>", b"RCPT TO:<x@nowhere.example>"
+    )
     assert [r[:3] for r in replies] == [b"220", b"250", b"250", b"550", b"221"]
     gw.audit.wait_for("session.closed")
     events = assert_one_clean_object_per_line(gw.audit.lines)
@@ -90,8 +94,12 @@ def test_hostile_addresses_are_escaped_in_the_audit(address, gateway):
     gw, _ = gateway
     local = address.rpartition("@")[0]
     sender, recipient = f"{local}@example.com", f"{local}@nowhere.example"
-    replies = converse(gw.port, b"EHLO app.test", f"MAIL FROM:<{sender}>".encode(),
-                       f"RCPT TO:<{recipient}>".encode())
+    replies = converse(
+        gw.port,
+        b"EHLO app.test",
+        f"MAIL FROM:<{sender}>".encode(),
+        f"RCPT TO:<{recipient}>".encode(),
+    )
     assert [r[:3] for r in replies] == [b"220", b"250", b"250", b"550", b"221"], replies
     gw.audit.wait_for("session.closed")
     events = assert_one_clean_object_per_line(gw.audit.lines)
@@ -104,7 +112,7 @@ MESSAGE_IDS = {
     "ansi": b"<\x1b[31mid\x1b[0m@example.com>",
     "bell-backspace-vt-ff": b"<a\x07b\x08c\x0bd\x0ce@example.com>",
     "line-separators": b"<a\xe2\x80\xa8b\xc2\x85c@example.com>",
-    "quotes-backslashes": b'<a"b\\c\'d@example.com>',
+    "quotes-backslashes": b"<a\"b\\c'd@example.com>",
     "forged-json": b"<id" + FORGED + b"@example.com>",
     "invalid-utf8": b"<\xff\xfe@example.com>",
 }
@@ -127,7 +135,7 @@ def test_hostile_message_id_is_escaped_in_the_audit(message_id, gateway):
 
 def test_hostile_upstream_reply_is_escaped_in_the_audit(scripted, start_gateway, ca):
     """Prevents an upstream's reply text (escapes, quotes, forged JSON) breaking or forging audit records."""
-    text = b"5.1.1 \x1b[2J\x1b]0;pwned\x07 \"quoted\" \\back\xe2\x80\xa8" + FORGED
+    text = b'5.1.1 \x1b[2J\x1b]0;pwned\x07 "quoted" \\back\xe2\x80\xa8' + FORGED
     upstream = scripted(rcpt_reply=b"550 " + text + b"\r\n")
     document = {
         "listener": {"listen": "127.0.0.1:0", "hostname": "mailgate.test", "shutdown_grace": 2},
@@ -135,7 +143,9 @@ def test_hostile_upstream_reply_is_escaped_in_the_audit(scripted, start_gateway,
         "rules": [{"name": "all", "action": "relay", "upstream": "up"}],
     }
     gw = start_gateway(document)
-    replies = converse(gw.port, b"EHLO app.test", b"MAIL FROM:<app@example.com>", b"RCPT TO:<ops@example.net>")
+    replies = converse(
+        gw.port, b"EHLO app.test", b"MAIL FROM:<app@example.com>", b"RCPT TO:<ops@example.net>"
+    )
     assert replies[3].startswith(b"550 5.1.1")
     gw.audit.wait_for("session.closed")
     events = assert_one_clean_object_per_line(gw.audit.lines)

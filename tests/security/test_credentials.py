@@ -30,7 +30,10 @@ BODY = b"Subject: credentials\r\n\r\nbody\r\n"
 def leak_forms(password: str = PASSWORD, user: str = USER) -> dict[str, bytes]:
     """Every form in which the password could show up in a log."""
     secret = password.encode()
-    forms = {"plain": secret, "plain-blob": base64.b64encode(b"\0" + user.encode() + b"\0" + secret)}
+    forms = {
+        "plain": secret,
+        "plain-blob": base64.b64encode(b"\0" + user.encode() + b"\0" + secret),
+    }
     for offset in range(3):
         encoded = base64.b64encode(b"\0" * offset + secret)
         # Drop the characters that mix in the padding bytes or the tail: the rest is fixed.
@@ -49,16 +52,28 @@ def test_leak_forms_find_the_password_in_base64():
     """The base64 needles match the password inside any longer base64 text (the search cannot miss it)."""
     for prefix in (b"", b"a", b"ab", b"abc", b"user\0"):
         encoded = base64.b64encode(prefix + PASSWORD.encode() + b"tail")
-        assert any(needle in encoded for form, needle in leak_forms().items() if form.startswith("base64"))
+        assert any(
+            needle in encoded for form, needle in leak_forms().items() if form.startswith("base64")
+        )
 
 
 # --- never before TLS -------------------------------------------------------------------
 
-@pytest.mark.parametrize("script,reason", [
-    (Script(capabilities_plain=("AUTH PLAIN LOGIN",)), "STARTTLS not offered"),
-    (Script(capabilities_plain=("STARTTLS", "AUTH PLAIN LOGIN"), starttls_reply=b"454 4.7.0 TLS not available\r\n"),
-     "STARTTLS refused"),
-], ids=["starttls-not-offered", "starttls-refused"])
+
+@pytest.mark.parametrize(
+    "script,reason",
+    [
+        (Script(capabilities_plain=("AUTH PLAIN LOGIN",)), "STARTTLS not offered"),
+        (
+            Script(
+                capabilities_plain=("STARTTLS", "AUTH PLAIN LOGIN"),
+                starttls_reply=b"454 4.7.0 TLS not available\r\n",
+            ),
+            "STARTTLS refused",
+        ),
+    ],
+    ids=["starttls-not-offered", "starttls-refused"],
+)
 def test_password_never_sent_in_cleartext(script, reason, scripted, start_gateway, ca):
     """Prevents AUTH in cleartext to an upstream that offers AUTH but not (working) STARTTLS."""
     upstream = scripted(script)
@@ -75,11 +90,14 @@ def test_password_never_sent_in_cleartext(script, reason, scripted, start_gatewa
 
 # --- one AUTH attempt per connection -------------------------------------------------------
 
+
 @pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
 def test_one_auth_attempt_per_connection_after_535(mechanism, scripted, start_gateway, ca):
     """Prevents retrying a refused password (account lock-out, password spraying) on one connection."""
-    upstream = scripted(capabilities_tls=(f"AUTH {mechanism}",),
-                        auth_reply=b"535 5.7.8 Authentication credentials invalid\r\n")
+    upstream = scripted(
+        capabilities_tls=(f"AUTH {mechanism}",),
+        auth_reply=b"535 5.7.8 Authentication credentials invalid\r\n",
+    )
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
         client.ehlo("app.test")
@@ -95,6 +113,7 @@ def test_one_auth_attempt_per_connection_after_535(mechanism, scripted, start_ga
 
 
 # --- never in the audit or the log of `mailgate run` ------------------------------------------
+
 
 def dead_port() -> int:
     with socket.socket() as probe:  # free a moment ago, nothing listening now
@@ -129,12 +148,16 @@ def one_message(port: int) -> None:
             client.data(BODY)
 
 
-
-
-@pytest.mark.parametrize("case", [
-    "relayed", "auth-refused", "unreachable", "tls-failure",
-    "auth-refused-echoed",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "relayed",
+        "auth-refused",
+        "unreachable",
+        "tls-failure",
+        "auth-refused-echoed",
+    ],
+)
 def test_password_never_in_audit_or_log(case, scripted, mailgate_run, ca, tmp_path):
     """Prevents the password (plain or base64) reaching stdout (audit) or stderr of `mailgate run`."""
     from gateway.testing.pki import ThrowawayCA
@@ -143,13 +166,23 @@ def test_password_never_in_audit_or_log(case, scripted, mailgate_run, ca, tmp_pa
     if case == "relayed":
         upstream = scripted()
     elif case.startswith("auth-refused"):
-        upstream = scripted(auth_reply=b"535 5.7.8 Authentication credentials invalid\r\n",
-                            echo_auth=case.endswith("echoed"))
+        upstream = scripted(
+            auth_reply=b"535 5.7.8 Authentication credentials invalid\r\n",
+            echo_auth=case.endswith("echoed"),
+        )
     elif case == "tls-failure":
-        upstream = scripted(context=ThrowawayCA(str(tmp_path)).issue("stranger", "localhost").server_context())
+        upstream = scripted(
+            context=ThrowawayCA(str(tmp_path)).issue("stranger", "localhost").server_context()
+        )
     if upstream is None:  # unreachable
-        table = {"host": "127.0.0.1", "port": dead_port(), "username": USER,
-                 "password_env": "MAILGATE_TEST_PASSWORD", "ca_file": ca.ca_file, "connect_timeout": 5}
+        table = {
+            "host": "127.0.0.1",
+            "port": dead_port(),
+            "username": USER,
+            "password_env": "MAILGATE_TEST_PASSWORD",
+            "ca_file": ca.ca_file,
+            "connect_timeout": 5,
+        }
     else:
         table = upstream_table(upstream, ca.ca_file)
     document = relay_all(table)
@@ -168,12 +201,14 @@ def test_password_never_in_audit_or_log(case, scripted, mailgate_run, ca, tmp_pa
 
 # --- secret files --------------------------------------------------------------------------
 
+
 def config_with_password_file(tmp_path, mode: int) -> tuple[str, str]:
     secret = tmp_path / "upstream.password"
     secret.write_text(PASSWORD + "\n")
     secret.chmod(mode)
-    document = relay_all({"host": "localhost", "port": 587, "username": USER,
-                          "password_file": str(secret)})
+    document = relay_all(
+        {"host": "localhost", "port": 587, "username": USER, "password_file": str(secret)}
+    )
     config = tmp_path / "mailgate.toml"
     config.write_text(to_toml(document))
     return str(config), str(secret)
@@ -193,8 +228,12 @@ def test_check_refuses_password_file_readable_by_others(mode, tmp_path, capsys):
 def test_run_refuses_password_file_readable_by_others(mode, tmp_path):
     """Prevents `mailgate run` starting with a password file other local users can read."""
     config, secret = config_with_password_file(tmp_path, mode)
-    done = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", config],
-                          check=False, capture_output=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", config],
+        check=False,
+        capture_output=True,
+        timeout=30,
+    )
     assert done.returncode == 1
     assert secret.encode() in done.stderr and b"group or others" in done.stderr
     assert b"Traceback" not in done.stderr

@@ -34,8 +34,16 @@ def routes(scripted, start_gateway, ca):
             for rule in rules:
                 rule["senders"] = senders
         document = {
-            "listener": {"listen": "127.0.0.1:0", "hostname": "mailgate.test", "shutdown_grace": 2, **listener},
-            "upstreams": {"net": upstream_table(net, ca.ca_file), "com": upstream_table(com, ca.ca_file)},
+            "listener": {
+                "listen": "127.0.0.1:0",
+                "hostname": "mailgate.test",
+                "shutdown_grace": 2,
+                **listener,
+            },
+            "upstreams": {
+                "net": upstream_table(net, ca.ca_file),
+                "com": upstream_table(com, ca.ca_file),
+            },
             "rules": rules,
         }
         return start_gateway(document), net, com
@@ -53,9 +61,11 @@ def envelope_lines(upstream: ScriptedUpstream, verb: bytes) -> list[bytes]:
 
 # --- clients outside allowed_clients ----------------------------------------------------------
 
-TRANSACTION = (b"EHLO app.test\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n"
-               b"Subject: relayed?\r\n\r\nbody\r\n.\r\nRSET\r\nHELO app.test\r\nMAIL FROM:<app@example.com>\r\n"
-               b"RCPT TO:<ops@example.net>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n")
+TRANSACTION = (
+    b"EHLO app.test\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n"
+    b"Subject: relayed?\r\n\r\nbody\r\n.\r\nRSET\r\nHELO app.test\r\nMAIL FROM:<app@example.com>\r\n"
+    b"RCPT TO:<ops@example.net>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n"
+)
 
 
 @pytest.mark.parametrize("when", ["before-greeting", "after-greeting"])
@@ -144,16 +154,21 @@ def test_trick_recipient_is_refused_and_never_relayed(recipient, code, enhanced,
     assert com.connections == []
 
 
-@pytest.mark.parametrize("argument", [
-    b"RCPT TO:<victim@evil.com\x00@example.net>",
-    b"RCPT TO:<victim@evil.com\r@example.net>",
-    b"RCPT TO:<victim@evil.com\n@example.net>",
-    b"RCPT TO:<victim@example.net>\x00<victim@evil.com>",
-])
+@pytest.mark.parametrize(
+    "argument",
+    [
+        b"RCPT TO:<victim@evil.com\x00@example.net>",
+        b"RCPT TO:<victim@evil.com\r@example.net>",
+        b"RCPT TO:<victim@evil.com\n@example.net>",
+        b"RCPT TO:<victim@example.net>\x00<victim@evil.com>",
+    ],
+)
 def test_nul_cr_lf_inside_rcpt_is_refused(argument, routes):
     """Prevents NUL, bare CR or bare LF smuggling a second address past the parser."""
     gw, net, com = routes()
-    replies = converse(gw.port, b"MAIL FROM:<app@example.com>", argument, f"RCPT TO:<{CONTROL}>".encode())
+    replies = converse(
+        gw.port, b"MAIL FROM:<app@example.com>", argument, f"RCPT TO:<{CONTROL}>".encode()
+    )
     refusals = replies[3:-2]  # after greeting, EHLO, MAIL; before the control RCPT and QUIT
     assert refusals and all(r.startswith(b"500 5.5.2") for r in refusals), replies
     assert replies[-2].startswith(b"250") and replies[-1].startswith(b"221")
@@ -162,6 +177,7 @@ def test_nul_cr_lf_inside_rcpt_is_refused(argument, routes):
 
 
 # --- sender tricks ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("sender", ["", "app%evil.com@app.example", "App@APP.example"])
 def test_accepted_sender_reaches_the_upstream_byte_for_byte(sender, routes):
@@ -173,8 +189,9 @@ def test_accepted_sender_reaches_the_upstream_byte_for_byte(sender, routes):
     assert result["sender"] == sender
 
 
-@pytest.mark.parametrize("sender", ["", "evil@evil.com", "app@app.example.evil.com",
-                                    "app%app.example@evil.com"])
+@pytest.mark.parametrize(
+    "sender", ["", "evil@evil.com", "app@app.example.evil.com", "app%app.example@evil.com"]
+)
 def test_sender_outside_the_rule_is_refused_at_rcpt(sender, routes):
     """Prevents a sender-restricted rule relaying for the null sender or a look-alike sender."""
     gw, net, com = routes(senders=["*@app.example"])
@@ -183,15 +200,18 @@ def test_sender_outside_the_rule_is_refused_at_rcpt(sender, routes):
     assert net.connections == [] and com.connections == []
 
 
-@pytest.mark.parametrize("command,reply", [
-    (b"MAIL FROM:", b"501 5.5.4"),  # empty, no brackets
-    (b"MAIL FROM:<@evil.com:app@app.example>", b"501 5.1.3"),  # source route
-    (b'MAIL FROM:<"app@app.example"@evil.com>', b"501 5.1.7"),  # quoted '@'
-    (b"MAIL FROM:<app@evil.com%app.example>", b"501 5.1.7"),  # percent hack in the domain
-    (b"MAIL FROM:<app@app.example.>", b"501 5.1.7"),  # trailing dot
-    (b"MAIL FROM:<app@app.example\x00evil>", b"500 5.5.2"),  # NUL
-    (b"MAIL FROM:<app@app.example\revil>", b"500 5.5.2"),  # bare CR
-])
+@pytest.mark.parametrize(
+    "command,reply",
+    [
+        (b"MAIL FROM:", b"501 5.5.4"),  # empty, no brackets
+        (b"MAIL FROM:<@evil.com:app@app.example>", b"501 5.1.3"),  # source route
+        (b'MAIL FROM:<"app@app.example"@evil.com>', b"501 5.1.7"),  # quoted '@'
+        (b"MAIL FROM:<app@evil.com%app.example>", b"501 5.1.7"),  # percent hack in the domain
+        (b"MAIL FROM:<app@app.example.>", b"501 5.1.7"),  # trailing dot
+        (b"MAIL FROM:<app@app.example\x00evil>", b"500 5.5.2"),  # NUL
+        (b"MAIL FROM:<app@app.example\revil>", b"500 5.5.2"),  # bare CR
+    ],
+)
 def test_malformed_sender_is_refused(command, reply, routes):
     """Prevents a malformed or routed sender being accepted (and later reinterpreted upstream)."""
     gw, net, _ = routes(senders=["*@app.example"])

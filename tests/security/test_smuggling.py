@@ -18,8 +18,10 @@ import pytest
 from gateway.smtp.data import DataReader, dot_stuff
 from tests.conftest import relay_all, upstream_table
 
-SMUGGLED = (b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
-            b"From: ceo@example.com\r\nSubject: smuggled\r\n\r\nsmuggled\r\n")
+SMUGGLED = (
+    b"MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\n"
+    b"From: ceo@example.com\r\nSubject: smuggled\r\n\r\nsmuggled\r\n"
+)
 HEAD = b"From: app@example.com\r\nSubject: first\r\n\r\nfirst message"
 ENVELOPE = b"EHLO app.test\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<ops@example.net>\r\nDATA\r\n"
 
@@ -63,7 +65,9 @@ class App:
 
 def app_stuff(body: bytes) -> bytes:
     """What a correct app sends for `body` (CRLF lines): leading dots doubled."""
-    return b"\r\n".join(b"." + line if line.startswith(b".") else line for line in body.split(b"\r\n"))
+    return b"\r\n".join(
+        b"." + line if line.startswith(b".") else line for line in body.split(b"\r\n")
+    )
 
 
 # --- smuggling payloads -------------------------------------------------------------------------
@@ -127,10 +131,23 @@ def test_only_crlf_dot_crlf_ends_data(near, relay):
 
 # --- dot-stuffing toward the upstream ---------------------------------------------------------------
 
+
 def dotty_body(lines: int) -> bytes:
     """A body where most lines start with dots, plus lines that smuggle commands once unstuffed."""
-    patterns = [b".", b"..", b".x", b"...", b". ", b"plain", b"", b".MAIL FROM:<evil@example.com>",
-                b"." * 996, b"x" * 997, b".DATA", b"."]
+    patterns = [
+        b".",
+        b"..",
+        b".x",
+        b"...",
+        b". ",
+        b"plain",
+        b"",
+        b".MAIL FROM:<evil@example.com>",
+        b"." * 996,
+        b"x" * 997,
+        b".DATA",
+        b".",
+    ]
     body = [b"Subject: dots", b""]
     body += [patterns[i % len(patterns)] + (b"%d" % i if i % 5 == 0 else b"") for i in range(lines)]
     return b"\r\n".join(line[:997] for line in body) + b"\r\n"  # 998 octets once stuffed
@@ -147,7 +164,7 @@ def test_dot_stuffing_is_exact_across_odd_sized_tcp_writes(relay):
     position = 0
     while position < len(wire):
         size = next(sizes)
-        app.sock.sendall(wire[position:position + size])
+        app.sock.sendall(wire[position : position + size])
         position += size
     assert app.reply().startswith(b"250")
     app.close()
@@ -202,6 +219,7 @@ def test_body_starting_with_a_dot_is_stuffed():
 
 # --- over-long lines ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("length", [1001, 2000, 20000])
 def test_overlong_line_never_turns_the_body_into_commands(length, relay):
     """Prevents a line over 1000 octets ending DATA early so that a second transaction in the body runs."""
@@ -222,7 +240,10 @@ def test_overlong_line_never_turns_the_body_into_commands(length, relay):
 
 BIG_TAIL = (b"y" * 998 + b"\r\n") * 300  # 300 kB: the end of data comes many reads after the error
 
-@pytest.mark.parametrize("error", [b"x" * 2000 + b"\r\n", b"bare\nLF\r\n"], ids=["overlong-line", "bare-LF"])
+
+@pytest.mark.parametrize(
+    "error", [b"x" * 2000 + b"\r\n", b"bare\nLF\r\n"], ids=["overlong-line", "bare-LF"]
+)
 def test_data_error_early_in_a_large_message_still_gets_550(error, relay):
     """Prevents a DATA error found long before the end of data from dropping the app without a reply."""
     gw, upstream = relay

@@ -91,9 +91,12 @@ def test_starttls_response_injection_defers_with_reason(scripted, start_gateway,
 
 # --- capabilities: only the post-TLS EHLO counts (RFC 3207 4.2) ---------------------------
 
+
 def test_auth_mechanism_comes_from_the_post_tls_ehlo(scripted, start_gateway, ca):
     """Prevents a pre-TLS (forgeable) EHLO from choosing the AUTH mechanism."""
-    upstream = scripted(capabilities_plain=("STARTTLS", "AUTH PLAIN"), capabilities_tls=("AUTH LOGIN",))
+    upstream = scripted(
+        capabilities_plain=("STARTTLS", "AUTH PLAIN"), capabilities_tls=("AUTH LOGIN",)
+    )
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     assert try_recipient(gw.port)[0] == 250
     [connection] = upstream.wait_closed()
@@ -104,7 +107,9 @@ def test_auth_mechanism_comes_from_the_post_tls_ehlo(scripted, start_gateway, ca
 
 def test_auth_offered_only_before_tls_is_not_used(scripted, start_gateway, ca):
     """Prevents AUTH when only the plaintext EHLO offered it: no credentials, a 4xx, and the reason."""
-    upstream = scripted(capabilities_plain=("STARTTLS", "AUTH PLAIN LOGIN"), capabilities_tls=("PIPELINING",))
+    upstream = scripted(
+        capabilities_plain=("STARTTLS", "AUTH PLAIN LOGIN"), capabilities_tls=("PIPELINING",)
+    )
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     code, text = try_recipient(gw.port)
     assert code == 451 and text.startswith(b"4.7.0")
@@ -114,6 +119,7 @@ def test_auth_offered_only_before_tls_is_not_used(scripted, start_gateway, ca):
 
 
 # --- protocol versions ----------------------------------------------------------------------
+
 
 def old_tls_context(cert: ServerCert, version: ssl.TLSVersion) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -126,7 +132,9 @@ def old_tls_context(cert: ServerCert, version: ssl.TLSVersion) -> ssl.SSLContext
     return context
 
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=["1.0", "1.1"])
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1], ids=["1.0", "1.1"]
+)
 @pytest.mark.parametrize("mode", MODES)
 def test_tls_below_1_2_fails_the_handshake(version, mode, scripted, start_gateway, ca, server_cert):
     """Prevents a downgrade to TLS 1.0/1.1: the handshake fails and the message is deferred."""
@@ -142,6 +150,7 @@ def test_tls_below_1_2_fails_the_handshake(version, mode, scripted, start_gatewa
 
 # --- certificates ----------------------------------------------------------------------------
 
+
 def self_signed(folder: str) -> ServerCert:
     """A certificate for localhost that is its own issuer."""
     import ipaddress
@@ -150,19 +159,32 @@ def self_signed(folder: str) -> ServerCert:
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     cert_file, key_file = f"{folder}/self.crt", f"{folder}/self.key"
     with open(cert_file, "wb") as handle:
         handle.write(cert.public_bytes(serialization.Encoding.PEM))
     with open(key_file, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     return ServerCert(cert_file, cert_file, key_file)
 
 
@@ -176,13 +198,21 @@ def bad_certificate(case: str, ca: ThrowawayCA, folder: str) -> tuple[ServerCert
     if case == "wrong-name":
         return ca.issue("sec-wrong", "other.example"), "does not match host name"
     if case == "expired":
-        return ca.issue("sec-expired", "localhost", not_before=now - 30 * day, not_after=now - day), "expired"
-    return ca.issue("sec-future", "localhost", not_before=now + day, not_after=now + 30 * day), "not yet valid"
+        return ca.issue(
+            "sec-expired", "localhost", not_before=now - 30 * day, not_after=now - day
+        ), "expired"
+    return ca.issue(
+        "sec-future", "localhost", not_before=now + day, not_after=now + 30 * day
+    ), "not yet valid"
 
 
-@pytest.mark.parametrize("case", ["self-signed", "untrusted-ca", "wrong-name", "expired", "not-yet-valid"])
+@pytest.mark.parametrize(
+    "case", ["self-signed", "untrusted-ca", "wrong-name", "expired", "not-yet-valid"]
+)
 @pytest.mark.parametrize("mode", MODES)
-def test_unverifiable_certificate_gets_no_byte_over_tls(case, mode, scripted, start_gateway, ca, tmp_path):
+def test_unverifiable_certificate_gets_no_byte_over_tls(
+    case, mode, scripted, start_gateway, ca, tmp_path
+):
     """Prevents AUTH, EHLO or mail going to a peer whose certificate fails verification."""
     cert, reason = bad_certificate(case, ca, str(tmp_path))
     upstream = scripted(context=cert.server_context(), tls=mode)
@@ -196,6 +226,7 @@ def test_unverifiable_certificate_gets_no_byte_over_tls(case, mode, scripted, st
 
 # --- pin_sha256 ------------------------------------------------------------------------------
 
+
 def der_sha256(cert: ServerCert) -> str:
     with open(cert.cert_file, "rb") as handle:
         leaf = x509.load_pem_x509_certificate(handle.read())
@@ -207,7 +238,9 @@ def test_pin_mismatch_aborts_before_auth(mode, scripted, start_gateway, ca, serv
     """Prevents AUTH to a valid-but-unpinned certificate (a mis-issued one) when pin_sha256 is set."""
     other = ca.issue("sec-pinned", "localhost")  # the certificate the operator pinned
     upstream = scripted(tls=mode)  # serves server_cert, equally valid for localhost
-    gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file, pin_sha256=[der_sha256(other)])))
+    gw = start_gateway(
+        relay_all(upstream_table(upstream, ca.ca_file, pin_sha256=[der_sha256(other)]))
+    )
     code, text = try_recipient(gw.port)
     assert code == 451 and text.startswith(b"4.7.5")
     [connection] = upstream.wait_closed()
@@ -221,7 +254,7 @@ def test_matching_pin_passes(spelling, scripted, start_gateway, ca, server_cert)
     """A pin of the served certificate, with or without colons, lets the session reach AUTH and MAIL."""
     digest = der_sha256(server_cert)
     if spelling == "colons-upper":
-        digest = ":".join(digest[i:i + 2] for i in range(0, 64, 2)).upper()
+        digest = ":".join(digest[i : i + 2] for i in range(0, 64, 2)).upper()
     upstream = scripted()
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file, pin_sha256=[digest])))
     assert try_recipient(gw.port)[0] == 250
