@@ -28,6 +28,7 @@ from gateway.outbound.relay import RelayTransaction
 from gateway.outbound.upstream import UpstreamConnector
 from gateway.policy import passwords
 from gateway.policy.ratelimit import RateLimits
+from gateway.queue.enqueue import QueueTransaction
 from gateway.queue.runner import DeliveryRunner
 from gateway.queue.spool import Spool
 from gateway.smtp.commands import MailFrom
@@ -146,8 +147,21 @@ class Gateway:
     def connector(self, name: str) -> UpstreamConnector:
         return self._pool(name).connector
 
-    def relay(self, route: tuple[str, ...], mail: MailFrom) -> RelayTransaction:
-        """A cut-through relay of one transaction over `route` (upstream names, failover order)."""
+    def delivery(
+        self, mode: str, route: tuple[str, ...], mail: MailFrom
+    ) -> RelayTransaction | QueueTransaction | None:
+        """The delivery of one transaction: a cut-through relay over `route` (upstream names,
+        failover order) or a spool commit; None in queue mode when no spool is running."""
+        if mode == "queue":
+            if self.spool is None or self.runner is None:
+                return None
+            return QueueTransaction(
+                self.spool,
+                mail,
+                route,
+                run_blocking=self.run_blocking,
+                on_committed=self.runner.submitted,
+            )
         return RelayTransaction(
             [self._pool(name) for name in route], mail, self.cooldowns, self.reactor
         )

@@ -16,10 +16,10 @@ from twisted.internet import defer
 
 from gateway.inbound import auth as app_auth
 from gateway.inbound.auth import Credentials, SaslExchange
+from gateway.inbound.delivery import Delivery, Origin
 from gateway.policy import passwords
 from gateway.policy import rules as policy
 from gateway.policy.headers import HeaderRewriter
-from gateway.queue.enqueue import QueueTransaction
 from gateway.smtp import replies
 from gateway.smtp.address import Address
 from gateway.smtp.commands import (
@@ -35,7 +35,6 @@ from gateway.smtp.replies import Reply
 
 if TYPE_CHECKING:
     from gateway.daemon.gateway import Gateway
-    from gateway.outbound.relay import RelayTransaction
 
 EXTENSIONS = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")
 RATE_LIMITED = Reply(450, "4.7.1", "Rate limit exceeded, try again later")
@@ -61,6 +60,13 @@ class RecipientResult:
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
+def _then(result: Any, callback: Any, *args: Any) -> Any:
+    """Apply `callback` to a reply now, or when its Deferred fires (a delivery may answer either way)."""
+    if isinstance(result, defer.Deferred):
+        return result.addCallback(callback, *args)
+    return callback(result, *args)
+
+
 def _outcome(reply: Reply) -> str:
     return "relayed" if reply.is_positive else "deferred" if reply.is_transient else "rejected"
 
@@ -70,11 +76,9 @@ class Transaction:
     mail: MailFrom
     recipients: list[RecipientResult] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
-    relay: RelayTransaction | None = None
-    queue: QueueTransaction | None = None
+    delivery: Delivery | None = None  # relay or queue, from the first accepted recipient
     facts: MessageFacts = field(default_factory=MessageFacts)
     in_data: bool = False
-    committing: bool = False  # queue mode: the spool commit is running in a thread
     rated_rules: set[str] = field(default_factory=set)
     refusal: Reply | None = None  # set during DATA when the message must be refused (From: check)
     dot_sent: float | None = None  # when the end of data went upstream (for the latency metric)
@@ -367,39 +371,17 @@ class Session:
                 )
             txn.rated_rules.add(decision.rule_name or "")
         edits = decision.rule.headers if decision.rule else None
-        if decision.rule is not None and decision.rule.delivery == "queue" or txn.queue is not None:
-            return self._queue_rcpt(txn, rcpt, decision, edits)
-        if txn.relay is None:
-            txn.relay = self.gateway.relay(decision.route, txn.mail)
+        rule = decision.rule_name
+        mode = decision.rule.delivery if decision.rule is not None else "relay"
+        if txn.delivery is None:
+            delivery = self.gateway.delivery(mode, decision.route, txn.mail)
+            if delivery is None:  # a reload added the first queue rule
+                return self._refuse(
+                    txn, rcpt, replies.QUEUE_NOT_RUNNING, rule=rule, limit="queue.path"
+                )
+            txn.delivery = delivery
             txn.headers = HeaderRewriter(edits) if edits else None
-        elif txn.relay.route != decision.route:
-            return self._refuse(
-                txn,
-                rcpt,
-                replies.OTHER_ROUTE,
-                rule=decision.rule_name,
-                limit="one upstream per transaction in relay mode",
-            )
-        elif (txn.headers.edits if txn.headers else None) != edits:
-            return self._refuse(
-                txn,
-                rcpt,
-                replies.OTHER_HEADER_EDITS,
-                rule=decision.rule_name,
-                limit="one set of header edits per transaction",
-            )
-        rule = decision.rule_name
-        return txn.relay.rcpt(rcpt).addCallback(self._rcpt_answered, txn, rcpt, rule)
-
-    def _queue_rcpt(
-        self, txn: Transaction, rcpt: Address, decision: policy.Decision, edits: Any
-    ) -> Reply:
-        """Queue mode: accept after policy without asking the upstream; one mode per transaction."""
-        rule = decision.rule_name
-        queued = decision.rule is not None and decision.rule.delivery == "queue"
-        if queued and self.gateway.spool is None:  # a reload added the first queue rule
-            return self._refuse(txn, rcpt, replies.QUEUE_NOT_RUNNING, rule=rule, limit="queue.path")
-        if txn.relay is not None or not queued:
+        elif txn.delivery.mode != mode:
             return self._refuse(
                 txn,
                 rcpt,
@@ -407,9 +389,14 @@ class Session:
                 rule=rule,
                 limit="one delivery mode per transaction",
             )
-        if txn.queue is None:
-            txn.queue = QueueTransaction(self.gateway.spool, txn.mail)
-            txn.headers = HeaderRewriter(edits) if edits else None
+        elif mode == "relay" and txn.delivery.route != decision.route:
+            return self._refuse(
+                txn,
+                rcpt,
+                replies.OTHER_ROUTE,
+                rule=rule,
+                limit="one upstream per transaction in relay mode",
+            )
         elif (txn.headers.edits if txn.headers else None) != edits:
             return self._refuse(
                 txn,
@@ -418,8 +405,9 @@ class Session:
                 rule=rule,
                 limit="one set of header edits per transaction",
             )
-        assert decision.upstream is not None
-        return self._rcpt_answered(txn.queue.rcpt(rcpt, decision.route, rule), txn, rcpt, rule)
+        return _then(
+            txn.delivery.rcpt(rcpt, decision.route, rule), self._rcpt_answered, txn, rcpt, rule
+        )
 
     def _rcpt_answered(
         self, reply: Reply, txn: Transaction, rcpt: Address, rule: str | None
@@ -454,17 +442,15 @@ class Session:
             return replies.SYNTAX_ARGS
         if not txn.recipients:
             return replies.NEED_RCPT
-        if txn.accepted and txn.queue is not None:
-            return self._data_answered(txn.queue.data(), txn)
-        if not txn.accepted or txn.relay is None:
+        if not txn.accepted or txn.delivery is None:
             return replies.NO_VALID_RECIPIENTS
-        return txn.relay.data().addCallback(self._data_answered, txn)
+        return _then(txn.delivery.data(), self._data_answered, txn)
 
     def _data_answered(self, reply: Reply, txn: Transaction) -> Reply:
         if reply.code == 354:
             txn.in_data = True
         else:
-            self._finish(txn, reply, reason=txn.queue.error if txn.queue else None)
+            self._finish(txn, reply)
         return reply
 
     # --- the message body ------------------------------------------------------------
@@ -472,27 +458,20 @@ class Session:
     def data_started(self, producer: Any) -> None:
         """Let the upstream's send buffer throttle the app's transport (bounded memory)."""
         txn = self.transaction
-        if txn and txn.relay:
-            txn.relay.throttle(producer)
+        if txn and txn.delivery:
+            txn.delivery.throttle(producer)
 
     def data_content(self, content: bytes) -> None:
         txn = self.transaction
-        if txn is None or (txn.relay is None and txn.queue is None) or txn.refusal is not None:
+        if txn is None or txn.delivery is None or txn.refusal is not None:
             return
         headers_were_done = txn.facts.headers_done
         txn.facts.update(content)
         if not headers_were_done and txn.facts.headers_done and not self._from_allowed(txn):
             txn.refusal = app_auth.FROM_NOT_OWNED
-            if txn.queue is not None:
-                txn.queue.abort()
-            if txn.relay is not None:
-                txn.relay.abort("From: header not owned by the app")
+            txn.delivery.abort("From: header not owned by the app")
             return
-        data = txn.headers.feed(content) if txn.headers is not None else content
-        if txn.queue is not None:
-            txn.queue.write(data)
-        elif txn.relay is not None:
-            txn.relay.write(data)
+        txn.delivery.write(txn.headers.feed(content) if txn.headers is not None else content)
 
     def _from_allowed(self, txn: Transaction) -> bool:
         app = self.config.apps.get(self.app or "")
@@ -505,107 +484,74 @@ class Session:
     def data_failed(self, reply: Reply) -> None:
         """The DATA reader found an error: the upstream must never see the final dot."""
         txn = self.transaction
-        if txn is not None and txn.queue is not None:
-            txn.queue.abort()
-        if txn is not None and txn.relay is not None:
-            txn.relay.abort(f"message refused by gateway: {reply.text}")
+        if txn is not None and txn.delivery is not None:
+            txn.delivery.abort(f"message refused by gateway: {reply.text}")
 
     def data_end(self, error: Reply | None) -> Reply | defer.Deferred[Reply]:
         txn = self.transaction
-        assert txn is not None
-        if txn.relay is not None:
-            txn.relay.unthrottle()
+        assert txn is not None and txn.delivery is not None
+        delivery = txn.delivery
+        delivery.unthrottle()
         if error is None and txn.refusal is None and not txn.facts.headers_done:
             txn.facts.end_headers()  # a message that is all header: check it now
             if not self._from_allowed(txn):
                 txn.refusal = app_auth.FROM_NOT_OWNED
-                if txn.relay is not None:
-                    txn.relay.abort("From: header not owned by the app")
+                delivery.abort("From: header not owned by the app")
         if error is None and txn.refusal is not None:
-            if txn.queue is not None:
-                txn.queue.abort()
+            delivery.abort("From: header not owned by the app")
             self._finish(txn, txn.refusal, limit=f"apps.{self.app}.check_from_header")
             return txn.refusal
-        if txn.queue is not None and error is None:
-            if txn.headers is not None:
-                txn.queue.write(txn.headers.finish())
-            return self._queue_end(txn, txn.queue)
-        if txn.queue is not None:
-            txn.queue.abort()
-            limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"
-            self._finish(txn, error, limit=limit)
-            return error
-        assert txn.relay is not None
         if error is not None:
+            delivery.abort(f"message refused by gateway: {error.text}")
             limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"
             self._finish(txn, error, limit=limit)
             return error
         if txn.headers is not None:
-            txn.relay.write(txn.headers.finish())
+            delivery.write(txn.headers.finish())
         txn.dot_sent = time.monotonic()
-        return txn.relay.finish().addCallback(self._data_finished, txn)
+        origin = Origin(self.session_id, self.client, self.helo)
+        return _then(delivery.finish(txn.facts, origin), self._data_finished, txn)
 
     def _data_finished(self, reply: Reply, txn: Transaction) -> Reply:
-        self._finish(txn, reply)
+        assert txn.delivery is not None
+        if txn.delivery.mode == "queue" and reply.is_positive:
+            self._queued(txn, reply)
+        else:
+            self._finish(txn, reply, limit="queue.path" if txn.delivery.mode == "queue" else None)
+        txn.delivery.settled()
         return reply
 
-    def _queue_end(
-        self, txn: Transaction, queue: QueueTransaction
-    ) -> Reply | defer.Deferred[Reply]:
-        """Commit to the spool; 250 only once it is durable, and then message.queued, not message.result.
-
-        The fsyncs run in a thread, so one session's disk wait does not stall the others and
-        concurrent commits share the journal's flushes.
-        """
-        if queue.writer is None:
-            return self._queue_committed(queue.committed(OSError("spool not writable")), txn, queue)
-        envelope = queue.envelope(
-            txn.facts, session_id=self.session_id, client_ip=self.client, helo=self.helo
-        )
-
-        def failed(failure: Any) -> Reply:
-            failure.trap(OSError)
-            return queue.committed(failure.value)
-
-        txn.committing = True
-        d = self.gateway.run_blocking(queue.commit, envelope)
-        d.addCallbacks(lambda _: queue.committed(None), failed)
-        return d.addCallback(self._queue_committed, txn, queue)
-
-    def _queue_committed(self, reply: Reply, txn: Transaction, queue: QueueTransaction) -> Reply:
-        txn.committing = False
-        if not reply.is_positive:
-            self._finish(txn, reply, reason=queue.error, limit="queue.path")
-            return reply
+    def _queued(self, txn: Transaction, reply: Reply) -> None:
+        """Durable in the spool: ``message.queued`` (its ``message.result`` comes from the runner)."""
+        assert txn.delivery is not None
         self.transaction = None
         for recipient in txn.accepted:
             recipient.result = "queued"
         self.counts["messages"] += 1
         self.counts["queued"] += 1
+        queued = txn.delivery.audit_fields()
         self.log.info(
             "message.queued",
-            queue_id=queue.queue_id,
+            queue_id=queued.get("queue_id"),
             client_ip=self.client,
             helo=self.helo,
             sender=txn.mail.sender.text,
             recipients=[r.as_dict() for r in txn.recipients],
             rules=txn.rules,
-            upstreams=queue.upstreams,
+            upstreams=queued["upstreams"],
             size=txn.facts.size,
             message_id=txn.facts.message_id,
             sha256=txn.facts.sha256,
             reply=str(reply),
         )
+        upstreams = queued["upstreams"]
         self.gateway.metrics.message_result(
             {
                 "outcome": "queued",
                 "rules": txn.rules,
-                "upstream": queue.upstreams[0] if queue.upstreams else None,
+                "upstream": upstreams[0] if upstreams else None,
             }
         )
-        assert queue.queue_id is not None and self.gateway.runner is not None
-        self.gateway.runner.submitted(queue.queue_id)
-        return reply
 
     # --- transaction end ---------------------------------------------------------------
 
@@ -616,15 +562,13 @@ class Session:
     def _abandon(self, reason: str) -> None:
         txn = self.transaction
         assert txn is not None
-        if txn.committing or txn.dot_sent is not None:
+        if txn.delivery is not None and txn.delivery.handed_over:
             # The whole message is in and its commit is running, or the final dot went upstream:
             # let it finish, so the audit records what really happened (the app saw no reply and
             # may send it again: the usual at-least-once).
             return
-        if txn.queue is not None:
-            txn.queue.abort()
-        if txn.relay is not None:
-            txn.relay.abort(reason)
+        if txn.delivery is not None:
+            txn.delivery.abort(reason)
         if txn.accepted or txn.in_data:
             outcome = "failed"  # the app gave up on a message the upstream would have taken
         elif any(r.result == "deferred" for r in txn.recipients):
@@ -656,7 +600,6 @@ class Session:
                     recipient.reply = str(reply)
                 else:
                     recipient.result = "failed"
-        relay = txn.relay
         fields: dict[str, Any] = {
             "client_ip": self.client,
             "helo": self.helo,
@@ -668,35 +611,11 @@ class Session:
         }
         if reply is not None:
             fields["reply"] = str(reply)
-        if relay is not None:
-            up = relay.upstream
-            fields.update(
-                upstream=up.name, upstream_host=up.host, upstream_port=up.port, tls_mode=up.tls
-            )
-            if relay.session is not None:
-                fields.update(
-                    tls_version=relay.session.tls.version,
-                    tls_cipher=relay.session.tls.cipher,
-                    peer_cert_sha256=relay.session.tls.peer_cert_sha256,
-                    auth_user=relay.session.auth_user,
-                )
-                if relay.session.oauth_grant:
-                    fields.update(
-                        oauth_grant=relay.session.oauth_grant,
-                        auth_mechanism=relay.session.auth_mechanism,
-                    )
-            if relay.upstream_reply is not None:
-                fields.update(
-                    upstream_code=relay.upstream_reply.code,
-                    upstream_enhanced=relay.upstream_reply.enhanced,
-                    upstream_reply=relay.upstream_reply.text,
-                )
-            if relay.failure is not None:
-                fields["gateway_abort" if relay.aborted else "upstream_error"] = (
-                    relay.failure.reason
-                )
-            if relay.tried:
-                fields["upstreams_tried"] = relay.tried
+        if txn.delivery is not None:
+            delivered = txn.delivery.audit_fields()
+            if txn.delivery.mode == "queue":  # no upstream yet: only why the commit failed
+                delivered = {k: v for k, v in delivered.items() if k == "reason"}
+            fields.update(delivered)
         if txn.in_data:
             fields.update(
                 size=txn.facts.size, message_id=txn.facts.message_id, sha256=txn.facts.sha256

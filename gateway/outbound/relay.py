@@ -42,6 +42,10 @@ def reflect(reply: Reply) -> Reply:
 
 
 class RelayTransaction:
+    """Cut-through delivery of one transaction (implements `gateway.inbound.delivery.Delivery`)."""
+
+    mode = "relay"
+
     def __init__(
         self, pools: list[UpstreamPool], mail: MailFrom, cooldowns: Cooldowns, clock: Any
     ) -> None:
@@ -56,6 +60,7 @@ class RelayTransaction:
         self.upstream_reply: Reply | None = None
         self.tried: list[dict[str, str]] = []  # each upstream left, and why
         self.aborted = False
+        self.handed_over = False  # the final dot went upstream
         self._done = False
         self._producer: Any = None
         self._throttling: Any = None  # the upstream transport our producer is registered with
@@ -65,7 +70,10 @@ class RelayTransaction:
         """The upstream in use (or, before one was chosen, the first of the route)."""
         return (self.pool or self.pools[0]).config
 
-    def rcpt(self, recipient: Address) -> defer.Deferred[Reply]:
+    def rcpt(
+        self, recipient: Address, route: tuple[str, ...] = (), rule: str | None = None
+    ) -> defer.Deferred[Reply]:
+        """Forward one RCPT (the session keeps a relay transaction to one route)."""
         return defer.Deferred.fromCoroutine(self._rcpt(recipient))
 
     async def _rcpt(self, recipient: Address) -> Reply:
@@ -201,7 +209,9 @@ class RelayTransaction:
         if self.session is not None and self.failure is None:
             self.session.write(dot_stuff(content))
 
-    def finish(self) -> defer.Deferred[Reply]:
+    def finish(self, facts: object = None, origin: object = None) -> defer.Deferred[Reply]:
+        """The final dot; the upstream's reply (the message facts and origin are the queue's)."""
+        self.handed_over = True
         return defer.Deferred.fromCoroutine(self._finish())
 
     async def _finish(self) -> Reply:
@@ -254,3 +264,39 @@ class RelayTransaction:
             self._done = True
             self.unthrottle()
             self.pool.release(self.session, reusable)
+
+    def settled(self) -> None:
+        """Nothing follows a relayed message."""
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The upstream, its TLS session and its own words, for ``message.result``."""
+        up = self.upstream
+        fields: dict[str, Any] = {
+            "upstream": up.name,
+            "upstream_host": up.host,
+            "upstream_port": up.port,
+            "tls_mode": up.tls,
+        }
+        if self.session is not None:
+            fields.update(
+                tls_version=self.session.tls.version,
+                tls_cipher=self.session.tls.cipher,
+                peer_cert_sha256=self.session.tls.peer_cert_sha256,
+                auth_user=self.session.auth_user,
+            )
+            if self.session.oauth_grant:
+                fields.update(
+                    oauth_grant=self.session.oauth_grant,
+                    auth_mechanism=self.session.auth_mechanism,
+                )
+        if self.upstream_reply is not None:
+            fields.update(
+                upstream_code=self.upstream_reply.code,
+                upstream_enhanced=self.upstream_reply.enhanced,
+                upstream_reply=self.upstream_reply.text,
+            )
+        if self.failure is not None:
+            fields["gateway_abort" if self.aborted else "upstream_error"] = self.failure.reason
+        if self.tried:
+            fields["upstreams_tried"] = self.tried
+        return fields

@@ -6,13 +6,15 @@ the upstream, the body is streamed to ``incoming/ID/body`` as it arrives (never
 held whole in memory; plain file writes in the reactor thread), and at the end
 of data the message is committed durably — fsyncs and an atomic rename — before
 the app sees ``250``. Any write error gives ``452 4.3.1`` and removes the partial
-message. No reactor imports.
+message. The commit's fsyncs run through the `run_blocking` the host hands in (a thread pool),
+so one session's disk wait does not stall the others. No reactor imports.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from gateway.queue.spool import Envelope, RecipientState, Spool, SpoolWriter, new_id
 from gateway.smtp import replies
@@ -21,14 +23,34 @@ from gateway.smtp.commands import MailFrom
 from gateway.smtp.data import MessageFacts
 from gateway.smtp.replies import Reply
 
+RunBlocking = Callable[..., Any]  # (function, *args) -> Deferred of its result, run off the reactor
+
 
 class QueueTransaction:
+    """Store-and-forward delivery of one transaction (implements `gateway.inbound.delivery.Delivery`).
+
+    `on_committed(queue_id)` is called by `settled()` once the message is durable and recorded.
+    """
+
+    mode = "queue"
+
     def __init__(
-        self, spool: Spool, mail: MailFrom, clock: Callable[[], float] = time.time
+        self,
+        spool: Spool,
+        mail: MailFrom,
+        route: tuple[str, ...] = (),
+        *,
+        run_blocking: RunBlocking | None = None,
+        on_committed: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.spool = spool
         self.mail = mail
+        self.route = route
+        self.run_blocking = run_blocking
+        self.on_committed = on_committed
         self.clock = clock
+        self.handed_over = False  # the commit is running in a thread
         self.recipients: list[RecipientState] = []
         self.writer: SpoolWriter | None = None
         self.queue_id: str | None = None
@@ -39,6 +61,7 @@ class QueueTransaction:
         return sorted({r.upstream for r in self.recipients})
 
     def rcpt(self, recipient: Address, route: tuple[str, ...], rule: str | None) -> Reply:
+        """Accepted after policy: the upstream is asked only at delivery."""
         self.recipients.append(RecipientState(recipient.text, route[0], rule, route=list(route)))
         return replies.QUEUE_RECIPIENT_OK
 
@@ -84,6 +107,7 @@ class QueueTransaction:
         """After `commit`: 250 with the queue id, or 452 4.3.1 (and nothing kept) if it failed."""
         writer, self.writer = self.writer, None
         assert writer is not None
+        self.handed_over = False
         if error is not None:
             writer.discard()
             return self._failed(error)
@@ -93,7 +117,45 @@ class QueueTransaction:
         self.error = f"spool write failed: {exc.strerror or type(exc).__name__}"
         return replies.QUEUE_WRITE_FAILED
 
-    def abort(self) -> None:
+    def throttle(self, producer: Any) -> None:
+        """The spool is written in the reactor thread: nothing to throttle."""
+
+    def unthrottle(self) -> None:
+        """Nothing was throttled."""
+
+    def finish(self, facts: MessageFacts, origin: Any) -> Reply | Any:
+        """Commit in a thread; 250 only once it is durable (then `on_committed`), else 452 4.3.1."""
+        if self.writer is None:
+            return self.committed(OSError("spool not writable"))
+        envelope = self.envelope(
+            facts, session_id=origin.session_id, client_ip=origin.client_ip, helo=origin.helo
+        )
+        assert self.run_blocking is not None
+        self.handed_over = True
+        d = self.run_blocking(self.commit, envelope)
+
+        def failed(failure: Any) -> Reply:
+            failure.trap(OSError)
+            return self.committed(failure.value)
+
+        d.addCallbacks(lambda _: self.committed(None), failed)
+        return d
+
+    def settled(self) -> None:
+        """The session recorded the outcome: a committed message goes to the runner now."""
+        if self.queue_id is not None and self.error is None and self.on_committed is not None:
+            self.on_committed(self.queue_id)
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The queue id and first upstreams, for ``message.queued``; why a commit failed."""
+        fields: dict[str, Any] = {"upstreams": self.upstreams}
+        if self.queue_id is not None:
+            fields["queue_id"] = self.queue_id
+        if self.error is not None:
+            fields["reason"] = self.error
+        return fields
+
+    def abort(self, reason: str = "") -> None:
         """The message will not be committed: remove what was received."""
         if self.writer is not None:
             writer, self.writer = self.writer, None
