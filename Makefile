@@ -4,11 +4,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint wheel-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --upgrade pip 'setuptools>=77'
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -24,8 +24,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(N),-n $(N)) $(if $(S),-s $(S)) $(if $(C),-c $(C)) $(if $(PROFILE),--profile)
 
+# ruff (lint and the formatter's check), the import contracts (pyproject.toml [tool.importlinter]), mypy.
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff format --check gateway tests bench
+
+# Builds the wheel, installs it offline into a fresh venv and runs `mailgate demo` from there.
+wheel-check: $(STAMP)
+	VENV=$(VENV) bash .ci/wheel-check
 
 clean:
 	rm -rf $(VENV) .pytest_cache

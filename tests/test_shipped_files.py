@@ -27,3 +27,26 @@ def test_there_are_shipped_files():
     """The sample and the demo policy exist (the parametrized test above is not vacuous)."""
     names = {p.name for p in SHIPPED}
     assert {"sample.toml", "demo.toml"} <= names
+
+
+def test_every_package_is_listed_for_the_wheel():
+    """pyproject.toml lists exactly the packages in gateway/, so none is left out of the wheel."""
+    listed = set(
+        __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "gateway").rglob("__init__.py")
+    }
+    assert listed == found | {"gateway.policies"}
+
+
+def test_the_shipped_policies_are_package_data():
+    """gateway/policies is the repository's policies/ (what the wheel installs and the demo reads)."""
+    from gateway.cli.demo import shipped_policy
+
+    assert (
+        shipped_policy("demo.toml").read_bytes() == (ROOT / "policies" / "demo.toml").read_bytes()
+    )
+    assert (ROOT / "gateway" / "policies").resolve() == (ROOT / "policies").resolve()

@@ -18,6 +18,8 @@ import tempfile
 import tomllib
 from email.message import EmailMessage
 from email.utils import make_msgid
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from gateway.config import model as configuration
@@ -25,11 +27,7 @@ from gateway.errors import MailgateError
 from gateway.testing.pki import ThrowawayCA
 from gateway.testing.submission import SubmissionServer
 
-DEFAULT_POLICY = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-    "policies",
-    "demo.toml",
-)
+SHIPPED_POLICIES = "gateway.policies"  # the repository's policies/, installed as package data
 SENDER = "cron@app.demo"
 
 
@@ -65,14 +63,25 @@ def _send_all(port: int) -> list[tuple[str, str]]:
     return outcomes
 
 
+def shipped_policy(name: str) -> Traversable:
+    """A policy shipped with mailgate (policies/NAME in the source tree, package data when installed)."""
+    return resources.files(SHIPPED_POLICIES).joinpath(name)
+
+
 def run_demo(policy_path: str | None) -> int:
-    policy_path = policy_path or DEFAULT_POLICY
-    if not os.path.isfile(policy_path):
-        raise MailgateError(f"demo policy {policy_path} not found; pass --policy FILE")
     folder = tempfile.mkdtemp(prefix="mailgate-demo-")
     servers: list[SubmissionServer] = []
     try:
-        return _run(policy_path, folder, servers)
+        if policy_path is not None:
+            if not os.path.isfile(policy_path):
+                raise MailgateError(f"demo policy {policy_path} not found; pass --policy FILE")
+            return _run(policy_path, folder, servers)
+        with resources.as_file(shipped_policy("demo.toml")) as shipped:
+            if not shipped.is_file():
+                raise MailgateError(
+                    "demo policy demo.toml is not installed with mailgate; pass --policy FILE"
+                )
+            return _run(str(shipped), folder, servers)
     finally:
         for server in servers:
             server.stop()
