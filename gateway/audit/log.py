@@ -26,6 +26,7 @@ import structlog
 
 from gateway.audit import chain as audit_chain
 from gateway.audit.chain import Head
+from gateway.audit.events import Event
 from gateway.audit.files import last_record, state_path
 from gateway.errors import MailgateError
 
@@ -102,6 +103,7 @@ class AuditLog:
             self._sink,
             processors=[
                 structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+                _catalogued,
                 _order,
                 _to_sink,
             ],
@@ -137,7 +139,7 @@ class AuditLog:
         """A logger with `context` on every event (``session_id`` for a session)."""
         return self._logger.bind(**context)
 
-    def event(self, name: str, **fields: Any) -> None:
+    def event(self, name: Event, **fields: Any) -> None:
         self._logger.info(name, **fields)
 
     def reopen(self) -> bool:
@@ -180,6 +182,14 @@ class AuditLog:
 
 def _regular(stream: IO[str]) -> bool:
     return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+
+
+def _catalogued(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Refuse an event name that is not in `gateway.audit.events` (ValueError): none goes undocumented."""
+    event["event"] = Event(event["event"])
+    return event
 
 
 def _order(logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def intact(*paths: Path) -> audit_chain.ChainCheck:
     return audit_chain.check_lines(lines)
 
 
-def write(log: AuditLog, count: int, name: str = "e") -> None:
+def write(log: AuditLog, count: int, name: str = "gateway.error") -> None:
     for n in range(count):
         log.event(name, n=n)
 
@@ -102,12 +102,12 @@ def test_reopen_after_rename_continues_the_chain_in_a_new_file(tmp_path):
     write(log, 3)
     rotated = tmp_path / "audit.jsonl.1"
     path.rename(rotated)
-    log.event("after.rename")  # still the old file, until reopen
+    log.event("gateway.stopped")  # still the old file, until reopen
     assert log.reopen() is True
     write(log, 2)
     log.close()
     old, new = records(rotated), records(path)
-    assert [r["event"] for r in old][-1] == "after.rename"
+    assert [r["event"] for r in old][-1] == "gateway.stopped"
     assert new[0]["event"] == "audit.reopened" and new[0]["prev"] == old[-1]["hash"]
     assert intact(rotated, path).intact
 
@@ -181,7 +181,7 @@ def test_failed_reopen_keeps_writing_to_the_old_file(tmp_path):
     write(log, 1)
     log.close()
     found = records(moved / "audit.jsonl")
-    assert [r["event"] for r in found] == ["e", "audit.reopen_failed", "e"]
+    assert [r["event"] for r in found] == ["gateway.error", "audit.reopen_failed", "gateway.error"]
     assert intact(moved / "audit.jsonl").intact
 
 
@@ -216,7 +216,7 @@ def test_concurrent_writers_never_break_the_chain(tmp_path):
     def hammer(name: str) -> None:
         start.wait()
         for n in range(200):
-            log.bind(session_id=name).info("e", n=n)
+            log.bind(session_id=name).info("gateway.error", n=n)
 
     threads = [threading.Thread(target=hammer, args=(f"s{i}",)) for i in range(4)]
     for thread in threads:

@@ -1,0 +1,45 @@
+"""The catalogue of audit events: every name mailgate writes, defined once. Pure.
+
+docs/audit.md's event catalogue lists exactly these (tests/audit/test_events.py checks it),
+and the audit log refuses a name that is not here, so a new event cannot go undocumented.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Event(StrEnum):
+    # the gateway process
+    GATEWAY_STARTED = "gateway.started"
+    GATEWAY_STOPPED = "gateway.stopped"
+    GATEWAY_ERROR = "gateway.error"
+    CONFIG_RELOADED = "config.reloaded"
+    CONFIG_RELOAD_FAILED = "config.reload_failed"
+    AUDIT_REOPENED = "audit.reopened"
+    AUDIT_REOPEN_FAILED = "audit.reopen_failed"
+    # an app's connection and session
+    CONNECTION_REFUSED = "connection.refused"
+    SESSION_OPENED = "session.opened"
+    SESSION_DENIED = "session.denied"
+    SESSION_AUTHENTICATED = "session.authenticated"
+    SESSION_AUTH_FAILED = "session.auth_failed"
+    SESSION_CLOSED = "session.closed"
+    MAIL_REFUSED = "mail.refused"
+    # a message
+    MESSAGE_RESULT = "message.result"
+    MESSAGE_QUEUED = "message.queued"
+    MESSAGE_DEFERRED = "message.deferred"
+    MESSAGE_DEAD = "message.dead"
+    MESSAGE_BOUNCED = "message.bounced"
+    MESSAGE_DELETED = "message.deleted"
+    # the queue
+    QUEUE_STARTED = "queue.started"
+    QUEUE_INCOMPLETE_DISCARDED = "queue.incomplete_discarded"
+    QUEUE_UNREADABLE = "queue.unreadable"
+    QUEUE_WRITE_FAILED = "queue.write_failed"
+    DELIVERY_ATTEMPT = "delivery.attempt"
+    DELIVERY_DUPLICATE_RISK = "delivery.duplicate_risk"
+    # OAuth tokens for XOAUTH2 upstreams
+    OAUTH_TOKEN_ISSUED = "oauth.token_issued"
+    OAUTH_TOKEN_FAILED = "oauth.token_failed"
