@@ -12,8 +12,10 @@ import sys
 from collections.abc import Sequence
 
 from gateway.cli import oauth as oauth_cli
-from gateway.config import model as configuration
-from gateway.config.model import Config, resolve_password
+from gateway.config.environment import from_environment
+from gateway.config.model import Config
+from gateway.config.secrets import resolve_password
+from gateway.config.toml import load
 from gateway.errors import ConfigError, MailgateError, UsageError
 from gateway.outbound import grants
 from gateway.policy import rules as policy
@@ -21,7 +23,7 @@ from gateway.smtp.address import AddressError, parse_path
 
 
 def _load(path: str | None) -> Config:
-    return configuration.load(path) if path else configuration.from_environment()
+    return load(path) if path else from_environment()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -33,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     problems: list[str] = []
     try:
-        config = configuration.load(args.config)
+        config = load(args.config)
     except ConfigError as exc:
         problems.extend(str(p) for p in exc.problems)
         config = None

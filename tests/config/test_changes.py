@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from gateway.config import model as configuration
+from gateway.config import toml
 from gateway.config.changes import fixed_changes
+from gateway.config.model import Config
 
 BASE = {"listener": {"listen": "127.0.0.1:2525"}, "rules": [{"name": "r", "action": "reject"}]}
 
 
-def parse(**sections: object) -> configuration.Config:
-    return configuration.parse({**BASE, **sections}, "new.toml")
+def parse(**sections: object) -> Config:
+    return toml.parse({**BASE, **sections}, "new.toml")
 
 
 def test_same_fixed_settings_is_no_problem():

@@ -9,16 +9,10 @@ from typing import Any
 
 import pytest
 
-from gateway.config import model as configuration
-from gateway.config.model import (
-    Endpoint,
-    ListenerConfig,
-    UpstreamConfig,
-    from_environment,
-    load,
-    parse,
-)
-from gateway.config.secrets import Secret
+from gateway.config.environment import from_environment
+from gateway.config.model import LOOPBACK, Endpoint, ListenerConfig, UpstreamConfig
+from gateway.config.secrets import Secret, resolve_password
+from gateway.config.toml import load, parse
 from gateway.errors import ConfigError, Problem, SecretError, UsageError
 
 SOURCE = "/etc/mailgate/test.toml"
@@ -653,7 +647,7 @@ def test_environment_relays_everything_from_loopback() -> None:
     """The embedded default: 127.0.0.1:2525, loopback clients only, one rule relaying all."""
     config = from_environment({"MAILGATE_UPSTREAM": "starttls://u@smtp.example.com"})
     assert config.listener.listen == Endpoint("127.0.0.1", 2525)
-    assert config.listener.allowed_clients == configuration.LOOPBACK
+    assert config.listener.allowed_clients == LOOPBACK
     (rule,) = config.rules
     assert (rule.action, rule.upstreams, rule.clients, rule.senders, rule.recipients) == (
         "relay",
@@ -699,7 +693,7 @@ def test_resolve_password_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """resolve_password reads password_env's variable into a Secret."""
     monkeypatch.setenv("MAILGATE_UNIT_PW", "pw-from-env")
     upstream = UpstreamConfig(name="p", host="h", username="u", password_env="MAILGATE_UNIT_PW")
-    assert configuration.resolve_password(upstream) == Secret("pw-from-env")
+    assert resolve_password(upstream) == Secret("pw-from-env")
 
 
 def test_resolve_password_from_file(tmp_path: Path) -> None:
@@ -708,12 +702,12 @@ def test_resolve_password_from_file(tmp_path: Path) -> None:
     path.write_text("pw-from-file\n")
     os.chmod(path, 0o600)
     upstream = UpstreamConfig(name="p", host="h", username="u", password_file=str(path))
-    assert configuration.resolve_password(upstream) == Secret("pw-from-file")
+    assert resolve_password(upstream) == Secret("pw-from-file")
 
 
 def test_resolve_password_none_without_auth() -> None:
     """An upstream without a password reference has no password (no AUTH)."""
-    assert configuration.resolve_password(UpstreamConfig(name="p", host="h")) is None
+    assert resolve_password(UpstreamConfig(name="p", host="h")) is None
 
 
 def test_resolve_password_error_names_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -721,7 +715,7 @@ def test_resolve_password_error_names_upstream(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.delenv("MAILGATE_UNIT_ABSENT", raising=False)
     upstream = UpstreamConfig(name="p", host="h", username="u", password_env="MAILGATE_UNIT_ABSENT")
     with pytest.raises(SecretError) as raised:
-        configuration.resolve_password(upstream)
+        resolve_password(upstream)
     assert str(raised.value).startswith("upstreams.p: ") and "MAILGATE_UNIT_ABSENT" in str(
         raised.value
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import model as configuration
+from gateway.config.model import QueueConfig
+from gateway.config.toml import parse
 from gateway.errors import ConfigError
 
 
@@ -19,14 +20,14 @@ def document(**sections):
 
 def problems(doc) -> dict[str, str]:
     with pytest.raises(ConfigError) as raised:
-        configuration.parse(doc, "q.toml")
+        parse(doc, "q.toml")
     return {p.key: str(p) for p in raised.value.problems}
 
 
 def test_defaults_are_postfix_like():
     """Without [queue]: ./var/spool, 300/4000 s backoff, 5 days, bounces on; 10 connections."""
-    config = configuration.parse(document(), "q.toml")
-    assert config.queue == configuration.QueueConfig("./var/spool", 300, 4000, 432000, True)
+    config = parse(document(), "q.toml")
+    assert config.queue == QueueConfig("./var/spool", 300, 4000, 432000, True)
     assert config.upstreams["up"].max_connections == 10
     assert config.rules[0].delivery == "queue"
 
@@ -34,7 +35,7 @@ def test_defaults_are_postfix_like():
 def test_delivery_defaults_to_relay():
     """A rule without delivery stays in cut-through relay mode."""
     doc = document(rules=[{"name": "all", "action": "relay", "upstream": "up"}])
-    assert configuration.parse(doc, "q.toml").rules[0].delivery == "relay"
+    assert parse(doc, "q.toml").rules[0].delivery == "relay"
 
 
 def test_queue_values_are_read():
@@ -48,9 +49,7 @@ def test_queue_values_are_read():
             "bounce": False,
         }
     )
-    assert configuration.parse(doc, "q.toml").queue == configuration.QueueConfig(
-        "/srv/spool", 1, 2, 60, False
-    )
+    assert parse(doc, "q.toml").queue == QueueConfig("/srv/spool", 1, 2, 60, False)
 
 
 def test_max_backoff_below_min_backoff_is_a_problem():
@@ -90,6 +89,6 @@ def test_reload_refuses_a_new_spool_path():
     """queue.path is fixed at start: a reload that changes it is refused, naming the key."""
     from gateway.config.changes import fixed_changes
 
-    running = configuration.parse(document(queue={"path": "/srv/a"}), "q.toml")
-    new = configuration.parse(document(queue={"path": "/srv/b"}), "q.toml")
+    running = parse(document(queue={"path": "/srv/a"}), "q.toml")
+    new = parse(document(queue={"path": "/srv/b"}), "q.toml")
     assert [p.key for p in fixed_changes(running, new)] == ["queue.path"]

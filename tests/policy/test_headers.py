@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import model as configuration
+from gateway.config.headers import HeaderEdits
+from gateway.config.toml import parse
 from gateway.errors import ConfigError
-from gateway.policy.headers import HeaderEdits, HeaderRewriter
+from gateway.policy.headers import HeaderRewriter
 
 MESSAGE = (
     b"Received: from app.internal (10.0.0.5)\r\n"
@@ -137,7 +138,7 @@ def rules_document(**rule: object) -> dict[str, object]:
 
 def test_config_reads_rewrite_from_and_strip_headers():
     """The rule's keys become a HeaderEdits value with lower-case names."""
-    config = configuration.parse(
+    config = parse(
         rules_document(
             rewrite_from="relay@corp.example", strip_headers=["Received", "X-Originating-IP"]
         ),
@@ -164,6 +165,6 @@ def test_config_reads_rewrite_from_and_strip_headers():
 def test_config_problems_name_the_key(rule, key, expected):
     """Bad rewrite_from / strip_headers values are reported with their key and what was expected."""
     with pytest.raises(ConfigError) as caught:
-        configuration.parse(rules_document(**rule), "t.toml")
+        parse(rules_document(**rule), "t.toml")
     [problem] = caught.value.problems
     assert problem.key == key and expected in problem.expected

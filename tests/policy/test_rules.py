@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config.model import Config, parse
+from gateway.config.model import Config
+from gateway.config.toml import parse
 from gateway.policy.rules import client_allowed, decide, parse_client
 from gateway.smtp import replies
 from gateway.smtp.address import Address
