@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.config import toml
 from gateway.config.changes import fixed_changes
 from gateway.config.model import Config
+from tests.config.documents import queued_document
 
 BASE = {"listener": {"listen": "127.0.0.1:2525"}, "rules": [{"name": "r", "action": "reject"}]}
 
@@ -32,3 +33,10 @@ def test_turning_metrics_on_or_proxy_protocol_on_is_refused():
         "listener.proxy_protocol",
         "metrics.listen",
     ]
+
+
+def test_reload_refuses_a_new_spool_path():
+    """queue.path is fixed at start: a reload that changes it is refused, naming the key."""
+    running = toml.parse(queued_document(queue={"path": "/srv/a"}), "q.toml")
+    new = toml.parse(queued_document(queue={"path": "/srv/b"}), "q.toml")
+    assert [p.key for p in fixed_changes(running, new)] == ["queue.path"]
