@@ -19,6 +19,7 @@ from gateway.config.toml import load
 from gateway.errors import ConfigError, MailgateError, UsageError
 from gateway.outbound import grants
 from gateway.policy import rules as policy
+from gateway.smtp import replies
 from gateway.smtp.address import AddressError, parse_path
 
 
@@ -75,7 +76,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     allowed = policy.client_allowed(config, client)
     print(f"client {client}: {'allowed' if allowed else 'DENIED'} by listener.allowed_clients")
     if not allowed:
-        print(f"  every command would get: {policy.replies.GREETING_DENIED}")
+        print(f"  every command would get: {replies.GREETING_DENIED}")
     if args.app is not None:
         if args.app not in config.apps:
             raise UsageError(

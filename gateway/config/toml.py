@@ -86,7 +86,7 @@ class _Reader:
         return value
 
     def integer(self, table: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
-        value = table.get(key.rpartition(".")[2], default)
+        value: object = table.get(key.rpartition(".")[2], default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             self.problem(key, value, f"an integer from {low} to {high}")
             return default
@@ -95,7 +95,7 @@ class _Reader:
     def number(
         self, table: Mapping[str, Any], key: str, default: float, low: float, high: float
     ) -> float:
-        value = table.get(key.rpartition(".")[2], default)
+        value: object = table.get(key.rpartition(".")[2], default)
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
@@ -106,7 +106,7 @@ class _Reader:
         return float(value)
 
     def boolean(self, table: Mapping[str, Any], key: str, default: bool) -> bool:
-        value = table.get(key.rpartition(".")[2], default)
+        value: object = table.get(key.rpartition(".")[2], default)
         if not isinstance(value, bool):
             self.problem(key, value, "true or false")
             return default
@@ -120,7 +120,7 @@ class _Reader:
         *,
         choices: tuple[str, ...] = (),
     ) -> str | None:
-        value = table.get(key.rpartition(".")[2], default)
+        value: object = table.get(key.rpartition(".")[2], default)
         if value is None:
             return None
         if not isinstance(value, str) or not value or (choices and value not in choices):
