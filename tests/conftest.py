@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import model as configuration
+from gateway.config.toml import parse
 from gateway.testing.audit import CapturedAudit
 from gateway.testing.pki import ServerCert, ThrowawayCA
 from gateway.testing.submission import SubmissionServer
@@ -129,7 +129,7 @@ def start_gateway(
     running: list[RunningGateway] = []
 
     def start(document: dict[str, Any]) -> RunningGateway:
-        config = configuration.parse(copy.deepcopy(document), "test.toml")
+        config = parse(copy.deepcopy(document), "test.toml")
         audit = CapturedAudit()
 
         def go() -> Any:

@@ -41,9 +41,9 @@ def find_sources(args: argparse.Namespace) -> Sources:
     if args.config and files:
         raise UsageError("give audit files or --config FILE, not both")
     if args.config:
-        from gateway.config import model as configuration
+        from gateway.config.toml import load
 
-        path = configuration.load(args.config).audit.path
+        path = load(args.config).audit.path
         if path == "-":
             raise UsageError(
                 f'{args.config}: audit.path: found "-" (standard output), expected a file path; '

@@ -22,7 +22,7 @@ from importlib import resources
 from importlib.resources.abc import Traversable
 from typing import Any
 
-from gateway.config import model as configuration
+from gateway.config.toml import parse
 from gateway.errors import MailgateError
 from gateway.testing.pki import ThrowawayCA
 from gateway.testing.submission import SubmissionServer
@@ -114,7 +114,7 @@ def _run(policy_path: str, folder: str, servers: list[SubmissionServer]) -> int:
     document["audit"] = {"path": audit_path}
     for name, port in ports.items():
         document["upstreams"][name].update(port=port, ca_file=ca.ca_file)
-    config = configuration.parse(document, policy_path)
+    config = parse(document, policy_path)
 
     async def scenario(reactor: Any) -> list[tuple[str, str]]:
         gateway = Gateway(reactor, config)

@@ -12,16 +12,19 @@ import sys
 from collections.abc import Sequence
 
 from gateway.cli import oauth as oauth_cli
-from gateway.config import model as configuration
-from gateway.config.model import Config, resolve_password
+from gateway.config.environment import from_environment
+from gateway.config.model import Config
+from gateway.config.secrets import resolve_password
+from gateway.config.toml import load
 from gateway.errors import ConfigError, MailgateError, UsageError
 from gateway.outbound import grants
 from gateway.policy import rules as policy
+from gateway.smtp import replies
 from gateway.smtp.address import AddressError, parse_path
 
 
 def _load(path: str | None) -> Config:
-    return configuration.load(path) if path else configuration.from_environment()
+    return load(path) if path else from_environment()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -33,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     problems: list[str] = []
     try:
-        config = configuration.load(args.config)
+        config = load(args.config)
     except ConfigError as exc:
         problems.extend(str(p) for p in exc.problems)
         config = None
@@ -73,7 +76,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     allowed = policy.client_allowed(config, client)
     print(f"client {client}: {'allowed' if allowed else 'DENIED'} by listener.allowed_clients")
     if not allowed:
-        print(f"  every command would get: {policy.replies.GREETING_DENIED}")
+        print(f"  every command would get: {replies.GREETING_DENIED}")
     if args.app is not None:
         if args.app not in config.apps:
             raise UsageError(

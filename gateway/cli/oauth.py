@@ -16,9 +16,10 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from gateway.config import model as configuration
-from gateway.config.model import Config, UpstreamConfig, resolve_password
+from gateway.config.model import Config, UpstreamConfig
 from gateway.config.providers import is_sender_placeholder
+from gateway.config.secrets import resolve_password
+from gateway.config.toml import load
 from gateway.errors import UsageError
 from gateway.outbound import grants
 
@@ -64,7 +65,7 @@ def _upstream(config: Config, args: argparse.Namespace) -> UpstreamConfig:
 
 
 def cmd_oauth_test(args: argparse.Namespace) -> int:
-    config = configuration.load(args.config)
+    config = load(args.config)
     upstream = _upstream(config, args)
     assert upstream.oauth is not None
     grants.resolve(upstream.oauth, upstream.name)  # a missing secret fails here, before any network

@@ -16,7 +16,8 @@ import sys
 import time
 from typing import Any
 
-from gateway.config import model as configuration
+from gateway.config.environment import from_environment
+from gateway.config.toml import load
 from gateway.errors import MailgateError, UsageError
 from gateway.queue.spool import (
     ACTIVE,
@@ -34,7 +35,7 @@ from gateway.queue.spool import (
 
 
 def _spool(args: argparse.Namespace) -> Spool:
-    config = configuration.load(args.config) if args.config else configuration.from_environment()
+    config = load(args.config) if args.config else from_environment()
     spool = Spool(config.queue.path)
     if not spool.exists():
         raise MailgateError(

@@ -2,7 +2,8 @@
 
 A `Secret` hides its value from ``repr``/``str`` so that a log line, an
 exception text or a traceback that includes it shows ``<secret>``.
-Pure apart from reading the named file.
+`resolve_password` reads the one an upstream's config refers to.
+Pure apart from reading the named variable or file.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 
+from gateway.config.model import UpstreamConfig
 from gateway.errors import SecretError
 
 
@@ -61,3 +63,15 @@ def from_file(path: str) -> Secret:
     if not value:
         raise SecretError(f"secret file {path} is empty")
     return Secret(value)
+
+
+def resolve_password(upstream: UpstreamConfig) -> Secret | None:
+    """Read the upstream's password from its variable or file (None: no AUTH configured)."""
+    try:
+        if upstream.password_env:
+            return from_env(upstream.password_env)
+        if upstream.password_file:
+            return from_file(upstream.password_file)
+    except SecretError as exc:
+        raise SecretError(f"upstreams.{upstream.name}: {exc}") from None
+    return None

@@ -16,8 +16,8 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
 from gateway.audit.log import AuditLog
 from gateway.config.changes import fixed_changes
-from gateway.config.model import Config, resolve_password
-from gateway.config.secrets import Secret
+from gateway.config.model import Config
+from gateway.config.secrets import Secret, resolve_password
 from gateway.daemon.health import Readiness, WatchedConnector
 from gateway.daemon.metrics import Metrics
 from gateway.errors import ConfigError, MailgateError, Problem, SecretError

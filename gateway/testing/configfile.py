@@ -1,4 +1,4 @@
-"""Write a config document (the dict `gateway.config.model.parse` takes) as a TOML file, for tests
+"""Write a config document (the dict `gateway.config.toml.parse` takes) as a TOML file, for tests
 that run `mailgate` as a process. Enough TOML for mailgate: tables, [[rules]], strings,
 numbers, booleans, lists and inline tables."""
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from gateway.config import model as configuration
+from gateway.config import toml
 from gateway.config.changes import fixed_changes
+from gateway.config.model import Config
+from tests.config.documents import queued_document
 
 BASE = {"listener": {"listen": "127.0.0.1:2525"}, "rules": [{"name": "r", "action": "reject"}]}
 
 
-def parse(**sections: object) -> configuration.Config:
-    return configuration.parse({**BASE, **sections}, "new.toml")
+def parse(**sections: object) -> Config:
+    return toml.parse({**BASE, **sections}, "new.toml")
 
 
 def test_same_fixed_settings_is_no_problem():
@@ -31,3 +33,10 @@ def test_turning_metrics_on_or_proxy_protocol_on_is_refused():
         "listener.proxy_protocol",
         "metrics.listen",
     ]
+
+
+def test_reload_refuses_a_new_spool_path():
+    """queue.path is fixed at start: a reload that changes it is refused, naming the key."""
+    running = toml.parse(queued_document(queue={"path": "/srv/a"}), "q.toml")
+    new = toml.parse(queued_document(queue={"path": "/srv/b"}), "q.toml")
+    assert [p.key for p in fixed_changes(running, new)] == ["queue.path"]

@@ -1,4 +1,4 @@
-"""gateway.providers through gateway.config: presets, auth modes and OAuth key validation."""
+"""gateway.config.providers through the config reader: presets, auth modes and OAuth key validation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import model as configuration
+from gateway.config import toml
 from gateway.errors import ConfigError
 
 
@@ -15,7 +15,7 @@ def parse(upstream: dict[str, Any]) -> Any:
         "upstreams": {"up": upstream},
         "rules": [{"name": "r", "action": "relay", "upstream": "up"}],
     }
-    return configuration.parse(document, "t.toml").upstreams["up"]
+    return toml.parse(document, "t.toml").upstreams["up"]
 
 
 def problems(upstream: dict[str, Any]) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Unit tests of gateway/credentials.py: secrets that never show, from environment or private file."""
+"""gateway.config.secrets: secrets that never show, from env or a private file; resolve_password."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.secrets import Secret, from_env, from_file
+from gateway.config.model import UpstreamConfig
+from gateway.config.secrets import Secret, from_env, from_file, resolve_password
 from gateway.errors import SecretError
 
 VALUE = "Pa55-w0rd-that-must-not-leak"
@@ -184,3 +185,38 @@ def test_from_file_directory(tmp_path: Path) -> None:
     os.chmod(directory, 0o700)
     with pytest.raises(SecretError):
         from_file(str(directory))
+
+
+# --- resolve_password -------------------------------------------------------------------------
+
+
+def test_resolve_password_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """resolve_password reads password_env's variable into a Secret."""
+    monkeypatch.setenv("MAILGATE_UNIT_PW", "pw-from-env")
+    upstream = UpstreamConfig(name="p", host="h", username="u", password_env="MAILGATE_UNIT_PW")
+    assert resolve_password(upstream) == Secret("pw-from-env")
+
+
+def test_resolve_password_from_file(tmp_path: Path) -> None:
+    """resolve_password reads password_file into a Secret."""
+    path = tmp_path / "pw"
+    path.write_text("pw-from-file\n")
+    os.chmod(path, 0o600)
+    upstream = UpstreamConfig(name="p", host="h", username="u", password_file=str(path))
+    assert resolve_password(upstream) == Secret("pw-from-file")
+
+
+def test_resolve_password_none_without_auth() -> None:
+    """An upstream without a password reference has no password (no AUTH)."""
+    assert resolve_password(UpstreamConfig(name="p", host="h")) is None
+
+
+def test_resolve_password_error_names_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password that cannot be read is a SecretError naming the upstream and the variable."""
+    monkeypatch.delenv("MAILGATE_UNIT_ABSENT", raising=False)
+    upstream = UpstreamConfig(name="p", host="h", username="u", password_env="MAILGATE_UNIT_ABSENT")
+    with pytest.raises(SecretError) as raised:
+        resolve_password(upstream)
+    assert str(raised.value).startswith("upstreams.p: ") and "MAILGATE_UNIT_ABSENT" in str(
+        raised.value
+    )

@@ -61,7 +61,8 @@ def test_reply_class_and_rule_label():
 
 def test_metrics_server_can_be_turned_on_from_the_environment():
     """MAILGATE_METRICS sets [metrics] listen for the env-only (container) configuration."""
-    from gateway.config.model import Endpoint, from_environment
+    from gateway.config.environment import from_environment
+    from gateway.config.model import Endpoint
 
     config = from_environment(
         {

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.cli.main import main
-from gateway.config import model as configuration
+from gateway.config.toml import parse
 from gateway.testing.submission import SubmissionServer
 from tests.conftest import PASSWORD, USER, upstream_table
 
@@ -46,7 +46,7 @@ class FileGateway:
 
     def __init__(self, reactor: Any, upstream: SubmissionServer, ca_file: str, path: Path) -> None:
         self.reactor, self.path = reactor, path
-        self.config = configuration.parse(
+        self.config = parse(
             {
                 "listener": {
                     "listen": "127.0.0.1:0",

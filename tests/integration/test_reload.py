@@ -14,7 +14,7 @@ import pytest
 from twisted.internet import threads
 
 from gateway.audit.log import AuditLog
-from gateway.config import model as configuration
+from gateway.config.toml import parse
 from gateway.errors import ConfigError
 from gateway.testing.configfile import write_toml
 from gateway.testing.process import MailgateProcess, clean_env
@@ -170,7 +170,7 @@ def test_sigusr1_reopens_the_audit_file(make_upstream, ca, tmp_path, daemon):
 
 
 def reload(gw: Any, document: dict[str, Any]) -> None:
-    new = configuration.parse(copy.deepcopy(document), "new.toml")
+    new = parse(copy.deepcopy(document), "new.toml")
     threads.blockingCallFromThread(gw.reactor, gw.gateway.reload, new)
 
 

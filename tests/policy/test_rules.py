@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config.model import Config, parse
+from gateway.config.model import Config
+from gateway.config.toml import parse
 from gateway.policy.rules import client_allowed, decide, parse_client
 from gateway.smtp import replies
 from gateway.smtp.address import Address
@@ -290,3 +291,17 @@ def test_decision_is_per_recipient() -> None:
     )
     assert decide(cfg, V4, SENDER, Address("a@example.net")).action == "relay"
     assert decide(cfg, V4, SENDER, Address("a@example.org")).action == "reject"
+
+
+def test_null_sender_glob_matches_only_the_null_sender() -> None:
+    """``senders = ["<>"]`` matches bounces (MAIL FROM:<>) and nothing else."""
+    cfg = parse(
+        {
+            "upstreams": {"u": {"host": "h"}},
+            "rules": [{"senders": ["<>"], "action": "relay", "upstream": "u"}],
+        },
+        "t",
+    )
+    client = parse_client("127.0.0.1")
+    assert decide(cfg, client, Address(""), Address("c@d.example")).action == "relay"
+    assert decide(cfg, client, Address("a@b.example"), Address("c@d.example")).action == "reject"

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from gateway.config import model as configuration
+from gateway.config.toml import parse
 from gateway.outbound.pool import UpstreamPool
 from gateway.outbound.upstream import UpstreamFailure
 from gateway.queue.runner import DeliveryRunner
@@ -47,7 +47,7 @@ def make_runner(
         "upstreams": {"up": {"host": "smtp.example.net", **upstream}},
         "rules": [{"name": "all", "action": "relay", "upstream": "up", "delivery": "queue"}],
     }
-    config = configuration.parse(document, "t.toml")
+    config = parse(document, "t.toml")
     spool = Spool(config.queue.path)
     spool.create()
     connector = FakeConnector(config.upstreams["up"])

@@ -1,0 +1,56 @@
+"""The config's value syntaxes: ``HOST:PORT``, ``COUNT/UNIT`` rates, client networks. Pure.
+
+Each parser takes the text as written in the file and returns the model value,
+or None (`parse_network`: ValueError) when the text is not of that form; the
+reader turns that into a problem naming the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from gateway.config.model import Endpoint, Network, Rate
+
+# The hash formats listener AUTH verifies (gateway.policy.passwords): argon2, bcrypt, scrypt.
+HASH_PREFIXES = ("$argon2", "$2a$", "$2b$", "$2y$", "$scrypt$")
+_RATE_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def parse_rate(text: str) -> Rate | None:
+    """``"100/minute"`` to a `Rate` (units: second, minute, hour, day; plural allowed)."""
+    count, slash, unit = text.partition("/")
+    unit = unit.strip().lower().removesuffix("s")
+    if not slash or not count.strip().isdigit() or int(count) < 1 or unit not in _RATE_UNITS:
+        return None
+    return Rate(int(count), _RATE_UNITS[unit], text)
+
+
+def parse_endpoint(text: str) -> Endpoint | None:
+    """``"127.0.0.1:2525"``, ``"[::1]:2525"`` or ``"localhost:2525"`` to an `Endpoint`."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+        return None
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return None
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            return None
+    return Endpoint(host, int(port))
+
+
+def parse_network(text: str) -> Network:
+    """A CIDR network (host bits allowed); raise ValueError when `text` is not one.
+
+    An IPv4-mapped IPv6 network (``::ffff:10.0.0.0/104``) is read as the IPv4
+    network it maps (10.0.0.0/8): clients arrive as IPv4, mapped addresses unmapped.
+    """
+    network = ipaddress.ip_network(text, strict=False)
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+    return network
