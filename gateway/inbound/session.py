@@ -2,21 +2,22 @@
 
 The listener protocol hands commands here and writes back whatever `Reply`
 comes out (at once, or from a Deferred when the upstream must be asked).
+The session asks its surroundings only through a `SessionHost`.
 Each mail transaction ends in exactly one ``message.result`` event.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from email.utils import getaddresses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer
 
 from gateway.inbound import auth as app_auth
 from gateway.inbound.auth import Credentials, SaslExchange
 from gateway.inbound.delivery import Delivery, Origin
+from gateway.inbound.host import SessionHost
 from gateway.policy import passwords
 from gateway.policy import rules as policy
 from gateway.policy.headers import HeaderRewriter
@@ -32,9 +33,6 @@ from gateway.smtp.commands import (
 )
 from gateway.smtp.data import MessageFacts
 from gateway.smtp.replies import Reply
-
-if TYPE_CHECKING:
-    from gateway.daemon.gateway import Gateway
 
 EXTENSIONS = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")
 RATE_LIMITED = Reply(450, "4.7.1", "Rate limit exceeded, try again later")
@@ -90,14 +88,14 @@ class Transaction:
 
 
 class Session:
-    def __init__(self, gateway: Gateway, session_id: str, client: str, client_port: int) -> None:
-        self.gateway = gateway
-        self.config = gateway.config  # one config for the whole session, even across a reload
+    def __init__(self, host: SessionHost, session_id: str, client: str, client_port: int) -> None:
+        self.host = host
+        self.config = host.config  # one config for the whole session, even across a reload
         self.session_id = session_id
         self.client = client
         self.client_port = client_port
-        self.log = gateway.audit.bind(session_id=session_id)
-        self.started = time.monotonic()
+        self.log = host.audit.bind(session_id=session_id)
+        self.started = host.monotonic()
         self.helo: str | None = None
         self.allowed = False
         self.opened = False  # session.opened written: the client's address is decided
@@ -157,7 +155,7 @@ class Session:
             allowed=self.allowed,
             **proxy,
         )
-        self.gateway.metrics.session_opened(self.allowed)
+        self.host.metrics.session_opened(self.allowed)
         if not self.allowed:
             refusal = (
                 replies.PROXY_HEADER_INVALID if self.proxy_rejected else replies.GREETING_DENIED
@@ -195,7 +193,7 @@ class Session:
         self.log.info(
             "session.closed",
             reason=reason,
-            duration_s=round(time.monotonic() - self.started, 3),
+            duration_s=round(self.host.monotonic() - self.started, 3),
             **self.counts,
         )
 
@@ -288,7 +286,7 @@ class Session:
         app = self.config.apps.get(answer.username)
         # An unknown name costs the same hash check as a wrong password.
         stored = app.password_hash if app is not None else _dummy_hash()
-        d = self.gateway.verify_password(stored, answer.password)
+        d = self.host.verify_password(stored, answer.password)
         return d.addCallback(self._verified, answer.username, app is not None)
 
     def _verified(self, ok: bool, username: str, known: bool) -> Reply:
@@ -357,9 +355,7 @@ class Session:
             )
         rate = decision.rule.rate if decision.rule else None
         if rate is not None and decision.rule_name not in txn.rated_rules:
-            if not self.gateway.rate_limits.allow(
-                decision.rule_name or "", rate, self.gateway.reactor.seconds()
-            ):
+            if not self.host.rate_allowed(decision.rule_name or "", rate):
                 return self._refuse(
                     txn,
                     rcpt,
@@ -374,7 +370,7 @@ class Session:
         rule = decision.rule_name
         mode = decision.rule.delivery if decision.rule is not None else "relay"
         if txn.delivery is None:
-            delivery = self.gateway.delivery(mode, decision.route, txn.mail)
+            delivery = self.host.delivery(mode, decision.route, txn.mail)
             if delivery is None:  # a reload added the first queue rule
                 return self._refuse(
                     txn, rcpt, replies.QUEUE_NOT_RUNNING, rule=rule, limit="queue.path"
@@ -508,7 +504,7 @@ class Session:
             return error
         if txn.headers is not None:
             delivery.write(txn.headers.finish())
-        txn.dot_sent = time.monotonic()
+        txn.dot_sent = self.host.monotonic()
         origin = Origin(self.session_id, self.client, self.helo)
         return _then(delivery.finish(txn.facts, origin), self._data_finished, txn)
 
@@ -545,7 +541,7 @@ class Session:
             reply=str(reply),
         )
         upstreams = queued["upstreams"]
-        self.gateway.metrics.message_result(
+        self.host.metrics.message_result(
             {
                 "outcome": "queued",
                 "rules": txn.rules,
@@ -629,5 +625,5 @@ class Session:
         self.counts["messages"] += 1
         self.counts[outcome] += 1
         self.log.info("message.result", **fields)
-        waited = None if txn.dot_sent is None else time.monotonic() - txn.dot_sent
-        self.gateway.metrics.message_result(fields, waited)
+        waited = None if txn.dot_sent is None else self.host.monotonic() - txn.dot_sent
+        self.host.metrics.message_result(fields, waited)
