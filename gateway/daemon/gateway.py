@@ -5,10 +5,14 @@ sessions in flight finish within ``listener.shutdown_grace`` seconds, then
 closes the rest with ``421 4.3.2``. `Gateway.reload()` swaps in a new config
 for new sessions (sessions in flight keep theirs) with freshly built upstream
 pools. The status server (metrics, health) runs when ``[metrics]`` is set.
+
+The gateway is the listener's host (`gateway.inbound.host.ListenerHost`): what its
+sessions may ask for is that Protocol, and nothing in `gateway.inbound` imports this module.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet import defer, threads
@@ -16,11 +20,14 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
 from gateway.audit.log import AuditLog
 from gateway.config.changes import fixed_changes
-from gateway.config.model import Config
+from gateway.config.model import Config, Rate
 from gateway.config.secrets import Secret, resolve_password
+from gateway.daemon import status as status_server
 from gateway.daemon.health import Readiness, WatchedConnector
 from gateway.daemon.metrics import Metrics
 from gateway.errors import ConfigError, MailgateError, Problem, SecretError
+from gateway.inbound.connections import Connections
+from gateway.inbound.proxy import listener_factory
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.oauth import TokenCache, tokens_for
 from gateway.outbound.pool import UpstreamPool
@@ -49,14 +56,12 @@ class Gateway:
             str, UpstreamPool
         ] = {}  # pools a reload removed, for sessions on the old config
         self.cooldowns = Cooldowns()
-        self.sessions: set[Any] = set()
-        self.clients: dict[str, int] = {}  # open sessions per client address
+        self.connections = Connections()  # the app connections open now
         self.rate_limits = RateLimits()
-        self.metrics.watch_sessions(lambda: len(self.sessions))
+        self.metrics.watch_sessions(self.connections.__len__)
         self.readiness.config_loaded = True
         self.port: Any = None
         self.status_port: Any = None
-        self._drained: defer.Deferred[None] | None = None
         # Store-and-forward: a spool and its runner when a rule queues, or the spool holds mail.
         spool = Spool(config.queue.path)
         queueing = any(rule.delivery == "queue" for rule in config.rules)
@@ -140,6 +145,13 @@ class Gateway:
             password.reveal(),
         )
 
+    def rate_allowed(self, rule: str, rate: Rate) -> bool:
+        """Take one message from `rule`'s bucket now (the reactor's clock)."""
+        return self.rate_limits.allow(rule, rate, self.reactor.seconds())
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
     def _queue_pool(self, name: str) -> UpstreamPool | None:
         """The pool queue deliveries to `name` use now: the current config's, never a removed one."""
         return self.pools.get(name)
@@ -209,8 +221,6 @@ class Gateway:
     # --- start and stop -------------------------------------------------------------------
 
     async def start(self) -> int:
-        from gateway.inbound.proxy import listener_factory
-
         if self.runner is not None:
             try:
                 self.runner.start()
@@ -226,10 +236,9 @@ class Gateway:
         self.readiness.listening = True
         status = {}
         if self.config.metrics.listen is not None:
-            from gateway.daemon import status as status_server
-
             where = self.config.metrics.listen
-            self.status_port = await status_server.listen(self.reactor, self, where)
+            site = status_server.site(self.readiness, self.metrics, self.probe_upstreams)
+            self.status_port = await status_server.listen(self.reactor, site, where)
             status["metrics"] = f"{where.host}:{self.status_port.getHost().port}"
         self.audit.event(
             "gateway.started",
@@ -240,22 +249,13 @@ class Gateway:
         )
         return bound
 
-    def session_closed(self) -> None:
-        if self._drained is not None and not self.sessions:
-            drained, self._drained = self._drained, None
-            drained.callback(None)
-
     async def stop(self) -> None:
         if self.port is not None:
             self.readiness.listening = False
             await self.port.stopListening()
             self.port = None
-        if self.sessions:
-            self._drained = defer.Deferred()
-            timer = self.reactor.callLater(self.config.listener.shutdown_grace, self._force_close)
-            await self._drained
-            if timer.active():
-                timer.cancel()
+        # Sessions in flight may finish; after the grace period the rest get 421.
+        await self.connections.drain(self.config.listener.shutdown_grace, self.reactor.callLater)
         if self.runner is not None:
             await self.runner.stop(self.config.listener.shutdown_grace)
         for pool in [*self.pools.values(), *self._retired.values()]:
@@ -264,7 +264,3 @@ class Gateway:
             await self.status_port.stopListening()
             self.status_port = None
         self.audit.event("gateway.stopped")
-
-    def _force_close(self) -> None:
-        for session in list(self.sessions):
-            session.shutdown()

@@ -10,7 +10,8 @@ GET (and HEAD) only; other methods get 405. Bound where ``[metrics] listen`` say
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.web.pages import notFound
@@ -18,10 +19,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 
 from gateway.config.model import Endpoint
-from gateway.daemon.metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from gateway.daemon.gateway import Gateway
+from gateway.daemon.health import Readiness
+from gateway.daemon.metrics import CONTENT_TYPE, Metrics
 
 TEXT = b"text/plain; charset=utf-8"
 
@@ -29,9 +28,13 @@ TEXT = b"text/plain; charset=utf-8"
 class _Leaf(Resource):
     isLeaf = True  # noqa: N815 (twisted.web's name)
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(
+        self, readiness: Readiness, metrics: Metrics, probe_upstreams: Callable[[], None]
+    ) -> None:
         super().__init__()
-        self.gateway = gateway
+        self.readiness = readiness
+        self.metrics = metrics
+        self.probe_upstreams = probe_upstreams
 
     def render_GET(self, request: Request) -> bytes:  # noqa: N802
         raise NotImplementedError
@@ -40,8 +43,8 @@ class _Leaf(Resource):
 class MetricsPage(_Leaf):
     def render_GET(self, request: Request) -> bytes:  # noqa: N802
         request.setHeader(b"content-type", CONTENT_TYPE.encode("ascii"))
-        self.gateway.metrics.ready.set(1 if self.gateway.readiness.ready else 0)
-        return self.gateway.metrics.render()
+        self.metrics.ready.set(1 if self.readiness.ready else 0)
+        return self.metrics.render()
 
 
 class HealthPage(_Leaf):
@@ -54,9 +57,9 @@ class ReadyPage(_Leaf):
     def render_GET(self, request: Request) -> bytes:  # noqa: N802
         request.setHeader(b"content-type", TEXT)
         request.setHeader(b"cache-control", b"no-store")
-        self.gateway.probe_upstreams()
-        problems = self.gateway.readiness.problems()
-        self.gateway.metrics.ready.set(0 if problems else 1)
+        self.probe_upstreams()
+        problems = self.readiness.problems()
+        self.metrics.ready.set(0 if problems else 1)
         if problems:
             request.setResponseCode(503)
             return ("not ready\n" + "".join(f"{p}\n" for p in problems)).encode("utf-8", "replace")
@@ -74,19 +77,21 @@ class Index(Resource):
         return b"mailgate: /metrics /healthz /readyz\n"
 
 
-def site(gateway: Gateway) -> Site:
+def site(readiness: Readiness, metrics: Metrics, probe_upstreams: Callable[[], None]) -> Site:
+    """The pages over `readiness` and `metrics`; ``/readyz`` calls `probe_upstreams` first."""
+    sources = (readiness, metrics, probe_upstreams)
     root = Index()
-    root.putChild(b"metrics", MetricsPage(gateway))
-    root.putChild(b"healthz", HealthPage(gateway))
-    root.putChild(b"readyz", ReadyPage(gateway))
+    root.putChild(b"metrics", MetricsPage(*sources))
+    root.putChild(b"healthz", HealthPage(*sources))
+    root.putChild(b"readyz", ReadyPage(*sources))
     factory = Site(root)
     factory.displayTracebacks = False
     factory.noisy = False
     return factory
 
 
-async def listen(reactor: Any, gateway: Gateway, where: Endpoint) -> Any:
-    """Bind the status server; returns the listening port (``getHost().port`` is the bound port)."""
+async def listen(reactor: Any, factory: Site, where: Endpoint) -> Any:
+    """Bind the status server (`site`); returns the listening port (``getHost().port`` is the bound port)."""
     endpoint_type = TCP6ServerEndpoint if ":" in where.host else TCP4ServerEndpoint
     endpoint = endpoint_type(reactor, where.port, interface=where.host)
-    return await endpoint.listen(site(gateway))
+    return await endpoint.listen(factory)

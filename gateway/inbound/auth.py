@@ -2,17 +2,29 @@
 
 `SaslExchange` is fed the AUTH argument and then each response line; it answers
 with a 334 challenge, an error `Reply`, or the `Credentials` to verify.
+`AppLogin` is one session's side: the exchange in progress, the password check
+(handed to the host, off the reactor thread) and the ``session.auth*`` events.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.config.secrets import Secret
+from gateway.policy import passwords
+from gateway.policy.rules import sender_owned
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from gateway.config.model import App
+    from gateway.inbound.host import SessionLog
 
 MECHANISMS = ("PLAIN", "LOGIN")
 
@@ -100,3 +112,89 @@ def _credentials(user: bytes, password: bytes) -> Reply | Credentials:
         return Credentials(user.decode("utf-8"), Secret(password.decode("utf-8")))
     except UnicodeDecodeError:
         return AUTH_UNDECODABLE
+
+
+_DUMMY: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """A real hash of no one's password: an unknown app name costs as much as a wrong password."""
+    if not _DUMMY:
+        _DUMMY.append(passwords.make_hash("not a real password", "scrypt"))
+    return _DUMMY[0]
+
+
+class AppLogin:
+    """One session's AUTH: the SASL exchange in progress, the password check, its audit events.
+
+    `verify` checks a password against a stored hash off the reactor thread (the host's
+    ``verify_password``). `app` is the app's name once it authenticated.
+    """
+
+    def __init__(
+        self,
+        apps: Mapping[str, App],
+        verify: Callable[[str, Secret], Deferred[bool]],
+        log: SessionLog,
+    ) -> None:
+        self.apps = apps
+        self.verify = verify
+        self.log = log
+        self.app: str | None = None
+        self._exchange: SaslExchange | None = None
+
+    @property
+    def authenticated(self) -> App | None:
+        """The settings of the app that authenticated, if any."""
+        return self.apps.get(self.app or "")
+
+    @property
+    def exchanging(self) -> bool:
+        """Whether the next line from the app is a response in the exchange (not a command)."""
+        return self._exchange is not None
+
+    def owns(self, sender: str) -> bool:
+        """Whether the app that authenticated (if any) may use `sender` (``apps.<name>.senders``)."""
+        return self.app is None or sender_owned(self.apps[self.app].senders, sender)
+
+    def begin(self, argument: str, client: str) -> Reply | Deferred[Reply]:
+        """``AUTH <argument>`` from `client` (the dialogue checked it may authenticate now)."""
+        exchange, answer = SaslExchange.begin(argument)
+        if exchange is not None and isinstance(answer, Reply):
+            self._exchange = exchange
+            return answer
+        return self._answer(None, answer, client)
+
+    def respond(self, line: bytes, client: str) -> Reply | Deferred[Reply]:
+        """The app's response line inside the exchange."""
+        exchange, self._exchange = self._exchange, None
+        assert exchange is not None
+        return self._answer(exchange, exchange.respond(line.decode("ascii", "replace")), client)
+
+    def _answer(
+        self, exchange: SaslExchange | None, answer: Reply | Credentials, client: str
+    ) -> Reply | Deferred[Reply]:
+        if isinstance(answer, Reply):
+            if answer.code == 334:
+                self._exchange = exchange
+            elif answer.code >= 500:
+                self.log.info("session.auth_failed", client_ip=client, reason=answer.text)
+            return answer
+        app = self.apps.get(answer.username)
+        # An unknown name costs the same hash check as a wrong password.
+        stored = app.password_hash if app is not None else _dummy_hash()
+        d = self.verify(stored, answer.password)
+        return d.addCallback(self._verified, answer.username, app is not None, client)
+
+    def _verified(self, ok: bool, username: str, known: bool, client: str) -> Reply:
+        if ok and known:
+            self.app = username
+            self.log.info("session.authenticated", client_ip=client, app=username)
+            return AUTH_OK
+        self.log.info(
+            "session.auth_failed",
+            client_ip=client,
+            username=username[:64],
+            reason="unknown app" if not known else "wrong password",
+        )
+        return AUTH_FAILED

@@ -8,12 +8,14 @@ connection counts, the idle timeout (reset only by complete commands, so a
 slow-drip client cannot hold a session), the DATA timeout and minimum data
 rate, the error limit, and a client that never reads its replies. All SMTP
 meaning lives in `gateway.inbound.session`; this module only moves bytes.
+It asks its surroundings only through a `ListenerHost`; the connection counts
+live in `gateway.inbound.connections`.
 """
 
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
@@ -21,14 +23,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.inbound.host import ListenerHost
 from gateway.inbound.session import Session
 from gateway.smtp import replies
 from gateway.smtp.commands import COMMAND_LINE_LIMIT
 from gateway.smtp.data import DataReader
 from gateway.smtp.replies import Reply
-
-if TYPE_CHECKING:
-    from gateway.daemon.gateway import Gateway
 
 MAX_PIPELINE_BUFFER = 64 * 1024  # pause reading past this many unprocessed bytes
 MIN_RATE_GRACE = 30.0  # seconds of DATA before min_data_rate is enforced
@@ -45,9 +45,9 @@ HTTP_VERBS = frozenset(
 
 @implementer(IPushProducer)
 class SMTPServerProtocol(Protocol):
-    def __init__(self, gateway: Gateway, proxied: bool = False) -> None:
-        self.gateway = gateway
-        self.proxied = proxied  # behind a PROXY header reader (gateway.proxy)
+    def __init__(self, host: ListenerHost, proxied: bool = False) -> None:
+        self.host = host
+        self.proxied = proxied  # behind a PROXY header reader (gateway.inbound.proxy)
         self.session: Session | None = None
         self._buffer = b""
         self._discarding_long_line = False
@@ -63,7 +63,6 @@ class SMTPServerProtocol(Protocol):
         self._closing = False
         self._errors = 0
         self._first_bytes = True
-        self._counted_client: str | None = None
         self._close_reason = "connection lost"
 
     # --- connection -----------------------------------------------------------------
@@ -71,17 +70,15 @@ class SMTPServerProtocol(Protocol):
     def connectionMade(self) -> None:  # noqa: N802
         peer = self.transport.getPeer()
         host, port = getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
-        listener = self.gateway.config.listener
+        listener = self.host.config.listener
+        connections = self.host.connections
         refusal = None
-        if len(self.gateway.sessions) >= listener.max_connections:
+        if connections.full(listener):
             refusal, limit = TOO_MANY_CONNECTIONS, "listener.max_connections"
-        elif (
-            not self.proxied
-            and self.gateway.clients.get(host, 0) >= listener.max_connections_per_client
-        ):
+        elif not self.proxied and connections.client_full(listener, host):
             refusal, limit = TOO_MANY_FROM_CLIENT, "listener.max_connections_per_client"
         if refusal is not None:
-            self.gateway.audit.event(
+            self.host.audit.event(
                 "connection.refused",
                 client_ip=host,
                 client_port=port,
@@ -92,22 +89,15 @@ class SMTPServerProtocol(Protocol):
             self.transport.write(refusal.to_bytes())
             self.transport.loseConnection()
             return
-        if (
-            not self.proxied
-        ):  # behind a balancer the client is counted when its PROXY header arrives
-            self._count_client(host)
-        self.session = Session(self.gateway, secrets.token_hex(8), host, port)
+        # Behind a balancer the client is counted when its PROXY header arrives.
+        connections.admit(self, None if self.proxied else host)
+        self.session = Session(self.host, secrets.token_hex(8), host, port)
         if self.proxied:
             self.session.expect_proxy_header()
-        self.gateway.sessions.add(self)
         # Our own transport tells us when the app stops reading its replies.
         self.transport.registerProducer(self, True)
         self._reply(self.session.greeting())
         self._arm(listener.idle_timeout, self._idle)
-
-    def _count_client(self, host: str) -> None:
-        self._counted_client = host
-        self.gateway.clients[host] = self.gateway.clients.get(host, 0) + 1
 
     def _proxy_header_read(self) -> bool:
         """The PROXY header named the client: tell the session, count it; False if refused."""
@@ -115,11 +105,8 @@ class SMTPServerProtocol(Protocol):
         peer = self.transport.getPeer()  # data arrives only after a valid header: the real client
         host, port = getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
         self.session.proxy_header(host, port)
-        if (
-            self.gateway.clients.get(host, 0)
-            >= self.gateway.config.listener.max_connections_per_client
-        ):
-            self.gateway.audit.event(
+        if self.host.connections.client_full(self.host.config.listener, host):
+            self.host.audit.event(
                 "connection.refused",
                 client_ip=host,
                 client_port=port,
@@ -128,22 +115,17 @@ class SMTPServerProtocol(Protocol):
             )
             self._close("too many connections from the client", TOO_MANY_FROM_CLIENT)
             return False
-        self._count_client(host)
+        self.host.connections.identify(self, host)
         return True
 
     def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
         self._cancel_timer()
-        if self._counted_client is not None:
-            remaining = self.gateway.clients.get(self._counted_client, 1) - 1
-            if remaining > 0:
-                self.gateway.clients[self._counted_client] = remaining
-            else:
-                self.gateway.clients.pop(self._counted_client, None)
         if self.session is None:
             return
-        self.gateway.sessions.discard(self)
-        self.session.close(self._close_reason)
-        self.gateway.session_closed()
+        try:
+            self.session.close(self._close_reason)
+        finally:
+            self.host.connections.release(self)  # after session.closed: it may end the drain
 
     def _close(self, reason: str, reply: Reply | None = None) -> None:
         if self._closing:
@@ -180,14 +162,14 @@ class SMTPServerProtocol(Protocol):
     @property
     def _limits(self) -> Any:
         """The listener settings of this session's config (a reload does not change them mid-session)."""
-        return (self.session.config if self.session is not None else self.gateway.config).listener
+        return (self.session.config if self.session is not None else self.host.config).listener
 
     # --- timers -------------------------------------------------------------------------
 
     def _arm(self, timeout: float, expired: Any) -> None:
         self._cancel_timer()
         if not self._closing:
-            self._timer = self.gateway.reactor.callLater(timeout, expired)
+            self._timer = self.host.reactor.callLater(timeout, expired)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -207,7 +189,7 @@ class SMTPServerProtocol(Protocol):
 
     def _data_progress(self) -> None:
         listener = self._limits
-        elapsed = self.gateway.reactor.seconds() - self._data_started
+        elapsed = self.host.reactor.seconds() - self._data_started
         if listener.min_data_rate and elapsed > MIN_RATE_GRACE and self._reader is not None:
             if self._reader.received / elapsed < listener.min_data_rate:
                 try:
@@ -343,7 +325,7 @@ class SMTPServerProtocol(Protocol):
         assert self.session is not None
         self._reader = DataReader(self.session.config.listener.max_message_size)
         self._data_error_sent = False
-        self._data_started = self.gateway.reactor.seconds()
+        self._data_started = self.host.reactor.seconds()
         self.session.data_started(self.upstream_throttle)
         self._data_progress()
         buffered, self._buffer = self._buffer, b""
@@ -351,7 +333,7 @@ class SMTPServerProtocol(Protocol):
             self._feed_data(buffered)
 
     def _internal_error(self, failure: Failure) -> None:
-        self.gateway.audit.event(
+        self.host.audit.event(
             "gateway.error",
             session_id=self.session.session_id if self.session else None,
             error=failure.getErrorMessage()[:300],
@@ -406,11 +388,11 @@ class _UpstreamThrottle:
 
 
 class ListenerFactory(Factory):
-    def __init__(self, gateway: Gateway, proxied: bool = False) -> None:
-        self.gateway = gateway
+    def __init__(self, host: ListenerHost, proxied: bool = False) -> None:
+        self.host = host
         self.proxied = proxied
 
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:  # noqa: N802
-        protocol = SMTPServerProtocol(self.gateway, self.proxied)
+        protocol = SMTPServerProtocol(self.host, self.proxied)
         protocol.factory = self
         return protocol

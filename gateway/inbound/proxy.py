@@ -22,7 +22,7 @@ Uses ``twisted.protocols.haproxy``'s private modules: Twisted exports only
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.internet.protocol import Factory
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
@@ -31,10 +31,8 @@ from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 
+from gateway.inbound.host import ListenerHost
 from gateway.inbound.listener import ListenerFactory
-
-if TYPE_CHECKING:
-    from gateway.daemon.gateway import Gateway
 
 V1_SIGNATURE = b"PROXY "
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -109,8 +107,8 @@ class ProxyListenerFactory(HAProxyWrappingFactory):
     noisy = False
 
 
-def listener_factory(gateway: Gateway) -> Factory:
-    """The listener's factory, behind a PROXY header reader when the config asks for one."""
-    proxied = gateway.config.listener.proxy_protocol
-    factory = ListenerFactory(gateway, proxied=proxied)
+def listener_factory(host: ListenerHost) -> Factory:
+    """The listener's factory, behind a PROXY header reader when the host's config asks for one."""
+    proxied = host.config.listener.proxy_protocol
+    factory = ListenerFactory(host, proxied=proxied)
     return ProxyListenerFactory(factory) if proxied else factory

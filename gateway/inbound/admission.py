@@ -1,0 +1,56 @@
+"""Whether a client may use the gateway: ``listener.allowed_clients`` and the PROXY header. Pure.
+
+A session decides once, when the client's address is known: at connect, or behind a
+balancer (``listener.proxy_protocol``) at its first command, once the PROXY header
+named the client. A proxied connection whose header was missing or invalid is denied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config.model import Config
+from gateway.policy.rules import IPAddress, client_allowed, parse_client
+from gateway.smtp import replies
+from gateway.smtp.replies import Reply
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The decision on one client, with what ``session.opened`` and ``session.denied`` record."""
+
+    allowed: bool
+    address: IPAddress | None  # the client's address, None when it is not an IP address
+    limit: str  # the setting that denies the client (when not `allowed`)
+    proxy: dict[str, Any] = field(default_factory=dict)  # the PROXY header's part of the event
+    refusal: Reply | None = None  # the reply to a denied client's greeting or command
+
+
+def admit(
+    config: Config,
+    client: str,
+    *,
+    proxied: bool = False,
+    proxy_peer: tuple[str, int] | None = None,
+    proxy_rejected: bool = False,
+) -> Admission:
+    """Decide on `client` (behind a balancer: `proxy_peer` is the balancer, None without a header)."""
+    limit = "listener.allowed_clients"
+    address = None
+    try:
+        address = parse_client(client)
+        allowed = client_allowed(config, address)
+    except ValueError:
+        allowed = False
+    proxy: dict[str, Any] = {}
+    if proxied:
+        if proxy_peer is None:
+            allowed, limit = False, "listener.proxy_protocol"
+            proxy["proxy_header"] = "invalid" if proxy_rejected else "missing"
+        else:
+            proxy.update(proxy_ip=proxy_peer[0], proxy_port=proxy_peer[1])
+    refusal = None
+    if not allowed:
+        refusal = replies.PROXY_HEADER_INVALID if proxy_rejected else replies.GREETING_DENIED
+    return Admission(allowed, address, limit, proxy, refusal)

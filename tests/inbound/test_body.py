@@ -1,0 +1,73 @@
+"""Unit tests of gateway/inbound/body.py: the body on its way to the delivery, and the end of data."""
+
+from __future__ import annotations
+
+from gateway.config.model import App
+from gateway.inbound import body
+from gateway.inbound.auth import FROM_NOT_OWNED
+from gateway.inbound.transaction import Transaction
+from gateway.policy.headers import HeaderEdits, HeaderRewriter
+from gateway.smtp import replies
+from gateway.smtp.commands import parse_mail
+from tests.inbound.fakes import FakeDelivery
+
+CHECKED = App("billing", "hash", senders=("*@billing.example.com",), check_from_header=True)
+OWNED = b"From: invoices@billing.example.com\r\nSubject: x\r\n\r\nbody\r\n"
+NOT_OWNED = b"From: ceo@other.example\r\nSubject: x\r\n\r\nbody\r\n"
+
+
+def transaction() -> tuple[Transaction, FakeDelivery]:
+    mail = parse_mail("FROM:<invoices@billing.example.com>")
+    delivery = FakeDelivery("relay", ("up",), mail)
+    return Transaction(mail, delivery=delivery), delivery
+
+
+def test_body_passes_on_and_the_dot_may_go():
+    """Body bytes reach the delivery unchanged; at the end nothing refuses the message."""
+    txn, delivery = transaction()
+    body.pass_on(txn, CHECKED, OWNED)
+    assert body.end(txn, CHECKED, None) is None
+    assert delivery.body == OWNED and delivery.aborted == [] and txn.facts.size == len(OWNED)
+
+
+def test_header_edits_apply_on_the_way():
+    """The rule's header edits change what the delivery gets."""
+    txn, delivery = transaction()
+    txn.headers = HeaderRewriter(HeaderEdits(strip=frozenset({"subject"})))
+    body.pass_on(txn, None, OWNED)
+    assert body.end(txn, None, None) is None
+    assert b"Subject" not in delivery.body and b"body\r\n" in delivery.body
+
+
+def test_from_not_owned_sends_nothing_and_refuses():
+    """A From: the app does not own: no byte goes on, the delivery is aborted, the end refuses."""
+    txn, delivery = transaction()
+    body.pass_on(txn, CHECKED, NOT_OWNED)
+    body.pass_on(txn, CHECKED, b"more\r\n")
+    assert delivery.body == b"" and delivery.aborted == [body.FROM_REFUSED]
+    assert body.end(txn, CHECKED, None) == (FROM_NOT_OWNED, "apps.billing.check_from_header")
+
+
+def test_message_that_is_all_header_is_checked_at_the_end():
+    """No blank line before the dot: the From: check runs at the end of data."""
+    txn, delivery = transaction()
+    body.pass_on(txn, CHECKED, b"From: ceo@other.example\r\n")
+    assert delivery.aborted == []
+    assert body.end(txn, CHECKED, None) == (FROM_NOT_OWNED, "apps.billing.check_from_header")
+    assert delivery.aborted[0] == body.FROM_REFUSED
+
+
+def test_reader_error_refuses_with_its_limit():
+    """An oversized or badly framed message is refused with the setting or rule it broke."""
+    txn, delivery = transaction()
+    body.failed(txn, replies.SIZE_EXCEEDED)
+    assert delivery.aborted == [f"message refused by gateway: {replies.SIZE_EXCEEDED.text}"]
+    assert body.end(txn, None, replies.SIZE_EXCEEDED) == (
+        replies.SIZE_EXCEEDED,
+        "listener.max_message_size",
+    )
+    txn, _ = transaction()
+    assert body.end(txn, None, replies.BARE_LINE_ENDING) == (
+        replies.BARE_LINE_ENDING,
+        "data framing (RFC 5321)",
+    )
