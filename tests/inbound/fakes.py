@@ -14,8 +14,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from gateway.config.model import Config, Rate, parse
+from gateway.config.model import Config, Rate
 from gateway.config.secrets import Secret
+from gateway.config.toml import parse
 from gateway.inbound.connections import Connections
 from gateway.inbound.delivery import Origin
 from gateway.policy import passwords
