@@ -18,9 +18,10 @@ from typing import Any
 from twisted.internet import defer
 
 from gateway.config.model import UpstreamConfig
+from gateway.outbound.connector import UpstreamSession
 from gateway.outbound.failover import Cooldowns
+from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.pool import PoolBusy, UpstreamPool
-from gateway.outbound.upstream import UpstreamFailure, UpstreamSession
 from gateway.smtp import replies
 from gateway.smtp.address import Address
 from gateway.smtp.commands import MailFrom

@@ -35,9 +35,10 @@ from zope.interface import implementer
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config
 from gateway.daemon.metrics import QueueState
+from gateway.outbound.connector import UpstreamSession
 from gateway.outbound.failover import Cooldowns
+from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.pool import PoolBusy, UpstreamPool
-from gateway.outbound.upstream import UpstreamFailure, UpstreamSession
 from gateway.queue import bounces as dsn
 from gateway.queue.backoff import Backoff
 from gateway.queue.spool import (
