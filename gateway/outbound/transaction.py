@@ -25,11 +25,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPullProducer
-from zope.interface import implementer
 
 from gateway.config.model import UpstreamConfig
 from gateway.outbound import envelope
+from gateway.outbound.body import pull
 from gateway.outbound.connector import UpstreamSession
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.failure import UpstreamFailure
@@ -294,24 +293,12 @@ class Transaction:
     async def send_body(self, regions: Iterator[bytes]) -> None:
         """The whole body from `regions` (whole-line pieces), pulled by the upstream's transport
         (bounded memory), within the upstream's ``data_timeout``; `failure` is set if it broke."""
-        session = self.session
-        if session is None or self.failure is not None:
+        if self.session is None or self.failure is not None:
             return
-        producer = _PulledBody(session, regions)
-        session.protocol.closed.addCallback(
-            lambda _: producer.lost("connection lost while sending the body")
-        )
-        timer = self.clock.callLater(
-            session.config.data_timeout, session.protocol.abort, "timeout sending the body"
-        )
         try:
-            session.transport.registerProducer(producer, False)
-            await producer.done
+            await pull(self.session, regions, self.clock)
         except UpstreamFailure as failure:
             self._fail(failure)
-        finally:
-            if timer.active():
-                timer.cancel()
 
     async def end(self) -> Reply:
         """The final dot: the upstream's reply to the message."""
@@ -396,45 +383,3 @@ class Transaction:
         if self.tried:
             fields["upstreams_tried"] = self.tried
         return fields
-
-
-@implementer(IPullProducer)
-class _PulledBody:
-    """Feeds a stored body to the upstream transport as it asks for more (bounded memory)."""
-
-    def __init__(self, session: UpstreamSession, regions: Iterator[bytes]) -> None:
-        self.session = session
-        self.regions = regions
-        self.done: defer.Deferred[None] = defer.Deferred()
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        if self.done.called:
-            return
-        try:
-            region = next(self.regions)
-        except StopIteration:
-            self._end(None)
-            return
-        except OSError as exc:
-            self._end(UpstreamFailure(replies.UPSTREAM_LOST, f"spool read failed: {exc.strerror}"))
-            return
-        self.session.write(dot_stuff(region))
-
-    def stopProducing(self) -> None:  # noqa: N802
-        self.lost("connection lost while sending the body")
-
-    def lost(self, reason: str) -> None:
-        if not self.done.called:
-            self.done.errback(
-                UpstreamFailure(replies.UPSTREAM_LOST, f"{self.session.config.name}: {reason}")
-            )
-
-    def _end(self, error: Exception | None) -> None:
-        transport = self.session.transport
-        if transport is not None and transport.producer is not None:
-            transport.unregisterProducer()
-        if not self.done.called:
-            if error is None:
-                self.done.callback(None)
-            else:
-                self.done.errback(error)

@@ -359,18 +359,6 @@ def regions(*chunks: bytes, error: OSError | None = None) -> Iterator[bytes]:
         raise error
 
 
-def test_a_stored_body_is_pulled_through_the_transport_dot_stuffed():
-    """`send_body` registers a pull producer and writes each region dot-stuffed."""
-    primary = pool("primary")
-    txn = transaction(primary)
-    opened(txn, "ops@example.net")
-    run(txn.data())
-    run(txn.send_body(regions(b"Subject: x\r\n\r\n", b".hidden\r\n")))
-    assert primary.session.transport.streaming is False
-    assert run(txn.end()) == QUEUED
-    assert primary.session.body == b"Subject: x\r\n\r\n..hidden\r\n.\r\n"
-
-
 def test_a_body_that_cannot_be_read_fails_without_the_final_dot():
     """A spool read error while sending: no final dot, a 451, the session dropped."""
     primary = pool("primary")
