@@ -207,8 +207,9 @@ class Transaction:
         for i in todo:
             answers[i] = envelope.refusal(recipients[i], capabilities)
         todo = [i for i in todo if answers[i] is None]
-        if not todo:
+        if not todo:  # nothing this upstream can take: its session goes back unused
             self.release(reusable=True)
+            self.pool = self.session = None
             return None
         self._smtputf8 = envelope.needs_smtputf8([self.sender, *(recipients[i] for i in todo)])
         line = envelope.mail_line(

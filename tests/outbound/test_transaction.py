@@ -288,6 +288,16 @@ def test_a_non_ascii_address_needs_smtputf8_offered():
     ]
 
 
+def test_a_session_that_can_take_no_recipient_goes_back_unused():
+    """Every recipient refused before MAIL: the session returns to the pool and is not kept."""
+    primary = pool("primary", capabilities={})
+    txn = transaction(primary)
+    assert run(txn.rcpt("jörg@example.net")) == replies.UPSTREAM_NO_SMTPUTF8
+    assert txn.session is None and primary.released == [(primary.session, True)]
+    assert run(txn.rcpt("b@example.net")) == OK  # the next recipient opens a transaction of its own
+    assert primary.session.lines[0] == b"MAIL FROM:<app@example.com>"
+
+
 def test_a_later_rcpt_is_forwarded_on_the_open_session():
     """Cut-through: the second recipient goes on the session the first one opened."""
     primary = pool("primary", RCPT=[OK, Reply(550, "5.1.1", "No such user")])
