@@ -71,8 +71,8 @@ def cmd_oauth_test(args: argparse.Namespace) -> int:
     grants.resolve(upstream.oauth, upstream.name)  # a missing secret fails here, before any network
     from twisted.internet import defer, task
 
+    from gateway.outbound.connector import UpstreamConnector
     from gateway.outbound.oauth import TokenCache, tokens_for
-    from gateway.outbound.upstream import UpstreamConnector
 
     status = {"code": 1}
 
@@ -97,8 +97,8 @@ def cmd_oauth_test(args: argparse.Namespace) -> int:
 
 async def run_test(connector: Any, sender: str | None, out: TextIO) -> int:
     """The three steps against a ready `UpstreamConnector`; 0 when all passed."""
+    from gateway.outbound.failure import UpstreamFailure
     from gateway.outbound.grants import TokenError
-    from gateway.outbound.upstream import UpstreamFailure
 
     upstream, tokens = connector.config, connector.tokens
     user = sender if is_sender_placeholder(upstream.username) else upstream.username

@@ -28,11 +28,11 @@ from gateway.daemon.metrics import Metrics
 from gateway.errors import ConfigError, MailgateError, Problem, SecretError
 from gateway.inbound.connections import Connections
 from gateway.inbound.proxy import listener_factory
+from gateway.outbound.connector import UpstreamConnector
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.oauth import TokenCache, tokens_for
 from gateway.outbound.pool import UpstreamPool
 from gateway.outbound.relay import RelayTransaction
-from gateway.outbound.upstream import UpstreamConnector
 from gateway.policy import passwords
 from gateway.policy.ratelimit import RateLimits
 from gateway.queue.enqueue import QueueTransaction

@@ -15,7 +15,8 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.outbound.upstream import UpstreamConnector, UpstreamFailure, UpstreamSession
+from gateway.outbound.connector import UpstreamConnector, UpstreamSession
+from gateway.outbound.failure import UpstreamFailure
 from gateway.smtp import replies
 
 POOL_BUSY = replies.Reply(451, "4.4.5", "All connections to the upstream are busy, try again later")

@@ -219,6 +219,10 @@ OTHER_HEADER_EDITS = Reply(
 )
 UPSTREAM_PROTOCOL = Reply(451, "4.5.0", "Upstream protocol error, try again later")
 UPSTREAM_NO_8BIT = Reply(554, "5.6.3", "Upstream does not accept 8-bit data (8BITMIME)")
+UPSTREAM_NO_SMTPUTF8 = Reply(
+    553, "5.6.7", "Upstream does not offer SMTPUTF8 for a non-ASCII address"
+)
+BAD_SPOOLED_ADDRESS = Reply(550, "5.1.3", "Address in the spool contains control characters")
 
 # Store-and-forward (delivery = "queue"); see gateway/enqueue.py.
 QUEUE_RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK, will be queued")

@@ -513,7 +513,7 @@ def test_sender_upstream_opened_without_a_sender_is_refused(
     """A caller that forgets the sender of a "$sender" upstream gets a 4xx, never an unauthenticated session."""
     from twisted.internet import threads
 
-    from gateway.outbound.upstream import UpstreamFailure
+    from gateway.outbound.failure import UpstreamFailure
 
     upstream = make_oauth_upstream(token_server)
     gw = start_gateway(

@@ -7,8 +7,8 @@ from typing import Any
 from twisted.internet import defer, task
 
 from gateway.config.toml import parse
+from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.pool import UpstreamPool
-from gateway.outbound.upstream import UpstreamFailure
 from gateway.queue.runner import DeliveryRunner
 from gateway.queue.spool import (
     ACTIVE,

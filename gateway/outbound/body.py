@@ -1,0 +1,80 @@
+"""A stored body sent to an upstream: pulled by its transport, dot-stuffed, with a deadline.
+
+The queue's body is on disk; `pull` registers a pull producer with the upstream connection, so
+a region is read only when the transport wants more (memory stays bounded whatever the size),
+and the whole body must go within the upstream's ``data_timeout``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPullProducer
+from zope.interface import implementer
+
+from gateway.outbound.connector import UpstreamSession
+from gateway.outbound.failure import UpstreamFailure
+from gateway.smtp import replies
+from gateway.smtp.data import dot_stuff
+
+
+async def pull(session: UpstreamSession, regions: Iterator[bytes], clock: Any) -> None:
+    """Write every region of `regions` dot-stuffed (not the final dot); `UpstreamFailure` if the
+    connection broke, the deadline passed or a region could not be read."""
+    producer = _PulledBody(session, regions)
+    session.protocol.closed.addCallback(
+        lambda _: producer.lost("connection lost while sending the body")
+    )
+    timer = clock.callLater(
+        session.config.data_timeout, session.protocol.abort, "timeout sending the body"
+    )
+    try:
+        session.transport.registerProducer(producer, False)
+        await producer.done
+    finally:
+        if timer.active():
+            timer.cancel()
+
+
+@implementer(IPullProducer)
+class _PulledBody:
+    """Feeds a stored body to the upstream transport as it asks for more (bounded memory)."""
+
+    def __init__(self, session: UpstreamSession, regions: Iterator[bytes]) -> None:
+        self.session = session
+        self.regions = regions
+        self.done: defer.Deferred[None] = defer.Deferred()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        if self.done.called:
+            return
+        try:
+            region = next(self.regions)
+        except StopIteration:
+            self._end(None)
+            return
+        except OSError as exc:
+            self._end(UpstreamFailure(replies.UPSTREAM_LOST, f"spool read failed: {exc.strerror}"))
+            return
+        self.session.write(dot_stuff(region))
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.lost("connection lost while sending the body")
+
+    def lost(self, reason: str) -> None:
+        if not self.done.called:
+            self.done.errback(
+                UpstreamFailure(replies.UPSTREAM_LOST, f"{self.session.config.name}: {reason}")
+            )
+
+    def _end(self, error: Exception | None) -> None:
+        transport = self.session.transport
+        if transport is not None and transport.producer is not None:
+            transport.unregisterProducer()
+        if not self.done.called:
+            if error is None:
+                self.done.callback(None)
+            else:
+                self.done.errback(error)

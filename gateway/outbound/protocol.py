@@ -1,0 +1,204 @@
+"""The upstream wire protocol: bytes to replies, per-step timeouts, the STARTTLS injection guard.
+
+`UpstreamProtocol` only turns bytes into replies (one waiter per command, in order), times each
+step out, and refuses the STARTTLS response-injection trick: bytes that arrive with or right
+after the ``220`` to STARTTLS, or that are buffered when STARTTLS is sent, abort the connection.
+It knows no dialogue (that is `gateway.outbound.connector`) and never logs; a connection's end
+fails every waiting command with `Lost`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gateway.outbound.tls import ClientConnectionCreator, TLSFacts, TLSFailure, UpstreamTLS
+from gateway.smtp.replies import MalformedReply, Reply, ReplyParser
+
+MAX_UNCLAIMED_REPLIES = 8
+
+
+class Lost(Exception):
+    """The connection ended (or was aborted); `reason` says how, for the audit."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@implementer(IHandshakeListener)
+class UpstreamProtocol(Protocol):
+    """Bytes to replies, with timeouts and the STARTTLS injection guard."""
+
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        self.clock = clock
+        self.timeout = timeout
+        self._parser = ReplyParser()
+        self._waiters: deque[defer.Deferred[Reply]] = deque()
+        self._unclaimed: deque[Reply] = deque()
+        self._timer: Any = None
+        self._tls_ready: defer.Deferred[TLSFacts] | None = None
+        self._tls_policy: UpstreamTLS | None = None
+        self._creator: ClientConnectionCreator | None = None
+        self._switching_to_tls = False
+        self._lost_reason: str | None = None
+        self.closed: defer.Deferred[None] = defer.Deferred()
+        self.tls_facts: TLSFacts | None = None
+
+    # --- transport events -----------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self._switching_to_tls:
+            self._abort("STARTTLS response injection: data arrived before the TLS handshake")
+            return
+        try:
+            batch = self._parser.feed(data)
+        except MalformedReply as exc:
+            self._abort(f"protocol error: {exc}")
+            return
+        for index, reply in enumerate(batch):
+            if self._waiters:
+                waiter = self._waiters[0]
+                if getattr(waiter, "starttls", False) and reply.code == 220:
+                    if index + 1 < len(batch) or self._parser.pending:
+                        # The waiter stays queued: connectionLost fails it with this reason.
+                        self._abort("STARTTLS response injection: extra data after 220")
+                        return
+                    self._switching_to_tls = True
+                self._waiters.popleft()
+                self._stop_timer()
+                waiter.callback(reply)
+                if self.transport is None or self._lost_reason is not None:
+                    return
+                if self._waiters and self._timer is None:
+                    self._start_timer()
+            else:
+                self._unclaimed.append(reply)
+                if len(self._unclaimed) > MAX_UNCLAIMED_REPLIES:
+                    self._abort("protocol error: unsolicited replies")
+                    return
+
+    def handshakeCompleted(self) -> None:  # noqa: N802
+        assert self._tls_policy is not None and self._tls_ready is not None
+        ready, self._tls_ready = self._tls_ready, None
+        self._stop_timer()
+        try:
+            self.tls_facts = self._tls_policy.check_peer(self.transport.getHandle())
+        except TLSFailure as exc:
+            self._lost_reason = exc.reason
+            self.transport.abortConnection()
+            ready.errback(exc)
+            return
+        ready.callback(self.tls_facts)
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
+        self._stop_timer()
+        if self._lost_reason is None:
+            self._lost_reason = _describe_loss(reason)
+        if self._tls_ready is not None:
+            ready, self._tls_ready = self._tls_ready, None
+            explained = self._creator.explain(reason.value) if self._creator else self._lost_reason
+            ready.errback(TLSFailure(explained))
+        waiters, self._waiters = self._waiters, deque()
+        for waiter in waiters:
+            waiter.errback(Lost(self._lost_reason))
+        self.closed.callback(None)
+
+    # --- operations -------------------------------------------------------------
+
+    def _abort(self, reason: str) -> None:
+        if self._lost_reason is None:
+            self._lost_reason = reason
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def abort(self, reason: str = "aborted by gateway") -> None:
+        self._abort(reason)
+
+    def quit(self, timeout: float = 5) -> None:
+        """Say QUIT and close, whatever the answer (after a refusal during session set-up)."""
+        self.send(b"QUIT", timeout).addBoth(lambda _: self.abort("closed after QUIT"))
+
+    def _start_timer(self, timeout: float | None = None) -> None:
+        self._stop_timer()
+        self._timer = self.clock.callLater(timeout or self.timeout, self._timed_out)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._abort("timeout waiting for the upstream")
+
+    def read_reply(
+        self, timeout: float | None = None, *, starttls: bool = False
+    ) -> defer.Deferred[Reply]:
+        if self._lost_reason is not None:
+            return defer.fail(Lost(self._lost_reason))
+        if self._unclaimed and not starttls:
+            return defer.succeed(self._unclaimed.popleft())
+        waiter: defer.Deferred[Reply] = defer.Deferred()
+        waiter.starttls = starttls  # type: ignore[attr-defined]
+        self._waiters.append(waiter)
+        if self._timer is None:
+            self._start_timer(timeout)
+        return waiter
+
+    def send(
+        self, line: bytes, timeout: float | None = None, *, starttls: bool = False
+    ) -> defer.Deferred[Reply]:
+        """Write one command line; the Deferred fires with its reply."""
+        if self._lost_reason is not None:
+            return defer.fail(Lost(self._lost_reason))
+        if starttls and (self._unclaimed or self._parser.pending):
+            self._abort("STARTTLS response injection: data buffered before STARTTLS")
+            return defer.fail(Lost(self._lost_reason or ""))
+        self.transport.write(line + b"\r\n")
+        return self.read_reply(timeout, starttls=starttls)
+
+    def write(self, data: bytes) -> None:
+        if self._lost_reason is None:
+            self.transport.write(data)
+
+    def start_tls(self, policy: UpstreamTLS, *, implicit: bool = False) -> defer.Deferred[TLSFacts]:
+        """Begin (or, for implicit TLS, await) the handshake; fires after `check_peer` passed."""
+        self._tls_policy = policy
+        self._tls_ready = defer.Deferred()
+        ready = self._tls_ready
+        self._start_timer()
+        if not implicit:
+            self._creator = policy.creator()
+            self._parser = ReplyParser()
+            self._unclaimed.clear()
+            self.transport.startTLS(self._creator)
+            self._switching_to_tls = False
+        return ready
+
+    def set_creator(self, creator: ClientConnectionCreator) -> None:
+        self._creator = creator
+
+
+def _describe_loss(reason: Failure) -> str:
+    if reason.check(ConnectionDone):
+        return "upstream closed the connection"
+    return f"connection lost ({type(reason.value).__name__})"
+
+
+class ProtocolFactory(Factory):
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        self.clock = clock
+        self.timeout = timeout
+
+    def buildProtocol(self, addr: object) -> UpstreamProtocol:  # noqa: N802
+        protocol = UpstreamProtocol(self.clock, self.timeout)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,386 @@
+"""One mail transaction with an upstream of a route: the core that relay and queue both run on.
+
+`Transaction.open` takes a session from the first usable upstream of the route (pooled, or
+newly opened: TLS, verification, AUTH) and sends MAIL and the recipients known so far, pipelined
+where the upstream offers PIPELINING (RFC 2920). Failover, the same for relay and queue:
+
+- an upstream that cannot give a session (connection, TLS, greeting, EHLO, AUTH) is put in
+  cool-down (`gateway.outbound.failover`) unless its pool was only busy, and the next is tried;
+  a permanent refusal of the message itself (the upstream's 5xx, answered 5xx) ends the search;
+- MAIL answered 4xx moves to the next upstream (that session is closed: the 4xx may be its own
+  per-connection limit); MAIL answered 5xx is final (that session stays reusable);
+- a hop the configuration no longer has is skipped.
+
+Then `rcpt` (more recipients, for cut-through), `data`, `write` or `send_body` (dot-stuffed),
+and `end` (the final dot). Each returns the upstream's reply after `expected` (so an odd
+positive code is never taken for success), or, once the transaction failed, `failure.reply`.
+`reflect` turns an upstream reply into what an app should see. A pooled session goes back to its
+pool after a complete reply (reusable unless it said 421) and is closed after any break.
+`audit_fields` is what every record of the transaction says about the upstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from twisted.internet import defer
+
+from gateway.config.model import UpstreamConfig
+from gateway.outbound import envelope
+from gateway.outbound.body import pull
+from gateway.outbound.connector import UpstreamSession
+from gateway.outbound.failover import Cooldowns
+from gateway.outbound.failure import UpstreamFailure
+from gateway.outbound.pool import PoolBusy, UpstreamPool
+from gateway.smtp import replies
+from gateway.smtp.data import dot_stuff
+from gateway.smtp.replies import Reply, expected
+
+Pools = Callable[[str], UpstreamPool | None]  # upstream name -> its pool (None: not configured)
+
+
+def reflect(reply: Reply) -> Reply:
+    """The upstream's reply as the app should see it.
+
+    Codes and enhanced codes are kept; a 421 (the *upstream* closing) becomes
+    451, since the app's own connection stays open; nonsense becomes 451.
+    """
+    if reply.code == 421:
+        return Reply(451, reply.enhanced, reply.text)
+    if not 200 <= reply.code < 600:
+        return replies.UPSTREAM_PROTOCOL
+    return reply
+
+
+def reusable(answer: Reply, reply: Reply) -> bool:
+    """May a session go back to its pool after `answer` (`reply` is what `expected` made of it)?
+
+    Only after a real reply (not one `expected` replaced) that does not announce the close (421).
+    """
+    return reply is answer and answer.code != 421
+
+
+def final(failure: UpstreamFailure) -> bool:
+    """A failure to get a session that no other upstream of the route would change."""
+    upstream = failure.upstream_reply
+    return upstream is not None and upstream.is_permanent and failure.reply.is_permanent
+
+
+class Transaction:
+    """MAIL, RCPTs, DATA and the final dot over a route of upstreams, with failover."""
+
+    def __init__(
+        self,
+        route: Sequence[str],
+        pools: Pools,
+        cooldowns: Cooldowns,
+        clock: Any,
+        sender: str,
+        *,
+        size: int | None = None,
+        body: str | None = None,
+    ) -> None:
+        self.route = tuple(route)
+        self.pools = pools
+        self.cooldowns = cooldowns
+        self.clock = clock  # IReactorTime: cool-downs and the body timeout
+        self.sender = sender  # "" is the null sender
+        self.size = size
+        self.body = body  # "8BITMIME", "7BIT" or None, as given at MAIL
+        self.pool: UpstreamPool | None = None
+        self.session: UpstreamSession | None = None
+        self.failure: UpstreamFailure | None = None
+        self.upstream_reply: Reply | None = None  # the upstream's last own reply
+        self.tried: list[dict[str, str]] = []  # each upstream left, and why
+        self.aborted = False  # the failure is our decision, not the upstream's
+        self.dot_sent = False  # the final dot went out (its reply may not have come)
+        self._smtputf8 = False  # MAIL carried SMTPUTF8
+        self._done = False  # the session went back to its pool
+        self._producer: Any = None
+        self._throttling: Any = None  # the upstream transport our producer is registered with
+
+    @property
+    def upstream(self) -> UpstreamConfig | None:
+        """The upstream in use (or, before one was chosen, the first configured of the route)."""
+        if self.pool is not None:
+            return self.pool.config
+        first = next((p for p in map(self.pools, self.route) if p is not None), None)
+        return first.config if first is not None else None
+
+    # --- MAIL and the first recipients ---------------------------------------------------
+
+    async def open(
+        self, recipients: Sequence[str], before_mail: Callable[[], None] | None = None
+    ) -> list[Reply]:
+        """Take a session along the route and send MAIL and `recipients`: a reply for each.
+
+        `before_mail` runs once a session is in hand, before anything is sent on it (the queue
+        marks its duplicate window there); if it raises, the session goes back unused.
+        When `failure` is set afterwards, every recipient the upstream did not answer has
+        `failure.reply`.
+        """
+        recipients = list(recipients)
+        answers: list[Reply | None] = [envelope.unsendable(r) for r in recipients]
+        if (bad := envelope.unsendable(self.sender)) is not None:
+            self.failure = UpstreamFailure(bad, "the sender contains control characters")
+        elif any(a is None for a in answers):
+            await self._failover(recipients, answers, before_mail)
+        return [a if a is not None else self._refusal() for a in answers]
+
+    async def _failover(
+        self,
+        recipients: list[str],
+        answers: list[Reply | None],
+        before_mail: Callable[[], None] | None,
+    ) -> None:
+        order = self.cooldowns.order(self.route, self.clock.seconds())
+        last: UpstreamFailure | None = None
+        for index, name in enumerate(order):
+            if self.failure is not None:  # aborted while a session was being opened
+                return
+            pool = self.pools(name)
+            if pool is None:
+                self.tried.append({"upstream": name, "reason": "not configured"})
+                continue
+            try:
+                session = await pool.acquire(self.sender)
+            except UpstreamFailure as failure:
+                if not isinstance(failure, PoolBusy):  # busy is not broken: no cool-down
+                    self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)
+                self.tried.append({"upstream": name, "reason": failure.reason})
+                last = failure
+                if final(failure):
+                    break
+                continue
+            self.cooldowns.succeeded(name)
+            if self.failure is not None:
+                pool.release(session, reusable=True)
+                return
+            if before_mail is not None:
+                try:
+                    before_mail()
+                except BaseException:
+                    pool.release(session, reusable=True)
+                    raise
+            self.pool, self.session, self._done = pool, session, False
+            refused = await self._mail(session, recipients, answers)
+            if refused is None:
+                return
+            if refused.is_transient and index < len(order) - 1:
+                self.tried.append(
+                    {"upstream": name, "reason": f"MAIL answered {refused.code} {refused.enhanced}"}
+                )
+                last = UpstreamFailure(refused, f"{name}: MAIL refused", refused)
+                self.release(reusable=False)
+                self.pool = self.session = None
+                continue
+            self._fail(
+                UpstreamFailure(refused, f"{name}: MAIL refused", refused), refused.is_permanent
+            )
+            return
+        if self.failure is None:
+            self.failure = last or UpstreamFailure(
+                replies.UPSTREAM_UNREACHABLE, "no upstream of the route is configured"
+            )
+            if self.failure.upstream_reply is not None:
+                self.upstream_reply = self.failure.upstream_reply
+
+    async def _mail(
+        self, session: UpstreamSession, recipients: list[str], answers: list[Reply | None]
+    ) -> Reply | None:
+        """MAIL and the RCPTs not answered yet (pipelined where offered); fills `answers`.
+
+        Returns MAIL's refusal, or None (accepted, or `failure` set).
+        """
+        capabilities = session.capabilities
+        name = session.config.name
+        if self.body == "8BITMIME" and "8BITMIME" not in capabilities:
+            self._fail(
+                UpstreamFailure(replies.UPSTREAM_NO_8BIT, f"{name}: 8BITMIME not offered"), True
+            )
+            return None
+        if (bad := envelope.refusal(self.sender, capabilities)) is not None:
+            self._fail(UpstreamFailure(bad, f"{name}: SMTPUTF8 not offered for the sender"), True)
+            return None
+        todo = [i for i, a in enumerate(answers) if a is None]
+        for i in todo:
+            answers[i] = envelope.refusal(recipients[i], capabilities)
+        todo = [i for i in todo if answers[i] is None]
+        if not todo:  # nothing this upstream can take: its session goes back unused
+            self.release(reusable=True)
+            self.pool = self.session = None
+            return None
+        self._smtputf8 = envelope.needs_smtputf8([self.sender, *(recipients[i] for i in todo)])
+        line = envelope.mail_line(
+            self.sender, capabilities, size=self.size, body=self.body, smtputf8=self._smtputf8
+        )
+        lines = [envelope.rcpt_line(recipients[i], smtputf8=self._smtputf8) for i in todo]
+        pipelined: list[defer.Deferred[Reply]] = []
+        try:
+            mail_sent = session.command(line)
+            if "PIPELINING" in capabilities:
+                pipelined = [session.command(rcpt) for rcpt in lines]
+            reply = expected(await mail_sent, 250)
+            self.upstream_reply = reply
+            if reply.code != 250:
+                for sent in pipelined:
+                    await sent  # their 503s mean nothing; keep the replies in step
+                return reply
+            for step, i in enumerate(todo):
+                sent = pipelined[step] if pipelined else session.command(lines[step])
+                answers[i] = self.upstream_reply = expected(await sent, 250, 251)
+        except UpstreamFailure as failure:
+            for sent in pipelined:
+                sent.addErrback(lambda _: None)  # the same loss, already handled
+            self._fail(failure)
+        return None
+
+    def _refusal(self) -> Reply:
+        return self.failure.reply if self.failure is not None else replies.UPSTREAM_LOST
+
+    def _fail(self, failure: UpstreamFailure, reusable: bool = False) -> None:
+        """The transaction cannot go on; an abort already recorded keeps its reason."""
+        if not self.aborted:
+            self.failure = failure
+            if failure.upstream_reply is not None:
+                self.upstream_reply = failure.upstream_reply
+        self.release(reusable)
+
+    # --- more recipients, DATA, the body and the final dot -------------------------------
+
+    async def rcpt(self, recipient: str) -> Reply:
+        """One more recipient (cut-through: the first one opens the transaction)."""
+        if self.failure is not None:
+            return self.failure.reply
+        if self.session is None:
+            return (await self.open([recipient]))[0]
+        refused = envelope.refusal(recipient, self.session.capabilities)
+        if refused is None and not recipient.isascii() and not self._smtputf8:
+            refused = replies.UPSTREAM_NO_SMTPUTF8  # MAIL went without SMTPUTF8
+        if refused is not None:
+            return refused
+        try:
+            answer = await self.session.command(
+                envelope.rcpt_line(recipient, smtputf8=self._smtputf8)
+            )
+        except UpstreamFailure as failure:
+            self._fail(failure)
+            return self._refusal()
+        self.upstream_reply = reply = expected(answer, 250, 251)
+        return reply
+
+    async def data(self) -> Reply:
+        """DATA: the upstream's 354, or its refusal (the session then goes back to its pool)."""
+        if self.failure is not None or self.session is None:
+            return self._refusal()
+        try:
+            answer = await self.session.command(b"DATA")
+        except UpstreamFailure as failure:
+            self._fail(failure)
+            return self._refusal()
+        self.upstream_reply = answer
+        if answer.code == 354:
+            return answer
+        reply = expected(answer, 354)
+        self.release(reusable(answer, reply))
+        return reply
+
+    def write(self, content: bytes) -> None:
+        """Body bytes (unstuffed CRLF lines), pushed as they come (relay)."""
+        if self.session is not None and self.failure is None:
+            self.session.write(dot_stuff(content))
+
+    async def send_body(self, regions: Iterator[bytes]) -> None:
+        """The whole body from `regions` (whole-line pieces), pulled by the upstream's transport
+        (bounded memory), within the upstream's ``data_timeout``; `failure` is set if it broke."""
+        if self.session is None or self.failure is not None:
+            return
+        try:
+            await pull(self.session, regions, self.clock)
+        except UpstreamFailure as failure:
+            self._fail(failure)
+
+    async def end(self) -> Reply:
+        """The final dot: the upstream's reply to the message."""
+        if self.failure is not None or self.session is None:
+            return self._refusal()
+        self.dot_sent = True
+        try:
+            answer = await self.session.end_data()
+        except UpstreamFailure as failure:
+            self._fail(failure)
+            return self._refusal()
+        self.upstream_reply = answer
+        reply = expected(answer, *range(200, 300))
+        self.release(reusable(answer, reply))
+        return reply
+
+    # --- flow control, giving up, the session's return --------------------------------------
+
+    def throttle(self, producer: Any) -> None:
+        """Let the upstream's send buffer pause `producer` (the app's side) while the body streams."""
+        if self.session is not None and not self._done and self.session.transport is not None:
+            self._producer = producer
+            self._throttling = self.session.transport
+            self._throttling.registerProducer(producer, True)
+
+    def unthrottle(self) -> None:
+        """Undo `throttle` before any close (or the upstream would stop the app's connection),
+        and resume the app's side in case the upstream left it paused."""
+        producer, self._producer = self._producer, None
+        transport, self._throttling = self._throttling, None
+        if producer is None:
+            return
+        if transport is not None:  # a TLS transport wraps the producer: compare nothing, it is ours
+            try:
+                transport.unregisterProducer()
+            except (AttributeError, RuntimeError):
+                pass  # the upstream connection is already gone (a closed TLS layer cannot unregister)
+        producer.resumeProducing()
+
+    def abort(self, reason: str, reply: Reply = replies.UPSTREAM_LOST) -> None:
+        """Give up (our decision): without the final dot nothing is delivered."""
+        if self.failure is None:
+            self.failure = UpstreamFailure(reply, reason)
+            self.aborted = True
+        self.release(reusable=False)
+
+    def release(self, reusable: bool) -> None:
+        """Hand the session back to its pool (once): kept for the next message, or closed."""
+        if self.session is not None and self.pool is not None and not self._done:
+            self._done = True
+            self.unthrottle()
+            self.pool.release(self.session, reusable)
+
+    # --- the record -------------------------------------------------------------------------
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The upstream, its TLS session, who we were there and its own words, for the audit."""
+        up = self.upstream
+        fields: dict[str, Any] = {"upstream": up.name if up else next(iter(self.route), None)}
+        if up is not None:
+            fields.update(upstream_host=up.host, upstream_port=up.port, tls_mode=up.tls)
+        if self.session is not None:
+            fields.update(
+                tls_version=self.session.tls.version,
+                tls_cipher=self.session.tls.cipher,
+                peer_cert_sha256=self.session.tls.peer_cert_sha256,
+                auth_user=self.session.auth_user,
+            )
+            if self.session.oauth_grant:
+                fields.update(
+                    oauth_grant=self.session.oauth_grant,
+                    auth_mechanism=self.session.auth_mechanism,
+                )
+        if self.upstream_reply is not None:
+            fields.update(
+                upstream_code=self.upstream_reply.code,
+                upstream_enhanced=self.upstream_reply.enhanced,
+                upstream_reply=self.upstream_reply.text,
+            )
+        if self.failure is not None:
+            fields["gateway_abort" if self.aborted else "upstream_error"] = self.failure.reason
+        if self.tried:
+            fields["upstreams_tried"] = self.tried
+        return fields

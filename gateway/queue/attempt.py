@@ -1,0 +1,271 @@
+"""One delivery round of one queued message, over the shared outbound transaction.
+
+The pending recipients are grouped by route (their rule's upstream list); each group is one
+`gateway.outbound.transaction.Transaction` — the same failover, cool-downs, MAIL/RCPT lines,
+reply rules and pools (``max_connections`` shared with relay traffic) as cut-through relay —
+with all its recipients sent at once and the body pulled from the spool file. At most
+``max_connections`` groups run at once per first upstream.
+
+Per recipient: 2xx is delivered (never sent again), 5xx failed, anything else is retried.
+Recipients are marked ``in_flight`` on disk once a session is in hand, before MAIL, and
+cleared after: a crash in between is the at-least-once window, logged as
+``delivery.duplicate_risk`` at the next start; a final dot whose reply never came keeps the
+mark, and the next attempt is logged with ``possible_duplicate``. Each group's try is one
+``delivery.attempt`` record with the transaction's upstream fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import defer
+
+from gateway.audit.log import AuditLog
+from gateway.outbound.failover import Cooldowns
+from gateway.outbound.pool import UpstreamPool
+from gateway.outbound.transaction import Transaction
+from gateway.queue.spool import (
+    ACTIVE,
+    DELIVERED,
+    FAILED,
+    Envelope,
+    MessageGone,
+    RecipientState,
+    Spool,
+    read_lines,
+)
+from gateway.smtp import replies
+from gateway.smtp.replies import Reply
+
+STOPPING = replies.SHUTTING_DOWN.with_text("Gateway stopping; will retry")
+
+
+@dataclass
+class GroupResult:
+    """How one group's transaction ended: a reply per recipient address."""
+
+    answers: dict[str, Reply]
+    transaction: Transaction
+    uncertain: set[str] = field(default_factory=set)  # the dot went out, its reply did not come
+
+
+@dataclass
+class Round:
+    """What one delivery round did to a message."""
+
+    attempted: bool = False  # a group was tried (its recipients' attempts were counted)
+    opened: bool = False  # a session was in hand: the upstream may have taken something
+    transactions: list[Transaction] = field(default_factory=list)
+
+    def upstream_fields(self) -> dict[str, Any]:
+        """The upstream fields the round's transactions agree on, for ``message.result``.
+
+        One route (the usual case): all of that transaction's fields. Several: the fields with
+        one value across those that had a session (TLS version, AUTH user, ...), so a message
+        whose groups went to different upstreams names none at the top level.
+        """
+        used = [t for t in self.transactions if t.session is not None] or self.transactions
+        if not used:
+            return {}
+        first, *others = (t.audit_fields() for t in used)
+        return {k: v for k, v in first.items() if all(o.get(k) == v for o in others)}
+
+
+class DeliveryAttempts:
+    """Runs delivery rounds; shared by every message of one runner."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        spool: Spool,
+        pools: Callable[[str], UpstreamPool | None],
+        cooldowns: Cooldowns,
+        audit: AuditLog,
+        clock: Callable[[], float],
+        duplicates: dict[str, set[str]],
+    ) -> None:
+        self.reactor = reactor
+        self.spool = spool
+        self.pools = pools
+        self.cooldowns = cooldowns
+        self.audit = audit
+        self.clock = clock
+        self.duplicates = duplicates  # queue id -> recipients possibly delivered already
+        self.slots: dict[str, defer.DeferredSemaphore] = {}  # first upstream -> parallel groups
+        self.live: set[Transaction] = set()
+        self.stopping = False
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Start no group; a transaction still waiting for its session sends nothing."""
+        self.stopping = True
+        for txn in list(self.live):
+            if txn.session is None:
+                txn.abort("gateway stopping", STOPPING)
+
+    def cut_short(self) -> None:
+        """The grace period is over: drop every upstream session still delivering."""
+        for txn in list(self.live):
+            txn.abort("gateway stopping: shutdown_grace is over")
+
+    # --- one round ---------------------------------------------------------------------------
+
+    async def run(self, envelope: Envelope) -> Round:
+        """Deliver the pending recipients of `envelope`; raises `MessageGone` if it was moved away."""
+        groups: dict[tuple[str, ...], list[RecipientState]] = {}
+        for recipient in envelope.pending:
+            groups.setdefault(recipient.hops, []).append(recipient)
+        round_ = Round()
+        try:
+            await defer.gatherResults(
+                [
+                    defer.Deferred.fromCoroutine(
+                        self._group(envelope, route, group, round_, len(groups) > 1)
+                    )
+                    for route, group in groups.items()
+                ],
+                consumeErrors=True,
+            )
+        except defer.FirstError as error:
+            error.subFailure.trap(MessageGone)
+            raise MessageGone(envelope.id) from None
+        return round_
+
+    async def _group(
+        self,
+        envelope: Envelope,
+        route: tuple[str, ...],
+        group: list[RecipientState],
+        round_: Round,
+        several: bool,
+    ) -> None:
+        configured = [hop for hop in route if self.pools(hop) is not None]
+        name = configured[0] if configured else route[0]
+        first = self.pools(name)
+        if first is None:  # no upstream of the route is configured (any more)
+            self._unroutable(envelope, route, group)
+            round_.attempted = True
+            return
+        slots = self.slots.get(name)
+        if slots is None:
+            slots = self.slots[name] = defer.DeferredSemaphore(first.config.max_connections)
+        await slots.acquire()
+        try:
+            if self.stopping:
+                return
+            round_.attempted = True
+            now = self.clock()
+            for recipient in group:
+                recipient.attempts += 1
+                recipient.last_attempt = now
+            envelope.attempts += 1
+            txn = Transaction(
+                route,
+                self.pools,
+                self.cooldowns,
+                self.reactor,
+                envelope.sender,
+                size=envelope.size,
+                body=envelope.mail_body,
+            )
+            self.live.add(txn)
+            try:
+                result = await self._transact(txn, envelope, group)
+            finally:
+                self.live.discard(txn)
+            round_.opened = round_.opened or txn.session is not None
+            round_.transactions.append(txn)
+            for recipient in group:
+                recipient.in_flight = recipient.address in result.uncertain  # still in the window
+                reply = result.answers[recipient.address]
+                recipient.last_reply = str(reply)
+                if reply.is_positive:
+                    recipient.status = DELIVERED
+                elif reply.is_permanent:
+                    recipient.status = FAILED
+            self._log(envelope, group, result)
+            if result.uncertain:  # logged as possible_duplicate on the next attempt
+                self.duplicates.setdefault(envelope.id, set()).update(result.uncertain)
+            if txn.session is not None and several:
+                self.spool.save(ACTIVE, envelope)  # other routes' groups still run: record this one
+        finally:
+            slots.release()
+
+    async def _transact(
+        self, txn: Transaction, envelope: Envelope, group: list[RecipientState]
+    ) -> GroupResult:
+        """MAIL, every RCPT, DATA and the stored body: a reply for each recipient of the group."""
+
+        def mark_in_flight() -> None:  # the upstream may accept from here (MessageGone if deleted)
+            if not all(r.in_flight for r in group):
+                for recipient in group:
+                    recipient.in_flight = True
+                self.spool.save(ACTIVE, envelope)
+
+        addresses = [r.address for r in group]
+        answers = dict(zip(addresses, await txn.open(addresses, mark_in_flight), strict=True))
+        accepted = [r for r in group if answers[r.address].is_positive]
+        if txn.failure is None and not accepted:
+            txn.release(reusable=True)  # every recipient refused: nothing to send
+        elif txn.failure is None:
+            reply = await txn.data()
+            if reply.code == 354:
+                await txn.send_body(read_lines(self.spool.body_path(ACTIVE, envelope.id)))
+                reply = await txn.end()
+            for recipient in accepted:
+                answers[recipient.address] = reply
+        if txn.failure is None:
+            return GroupResult(answers, txn)
+        for recipient in accepted:  # accepted, but the message did not get through
+            answers[recipient.address] = txn.failure.reply
+        # The dot went out and no reply came: the upstream may have taken it.
+        uncertain = {r.address for r in accepted} if txn.dot_sent else set()
+        return GroupResult(answers, txn, uncertain)
+
+    # --- the records -------------------------------------------------------------------------
+
+    def _unroutable(
+        self, envelope: Envelope, route: tuple[str, ...], group: list[RecipientState]
+    ) -> None:
+        now = self.clock()
+        for recipient in group:
+            recipient.attempts += 1
+            recipient.last_attempt = now
+            recipient.last_reply = f"451 4.3.5 no upstream of the route {list(route)} is configured"
+        self.audit.event(
+            "delivery.attempt",
+            queue_id=envelope.id,
+            upstream=route[0],
+            recipients=[
+                {"address": r.address, "result": "deferred", "reply": r.last_reply} for r in group
+            ],
+        )
+
+    def _log(self, envelope: Envelope, group: list[RecipientState], result: GroupResult) -> None:
+        risky = self.duplicates.get(envelope.id, set())
+        fields: dict[str, Any] = {
+            "queue_id": envelope.id,
+            "message_id": envelope.message_id,
+            **result.transaction.audit_fields(),
+            "attempt": max(r.attempts for r in group),
+            "recipients": [
+                {
+                    "address": r.address,
+                    "reply": str(result.answers[r.address]),
+                    "result": "delivered"
+                    if r.status == DELIVERED
+                    else "failed"
+                    if r.status == FAILED
+                    else "deferred",
+                }
+                for r in group
+            ],
+        }
+        duplicate = sorted(r.address for r in group if r.address in risky)
+        if duplicate:
+            fields["possible_duplicate"] = duplicate
+            risky.difference_update(duplicate)
+        self.audit.event("delivery.attempt", **fields)

@@ -1,0 +1,245 @@
+"""After a delivery round: backoff or expiry, the bounce, the durable record, the next folder.
+
+`Settler.settle` decides what a round leaves: recipients still pending get the next attempt
+time from the backoff (or fail as expired at ``max_age``); recipients that failed get a DSN
+to the sender, queued as a message of its own; the envelope is saved, and the message moves
+to ``deferred/`` (``message.deferred``), ``dead/`` (``message.dead``) or away, with its one
+``message.result``. An envelope that cannot be written keeps what this process knows in
+memory (`restore` applies it to the next round) so a delivered recipient is not sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.audit.log import AuditLog
+from gateway.config.model import Config
+from gateway.queue import bounces as dsn
+from gateway.queue.backoff import Backoff
+from gateway.queue.spool import (
+    ACTIVE,
+    DEAD,
+    DEFERRED,
+    DELIVERED,
+    DONE,
+    FAILED,
+    PENDING,
+    Envelope,
+    MessageGone,
+    RecipientState,
+    Spool,
+    new_id,
+    read_headers,
+)
+
+
+def iso(when: float) -> str:
+    return datetime.fromtimestamp(when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Settler:
+    def __init__(
+        self,
+        spool: Spool,
+        config: Config,
+        audit: AuditLog,
+        clock: Callable[[], float],
+        on_bounce: Callable[[str], None],
+        on_result: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.config = config
+        self.audit = audit
+        self.clock = clock
+        self.on_bounce = on_bounce  # a DSN was queued: deliver it
+        self.on_result = on_result  # metrics: called with each message.result's fields
+        queue = config.queue
+        self.backoff = Backoff(queue.min_backoff, queue.max_backoff, queue.max_age)
+        self.unsaved: dict[str, dict[str, str]] = {}  # queue id -> final statuses not on disk
+
+    def restore(self, envelope: Envelope) -> None:
+        """Apply the outcomes this process knows but could not write."""
+        for recipient in envelope.recipients:
+            status = self.unsaved.get(envelope.id, {}).get(recipient.address)
+            if status is not None:
+                recipient.status, recipient.in_flight = status, False
+
+    def settle(
+        self, envelope: Envelope, opened: bool = True, upstream: dict[str, Any] | None = None
+    ) -> float | None:
+        """Record the round; the time the message is due again when it waits in ``deferred/``.
+
+        `opened`: a session was in hand (the round must be durable); `upstream`: the round's
+        upstream fields, for ``message.result``. Raises `MessageGone` if the operator moved it.
+        """
+        now = self.clock()
+        pending = envelope.pending
+        if pending:
+            attempts = max(r.attempts for r in pending)
+            due = self.backoff.next_attempt(envelope.age_base, attempts, now)
+            if due is None:
+                for recipient in pending:
+                    recipient.status = FAILED
+                    recipient.expired = True
+            else:
+                envelope.next_attempt = due
+        self._bounce(envelope, now)
+        # Durable when this round changed what must never be redone (a delivery, a failure, a DSN);
+        # a round of transient failures only needs the new backoff, which a crash may shorten.
+        changed = opened or any(r.status != PENDING for r in envelope.recipients)
+        try:
+            self.spool.save(ACTIVE, envelope, durable=changed)
+        except OSError as exc:
+            return self._save_failed(envelope, exc, now)
+        self.unsaved.pop(envelope.id, None)
+        if envelope.pending:
+            self.spool.move(envelope.id, ACTIVE, DEFERRED, durable=False)
+            self.audit.event(
+                "message.deferred",
+                queue_id=envelope.id,
+                message_id=envelope.message_id,
+                recipients=[r.address for r in envelope.pending],
+                attempts=envelope.attempts,
+                next_attempt=iso(envelope.next_attempt),
+            )
+            return envelope.next_attempt
+        self.result(envelope, upstream=upstream)
+        if any(r.status == FAILED for r in envelope.recipients):
+            self.spool.move(envelope.id, ACTIVE, DEAD, durable=False)
+            self.audit.event(
+                "message.dead",
+                queue_id=envelope.id,
+                message_id=envelope.message_id,
+                recipients=[r.address for r in envelope.recipients if r.status == FAILED],
+                reason="kept in the dead-letter area (mailgate queue dead)",
+            )
+        else:
+            self.spool.move(envelope.id, ACTIVE, DONE, durable=False)
+            self.spool.remove(DONE, envelope.id)
+        return None
+
+    def _save_failed(self, envelope: Envelope, exc: OSError, now: float) -> float | None:
+        """The round's outcome could not be written (disk full, I/O error).
+
+        On disk the recipients are still pending and in flight, so the next round sends them
+        again: flag that as a possible duplicate, and wait a backoff instead of the next scan.
+        """
+        sent = {r.address for r in envelope.recipients if r.status == DELIVERED}
+        # Never sent again by this process; after a restart the disk's state wins: flagged resend.
+        self.unsaved[envelope.id] = {
+            r.address: r.status for r in envelope.recipients if r.status != PENDING
+        }
+        due = now + self.config.queue.min_backoff
+        self.audit.event(
+            "queue.write_failed",
+            queue_id=envelope.id,
+            error=exc.strerror or type(exc).__name__,
+            delivered_not_recorded=sorted(sent),
+            next_attempt=iso(due),
+        )
+        try:
+            self.spool.move(envelope.id, ACTIVE, DEFERRED, durable=False)
+        except (OSError, MessageGone):
+            return None  # it stays in active/ and is tried at the next scan, still flagged
+        return due
+
+    def _bounce(self, envelope: Envelope, now: float) -> None:
+        failed = [r for r in envelope.recipients if r.status == FAILED and not r.bounced]
+        if not failed or not self.config.queue.bounce or not dsn.wants_bounce(envelope):
+            return
+        dsn_id = new_id(now)
+        try:
+            headers = read_headers(self.spool.body_path(ACTIVE, envelope.id))
+            body = dsn.build(
+                envelope,
+                failed,
+                headers,
+                hostname=self.config.listener.hostname,
+                dsn_id=dsn_id,
+                now=now,
+            )
+            bounce = Envelope(
+                id=dsn_id,
+                sender="",
+                received=now,
+                size=len(body),
+                recipients=[
+                    RecipientState(
+                        envelope.sender, failed[0].upstream, None, route=list(failed[0].hops)
+                    )
+                ],
+                message_id=f"<{dsn_id}@{self.config.listener.hostname}>",
+                bounce_of=envelope.id,
+            )
+            self.spool.store(bounce, body)
+        except OSError as exc:
+            self.audit.event(
+                "gateway.error",
+                queue_id=envelope.id,
+                type="OSError",
+                error=f"could not queue the DSN: {exc.strerror}; will try again next round",
+            )
+            return
+        for recipient in failed:
+            recipient.bounced = True
+        self.audit.event(
+            "message.bounced",
+            queue_id=envelope.id,
+            dsn_queue_id=dsn_id,
+            to=envelope.sender,
+            recipients=[r.address for r in failed],
+            upstream=failed[0].upstream,
+        )
+        self.on_bounce(dsn_id)
+
+    def result(
+        self,
+        envelope: Envelope,
+        outcome: str | None = None,
+        upstream: dict[str, Any] | None = None,
+    ) -> None:
+        """The message's one ``message.result``; `upstream`: the last round's upstream fields."""
+        statuses = {r.status for r in envelope.recipients}
+        if outcome is None:
+            outcome = (
+                "delivered"
+                if statuses == {DELIVERED}
+                else "failed"
+                if statuses == {FAILED}
+                else "partial"
+            )
+        fields: dict[str, Any] = {
+            "queue_id": envelope.id,
+            "delivery": "queue",
+            "sender": envelope.sender,
+            "message_id": envelope.message_id,
+            "size": envelope.size,
+            "sha256": envelope.sha256,
+            "received": iso(envelope.received),
+            "attempts": envelope.attempts,
+            "recipients": [
+                {
+                    "address": r.address,
+                    "result": r.status,
+                    "reply": r.last_reply,
+                    "upstream": r.upstream,
+                    "rule": r.rule,
+                    "attempts": r.attempts,
+                    **({"expired": True} if r.expired else {}),
+                }
+                for r in envelope.recipients
+            ],
+            "outcome": outcome,
+            **(upstream or {}),
+        }
+        if envelope.session_id:
+            fields["origin_session_id"] = envelope.session_id
+        if envelope.bounce_of:
+            fields["bounce_of"] = envelope.bounce_of
+        self.audit.event("message.result", **fields)
+        if self.on_result is not None:
+            first = envelope.recipients[0].upstream if envelope.recipients else None
+            rules = sorted({r.rule for r in envelope.recipients if r.rule})
+            self.on_result({**fields, "rules": rules, "upstream": fields.get("upstream") or first})
