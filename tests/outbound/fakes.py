@@ -12,7 +12,8 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from gateway.config import model as configuration
+from gateway.config import toml as configuration
+from gateway.config.model import UpstreamConfig
 from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.tls import TLSFacts
 from gateway.smtp.replies import Reply
@@ -24,7 +25,7 @@ TLS = TLSFacts("TLSv1.3", "TLS_AES_256_GCM_SHA384", "ab" * 32)
 CAPABILITIES = {"SIZE": "10000000", "8BITMIME": "", "AUTH": "PLAIN"}
 
 
-def upstreams(*names: str, **settings: Any) -> dict[str, configuration.UpstreamConfig]:
+def upstreams(*names: str, **settings: Any) -> dict[str, UpstreamConfig]:
     document = {
         "upstreams": {n: {"host": f"{n}.example.net", **settings} for n in names},
         "rules": [{"name": "r", "action": "relay", "upstream": list(names)}],
@@ -63,7 +64,7 @@ class FakeSession:
 
     def __init__(
         self,
-        config: configuration.UpstreamConfig,
+        config: UpstreamConfig,
         capabilities: dict[str, str] | None = None,
         auth_user: str | None = "relay@example.test",
         **script: Reply | list[Reply],
@@ -120,7 +121,7 @@ class FakePool:
 
     def __init__(
         self,
-        config: configuration.UpstreamConfig,
+        config: UpstreamConfig,
         session: FakeSession | None = None,
         failure: UpstreamFailure | None = None,
     ) -> None:

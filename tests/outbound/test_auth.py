@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 
-from gateway.config import model as configuration
+from gateway.config import toml as configuration
+from gateway.config.model import UpstreamConfig
 from gateway.config.secrets import Secret
 from gateway.outbound.auth import (
     Attempt,
@@ -59,7 +60,7 @@ class Tokens:
         return True
 
 
-def upstream(**settings: Any) -> configuration.UpstreamConfig:
+def upstream(**settings: Any) -> UpstreamConfig:
     document = {
         "upstreams": {"up": {"host": "smtp.example.net", **settings}},
         "rules": [{"name": "r", "action": "relay", "upstream": "up"}],
@@ -147,7 +148,7 @@ def test_scrubbed_cuts_base64_forms_too():
     assert reply.text == "got <redacted> and <redacted>"
 
 
-def bearer_config(username: str = "relay@corp.example") -> configuration.UpstreamConfig:
+def bearer_config(username: str = "relay@corp.example") -> UpstreamConfig:
     return upstream(
         auth="xoauth2",
         username=username,

@@ -8,13 +8,14 @@ import pytest
 from twisted.internet import task
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 
-from gateway.config import model as configuration
+from gateway.config import toml as configuration
+from gateway.config.model import UpstreamConfig
 from gateway.outbound.connector import UpstreamConnector, _endpoint, parse_ehlo
 from gateway.outbound.failure import UpstreamFailure
 from gateway.smtp.replies import Reply
 
 
-def upstream(**settings: Any) -> configuration.UpstreamConfig:
+def upstream(**settings: Any) -> UpstreamConfig:
     document = {
         "upstreams": {"up": {"host": "smtp.example.net", **settings}},
         "rules": [{"name": "r", "action": "relay", "upstream": "up"}],

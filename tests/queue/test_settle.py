@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import model as configuration
+from gateway.config import toml as configuration
 from gateway.queue.settle import Settler
 from gateway.queue.spool import (
     ACTIVE,
