@@ -37,7 +37,7 @@ def test_sample_config_documents_every_key():
         keys_of(configuration.ListenerConfig)
         | keys_of(configuration.AuditConfig)
         | keys_of(configuration.MetricsConfig)
-        | keys_of(UpstreamConfig, skip=("name", "oauth"))
+        | keys_of(configuration.UpstreamConfig, skip=("name", "oauth"))
         | keys_of(configuration.App)
         | keys_of(configuration.Rule, skip=("upstreams", "headers"))
         | {"upstream"}
