@@ -25,6 +25,7 @@ from gateway.audit import report as audit_report
 from gateway.audit import view as audit_view
 from gateway.audit.files import AuditFileError, Progress, Scan
 from gateway.errors import UsageError
+from gateway.terminal import printable
 
 BAD_LINES_PER_FILE = 10
 
@@ -116,7 +117,9 @@ class Records:
                 f"{path}: not an audit log (more than {BAD_LINES_PER_FILE} lines are not "
                 "JSON records)"
             )
-        self.stderr.write(f"mailgate: {path}:{number}: not a JSON record ({exc}); skipped\n")
+        self.stderr.write(
+            printable(f"mailgate: {path}:{number}: not a JSON record ({exc}); skipped") + "\n"
+        )
 
     @property
     def status(self) -> int:
@@ -170,7 +173,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         nonlocal matched
         if query.matches(record):
             matched += 1
-            out.write((text if table is None else table.row(record)) + "\n")
+            # --json: a record as written is printable ASCII, so only an edited line changes here
+            # (its controls become JSON \u escapes: the same JSON value, inert on a terminal)
+            out.write((printable(text) if table is None else table.row(record)) + "\n")
             if args.follow:
                 out.flush()
 
@@ -250,7 +255,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"session {args.session_id}: not found in {', '.join(sources.paths) or 'the files'}"
         )
     if args.json:
-        sys.stdout.write("".join(t + "\n" for t in texts))
+        sys.stdout.write("".join(printable(t) + "\n" for t in texts))
     else:
         sys.stdout.write(audit_view.timeline(ids.pop(), found) + "\n")
     return records.status

@@ -31,6 +31,7 @@ from gateway.queue.spool import (
     Spool,
     valid_id,
 )
+from gateway.terminal import printable
 
 
 def _spool(args: argparse.Namespace) -> Spool:
@@ -69,7 +70,7 @@ def _envelopes(spool: Spool, states: tuple[str, ...]) -> list[tuple[str, Envelop
             except MessageGone:
                 continue  # moved by the runner while we looked
             except (ValueError, TypeError, KeyError):
-                print(f"{queue_id}  {state:<8}  (unreadable envelope)")
+                print(printable(f"{queue_id}  {state:<8}  (unreadable envelope)"))
     return sorted(found, key=lambda item: item[1].id)
 
 
@@ -88,7 +89,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     spool, now = _spool(args), time.time()
     messages = _envelopes(spool, QUEUED)
     for state, envelope in messages:
-        print(_line(envelope, state, now, [r.address for r in envelope.pending]))
+        print(printable(_line(envelope, state, now, [r.address for r in envelope.pending])))
     print(f"-- {len(messages)} message(s) queued", file=sys.stderr)
     return 0
 
@@ -97,11 +98,8 @@ def cmd_dead(args: argparse.Namespace) -> int:
     spool, now = _spool(args), time.time()
     messages = _envelopes(spool, (DEAD,))
     for state, envelope in messages:
-        print(
-            _line(
-                envelope, state, now, [r.address for r in envelope.recipients if r.status == FAILED]
-            )
-        )
+        failed = [r.address for r in envelope.recipients if r.status == FAILED]
+        print(printable(_line(envelope, state, now, failed)))
     print(f"-- {len(messages)} dead letter(s)", file=sys.stderr)
     return 0
 
@@ -126,12 +124,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     }
     for key, value in out.items():
         if value is not None:
-            print(f"{key}: {value}")
+            print(printable(f"{key}: {value}"))
     for r in envelope.recipients:
-        print(
+        line = (
             f"recipient: <{r.address}> {r.status} via {r.upstream} attempts={r.attempts} "
             f"last_reply={r.last_reply or '-'}" + (" (expired)" if r.expired else "")
         )
+        print(printable(line))
     return 0
 
 
