@@ -8,6 +8,7 @@ command line or environment that does not say enough to start.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -46,6 +47,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                     grants.resolve(upstream.oauth, upstream.name)
             except MailgateError as exc:
                 problems.append(f"{args.config}: {exc}")
+        if os.path.lexists(config.queue.path):  # the gateway would deliver from it: trusted?
+            from gateway.queue.spool import Spool
+
+            problems.extend(f"{args.config}: {p}" for p in Spool(config.queue.path).problems())
         if not config.rules:
             problems.append(
                 f"{args.config}: rules: found no rules, expected at least one [[rules]] "

@@ -39,6 +39,7 @@ from gateway.outbound.failover import Cooldowns
 from gateway.outbound.pool import PoolBusy, UpstreamPool
 from gateway.outbound.upstream import UpstreamFailure, UpstreamSession
 from gateway.queue import bounces as dsn
+from gateway.queue import quarantine
 from gateway.queue.backoff import Backoff
 from gateway.queue.spool import (
     ACTIVE,
@@ -49,8 +50,10 @@ from gateway.queue.spool import (
     FAILED,
     INCOMING,
     PENDING,
+    QUEUED,
     TRASH,
     Envelope,
+    EnvelopeInvalid,
     MessageGone,
     RecipientState,
     Spool,
@@ -293,12 +296,19 @@ class DeliveryRunner:
         )
 
     def _load(self, state: str, queue_id: str) -> Envelope | None:
+        """The envelope, or None: gone, set aside in quarantine/ (once), or unreadable (logged once)."""
         try:
             return self.spool.load(state, queue_id)
         except MessageGone:
             return None
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OSError) as exc:
             if queue_id not in self.unreadable:
+                if (
+                    state in QUEUED
+                    and isinstance(exc, EnvelopeInvalid)
+                    and quarantine.set_aside(self.spool, self.audit, state, queue_id, exc)
+                ):
+                    return None
                 self.unreadable.add(queue_id)
                 self.audit.event(
                     "queue.unreadable",
