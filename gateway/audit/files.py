@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,16 +47,21 @@ def state_path(path: str) -> str:
 
 def read_state(path: str) -> Head:
     """The head the writer saved in the state file at `path`; `ChainStateError` says what is wrong."""
+    data: bytes | None = None
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(257)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put there must not hang us
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                data = os.read(fd, 257)
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         problem = "is missing"
-    except IsADirectoryError:
-        problem = "is a directory"
     except OSError as exc:
         problem = f"cannot be read ({exc.strerror})"
     else:
+        problem = "is not a regular file"
+    if data is not None:
         head = parse_state(data.decode("ascii", "replace")) if len(data) <= 256 else None
         if head is not None:
             return head

@@ -197,8 +197,8 @@ class _Reader:
     def envelope(self, raw: bytes) -> Envelope:
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise EnvelopeInvalid([f"envelope.json: not JSON ({exc})"]) from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+            raise EnvelopeInvalid([f"envelope.json: not JSON ({str(exc)[:200]})"]) from None
         if not isinstance(data, dict):
             raise EnvelopeInvalid([f"envelope.json: found {_kind(data)}, expected an object"])
         version = data.pop("version", None)

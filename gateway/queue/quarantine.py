@@ -10,6 +10,7 @@ No reactor.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from gateway.queue.spool import QUARANTINE, EnvelopeInvalid, MessageGone, Spool
@@ -27,7 +28,8 @@ def set_aside(spool: Spool, audit: Any, state: str, queue_id: str, error: Envelo
     try:
         spool.quarantine(state, queue_id)
     except MessageGone:
-        return True  # moved by the operator meanwhile: nothing left to set aside
+        # moved by the operator meanwhile (nothing left to set aside), or quarantine/ID is taken
+        return not os.path.lexists(spool.folder(state, queue_id))
     except OSError:
         return False
     audit.event(

@@ -90,12 +90,18 @@ def test_an_empty_or_corrupt_state_fails_and_says_so(log_file, capsys, name):
     assert 'expected one line "mailgate audit chain v1 seq=N hash=<64 hex digits>"' in out
 
 
-def test_a_state_that_is_a_directory_fails(log_file, capsys):
-    """Not a file at all: named, exit 1, no traceback."""
+@pytest.mark.parametrize("kind", ["directory", "fifo", "link to /dev/zero"])
+def test_a_state_that_is_not_a_regular_file_fails_without_hanging(log_file, capsys, kind):
+    """A folder, a FIFO (whose open would block), a device: named, exit 1, no traceback."""
     os.remove(state(log_file))
-    os.mkdir(state(log_file))
+    if kind == "directory":
+        os.mkdir(state(log_file))
+    elif kind == "fifo":
+        os.mkfifo(state(log_file))
+    else:
+        os.symlink("/dev/zero", state(log_file))
     code, out, _ = cli(capsys, "audit", "verify", str(log_file))
-    assert code == 1 and "the chain state is a directory" in out
+    assert code == 1 and "the chain state is not a regular file" in out
 
 
 def test_with_config_a_missing_state_fails_too(log_file, tmp_path, capsys):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -323,7 +324,18 @@ def test_a_message_folder_that_is_a_link_is_not_followed(spool, tmp_path, secret
 
 
 @pytest.mark.parametrize(
-    "kind", ["envelope link", "hard link", "fifo", "folder", "missing", "other owner", "writable"]
+    "kind",
+    [
+        "envelope link",
+        "hard link",
+        "fifo",
+        "folder",
+        "missing",
+        "other owner",
+        "writable",
+        "writable folder",
+        "not a folder",
+    ],
 )
 def test_message_files_that_are_not_what_mailgate_writes_are_quarantined(spool, secret, kind):
     """Links, a hard link to someone's file, a FIFO (would block), a folder, a missing file,
@@ -348,6 +360,11 @@ def test_message_files_that_are_not_what_mailgate_writes_are_quarantined(spool, 
         os.remove(body)
     elif kind == "other owner":
         os.chown(body, 54321, -1)
+    elif kind == "writable folder":
+        os.chmod(folder, 0o770)  # others could swap its files
+    elif kind == "not a folder":
+        shutil.rmtree(folder)
+        Path(folder).write_bytes(good_envelope(queue_id).to_json())
     else:
         os.chmod(body, 0o620)
     with pytest.raises(EnvelopeInvalid):
@@ -490,7 +507,18 @@ def test_missing_and_unknown_fields_are_refused(spool, change):
         spool.load(ACTIVE, queue_id)
 
 
-@pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b"null", b'{"version": 1', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b"null",
+        b'{"version": 1',
+        b"\xff\xfe",
+        b'{"version": 1, "extra": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # too deep to parse
+    ],
+)
 def test_an_envelope_that_is_not_a_json_object_is_refused(spool, raw):
     """Not JSON at all, or not an object."""
     queue_id = commit(spool)
@@ -531,6 +559,20 @@ def test_a_refused_envelope_is_quarantined_once_with_one_event(spool, state):
         "recipients[0].attempts: found '1', expected a whole number of at least 0"
     ]
     assert sorted(os.listdir(spool.folder(QUARANTINE, queue_id))) == ["body", "envelope.json"]
+
+
+def test_a_quarantine_name_already_taken_is_logged_once_not_retried_silently(spool):
+    """quarantine/ID exists (a copy put back by hand): the message stays, logged once, not sent."""
+    queue_id = plant(spool, ACTIVE, lambda d: d.update(size="1 AUTH=<x>"))
+    os.mkdir(spool.folder(QUARANTINE, queue_id))
+    Path(spool.folder(QUARANTINE, queue_id), "keep").write_text("")
+    runner, connector, audit = make_runner(spool.path)
+    runner.start()
+    for _ in range(3):
+        runner.scan()
+    assert connector.opens == [] and spool.locate(queue_id) == ACTIVE
+    names = [e["event"] for e in audit.events]
+    assert names.count("queue.unreadable") == 1 and "message.quarantined" not in names
 
 
 def test_a_quarantined_message_stays_out_after_a_restart(spool):
