@@ -105,10 +105,10 @@ def _is_hex(value: object) -> bool:
 
 class Location(NamedTuple):
     source: str
-    line: int
+    line: int  # 0: the whole source (a state file, a --head value), not one of its lines
 
     def __str__(self) -> str:
-        return f"{self.source}:{self.line}"
+        return f"{self.source}:{self.line}" if self.line else self.source
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,9 @@ class Break:
     """One place where the chain does not hold. `kind` is stable; `text` is for people."""
 
     where: Location
-    kind: str  # not-json, unchained, changed, deleted, reordered, duplicated, inserted, restarted, truncated
+    # not-json, unchained, changed, deleted, reordered, duplicated, inserted, restarted,
+    # truncated, unreached (an anchor the files do not hold), no-state (no anchor for the end)
+    kind: str
     text: str
 
     def __str__(self) -> str:
@@ -148,6 +150,9 @@ class ChainCheck:
     _missing: dict[int, tuple[int, int]] = field(
         default_factory=dict
     )  # seq -> (break index, gap size)
+    _watched: dict[int, list[tuple[str, Location]]] = field(
+        default_factory=dict
+    )  # seq -> (hash, where) of each record with that seq on the chain
 
     def _report(self, where: Location, kind: str, text: str) -> None:
         self.problems += 1
@@ -256,6 +261,58 @@ class ChainCheck:
 
     def _advance(self, sealed: Sealed, where: Location) -> None:
         self.head, self._head_at = Head(sealed[0], sealed[2]), where
+        if self._watched:
+            seen = self._watched.get(sealed[0])
+            if seen is not None and len(seen) < self.keep:
+                seen.append((sealed[2], where))
+
+    def watch(self, anchor: Head) -> None:
+        """Before the lines: note the record at ``anchor.seq`` as the chain passes it (`reaches`)."""
+        self._watched.setdefault(anchor.seq, [])
+
+    def reaches(self, anchor: Head, label: str) -> None:
+        """After the lines: the chain must hold `anchor` (watched), unchanged; later records may follow.
+
+        `label` says where the anchor came from (``--head``), for the report.
+        """
+        if self.head is None or self._head_at is None or self.first is None:
+            return  # no records at all: the caller says so
+        seen = self._watched.get(anchor.seq, [])
+        if any(hash_ == anchor.hash for hash_, _ in seen):
+            return
+        if seen:
+            hash_, where = seen[0]
+            self._report(
+                where,
+                "changed",
+                f"record seq {anchor.seq} has hash {_short(hash_)} but {label} says "
+                f"{_short(anchor.hash)}: the chain was rewritten at or before this record",
+            )
+        elif anchor.seq > self.head.seq:
+            self._report(
+                self._head_at,
+                "truncated",
+                f"the last record here is seq {self.head.seq} but {label} names seq "
+                f"{anchor.seq}: {anchor.seq - self.head.seq} record(s) cut from the end "
+                "(or files not given)",
+            )
+        elif anchor.seq < self.first.seq:
+            self._report(
+                Location(label, 0),
+                "unreached",
+                f"names seq {anchor.seq}, before the first record here (seq {self.first.seq}): "
+                "give the older files that hold it",
+            )
+        else:
+            self._report(
+                Location(label, 0),
+                "unreached",
+                f"names seq {anchor.seq}, which is not in the files (deleted)",
+            )
+
+    def unanchored(self, source: str, text: str) -> None:
+        """The end of the chain cannot be checked (no usable chain state): a problem, said once."""
+        self._report(Location(source, 0), "no-state", text)
 
     def ends_at(self, written: Head, state_source: str) -> None:
         """Compare the last record with what the writer says it wrote last (its state file)."""
@@ -283,6 +340,16 @@ class ChainCheck:
                 f"the last record's hash is {_short(self.head.hash)} but the "
                 f"gateway wrote {_short(written.hash)} ({state_source}): it was re-written",
             )
+        elif written.seq < self.head.seq and written.seq in self._watched:
+            # The writer went on while we read (the state is read first): its record must be here.
+            seen = self._watched[written.seq]
+            if seen and all(hash_ != written.hash for hash_, _ in seen):
+                self._report(
+                    seen[0][1],
+                    "changed",
+                    f"record seq {written.seq} has hash {_short(seen[0][0])} but the gateway "
+                    f"wrote {_short(written.hash)} ({state_source}): the chain was rewritten",
+                )
 
     @property
     def intact(self) -> bool:
@@ -299,15 +366,29 @@ def check_lines(
     return check
 
 
+_STATE = re.compile(r"mailgate audit chain v1 seq=([0-9]{1,20}) hash=([0-9a-f]{64})\n?\Z")
+_HEAD = re.compile(r"([0-9]{1,20}):([0-9a-f]{64})\Z")
+
+
 def parse_state(text: str) -> Head | None:
-    """Read a state file line: ``mailgate audit chain v1 seq=N hash=HEX``."""
-    fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
-    seq, hash_ = fields.get("seq", ""), fields.get("hash", "")
-    if not text.startswith("mailgate audit chain v1 ") or not seq.isdigit() or not _is_hex(hash_):
-        return None
-    return Head(int(seq), hash_)
+    """Read a state file: exactly one line ``mailgate audit chain v1 seq=N hash=HEX``, or None."""
+    found = _STATE.match(text)
+    return Head(int(found.group(1)), found.group(2)) if found else None
 
 
 def format_state(head: Head) -> bytes:
     """A fixed-width state line, so it can be rewritten in place at offset 0."""
     return f"mailgate audit chain v1 seq={head.seq:020d} hash={head.hash}\n".encode("ascii")
+
+
+def format_head(head: Head) -> str:
+    """The head as `mailgate audit head` prints it for an operator to keep: ``SEQ:HASH``."""
+    return f"{head.seq}:{head.hash}"
+
+
+def parse_head(text: str) -> Head | None:
+    """``SEQ:HASH`` (as `format_head` writes it) or a state line; None if it is neither."""
+    text = text.strip()
+    found = _HEAD.match(text)
+    head = Head(int(found.group(1)), found.group(2)) if found else parse_state(text)
+    return head if head is not None and head.seq >= 1 else None

@@ -14,12 +14,14 @@ import gzip
 import json
 import os
 import re
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from gateway.audit.chain import Head, parse_state
 from gateway.errors import MailgateError
 
 STATE_SUFFIX = ".chain"
@@ -31,9 +33,41 @@ class AuditFileError(MailgateError):
     """An audit file cannot be read; the message names the file (and line) and what is wrong."""
 
 
+class ChainStateError(AuditFileError):
+    """The chain state file is missing, empty, corrupt or unreadable; the message names it."""
+
+
+STATE_FORMAT = 'one line "mailgate audit chain v1 seq=N hash=<64 hex digits>"'
+
+
 def state_path(path: str) -> str:
     """Where the writer keeps the chain head beside the audit file at `path`."""
     return path + STATE_SUFFIX
+
+
+def read_state(path: str) -> Head:
+    """The head the writer saved in the state file at `path`; `ChainStateError` says what is wrong."""
+    data: bytes | None = None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO put there must not hang us
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                data = os.read(fd, 257)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        problem = "is missing"
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror})"
+    else:
+        problem = "is not a regular file"
+    if data is not None:
+        head = parse_state(data.decode("ascii", "replace")) if len(data) <= 256 else None
+        if head is not None:
+            return head
+        found = data[:48].decode("ascii", "replace")
+        problem = "is empty" if not data else f"is corrupt (found {found!r})"
+    raise ChainStateError(f"{path}: the chain state {problem}; expected {STATE_FORMAT}")
 
 
 def siblings(path: str) -> list[str]:
@@ -147,6 +181,38 @@ def last_record(path: str, window: int = 65536) -> tuple[dict[str, Any] | None, 
             if len(lines) >= 16:
                 break
         return None, torn
+
+
+def last_line(path: str, window: int = 65536) -> str | None:
+    """The last complete line of a file (a final line without its newline is not complete).
+
+    A plain file is read from its end, so this is cheap on any size; a gzip file is streamed.
+    """
+    raw, reader = _open_binary(path)
+    try:
+        if reader is not raw:
+            last = None
+            for chunk in reader:
+                if chunk.endswith(b"\n"):
+                    last = chunk
+            return _decode(last) if last is not None else None
+        size = raw.seek(0, os.SEEK_END)
+        step = window
+        while True:
+            start = max(0, size - step)
+            raw.seek(start)
+            tail = raw.read(size - start)
+            end = tail.rfind(b"\n")  # where the last complete line ends
+            if end < 0 and start == 0:
+                return None  # not one complete line in the file
+            cut = tail.rfind(b"\n", 0, end) if end > 0 else -1
+            if end >= 0 and (cut >= 0 or start == 0):
+                return _decode(tail[cut + 1 : end])
+            step *= 2  # the last line is longer than what was read: look further back
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise AuditFileError(f"{path}: cannot read: {exc}") from None
+    finally:
+        raw.close()
 
 
 class Progress:

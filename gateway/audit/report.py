@@ -25,7 +25,7 @@ from gateway.audit.query import (
     rules_of,
     upstreams_of,
 )
-from gateway.audit.view import printable
+from gateway.terminal import printable
 
 STEPS = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400)
 STEP_NAMES = dict(

@@ -8,23 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.audit.query import final_reply, recipient_addresses, record_time
+from gateway.terminal import printable
 
 HIDDEN = ("timestamp", "event", "session_id", "seq", "prev", "hash")
-
-
-# C0 and C1 controls, DEL, and the Unicode marks that reorder text on screen (bidi overrides)
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """`text` safe for a terminal: a client's ESC sequence or bidi override is shown, not obeyed."""
-    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def clip(text: str, width: int) -> str:

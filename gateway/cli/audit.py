@@ -1,8 +1,9 @@
-"""``mailgate audit search | show | summary | verify``: the argparse wiring and the scan loops.
+"""``mailgate audit search | show | summary``, and the wiring of every ``mailgate audit`` command.
 
 Every subcommand reads audit files named on the command line (current and
 rotated, ``.gz`` included, in any order) or the ``[audit] path`` of ``--config FILE``
-with its rotated siblings. Files are streamed one line at a time.
+with its rotated siblings (`gateway.cli.audit_sources`). Files are streamed one
+line at a time. ``verify`` and ``head`` live in `gateway.cli.audit_chain`.
 """
 
 from __future__ import annotations
@@ -15,59 +16,19 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import IO, Any
 
-from gateway.audit import chain as audit_chain
 from gateway.audit import files as audit_files
 from gateway.audit import query as audit_query
 from gateway.audit import report as audit_report
 from gateway.audit import view as audit_view
 from gateway.audit.files import AuditFileError, Progress, Scan
+from gateway.cli import audit_chain as audit_chain_cli
+from gateway.cli.audit_sources import Sources, find_sources, sources_arguments
 from gateway.errors import UsageError
+from gateway.terminal import printable
 
 BAD_LINES_PER_FILE = 10
-
-
-@dataclass(frozen=True)
-class Sources:
-    paths: list[str]  # oldest first, files with records only
-    current: str | None  # the file being written (for --follow and the chain state)
-    state: str | None  # the writer's chain state file, when there is one
-
-
-def find_sources(args: argparse.Namespace) -> Sources:
-    files: list[str] = list(getattr(args, "files", []) or [])
-    if args.config and files:
-        raise UsageError("give audit files or --config FILE, not both")
-    if args.config:
-        from gateway.config.toml import load
-
-        path = load(args.config).audit.path
-        if path == "-":
-            raise UsageError(
-                f'{args.config}: audit.path: found "-" (standard output), expected a file path; '
-                "pass the files that captured the gateway's output instead"
-            )
-        found = audit_files.siblings(path)
-        if not found:
-            raise AuditFileError(
-                f"{path}: no audit file there, nor rotated ones (audit.path of {args.config})"
-            )
-        current = path
-    elif files:
-        found = files
-        current = None
-    else:
-        raise UsageError(
-            "give audit files, or --config FILE to read [audit] path and its rotated files"
-        )
-    ordered = audit_files.chain_order(found)
-    if current is None:
-        current = ordered[-1] if ordered else files[-1]
-    state = audit_files.state_path(current)
-    # the state says what was written last; it only helps when some of the records are here
-    return Sources(ordered, current, state if ordered and os.path.isfile(state) else None)
 
 
 class Records:
@@ -116,7 +77,9 @@ class Records:
                 f"{path}: not an audit log (more than {BAD_LINES_PER_FILE} lines are not "
                 "JSON records)"
             )
-        self.stderr.write(f"mailgate: {path}:{number}: not a JSON record ({exc}); skipped\n")
+        self.stderr.write(
+            printable(f"mailgate: {path}:{number}: not a JSON record ({exc}); skipped") + "\n"
+        )
 
     @property
     def status(self) -> int:
@@ -170,7 +133,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         nonlocal matched
         if query.matches(record):
             matched += 1
-            out.write((text if table is None else table.row(record)) + "\n")
+            # --json: a record as written is printable ASCII, so only an edited line changes here
+            # (its controls become JSON \u escapes: the same JSON value, inert on a terminal)
+            out.write((printable(text) if table is None else table.row(record)) + "\n")
             if args.follow:
                 out.flush()
 
@@ -250,7 +215,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             f"session {args.session_id}: not found in {', '.join(sources.paths) or 'the files'}"
         )
     if args.json:
-        sys.stdout.write("".join(t + "\n" for t in texts))
+        sys.stdout.write("".join(printable(t) + "\n" for t in texts))
     else:
         sys.stdout.write(audit_view.timeline(ids.pop(), found) + "\n")
     return records.status
@@ -305,77 +270,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return records.status
 
 
-# --- verify -------------------------------------------------------------------------------------
-
-SHOW_BREAKS = 50
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    sources = find_sources(args)
-    written = None
-    if sources.state:  # read before the scan: the writer only moves it forward
-        with open(sources.state, encoding="ascii", errors="replace") as handle:
-            written = audit_chain.parse_state(handle.read(256))
-    scan = Scan(sources.paths, Progress(sys.stderr))
-    check = audit_chain.ChainCheck(allow_restarts=args.allow_restarts)
-    for path, number, text in scan:
-        check.line(path, number, text)
-    if written is not None and sources.state:
-        check.ends_at(written, sources.state)
-    out = sys.stdout
-    for found in check.breaks[:SHOW_BREAKS]:
-        out.write(f"{found}\n")
-    if check.problems > SHOW_BREAKS:
-        out.write(f"... and {check.problems - SHOW_BREAKS:,} more problem(s)\n")
-    for path, number in scan.incomplete:
-        out.write(
-            f"note: {path}:{number}: the last line is incomplete (still being written, or cut by a "
-            "crash); not verified\n"
-        )
-    if check.first is not None and check.first.seq > 1:
-        out.write(
-            f"note: the chain starts at seq {check.first.seq}; the records before it are in files "
-            "not given here\n"
-        )
-    if check.restarts and args.allow_restarts:
-        out.write(
-            f"note: a new chain started {check.restarts} time(s) (allowed by --allow-restarts)\n"
-        )
-    files = f"{len(sources.paths)} file(s)"
-    if check.verified == 0 and check.intact:
-        raise AuditFileError(
-            f"no audit records in {', '.join(sources.paths) or ', '.join(args.files or [])}"
-        )
-    if not check.intact:
-        out.write(
-            f"FAILED: {check.problems:,} problem(s) in {check.verified:,} record(s) in {files}: "
-            "the audit trail is not intact\n"
-        )
-        return 1
-    assert check.first is not None and check.head is not None
-    out.write(
-        f"OK: {check.verified:,} record(s) verified in {files}, seq {check.first.seq:,} to "
-        f"{check.head.seq:,}; last hash {check.head.hash}\n"
-    )
-    return 0
-
-
 # --- wiring -------------------------------------------------------------------------------------
-
-
-def _sources_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "files",
-        nargs="*",
-        metavar="FILE",
-        help="audit files: current and rotated, .gz included, in any order",
-    )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help="read [audit] path from this config and find its "
-        "rotated files (instead of naming files)",
-    )
 
 
 def _window_arguments(parser: argparse.ArgumentParser) -> None:
@@ -407,14 +302,14 @@ def add_commands(subparsers: Any) -> None:
     """Add ``mailgate audit ...`` to the top-level parser's subcommands."""
     audit = subparsers.add_parser(
         "audit",
-        help="review audit logs: search, show, summary, verify",
+        help="review audit logs: search, show, summary, verify, head",
         description="Review audit logs (current and rotated files, .gz "
-        "included): search, show, summary, verify.",
+        "included): search, show, summary, verify, head.",
     )
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="SUBCOMMAND")
 
     search = sub.add_parser("search", help="messages matching filters, as a table or JSON lines")
-    _sources_arguments(search)
+    sources_arguments(search)
     _window_arguments(search)
     many = {"action": "append", "default": []}
     search.add_argument(
@@ -454,14 +349,14 @@ def add_commands(subparsers: Any) -> None:
     show.add_argument(
         "session_id", metavar="SESSION_ID", help="the session_id (or its first characters)"
     )
-    _sources_arguments(show)
+    sources_arguments(show)
     show.add_argument(
         "--json", action="store_true", help="print the session's records as JSON lines"
     )
     show.set_defaults(func=_guarded(cmd_show))
 
     summary = sub.add_parser("summary", help="counts and charts over a time window")
-    _sources_arguments(summary)
+    sources_arguments(summary)
     _window_arguments(summary)
     summary.add_argument(
         "--top", type=int, default=10, metavar="N", help="rows in each top list (default 10)"
@@ -471,13 +366,4 @@ def add_commands(subparsers: Any) -> None:
     )
     summary.set_defaults(func=_guarded(cmd_summary))
 
-    verify = sub.add_parser(
-        "verify", help="check the hash chain: deleted, changed, inserted or moved records"
-    )
-    _sources_arguments(verify)
-    verify.add_argument(
-        "--allow-restarts",
-        action="store_true",
-        help="accept a new chain starting mid-stream (stdout logs: each start begins one)",
-    )
-    verify.set_defaults(func=_guarded(cmd_verify))
+    audit_chain_cli.add_commands(sub, _guarded)

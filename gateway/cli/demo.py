@@ -24,6 +24,7 @@ from typing import Any
 
 from gateway.config.toml import parse
 from gateway.errors import MailgateError
+from gateway.terminal import printable
 from gateway.testing.pki import ThrowawayCA
 from gateway.testing.submission import SubmissionServer
 
@@ -142,19 +143,22 @@ def _run(policy_path: str, folder: str, servers: list[SubmissionServer]) -> int:
 
     print("-- the app (smtplib) saw --")
     for to, outcome in outcomes:
-        print(f"  {to}: {outcome}")
+        print(printable(f"  {to}: {outcome}"))
     print("\n-- what the upstreams received --")
     for name, server in (("submission", starttls), ("smtps", implicit)):
         for message in server.messages:
             print(
-                f"  {name}: from {message.sender} to {', '.join(message.recipients)}; "
-                f"{message.tls_version}; authenticated as {message.auth_user}; {len(message.content)} bytes"
+                printable(
+                    f"  {name}: from {message.sender} to {', '.join(message.recipients)}; "
+                    f"{message.tls_version}; authenticated as {message.auth_user}; "
+                    f"{len(message.content)} bytes"
+                )
             )
     print("\n-- audit events --")
     with open(audit_path, encoding="utf-8") as handle:
         for line in handle:
             event = json.loads(line)
-            print("  " + json.dumps(event, sort_keys=False))
+            print(printable("  " + json.dumps(event, sort_keys=False)))
     delivered = len(starttls.messages) == 1 and len(implicit.messages) == 1
     tls_ok = all(
         m.tls_version in ("TLSv1.2", "TLSv1.3") for m in starttls.messages + implicit.messages

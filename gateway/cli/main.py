@@ -8,6 +8,7 @@ command line or environment that does not say enough to start.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from gateway.outbound import grants
 from gateway.policy import rules as policy
 from gateway.smtp import replies
 from gateway.smtp.address import AddressError, parse_path
+from gateway.terminal import printable
 
 
 def _load(path: str | None) -> Config:
@@ -48,6 +50,10 @@ def cmd_check(args: argparse.Namespace) -> int:
                     grants.resolve(upstream.oauth, upstream.name)
             except MailgateError as exc:
                 problems.append(f"{args.config}: {exc}")
+        if os.path.lexists(config.queue.path):  # the gateway would deliver from it: trusted?
+            from gateway.queue.spool import Spool
+
+            problems.extend(f"{args.config}: {p}" for p in Spool(config.queue.path).problems())
         if not config.rules:
             problems.append(
                 f"{args.config}: rules: found no rules, expected at least one [[rules]] "
@@ -55,12 +61,21 @@ def cmd_check(args: argparse.Namespace) -> int:
             )
     if problems:
         for problem in problems:
-            print(problem, file=sys.stderr)
-        print(f"mailgate: {args.config}: {len(problems)} problem(s)", file=sys.stderr)
+            print(printable(problem), file=sys.stderr)
+        print(printable(f"mailgate: {args.config}: {len(problems)} problem(s)"), file=sys.stderr)
         return 1
     assert config is not None
-    print(f"{args.config}: OK ({len(config.upstreams)} upstream(s), {len(config.rules)} rule(s))")
+    print(
+        printable(
+            f"{args.config}: OK ({len(config.upstreams)} upstream(s), {len(config.rules)} rule(s))"
+        )
+    )
     return 0
+
+
+def _say(line: str) -> None:
+    """One line of `explain`: addresses and reply texts are shown, never obeyed by the terminal."""
+    print(printable(line))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -74,23 +89,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except AddressError as exc:
         raise UsageError(f"--from: {args.sender!r}: {exc.reply.text}") from None
     allowed = policy.client_allowed(config, client)
-    print(f"client {client}: {'allowed' if allowed else 'DENIED'} by listener.allowed_clients")
+    _say(f"client {client}: {'allowed' if allowed else 'DENIED'} by listener.allowed_clients")
     if not allowed:
-        print(f"  every command would get: {replies.GREETING_DENIED}")
+        _say(f"  every command would get: {replies.GREETING_DENIED}")
     if args.app is not None:
         if args.app not in config.apps:
             raise UsageError(
                 f"--app: found {args.app!r}, expected one of the [apps] ({', '.join(config.apps) or 'none'})"
             )
         owned = policy.sender_owned(config.apps[args.app].senders, sender.text)
-        print(f"app {args.app!r}: sender {'owned' if owned else 'NOT owned (553 5.7.1 at MAIL)'}")
-    print(f"sender <{sender.text}>")
+        _say(f"app {args.app!r}: sender {'owned' if owned else 'NOT owned (553 5.7.1 at MAIL)'}")
+    _say(f"sender <{sender.text}>")
     status = 0
     for text in args.recipients:
         try:
             recipient = parse_path(f"<{text}>", sender=False)
         except AddressError as exc:
-            print(f"  <{text}>: refused at RCPT: {exc.reply}")
+            _say(f"  <{text}>: refused at RCPT: {exc.reply}")
             continue
         decision = policy.decide(config, client, sender, recipient, args.app)
         rule = f"rule {decision.rule.name!r}" if decision.rule else "no rule matches"
@@ -101,7 +116,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             and decision.rule.delivery == "queue"
         ):
             up = decision.upstreams[0]
-            print(
+            _say(
                 f"  <{recipient.text}>: {rule} -> queue for delivery via upstream {up.name!r} "
                 f"({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})"
             )
@@ -110,9 +125,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 f"upstream {up.name!r} ({up.host}:{up.port}, tls={up.tls}, min TLS {up.min_tls_version})"
                 for up in decision.upstreams
             )
-            print(f"  <{recipient.text}>: {rule} -> relay via {hops}")
+            _say(f"  <{recipient.text}>: {rule} -> relay via {hops}")
         else:
-            print(f"  <{recipient.text}>: {rule} -> reject: {decision.reply}")
+            _say(f"  <{recipient.text}>: {rule} -> reject: {decision.reply}")
     return status if allowed else 0
 
 
@@ -200,14 +215,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except UsageError as exc:
-        print(f"mailgate: {exc}", file=sys.stderr)
+        _report(exc)
         return 2
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 1
-    except MailgateError as exc:
-        print(f"mailgate: {exc}", file=sys.stderr)
+    except MailgateError as exc:  # ConfigError included: its problems, one per line
+        _report(exc)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _report(exc: MailgateError) -> None:
+    """An expected failure on stderr; its text may quote a file, a client or a server."""
+    lines = [str(p) for p in exc.problems] if isinstance(exc, ConfigError) else [f"mailgate: {exc}"]
+    for line in lines:
+        print(printable(line), file=sys.stderr)

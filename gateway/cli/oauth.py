@@ -22,6 +22,7 @@ from gateway.config.secrets import resolve_password
 from gateway.config.toml import load
 from gateway.errors import UsageError
 from gateway.outbound import grants
+from gateway.terminal import printable
 
 
 def add_commands(subparsers: Any) -> None:
@@ -103,7 +104,8 @@ async def run_test(connector: Any, sender: str | None, out: TextIO) -> int:
     upstream, tokens = connector.config, connector.tokens
     user = sender if is_sender_placeholder(upstream.username) else upstream.username
     oauth = upstream.oauth
-    say = lambda line: print(line, file=out, flush=True)  # noqa: E731
+    # The token endpoint's error and the upstream's reply are the servers' text: shown, not obeyed.
+    say = lambda line: print(printable(line), file=out, flush=True)  # noqa: E731
     say(
         f"upstream {upstream.name}: {upstream.host}:{upstream.port} ({upstream.tls}), "
         f"grant {oauth.grant}, user {user}"

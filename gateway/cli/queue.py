@@ -25,13 +25,16 @@ from gateway.queue.spool import (
     DEFERRED,
     FAILED,
     PENDING,
+    QUARANTINE,
     QUEUED,
     TRASH,
     Envelope,
+    EnvelopeInvalid,
     MessageGone,
     Spool,
     valid_id,
 )
+from gateway.terminal import printable
 
 
 def _spool(args: argparse.Namespace) -> Spool:
@@ -42,7 +45,17 @@ def _spool(args: argparse.Namespace) -> Spool:
             f"queue.path: {config.queue.path} is not a spool (no active/ folder); "
             "it is created when the gateway starts with a queue rule"
         )
+    spool.check()  # folders others can write: refused, each named (SpoolUnsafe)
     return spool
+
+
+def _load(spool: Spool, state: str, queue_id: str) -> Envelope:
+    try:
+        return spool.load(state, queue_id)
+    except EnvelopeInvalid as exc:
+        raise MailgateError(
+            f"queue: {queue_id} ({state}): its envelope or files cannot be used: {exc}"
+        ) from None
 
 
 def _age(seconds: float) -> str:
@@ -69,8 +82,8 @@ def _envelopes(spool: Spool, states: tuple[str, ...]) -> list[tuple[str, Envelop
                 found.append((state, spool.load(state, queue_id)))
             except MessageGone:
                 continue  # moved by the runner while we looked
-            except (ValueError, TypeError, KeyError):
-                print(f"{queue_id}  {state:<8}  (unreadable envelope)")
+            except (ValueError, OSError) as exc:
+                print(printable(f"{queue_id}  {state:<8}  (unreadable envelope: {exc})"))
     return sorted(found, key=lambda item: item[1].id)
 
 
@@ -89,7 +102,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     spool, now = _spool(args), time.time()
     messages = _envelopes(spool, QUEUED)
     for state, envelope in messages:
-        print(_line(envelope, state, now, [r.address for r in envelope.pending]))
+        print(printable(_line(envelope, state, now, [r.address for r in envelope.pending])))
     print(f"-- {len(messages)} message(s) queued", file=sys.stderr)
     return 0
 
@@ -98,19 +111,33 @@ def cmd_dead(args: argparse.Namespace) -> int:
     spool, now = _spool(args), time.time()
     messages = _envelopes(spool, (DEAD,))
     for state, envelope in messages:
-        print(
-            _line(
-                envelope, state, now, [r.address for r in envelope.recipients if r.status == FAILED]
-            )
-        )
+        failed = [r.address for r in envelope.recipients if r.status == FAILED]
+        print(printable(_line(envelope, state, now, failed)))
     print(f"-- {len(messages)} dead letter(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    spool, now = _spool(args), time.time()
+    ids = spool.ids(QUARANTINE)
+    for queue_id in ids:
+        try:
+            spool.load(QUARANTINE, queue_id)
+            problem = "passes its checks now: move it to active/ to deliver it"
+        except MessageGone:
+            continue
+        except (ValueError, OSError) as exc:
+            problem = str(exc)
+        age = _age(now - int(queue_id[:14], 16) / 1_000_000) if len(queue_id) >= 14 else "?"
+        print(printable(f"{queue_id}  {age:>4}  {problem}"))
+    print(f"-- {len(ids)} message(s) in quarantine", file=sys.stderr)
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     spool = _spool(args)
     state = _find(spool, args.id)
-    envelope = spool.load(state, args.id)
+    envelope = _load(spool, state, args.id)
     out: dict[str, Any] = {
         "id": envelope.id,
         "state": state,
@@ -127,12 +154,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     }
     for key, value in out.items():
         if value is not None:
-            print(f"{key}: {value}")
+            print(printable(f"{key}: {value}"))
     for r in envelope.recipients:
-        print(
+        line = (
             f"recipient: <{r.address}> {r.status} via {r.upstream} attempts={r.attempts} "
             f"last_reply={r.last_reply or '-'}" + (" (expired)" if r.expired else "")
         )
+        print(printable(line))
     return 0
 
 
@@ -144,6 +172,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
     moved = 0
     for queue_id in ids:
         state = DEFERRED if args.all else _find(spool, queue_id)
+        if state == QUARANTINE:
+            raise MailgateError(
+                f"queue: {queue_id} is in quarantine (its envelope or files were refused); "
+                "see `mailgate queue quarantine`"
+            )
         if state == DEAD:
             raise MailgateError(
                 f"queue: {queue_id} is a dead letter; use `mailgate queue requeue {queue_id}`"
@@ -178,7 +211,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
         raise MailgateError(
             f"queue: {args.id} is not a dead letter (it is {state}); use `queue retry`"
         )
-    envelope = spool.load(DEAD, args.id)
+    envelope = _load(spool, DEAD, args.id)
     failed = [r for r in envelope.recipients if r.status == FAILED]
     for recipient in failed:
         recipient.status = PENDING
@@ -216,4 +249,5 @@ def add_commands(subparsers: Any) -> None:
     retry.add_argument("--all", action="store_true", help="every deferred message")
     command("delete", cmd_delete, "remove a message (logged as message.deleted)", with_id=True)
     command("dead", cmd_dead, "list dead letters")
+    command("quarantine", cmd_quarantine, "list messages set aside: envelope or files refused")
     command("requeue", cmd_requeue, "move a dead letter back to the queue", with_id=True)

@@ -26,6 +26,7 @@ from gateway.config.model import Config
 from gateway.daemon.metrics import QueueState
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.pool import UpstreamPool
+from gateway.queue import quarantine
 from gateway.queue.attempt import DeliveryAttempts
 from gateway.queue.settle import Settler
 from gateway.queue.spool import (
@@ -35,8 +36,10 @@ from gateway.queue.spool import (
     DONE,
     INCOMING,
     PENDING,
+    QUEUED,
     TRASH,
     Envelope,
+    EnvelopeInvalid,
     MessageGone,
     Spool,
 )
@@ -204,12 +207,19 @@ class DeliveryRunner:
         )
 
     def _load(self, state: str, queue_id: str) -> Envelope | None:
+        """The envelope, or None: gone, set aside in quarantine/ (once), or unreadable (logged once)."""
         try:
             return self.spool.load(state, queue_id)
         except MessageGone:
             return None
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OSError) as exc:
             if queue_id not in self.unreadable:
+                if (
+                    state in QUEUED
+                    and isinstance(exc, EnvelopeInvalid)
+                    and quarantine.set_aside(self.spool, self.audit, state, queue_id, exc)
+                ):
+                    return None
                 self.unreadable.add(queue_id)
                 self.audit.event(
                     "queue.unreadable",

@@ -8,6 +8,7 @@ Layout under ``[queue] path`` — one folder per state, one folder per message::
     dead/ID/       dead letters: at least one recipient failed permanently
     trash/ID/      deleted by the operator; the runner logs and removes it
     done/ID/       every recipient final; removed right away
+    quarantine/ID/ its envelope or files are not what mailgate writes: never delivered
 
 Each message folder holds ``body`` (the message exactly as received, CRLF
 lines, without SMTP dot-stuffing) and ``envelope.json`` (sender, recipients and
@@ -17,116 +18,93 @@ parents. The envelope is rewritten through ``envelope.json.tmp``, fsync,
 rename, folder fsync, so it is always either the old or the new version.
 State changes between folders are single renames, so a message is in exactly
 one state at any moment and a crash leaves it in the old one or the new one.
+
+The spool is trusted only as far as `gateway.queue.trust` allows: its folders
+are checked at `create` (`SpoolUnsafe` names each unsafe one), message folders
+and files are opened without following links, and `load` reads an envelope
+strictly (`gateway.queue.envelope`): anything else raises `EnvelopeInvalid`,
+and the runner moves the message to ``quarantine/`` once.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE = (
+from gateway.queue import trust
+from gateway.queue.envelope import (
+    DELIVERED,
+    FAILED,
+    FORMAT_VERSION,
+    PENDING,
+    Envelope,
+    EnvelopeInvalid,
+    RecipientState,
+    valid_id,
+)
+from gateway.queue.trust import SpoolUnsafe
+
+__all__ = [
+    "ACTIVE",
+    "BODY",
+    "CHUNK",
+    "DEAD",
+    "DEFERRED",
+    "DELIVERED",
+    "DONE",
+    "ENVELOPE",
+    "FAILED",
+    "FOLDERS",
+    "FORMAT_VERSION",
+    "INCOMING",
+    "MAX_ENVELOPE",
+    "PENDING",
+    "QUARANTINE",
+    "QUEUED",
+    "TRASH",
+    "Envelope",
+    "EnvelopeInvalid",
+    "MessageGone",
+    "RecipientState",
+    "Spool",
+    "SpoolUnsafe",
+    "SpoolWriter",
+    "new_id",
+    "read_headers",
+    "read_lines",
+    "valid_id",
+]
+
+INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE, QUARANTINE = (
     "incoming",
     "active",
     "deferred",
     "dead",
     "trash",
     "done",
+    "quarantine",
 )
-FOLDERS = (INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE)
+FOLDERS = (INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE, QUARANTINE)
 QUEUED = (ACTIVE, DEFERRED)  # states a message waits for delivery in
 BODY, ENVELOPE = "body", "envelope.json"
-FORMAT_VERSION = 1
 CHUNK = 64 * 1024
-
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+MAX_ENVELOPE = 16 * 1024 * 1024  # far above any envelope mailgate writes
 
 
 class MessageGone(Exception):
     """The message is no longer where it was (deleted, retried or requeued by the operator)."""
 
 
-@dataclass
-class RecipientState:
-    address: str
-    upstream: str  # the first upstream of the route (the one named in the audit when none was used)
-    rule: str | None = None
-    status: str = PENDING
-    attempts: int = 0
-    last_reply: str | None = None
-    last_attempt: float | None = None
-    in_flight: bool = False  # set while the upstream may be accepting it (the duplicate window)
-    bounced: bool = False
-    expired: bool = False  # failed because max_age was reached, not by a 5xx
-    route: list[str] = field(default_factory=list)  # failover order; empty means [upstream]
-
-    @property
-    def hops(self) -> tuple[str, ...]:
-        return tuple(self.route) or (self.upstream,)
-
-
-@dataclass
-class Envelope:
-    id: str
-    sender: str
-    recipients: list[RecipientState]
-    received: float
-    mail_body: str | None = None  # "8BITMIME" or "7BIT" as given at MAIL
-    size: int = 0
-    sha256: str | None = None
-    message_id: str | None = None
-    session_id: str | None = None
-    client_ip: str | None = None
-    helo: str | None = None
-    attempts: int = 0
-    next_attempt: float = 0.0
-    requeued: float | None = None  # the age limit counts from here after `queue requeue`
-    bounce_of: str | None = None  # this is a DSN for that queue id
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def age_base(self) -> float:
-        return self.requeued if self.requeued is not None else self.received
-
-    @property
-    def pending(self) -> list[RecipientState]:
-        return [r for r in self.recipients if r.status == PENDING]
-
-    @property
-    def last_reply(self) -> str | None:
-        tried = [r for r in self.recipients if r.last_attempt is not None]
-        return max(tried, key=lambda r: r.last_attempt or 0).last_reply if tried else None
-
-    def to_json(self) -> bytes:
-        data = {"version": FORMAT_VERSION, **asdict(self)}
-        return json.dumps(data, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> Envelope:
-        data = json.loads(raw)
-        if data.pop("version", None) != FORMAT_VERSION:
-            raise ValueError("unknown spool format version")
-        recipients = [RecipientState(**r) for r in data.pop("recipients")]
-        return cls(recipients=recipients, **data)
-
-
 def new_id(now: float | None = None) -> str:
     """A queue id: sortable by arrival (microseconds, hex) plus 40 random bits."""
     micros = int((time.time() if now is None else now) * 1_000_000)
     return f"{micros:014x}{secrets.token_hex(5)}"
-
-
-_HEX = frozenset("0123456789abcdef")
-
-
-def valid_id(text: str) -> bool:
-    return 8 <= len(text) <= 64 and _HEX.issuperset(text)
 
 
 def _fsync_dir(path: str) -> None:
@@ -137,9 +115,10 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_file(path: str, data: bytes) -> None:
-    """Write and fsync a file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _write_file(path: str, data: bytes, dir_fd: int | None = None) -> None:
+    """Write and fsync a file (never through a symbolic link put in its place)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600, dir_fd=dir_fd)
     try:
         view = memoryview(data)
         while view:
@@ -150,17 +129,31 @@ def _write_file(path: str, data: bytes) -> None:
 
 
 def _write_atomic(folder: str, name: str, data: bytes, *, durable: bool = True) -> None:
-    """Replace folder/name through a fsynced temp file; `durable` also fsyncs the folder (the rename)."""
-    temp = os.path.join(folder, name + ".tmp")
-    _write_file(temp, data)
-    os.replace(temp, os.path.join(folder, name))
-    if durable:
-        _fsync_dir(folder)
+    """Replace folder/name through a fsynced temp file; `durable` also fsyncs the folder (the rename).
+
+    The folder is opened once without following a link, and both steps go through it.
+    """
+    fd = trust.open_folder(folder)
+    try:
+        _write_file(name + ".tmp", data, dir_fd=fd)
+        os.replace(name + ".tmp", name, src_dir_fd=fd, dst_dir_fd=fd)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Spool:
     def __init__(self, path: str) -> None:
         self.path = path
+        self._owner: int | None = None
+
+    @property
+    def owner(self) -> int:
+        """The uid the spool's folders and files must belong to (`gateway.queue.trust`)."""
+        if self._owner is None:
+            self._owner = trust.spool_owner(self.path)
+        return self._owner
 
     def folder(self, state: str, queue_id: str | None = None) -> str:
         return (
@@ -171,9 +164,22 @@ class Spool:
         return os.path.isdir(self.folder(ACTIVE))
 
     def create(self) -> None:
-        """Create the folders (mode 0700); an error names the path."""
+        """Create the folders (mode 0700), then `check` them; an error names the path."""
+        os.makedirs(self.path, mode=0o700, exist_ok=True)  # not left to the umask
         for state in FOLDERS:
             os.makedirs(self.folder(state), mode=0o700, exist_ok=True)
+        self.check()
+
+    def problems(self) -> list[str]:
+        """Why the spool's folders cannot be trusted, each naming ``queue.path`` and the folder."""
+        self._owner = None  # looked at afresh
+        return trust.folder_problems(self.path, FOLDERS, self.owner)
+
+    def check(self) -> None:
+        """`SpoolUnsafe` unless only the spool's user can change its folders."""
+        problems = self.problems()
+        if problems:
+            raise SpoolUnsafe(problems)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -186,17 +192,38 @@ class Spool:
 
     def locate(self, queue_id: str) -> str | None:
         """The state folder a message is in now, or None."""
-        for state in (ACTIVE, DEFERRED, DEAD, TRASH, INCOMING):
-            if os.path.isdir(self.folder(state, queue_id)):
+        for state in (ACTIVE, DEFERRED, DEAD, QUARANTINE, TRASH, INCOMING):
+            if os.path.lexists(self.folder(state, queue_id)):
                 return state
         return None
 
     def load(self, state: str, queue_id: str) -> Envelope:
+        """The envelope of a message, checked; `MessageGone` if it moved, else `EnvelopeInvalid`.
+
+        The folder and its two files are opened without following links and must be
+        what mailgate writes (`gateway.queue.trust`); the envelope is read strictly
+        (`gateway.queue.envelope`), its id the folder's name.
+        """
+        folder = self.folder(state, queue_id)
         try:
-            with open(os.path.join(self.folder(state, queue_id), ENVELOPE), "rb") as handle:
-                return Envelope.from_json(handle.read())
+            fd = trust.open_folder(folder, self.owner)
         except FileNotFoundError:
             raise MessageGone(queue_id) from None
+        except trust.SpoolFileRefused as exc:
+            raise EnvelopeInvalid([f"{state}/{queue_id}: {exc.strerror}"]) from None
+        where = f"{state}/{queue_id}/"
+        try:
+            raw = trust.read_file(fd, ENVELOPE, self.owner, MAX_ENVELOPE, shown=where + ENVELOPE)
+            os.close(trust.open_file(fd, BODY, self.owner, shown=where + BODY))
+        except FileNotFoundError as exc:
+            if not os.path.lexists(folder):
+                raise MessageGone(queue_id) from None
+            raise EnvelopeInvalid([f"{exc.filename}: missing"]) from None
+        except trust.SpoolFileRefused as exc:
+            raise EnvelopeInvalid([f"{exc.filename}: {exc.strerror}"]) from None
+        finally:
+            os.close(fd)
+        return Envelope.from_json(raw, queue_id)
 
     def body_path(self, state: str, queue_id: str) -> str:
         return os.path.join(self.folder(state, queue_id), BODY)
@@ -237,8 +264,20 @@ class Spool:
             _fsync_dir(self.folder(target))
             _fsync_dir(self.folder(source))
 
+    def quarantine(self, state: str, queue_id: str) -> None:
+        """Move a message that failed `load` out of the way for good (one fsynced rename)."""
+        os.makedirs(self.folder(QUARANTINE), mode=0o700, exist_ok=True)
+        self.move(queue_id, state, QUARANTINE)
+
     def remove(self, state: str, queue_id: str) -> None:
-        shutil.rmtree(self.folder(state, queue_id), ignore_errors=True)
+        path = self.folder(state, queue_id)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)  # a link or a file put where a message folder belongs
+                return
+        except OSError:
+            return
+        shutil.rmtree(path, ignore_errors=True)
 
     def clear(self, state: str) -> list[str]:
         """Remove every message in `state` (used for incoming/ and done/ at start-up)."""
@@ -321,8 +360,11 @@ class SpoolWriter:
 
 
 def read_lines(path: str, chunk: int = CHUNK) -> Iterator[bytes]:
-    """The body file as regions of whole lines, each starting at a line start (for dot-stuffing)."""
-    with open(path, "rb") as handle:
+    """The body file as regions of whole lines, each starting at a line start (for dot-stuffing).
+
+    Opened without following links (`trust.open_body`): a ``body`` symlink is an OSError.
+    """
+    with trust.open_body(path) as handle:
         carry = b""
         while True:
             data = handle.read(chunk)
@@ -340,8 +382,8 @@ def read_lines(path: str, chunk: int = CHUNK) -> Iterator[bytes]:
 
 
 def read_headers(path: str, limit: int = 65536) -> bytes:
-    """The header section of a stored body (up to `limit` octets), for a DSN."""
-    with open(path, "rb") as handle:
+    """The header section of a stored body (up to `limit` octets), for a DSN (never via a link)."""
+    with trust.open_body(path) as handle:
         head = handle.read(limit)
     end = head.find(b"\r\n\r\n")
     if head.startswith(b"\r\n"):

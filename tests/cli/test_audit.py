@@ -172,7 +172,8 @@ def test_invalid_config_lists_its_problems(tmp_path, capsys):
 
 
 def test_stdout_logs_verify_with_allow_restarts(tmp_path, capsys):
-    """Two runs captured from stdout: each starts a chain; --allow-restarts accepts that."""
+    """Two runs captured from stdout: each starts a chain; --allow-restarts (with --no-state:
+    a capture has no chain state) accepts that."""
     path = tmp_path / "captured.jsonl"
     for seed in (1, 2):
         log = AuditLog("-")
@@ -182,6 +183,8 @@ def test_stdout_logs_verify_with_allow_restarts(tmp_path, capsys):
     code, out, _ = cli(capsys, "audit", "verify", str(path))
     assert code == 1 and ":7: a new chain starts here (seq 1)" in out
     code, out, _ = cli(capsys, "audit", "verify", "--allow-restarts", str(path))
+    assert code == 1 and f"{path}.chain: the chain state is missing" in out
+    code, out, _ = cli(capsys, "audit", "verify", "--allow-restarts", "--no-state", str(path))
     assert code == 0 and "a new chain started 1 time(s)" in out
 
 

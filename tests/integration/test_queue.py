@@ -230,7 +230,10 @@ def tiny_spool(tmp_path):
     path = str(tmp_path / "tiny")
     os.mkdir(path)
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", path], capture_output=True, check=False
+        # mode=0700: a tmpfs root is 1777 by default, which the spool refuses (others could write)
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", path],
+        capture_output=True,
+        check=False,
     )
     if mounted.returncode != 0:
         pytest.skip(
