@@ -33,6 +33,7 @@ class Event(StrEnum):
     MESSAGE_DEAD = "message.dead"
     MESSAGE_BOUNCED = "message.bounced"
     MESSAGE_DELETED = "message.deleted"
+    MESSAGE_QUARANTINED = "message.quarantined"
     # the queue
     QUEUE_STARTED = "queue.started"
     QUEUE_INCOMPLETE_DISCARDED = "queue.incomplete_discarded"
