@@ -157,7 +157,7 @@ class AuditLog:
         except MailgateError as exc:
             if stream is not None:
                 stream.close()
-            self.event("audit.reopen_failed", path=self.path, error=str(exc))
+            self.event(Event.AUDIT_REOPEN_FAILED, path=self.path, error=str(exc))
             return False
         sink = self._sink
         with sink.lock:
@@ -168,7 +168,7 @@ class AuditLog:
             if state is not None:
                 state.save(sink.head)
         old_stream.close()
-        self.event("audit.reopened", path=self.path)
+        self.event(Event.AUDIT_REOPENED, path=self.path)
         return True
 
     def close(self) -> None:

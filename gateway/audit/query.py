@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.errors import UsageError
 
 OUTCOMES = (
@@ -25,7 +26,7 @@ OUTCOMES = (
     "failed",
 )  # in relay mode; shown first, in this order
 _WORD = re.compile(r"[a-z][a-z_-]{0,31}")
-RESULT = "message.result"
+RESULT = Event.MESSAGE_RESULT
 _AGE = re.compile(r"(\d+)\s*([smhdw])")
 _HEAD = re.compile(r'\{"timestamp":"([^"]{10,40})","event":"([^"]{1,80})"')
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

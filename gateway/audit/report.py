@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.audit.query import (
     OUTCOMES,
     RESULT,
@@ -140,25 +141,25 @@ class Summary:
         """Count a session.opened or session.denied seen without parsing its line."""
         if not self.window.admits(when):
             return
-        if event == "session.opened":
+        if event == Event.SESSION_OPENED:
             self.sessions += 1
-        elif event == "session.denied":
+        elif event == Event.SESSION_DENIED:
             self.denied += 1
 
     def add(self, record: Mapping[str, Any]) -> None:
         name = record.get("event")
-        if name not in (RESULT, "session.opened", "session.denied", "mail.refused"):
+        if name not in (RESULT, Event.SESSION_OPENED, Event.SESSION_DENIED, Event.MAIL_REFUSED):
             return
         when = record_time(record)
         if when is None or not self.window.contains(record):
             return
-        if name == "session.opened":
+        if name == Event.SESSION_OPENED:
             self.sessions += 1
             return
-        if name == "session.denied":
+        if name == Event.SESSION_DENIED:
             self.denied += 1
             return
-        if name == "mail.refused":
+        if name == Event.MAIL_REFUSED:
             self.refused_at_mail += 1
             self.rejections.add(f"{record.get('reply', '')} ({record.get('limit', '')})")
             return

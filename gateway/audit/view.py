@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.audit.query import final_reply, recipient_addresses, record_time
 from gateway.terminal import printable
 
@@ -108,15 +109,15 @@ def _recipient_line(recipient: Mapping[str, Any]) -> str:
 
 def _headline(record: Mapping[str, Any]) -> str:
     name = record.get("event")
-    if name == "message.result":
+    if name == Event.MESSAGE_RESULT:
         count = len(recipient_addresses(record))
         via = f" via {record['upstream']}" if record.get("upstream") else ""
         tls = f" ({record['tls_version']})" if record.get("tls_version") else ""
         return f"{record.get('outcome', '?')}: <{record.get('sender', '')}> to {count} recipient(s){via}{tls}"
-    if name == "session.opened":
+    if name == Event.SESSION_OPENED:
         verdict = "allowed" if record.get("allowed") else "denied"
         return f"client {record.get('client_ip', '?')}:{record.get('client_port', '?')}, {verdict}"
-    if name == "session.closed":
+    if name == Event.SESSION_CLOSED:
         seconds, count = record.get("duration_s", "?"), record.get("messages", 0)
         return f"{record.get('reason', '')}, {seconds} s, {count} message(s)"
     return ""

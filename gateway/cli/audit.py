@@ -22,6 +22,7 @@ from gateway.audit import files as audit_files
 from gateway.audit import query as audit_query
 from gateway.audit import report as audit_report
 from gateway.audit import view as audit_view
+from gateway.audit.events import Event
 from gateway.audit.files import AuditFileError, Progress, Scan
 from gateway.cli import audit_chain as audit_chain_cli
 from gateway.cli.audit_sources import Sources, find_sources, sources_arguments
@@ -223,8 +224,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 # --- summary ------------------------------------------------------------------------------------
 
-_SESSION_EVENTS = ("session.opened", "session.denied")
-_SUMMARY_EVENTS = (audit_query.RESULT, "mail.refused", *_SESSION_EVENTS)
+_SESSION_EVENTS = (Event.SESSION_OPENED, Event.SESSION_DENIED)
+_SUMMARY_EVENTS = (audit_query.RESULT, Event.MAIL_REFUSED, *_SESSION_EVENTS)
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 
+from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
 from gateway.config.changes import fixed_changes
 from gateway.config.model import Config, Rate
@@ -199,7 +200,7 @@ class Gateway:
         self.readiness.forget(n for n, u in old.upstreams.items() if config.upstreams.get(n) != u)
         self.metrics.config_reload(True)
         self.audit.event(
-            "config.reloaded",
+            Event.CONFIG_RELOADED,
             config=config.source,
             rules=len(config.rules),
             upstreams={n: u.url for n, u in config.upstreams.items()},
@@ -209,7 +210,9 @@ class Gateway:
         """Record a refused reload: the running config stays."""
         self.metrics.config_reload(False)
         self.audit.event(
-            "config.reload_failed", config=self.config.source, problems=[str(p) for p in problems]
+            Event.CONFIG_RELOAD_FAILED,
+            config=self.config.source,
+            problems=[str(p) for p in problems],
         )
 
     def probe_upstreams(self) -> None:
@@ -241,7 +244,7 @@ class Gateway:
             self.status_port = await status_server.listen(self.reactor, site, where)
             status["metrics"] = f"{where.host}:{self.status_port.getHost().port}"
         self.audit.event(
-            "gateway.started",
+            Event.GATEWAY_STARTED,
             listen=f"{listen.host}:{bound}",
             config=self.config.source,
             upstreams={n: u.url for n, u in self.config.upstreams.items()},
@@ -263,4 +266,4 @@ class Gateway:
         if self.status_port is not None:
             await self.status_port.stopListening()
             self.status_port = None
-        self.audit.event("gateway.stopped")
+        self.audit.event(Event.GATEWAY_STOPPED)

@@ -16,7 +16,6 @@ every scrape; without a probe the two queue gauges are absent.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -24,17 +23,11 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from gateway.queue.state import QueueState
+
 # Seconds: a loopback provider answers in milliseconds, a slow one in tens of seconds.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-
-@dataclass(frozen=True)
-class QueueState:
-    """What a queue probe reports: messages waiting and the age of the oldest (0 when empty)."""
-
-    depth: int
-    oldest_age_seconds: float
 
 
 def reply_class(code: object) -> str:

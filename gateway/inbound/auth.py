@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.audit.events import Event
 from gateway.config.secrets import Secret
 from gateway.policy import passwords
 from gateway.policy.rules import sender_owned
@@ -178,7 +179,7 @@ class AppLogin:
             if answer.code == 334:
                 self._exchange = exchange
             elif answer.code >= 500:
-                self.log.info("session.auth_failed", client_ip=client, reason=answer.text)
+                self.log.info(Event.SESSION_AUTH_FAILED, client_ip=client, reason=answer.text)
             return answer
         app = self.apps.get(answer.username)
         # An unknown name costs the same hash check as a wrong password.
@@ -189,10 +190,10 @@ class AppLogin:
     def _verified(self, ok: bool, username: str, known: bool, client: str) -> Reply:
         if ok and known:
             self.app = username
-            self.log.info("session.authenticated", client_ip=client, app=username)
+            self.log.info(Event.SESSION_AUTHENTICATED, client_ip=client, app=username)
             return AUTH_OK
         self.log.info(
-            "session.auth_failed",
+            Event.SESSION_AUTH_FAILED,
             client_ip=client,
             username=username[:64],
             reason="unknown app" if not known else "wrong password",

@@ -23,6 +23,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.audit.events import Event
 from gateway.inbound.host import ListenerHost
 from gateway.inbound.session import Session
 from gateway.smtp import replies
@@ -79,7 +80,7 @@ class SMTPServerProtocol(Protocol):
             refusal, limit = TOO_MANY_FROM_CLIENT, "listener.max_connections_per_client"
         if refusal is not None:
             self.host.audit.event(
-                "connection.refused",
+                Event.CONNECTION_REFUSED,
                 client_ip=host,
                 client_port=port,
                 limit=limit,
@@ -107,7 +108,7 @@ class SMTPServerProtocol(Protocol):
         self.session.proxy_header(host, port)
         if self.host.connections.client_full(self.host.config.listener, host):
             self.host.audit.event(
-                "connection.refused",
+                Event.CONNECTION_REFUSED,
                 client_ip=host,
                 client_port=port,
                 limit="listener.max_connections_per_client",
@@ -334,7 +335,7 @@ class SMTPServerProtocol(Protocol):
 
     def _internal_error(self, failure: Failure) -> None:
         self.host.audit.event(
-            "gateway.error",
+            Event.GATEWAY_ERROR,
             session_id=self.session.session_id if self.session else None,
             error=failure.getErrorMessage()[:300],
             type=failure.type.__name__,

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from gateway.audit.events import Event
 from gateway.inbound import auth as app_auth
 from gateway.inbound import body
 from gateway.inbound.admission import admit
@@ -90,7 +91,7 @@ class Session:
         )
         self.address, self.allowed = admission.address, admission.allowed
         self.log.info(
-            "session.opened",
+            Event.SESSION_OPENED,
             client_ip=self.client,
             client_port=self.client_port,
             allowed=self.allowed,
@@ -99,7 +100,7 @@ class Session:
         self.host.metrics.session_opened(self.allowed)
         if admission.refusal is not None:
             self.log.info(
-                "session.denied",
+                Event.SESSION_DENIED,
                 client_ip=self.client,
                 limit=admission.limit,
                 reply=str(admission.refusal),
@@ -133,7 +134,7 @@ class Session:
         if self.transaction is not None:
             self._abandon(f"client session ended ({reason})")
         self.log.info(
-            "session.closed",
+            Event.SESSION_CLOSED,
             reason=reason,
             duration_s=round(self.host.monotonic() - self.started, 3),
             **self.counts,
@@ -221,7 +222,7 @@ class Session:
         mail = parse_mail(argument)
         if not self.login.owns(mail.sender.text):
             self.log.info(
-                "mail.refused",
+                Event.MAIL_REFUSED,
                 sender=mail.sender.text,
                 app=self.app,
                 limit=f"apps.{self.app}.senders",
@@ -231,7 +232,7 @@ class Session:
         limit = self.config.listener.max_message_size
         if mail.size is not None and mail.size > limit:
             self.log.info(
-                "mail.refused",
+                Event.MAIL_REFUSED,
                 sender=mail.sender.text,
                 size=mail.size,
                 limit="listener.max_message_size",
@@ -351,7 +352,7 @@ class Session:
         self.counts["messages"] += 1
         self.counts["queued"] += 1
         fields = txn.queued(self.client, self.helo, reply)
-        self.log.info("message.queued", **fields)
+        self.log.info(Event.MESSAGE_QUEUED, **fields)
         first = fields["upstreams"][0] if fields["upstreams"] else None
         self.host.metrics.message_result(
             {"outcome": "queued", "rules": txn.rules, "upstream": first}
@@ -390,6 +391,6 @@ class Session:
         fields = txn.result(who, reply, outcome, reason=reason, limit=limit)
         self.counts["messages"] += 1
         self.counts[fields["outcome"]] += 1
-        self.log.info("message.result", **fields)
+        self.log.info(Event.MESSAGE_RESULT, **fields)
         waited = None if txn.dot_sent is None else self.host.monotonic() - txn.dot_sent
         self.host.metrics.message_result(fields, waited)

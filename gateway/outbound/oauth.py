@@ -38,6 +38,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from gateway.audit.events import Event
 from gateway.config.model import UpstreamConfig
 from gateway.outbound import grants
 from gateway.outbound.grants import (
@@ -225,7 +226,7 @@ class TokenCache:
                 if isinstance(result.value, TokenError)
                 else TokenError(f"token endpoint {key[0]}: {type(result.value).__name__}")
             )
-            self._event("oauth.token_failed", **facts, error=error.reason)
+            self._event(Event.OAUTH_TOKEN_FAILED, **facts, error=error.reason)
             stale = self._tokens.get(key)
             if stale is not None and self.clock.seconds() < stale.expires_at:
                 for waiter in waiters:  # the early refresh failed: the current token still works
@@ -235,7 +236,7 @@ class TokenCache:
                 waiter.errback(Failure(error))
             return
         self._tokens[key] = result
-        self._event("oauth.token_issued", **facts, expires_in=round(result.lifetime))
+        self._event(Event.OAUTH_TOKEN_ISSUED, **facts, expires_in=round(result.lifetime))
         for waiter in waiters:
             waiter.callback(result)
 

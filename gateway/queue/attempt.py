@@ -22,6 +22,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.pool import UpstreamPool
@@ -236,7 +237,7 @@ class DeliveryAttempts:
             recipient.last_attempt = now
             recipient.last_reply = f"451 4.3.5 no upstream of the route {list(route)} is configured"
         self.audit.event(
-            "delivery.attempt",
+            Event.DELIVERY_ATTEMPT,
             queue_id=envelope.id,
             upstream=route[0],
             recipients=[
@@ -268,4 +269,4 @@ class DeliveryAttempts:
         if duplicate:
             fields["possible_duplicate"] = duplicate
             risky.difference_update(duplicate)
-        self.audit.event("delivery.attempt", **fields)
+        self.audit.event(Event.DELIVERY_ATTEMPT, **fields)

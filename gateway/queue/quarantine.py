@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.queue.spool import QUARANTINE, EnvelopeInvalid, MessageGone, Spool
 
 MAX_PROBLEMS = 20  # listed in the audit record (all are counted)
@@ -33,7 +34,7 @@ def set_aside(spool: Spool, audit: Any, state: str, queue_id: str, error: Envelo
     except OSError:
         return False
     audit.event(
-        "message.quarantined",
+        Event.MESSAGE_QUARANTINED,
         queue_id=queue_id,
         state=state,
         problems=[p[:MAX_PROBLEM_TEXT] for p in error.problems[:MAX_PROBLEMS]],

@@ -21,9 +21,9 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
+from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config
-from gateway.daemon.metrics import QueueState
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.pool import UpstreamPool
 from gateway.queue import quarantine
@@ -43,6 +43,7 @@ from gateway.queue.spool import (
     MessageGone,
     Spool,
 )
+from gateway.queue.state import QueueState
 
 SCAN_INTERVAL = (
     1.0  # seconds between looks at the spool (operator commands take effect within this)
@@ -94,7 +95,7 @@ class DeliveryRunner:
         discarded = self.spool.clear(INCOMING)
         if discarded:
             self.audit.event(
-                "queue.incomplete_discarded",
+                Event.QUEUE_INCOMPLETE_DISCARDED,
                 queue_ids=discarded,
                 count=len(discarded),
                 reason="half-received when the gateway stopped; never answered 250",
@@ -111,7 +112,7 @@ class DeliveryRunner:
                 if risky:
                     self.duplicates[queue_id] = risky
                     self.audit.event(
-                        "delivery.duplicate_risk",
+                        Event.DELIVERY_DUPLICATE_RISK,
                         queue_id=queue_id,
                         recipients=sorted(risky),
                         message_id=envelope.message_id,
@@ -121,7 +122,7 @@ class DeliveryRunner:
                 if state == DEFERRED:
                     self.schedule[queue_id] = envelope.next_attempt
         self.audit.event(
-            "queue.started",
+            Event.QUEUE_STARTED,
             path=self.spool.path,
             active=len(self.spool.ids(ACTIVE)),
             deferred=len(self.schedule),
@@ -159,7 +160,7 @@ class DeliveryRunner:
             self._scan()
         except OSError as exc:
             self.audit.event(
-                "gateway.error", error=f"queue scan failed: {exc.strerror}", type="OSError"
+                Event.GATEWAY_ERROR, error=f"queue scan failed: {exc.strerror}", type="OSError"
             )
 
     def _scan(self) -> None:
@@ -200,7 +201,7 @@ class DeliveryRunner:
 
     def _internal_error(self, failure: Failure, queue_id: str) -> None:
         self.audit.event(
-            "gateway.error",
+            Event.GATEWAY_ERROR,
             queue_id=queue_id,
             error=failure.getErrorMessage()[:300],
             type=failure.type.__name__ if failure.type else "unknown",
@@ -222,7 +223,7 @@ class DeliveryRunner:
                     return None
                 self.unreadable.add(queue_id)
                 self.audit.event(
-                    "queue.unreadable",
+                    Event.QUEUE_UNREADABLE,
                     queue_id=queue_id,
                     state=state,
                     error=f"{type(exc).__name__}: {str(exc)[:200]}",
@@ -264,7 +265,7 @@ class DeliveryRunner:
         if envelope is not None:
             pending = envelope.pending
             self.audit.event(
-                "message.deleted",
+                Event.MESSAGE_DELETED,
                 queue_id=queue_id,
                 message_id=envelope.message_id,
                 sender=envelope.sender,

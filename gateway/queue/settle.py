@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config
 from gateway.queue import bounces as dsn
@@ -97,7 +98,7 @@ class Settler:
         if envelope.pending:
             self.spool.move(envelope.id, ACTIVE, DEFERRED, durable=False)
             self.audit.event(
-                "message.deferred",
+                Event.MESSAGE_DEFERRED,
                 queue_id=envelope.id,
                 message_id=envelope.message_id,
                 recipients=[r.address for r in envelope.pending],
@@ -109,7 +110,7 @@ class Settler:
         if any(r.status == FAILED for r in envelope.recipients):
             self.spool.move(envelope.id, ACTIVE, DEAD, durable=False)
             self.audit.event(
-                "message.dead",
+                Event.MESSAGE_DEAD,
                 queue_id=envelope.id,
                 message_id=envelope.message_id,
                 recipients=[r.address for r in envelope.recipients if r.status == FAILED],
@@ -133,7 +134,7 @@ class Settler:
         }
         due = now + self.config.queue.min_backoff
         self.audit.event(
-            "queue.write_failed",
+            Event.QUEUE_WRITE_FAILED,
             queue_id=envelope.id,
             error=exc.strerror or type(exc).__name__,
             delivered_not_recorded=sorted(sent),
@@ -176,7 +177,7 @@ class Settler:
             self.spool.store(bounce, body)
         except OSError as exc:
             self.audit.event(
-                "gateway.error",
+                Event.GATEWAY_ERROR,
                 queue_id=envelope.id,
                 type="OSError",
                 error=f"could not queue the DSN: {exc.strerror}; will try again next round",
@@ -185,7 +186,7 @@ class Settler:
         for recipient in failed:
             recipient.bounced = True
         self.audit.event(
-            "message.bounced",
+            Event.MESSAGE_BOUNCED,
             queue_id=envelope.id,
             dsn_queue_id=dsn_id,
             to=envelope.sender,
@@ -238,7 +239,7 @@ class Settler:
             fields["origin_session_id"] = envelope.session_id
         if envelope.bounce_of:
             fields["bounce_of"] = envelope.bounce_of
-        self.audit.event("message.result", **fields)
+        self.audit.event(Event.MESSAGE_RESULT, **fields)
         if self.on_result is not None:
             first = envelope.recipients[0].upstream if envelope.recipients else None
             rules = sorted({r.rule for r in envelope.recipients if r.rule})

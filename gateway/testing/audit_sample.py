@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from gateway.audit.events import Event
 from gateway.audit.log import AuditLog, _order
 
 SENDERS = ("app@example.com", "billing@example.com", "alerts@example.com", "noreply@shop.example")
@@ -37,7 +38,7 @@ def sessions(
         events = [
             dict(
                 base,
-                event="session.opened",
+                event=Event.SESSION_OPENED,
                 client_ip=client,
                 client_port=40000 + n % 20000,
                 allowed=True,
@@ -45,7 +46,7 @@ def sessions(
         ]
         result: dict[str, Any] = dict(
             base,
-            event="message.result",
+            event=Event.MESSAGE_RESULT,
             client_ip=client,
             helo="app.test",
             sender=sender,
@@ -107,7 +108,7 @@ def sessions(
         events.append(
             dict(
                 base,
-                event="session.closed",
+                event=Event.SESSION_CLOSED,
                 reason="client quit",
                 duration_s=round(2 * step.total_seconds(), 3),
                 messages=1,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from gateway.daemon.metrics import Metrics, QueueState, reply_class, rule_label
+from gateway.daemon.metrics import Metrics, reply_class, rule_label
+from gateway.queue.state import QueueState
 
 
 def test_each_gateway_has_its_own_registry():
