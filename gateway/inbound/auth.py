@@ -18,8 +18,15 @@ from gateway.audit.events import Event
 from gateway.config.secrets import Secret
 from gateway.policy import passwords
 from gateway.policy.rules import sender_owned
-from gateway.smtp import replies
-from gateway.smtp.replies import Reply
+from gateway.smtp.replies import (
+    AUTH_CANCELLED,
+    AUTH_EMPTY_CHALLENGE,
+    AUTH_FAILED,
+    AUTH_OK,
+    AUTH_UNDECODABLE,
+    AUTH_UNKNOWN_MECHANISM,
+    Reply,
+)
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -28,20 +35,6 @@ if TYPE_CHECKING:
     from gateway.inbound.host import SessionLog
 
 MECHANISMS = ("PLAIN", "LOGIN")
-
-AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
-AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
-AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
-AUTH_UNDECODABLE = Reply(501, "5.5.2", "Cannot decode the response")
-AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type; use PLAIN or LOGIN")
-AUTH_TWICE = Reply(503, "5.5.1", "Already authenticated")
-AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
-AUTH_NOT_OFFERED = replies.NOT_IMPLEMENTED.with_text(
-    "AUTH is not offered: no [apps] are configured"
-)
-AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
-SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated app")
-FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header not allowed for the authenticated app")
 
 
 @dataclass(frozen=True)
@@ -76,7 +69,7 @@ class SaslExchange:
         exchange = cls(mechanism)
         if mechanism == "PLAIN":
             if not initial:
-                return exchange, Reply(334, "", "")
+                return exchange, AUTH_EMPTY_CHALLENGE
             return exchange._finish(exchange.respond(initial))
         if initial:  # RFC 4954 allows an initial response for LOGIN too: the username
             return exchange._finish(exchange.respond(initial))

@@ -8,10 +8,9 @@ found fault with, is aborted, so the final dot never goes out. Pure: no reactor 
 from __future__ import annotations
 
 from gateway.config.model import App
-from gateway.inbound.auth import FROM_NOT_OWNED
 from gateway.inbound.from_header import from_allowed
 from gateway.inbound.transaction import Transaction
-from gateway.smtp.replies import Reply
+from gateway.smtp.replies import FROM_NOT_OWNED, Reply
 
 FROM_REFUSED = "From: header not owned by the app"  # the delivery's abort reason
 

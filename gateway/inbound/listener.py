@@ -29,16 +29,16 @@ from gateway.inbound.session import Session
 from gateway.smtp import replies
 from gateway.smtp.commands import COMMAND_LINE_LIMIT
 from gateway.smtp.data import DataReader
-from gateway.smtp.replies import Reply
+from gateway.smtp.replies import (
+    DATA_TOO_SLOW,
+    HTTP_ON_SMTP,
+    TOO_MANY_CONNECTIONS,
+    TOO_MANY_FROM_CLIENT,
+    Reply,
+)
 
 MAX_PIPELINE_BUFFER = 64 * 1024  # pause reading past this many unprocessed bytes
 MIN_RATE_GRACE = 30.0  # seconds of DATA before min_data_rate is enforced
-TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
-TOO_MANY_FROM_CLIENT = Reply(
-    421, "4.7.0", "Too many connections from your address, try again later"
-)
-HTTP_ON_SMTP = Reply(421, "4.7.0", "This is an SMTP server, not HTTP")
-DATA_TOO_SLOW = Reply(421, "4.4.2", "Data rate too low, closing connection")
 HTTP_VERBS = frozenset(
     {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "HOST:", "USER-AGENT:"}
 )
@@ -341,7 +341,7 @@ class SMTPServerProtocol(Protocol):
             type=failure.type.__name__,
         )
         self._pending = None
-        self._close("internal error", Reply(421, "4.3.0", "Internal error, closing connection"))
+        self._close("internal error", replies.INTERNAL_ERROR)
 
     def _feed_data(self, data: bytes) -> None:
         reader, session = self._reader, self.session

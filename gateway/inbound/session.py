@@ -24,10 +24,9 @@ from gateway.policy import rules as policy
 from gateway.policy.headers import HeaderRewriter
 from gateway.smtp import replies
 from gateway.smtp.commands import Command, CommandError, parse_command, parse_mail, parse_rcpt
-from gateway.smtp.replies import Reply
+from gateway.smtp.replies import RATE_LIMITED, Reply
 
 EXTENSIONS = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")
-RATE_LIMITED = Reply(450, "4.7.1", "Rate limit exceeded, try again later")
 
 
 def _then(result: Any, callback: Any, *args: Any) -> Any:
@@ -203,13 +202,13 @@ class Session:
 
     def smtp_AUTH(self, argument: str) -> Reply | defer.Deferred[Reply]:  # noqa: N802
         if not self.config.apps:
-            return app_auth.AUTH_NOT_OFFERED
+            return replies.AUTH_NOT_OFFERED
         if self.helo is None:
             return replies.NEED_HELO
         if self.app is not None:
-            return app_auth.AUTH_TWICE
+            return replies.AUTH_TWICE
         if self.transaction is not None:
-            return app_auth.AUTH_IN_TRANSACTION
+            return replies.AUTH_IN_TRANSACTION
         return self.login.begin(argument, self.client)
 
     def smtp_MAIL(self, argument: str) -> Reply:  # noqa: N802
@@ -218,7 +217,7 @@ class Session:
         if self.transaction is not None:
             return replies.NESTED_MAIL
         if self.config.listener.require_auth and self.app is None:
-            return app_auth.AUTH_REQUIRED
+            return replies.AUTH_REQUIRED
         mail = parse_mail(argument)
         if not self.login.owns(mail.sender.text):
             self.log.info(
@@ -226,9 +225,9 @@ class Session:
                 sender=mail.sender.text,
                 app=self.app,
                 limit=f"apps.{self.app}.senders",
-                reply=str(app_auth.SENDER_NOT_OWNED),
+                reply=str(replies.SENDER_NOT_OWNED),
             )
-            return app_auth.SENDER_NOT_OWNED
+            return replies.SENDER_NOT_OWNED
         limit = self.config.listener.max_message_size
         if mail.size is not None and mail.size > limit:
             self.log.info(

@@ -235,7 +235,9 @@ class UpstreamConnector:
     def _expect(self, reply: Reply, code: int, step: str) -> Reply:
         if reply.code != code:
             raise UpstreamFailure(
-                Reply(451, "4.4.0", f"Upstream refused {step}, try again later"),
+                replies.UPSTREAM_STEP_REFUSED.with_text(
+                    f"Upstream refused {step}, try again later"
+                ),
                 f"{self.config.name}: {step} answered {reply.code} {reply.enhanced}",
                 reply,
             )

@@ -17,9 +17,7 @@ from twisted.internet import defer
 
 from gateway.outbound.connector import UpstreamConnector, UpstreamSession
 from gateway.outbound.failure import UpstreamFailure
-from gateway.smtp import replies
-
-POOL_BUSY = replies.Reply(451, "4.4.5", "All connections to the upstream are busy, try again later")
+from gateway.smtp.replies import POOL_BUSY
 
 
 class PoolBusy(UpstreamFailure):

@@ -224,7 +224,7 @@ UPSTREAM_NO_SMTPUTF8 = Reply(
 )
 BAD_SPOOLED_ADDRESS = Reply(550, "5.1.3", "Address in the spool contains control characters")
 
-# Store-and-forward (delivery = "queue"); see gateway/enqueue.py.
+# Store-and-forward (delivery = "queue"); see gateway/queue/enqueue.py.
 QUEUE_RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK, will be queued")
 QUEUED = Reply(250, "2.0.0", "Queued")
 QUEUE_WRITE_FAILED = Reply(
@@ -238,3 +238,35 @@ OTHER_DELIVERY = Reply(
     "4.5.3",
     "Recipient uses the other delivery mode (queue or relay); send it in a separate transaction",
 )
+
+# App AUTH on the listener (RFC 4954) and sender ownership.
+AUTH_EMPTY_CHALLENGE = Reply(334, "", "")  # AUTH PLAIN without an initial response: send it now
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_CANCELLED = Reply(501, "5.7.0", "Authentication cancelled")
+AUTH_UNDECODABLE = Reply(501, "5.5.2", "Cannot decode the response")
+AUTH_UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognized authentication type; use PLAIN or LOGIN")
+AUTH_TWICE = Reply(503, "5.5.1", "Already authenticated")
+AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
+AUTH_NOT_OFFERED = NOT_IMPLEMENTED.with_text("AUTH is not offered: no [apps] are configured")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated app")
+FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header not allowed for the authenticated app")
+
+# Connection limits and the listener's own closes.
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_FROM_CLIENT = Reply(
+    421, "4.7.0", "Too many connections from your address, try again later"
+)
+HTTP_ON_SMTP = Reply(421, "4.7.0", "This is an SMTP server, not HTTP")
+DATA_TOO_SLOW = Reply(421, "4.4.2", "Data rate too low, closing connection")
+
+# Policy limits.
+RATE_LIMITED = Reply(450, "4.7.1", "Rate limit exceeded, try again later")
+
+# The upstream connection pool.
+POOL_BUSY = Reply(451, "4.4.5", "All connections to the upstream are busy, try again later")
+
+# Gateway errors and upstream session setup.
+INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
+UPSTREAM_STEP_REFUSED = Reply(451, "4.4.0", "Upstream refused the session, try again later")

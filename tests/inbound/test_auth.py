@@ -9,8 +9,8 @@ from twisted.internet import defer
 
 from gateway.config.model import App
 from gateway.config.secrets import Secret
-from gateway.inbound import auth
 from gateway.inbound.auth import AppLogin, Credentials, SaslExchange
+from gateway.smtp import replies
 from gateway.testing.audit import CapturedAudit
 
 APPS = {"billing": App("billing", "stored-hash", senders=("*@billing.example.com",))}
@@ -36,7 +36,7 @@ def test_login_asks_for_username_then_password():
 
 @pytest.mark.parametrize(
     ("argument", "reply"),
-    [("CRAM-MD5", auth.AUTH_UNKNOWN_MECHANISM), ("PLAIN !!!", auth.AUTH_UNDECODABLE)],
+    [("CRAM-MD5", replies.AUTH_UNKNOWN_MECHANISM), ("PLAIN !!!", replies.AUTH_UNDECODABLE)],
 )
 def test_bad_starts(argument, reply):
     """An unknown mechanism or an undecodable response is refused."""
@@ -68,7 +68,7 @@ def test_app_login_checks_the_stored_hash_and_names_the_app():
     """The right password: 235, the app is known, ``session.authenticated`` names it."""
     app_login, verify, captured = login(ok=True)
     reply = result(app_login.begin(f"PLAIN {b64(chr(0) + 'billing' + chr(0) + 'pw')}", "10.0.0.1"))
-    assert reply == auth.AUTH_OK and app_login.app == "billing"
+    assert reply == replies.AUTH_OK and app_login.app == "billing"
     assert verify.asked == [("stored-hash", "pw")]
     assert captured.named("session.authenticated")[0]["client_ip"] == "10.0.0.1"
 
@@ -77,7 +77,7 @@ def test_unknown_app_costs_a_hash_check_and_fails():
     """An unknown name is checked against a dummy hash (same cost) and fails as unknown."""
     app_login, verify, captured = login(ok=True)
     reply = result(app_login.begin(f"PLAIN {b64(chr(0) + 'nobody' + chr(0) + 'pw')}", "10.0.0.1"))
-    assert reply == auth.AUTH_FAILED and app_login.app is None
+    assert reply == replies.AUTH_FAILED and app_login.app is None
     assert verify.asked[0][0].startswith("$scrypt$")
     assert captured.named("session.auth_failed")[0]["reason"] == "unknown app"
 
@@ -88,11 +88,11 @@ def test_login_exchange_spans_lines():
     assert app_login.begin("LOGIN", "10.0.0.1").code == 334 and app_login.exchanging
     assert app_login.respond(b64("billing").encode(), "10.0.0.1").code == 334
     guess = "hunter2-guess"
-    assert result(app_login.respond(b64(guess).encode(), "10.0.0.1")) == auth.AUTH_FAILED
+    assert result(app_login.respond(b64(guess).encode(), "10.0.0.1")) == replies.AUTH_FAILED
     assert not app_login.exchanging and guess not in captured.text
     app_login.begin("LOGIN", "10.0.0.1")
-    assert app_login.respond(b"*", "10.0.0.1") == auth.AUTH_CANCELLED
-    assert captured.named("session.auth_failed")[-1]["reason"] == auth.AUTH_CANCELLED.text
+    assert app_login.respond(b"*", "10.0.0.1") == replies.AUTH_CANCELLED
+    assert captured.named("session.auth_failed")[-1]["reason"] == replies.AUTH_CANCELLED.text
 
 
 def test_owns_senders_only_once_authenticated():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from gateway.config.model import App
 from gateway.inbound import body
-from gateway.inbound.auth import FROM_NOT_OWNED
 from gateway.inbound.transaction import Transaction
 from gateway.policy.headers import HeaderEdits, HeaderRewriter
 from gateway.smtp import replies
 from gateway.smtp.commands import parse_mail
+from gateway.smtp.replies import FROM_NOT_OWNED
 from tests.inbound.fakes import FakeDelivery
 
 CHECKED = App("billing", "hash", senders=("*@billing.example.com",), check_from_header=True)

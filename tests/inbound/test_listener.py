@@ -7,8 +7,9 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from gateway.inbound.listener import TOO_MANY_CONNECTIONS, TOO_MANY_FROM_CLIENT, ListenerFactory
+from gateway.inbound.listener import ListenerFactory
 from gateway.smtp import replies
+from gateway.smtp.replies import TOO_MANY_CONNECTIONS, TOO_MANY_FROM_CLIENT
 from tests.inbound.fakes import FakeHost, config
 
 

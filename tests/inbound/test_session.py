@@ -9,7 +9,6 @@ import pytest
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from gateway.inbound import auth as app_auth
 from gateway.inbound.session import Session
 from gateway.policy.passwords import make_hash
 from gateway.smtp import replies
@@ -182,9 +181,9 @@ def test_app_authenticates_and_may_send_only_as_its_senders(app_hash):
     host = FakeHost(config(apps(app_hash)))
     session = start(host)
     [ehlo, auth] = say(session, "EHLO a", f"AUTH PLAIN {plain('billing', APP_PASSWORD)}")
-    assert "AUTH PLAIN LOGIN" in ehlo.text and auth == app_auth.AUTH_OK
+    assert "AUTH PLAIN LOGIN" in ehlo.text and auth == replies.AUTH_OK
     assert host.events("session.authenticated")[0]["app"] == "billing"
-    assert say(session, "MAIL FROM:<x@other.example>") == [app_auth.SENDER_NOT_OWNED]
+    assert say(session, "MAIL FROM:<x@other.example>") == [replies.SENDER_NOT_OWNED]
     assert host.events("mail.refused")[0]["limit"] == "apps.billing.senders"
     assert say(session, "MAIL FROM:<invoices@billing.example.com>") == [replies.SENDER_OK]
 
@@ -194,7 +193,7 @@ def test_wrong_app_password_fails_without_naming_it(app_hash):
     host = FakeHost(config(apps(app_hash)))
     session = start(host)
     [_, auth] = say(session, "EHLO a", f"AUTH PLAIN {plain('billing', 'guess')}")
-    assert auth == app_auth.AUTH_FAILED
+    assert auth == replies.AUTH_FAILED
     [failed] = host.events("session.auth_failed")
     assert failed["reason"] == "wrong password" and "guess" not in host.captured.text
 
@@ -206,7 +205,7 @@ def test_from_header_not_owned_refuses_the_message_before_any_body_byte(app_hash
     say(session, "EHLO a", f"AUTH PLAIN {plain('billing', APP_PASSWORD)}")
     say(session, "MAIL FROM:<invoices@billing.example.com>", "RCPT TO:<b@example.net>", "DATA")
     reply = send_body(session, b"From: ceo@other.example\r\nSubject: x\r\n\r\nbody\r\n")
-    assert answer(reply) == app_auth.FROM_NOT_OWNED
+    assert answer(reply) == replies.FROM_NOT_OWNED
     [delivery] = host.deliveries
     assert delivery.body == b"" and delivery.finished is None
     assert delivery.aborted[0] == "From: header not owned by the app"

@@ -9,10 +9,10 @@ from twisted.internet import defer
 
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.failure import UpstreamFailure
-from gateway.outbound.pool import POOL_BUSY, PoolBusy
+from gateway.outbound.pool import PoolBusy
 from gateway.outbound.transaction import Transaction, final, reflect, reusable
 from gateway.smtp import replies
-from gateway.smtp.replies import Reply
+from gateway.smtp.replies import POOL_BUSY, Reply
 from tests.outbound.fakes import (
     OK,
     QUEUED,

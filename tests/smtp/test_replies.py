@@ -76,9 +76,10 @@ def _constants() -> list[tuple[str, Reply]]:
 
 @pytest.mark.parametrize(("name", "reply"), _constants(), ids=[n for n, _ in _constants()])
 def test_defined_replies_are_well_formed(name: str, reply: Reply) -> None:
-    """Each reply constant: valid code, enhanced code of its class (354 none), one ASCII line."""
+    """Each reply constant: valid code, enhanced code of its class (3xx none: RFC 3463 has no
+    class 3), one ASCII line."""
     assert 200 <= reply.code <= 599
-    if reply.code == 354:
+    if reply.code // 100 == 3:
         assert reply.enhanced == ""
     else:
         klass, subject, detail = reply.enhanced.split(".")
@@ -233,3 +234,23 @@ def test_parser_code_outside_2xx_to_5xx(code: bytes) -> None:
     """A reply code whose first digit is not 2 to 5 (RFC 5321 4.2) raises MalformedReply."""
     with pytest.raises(MalformedReply):
         ReplyParser().feed(code + b" text\r\n")
+
+
+def test_every_fixed_reply_is_defined_in_the_replies_module():
+    """No module but gateway/smtp/replies.py builds a Reply from literal code, enhanced code and text.
+
+    (A reply made from the upstream's words or the host name, like the banner, is not a fixed one.)
+    """
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "gateway"
+    built = re.compile(r'\bReply\(\s*\d{3}\s*,\s*"[^"]*"\s*,\s*"[^"]*"\s*\)')
+    offenders = [
+        f"{path.relative_to(package)}:{number}"
+        for path in package.rglob("*.py")
+        if path.name != "replies.py" and path.parent.name != "testing"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if built.search(line)
+    ]
+    assert offenders == []
