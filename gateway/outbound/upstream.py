@@ -146,10 +146,15 @@ class UpstreamProtocol(Protocol):
         self._stop_timer()
         try:
             self.tls_facts = self._tls_policy.check_peer(self.transport.getHandle())
-        except TLSFailure as exc:
-            self._lost_reason = exc.reason
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the waiting dialogue must hear it
+            failure = (
+                exc
+                if isinstance(exc, TLSFailure)
+                else TLSFailure(f"TLS peer check failed ({type(exc).__name__})")
+            )
+            self._lost_reason = failure.reason
             self.transport.abortConnection()
-            ready.errback(exc)
+            ready.errback(failure)
             return
         ready.callback(self.tls_facts)
 
@@ -370,7 +375,7 @@ class UpstreamConnector:
             ) from None
         try:
             return await self._dialogue(protocol, creator, attempt)
-        except (UpstreamFailure, _Reconnect):
+        except BaseException:  # an unexpected error too: never leave the connection open
             protocol.abort("session setup failed")
             raise
 
