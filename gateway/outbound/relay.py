@@ -31,14 +31,16 @@ from gateway.smtp.replies import Reply, expected
 def reflect(reply: Reply) -> Reply:
     """The upstream's reply as the app should see it.
 
-    Codes and enhanced codes are kept; a 421 (the *upstream* closing) becomes
+    Codes and enhanced codes are kept; a reply without an enhanced code gets the
+    generic one of its class (the app was promised ENHANCEDSTATUSCODES; the audit
+    keeps the upstream's reply as it was). A 421 (the *upstream* closing) becomes
     451, since the app's own connection stays open; nonsense becomes 451.
     """
     if reply.code == 421:
-        return Reply(451, reply.enhanced, reply.text)
+        return Reply(451, reply.enhanced or replies.default_enhanced(451), reply.text)
     if not 200 <= reply.code < 600:
         return replies.UPSTREAM_PROTOCOL
-    return reply
+    return reply.with_default_enhanced()
 
 
 class RelayTransaction:
@@ -119,9 +121,7 @@ class RelayTransaction:
             if reply is None:
                 return rcpt
             if reply.is_transient and name != order[-1]:
-                self.tried.append(
-                    {"upstream": name, "reason": f"MAIL answered {reply.code} {reply.enhanced}"}
-                )
+                self.tried.append({"upstream": name, "reason": f"MAIL answered {reply.codes}"})
                 self._release(reusable=False)
                 self.pool = self.session = None
                 continue

@@ -444,7 +444,7 @@ class UpstreamConnector:
         if reply.code != code:
             raise UpstreamFailure(
                 Reply(451, "4.4.0", f"Upstream refused {step}, try again later"),
-                f"{self.config.name}: {step} answered {reply.code} {reply.enhanced}",
+                f"{self.config.name}: {step} answered {reply.codes}",
                 reply,
             )
         return reply
@@ -499,7 +499,7 @@ class UpstreamConnector:
             self._quit(protocol)
             raise UpstreamFailure(
                 replies.UPSTREAM_AUTH_FAILED,
-                f"{config.name}: AUTH {mechanism} as {config.username} refused: {answer.code} {answer.enhanced}",
+                f"{config.name}: AUTH {mechanism} as {config.username} refused: {answer.codes}",
                 _scrubbed(answer, sent),
             )
         return config.username, mechanism
@@ -585,7 +585,7 @@ class UpstreamConnector:
             raise UpstreamFailure(
                 replies.UPSTREAM_AUTH_FAILED,
                 f"{config.name}: AUTH {mechanism} as {user} refused{challenge}: "
-                f"{answer.code} {answer.enhanced}{retried}",
+                f"{answer.codes}{retried}",
                 _scrubbed(answer, sent),
             )
 

@@ -450,7 +450,7 @@ class DeliveryRunner:
                 tried.append(
                     {
                         "upstream": name,
-                        "reason": f"MAIL answered {mail_refused.code} {mail_refused.enhanced}",
+                        "reason": f"MAIL answered {mail_refused.codes}",
                     }
                 )
                 continue
