@@ -42,6 +42,7 @@ from gateway.config.model import UpstreamConfig
 from gateway.config.providers import is_sender_placeholder
 from gateway.config.secrets import Secret
 from gateway.outbound.grants import TokenError
+from gateway.outbound.scrub import Scrubber
 from gateway.outbound.tls import ClientConnectionCreator, TLSFacts, TLSFailure, UpstreamTLS
 from gateway.smtp import replies, sasl
 from gateway.smtp.replies import MalformedReply, Reply, ReplyParser
@@ -106,6 +107,7 @@ class UpstreamProtocol(Protocol):
         self._lost_reason: str | None = None
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.tls_facts: TLSFacts | None = None
+        self.scrubber: Scrubber | None = None  # once AUTH went out: every reply is scrubbed
 
     # --- transport events -----------------------------------------------------
 
@@ -119,6 +121,7 @@ class UpstreamProtocol(Protocol):
             self._abort(f"protocol error: {exc}")
             return
         for index, reply in enumerate(batch):
+            reply = self.scrubber.reply(reply) if self.scrubber else reply
             if self._waiters:
                 waiter = self._waiters[0]
                 if getattr(waiter, "starttls", False) and reply.code == 220:
@@ -467,6 +470,7 @@ class UpstreamConnector:
         user = config.username.encode("utf-8")
         secret = self.password.reveal().encode("utf-8")
         sent = [secret, base64.b64encode(secret)]  # what a refusal's text must not repeat
+        protocol.scrubber = Scrubber(sent)  # base64 of the AUTH PLAIN blob included
         try:
             if "PLAIN" in offered:
                 mechanism = "PLAIN"
@@ -554,6 +558,7 @@ class UpstreamConnector:
             else:
                 initial = sasl.oauthbearer_response(user, secret, config.host, config.port)
             sent = [secret.encode("utf-8"), bytes(initial)]  # what a refusal's text must not repeat
+            protocol.scrubber = Scrubber(sent, inherit=protocol.scrubber)  # and a refused token
             del secret
             challenge = ""
             try:
@@ -600,13 +605,8 @@ def _endpoint(reactor: Any, config: UpstreamConfig) -> Any:
 
 
 def _scrubbed(reply: Reply, sent: list[bytes]) -> Reply:
-    """An AUTH refusal with every credential we sent cut out of its text (a server may echo it)."""
-    text = reply.text
-    for secret in sent:
-        value = secret.decode("utf-8", "replace")
-        if value:
-            text = text.replace(value, "<redacted>")
-    return Reply(reply.code, reply.enhanced, text)
+    """An AUTH refusal with every credential we sent cut out of its text (see `scrub`)."""
+    return Scrubber(sent).reply(reply)
 
 
 def _short(exc: BaseException) -> str:
