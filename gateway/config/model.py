@@ -68,9 +68,14 @@ class AuditConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """The metrics and health HTTP server; ``listen`` None (no [metrics] section) turns it off."""
+    """The metrics and health HTTP server; ``listen`` None (no [metrics] section) turns it off.
+
+    ``details_from``: the clients that may ask ``/readyz?verbose=1`` for the reasons
+    (upstream names, usernames, errors); every other client gets ready / not ready.
+    """
 
     listen: Endpoint | None = None
+    details_from: tuple[Network, ...] = LOOPBACK
 
 
 @dataclass(frozen=True)
@@ -422,8 +427,12 @@ class _Reader:
     def metrics(self, document: Mapping[str, Any]) -> MetricsConfig:
         if "metrics" not in document:
             return MetricsConfig()
-        t = self.table(document, "metrics", {"listen"})
-        return MetricsConfig(listen=self.endpoint(t, "metrics.listen", METRICS_LISTEN))
+        t = self.table(document, "metrics", {"listen", "details_from"})
+        details = () if t.get("details_from") == [] else self.networks(t, "metrics.details_from")
+        return MetricsConfig(
+            listen=self.endpoint(t, "metrics.listen", METRICS_LISTEN),
+            details_from=LOOPBACK if details is None else details,
+        )
 
     def audit(self, document: Mapping[str, Any]) -> AuditConfig:
         t = self.table(document, "audit", {"path"})
