@@ -9,7 +9,7 @@
 
 Bound where ``[metrics] listen`` says. The port is open to whoever can reach it,
 so it holds nothing for long (see `StatusChannel`): at most `MAX_CONNECTIONS`
-connections, one request each, `REQUEST_TIMEOUT` seconds from connect to answer,
+connections (`MAX_PER_CLIENT` from one address), one request each, `REQUEST_TIMEOUT` seconds from connect to answer,
 small headers, GET and HEAD only, and no request body is ever read, let alone
 spooled to disk (twisted.web writes bodies over 100 kB to a temporary file).
 """
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 TEXT = b"text/plain; charset=utf-8"
 MAX_CONNECTIONS = 32  # open status connections; more are answered 503 and closed at once
+MAX_PER_CLIENT = 8  # of those, from one address: one client cannot take every place
 REQUEST_TIMEOUT = 10.0  # seconds from connect to the end of the answer, whatever arrives
 MAX_HEADER_BYTES = 8192  # request line and headers together
 MAX_HEADERS = 40
@@ -64,14 +65,15 @@ class StatusChannel(HTTPChannel):
 
     site: StatusSite
     _counted = False
+    _client = ""
     _refused = False
     _deadline: Any = None
 
     def connectionMade(self) -> None:  # noqa: N802
-        if self.site.open_channels >= self.site.max_connections:
+        self._client = str(getattr(self.transport.getPeer(), "host", ""))
+        if not self.site.admit(self._client):
             self._refuse(BUSY)
             return
-        self.site.open_channels += 1
         self._counted = True
         self._deadline = self.callLater(self.site.request_timeout, self._too_slow)
         super().connectionMade()
@@ -117,12 +119,12 @@ class StatusChannel(HTTPChannel):
         self._deadline = None
         if self._counted:
             self._counted = False
-            self.site.open_channels -= 1
+            self.site.leave(self._client)
         super().connectionLost(reason)
 
 
 class StatusSite(Site):
-    """A `Site` whose channels are `StatusChannel`s, counted against `max_connections`."""
+    """A `Site` whose channels are `StatusChannel`s, counted against its limits."""
 
     protocol = StatusChannel  # type: ignore[assignment]
 
@@ -132,14 +134,32 @@ class StatusSite(Site):
         *,
         reactor: Any = None,
         max_connections: int = MAX_CONNECTIONS,
+        max_per_client: int = MAX_PER_CLIENT,
         request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         super().__init__(resource, reactor=reactor, timeout=request_timeout)
         self.max_connections = max_connections
+        self.max_per_client = max_per_client
         self.request_timeout = request_timeout
         self.open_channels = 0
+        self.per_client: dict[str, int] = {}
         self.displayTracebacks = False
         self.noisy = False
+
+    def admit(self, client: str) -> bool:
+        """Count a new connection from `client`, unless the site or that client is full."""
+        held = self.per_client.get(client, 0)
+        if self.open_channels >= self.max_connections or held >= self.max_per_client:
+            return False
+        self.open_channels += 1
+        self.per_client[client] = held + 1
+        return True
+
+    def leave(self, client: str) -> None:
+        self.open_channels -= 1
+        held = self.per_client.pop(client, 1) - 1
+        if held:
+            self.per_client[client] = held
 
 
 class _Leaf(Resource):
@@ -215,7 +235,11 @@ def site(gateway: Gateway, reactor: Any = None) -> StatusSite:
     root.putChild(b"healthz", HealthPage(gateway))
     root.putChild(b"readyz", ReadyPage(gateway))
     return StatusSite(
-        root, reactor=reactor, max_connections=MAX_CONNECTIONS, request_timeout=REQUEST_TIMEOUT
+        root,
+        reactor=reactor,
+        max_connections=MAX_CONNECTIONS,
+        max_per_client=MAX_PER_CLIENT,
+        request_timeout=REQUEST_TIMEOUT,
     )
 
 

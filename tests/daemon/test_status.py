@@ -103,7 +103,10 @@ def test_headers_dripping_in_do_not_extend_the_deadline():
 def test_connections_over_the_cap_get_503_and_are_closed():
     """Prevents idle connections piling up: past MAX_CONNECTIONS each new one is refused at once."""
     connections = Connections()
-    held = [connections.open() for _ in range(status.MAX_CONNECTIONS)]
+    held = []
+    for number in range(status.MAX_CONNECTIONS):
+        connections.peer = IPv4Address("TCP", f"10.0.0.{number}", 40000)
+        held.append(connections.open())
     assert connections.site.open_channels == status.MAX_CONNECTIONS
     channel, transport = connections.open()
     assert response(transport)[0] == 503 and transport.disconnecting
@@ -151,3 +154,17 @@ def test_readyz_details_only_on_request_and_only_to_allowed_clients(peer, detail
     assert code == 503
     assert (b"relay@example.test" in body) == shown
     assert body.startswith(b"not ready\n")
+
+
+def test_one_client_cannot_take_every_place():
+    """Past MAX_PER_CLIENT connections from one address it gets 503; another address still gets in."""
+    connections = Connections()
+    for _ in range(status.MAX_PER_CLIENT):
+        assert not connections.open()[1].disconnecting
+    assert response(connections.open()[1])[0] == 503
+    connections.peer = IPv4Address("TCP", "127.0.0.2", 40000)
+    channel, transport = connections.open()
+    channel.dataReceived(b"GET /healthz HTTP/1.1\r\n\r\n")
+    assert response(transport) == (200, b"ok\n")
+    channel.connectionLost(None)
+    assert connections.site.per_client == {"127.0.0.1": status.MAX_PER_CLIENT}

@@ -112,8 +112,9 @@ def test_idle_status_connections_do_not_starve_smtp(mailgate_run, make_upstream,
 
     idle = []
     try:
-        for _ in range(limit + 100):  # far more than the process could hold
-            idle.append(socket.create_connection(("127.0.0.1", http_port), timeout=10))
+        for number in range(limit + 100):  # far more than the process could hold...
+            source = (f"127.0.0.{2 + number % 10}", 0)  # ...from ten addresses, past the total cap
+            idle.append(socket.create_connection(("127.0.0.1", http_port), 10, source))
         for sock in idle[:5]:
             sock.sendall(b"GET /readyz HTTP/1.1\r\n")  # and never the rest
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=20) as client:
@@ -145,11 +146,11 @@ def test_connections_past_the_cap_are_answered_503_and_closed(make_upstream, sta
     port = status_port(gw)
     held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(100)]
     try:
-        extra = held[status.MAX_CONNECTIONS :]
+        extra = held[status.MAX_PER_CLIENT :]  # all from 127.0.0.1: its share is the limit
         answers = wait_all_closed_or_answered(extra)
         assert all(a == b"" or a.startswith(b"HTTP/1.1 503") for a in answers)
         assert sum(a.startswith(b"HTTP/1.1 503") for a in answers) > 0
-        assert gw.gateway.status_port.factory.open_channels <= status.MAX_CONNECTIONS
+        assert gw.gateway.status_port.factory.open_channels <= status.MAX_PER_CLIENT
     finally:
         for sock in held:
             sock.close()
