@@ -220,6 +220,11 @@ def form_secrets(form: Mapping[str, str]) -> list[str]:
     return [form[key] for key in ("client_secret", "refresh_token", "assertion") if form.get(key)]
 
 
+def _text(value: object) -> str:
+    """A field of the answer as text: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def parse_token_response(
     status: int, body: bytes, *, now: float, endpoint: str, secrets: Sequence[str] = ()
 ) -> AccessToken:
@@ -236,15 +241,15 @@ def parse_token_response(
         raise TokenError(f"token endpoint {endpoint} answered HTTP {status} without a JSON object")
     scrub = Scrubber(secrets, "<secret>")
     if status != 200 or "error" in data:
-        error = scrub(str(data.get("error", "no error code"))).replace("\n", " ")[:80]
-        description = scrub(str(data.get("error_description", ""))).splitlines()
+        error = scrub(_text(data.get("error", "no error code"))).replace("\n", " ")[:80]
+        description = scrub(_text(data.get("error_description", ""))).splitlines()
         text = (description[0] if description else "")[:MAX_DESCRIPTION]
         detail = f"{error}: {text}" if text else error
         raise TokenError(f"token endpoint {endpoint} answered HTTP {status}: {detail}", error=error)
     token = data.get("access_token")
     if not isinstance(token, str) or not token:
         raise TokenError(f"token endpoint {endpoint} answered HTTP 200 without an access_token")
-    kind = scrub(str(data.get("token_type", "Bearer")))
+    kind = scrub(_text(data.get("token_type", "Bearer")))
     if kind.lower() != "bearer":
         raise TokenError(f"token endpoint {endpoint} issued a {kind[:20]!r} token, expected Bearer")
     try:

@@ -376,6 +376,8 @@ class UpstreamConnector:
                 replies.UPSTREAM_UNREACHABLE,
                 f"{config.name}: cannot connect to {config.host}:{config.port} ({_short(exc)})",
             ) from None
+        if self.password is not None:  # sent on an earlier connection: an echo may come first
+            protocol.scrubber = Scrubber([self.password.reveal()])
         try:
             return await self._dialogue(protocol, creator, attempt)
         except BaseException:  # an unexpected error too: never leave the connection open

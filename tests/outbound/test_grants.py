@@ -126,6 +126,18 @@ def test_an_echoed_secret_is_cut_from_every_field_in_every_encoding(field, echo)
     assert "<secret>" in caught.value.reason
 
 
+def test_an_echo_inside_a_field_that_is_not_a_string_is_cut():
+    """An error given as a JSON object or list is scrubbed as its JSON text."""
+    tricky = ECHOED + "'\"\\"  # quotes and a backslash: repr() would escape them its own way
+    for value in ({"detail": [tricky]}, [tricky], {"n": 1, "why": tricky}):
+        answer = {"error": value, "error_description": value}
+        with pytest.raises(TokenError) as caught:
+            parse_token_response(
+                400, json.dumps(answer).encode(), now=0, endpoint=URL, secrets=[tricky]
+            )
+        assert ECHOED[:6] not in caught.value.reason
+
+
 def test_a_secret_is_cut_before_the_text_is_shortened():
     """A secret straddling the length limit leaves no prefix of itself behind."""
     for field, limit in (("error", 80), ("error_description", grants.MAX_DESCRIPTION)):
