@@ -81,12 +81,11 @@ class RelayTransaction:
                     return self.failure.reply if self.failure else replies.UPSTREAM_LOST
             else:
                 reply = await self.session.command(line)
-            reply = expected(reply, 250, 251)
         except UpstreamFailure as failure:
             self._fail(failure)
             return failure.reply
-        self.upstream_reply = reply
-        return reflect(reply)
+        self.upstream_reply = reply  # as the upstream said it, even when it made no sense
+        return reflect(expected(reply, 250, 251))
 
     async def _open(self, rcpt_line: bytes) -> Reply | None:
         """Take a session and send MAIL (and, pipelined, the first RCPT), failing over along the route.
@@ -120,12 +119,13 @@ class RelayTransaction:
             reply, rcpt = await self._mail(session, rcpt_line)
             if reply is None:
                 return rcpt
+            said = self.upstream_reply or reply  # what the upstream answered, as it said it
             if reply.is_transient and name != order[-1]:
-                self.tried.append({"upstream": name, "reason": f"MAIL answered {reply.codes}"})
+                self.tried.append({"upstream": name, "reason": f"MAIL answered {said.codes}"})
                 self._release(reusable=False)
                 self.pool = self.session = None
                 continue
-            self._fail(UpstreamFailure(reflect(reply), f"{name}: MAIL refused", reply))
+            self._fail(UpstreamFailure(reflect(reply), f"{name}: MAIL refused", said))
             return None
         self.failure = last or UpstreamFailure(
             replies.UPSTREAM_UNREACHABLE, "no upstream available"
@@ -159,11 +159,12 @@ class RelayTransaction:
         try:
             mail_sent = session.command(line.encode("ascii"))
             rcpt_sent = session.command(rcpt_line) if "PIPELINING" in capabilities else None
-            reply = expected(await mail_sent, 250)
+            answer = await mail_sent
+            reply = expected(answer, 250)
             if reply.code != 250:
                 if rcpt_sent is not None:
                     await rcpt_sent  # its 503 means nothing; keep the replies in step
-                self.upstream_reply = reply
+                self.upstream_reply = answer
                 return reply, None
             rcpt = await (rcpt_sent if rcpt_sent is not None else session.command(rcpt_line))
         except UpstreamFailure as failure:

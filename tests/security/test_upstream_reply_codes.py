@@ -73,6 +73,28 @@ def test_audit_keeps_the_enhanced_code_the_upstream_sent(case, scripted, start_g
     assert not any(made_up in said for made_up in ("3.0.0", "4.0.0", "5.0.0")), said
 
 
+@pytest.mark.parametrize(
+    "field,wire,code,enhanced",
+    [
+        ("mail_reply", b"251 2.1.0 ok, sort of\r\n", 251, "2.1.0"),
+        ("mail_reply", b"354 go on\r\n", 354, None),
+        ("rcpt_reply", b"354 go ahead\r\n", 354, None),
+        ("rcpt_reply", b"220 2.0.0 hello again\r\n", 220, "2.0.0"),
+    ],
+)
+def test_audit_keeps_a_nonsense_reply_as_the_upstream_sent_it(
+    field, wire, code, enhanced, scripted, start_gateway, ca
+):
+    """The app gets 451 4.5.0 for a reply that makes no sense; the audit keeps the upstream's own."""
+    upstream = scripted(**{field: wire})
+    gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
+    reply = try_recipient(gw.port)
+    assert reply[0] == 451 and reply[1].startswith(b"4.5.0")
+    [result] = gw.audit.wait_for("message.result")
+    assert (result["upstream_code"], result["upstream_enhanced"]) == (code, enhanced)
+    assert "4.5.0" not in json.dumps({k: v for k, v in result.items() if k.startswith("upstream")})
+
+
 def test_audit_keeps_an_enhanced_code_that_was_sent(scripted, start_gateway, ca):
     """The control: an enhanced code the upstream did send is recorded as sent."""
     upstream = scripted(rcpt_reply=b"550 5.1.1 No such user here\r\n")
