@@ -107,7 +107,7 @@ class UpstreamProtocol(Protocol):
         self._lost_reason: str | None = None
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.tls_facts: TLSFacts | None = None
-        self.scrubber: Scrubber | None = None  # once AUTH went out: every reply is scrubbed
+        self.scrubber: Scrubber | None = None  # set at connect and AUTH: scrubs every reply
 
     # --- transport events -----------------------------------------------------
 
