@@ -472,7 +472,7 @@ class UpstreamConnector:
         user = config.username.encode("utf-8")
         secret = self.password.reveal().encode("utf-8")
         sent = [secret, base64.b64encode(secret)]  # what a refusal's text must not repeat
-        protocol.scrubber = Scrubber(sent)  # base64 of the AUTH PLAIN blob included
+        protocol.scrubber = Scrubber([*sent, base64.b64encode(b"\0" + user + b"\0" + secret)])
         try:
             if "PLAIN" in offered:
                 mechanism = "PLAIN"

@@ -61,6 +61,8 @@ def leaks(text: str, secret: str = SECRET) -> list[str]:
     for offset in range(3):
         encoded = b64(b"\0" * offset + data)
         core = encoded[(offset * 4 + 2) // 3 : (len(data) + offset) // 3 * 4]
+        if len(core) < 4:  # too short to mean anything (and to be looked for)
+            continue
         if core in text or core.replace("+", "-").replace("/", "_") in text:
             found.append(f"base64-core@{offset}")
     return found

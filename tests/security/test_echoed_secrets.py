@@ -223,6 +223,18 @@ def test_password_echoed_by_the_upstream_is_nowhere(echo, scripted, start_gatewa
     assert_not_in(text.decode(), PASSWORD, "the app's reply")
 
 
+def test_a_short_password_in_an_echoed_plain_blob_is_cut(scripted, start_gateway, ca, monkeypatch):
+    """Prevents a password too short to find inside base64 leaking through the echoed PLAIN blob."""
+    short = "pw1"
+    monkeypatch.setenv("MAILGATE_TEST_PASSWORD", short)
+    blob = b64(b"\0" + USER.encode() + b"\0" + short.encode())
+    upstream = scripted(mail_reply=split_reply(b"451", b"4.7.0", blob, 2))  # after AUTH went well
+    gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
+    assert rcpt_reply(gw.port)[0] == 451
+    [result] = gw.audit.wait_for("message.result")
+    assert result["upstream_reply"] == "<redacted>\n<redacted>"
+
+
 @pytest.mark.parametrize(
     "script",
     [
