@@ -12,6 +12,7 @@ import pytest
 
 from gateway.cli.main import main
 from gateway.config import model as configuration
+from gateway.config import toml
 from gateway.config.providers import UPSTREAM_KEYS
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -58,3 +59,12 @@ def test_haproxy_sample_is_valid():
         check=False,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_systemd_file_limit_fits_the_sample_max_connections():
+    """LimitNOFILE leaves room for two descriptors per app connection, the pools and the rest."""
+    unit = (DEPLOY / "systemd" / "mailgate.service").read_text()
+    [limit] = re.findall(r"^LimitNOFILE=(\d+)$", unit, re.MULTILINE)
+    config = toml.load(str(SAMPLE))
+    pools = sum(u.max_connections for u in config.upstreams.values())
+    assert int(limit) >= 2 * config.listener.max_connections + pools + 32 + 150

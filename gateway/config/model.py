@@ -63,9 +63,14 @@ class AuditConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """The metrics and health HTTP server; ``listen`` None (no [metrics] section) turns it off."""
+    """The metrics and health HTTP server; ``listen`` None (no [metrics] section) turns it off.
+
+    ``details_from``: the clients that may ask ``/readyz?verbose=1`` for the reasons
+    (upstream names, usernames, errors); every other client gets ready / not ready.
+    """
 
     listen: Endpoint | None = None
+    details_from: tuple[Network, ...] = LOOPBACK
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.config.model import (
+    LOOPBACK,
     METRICS_LISTEN,
     App,
     AuditConfig,
@@ -270,8 +271,12 @@ class _Reader:
     def metrics(self, document: Mapping[str, Any]) -> MetricsConfig:
         if "metrics" not in document:
             return MetricsConfig()
-        t = self.table(document, "metrics", {"listen"})
-        return MetricsConfig(listen=self.endpoint(t, "metrics.listen", METRICS_LISTEN))
+        t = self.table(document, "metrics", {"listen", "details_from"})
+        details = () if t.get("details_from") == [] else self.networks(t, "metrics.details_from")
+        return MetricsConfig(
+            listen=self.endpoint(t, "metrics.listen", METRICS_LISTEN),
+            details_from=LOOPBACK if details is None else details,
+        )
 
     def audit(self, document: Mapping[str, Any]) -> AuditConfig:
         t = self.table(document, "audit", {"path"})

@@ -240,7 +240,7 @@ class Gateway:
         status = {}
         if self.config.metrics.listen is not None:
             where = self.config.metrics.listen
-            site = status_server.site(self.readiness, self.metrics, self.probe_upstreams)
+            site = status_server.site(self, self.reactor)
             self.status_port = await status_server.listen(self.reactor, site, where)
             status["metrics"] = f"{where.host}:{self.status_port.getHost().port}"
         self.audit.event(

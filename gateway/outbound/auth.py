@@ -18,6 +18,7 @@ from gateway.config.secrets import Secret
 from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.grants import TokenError
 from gateway.outbound.protocol import Lost, UpstreamProtocol
+from gateway.outbound.scrub import Scrubber
 from gateway.smtp import replies, sasl
 from gateway.smtp.replies import Reply
 
@@ -59,6 +60,7 @@ async def authenticate_password(
     user = config.username.encode("utf-8")
     secret = password.reveal().encode("utf-8")
     sent = [secret, base64.b64encode(secret)]  # what a refusal's text must not repeat
+    protocol.scrubber = Scrubber([*sent, base64.b64encode(b"\0" + user + b"\0" + secret)])
     try:
         if "PLAIN" in offered:
             mechanism = "PLAIN"
@@ -91,7 +93,7 @@ async def authenticate_password(
         protocol.quit()
         raise UpstreamFailure(
             replies.UPSTREAM_AUTH_FAILED,
-            f"{config.name}: AUTH {mechanism} as {config.username} refused: {answer.code} {answer.enhanced}",
+            f"{config.name}: AUTH {mechanism} as {config.username} refused: {answer.codes}",
             _scrubbed(answer, sent),
         )
     return config.username, mechanism
@@ -154,6 +156,7 @@ async def authenticate_bearer(
         else:
             initial = sasl.oauthbearer_response(user, secret, config.host, config.port)
         sent = [secret.encode("utf-8"), bytes(initial)]  # what a refusal's text must not repeat
+        protocol.scrubber = Scrubber(sent, inherit=protocol.scrubber)  # and a refused token
         del secret
         challenge = ""
         try:
@@ -185,16 +188,11 @@ async def authenticate_bearer(
         raise UpstreamFailure(
             replies.UPSTREAM_AUTH_FAILED,
             f"{config.name}: AUTH {mechanism} as {user} refused{challenge}: "
-            f"{answer.code} {answer.enhanced}{retried}",
+            f"{answer.codes}{retried}",
             _scrubbed(answer, sent),
         )
 
 
 def _scrubbed(reply: Reply, sent: list[bytes]) -> Reply:
-    """An AUTH refusal with every credential we sent cut out of its text (a server may echo it)."""
-    text = reply.text
-    for secret in sent:
-        value = secret.decode("utf-8", "replace")
-        if value:
-            text = text.replace(value, "<redacted>")
-    return Reply(reply.code, reply.enhanced, text)
+    """An AUTH refusal with every credential we sent cut out of its text (see `scrub`)."""
+    return Scrubber(sent).reply(reply)

@@ -42,6 +42,7 @@ from gateway.outbound.auth import (
 )
 from gateway.outbound.failure import UpstreamFailure, lost
 from gateway.outbound.protocol import Lost, ProtocolFactory, UpstreamProtocol
+from gateway.outbound.scrub import Scrubber
 from gateway.outbound.tls import ClientConnectionCreator, TLSFacts, TLSFailure, UpstreamTLS
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
@@ -161,9 +162,11 @@ class UpstreamConnector:
                 replies.UPSTREAM_UNREACHABLE,
                 f"{config.name}: cannot connect to {config.host}:{config.port} ({_short(exc)})",
             ) from None
+        if self.password is not None:  # sent on an earlier connection: an echo may come first
+            protocol.scrubber = Scrubber([self.password.reveal()])
         try:
             return await self._dialogue(protocol, creator, attempt)
-        except (UpstreamFailure, Reconnect):
+        except BaseException:  # an unexpected error too: never leave the connection open
             protocol.abort("session setup failed")
             raise
 
@@ -238,7 +241,7 @@ class UpstreamConnector:
                 replies.UPSTREAM_STEP_REFUSED.with_text(
                     f"Upstream refused {step}, try again later"
                 ),
-                f"{self.config.name}: {step} answered {reply.code} {reply.enhanced}",
+                f"{self.config.name}: {step} answered {reply.codes}",
                 reply,
             )
         return reply

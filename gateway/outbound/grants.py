@@ -9,7 +9,8 @@ Three grants (RFC 6749, RFC 7523):
   signing a JWT whose ``sub`` is the mailbox to act as.
 
 Secrets are `Secret` values and never part of an error text: an endpoint's
-``error_description`` is passed on with any secret it might echo blanked out.
+``error`` and ``error_description`` are passed on with any secret they might echo
+(raw, URL-encoded, base64, JSON-escaped) blanked out.
 Pure apart from reading the secret files once.
 """
 
@@ -30,6 +31,7 @@ from gateway.config import secrets as credentials
 from gateway.config.providers import OAuthConfig
 from gateway.config.secrets import Secret
 from gateway.errors import MailgateError, SecretError
+from gateway.outbound.scrub import Scrubber
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 ASSERTION_LIFETIME = 3600  # seconds; Google's maximum
@@ -92,10 +94,6 @@ class GrantCredentials:
         if self.service_account is not None:
             return self.service_account.client_email
         return self.oauth.client_id or ""
-
-    def secrets(self) -> list[str]:
-        values = [s.reveal() for s in (self.client_secret, self.refresh_token) if s is not None]
-        return [v for v in values if len(v) >= 4]
 
     def rotate(self, refresh_token: Secret) -> None:
         """Keep a new refresh token, in memory and (best effort) in `refresh_token_file`."""
@@ -217,32 +215,41 @@ def subject_for(oauth: OAuthConfig, user: str) -> str:
     return user if oauth.grant == "jwt_bearer" else ""
 
 
-def redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "<secret>")
-    return text
+def form_secrets(form: Mapping[str, str]) -> list[str]:
+    """The secrets a token request form carries: what the endpoint's answer must not repeat."""
+    return [form[key] for key in ("client_secret", "refresh_token", "assertion") if form.get(key)]
+
+
+def _text(value: object) -> str:
+    """A field of the answer as text: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def parse_token_response(
     status: int, body: bytes, *, now: float, endpoint: str, secrets: Sequence[str] = ()
 ) -> AccessToken:
-    """A token endpoint's answer to an `AccessToken`, or `TokenError` with its error and description."""
+    """A token endpoint's answer to an `AccessToken`, or `TokenError` with its error and description.
+
+    Every text taken from the answer is scrubbed of `secrets` (in every encoding we
+    send them in, see `gateway.outbound.scrub`) before it is cut to length.
+    """
     try:
         data: Any = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         data = None
     if not isinstance(data, Mapping):
         raise TokenError(f"token endpoint {endpoint} answered HTTP {status} without a JSON object")
+    scrub = Scrubber(secrets, "<secret>")
     if status != 200 or "error" in data:
-        error = str(data.get("error", "no error code"))[:80]
-        description = str(data.get("error_description", "")).splitlines()
-        text = redact(description[0] if description else "", secrets)[:MAX_DESCRIPTION]
+        error = scrub(_text(data.get("error", "no error code"))).replace("\n", " ")[:80]
+        description = scrub(_text(data.get("error_description", ""))).splitlines()
+        text = (description[0] if description else "")[:MAX_DESCRIPTION]
         detail = f"{error}: {text}" if text else error
         raise TokenError(f"token endpoint {endpoint} answered HTTP {status}: {detail}", error=error)
     token = data.get("access_token")
     if not isinstance(token, str) or not token:
         raise TokenError(f"token endpoint {endpoint} answered HTTP 200 without an access_token")
-    kind = str(data.get("token_type", "Bearer"))
+    kind = scrub(_text(data.get("token_type", "Bearer")))
     if kind.lower() != "bearer":
         raise TokenError(f"token endpoint {endpoint} issued a {kind[:20]!r} token, expected Bearer")
     try:

@@ -45,6 +45,7 @@ from gateway.outbound.grants import (
     AccessToken,
     GrantCredentials,
     TokenError,
+    form_secrets,
     parse_token_response,
     subject_for,
     token_form,
@@ -110,6 +111,7 @@ class TokenEndpoint:
     async def _fetch(self, user: str) -> AccessToken:
         now = self.reactor.seconds()
         form = token_form(self.grant, subject_for(self.grant.oauth, user) or None, now)
+        sent = form_secrets(form)  # what the answer must not repeat (the assertion included)
         try:
             response = await self._http.post(
                 self.url,
@@ -140,8 +142,9 @@ class TokenEndpoint:
             bytes(body),
             now=self.reactor.seconds(),
             endpoint=self.url,
-            secrets=self.grant.secrets(),
+            secrets=sent,
         )
+        del sent
         if token.refresh_token is not None and self.grant.oauth.grant == "refresh_token":
             self.grant.rotate(token.refresh_token)
         return token

@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gateway.outbound.scrub import Scrubber
 from gateway.outbound.tls import ClientConnectionCreator, TLSFacts, TLSFailure, UpstreamTLS
 from gateway.smtp.replies import MalformedReply, Reply, ReplyParser
 
@@ -51,6 +52,7 @@ class UpstreamProtocol(Protocol):
         self._lost_reason: str | None = None
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.tls_facts: TLSFacts | None = None
+        self.scrubber: Scrubber | None = None  # set at connect and AUTH: scrubs every reply
 
     # --- transport events -----------------------------------------------------
 
@@ -64,6 +66,7 @@ class UpstreamProtocol(Protocol):
             self._abort(f"protocol error: {exc}")
             return
         for index, reply in enumerate(batch):
+            reply = self.scrubber.reply(reply) if self.scrubber else reply
             if self._waiters:
                 waiter = self._waiters[0]
                 if getattr(waiter, "starttls", False) and reply.code == 220:
@@ -91,10 +94,15 @@ class UpstreamProtocol(Protocol):
         self._stop_timer()
         try:
             self.tls_facts = self._tls_policy.check_peer(self.transport.getHandle())
-        except TLSFailure as exc:
-            self._lost_reason = exc.reason
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the waiting dialogue must hear it
+            failure = (
+                exc
+                if isinstance(exc, TLSFailure)
+                else TLSFailure(f"TLS peer check failed ({type(exc).__name__})")
+            )
+            self._lost_reason = failure.reason
             self.transport.abortConnection()
-            ready.errback(exc)
+            ready.errback(failure)
             return
         ready.callback(self.tls_facts)
 

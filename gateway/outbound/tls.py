@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
-from service_identity import VerificationError
+from service_identity import CertificateError, VerificationError
 from service_identity.pyopenssl import verify_hostname, verify_ip_address
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -98,7 +98,26 @@ class UpstreamTLS:
         return connection, record
 
     def check_peer(self, connection: SSL.Connection) -> TLSFacts:
-        """Check name and pins on a completed handshake; raise `TLSFailure` if they fail."""
+        """Check name and pins on a completed handshake; raise `TLSFailure` if they fail.
+
+        Every failure is a `TLSFailure`, whatever raised it: service-identity refuses
+        some certificates (no subjectAltName, an IP address or a bare ``*`` as a DNS
+        name) with `CertificateError` or plain `ValueError`s rather than a mismatch.
+        """
+        try:
+            return self._check_peer(connection)
+        except TLSFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure must still fail closed
+            raise TLSFailure(
+                f"certificate could not be checked for host name {self.hostname} "
+                f"({type(exc).__name__})"
+            ) from None
+
+    def _check_peer(self, connection: SSL.Connection) -> TLSFacts:
+        cert = connection.get_peer_certificate(as_cryptography=True)
+        if cert is None:
+            raise TLSFailure("no peer certificate")
         try:
             if self._is_ip:
                 verify_ip_address(connection, self.hostname)
@@ -106,9 +125,8 @@ class UpstreamTLS:
                 verify_hostname(connection, self.hostname)
         except VerificationError:
             raise TLSFailure(f"certificate does not match host name {self.hostname}") from None
-        cert = connection.get_peer_certificate(as_cryptography=True)
-        if cert is None:
-            raise TLSFailure("no peer certificate")
+        except CertificateError as exc:
+            raise TLSFailure(_unusable_names(exc, self.hostname)) from None
         digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
         if self.pins and digest not in self.pins:
             raise TLSFailure(f"certificate SHA-256 {digest} matches no pin_sha256")
@@ -117,6 +135,13 @@ class UpstreamTLS:
             cipher=connection.get_cipher_name() or "",
             peer_cert_sha256=digest,
         )
+
+
+def _unusable_names(error: CertificateError, hostname: str) -> str:
+    """Why a certificate's names cannot be checked, in fixed words (its text is the peer's)."""
+    if "subjectAltName" in str(error):
+        return f"certificate has no subjectAltName to match host name {hostname}"
+    return f"certificate has an invalid subjectAltName entry; cannot match host name {hostname}"
 
 
 @implementer(IOpenSSLClientConnectionCreator)

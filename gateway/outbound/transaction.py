@@ -43,14 +43,16 @@ Pools = Callable[[str], UpstreamPool | None]  # upstream name -> its pool (None:
 def reflect(reply: Reply) -> Reply:
     """The upstream's reply as the app should see it.
 
-    Codes and enhanced codes are kept; a 421 (the *upstream* closing) becomes
+    Codes and enhanced codes are kept; a reply without an enhanced code gets the
+    generic one of its class (the app was promised ENHANCEDSTATUSCODES; the audit
+    keeps the upstream's reply as it was). A 421 (the *upstream* closing) becomes
     451, since the app's own connection stays open; nonsense becomes 451.
     """
     if reply.code == 421:
-        return Reply(451, reply.enhanced, reply.text)
+        return Reply(451, reply.enhanced or replies.default_enhanced(451), reply.text)
     if not 200 <= reply.code < 600:
         return replies.UPSTREAM_PROTOCOL
-    return reply
+    return reply.with_default_enhanced()
 
 
 def reusable(answer: Reply, reply: Reply) -> bool:
@@ -167,16 +169,15 @@ class Transaction:
             refused = await self._mail(session, recipients, answers)
             if refused is None:
                 return
+            said = self.upstream_reply or refused  # what the upstream answered, as it said it
             if refused.is_transient and index < len(order) - 1:
-                self.tried.append(
-                    {"upstream": name, "reason": f"MAIL answered {refused.code} {refused.enhanced}"}
-                )
-                last = UpstreamFailure(refused, f"{name}: MAIL refused", refused)
+                self.tried.append({"upstream": name, "reason": f"MAIL answered {said.codes}"})
+                last = UpstreamFailure(refused, f"{name}: MAIL refused", said)
                 self.release(reusable=False)
                 self.pool = self.session = None
                 continue
             self._fail(
-                UpstreamFailure(refused, f"{name}: MAIL refused", refused), refused.is_permanent
+                UpstreamFailure(refused, f"{name}: MAIL refused", said), refused.is_permanent
             )
             return
         if self.failure is None:
@@ -221,15 +222,18 @@ class Transaction:
             mail_sent = session.command(line)
             if "PIPELINING" in capabilities:
                 pipelined = [session.command(rcpt) for rcpt in lines]
-            reply = expected(await mail_sent, 250)
-            self.upstream_reply = reply
+            answer = await mail_sent
+            self.upstream_reply = answer  # as the upstream said it, even when it made no sense
+            reply = expected(answer, 250)
             if reply.code != 250:
                 for sent in pipelined:
                     await sent  # their 503s mean nothing; keep the replies in step
                 return reply
             for step, i in enumerate(todo):
                 sent = pipelined[step] if pipelined else session.command(lines[step])
-                answers[i] = self.upstream_reply = expected(await sent, 250, 251)
+                answer = await sent
+                self.upstream_reply = answer
+                answers[i] = expected(answer, 250, 251)
         except UpstreamFailure as failure:
             for sent in pipelined:
                 sent.addErrback(lambda _: None)  # the same loss, already handled
@@ -267,8 +271,8 @@ class Transaction:
         except UpstreamFailure as failure:
             self._fail(failure)
             return self._refusal()
-        self.upstream_reply = reply = expected(answer, 250, 251)
-        return reply
+        self.upstream_reply = answer  # as the upstream said it, even when it made no sense
+        return expected(answer, 250, 251)
 
     async def data(self) -> Reply:
         """DATA: the upstream's 354, or its refusal (the session then goes back to its pool)."""

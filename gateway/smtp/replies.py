@@ -15,10 +15,14 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # RFC 5321 textstring: HT an
 
 @dataclass(frozen=True)
 class Reply:
-    """One SMTP reply: a three-digit code, an RFC 3463 enhanced code and text lines."""
+    """One SMTP reply: a three-digit code, an RFC 3463 enhanced code and text lines.
+
+    `enhanced` is empty (or None) when the reply has none: 354, the greeting, a
+    parsed reply whose server sent none (never a made-up ``X.0.0``).
+    """
 
     code: int
-    enhanced: str
+    enhanced: str | None
     text: str
 
     @property
@@ -51,7 +55,18 @@ class Reply:
         return "".join(out).encode("ascii", "replace")
 
     def __str__(self) -> str:
-        return f"{self.code} {self.enhanced} {' / '.join(self.lines())}".replace("  ", " ")
+        return f"{self.codes} {' / '.join(self.lines())}".replace("  ", " ")
+
+    @property
+    def codes(self) -> str:
+        """The code and, if there is one, the enhanced code: ``550 5.7.1``, ``334``."""
+        return f"{self.code} {self.enhanced}" if self.enhanced else str(self.code)
+
+    def with_default_enhanced(self) -> Reply:
+        """This reply, given the generic enhanced code of its class if it has none (2xx/4xx/5xx)."""
+        if self.enhanced or self.code // 100 not in (2, 4, 5):
+            return self
+        return Reply(self.code, default_enhanced(self.code), self.text)
 
     def with_text(self, text: str) -> Reply:
         return Reply(self.code, self.enhanced, text)
@@ -80,7 +95,9 @@ class ReplyParser:
     """Incremental parser of server replies, possibly multi-line (RFC 5321 section 4.2.1).
 
     Feed it bytes; it returns complete replies. Lines longer than `max_line`
-    or malformed reply lines raise `MalformedReply`.
+    or malformed reply lines raise `MalformedReply`. A reply's `enhanced` is the
+    code the server sent (RFC 3463: class 2, 4 or 5, the reply's own), or None
+    when it sent none: what the audit records is what the server said.
     """
 
     def __init__(self, max_line: int = 4096, max_lines: int = 200) -> None:
@@ -146,7 +163,7 @@ def _assemble(code: int, lines: list[bytes]) -> Reply:
             enhanced = enhanced or match.group(0).strip().decode("ascii")
             raw = raw[match.end() :]
         texts.append(raw.decode("utf-8", "replace"))
-    return Reply(code, enhanced or default_enhanced(code), "\n".join(texts))
+    return Reply(code, enhanced or None, "\n".join(texts))
 
 
 class MalformedReply(Exception):

@@ -135,7 +135,8 @@ def test_readiness_follows_the_upstream_down_and_back_up(make_upstream, start_ga
 
     stop_listening(upstream)
     assert send(gw.port)[0] == 451
-    status, text = get(gw, "/readyz")
+    assert get(gw, "/readyz") == (503, "not ready\n")  # the reasons only when asked for
+    status, text = get(gw, "/readyz?verbose=1")  # from loopback: details_from's default
     assert status == 503
     assert "upstream up: last connection attempt failed" in text
     assert value(samples(gw), "mailgate_ready") == 0

@@ -33,6 +33,7 @@ class Scripted:
         self.answers = list(answers)
         self.lines: list[bytes] = []
         self.quitted = False
+        self.scrubber: Any = None  # the real protocol scrubs echoed secrets from replies
 
     def send(self, line: bytes, timeout: float | None = None) -> defer.Deferred[Reply]:
         self.lines.append(line)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+from urllib.parse import quote, quote_plus
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -91,6 +93,81 @@ def test_error_response_carries_error_and_first_line_of_description_redacted():
         "AADSTS7000215: Invalid client secret '<secret>' provided."
     )
     assert caught.value.error == "invalid_client"
+
+
+ECHOED = "cl1ent/secret+Zq8~é"  # characters that every encoding changes
+
+
+@pytest.mark.parametrize(
+    "field,echo",
+    [
+        ("error", ECHOED),
+        ("error", quote_plus(ECHOED)),
+        ("error_description", ECHOED),
+        ("error_description", quote_plus(ECHOED)),
+        ("error_description", re.sub("%..", lambda m: m[0].lower(), quote(ECHOED, safe=""))),
+        ("error_description", base64.b64encode(ECHOED.encode()).decode()),
+        ("error_description", base64.urlsafe_b64encode(ECHOED.encode()).decode().rstrip("=")),
+        ("error_description", json.dumps(ECHOED)),
+        ("error_description", json.dumps(ECHOED)[1:-1].replace("/", "\\/")),
+        ("error_description", ECHOED[:7] + "\n" + ECHOED[7:]),  # split over two lines
+    ],
+)
+def test_an_echoed_secret_is_cut_from_every_field_in_every_encoding(field, echo):
+    """Neither the error code nor the description carries the secret, raw or encoded."""
+    answer = {"error": "invalid_client", "error_description": "AADSTS7000215: bad secret"}
+    answer[field] = f"you sent {echo} ok" if field == "error_description" else echo
+    with pytest.raises(TokenError) as caught:
+        parse_token_response(
+            401, json.dumps(answer).encode(), now=0, endpoint=URL, secrets=[ECHOED]
+        )
+    for text in (caught.value.reason, caught.value.error or ""):
+        assert echo not in text and ECHOED not in text and ECHOED[:7] not in text
+    assert "<secret>" in caught.value.reason
+
+
+def test_an_echo_inside_a_field_that_is_not_a_string_is_cut():
+    """An error given as a JSON object or list is scrubbed as its JSON text."""
+    tricky = ECHOED + "'\"\\"  # quotes and a backslash: repr() would escape them its own way
+    for value in ({"detail": [tricky]}, [tricky], {"n": 1, "why": tricky}):
+        answer = {"error": value, "error_description": value}
+        with pytest.raises(TokenError) as caught:
+            parse_token_response(
+                400, json.dumps(answer).encode(), now=0, endpoint=URL, secrets=[tricky]
+            )
+        assert ECHOED[:6] not in caught.value.reason
+
+
+def test_a_secret_is_cut_before_the_text_is_shortened():
+    """A secret straddling the length limit leaves no prefix of itself behind."""
+    for field, limit in (("error", 80), ("error_description", grants.MAX_DESCRIPTION)):
+        answer = {"error": "invalid_client", field: "x" * (limit - 6) + ECHOED}
+        with pytest.raises(TokenError) as caught:
+            parse_token_response(
+                401, json.dumps(answer).encode(), now=0, endpoint=URL, secrets=[ECHOED]
+            )
+        assert ECHOED[:6] not in caught.value.reason
+
+
+def test_an_echoed_secret_in_the_token_type_is_cut():
+    """A token_type that repeats the secret is refused without repeating it."""
+    body = json.dumps({"access_token": "at", "token_type": ECHOED}).encode()
+    with pytest.raises(TokenError) as caught:
+        parse_token_response(200, body, now=0, endpoint=URL, secrets=[ECHOED])
+    assert ECHOED[:6] not in caught.value.reason
+
+
+def test_form_secrets_are_what_each_grant_sends():
+    """The secrets of a request are its client secret, refresh token or signed assertion."""
+    client = OAuthConfig("client_credentials", URL, scope="s", client_id="id")
+    form = grants.token_form(GrantCredentials(client, client_secret=Secret("sec")), None, 0)
+    assert grants.form_secrets(form) == ["sec"]
+    refresh = OAuthConfig("refresh_token", URL, client_id="id")
+    form = grants.token_form(
+        GrantCredentials(refresh, client_secret=Secret("s2"), refresh_token=Secret("rt")), None, 0
+    )
+    assert grants.form_secrets(form) == ["s2", "rt"]
+    assert grants.form_secrets({"grant_type": grants.JWT_BEARER, "assertion": "a.b.c"}) == ["a.b.c"]
 
 
 @pytest.mark.parametrize(

@@ -36,6 +36,7 @@ class Script:
     echo_auth: bool = (
         False  # append the client's last AUTH line to `auth_reply` (a careless server)
     )
+    other_reply: bytes = b"502 5.5.1 Not implemented\r\n"  # any other line (the "*" cancel too)
 
 
 @dataclass
@@ -219,7 +220,7 @@ class _Dialogue:
                 self.send(b"221 2.0.0 Bye\r\n")
                 return
             else:
-                self.send(b"502 5.5.1 Not implemented\r\n")
+                self.send(script.other_reply)
 
     def auth(self, line: bytes) -> None:
         words = line.split()

@@ -102,7 +102,7 @@ def test_parser_single_line() -> None:
 def test_parser_multi_line() -> None:
     """A multi-line reply comes out as one Reply whose text has one line per wire line."""
     parsed = ReplyParser().feed(b"250-mx.example\r\n250-PIPELINING\r\n250 STARTTLS\r\n")
-    assert parsed == [Reply(250, "2.0.0", "mx.example\nPIPELINING\nSTARTTLS")]
+    assert parsed == [Reply(250, None, "mx.example\nPIPELINING\nSTARTTLS")]
 
 
 def test_parser_multi_line_with_enhanced_codes() -> None:
@@ -113,22 +113,51 @@ def test_parser_multi_line_with_enhanced_codes() -> None:
 
 def test_parser_enhanced_code_of_other_class_is_text() -> None:
     """An enhanced code of another class than the reply is not taken as its enhanced code."""
-    assert ReplyParser().feed(b"250 5.0.0 odd\r\n") == [Reply(250, "2.0.0", "5.0.0 odd")]
+    assert ReplyParser().feed(b"250 5.0.0 odd\r\n") == [Reply(250, None, "5.0.0 odd")]
 
 
-def test_parser_default_enhanced_code() -> None:
-    """A reply without an enhanced code gets the generic one of its class."""
-    assert ReplyParser().feed(b"421 closing\r\n") == [Reply(421, "4.0.0", "closing")]
+def test_parser_keeps_a_missing_enhanced_code_missing() -> None:
+    """A reply without an enhanced code has None, not a made-up generic one."""
+    assert ReplyParser().feed(b"421 closing\r\n") == [Reply(421, None, "closing")]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [b"334 \r\n", b"334 VXNlcm5hbWU6\r\n", b"334 3.0.0 odd\r\n", b"354 go ahead\r\n"],
+)
+def test_parser_never_invents_an_enhanced_code_for_3xx(wire: bytes) -> None:
+    """A 3xx has no RFC 3463 class: its enhanced code is None, never "3.0.0"."""
+    [reply] = ReplyParser().feed(wire)
+    assert reply.enhanced is None
+
+
+def test_parser_takes_the_enhanced_code_the_server_sent_on_a_later_line() -> None:
+    """An enhanced code only on a later line of a multi-line reply is still the server's."""
+    [reply] = ReplyParser().feed(b"535-first\r\n535 5.7.8 second\r\n")
+    assert (reply.enhanced, reply.text) == ("5.7.8", "first\nsecond")
+
+
+def test_codes_names_only_what_is_there() -> None:
+    """`codes` is "code enhanced", or the code alone when there is no enhanced code."""
+    assert [Reply(535, "5.7.8", "x").codes, Reply(334, None, "").codes] == ["535 5.7.8", "334"]
+    assert str(Reply(550, None, "no")) == "550 no"
+
+
+def test_with_default_enhanced_fills_in_only_a_missing_code() -> None:
+    """The app's copy of a reply without an enhanced code gets X.0.0; 3xx and present codes stay."""
+    assert Reply(550, None, "no").with_default_enhanced() == Reply(550, "5.0.0", "no")
+    assert Reply(550, "5.1.1", "no").with_default_enhanced() == Reply(550, "5.1.1", "no")
+    assert Reply(354, None, "go").with_default_enhanced() == Reply(354, None, "go")
 
 
 def test_parser_bare_code() -> None:
     """A line of only the three digits is a complete reply with empty text."""
-    assert ReplyParser().feed(b"250\r\n") == [Reply(250, "2.0.0", "")]
+    assert ReplyParser().feed(b"250\r\n") == [Reply(250, None, "")]
 
 
 def test_parser_accepts_bare_lf() -> None:
     """A server ending lines with bare LF is still understood."""
-    assert ReplyParser().feed(b"220 ready\n") == [Reply(220, "2.0.0", "ready")]
+    assert ReplyParser().feed(b"220 ready\n") == [Reply(220, None, "ready")]
 
 
 def test_parser_several_replies_in_one_feed() -> None:
@@ -139,8 +168,8 @@ def test_parser_several_replies_in_one_feed() -> None:
 
 STREAM = b"220 hi\r\n250-mx\r\n250-SIZE 100\r\n250 8BITMIME\r\n550 5.1.1 unknown user\r\n"
 EXPECTED = [
-    Reply(220, "2.0.0", "hi"),
-    Reply(250, "2.0.0", "mx\nSIZE 100\n8BITMIME"),
+    Reply(220, None, "hi"),
+    Reply(250, None, "mx\nSIZE 100\n8BITMIME"),
     Reply(550, "5.1.1", "unknown user"),
 ]
 
@@ -218,7 +247,7 @@ def test_parser_complete_line_too_long() -> None:
 def test_parser_line_of_max_length_accepted() -> None:
     """A line of exactly max_line octets before its line ending is accepted."""
     line = b"250 " + b"x" * 6
-    assert ReplyParser(max_line=10).feed(line + b"\r\n") == [Reply(250, "2.0.0", "x" * 6)]
+    assert ReplyParser(max_line=10).feed(line + b"\r\n") == [Reply(250, None, "x" * 6)]
 
 
 @pytest.mark.parametrize("split", range(1, 14))
@@ -226,7 +255,7 @@ def test_parser_line_of_max_length_accepted_split_anywhere(split: int) -> None:
     """A line of exactly max_line octets is accepted wherever reads split it, even after its CR."""
     parser = ReplyParser(max_line=10)
     wire = b"250 " + b"x" * 6 + b"\r\n"
-    assert parser.feed(wire[:split]) + parser.feed(wire[split:]) == [Reply(250, "2.0.0", "x" * 6)]
+    assert parser.feed(wire[:split]) + parser.feed(wire[split:]) == [Reply(250, None, "x" * 6)]
 
 
 @pytest.mark.parametrize("code", [b"000", b"099", b"199", b"600", b"999"])
