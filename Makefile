@@ -28,6 +28,8 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy gateway
 
 # Builds the wheel, installs it offline into a fresh venv and runs `mailgate demo` from there.
 wheel-check: $(STAMP)

@@ -155,8 +155,8 @@ def _run(policy_path: str, folder: str, servers: list[SubmissionServer]) -> int:
                 )
             )
     print("\n-- audit events --")
-    with open(audit_path, encoding="utf-8") as handle:
-        for line in handle:
+    with open(audit_path, encoding="utf-8") as audit:
+        for line in audit:
             event = json.loads(line)
             print(printable("  " + json.dumps(event, sort_keys=False)))
     delivered = len(starttls.messages) == 1 and len(implicit.messages) == 1

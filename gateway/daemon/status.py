@@ -20,6 +20,8 @@ import ipaddress
 from typing import Any, Protocol
 
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
@@ -79,6 +81,7 @@ class StatusChannel(HTTPChannel):
     _deadline: Any = None
 
     def connectionMade(self) -> None:  # noqa: N802
+        assert self.transport is not None
         self._client = str(getattr(self.transport.getPeer(), "host", ""))
         if not self.site.admit(self._client):
             self._refuse(BUSY)
@@ -90,11 +93,12 @@ class StatusChannel(HTTPChannel):
     def _too_slow(self) -> None:
         self._deadline = None
         if self.transport is not None:
-            self.transport.abortConnection()
+            self.transport.abortConnection()  # type: ignore[attr-defined]  # a TCP transport has it
 
     def _refuse(self, answer: bytes) -> None:
         self._refused = True
         self.setRawMode()  # whatever else arrives goes to rawDataReceived, which drops it
+        assert self.transport is not None
         self.transport.write(answer)
         self.transport.loseConnection()
 
@@ -122,7 +126,7 @@ class StatusChannel(HTTPChannel):
         request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         return False  # one request per connection
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
@@ -212,7 +216,9 @@ class ReadyPage(_Leaf):
 
 def wants_details(request: Request, allowed: tuple[Network, ...]) -> bool:
     """``?verbose=1`` (or true/yes) from a client inside `allowed`."""
-    if request.args.get(b"verbose", [b""])[-1].lower() not in (b"1", b"true", b"yes"):
+    args: dict[bytes, list[bytes]] = request.args or {}
+    asked = args.get(b"verbose") or [b""]
+    if asked[-1].lower() not in (b"1", b"true", b"yes"):
         return False
     return client_allowed(getattr(request.getClientAddress(), "host", ""), allowed)
 

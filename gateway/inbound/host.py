@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from gateway.audit.events import Event
     from gateway.config.model import Config, Rate
     from gateway.config.secrets import Secret
     from gateway.inbound.connections import Connections
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 class SessionLog(Protocol):
     """The audit logger bound to one session (its ``session_id`` on every event)."""
 
-    def info(self, event: str, **fields: Any) -> Any: ...
+    def info(self, event: Event, **fields: Any) -> Any: ...
 
 
 class AuditTrail(Protocol):
@@ -35,7 +36,7 @@ class AuditTrail(Protocol):
     def bind(self, **context: Any) -> SessionLog:
         """A logger with `context` on every event."""
 
-    def event(self, name: str, **fields: Any) -> None:
+    def event(self, name: Event, **fields: Any) -> None:
         """One event outside any session (``connection.refused``, ``gateway.error``)."""
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -46,6 +46,9 @@ HTTP_VERBS = frozenset(
 
 @implementer(IPushProducer)
 class SMTPServerProtocol(Protocol):
+    # A TCP or TLS transport (ITCPTransport, IPushProducer); Twisted declares only ITransport.
+    transport: Any
+
     def __init__(self, host: ListenerHost, proxied: bool = False) -> None:
         self.host = host
         self.proxied = proxied  # behind a PROXY header reader (gateway.inbound.proxy)
@@ -119,7 +122,7 @@ class SMTPServerProtocol(Protocol):
         self.host.connections.identify(self, host)
         return True
 
-    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._cancel_timer()
         if self.session is None:
             return

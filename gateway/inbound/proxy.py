@@ -32,7 +32,7 @@ from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
 
 from gateway.inbound.host import ListenerHost
-from gateway.inbound.listener import ListenerFactory
+from gateway.inbound.listener import ListenerFactory, SMTPServerProtocol
 
 V1_SIGNATURE = b"PROXY "
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -66,6 +66,8 @@ def acceptable(info: ProxyInfo) -> bool:
 
 
 class ProxyHeaderReader(HAProxyProtocolWrapper):
+    wrappedProtocol: SMTPServerProtocol  # noqa: N815 (Twisted's name)
+
     def __init__(self, factory: Any, wrappedProtocol: Any) -> None:  # noqa: N803
         super().__init__(factory, wrappedProtocol)
         self._start = b""
@@ -107,7 +109,7 @@ class ProxyListenerFactory(HAProxyWrappingFactory):
     noisy = False
 
 
-def listener_factory(host: ListenerHost) -> Factory:
+def listener_factory(host: ListenerHost) -> Factory[Any]:
     """The listener's factory, behind a PROXY header reader when the host's config asks for one."""
     proxied = host.config.listener.proxy_protocol
     factory = ListenerFactory(host, proxied=proxied)

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.config.headers import HeaderEdits
 from gateway.inbound.delivery import Delivery
-from gateway.policy.headers import HeaderEdits, HeaderRewriter
+from gateway.policy.headers import HeaderRewriter
 from gateway.smtp import replies
 from gateway.smtp.address import Address
 from gateway.smtp.commands import MailFrom

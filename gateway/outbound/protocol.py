@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -37,6 +37,9 @@ class Lost(Exception):
 @implementer(IHandshakeListener)
 class UpstreamProtocol(Protocol):
     """Bytes to replies, with timeouts and the STARTTLS injection guard."""
+
+    # A TCP or TLS transport (ITCPTransport, ISSLTransport); Twisted declares only ITransport.
+    transport: Any
 
     def __init__(self, clock: IReactorTime, timeout: float) -> None:
         self.clock = clock
@@ -106,7 +109,7 @@ class UpstreamProtocol(Protocol):
             return
         ready.callback(self.tls_facts)
 
-    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._stop_timer()
         if self._lost_reason is None:
             self._lost_reason = _describe_loss(reason)

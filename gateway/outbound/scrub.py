@@ -116,15 +116,23 @@ class Scrubber:
         inherit: Scrubber | None = None,
     ) -> None:
         """`inherit`: an earlier scrubber of the same exchange, whose secrets are kept too."""
-        found: dict[str, bool] = dict(inherit._needles) if inherit is not None else {}
+        found: dict[str, bool] = {}
+        if inherit is not None:
+            found.update(inherit.forms())
         for secret in secrets:
             for needle, is_base64 in needles(secret).items():
                 found[needle] = found.get(needle, False) or is_base64
-        self._needles = sorted(found.items(), key=lambda item: -len(item[0]))
+        self._needles: list[tuple[str, bool]] = sorted(
+            found.items(), key=lambda item: -len(item[0])
+        )
         self.marker = marker
 
     def __repr__(self) -> str:
         return f"Scrubber(<{len(self._needles)} forms>)"
+
+    def forms(self) -> list[tuple[str, bool]]:
+        """The encoded forms searched for, each with whether it is base64 (for `inherit`)."""
+        return list(self._needles)
 
     def __call__(self, text: str) -> str:
         """`text` with every form of every secret replaced by the marker; line breaks kept."""

@@ -79,7 +79,7 @@ class _Handler:
         auth = session.auth_data
         user = auth.login.decode() if isinstance(auth, LoginPassword) else None
         message = ReceivedMessage(
-            envelope.mail_from,
+            envelope.mail_from or "",
             list(envelope.rcpt_tos),
             envelope.original_content or b"",
             ssl_object.version() if ssl_object else None,
