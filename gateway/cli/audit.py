@@ -21,6 +21,7 @@ from typing import IO, Any
 from gateway.audit import files as audit_files
 from gateway.audit import query as audit_query
 from gateway.audit import report as audit_report
+from gateway.audit import report_html, report_text
 from gateway.audit import view as audit_view
 from gateway.audit.events import Event
 from gateway.audit.files import AuditFileError, Progress, Scan
@@ -250,7 +251,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     for _, _, _, record in records.where(triage):
         summary.add(record)
     if args.html:
-        page = audit_report.render_html(summary, sources.paths, _now(), top=args.top)
+        page = report_html.render_html(summary, sources.paths, _now(), top=args.top)
         try:
             with open(args.html, "w", encoding="utf-8") as handle:
                 handle.write(page)
@@ -264,7 +265,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     else:
         width = min(shutil.get_terminal_size((100, 24)).columns, 120)
         print(
-            audit_report.render_text(
+            report_text.render_text(
                 summary, width=width, unicode=_unicode(sys.stdout), top=args.top
             )
         )

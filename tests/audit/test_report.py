@@ -7,6 +7,7 @@ import itertools
 import re
 
 from gateway.audit import report as audit_report
+from gateway.audit import report_html, report_text
 from gateway.audit import view as audit_view
 from gateway.audit.report import TimeSeries, TopCounter
 from gateway.testing import audit_sample
@@ -68,13 +69,13 @@ def test_series_fills_gaps_and_limits_bars():
 
 def test_axis_ticks_are_round_numbers_reaching_the_top():
     """Grid lines at 0, 5, 10, 15 for a tallest bar of 11."""
-    assert audit_report.axis_ticks(11) == [0, 5, 10, 15]
-    assert audit_report.axis_ticks(0) == [0, 1]
+    assert report_html.axis_ticks(11) == [0, 5, 10, 15]
+    assert report_html.axis_ticks(0) == [0, 1]
 
 
 def test_terminal_summary_draws_a_bar_per_row():
     """Each count row ends with a bar whose length follows the count."""
-    text = audit_report.render_text(audit_report.consume(sample()), width=80)
+    text = report_text.render_text(audit_report.consume(sample()), width=80)
     rows = text.split("by outcome\n", 1)[1].split("\n\n", 1)[0].splitlines()
     bars = {row.split()[0]: len(re.sub(r"[^█▏▎▍▌▋▊▉]", "", row)) for row in rows}
     assert bars["relayed"] > bars["deferred"] > 0
@@ -82,7 +83,7 @@ def test_terminal_summary_draws_a_bar_per_row():
 
 def test_terminal_summary_without_unicode_uses_hashes():
     """A terminal that cannot show block characters gets ASCII bars."""
-    text = audit_report.render_text(audit_report.consume(sample(20)), width=80, unicode=False)
+    text = report_text.render_text(audit_report.consume(sample(20)), width=80, unicode=False)
     assert "#" in text and "█" not in text
 
 
@@ -93,13 +94,13 @@ def test_html_escapes_everything_that_came_from_the_log():
     for event in events:
         if event["event"] == "message.result":
             event["sender"] = evil
-    page = audit_report.render_html(audit_report.consume(events), ["a<b>.jsonl"], START)
+    page = report_html.render_html(audit_report.consume(events), ["a<b>.jsonl"], START)
     assert "<script>" not in page and "&lt;script&gt;" in page and "a&lt;b&gt;.jsonl" in page
 
 
 def test_html_is_self_contained():
     """No scripts, no external stylesheets, images or fonts: one file that opens anywhere."""
-    page = audit_report.render_html(audit_report.consume(sample()), ["audit.jsonl"], START)
+    page = report_html.render_html(audit_report.consume(sample()), ["audit.jsonl"], START)
     assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 2
     assert not re.search(r"<script|<link|src=|url\(|@import", page)
 
@@ -107,7 +108,7 @@ def test_html_is_self_contained():
 def test_empty_window_renders_without_charts():
     """No messages in the window: the page says so instead of drawing empty axes."""
     window = audit_report.Window(START, START + dt.timedelta(seconds=1))
-    page = audit_report.render_html(audit_report.consume(sample(5), window), [], START)
+    page = report_html.render_html(audit_report.consume(sample(5), window), [], START)
     assert "no messages in this window" in page
 
 
@@ -153,7 +154,7 @@ def test_terminal_views_show_control_characters_instead_of_obeying_them():
         audit_view.timeline(
             result["session_id"], [("a.jsonl", n, e) for n, e in enumerate(events[:3], 1)]
         ),
-        audit_report.render_text(audit_report.consume(events), width=200),
+        report_text.render_text(audit_report.consume(events), width=200),
     ]
     for text in outputs:
         assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
