@@ -44,3 +44,22 @@ class Event(StrEnum):
     # OAuth tokens for XOAUTH2 upstreams
     OAUTH_TOKEN_ISSUED = "oauth.token_issued"
     OAUTH_TOKEN_FAILED = "oauth.token_failed"
+
+
+class Outcome(StrEnum):
+    """A ``message.result``'s ``outcome``, and what each recipient's ``result`` says."""
+
+    # relay mode, decided in the session
+    RELAYED = "relayed"  # the upstream took it
+    REJECTED = "rejected"  # 5xx: policy, a limit, or the upstream
+    DEFERRED = "deferred"  # 4xx: try again later
+    FAILED = "failed"  # the app gave up after recipients were accepted, or in DATA
+    QUEUED = "queued"  # queue mode: durable in the spool (``message.queued``)
+    # queue mode, decided by the runner
+    DELIVERED = "delivered"
+    PARTIAL = "partial"  # some recipients delivered, some failed
+    DELETED = "deleted"  # by the operator (mailgate queue delete)
+
+
+ACCEPTED = "accepted"  # a recipient's result while its transaction is still open (never recorded)
+RELAY_OUTCOMES = (Outcome.RELAYED, Outcome.REJECTED, Outcome.DEFERRED, Outcome.FAILED)

@@ -16,15 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.audit.events import Event
+from gateway.audit.events import RELAY_OUTCOMES, Event
 from gateway.errors import UsageError
 
-OUTCOMES = (
-    "relayed",
-    "rejected",
-    "deferred",
-    "failed",
-)  # in relay mode; shown first, in this order
+OUTCOMES = RELAY_OUTCOMES  # in relay mode; shown first, in this order
 _WORD = re.compile(r"[a-z][a-z_-]{0,31}")
 RESULT = Event.MESSAGE_RESULT
 _AGE = re.compile(r"(\d+)\s*([smhdw])")
