@@ -1,18 +1,23 @@
 """The message body between 354 and the end of data, on its way to the transaction's delivery.
 
-Body bytes go on with the rule's header edits applied, once the From: check
-(`gateway.inbound.from_header`) passed; a refused message, or one the DATA reader
-found fault with, is aborted, so the final dot never goes out. Pure: no reactor imports.
+Body bytes go on with the rule's header edits applied, once the header checks passed: where
+a header edit (``rewrite_from``/``strip_headers``) or the From: check
+(`gateway.inbound.from_header`) applies, the header section must be well formed
+(`gateway.smtp.header_section`), and the From: check must pass. A refused message, or one
+the DATA reader found fault with, is aborted, so the final dot never goes out (in queue
+mode: it is never committed). Pure: no reactor imports.
 """
 
 from __future__ import annotations
 
 from gateway.config.model import App
-from gateway.inbound.from_header import from_allowed
+from gateway.inbound.from_header import from_checked, from_problem
 from gateway.inbound.transaction import Transaction
-from gateway.smtp.replies import FROM_NOT_OWNED, Reply
+from gateway.smtp import replies
+from gateway.smtp.replies import Reply
 
 FROM_REFUSED = "From: header not owned by the app"  # the delivery's abort reason
+HEADERS_REFUSED = "header section not well formed"  # the delivery's abort reason
 
 
 def pass_on(txn: Transaction, app: App | None, content: bytes) -> None:
@@ -21,18 +26,43 @@ def pass_on(txn: Transaction, app: App | None, content: bytes) -> None:
         return
     headers_were_done = txn.facts.headers_done
     txn.facts.update(content)
-    if not headers_were_done and txn.facts.headers_done and _from_refused(txn, app):
+    if not headers_were_done and txn.facts.headers_done and _refused(txn, app):
         return
     txn.delivery.write(txn.headers.feed(content) if txn.headers is not None else content)
 
 
-def _from_refused(txn: Transaction, app: App | None) -> bool:
-    """With the headers in: refuse the message if `app` may not use its From: header."""
-    assert txn.delivery is not None
-    if from_allowed(app, txn.facts.header_from):
+def checks(txn: Transaction, app: App | None) -> list[str]:
+    """The settings that check this message's header section (empty: none does)."""
+    keys = [f"apps.{app.name}.check_from_header"] if app is not None and from_checked(app) else []
+    if txn.headers is not None:
+        rule = next((r.rule for r in txn.accepted if r.rule), None)
+        option = "rewrite_from" if txn.headers.edits.rewrite_from else "strip_headers"
+        keys.append(f"rules[{rule}].{option}" if rule else f"rules.{option}")
+    return keys
+
+
+def _refused(txn: Transaction, app: App | None) -> bool:
+    """With the header section read: refuse the message if a check that applies fails."""
+    keys = checks(txn, app)
+    if not keys:
         return False
-    txn.refusal = FROM_NOT_OWNED
-    txn.delivery.abort(FROM_REFUSED)
+    facts = txn.facts
+    section = facts.section
+    if section.problem is not None:
+        reply = replies.HEADER_SECTION_TOO_BIG if section.too_big else replies.HEADERS_MALFORMED
+        return _refuse(txn, reply, ", ".join(keys), section.problem, HEADERS_REFUSED)
+    problem = from_problem(app, facts.header_from, facts.from_count, facts.from_truncated)
+    if problem is None:
+        return False
+    assert app is not None
+    reply = replies.FROM_NOT_SINGLE if facts.from_count > 1 else replies.FROM_NOT_OWNED
+    return _refuse(txn, reply, f"apps.{app.name}.check_from_header", problem, FROM_REFUSED)
+
+
+def _refuse(txn: Transaction, reply: Reply, limit: str, reason: str, abort: str) -> bool:
+    assert txn.delivery is not None
+    txn.refusal, txn.refusal_limit, txn.refusal_reason = reply, limit, reason
+    txn.delivery.abort(abort)
     return True
 
 
@@ -52,12 +82,11 @@ def end(txn: Transaction, app: App | None, error: Reply | None) -> tuple[Reply, 
     assert delivery is not None
     delivery.unthrottle()
     if error is None and txn.refusal is None and not txn.facts.headers_done:
-        txn.facts.end_headers()  # a message that is all header: check it now
-        _from_refused(txn, app)
+        txn.facts.end_headers()  # a message that is all header (or empty): check it now
+        _refused(txn, app)
     if error is None and txn.refusal is not None:
-        assert app is not None
-        delivery.abort(FROM_REFUSED)
-        return txn.refusal, f"apps.{app.name}.check_from_header"
+        assert txn.refusal_limit is not None  # the delivery was aborted when it was set
+        return txn.refusal, txn.refusal_limit
     if error is not None:
         delivery.abort(f"message refused by gateway: {error.text}")
         limit = "listener.max_message_size" if error.code == 552 else "data framing (RFC 5321)"

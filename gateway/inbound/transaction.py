@@ -50,7 +50,9 @@ class Transaction:
     facts: MessageFacts = field(default_factory=MessageFacts)
     in_data: bool = False
     rated_rules: set[str] = field(default_factory=set)
-    refusal: Reply | None = None  # set during DATA when the message must be refused (From: check)
+    refusal: Reply | None = None  # set during DATA when the message must be refused (header checks)
+    refusal_limit: str | None = None  # the setting whose check refused it
+    refusal_reason: str | None = None  # what the check found
     dot_sent: float | None = None  # when the end of data went upstream (for the latency metric)
     headers: HeaderRewriter | None = None  # the rule's rewrite_from / strip_headers, if any
 
@@ -156,6 +158,7 @@ class Transaction:
             )
             if self.headers is not None and self.headers.edits.rewrite_from:
                 fields["original_from"] = self.headers.original_from
+        reason = reason or (self.refusal_reason if reply is self.refusal else None)
         if reason:
             fields["reason"] = reason
         if limit:

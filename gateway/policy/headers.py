@@ -7,6 +7,11 @@ regard to case — and once the blank line that ends the header section has
 passed, every region goes through unchanged and unbuffered. Only the original
 From field is held (for Reply-To and the audit), never a whole message.
 
+Lines are read with `gateway.smtp.header_section.HeaderSection`, the grammar the
+From: check and the audit read too. A header section that is not well formed
+(`problem`) stops the rewriter: nothing more is returned, and the message must be
+refused (`gateway.inbound.body` does), so no receiver can find a header we did not edit.
+
 Rewriting From: every From field is replaced by one ``From: <rewrite_from>``
 at the place of the first; the original value goes to a ``Reply-To:`` added at
 the end of the header section, unless the message (after stripping) already
@@ -20,9 +25,15 @@ from __future__ import annotations
 import re
 
 from gateway.config.headers import HeaderEdits
+from gateway.smtp.header_section import (
+    CONTINUATION,
+    END,
+    FIELD,
+    HeaderSection,
+    run_of_fields,
+)
 
 MAX_ORIGINAL_FROM = 65536  # octets of the original From kept for Reply-To and the audit
-_FIELD_NAME = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 
 
 class HeaderRewriter:
@@ -36,6 +47,15 @@ class HeaderRewriter:
         self._from_seen = False
         self._reply_to_seen = False
         self._from_truncated = False
+        self.section = HeaderSection()
+        edited = edits.strip | {"reply-to"} | ({"from"} if edits.rewrite_from else set())
+        self._kept = run_of_fields(frozenset(edited))
+        self._dropped = run_of_fields(frozenset(edits.strip - {"from", "reply-to"}), named=True)
+
+    @property
+    def problem(self) -> str | None:
+        """Why the header section is not well formed (then the message must be refused)."""
+        return self.section.problem
 
     @property
     def original_from(self) -> str | None:
@@ -52,7 +72,15 @@ class HeaderRewriter:
             return content
         out: list[bytes] = []
         start = 0
-        while start < len(content):
+        while start < len(content) and self.problem is None:
+            if self._field == "keep":  # fields kept as they are go by at once
+                run = self.section.skip(content, start, self._kept)
+                out.append(content[start:run])
+                start = run
+            elif self._field == "drop":  # and so do fields stripped whole
+                start = self.section.skip(content, start, self._dropped)
+            if start == len(content):
+                break
             end = content.find(b"\n", start) + 1 or len(content)
             line = content[start:end]
             if not self._header_line(line, out):
@@ -65,30 +93,35 @@ class HeaderRewriter:
         """The additions still due when data ended inside the header section."""
         if self.in_body:
             return b""
+        self.section.end_of_data()
+        if self.problem is not None:
+            return b""
         self.in_body = True
         return self._additions()
 
     def _header_line(self, line: bytes, out: list[bytes]) -> bool:
-        """Handle one header-section line; False when it is the first line of the body."""
-        if line[:1] in (b" ", b"\t") and self._field != "none":
+        """Handle one header-section line; False when it is the empty line that ends it."""
+        read = self.section.read(line)
+        if read.kind == CONTINUATION:
             if self._field == "keep":
                 out.append(line)
             elif self._field == "first-from":
                 self._keep_from(line)
             return True  # continuation of a dropped field ("drop", "other-from"): dropped too
-        match = _FIELD_NAME.match(line)
-        if match is None:  # the blank line, or text that cannot be a field: the body begins
+        if read.kind == END:
             self.in_body = True
             out.append(self._additions())
             return False
-        name = match.group(1).decode("ascii").lower()
+        if read.kind != FIELD:  # malformed: nothing more leaves (the message is refused)
+            return True
+        name = read.name
         if name == "from" and self.edits.rewrite_from:
             if self._from_seen:
                 self._field = "other-from"
             else:
                 self._field = "first-from"
                 self._from_seen = True
-                self._keep_from(line[match.end() :])
+                self._keep_from(read.text)
                 out.append(self._new_from())
         elif name in self.edits.strip:
             self._field = "drop"

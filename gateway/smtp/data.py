@@ -19,13 +19,18 @@ import re
 from dataclasses import dataclass, field
 
 from gateway.smtp import replies
+from gateway.smtp.header_section import (
+    CONTINUATION,
+    FIELD,
+    HeaderSection,
+    run_of_fields,
+)
 from gateway.smtp.replies import Reply
 
 MAX_LINE = 1000  # octets including CRLF, RFC 5321 4.5.3.1.6
 # ... "not counting the leading dot duplicated for transparency": a line starting
 # with a dot may be one octet longer on the wire.
 TERMINATOR = b"\r\n.\r\n"
-MAX_HEADER_SCAN = 65536
 
 
 @dataclass
@@ -132,55 +137,103 @@ def dot_stuff(content: bytes) -> bytes:
     return b"." + stuffed if stuffed.startswith(b".") else stuffed
 
 
-_MESSAGE_ID = re.compile(rb"(?im)^message-id[ \t]*:[ \t]*((?:[^\r\n]|\r\n[ \t])*)")
-_FROM = re.compile(rb"(?im)^from[ \t]*:[ \t]*((?:[^\r\n]|\r\n[ \t])*)")
+MAX_FROM_VALUE = 65536  # octets of the first From field kept for the From: check
+MAX_MESSAGE_ID = 4096  # octets of the first Message-ID kept for the audit
 
 
 class MessageFacts:
-    """The audit's view of a message as relayed: size, SHA-256, Message-ID, From."""
+    """The audit's and the From: check's view of a message: size, SHA-256, Message-ID, From.
+
+    The header section is read with `gateway.smtp.header_section.HeaderSection` (the grammar
+    the header edits use too), however long it is, up to its cap; only the first Message-ID,
+    the first From field's value (capped) and the number of From fields (up to two: more
+    than one is all the From: check needs) are kept.
+    """
 
     def __init__(self) -> None:
         self.size = 0
         self._sha256 = hashlib.sha256()
-        self._headers = b""
-        self._headers_done = False
+        self.section = HeaderSection()
+        self._partial = b""  # a line not yet complete (the DATA reader sends whole lines)
+        self._field = ""  # the field being read: "from", "message-id" (first ones) or ""
+        self._values: dict[str, bytearray] = {}
+        self.from_count = 0
+        self.from_truncated = False
 
     def update(self, content: bytes) -> None:
         self.size += len(content)
         self._sha256.update(content)
-        if not self._headers_done:
-            self._headers += content
-            blank = self._headers.find(b"\r\n\r\n")
-            if self._headers.startswith(b"\r\n"):
-                self._headers, self._headers_done = b"", True
-            elif blank >= 0:
-                self._headers, self._headers_done = self._headers[: blank + 2], True
-            elif len(self._headers) > MAX_HEADER_SCAN:
-                self._headers, self._headers_done = self._headers[:MAX_HEADER_SCAN], True
+        if self.section.done:
+            return
+        data = self._partial + content if self._partial else content
+        start = 0
+        while not self.section.done:
+            if not self._field:  # fields the facts have no use for go by at once
+                wanted = {"from"} if self.from_count < 2 else set()
+                wanted |= set() if "message-id" in self._values else {"message-id"}
+                start = self.section.skip(data, start, run_of_fields(frozenset(wanted)))
+            end = data.find(b"\n", start) + 1
+            if end == 0:
+                break
+            self._line(data[start:end])
+            start = end
+        self._partial = b"" if self.section.done else data[start:]
+        if len(self._partial) > self.section.limit:  # no end in sight: the section refuses it
+            partial, self._partial = self._partial, b""
+            self._line(partial)
+
+    def _line(self, line: bytes) -> None:
+        read = self.section.read(line)
+        if read.kind == FIELD:
+            self._field = ""
+            if read.name == "from":
+                self.from_count += 1
+                if self.from_count == 1:
+                    self._field = "from"
+            elif read.name == "message-id" and "message-id" not in self._values:
+                self._field = "message-id"
+            if self._field:
+                self._values[self._field] = bytearray()
+                self._keep(read.text)
+        elif read.kind == CONTINUATION and self._field:
+            self._keep(read.text)
+
+    def _keep(self, text: bytes) -> None:
+        value = self._values[self._field]
+        cap = MAX_FROM_VALUE if self._field == "from" else MAX_MESSAGE_ID
+        if len(value) + len(text) > cap:
+            self.from_truncated |= self._field == "from"
+            text = text[: max(cap - len(value), 0)]
+        value += text
 
     def end_headers(self) -> None:
         """The message ended inside its header section: what was received is all header."""
-        self._headers_done = True
+        if self._partial:
+            partial, self._partial = self._partial, b""
+            self._line(partial)  # not a whole line: the section calls it malformed
+        if not self.section.done:
+            self.section.end_of_data()
 
     @property
     def headers_done(self) -> bool:
-        return self._headers_done
+        return self.section.done
 
     @property
     def sha256(self) -> str:
         return self._sha256.hexdigest()
 
-    def header(self, pattern: re.Pattern[bytes]) -> str | None:
-        match = pattern.search(self._headers)
-        if not match:
+    def header(self, name: str) -> str | None:
+        """The first `name` ("from" or "message-id") field's value, unfolded, or None."""
+        value = self._values.get(name)
+        if value is None:
             return None
-        value = re.sub(rb"\r\n[ \t]+", b" ", match.group(1)).strip()
-        return value.decode("utf-8", "replace")
+        text = re.sub(rb"\r\n[ \t]+", b" ", bytes(value)).strip()
+        return text.decode("utf-8", "replace")
 
     @property
     def message_id(self) -> str | None:
-        return self.header(_MESSAGE_ID)
+        return self.header("message-id")
 
     @property
     def header_from(self) -> str | None:
-        return self.header(_FROM)
+        return self.header("from")

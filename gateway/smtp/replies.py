@@ -269,6 +269,9 @@ AUTH_NOT_OFFERED = NOT_IMPLEMENTED.with_text("AUTH is not offered: no [apps] are
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated app")
 FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header not allowed for the authenticated app")
+FROM_NOT_SINGLE = Reply(550, "5.6.0", "Message must have exactly one From: header field")
+HEADERS_MALFORMED = Reply(550, "5.6.0", "Message header section not well formed (RFC 5322)")
+HEADER_SECTION_TOO_BIG = Reply(552, "5.3.4", "Message header section too big to check")
 
 # Connection limits and the listener's own closes.
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")

@@ -71,3 +71,40 @@ def test_reader_error_refuses_with_its_limit():
         replies.BARE_LINE_ENDING,
         "data framing (RFC 5321)",
     )
+
+
+def test_malformed_header_section_under_edits_is_refused_with_the_rule_key():
+    """With header edits, a line starting with ':' refuses the message: nothing of that region
+    goes on, the delivery is aborted, the limit names the edit and the reason the line."""
+    txn, delivery = transaction()
+    txn.headers = HeaderRewriter(HeaderEdits(None, frozenset({"received"})))
+    body.pass_on(txn, None, b"Subject: x\r\n: y\r\nReceived: secret\r\n\r\nbody\r\n")
+    assert delivery.body == b"" and delivery.aborted == [body.HEADERS_REFUSED]
+    assert body.end(txn, None, None) == (replies.HEADERS_MALFORMED, "rules.strip_headers")
+    assert txn.refusal_reason == "line 2 has an empty field name"
+
+
+def test_malformed_header_section_without_checks_passes_unchanged():
+    """No edit and no From check: nothing to bypass, the message goes on as sent."""
+    txn, delivery = transaction()
+    body.pass_on(txn, None, b"\r\nbody\r\n")
+    assert body.end(txn, None, None) is None and delivery.body == b"\r\nbody\r\n"
+
+
+def test_second_from_is_refused_with_its_own_reply():
+    """Two From fields under the From: check: 550 5.6.0, limit the app's key."""
+    txn, delivery = transaction()
+    body.pass_on(txn, CHECKED, b"From: invoices@billing.example.com\r\nFrom: x@y\r\n\r\nb\r\n")
+    assert body.end(txn, CHECKED, None) == (
+        replies.FROM_NOT_SINGLE,
+        "apps.billing.check_from_header",
+    )
+    assert delivery.aborted == [body.FROM_REFUSED]
+
+
+def test_empty_message_under_edits_is_refused_at_the_end():
+    """No line at all under rewrite_from: no header section, refused, no From added."""
+    txn, delivery = transaction()
+    txn.headers = HeaderRewriter(HeaderEdits("relay@corp.example"))
+    assert body.end(txn, None, None) == (replies.HEADERS_MALFORMED, "rules.rewrite_from")
+    assert delivery.body == b""

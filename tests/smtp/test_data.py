@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import pytest
 
 from gateway.smtp import replies
-from gateway.smtp.data import MAX_HEADER_SCAN, MAX_LINE, DataReader, MessageFacts, dot_stuff
+from gateway.smtp.data import MAX_LINE, DataReader, MessageFacts, dot_stuff
+from gateway.smtp.header_section import MAX_HEADER_SECTION
 from gateway.smtp.replies import Reply
 
 BIG = 10**9
@@ -442,13 +443,27 @@ def test_facts_header_split_across_updates() -> None:
     assert facts.message_id == "<split@x>"
 
 
-def test_facts_header_scan_limited() -> None:
-    """Headers beyond the first 64 KiB are not scanned, and the kept header text stays bounded."""
+def test_facts_read_the_whole_header_section_in_bounded_memory() -> None:
+    """Fields after 64 KiB of headers are still read (every From counts), and what the facts
+    keep stays bounded: no header text but the first Message-ID and From values."""
     facts = MessageFacts()
-    for _ in range(MAX_HEADER_SCAN // 1000 + 2):
+    for _ in range(65536 // 1000 + 2):
         facts.update(b"X-Filler: " + b"f" * 988 + b"\r\n")
-    facts.update(b"Message-ID: <late@x>\r\n\r\n")
-    assert facts.message_id is None and len(facts._headers) <= MAX_HEADER_SCAN
+    facts.update(b"Message-ID: <late@x>\r\nFrom: a@x\r\nFROM:b@y\r\n\r\nbody\r\n")
+    assert facts.message_id == "<late@x>" and facts.header_from == "a@x"
+    assert facts.from_count == 2 and facts.section.problem is None
+    assert sum(map(len, facts._values.values())) < 100 and facts._partial == b""
+
+
+def test_facts_header_section_past_its_cap_is_malformed() -> None:
+    """Past MAX_HEADER_SECTION octets the section is done and says why (the checks refuse)."""
+    facts = MessageFacts()
+    line = b"X-Filler: " + b"f" * 988 + b"\r\n"
+    for _ in range(MAX_HEADER_SECTION // len(line) + 1):
+        facts.update(line)
+    assert facts.headers_done and facts.section.too_big
+    facts.update(b"From: late@x\r\n\r\n")
+    assert facts.from_count == 0
 
 
 def test_facts_invalid_utf8_replaced() -> None:
