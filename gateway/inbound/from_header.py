@@ -15,7 +15,7 @@ which some receivers use) reads it too, so a value the two read differently cann
 from __future__ import annotations
 
 from email.errors import NonASCIILocalPartDefect
-from email.headerregistry import HeaderRegistry
+from email.headerregistry import AddressHeader, HeaderRegistry
 from email.utils import getaddresses
 
 from gateway.config.model import App
@@ -66,6 +66,8 @@ def mailboxes(value: str) -> list[str] | None:
     try:
         header = _REGISTRY("from", value)
     except Exception:  # noqa: BLE001 - the stdlib parser on hostile input: unparsable
+        return None
+    if not isinstance(header, AddressHeader):
         return None
     defects = [d for d in header.defects if not isinstance(d, NonASCIILocalPartDefect)]
     strict = [a.addr_spec for a in header.addresses]

@@ -107,7 +107,8 @@ class HeaderSection:
         if self.done or self.lines == 0:
             return start
         room = self.limit - self.size
-        end = run.match(data, start, min(len(data), start + max(room, 0))).end()
+        matched = run.match(data, start, min(len(data), start + max(room, 0)))
+        end = matched.end() if matched is not None else start
         self.lines += data.count(b"\n", start, end)
         self.size += end - start
         return end
