@@ -222,6 +222,8 @@ class Gateway:
         old, old_pools = self.config, self.pools
         self._retired.update({n: p for n, p in old_pools.items() if n not in pools})
         self.pools, self.config = pools, config
+        if self.runner is not None:  # who a DSN may go to follows the reloaded apps and rules
+            self.runner.settler.config = config
         for pool in old_pools.values():
             pool.close_idle()  # idle sessions were opened with the old settings and secrets
         self.readiness.forget(n for n, u in old.upstreams.items() if config.upstreams.get(n) != u)

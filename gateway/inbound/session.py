@@ -357,7 +357,7 @@ class Session:
             self._finish(txn, reply, limit=limit)
             return reply
         txn.dot_sent = self.host.monotonic()
-        origin = Origin(self.session_id, self.client, self.helo)
+        origin = Origin(self.session_id, self.client, self.helo, self.app)
         return _then(txn.delivery.finish(txn.facts, origin), self._data_finished, txn)
 
     def _data_finished(self, reply: Reply, txn: Transaction) -> Reply:
