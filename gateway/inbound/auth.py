@@ -174,8 +174,10 @@ class AppLogin:
         app = self.apps.get(answer.username)
         # An unknown name costs the same hash check as a wrong password.
         stored = app.password_hash if app is not None else self.host.dummy_hash(answer.username)
-        d = self.host.verify_password(stored, answer.password)
-        d.addCallback(self._verified, answer.username, app is not None, client)
+        checked = self.host.verify_password(stored, answer.password)
+        d: Deferred[Reply] = checked.addCallback(
+            self._verified, answer.username, app is not None, client
+        )
         if wait > 0:  # before any answer, right or wrong: the wait tells nothing
             d.addCallback(self._after, started + wait)
         return d

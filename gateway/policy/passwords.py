@@ -144,7 +144,7 @@ class DummyHashes:
     """
 
     def __init__(self, hashes: Iterable[str], previous: DummyHashes | None = None) -> None:
-        self.key = previous.key if previous is not None else os.urandom(32)
+        self.key: bytes = previous.key if previous is not None else os.urandom(32)
         kept = previous.by_parameters if previous is not None else {}
         self.by_parameters: dict[tuple[object, ...], str] = {}
         self._choices: list[str] = []  # one entry per app, so the spread follows the apps
