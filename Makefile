@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint wheel-check clean
+.PHONY: demo test bench bench-auth lint wheel-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP)
 # `make bench N=500` for a quick run; S (body bytes), C (parallel sessions), PROFILE=1 (py-spy).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(N),-n $(N)) $(if $(S),-s $(S)) $(if $(C),-c $(C)) $(if $(PROFILE),--profile)
+
+# Known vs unknown app name: the time a wrong password takes (issue 12 item 9), not a test.
+bench-auth: $(STAMP)
+	$(BIN)/python bench/auth_timing.py $(if $(N),-n $(N))
 
 # ruff (lint and the formatter's check), the import contracts (pyproject.toml [tool.importlinter]), mypy.
 lint: $(STAMP)

@@ -133,6 +133,7 @@ class Rule:
     rate: Rate | None = None
     headers: HeaderEdits | None = None  # rewrite_from / strip_headers (see gateway.config.headers)
     delivery: str = "relay"  # "relay" (cut-through) or "queue" (store-and-forward)
+    bounce_to_senders: bool = False  # a DSN may go to a sender matching `senders` (queue mode)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ def read_rules(
             "apps",
             "rate",
             "delivery",
+            "bounce_to_senders",
         }
         known |= {"rewrite_from", "strip_headers"}
         reader.unknown_keys(value, key, known)
@@ -56,6 +57,13 @@ def read_rules(
         if delivery == "queue" and action != "relay":
             reader.problem(
                 f"{key}.delivery", delivery, 'delivery = "queue" only with action = "relay"'
+            )
+        bounce_safe = reader.boolean(value, f"{key}.bounce_to_senders", False)
+        if bounce_safe and value.get("senders") is None:
+            reader.problem(
+                f"{key}.bounce_to_senders",
+                True,
+                "bounce_to_senders only with a senders list (the senders a DSN may go to)",
             )
         names = _upstream_names(
             reader, value, f"{key}.upstream", upstreams, required=action == "relay"
@@ -72,6 +80,7 @@ def read_rules(
                 rate=_rate(reader, value, f"{key}.rate"),
                 headers=read_header_edits(reader, value, key),
                 delivery=delivery,
+                bounce_to_senders=bounce_safe,
             )
         )
     rule_names = [r.name for r in rules]

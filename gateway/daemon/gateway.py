@@ -3,8 +3,10 @@
 `Gateway.start()` binds the listener; `Gateway.stop()` stops accepting, lets
 sessions in flight finish within ``listener.shutdown_grace`` seconds, then
 closes the rest with ``421 4.3.2``. `Gateway.reload()` swaps in a new config
-for new sessions (sessions in flight keep theirs) with freshly built upstream
-pools. The status server (metrics, health) runs when ``[metrics]`` is set.
+with freshly built upstream pools: new sessions use it, open sessions from their
+next MAIL (a transaction in flight finishes under the old one). App password
+checks run in a bounded thread pool of their own (`hash_pool`), so an AUTH flood
+cannot delay spool commits in the reactor's pool. The status server (metrics, health) runs when ``[metrics]`` is set.
 
 The gateway is the listener's host (`gateway.inbound.host.ListenerHost`): what its
 sessions may ask for is that Protocol, and nothing in `gateway.inbound` imports this module.
@@ -12,11 +14,13 @@ sessions may ask for is that Protocol, and nothing in `gateway.inbound` imports 
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.python.threadpool import ThreadPool
 
 from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
@@ -35,11 +39,14 @@ from gateway.outbound.oauth import TokenCache, tokens_for
 from gateway.outbound.pool import UpstreamPool
 from gateway.outbound.relay import RelayTransaction
 from gateway.policy import passwords
+from gateway.policy.auth_throttle import AuthThrottle
 from gateway.policy.ratelimit import RateLimits
 from gateway.queue.enqueue import QueueTransaction
 from gateway.queue.runner import DeliveryRunner
 from gateway.queue.spool import Spool
 from gateway.smtp.commands import MailFrom
+
+HASH_THREADS = max(1, min(4, (os.cpu_count() or 2) - 1))  # app password checks at once
 
 
 class Gateway:
@@ -59,6 +66,13 @@ class Gateway:
         self.cooldowns = Cooldowns()
         self.connections = Connections()  # the app connections open now
         self.rate_limits = RateLimits()
+        self.auth_throttle = AuthThrottle()  # kept across reloads
+        self.dummies = passwords.DummyHashes(a.password_hash for a in config.apps.values())
+        self.hash_pool = ThreadPool(minthreads=0, maxthreads=HASH_THREADS, name="mailgate-auth")
+        self.hash_pool.start()
+        self._hash_pool_trigger: Any = reactor.addSystemEventTrigger(
+            "during", "shutdown", self._stop_hash_pool
+        )
         self.metrics.watch_sessions(self.connections.__len__)
         self.readiness.config_loaded = True
         self.port: Any = None
@@ -137,14 +151,22 @@ class Gateway:
         )
 
     def verify_password(self, password_hash: str, password: Secret) -> defer.Deferred[bool]:
-        """Check an app password off the reactor thread (the hashes are slow by design)."""
+        """Check an app password off the reactor thread (the hashes are slow by design), in
+        `hash_pool` (bounded; not the reactor's pool, where spool commits run)."""
         return threads.deferToThreadPool(
-            self.reactor,
-            self.reactor.getThreadPool(),
-            passwords.verify,
-            password_hash,
-            password.reveal(),
+            self.reactor, self.hash_pool, passwords.verify, password_hash, password.reveal()
         )
+
+    def dummy_hash(self, name: str) -> str:
+        """An unknown app name's stand-in hash: the scheme and cost of the configured apps'."""
+        return self.dummies.for_name(name)
+
+    def pause(self, seconds: float) -> defer.Deferred[None]:
+        return task.deferLater(self.reactor, seconds, lambda: None)
+
+    def _stop_hash_pool(self) -> None:
+        if self.hash_pool.started:
+            self.hash_pool.stop()
 
     def rate_allowed(self, rule: str, rate: Rate) -> bool:
         """Take one message from `rule`'s bucket now (the reactor's clock)."""
@@ -182,7 +204,9 @@ class Gateway:
     # --- reload ------------------------------------------------------------------------
 
     def reload(self, config: Config) -> None:
-        """Use `config` for sessions that start from now on; sessions in flight keep theirs.
+        """Use `config` for new sessions, and in open ones from their next MAIL.
+
+        The dummy hashes for unknown app names are made here for any new hash parameters.
 
         Raises `ConfigError` (and changes nothing) when `config` changes a setting fixed
         at start or names a secret that cannot be read.
@@ -192,9 +216,14 @@ class Gateway:
         if problems:
             self.reload_refused(problems)
             raise ConfigError(problems)
+        self.dummies = passwords.DummyHashes(
+            (a.password_hash for a in config.apps.values()), previous=self.dummies
+        )
         old, old_pools = self.config, self.pools
         self._retired.update({n: p for n, p in old_pools.items() if n not in pools})
         self.pools, self.config = pools, config
+        if self.runner is not None:  # who a DSN may go to follows the reloaded apps and rules
+            self.runner.settler.config = config
         for pool in old_pools.values():
             pool.close_idle()  # idle sessions were opened with the old settings and secrets
         self.readiness.forget(n for n, u in old.upstreams.items() if config.upstreams.get(n) != u)
@@ -266,4 +295,8 @@ class Gateway:
         if self.status_port is not None:
             await self.status_port.stopListening()
             self.status_port = None
+        self._stop_hash_pool()
+        if self._hash_pool_trigger is not None:
+            self.reactor.removeSystemEventTrigger(self._hash_pool_trigger)
+            self._hash_pool_trigger = None
         self.audit.event(Event.GATEWAY_STOPPED)

@@ -3,7 +3,7 @@
 - SIGTERM or SIGINT stops accepting, lets sessions in flight finish (bounded by
   ``listener.shutdown_grace``) and exits 0.
 - SIGHUP reloads the configuration (file and policies, secrets re-read): new
-  sessions use it, sessions in flight keep theirs. An invalid one is refused,
+  sessions use it, open sessions from their next MAIL. An invalid one is refused,
   its problems printed on stderr and written as a ``config.reload_failed``
   audit event; the running one stays. A good one writes ``config.reloaded``.
 - SIGUSR1 reopens the audit file (after logrotate renamed it).

@@ -2,27 +2,30 @@
 
 `SaslExchange` is fed the AUTH argument and then each response line; it answers
 with a 334 challenge, an error `Reply`, or the `Credentials` to verify.
-`AppLogin` is one session's side: the exchange in progress, the password check
-(handed to the host, off the reactor thread) and the ``session.auth*`` events.
+`AppLogin` is one session's side: the exchange in progress, the throttle
+(`gateway.policy.auth_throttle`, shared by all sessions through the host), the password
+check (handed to the host: its own thread pool), and the ``session.auth*`` events.
+An unknown app name is checked against the host's dummy hash of the same scheme and
+parameters as the real apps' (`gateway.policy.passwords.DummyHashes`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from gateway.audit.events import Event
 from gateway.config.secrets import Secret
-from gateway.policy import passwords
 from gateway.policy.rules import sender_owned
 from gateway.smtp.replies import (
     AUTH_CANCELLED,
     AUTH_EMPTY_CHALLENGE,
     AUTH_FAILED,
     AUTH_OK,
+    AUTH_THROTTLED,
     AUTH_UNDECODABLE,
     AUTH_UNKNOWN_MECHANISM,
     Reply,
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from gateway.config.model import App
-    from gateway.inbound.host import SessionLog
+    from gateway.inbound.host import SessionHost, SessionLog
 
 MECHANISMS = ("PLAIN", "LOGIN")
 
@@ -108,31 +111,17 @@ def _credentials(user: bytes, password: bytes) -> Reply | Credentials:
         return AUTH_UNDECODABLE
 
 
-_DUMMY: list[str] = []
-
-
-def _dummy_hash() -> str:
-    """A real hash of no one's password: an unknown app name costs as much as a wrong password."""
-    if not _DUMMY:
-        _DUMMY.append(passwords.make_hash("not a real password", "scrypt"))
-    return _DUMMY[0]
-
-
 class AppLogin:
     """One session's AUTH: the SASL exchange in progress, the password check, its audit events.
 
-    `verify` checks a password against a stored hash off the reactor thread (the host's
-    ``verify_password``). `app` is the app's name once it authenticated.
+    The `host` checks a password against a stored hash off the reactor thread
+    (``verify_password``), keeps the throttle and the dummy hashes, and pauses before a
+    throttled answer. `app` is the app's name once it authenticated.
     """
 
-    def __init__(
-        self,
-        apps: Mapping[str, App],
-        verify: Callable[[str, Secret], Deferred[bool]],
-        log: SessionLog,
-    ) -> None:
+    def __init__(self, apps: Mapping[str, App], host: SessionHost, log: SessionLog) -> None:
         self.apps = apps
-        self.verify = verify
+        self.host = host
         self.log = log
         self.app: str | None = None
         self._exchange: SaslExchange | None = None
@@ -174,21 +163,55 @@ class AppLogin:
             elif answer.code >= 500:
                 self.log.info(Event.SESSION_AUTH_FAILED, client_ip=client, reason=answer.text)
             return answer
+        name = answer.username[:64]
+        throttle, started = self.host.auth_throttle, self.host.monotonic()
+        if throttle.refused(client, name, started):
+            self.log.info(
+                Event.SESSION_AUTH_FAILED, client_ip=client, username=name, reason="throttled"
+            )
+            return AUTH_THROTTLED
+        wait = throttle.delay(client, name, started)
         app = self.apps.get(answer.username)
         # An unknown name costs the same hash check as a wrong password.
-        stored = app.password_hash if app is not None else _dummy_hash()
-        d = self.verify(stored, answer.password)
-        return d.addCallback(self._verified, answer.username, app is not None, client)
+        stored = app.password_hash if app is not None else self.host.dummy_hash(answer.username)
+        checked = self.host.verify_password(stored, answer.password)
+        d: Deferred[Reply] = checked.addCallback(
+            self._verified, answer.username, app is not None, client
+        )
+        if wait > 0:  # before any answer, right or wrong: the wait tells nothing
+            d.addCallback(self._after, started + wait)
+        return d
+
+    def _after(self, reply: Reply, until: float) -> Reply | Deferred[Reply]:
+        left = until - self.host.monotonic()
+        if left <= 0:
+            return reply
+        return self.host.pause(left).addCallback(lambda _: reply)
 
     def _verified(self, ok: bool, username: str, known: bool, client: str) -> Reply:
+        name = username[:64]
         if ok and known:
             self.app = username
+            self.host.auth_throttle.succeeded(client, name)
             self.log.info(Event.SESSION_AUTHENTICATED, client_ip=client, app=username)
             return AUTH_OK
+        self.host.auth_throttle.failed(client, name, self.host.monotonic())
         self.log.info(
             Event.SESSION_AUTH_FAILED,
             client_ip=client,
-            username=username[:64],
+            username=name,
             reason="unknown app" if not known else "wrong password",
         )
         return AUTH_FAILED
+
+    def follow(self, apps: Mapping[str, App]) -> str | None:
+        """Take a reloaded config's apps; the name of the app that must authenticate again.
+
+        An app that was removed, or whose settings changed (password, senders, From check),
+        is no longer authenticated: the next transaction needs a new AUTH.
+        """
+        before, self.apps = self.apps, apps
+        if self.app is None or apps.get(self.app) == before.get(self.app):
+            return None
+        dropped, self.app = self.app, None
+        return dropped

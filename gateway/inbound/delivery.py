@@ -26,6 +26,7 @@ class Origin:
     session_id: str
     client_ip: str
     helo: str | None
+    app: str | None = None  # the app that authenticated (a DSN's sender must be vouched for)
 
 
 class Delivery(Protocol):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gateway.config.secrets import Secret
     from gateway.inbound.connections import Connections
     from gateway.inbound.delivery import Delivery
+    from gateway.policy.auth_throttle import AuthThrottle
     from gateway.smtp.commands import MailFrom
 
 
@@ -56,7 +57,7 @@ class SessionHost(Protocol):
 
     @property
     def config(self) -> Config:
-        """The current config (a session keeps the one it started with, across a reload)."""
+        """The current config (a session takes it again at each MAIL: a reload reaches it there)."""
 
     @property
     def audit(self) -> AuditTrail: ...
@@ -65,7 +66,18 @@ class SessionHost(Protocol):
     def metrics(self) -> SessionMetrics: ...
 
     def verify_password(self, password_hash: str, password: Secret) -> Deferred[bool]:
-        """Check an app password off the reactor thread (the hashes are slow by design)."""
+        """Check an app password off the reactor thread (the hashes are slow by design), in a
+        bounded thread pool of its own (never the one spool commits use)."""
+
+    @property
+    def auth_throttle(self) -> AuthThrottle:
+        """Failed AUTH counts, shared by every session (time is `monotonic`)."""
+
+    def dummy_hash(self, name: str) -> str:
+        """The hash to check an unknown app name against: same scheme and cost as the real ones."""
+
+    def pause(self, seconds: float) -> Deferred[None]:
+        """Fires after `seconds` (a throttled AUTH waits before its answer)."""
 
     def rate_allowed(self, rule: str, rate: Rate) -> bool:
         """Take one message from `rule`'s bucket now: False when its rate is exceeded."""

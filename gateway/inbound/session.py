@@ -39,7 +39,7 @@ def _then(result: Any, callback: Any, *args: Any) -> Any:
 class Session:
     def __init__(self, host: SessionHost, session_id: str, client: str, client_port: int) -> None:
         self.host = host
-        self.config = host.config  # one config for the whole session, even across a reload
+        self.config = host.config  # taken again at each MAIL (`_follow_reload`)
         self.session_id = session_id
         self.client = client
         self.client_port = client_port
@@ -53,7 +53,7 @@ class Session:
         self.proxy_peer: tuple[str, int] | None = None  # the balancer, behind a PROXY header
         self.proxy_rejected = False
         self.transaction: Transaction | None = None
-        self.login = AppLogin(self.config.apps, host.verify_password, self.log)
+        self.login = AppLogin(self.config.apps, host, self.log)
         outcomes = ("relayed", "rejected", "deferred", "failed", "queued")
         self.counts = dict.fromkeys(("messages", *outcomes), 0)  # for session.closed
         self.closed = False
@@ -216,6 +216,9 @@ class Session:
             return replies.NEED_HELO
         if self.transaction is not None:
             return replies.NESTED_MAIL
+        refusal = self._follow_reload()
+        if refusal is not None:
+            return refusal
         if self.config.listener.require_auth and self.app is None:
             return replies.AUTH_REQUIRED
         mail = parse_mail(argument)
@@ -240,6 +243,29 @@ class Session:
             return replies.SIZE_EXCEEDED
         self.transaction = Transaction(mail)
         return replies.SENDER_OK
+
+    def _follow_reload(self) -> Reply | None:
+        """A reload reaches the session at its next MAIL: the new rules, apps and limits.
+
+        An app the reload removed or changed must authenticate again (``530 5.7.0``; AUTH with
+        the new settings, or ``535``); a client the new config no longer allows is refused.
+        """
+        if self.host.config is self.config:
+            return None
+        self.config = self.host.config
+        dropped = self.login.follow(self.config.apps)
+        if dropped is not None:
+            self.log.info(
+                Event.MAIL_REFUSED,
+                app=dropped,
+                limit=f"apps.{dropped} (removed or changed on reload)",
+                reply=str(replies.AUTH_AGAIN),
+            )
+            return replies.AUTH_AGAIN
+        if self.address is not None and not policy.client_allowed(self.config, self.address):
+            self.allowed = False
+            return replies.DENIED_COMMAND
+        return None
 
     def smtp_RCPT(self, argument: str) -> Reply | defer.Deferred[Reply]:  # noqa: N802
         txn = self.transaction
@@ -331,7 +357,7 @@ class Session:
             self._finish(txn, reply, limit=limit)
             return reply
         txn.dot_sent = self.host.monotonic()
-        origin = Origin(self.session_id, self.client, self.helo)
+        origin = Origin(self.session_id, self.client, self.helo, self.app)
         return _then(txn.delivery.finish(txn.facts, origin), self._data_finished, txn)
 
     def _data_finished(self, reply: Reply, txn: Transaction) -> Reply:

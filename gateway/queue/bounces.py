@@ -6,6 +6,14 @@ listing the recipients that failed in it. The DSN has the null sender ``<>``
 (so it is never bounced itself), is queued like any message, and goes out
 through the upstream of the first failed recipient: the route the original
 message took. A message sent with the null sender, or a DSN, gets no DSN.
+
+A DSN goes only to a sender the policy vouches for (`vouched_by`, with the config in force
+at the bounce): one matching the *explicit* ``senders`` of the app that authenticated when the
+message was queued (the default, any sender, vouches for nothing), or the ``senders`` of a
+failed recipient's rule marked ``bounce_to_senders = true``. Anyone else could otherwise
+have our account mail their text to a victim by naming it as sender. The DSN carries the
+original header section only (``text/rfc822-headers``, cut at the first line that is not a
+header field: never body text), never the body.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ import email.utils
 import re
 from collections.abc import Sequence
 
+from gateway.config.model import Config
+from gateway.policy.rules import sender_owned
 from gateway.queue.spool import Envelope, RecipientState
 
 _ENHANCED = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
@@ -23,6 +33,45 @@ BOUNDARY_PREFIX = "mailgate-dsn-"
 def wants_bounce(envelope: Envelope) -> bool:
     """A DSN goes only to a real sender, and never about a DSN."""
     return bool(envelope.sender) and envelope.bounce_of is None
+
+
+NOT_VOUCHED = "suppressed: sender not vouched for"
+_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+[ \t]*:")
+
+
+def vouched_by(envelope: Envelope, failed: Sequence[RecipientState], config: Config) -> str | None:
+    """The setting that lets a DSN go to `envelope`'s sender, or None (no DSN then)."""
+    sender = envelope.sender
+    app = config.apps.get(envelope.app or "")
+    if app is not None and app.senders is not None and sender_owned(app.senders, sender):
+        return f"apps.{app.name}.senders"
+    rules = {rule.name: rule for rule in config.rules}
+    for name in dict.fromkeys(r.rule for r in failed if r.rule):
+        rule = rules.get(name)
+        if rule is None or not rule.bounce_to_senders or rule.senders is None:
+            continue
+        if sender_owned(rule.senders, sender):
+            return f"rules[{rule.name}].bounce_to_senders"
+    return None
+
+
+def headers_only(head: bytes) -> bytes:
+    """The header fields at the start of `head` (CRLF lines), up to the first non-field line.
+
+    A line that is neither a field (``name:``) nor a continuation ends the section, so a
+    message without a proper header section puts none of its text in the DSN.
+    """
+    kept = 0
+    for line in head.splitlines(keepends=True):
+        if not line.endswith(b"\r\n"):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if kept == 0:
+                break
+        elif not _FIELD.match(line):
+            break
+        kept += len(line)
+    return head[:kept]
 
 
 def status_of(recipient: RecipientState) -> str:

@@ -80,7 +80,13 @@ class QueueTransaction:
             self.writer.write(content)
 
     def envelope(
-        self, facts: MessageFacts, *, session_id: str, client_ip: str, helo: str | None
+        self,
+        facts: MessageFacts,
+        *,
+        session_id: str,
+        client_ip: str,
+        helo: str | None,
+        app: str | None = None,
     ) -> Envelope:
         """The envelope to commit with the body received so far."""
         assert self.writer is not None
@@ -96,6 +102,7 @@ class QueueTransaction:
             session_id=session_id,
             client_ip=client_ip,
             helo=helo,
+            app=app,
         )
 
     def commit(self, envelope: Envelope) -> None:
@@ -128,7 +135,11 @@ class QueueTransaction:
         if self.writer is None:
             return self.committed(OSError("spool not writable"))
         envelope = self.envelope(
-            facts, session_id=origin.session_id, client_ip=origin.client_ip, helo=origin.helo
+            facts,
+            session_id=origin.session_id,
+            client_ip=origin.client_ip,
+            helo=origin.helo,
+            app=getattr(origin, "app", None),
         )
         assert self.run_blocking is not None
         self.handed_over = True

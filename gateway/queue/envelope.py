@@ -69,6 +69,7 @@ class Envelope:
     next_attempt: float = 0.0
     requeued: float | None = None  # the age limit counts from here after `queue requeue`
     bounce_of: str | None = None  # this is a DSN for that queue id
+    app: str | None = None  # the app that authenticated at enqueue (absent in older spools)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -180,6 +181,7 @@ _ENVELOPE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a queue id or null",
     ),
     "extra": (lambda v: isinstance(v, dict), "an object"),
+    "app": (_optional(_name), "an app name or null"),
 }
 
 

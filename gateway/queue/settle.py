@@ -86,7 +86,7 @@ class Settler:
                     recipient.expired = True
             else:
                 envelope.next_attempt = due
-        self._bounce(envelope, now)
+        bounce = self._bounce(envelope, now)
         # Durable when this round changed what must never be redone (a delivery, a failure, a DSN);
         # a round of transient failures only needs the new backoff, which a crash may shorten.
         changed = opened or any(r.status != PENDING for r in envelope.recipients)
@@ -115,6 +115,7 @@ class Settler:
                 message_id=envelope.message_id,
                 recipients=[r.address for r in envelope.recipients if r.status == FAILED],
                 reason="kept in the dead-letter area (mailgate queue dead)",
+                **({"bounce": bounce} if bounce else {}),
             )
         else:
             self.spool.move(envelope.id, ACTIVE, DONE, durable=False)
@@ -146,13 +147,17 @@ class Settler:
             return None  # it stays in active/ and is tried at the next scan, still flagged
         return due
 
-    def _bounce(self, envelope: Envelope, now: float) -> None:
+    def _bounce(self, envelope: Envelope, now: float) -> str | None:
+        """Queue the DSN for this round's failures if the sender is vouched for; else why not."""
         failed = [r for r in envelope.recipients if r.status == FAILED and not r.bounced]
         if not failed or not self.config.queue.bounce or not dsn.wants_bounce(envelope):
-            return
+            return None
+        allowed_by = dsn.vouched_by(envelope, failed, self.config)
+        if allowed_by is None:
+            return dsn.NOT_VOUCHED
         dsn_id = new_id(now)
         try:
-            headers = read_headers(self.spool.body_path(ACTIVE, envelope.id))
+            headers = dsn.headers_only(read_headers(self.spool.body_path(ACTIVE, envelope.id)))
             body = dsn.build(
                 envelope,
                 failed,
@@ -182,7 +187,7 @@ class Settler:
                 type="OSError",
                 error=f"could not queue the DSN: {exc.strerror}; will try again next round",
             )
-            return
+            return None
         for recipient in failed:
             recipient.bounced = True
         self.audit.event(
@@ -192,8 +197,10 @@ class Settler:
             to=envelope.sender,
             recipients=[r.address for r in failed],
             upstream=failed[0].upstream,
+            allowed_by=allowed_by,
         )
         self.on_bounce(dsn_id)
+        return None
 
     def result(
         self,

@@ -267,6 +267,10 @@ AUTH_TWICE = Reply(503, "5.5.1", "Already authenticated")
 AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not allowed during a mail transaction")
 AUTH_NOT_OFFERED = NOT_IMPLEMENTED.with_text("AUTH is not offered: no [apps] are configured")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_THROTTLED = Reply(454, "4.7.0", "Too many failed authentications, try again later")
+AUTH_AGAIN = Reply(
+    530, "5.7.0", "Authentication required again: the app's settings changed on reload"
+)
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by the authenticated app")
 FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header not allowed for the authenticated app")
 FROM_NOT_SINGLE = Reply(550, "5.6.0", "Message must have exactly one From: header field")

@@ -119,3 +119,24 @@ def test_queue_delivery_needs_a_relay_action():
     """delivery = "queue" on a reject rule is a problem."""
     doc = queued_document(rules=[{"name": "no", "action": "reject", "delivery": "queue"}])
     assert "rules[0].delivery" in problem_texts(doc)
+
+
+def test_bounce_to_senders_is_off_by_default_and_read():
+    """rules[].bounce_to_senders: false unless set; true is kept with a senders list."""
+    rule = {"name": "all", "action": "relay", "upstream": "up", "delivery": "queue"}
+    assert parse(queued_document(rules=[rule]), "q.toml").rules[0].bounce_to_senders is False
+    marked = {**rule, "senders": ["*@corp.example"], "bounce_to_senders": True}
+    assert parse(queued_document(rules=[marked]), "q.toml").rules[0].bounce_to_senders is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"bounce_to_senders": True}, "only with a senders list"),
+        ({"senders": ["*"], "bounce_to_senders": "yes"}, "true or false"),
+    ],
+)
+def test_bounce_to_senders_problems(extra, expected):
+    """bounce_to_senders needs a boolean, and senders to vouch for (the default any vouches for none)."""
+    rule = {"name": "all", "action": "relay", "upstream": "up", "delivery": "queue", **extra}
+    assert expected in problem_texts(queued_document(rules=[rule]))["rules[0].bounce_to_senders"]

@@ -20,6 +20,7 @@ from gateway.config.toml import parse
 from gateway.inbound.connections import Connections
 from gateway.inbound.delivery import Origin
 from gateway.policy import passwords
+from gateway.policy.auth_throttle import AuthThrottle
 from gateway.policy.ratelimit import RateLimits
 from gateway.smtp import replies
 from gateway.smtp.address import Address
@@ -122,9 +123,22 @@ class FakeHost:
         self.queue_running = queue_running
         self.deliveries: list[FakeDelivery] = []
         self._rate_limits = RateLimits()
+        self.auth_throttle = AuthThrottle()
+        self.dummies = passwords.DummyHashes(a.password_hash for a in config.apps.values())
+        self.pauses: list[float] = []
 
     def verify_password(self, password_hash: str, password: Secret) -> defer.Deferred[bool]:
         return defer.succeed(passwords.verify(password_hash, password.reveal()))
+
+    def dummy_hash(self, name: str) -> str:
+        return self.dummies.for_name(name)
+
+    def pause(self, seconds: float) -> defer.Deferred[None]:
+        """Recorded; fires when the test advances `reactor` by `seconds`."""
+        self.pauses.append(seconds)
+        d: defer.Deferred[None] = defer.Deferred()
+        self.reactor.callLater(seconds, d.callback, None)
+        return d
 
     def rate_allowed(self, rule: str, rate: Rate) -> bool:
         return self._rate_limits.allow(rule, rate, self.reactor.seconds())

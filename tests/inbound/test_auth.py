@@ -6,14 +6,18 @@ import base64
 
 import pytest
 from twisted.internet import defer
+from twisted.internet.task import Clock
 
 from gateway.config.model import App
 from gateway.config.secrets import Secret
 from gateway.inbound.auth import AppLogin, Credentials, SaslExchange
+from gateway.policy import passwords
+from gateway.policy.auth_throttle import AuthThrottle
 from gateway.smtp import replies
 from gateway.testing.audit import CapturedAudit
 
-APPS = {"billing": App("billing", "stored-hash", senders=("*@billing.example.com",))}
+STORED = passwords.make_hash("pw", "scrypt")
+APPS = {"billing": App("billing", STORED, senders=("*@billing.example.com",))}
 
 
 def b64(text: str) -> str:
@@ -53,9 +57,29 @@ class Verifier:
         return defer.succeed(self.ok)
 
 
+class AuthHost:
+    """The part of a `SessionHost` an `AppLogin` uses, with a `Verifier` and a test clock."""
+
+    def __init__(self, verify: Verifier) -> None:
+        self.verify_password = verify
+        self.auth_throttle = AuthThrottle()
+        self.dummies = passwords.DummyHashes(a.password_hash for a in APPS.values())
+        self.clock = Clock()
+
+    def dummy_hash(self, name: str) -> str:
+        return self.dummies.for_name(name)
+
+    def monotonic(self) -> float:
+        return self.clock.seconds()
+
+    def pause(self, seconds: float) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+
 def login(ok: bool) -> tuple[AppLogin, Verifier, CapturedAudit]:
     captured, verify = CapturedAudit(), Verifier(ok)
-    return AppLogin(APPS, verify, captured.log().bind(session_id="s1")), verify, captured
+    host = AuthHost(verify)
+    return AppLogin(APPS, host, captured.log().bind(session_id="s1")), verify, captured  # type: ignore[arg-type]
 
 
 def result(d: defer.Deferred) -> object:
@@ -69,7 +93,7 @@ def test_app_login_checks_the_stored_hash_and_names_the_app():
     app_login, verify, captured = login(ok=True)
     reply = result(app_login.begin(f"PLAIN {b64(chr(0) + 'billing' + chr(0) + 'pw')}", "10.0.0.1"))
     assert reply == replies.AUTH_OK and app_login.app == "billing"
-    assert verify.asked == [("stored-hash", "pw")]
+    assert verify.asked == [(STORED, "pw")]
     assert captured.named("session.authenticated")[0]["client_ip"] == "10.0.0.1"
 
 
@@ -78,7 +102,8 @@ def test_unknown_app_costs_a_hash_check_and_fails():
     app_login, verify, captured = login(ok=True)
     reply = result(app_login.begin(f"PLAIN {b64(chr(0) + 'nobody' + chr(0) + 'pw')}", "10.0.0.1"))
     assert reply == replies.AUTH_FAILED and app_login.app is None
-    assert verify.asked[0][0].startswith("$scrypt$")
+    assert verify.asked[0][0] != STORED
+    assert passwords.parameters(verify.asked[0][0]) == passwords.parameters(STORED)
     assert captured.named("session.auth_failed")[0]["reason"] == "unknown app"
 
 

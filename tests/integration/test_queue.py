@@ -102,7 +102,9 @@ def test_partial_failure_bounces_the_550_and_retries_the_450(upstream, start_gat
         "busy@example.net": "450 4.2.1 Mailbox busy",
     }
     spool = str(tmp_path / "spool")
-    gw = start_gateway(queue_document(upstream.table(ca.ca_file), spool, bounce=True))
+    document = queue_document(upstream.table(ca.ca_file), spool, bounce=True)
+    document["rules"][0].update(senders=["app@example.com"], bounce_to_senders=True)
+    gw = start_gateway(document)
     _, text = send(gw.port, message(7), ["ok@example.net", "bad@example.net", "busy@example.net"])
     queue_id = text.split()[-1].decode()
     [first] = gw.audit.wait_for("delivery.attempt")

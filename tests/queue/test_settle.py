@@ -28,7 +28,16 @@ class Harness:
         document = {
             "queue": {"path": str(tmp_path / "spool"), "min_backoff": 60, **queue},
             "upstreams": {"up": {"host": "smtp.example.net"}},
-            "rules": [{"name": "all", "action": "relay", "upstream": "up", "delivery": "queue"}],
+            "rules": [
+                {
+                    "name": "all",
+                    "action": "relay",
+                    "upstream": "up",
+                    "delivery": "queue",
+                    "senders": ["*@example.com"],  # a DSN may go back to these senders
+                    "bounce_to_senders": True,
+                }
+            ],
         }
         config = configuration.parse(document, "t.toml")
         self.spool = Spool(config.queue.path)
