@@ -176,6 +176,9 @@ DENIED_COMMAND = Reply(503, "5.7.1", "Client address not allowed; only QUIT is a
 PROXY_HEADER_INVALID = Reply(
     421, "4.7.0", "PROXY protocol header missing or invalid, closing connection"
 )
+PROXY_UNTRUSTED = Reply(
+    421, "4.7.0", "PROXY protocol header not accepted from your address, closing connection"
+)
 CLOSING = Reply(221, "2.0.0", "Bye")
 OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
@@ -192,6 +195,7 @@ NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
 NEED_HELO = Reply(503, "5.5.1", "Send EHLO or HELO first")
 NESTED_MAIL = Reply(503, "5.5.1", "Sender already given; RSET first")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL before RCPT")
+NEED_MAIL_BEFORE_DATA = Reply(503, "5.5.1", "Need MAIL before DATA")
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT before DATA")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 PARAM_UNKNOWN = Reply(555, "5.5.4", "Unsupported MAIL or RCPT parameter")
@@ -204,6 +208,9 @@ NUL_IN_COMMAND = Reply(500, "5.5.2", "NUL or bare CR/LF in command line")
 NO_RULE = Reply(550, "5.7.1", "Relay access denied: no rule matches this recipient")
 RULE_REJECT = Reply(550, "5.7.1", "Relay access denied by rule")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+TOO_MANY_RCPT_COMMANDS = Reply(
+    421, "4.7.0", "Too many RCPT commands in one transaction, closing connection"
+)
 OTHER_ROUTE = Reply(
     452, "4.5.3", "Recipient routes through another upstream; send it in a separate transaction"
 )
