@@ -1,8 +1,9 @@
 """The listener: bytes <-> SMTP lines for one app connection.
 
-It frames commands (CRLF only, RFC 5321 line limits), answers them strictly in
-order — while one command waits on the upstream, later pipelined commands wait
-in a bounded buffer and the socket is paused — switches to the DATA reader
+It frames commands (`gateway.smtp.lines`), answers them strictly in order, in one
+loop that goes on while replies are ready at once — while one command waits on the
+upstream, later pipelined commands wait in a bounded buffer and the socket is
+paused — switches to the DATA reader
 after 354, and enforces the abuse limits that are about bytes and time:
 connection counts, the idle timeout (reset only by complete commands, so a
 slow-drip client cannot hold a session), the DATA timeout and minimum data
@@ -28,8 +29,8 @@ from gateway.inbound.admission import client_key, proxy_trusted
 from gateway.inbound.host import ListenerHost
 from gateway.inbound.session import Session
 from gateway.smtp import replies
-from gateway.smtp.commands import COMMAND_LINE_LIMIT
 from gateway.smtp.data import DataReader
+from gateway.smtp.lines import CommandLines
 from gateway.smtp.replies import (
     DATA_TOO_SLOW,
     HTTP_ON_SMTP,
@@ -52,18 +53,15 @@ class SMTPServerProtocol(Protocol):
         self.proxied = proxied  # behind a PROXY header reader (gateway.inbound.proxy)
         self.proxy_peer_trusted = False  # the TCP peer is in listener.proxy_trusted
         self.session: Session | None = None
-        self._buffer = bytearray()  # unprocessed input; `del` from the front is cheap
+        self._lines = CommandLines()  # input not handled yet
         self._processing = False  # inside `_process`: a nested call leaves the work to it
         self._command_verb = b""  # the command being answered (4xx to RCPT counts as an error)
-        self._discarding_long_line = False
         self._pending: defer.Deferred[Reply] | None = None
         self._reader: DataReader | None = None
         self._data_error_sent = False
         self._data_started = 0.0
         self._timer: Any = None
-        self._pauses: set[str] = (
-            set()
-        )  # why reading from the app is paused: replies, buffer, upstream
+        self._pauses: set[str] = set()  # why reading from the app is paused (replies, buffer, ...)
         self.upstream_throttle = _UpstreamThrottle(self)
         self._closing = False
         self._errors = 0
@@ -87,16 +85,7 @@ class SMTPServerProtocol(Protocol):
         elif counted is not None and connections.client_full(listener, counted):
             refusal, limit = TOO_MANY_FROM_CLIENT, "listener.max_connections_per_client"
         if refusal is not None:
-            self.host.audit.event(
-                Event.CONNECTION_REFUSED,
-                client_ip=host,
-                client_port=port,
-                limit=limit,
-                reply=str(refusal),
-            )
-            self._closing = True
-            self.transport.write(refusal.to_bytes())
-            self.transport.loseConnection()
+            self._refuse_connection(host, port, limit, refusal)
             return
         connections.admit(self, counted)
         self.session = Session(self.host, secrets.token_hex(8), host, port)
@@ -114,17 +103,22 @@ class SMTPServerProtocol(Protocol):
         host, port = client_key(getattr(peer, "host", "unknown")), getattr(peer, "port", 0)
         self.session.proxy_header(host, port)
         if self.host.connections.client_full(self.host.config.listener, host):
-            self.host.audit.event(
-                Event.CONNECTION_REFUSED,
-                client_ip=host,
-                client_port=port,
-                limit="listener.max_connections_per_client",
-                reply=str(TOO_MANY_FROM_CLIENT),
-            )
-            self._close("too many connections from the client", TOO_MANY_FROM_CLIENT)
+            limit = "listener.max_connections_per_client"
+            self._refuse_connection(host, port, limit, TOO_MANY_FROM_CLIENT)
             return False
         self.host.connections.identify(self, host)
         return True
+
+    def _refuse_connection(self, host: str, port: int, limit: str, refusal: Reply) -> None:
+        """Over a connection limit: ``connection.refused``, the reply, and close."""
+        self.host.audit.event(
+            Event.CONNECTION_REFUSED,
+            client_ip=host,
+            client_port=port,
+            limit=limit,
+            reply=str(refusal),
+        )
+        self._close("too many connections from the client", refusal)
 
     def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802
         self._cancel_timer()
@@ -229,10 +223,10 @@ class SMTPServerProtocol(Protocol):
         if self.proxied and self.session is not None and self.session.awaiting_proxy_header:
             if not self._proxy_header_read():
                 return
-        if self._reader is not None and not self._buffer:
+        if self._reader is not None and not self._lines:
             self._feed_data(data)
         else:
-            self._buffer += data
+            self._lines.feed(data)
             self._process()
 
     def _process(self) -> None:
@@ -252,41 +246,23 @@ class SMTPServerProtocol(Protocol):
         self._flow_control()
 
     def _drain(self) -> None:
-        buffer = self._buffer
+        lines = self._lines
         while self._pending is None and not self._closing and "replies" not in self._pauses:
             if self._reader is not None:  # pipelined body bytes after a 354
-                if not buffer:
+                if not lines:
                     break
-                data = bytes(buffer)
-                del buffer[:]
-                self._feed_data(data)
+                self._feed_data(lines.take_all())
                 continue
-            newline = buffer.find(b"\n")
-            if self._discarding_long_line:
-                if newline < 0:
-                    del buffer[:]
-                    break
-                del buffer[: newline + 1]
-                self._discarding_long_line = False
-                self._reply(replies.LINE_TOO_LONG)
-                continue
-            if newline < 0:
-                if len(buffer) > COMMAND_LINE_LIMIT:
-                    del buffer[:]
-                    self._discarding_long_line = True
+            line = lines.next()
+            if line is None:
                 break
-            line = bytes(buffer[:newline])
-            del buffer[: newline + 1]
-            if len(line) + 1 > COMMAND_LINE_LIMIT:
-                self._reply(replies.LINE_TOO_LONG)
-                continue
-            if not line.endswith(b"\r"):
-                self._reply(replies.NUL_IN_COMMAND.with_text("Command line must end with CRLF"))
-                continue
-            self._command(line[:-1])
+            if isinstance(line, Reply):
+                self._reply(line)
+            else:
+                self._command(line)
 
     def _flow_control(self) -> None:
-        waiting = len(self._buffer) > MAX_PIPELINE_BUFFER and self._pending is not None
+        waiting = len(self._lines) > MAX_PIPELINE_BUFFER and self._pending is not None
         if waiting:
             self.pause("buffer")
         else:
@@ -322,7 +298,7 @@ class SMTPServerProtocol(Protocol):
             return
         self._dispatch(result)
 
-    def _dispatch(self, result: Reply | defer.Deferred[Reply]) -> None:
+    def _dispatch(self, result: Reply | Failure | defer.Deferred[Reply]) -> None:
         """Answer now when the reply is ready (a Reply, or a Deferred that has fired), else later."""
         if isinstance(result, defer.Deferred):
             outcome: list[Reply | Failure] = []
@@ -332,39 +308,30 @@ class SMTPServerProtocol(Protocol):
                 result.addCallback(lambda _: self._answered_later(outcome[0]))
                 result.addErrback(self._internal_error)
                 return
-            self._settle(outcome[0])
+            result = outcome[0]
+        if isinstance(result, Failure):
+            self._internal_error(result)
         else:
             self._answered(result)
 
-    def _settle(self, outcome: Reply | Failure) -> bool:
-        if isinstance(outcome, Failure):
-            self._internal_error(outcome)
-            return False
-        return self._answered(outcome)
-
     def _answered_later(self, outcome: Reply | Failure) -> None:
         self._pending = None
-        self._settle(outcome)
+        self._dispatch(outcome)
         self._process()  # the loop itself checks whether it may go on
 
-    def _answered(self, reply: Reply) -> bool:
-        """Send the reply and act on it; True when the command loop may go on."""
+    def _answered(self, reply: Reply) -> None:
+        """Send the reply and act on it (close, start the data, or wait for the next command)."""
         if self._closing or self.transport is None:
-            return False
+            return
         self._reply(reply)
         if self._closing:
-            return False
-        if reply.code == 221:
-            self._close("client quit")
-            return False
-        if reply.code == 421:
-            self._close("closed by gateway")
-            return False
-        if reply.code == 354:
+            return
+        if reply.code in (221, 421):
+            self._close("client quit" if reply.code == 221 else "closed by gateway")
+        elif reply.code == 354:
             self._start_data()
-            return False
-        self._arm(self._limits.idle_timeout, self._idle)
-        return True
+        else:
+            self._arm(self._limits.idle_timeout, self._idle)
 
     def _start_data(self) -> None:
         assert self.session is not None
@@ -398,7 +365,7 @@ class SMTPServerProtocol(Protocol):
             return
         self._reader = None
         self._cancel_timer()
-        self._buffer[:0] = feed.leftover
+        self._lines.put_back(feed.leftover)
         self._dispatch(session.data_end(reader.error))
         self._process()  # from inside `_process` this returns at once and its loop goes on
 
