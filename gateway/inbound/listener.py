@@ -372,10 +372,8 @@ class SMTPServerProtocol(Protocol):
     # --- output -------------------------------------------------------------------------
 
     def _reply(self, reply: Reply) -> None:
-        if reply.code >= 500 or (
-            reply.code >= 400 and reply.code != 421 and self._command_verb == b"RCPT"
-        ):
-            self._errors += 1  # a refused recipient counts, whether for now or for good
+        if replies.counts_as_error(reply, self._command_verb):
+            self._errors += 1
         self.transport.write(reply.to_bytes())
         if self._errors >= self._limits.max_errors and reply.code != 221:
             self._close("too many errors", replies.TOO_MANY_ERRORS)

@@ -86,6 +86,23 @@ def expected(reply: Reply, *codes: int) -> Reply:
     )
 
 
+def counts_as_error(reply: Reply, verb: bytes) -> bool:
+    """Whether `reply` to a command `verb` counts toward ``listener.max_errors``.
+
+    Every 5xx does, and a 4xx refusing a recipient (RCPT), except ``452 4.5.3``: RFC 5321
+    4.5.3.1.10's "send the other recipients in another transaction", which a compliant client
+    acts on (those are bounded by ``listener.max_rcpt_commands`` instead). A 421 closes anyway.
+    """
+    if reply.code >= 500:
+        return True
+    return (
+        verb == b"RCPT"
+        and 400 <= reply.code < 500
+        and reply.code != 421
+        and reply.enhanced != "4.5.3"
+    )
+
+
 def default_enhanced(code: int) -> str:
     """The generic enhanced code for a reply class (X.0.0)."""
     return f"{code // 100}.0.0"
