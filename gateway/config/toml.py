@@ -248,7 +248,7 @@ class _Reader:
         listen = self.endpoint(t, "listener.listen", d.listen)
         allowed = self.networks(t, "listener.allowed_clients")
         proxy_protocol = self.boolean(t, "listener.proxy_protocol", d.proxy_protocol)
-        trusted = self.networks(t, "listener.proxy_trusted")
+        trusted = None
         if proxy_protocol and not t.get("proxy_trusted"):
             self.problem(
                 "listener.proxy_trusted",
@@ -257,6 +257,8 @@ class _Reader:
                 " a PROXY header is believed only from them",
                 raw=True,
             )
+        else:
+            trusted = self.networks(t, "listener.proxy_trusted")
         return ListenerConfig(
             listen=listen,
             allowed_clients=d.allowed_clients if allowed is None else allowed,
