@@ -138,6 +138,11 @@ class SMTPServerProtocol(Protocol):
             self.transport.write(reply.to_bytes())
         self.transport.loseConnection()
 
+    def proxy_header_received(self) -> None:
+        """A trusted balancer's header named the client: count it now (an idle one counts too)."""
+        if not self._closing and self.session is not None and self.session.awaiting_proxy_header:
+            self._proxy_header_read()
+
     def proxy_peer_untrusted(self) -> None:
         """A peer outside ``listener.proxy_trusted`` sent bytes where a balancer's header goes."""
         if self.session is not None:

@@ -105,6 +105,7 @@ class ProxyHeaderReader(HAProxyProtocolWrapper):
             self._refuse()
             return
         self._proxyInfo = info
+        self.wrappedProtocol.proxy_header_received()  # counted now, not at the first command
         if remaining:
             self.wrappedProtocol.dataReceived(remaining)
 

@@ -16,7 +16,11 @@ class Recorder(Protocol):
         self.peers: list[str] = []
         self.refused = 0
         self.untrusted = 0
+        self.headers = 0  # complete headers reported (before any data passes on)
         self.proxy_peer_trusted = trusted  # as the listener decides from listener.proxy_trusted
+
+    def proxy_header_received(self) -> None:
+        self.headers += 1
 
     def proxy_peer_untrusted(self) -> None:
         self.untrusted += 1
@@ -47,6 +51,7 @@ def test_a_header_split_byte_by_byte_is_still_read():
     wrapper, recorder, transport = connect()
     for i in range(len(V1)):
         wrapper.dataReceived(V1[i : i + 1])
+    assert recorder.headers == 1 and recorder.received == b""  # reported before any command
     wrapper.dataReceived(b"EHLO app\r\n")
     assert recorder.received == b"EHLO app\r\n"
     assert recorder.peers == ["192.0.2.7"]

@@ -9,6 +9,7 @@ counts the client the header names, however its address is spelled.
 from __future__ import annotations
 
 import ipaddress
+import select
 import socket
 import struct
 
@@ -157,6 +158,30 @@ def test_per_client_limit_counts_the_named_client_behind_a_trusted_balancer(
     refused = gw.audit.wait_for("connection.refused", 5)
     assert {e["client_ip"] for e in refused} == {"10.20.5.7"}
     assert {e["limit"] for e in refused} == {"listener.max_connections_per_client"}
+
+
+def test_idle_connections_behind_a_trusted_balancer_count_for_their_client(
+    make_upstream, start_gateway, ca
+):
+    """A header alone (no command yet) counts its client: idle connections cannot pile up."""
+    gw = start_gateway(
+        document(make_upstream(), ca.ca_file, ["127.0.0.1/32"], max_connections_per_client=1)
+    )
+    socks = [socket.create_connection(("127.0.0.1", gw.port), timeout=30) for _ in range(2)]
+    try:
+        streams = [sock.makefile("rb") for sock in socks]
+        for sock, stream, port in zip(socks, streams, (40001, 40002), strict=True):
+            assert stream.readline().startswith(b"220 ")
+            sock.sendall(v2("10.20.5.7", port))  # a header, and then nothing
+        readable, _, _ = select.select(socks, [], [], 30)
+        assert len(readable) == 1  # one of the two is refused without sending a command
+        refused = streams[socks.index(readable[0])].readline()
+        assert refused.startswith(b"421 4.7.0 Too many connections from your address")
+    finally:
+        for sock in socks:
+            sock.close()
+    [event] = gw.audit.wait_for("connection.refused")
+    assert event["client_ip"] == "10.20.5.7"
 
 
 @pytest.mark.parametrize("trusted", [None, []], ids=["missing", "empty"])
