@@ -44,7 +44,8 @@ class ListenerConfig:
     allowed_clients: tuple[Network, ...] = LOOPBACK
     hostname: str = "mailgate.localdomain"
     max_message_size: int = 26214400
-    max_recipients: int = 100
+    max_recipients: int = 100  # accepted recipients per transaction (RFC 5321 4.5.3.1.8)
+    max_rcpt_commands: int = 1000  # RCPT commands per transaction, accepted or not: then 421
     idle_timeout: float = 300.0
     shutdown_grace: float = 30.0
     require_auth: bool = False
@@ -54,6 +55,9 @@ class ListenerConfig:
     data_timeout: float = 300.0
     min_data_rate: int = 256  # bytes/second averaged over DATA, enforced after the first 30 s
     proxy_protocol: bool = False  # the client's address comes from a PROXY v1/v2 header
+    proxy_trusted: tuple[
+        Network, ...
+    ] = ()  # the balancers: the only peers whose header is believed
 
 
 @dataclass(frozen=True)

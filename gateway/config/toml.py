@@ -232,6 +232,7 @@ class _Reader:
             "hostname",
             "max_message_size",
             "max_recipients",
+            "max_rcpt_commands",
             "idle_timeout",
             "shutdown_grace",
             "require_auth",
@@ -241,10 +242,23 @@ class _Reader:
             "data_timeout",
             "min_data_rate",
             "proxy_protocol",
+            "proxy_trusted",
         }
         t = self.table(document, "listener", known)
         listen = self.endpoint(t, "listener.listen", d.listen)
         allowed = self.networks(t, "listener.allowed_clients")
+        proxy_protocol = self.boolean(t, "listener.proxy_protocol", d.proxy_protocol)
+        trusted = None
+        if proxy_protocol and not t.get("proxy_trusted"):
+            self.problem(
+                "listener.proxy_trusted",
+                t.get("proxy_trusted", "nothing"),
+                "the balancers' networks (CIDRs), required with listener.proxy_protocol = true:"
+                " a PROXY header is believed only from them",
+                raw=True,
+            )
+        else:
+            trusted = self.networks(t, "listener.proxy_trusted")
         return ListenerConfig(
             listen=listen,
             allowed_clients=d.allowed_clients if allowed is None else allowed,
@@ -253,6 +267,9 @@ class _Reader:
                 t, "listener.max_message_size", d.max_message_size, 1024, 2**40
             ),
             max_recipients=self.integer(t, "listener.max_recipients", d.max_recipients, 1, 100000),
+            max_rcpt_commands=self.integer(
+                t, "listener.max_rcpt_commands", d.max_rcpt_commands, 1, 1000000
+            ),
             idle_timeout=self.number(t, "listener.idle_timeout", d.idle_timeout, 1, 86400),
             shutdown_grace=self.number(t, "listener.shutdown_grace", d.shutdown_grace, 0, 3600),
             require_auth=self.boolean(t, "listener.require_auth", d.require_auth),
@@ -265,7 +282,8 @@ class _Reader:
             max_errors=self.integer(t, "listener.max_errors", d.max_errors, 1, 10000),
             data_timeout=self.number(t, "listener.data_timeout", d.data_timeout, 1, 86400),
             min_data_rate=self.integer(t, "listener.min_data_rate", d.min_data_rate, 0, 2**30),
-            proxy_protocol=self.boolean(t, "listener.proxy_protocol", d.proxy_protocol),
+            proxy_protocol=proxy_protocol,
+            proxy_trusted=trusted or (),
         )
 
     def metrics(self, document: Mapping[str, Any]) -> MetricsConfig:

@@ -2,7 +2,9 @@
 
 A session decides once, when the client's address is known: at connect, or behind a
 balancer (``listener.proxy_protocol``) at its first command, once the PROXY header
-named the client. A proxied connection whose header was missing or invalid is denied.
+named the client. A proxied connection whose header was missing or invalid is denied,
+and so is one from a peer outside ``listener.proxy_trusted``: only a balancer's header
+is believed (`proxy_trusted`), whatever it claims.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.config.model import Config
+from gateway.config.model import Config, ListenerConfig
 from gateway.policy.rules import IPAddress, client_allowed, parse_client
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
@@ -27,6 +29,23 @@ class Admission:
     refusal: Reply | None = None  # the reply to a denied client's greeting or command
 
 
+def client_key(host: str) -> str:
+    """The one spelling of a client's address (``::ffff:a.b.c.d`` is a.b.c.d), as limits count it."""
+    try:
+        return str(parse_client(host))
+    except ValueError:
+        return host
+
+
+def proxy_trusted(listener: ListenerConfig, peer: str) -> bool:
+    """Whether the TCP peer `peer` is a balancer in ``listener.proxy_trusted`` (its header counts)."""
+    try:
+        address = parse_client(peer)
+    except ValueError:
+        return False
+    return any(address.version == n.version and address in n for n in listener.proxy_trusted)
+
+
 def admit(
     config: Config,
     client: str,
@@ -34,8 +53,13 @@ def admit(
     proxied: bool = False,
     proxy_peer: tuple[str, int] | None = None,
     proxy_rejected: bool = False,
+    proxy_untrusted: bool = False,
 ) -> Admission:
-    """Decide on `client` (behind a balancer: `proxy_peer` is the balancer, None without a header)."""
+    """Decide on `client` (behind a balancer: `proxy_peer` is the balancer, None without a header).
+
+    `proxy_untrusted`: `client` is the TCP peer, outside ``listener.proxy_trusted``, and sent bytes
+    where a balancer's header belongs.
+    """
     limit = "listener.allowed_clients"
     address = None
     try:
@@ -45,12 +69,17 @@ def admit(
         allowed = False
     proxy: dict[str, Any] = {}
     if proxied:
-        if proxy_peer is None:
+        if proxy_untrusted:
+            allowed, limit = False, "listener.proxy_trusted"
+            proxy["proxy_header"] = "untrusted"
+        elif proxy_peer is None:
             allowed, limit = False, "listener.proxy_protocol"
             proxy["proxy_header"] = "invalid" if proxy_rejected else "missing"
         else:
             proxy.update(proxy_ip=proxy_peer[0], proxy_port=proxy_peer[1])
     refusal = None
-    if not allowed:
+    if proxy_untrusted:
+        refusal = replies.PROXY_UNTRUSTED
+    elif not allowed:
         refusal = replies.PROXY_HEADER_INVALID if proxy_rejected else replies.GREETING_DENIED
     return Admission(allowed, address, limit, proxy, refusal)

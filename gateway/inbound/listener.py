@@ -1,8 +1,9 @@
 """The listener: bytes <-> SMTP lines for one app connection.
 
-It frames commands (CRLF only, RFC 5321 line limits), answers them strictly in
-order — while one command waits on the upstream, later pipelined commands wait
-in a bounded buffer and the socket is paused — switches to the DATA reader
+It frames commands (`gateway.smtp.lines`), answers them strictly in order, in one
+loop that goes on while replies are ready at once — while one command waits on the
+upstream, later pipelined commands wait in a bounded buffer and the socket is
+paused — switches to the DATA reader
 after 354, and enforces the abuse limits that are about bytes and time:
 connection counts, the idle timeout (reset only by complete commands, so a
 slow-drip client cannot hold a session), the DATA timeout and minimum data
@@ -24,11 +25,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.audit.events import Event
+from gateway.inbound.admission import client_key, proxy_trusted
 from gateway.inbound.host import ListenerHost
 from gateway.inbound.session import Session
 from gateway.smtp import replies
-from gateway.smtp.commands import COMMAND_LINE_LIMIT
 from gateway.smtp.data import DataReader
+from gateway.smtp.lines import CommandLines
 from gateway.smtp.replies import (
     DATA_TOO_SLOW,
     HTTP_ON_SMTP,
@@ -52,17 +54,17 @@ class SMTPServerProtocol(Protocol):
     def __init__(self, host: ListenerHost, proxied: bool = False) -> None:
         self.host = host
         self.proxied = proxied  # behind a PROXY header reader (gateway.inbound.proxy)
+        self.proxy_peer_trusted = False  # the TCP peer is in listener.proxy_trusted
         self.session: Session | None = None
-        self._buffer = b""
-        self._discarding_long_line = False
+        self._lines = CommandLines()  # input not handled yet
+        self._processing = False  # inside `_process`: a nested call leaves the work to it
+        self._command_verb = b""  # the command being answered (4xx to RCPT counts as an error)
         self._pending: defer.Deferred[Reply] | None = None
         self._reader: DataReader | None = None
         self._data_error_sent = False
         self._data_started = 0.0
         self._timer: Any = None
-        self._pauses: set[str] = (
-            set()
-        )  # why reading from the app is paused: replies, buffer, upstream
+        self._pauses: set[str] = set()  # why reading from the app is paused (replies, buffer, ...)
         self.upstream_throttle = _UpstreamThrottle(self)
         self._closing = False
         self._errors = 0
@@ -72,29 +74,23 @@ class SMTPServerProtocol(Protocol):
     # --- connection -----------------------------------------------------------------
 
     def connectionMade(self) -> None:  # noqa: N802
-        peer = self.transport.getPeer()
+        peer = self.transport.getPeer()  # behind a PROXY reader: the TCP peer, until a header
         host, port = getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
         listener = self.host.config.listener
         connections = self.host.connections
+        # Only a balancer's connection waits for its header to name the client; any other is
+        # counted as itself, at once (and refused at its first bytes: see proxy_peer_untrusted).
+        self.proxy_peer_trusted = self.proxied and proxy_trusted(listener, host)
+        counted = None if self.proxy_peer_trusted else client_key(host)
         refusal = None
         if connections.full(listener):
             refusal, limit = TOO_MANY_CONNECTIONS, "listener.max_connections"
-        elif not self.proxied and connections.client_full(listener, host):
+        elif counted is not None and connections.client_full(listener, counted):
             refusal, limit = TOO_MANY_FROM_CLIENT, "listener.max_connections_per_client"
         if refusal is not None:
-            self.host.audit.event(
-                Event.CONNECTION_REFUSED,
-                client_ip=host,
-                client_port=port,
-                limit=limit,
-                reply=str(refusal),
-            )
-            self._closing = True
-            self.transport.write(refusal.to_bytes())
-            self.transport.loseConnection()
+            self._refuse_connection(host, port, limit, refusal)
             return
-        # Behind a balancer the client is counted when its PROXY header arrives.
-        connections.admit(self, None if self.proxied else host)
+        connections.admit(self, counted)
         self.session = Session(self.host, secrets.token_hex(8), host, port)
         if self.proxied:
             self.session.expect_proxy_header()
@@ -107,20 +103,25 @@ class SMTPServerProtocol(Protocol):
         """The PROXY header named the client: tell the session, count it; False if refused."""
         assert self.session is not None
         peer = self.transport.getPeer()  # data arrives only after a valid header: the real client
-        host, port = getattr(peer, "host", "unknown"), getattr(peer, "port", 0)
+        host, port = client_key(getattr(peer, "host", "unknown")), getattr(peer, "port", 0)
         self.session.proxy_header(host, port)
         if self.host.connections.client_full(self.host.config.listener, host):
-            self.host.audit.event(
-                Event.CONNECTION_REFUSED,
-                client_ip=host,
-                client_port=port,
-                limit="listener.max_connections_per_client",
-                reply=str(TOO_MANY_FROM_CLIENT),
-            )
-            self._close("too many connections from the client", TOO_MANY_FROM_CLIENT)
+            limit = "listener.max_connections_per_client"
+            self._refuse_connection(host, port, limit, TOO_MANY_FROM_CLIENT)
             return False
         self.host.connections.identify(self, host)
         return True
+
+    def _refuse_connection(self, host: str, port: int, limit: str, refusal: Reply) -> None:
+        """Over a connection limit: ``connection.refused``, the reply, and close."""
+        self.host.audit.event(
+            Event.CONNECTION_REFUSED,
+            client_ip=host,
+            client_port=port,
+            limit=limit,
+            reply=str(refusal),
+        )
+        self._close("too many connections from the client", refusal)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._cancel_timer()
@@ -140,6 +141,17 @@ class SMTPServerProtocol(Protocol):
             self.transport.write(reply.to_bytes())
         self.transport.loseConnection()
 
+    def proxy_header_received(self) -> None:
+        """A trusted balancer's header named the client: count it now (an idle one counts too)."""
+        if not self._closing and self.session is not None and self.session.awaiting_proxy_header:
+            self._proxy_header_read()
+
+    def proxy_peer_untrusted(self) -> None:
+        """A peer outside ``listener.proxy_trusted`` sent bytes where a balancer's header goes."""
+        if self.session is not None:
+            self.session.proxy_peer_untrusted()
+        self._close("PROXY header from an untrusted peer", replies.PROXY_UNTRUSTED)
+
     def proxy_header_invalid(self) -> None:
         """The PROXY header reader refused the connection's first bytes."""
         if self.session is not None:
@@ -157,8 +169,7 @@ class SMTPServerProtocol(Protocol):
 
     def resumeProducing(self) -> None:  # noqa: N802
         self.resume("replies")
-        if self._reader is None:
-            self._process()
+        self._process()
 
     def stopProducing(self) -> None:  # noqa: N802
         pass
@@ -220,45 +231,46 @@ class SMTPServerProtocol(Protocol):
         if self.proxied and self.session is not None and self.session.awaiting_proxy_header:
             if not self._proxy_header_read():
                 return
-        if self._reader is not None:
+        if self._reader is not None and not self._lines:
             self._feed_data(data)
         else:
-            self._buffer += data
+            self._lines.feed(data)
             self._process()
 
     def _process(self) -> None:
-        while (
-            self._pending is None
-            and self._reader is None
-            and not self._closing
-            and "replies" not in self._pauses
-        ):
-            newline = self._buffer.find(b"\n")
-            if self._discarding_long_line:
-                if newline < 0:
-                    self._buffer = b""
-                    break
-                self._buffer = self._buffer[newline + 1 :]
-                self._discarding_long_line = False
-                self._reply(replies.LINE_TOO_LONG)
-                continue
-            if newline < 0:
-                if len(self._buffer) > COMMAND_LINE_LIMIT:
-                    self._buffer = b""
-                    self._discarding_long_line = True
-                break
-            line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
-            if len(line) + 1 > COMMAND_LINE_LIMIT:
-                self._reply(replies.LINE_TOO_LONG)
-                continue
-            if not line.endswith(b"\r"):
-                self._reply(replies.NUL_IN_COMMAND.with_text("Command line must end with CRLF"))
-                continue
-            self._command(line[:-1])
+        """Drain the buffer while replies are ready: one command after another, in a loop.
+
+        A reply that is ready at once (even an already-fired Deferred) lets the loop go on; one
+        that is not sets `_pending`, and its arrival calls `_process` again. Nothing here
+        recurses per command, so a long pipeline costs no stack.
+        """
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            self._drain()
+        finally:
+            self._processing = False
         self._flow_control()
 
+    def _drain(self) -> None:
+        lines = self._lines
+        while self._pending is None and not self._closing and "replies" not in self._pauses:
+            if self._reader is not None:  # pipelined body bytes after a 354
+                if not lines:
+                    break
+                self._feed_data(lines.take_all())
+                continue
+            line = lines.next()
+            if line is None:
+                break
+            if isinstance(line, Reply):
+                self._reply(line)
+            else:
+                self._command(line)
+
     def _flow_control(self) -> None:
-        waiting = len(self._buffer) > MAX_PIPELINE_BUFFER and self._pending is not None
+        waiting = len(self._lines) > MAX_PIPELINE_BUFFER and self._pending is not None
         if waiting:
             self.pause("buffer")
         else:
@@ -280,6 +292,7 @@ class SMTPServerProtocol(Protocol):
     def _command(self, line: bytes) -> None:
         assert self.session is not None
         self._cancel_timer()  # a complete command: the idle clock starts again after the reply
+        self._command_verb = line[:4].upper()
         if (
             self.session.helo is None
             and line.split(b" ", 1)[0].upper().decode("ascii", "replace") in HTTP_VERBS
@@ -293,37 +306,40 @@ class SMTPServerProtocol(Protocol):
             return
         self._dispatch(result)
 
-    def _dispatch(self, result: Reply | defer.Deferred[Reply]) -> None:
+    def _dispatch(self, result: Reply | Failure | defer.Deferred[Reply]) -> None:
+        """Answer now when the reply is ready (a Reply, or a Deferred that has fired), else later."""
         if isinstance(result, defer.Deferred):
-            self._pending = result
-            result.addCallback(self._answered_later)
-            result.addErrback(self._internal_error)
+            outcome: list[Reply | Failure] = []
+            result.addBoth(outcome.append)
+            if not outcome:  # the upstream has not answered yet: the loop waits for it
+                self._pending = result
+                result.addCallback(lambda _: self._answered_later(outcome[0]))
+                result.addErrback(self._internal_error)
+                return
+            result = outcome[0]
+        if isinstance(result, Failure):
+            self._internal_error(result)
         else:
             self._answered(result)
 
-    def _answered_later(self, reply: Reply) -> None:
+    def _answered_later(self, outcome: Reply | Failure) -> None:
         self._pending = None
-        if self._answered(reply):
-            self._process()
+        self._dispatch(outcome)
+        self._process()  # the loop itself checks whether it may go on
 
-    def _answered(self, reply: Reply) -> bool:
-        """Send the reply and act on it; True when the command loop may go on."""
+    def _answered(self, reply: Reply) -> None:
+        """Send the reply and act on it (close, start the data, or wait for the next command)."""
         if self._closing or self.transport is None:
-            return False
+            return
         self._reply(reply)
         if self._closing:
-            return False
-        if reply.code == 221:
-            self._close("client quit")
-            return False
-        if reply.code == 421:
-            self._close("closed by gateway")
-            return False
-        if reply.code == 354:
+            return
+        if reply.code in (221, 421):
+            self._close("client quit" if reply.code == 221 else "closed by gateway")
+        elif reply.code == 354:
             self._start_data()
-            return False
-        self._arm(self._limits.idle_timeout, self._idle)
-        return True
+        else:
+            self._arm(self._limits.idle_timeout, self._idle)
 
     def _start_data(self) -> None:
         assert self.session is not None
@@ -331,10 +347,7 @@ class SMTPServerProtocol(Protocol):
         self._data_error_sent = False
         self._data_started = self.host.reactor.seconds()
         self.session.data_started(self.upstream_throttle)
-        self._data_progress()
-        buffered, self._buffer = self._buffer, b""
-        if buffered:
-            self._feed_data(buffered)
+        self._data_progress()  # body bytes already buffered are fed by `_process`
 
     def _internal_error(self, failure: Failure) -> None:
         self.host.audit.event(
@@ -360,14 +373,14 @@ class SMTPServerProtocol(Protocol):
             return
         self._reader = None
         self._cancel_timer()
-        self._buffer = feed.leftover + self._buffer
+        self._lines.put_back(feed.leftover)
         self._dispatch(session.data_end(reader.error))
-        self._process()
+        self._process()  # from inside `_process` this returns at once and its loop goes on
 
     # --- output -------------------------------------------------------------------------
 
     def _reply(self, reply: Reply) -> None:
-        if reply.code >= 500:
+        if replies.counts_as_error(reply, self._command_verb):
             self._errors += 1
         self.transport.write(reply.to_bytes())
         if self._errors >= self._limits.max_errors and reply.code != 221:

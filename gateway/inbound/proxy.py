@@ -9,7 +9,11 @@ v1/v2 parsers, because the wrapper's own falls short for a mail gateway:
 - it drops a connection with a bad header without a word: here the listener
   answers ``421 4.7.0`` and the audit says why;
 - its v1 parser takes any word as an address, and a bad port escapes as a
-  ``ValueError``: here the source must be an IP address and a port.
+  ``ValueError``: here the source must be an IP address and a port;
+- it believes a header from anyone: here only a TCP peer inside
+  ``listener.proxy_trusted`` (a balancer) may send one. Any other peer is refused
+  with ``421 4.7.0`` at its first bytes, before they are parsed, whatever they claim
+  (v1 or v2, TCP4, TCP6, an IPv4-mapped address).
 
 The wrapped listener protocol greets at connect, before the header can have
 been read, so the session decides on the client at its first command; see
@@ -71,10 +75,17 @@ class ProxyHeaderReader(HAProxyProtocolWrapper):
     def __init__(self, factory: Any, wrappedProtocol: Any) -> None:  # noqa: N803
         super().__init__(factory, wrappedProtocol)
         self._start = b""
+        self._refused = False
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._proxyInfo is not None:
             self.wrappedProtocol.dataReceived(data)
+            return
+        if self._refused:
+            return
+        if not self.wrappedProtocol.proxy_peer_trusted:
+            self._refused = True
+            self.wrappedProtocol.proxy_peer_untrusted()
             return
         if self._parser is None:
             self._start += data
@@ -96,11 +107,12 @@ class ProxyHeaderReader(HAProxyProtocolWrapper):
             self._refuse()
             return
         self._proxyInfo = info
+        self.wrappedProtocol.proxy_header_received()  # counted now, not at the first command
         if remaining:
             self.wrappedProtocol.dataReceived(remaining)
 
     def _refuse(self) -> None:
-        self._parser = None
+        self._parser, self._refused = None, True
         self.wrappedProtocol.proxy_header_invalid()
 
 

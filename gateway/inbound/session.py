@@ -52,6 +52,7 @@ class Session:
         self.proxied = False
         self.proxy_peer: tuple[str, int] | None = None  # the balancer, behind a PROXY header
         self.proxy_rejected = False
+        self.proxy_untrusted = False  # the peer is not in listener.proxy_trusted
         self.transaction: Transaction | None = None
         self.login = AppLogin(self.config.apps, host, self.log)
         outcomes = ("relayed", "rejected", "deferred", "failed", "queued")
@@ -87,6 +88,7 @@ class Session:
             proxied=self.proxied,
             proxy_peer=self.proxy_peer,
             proxy_rejected=self.proxy_rejected,
+            proxy_untrusted=self.proxy_untrusted,
         )
         self.address, self.allowed = admission.address, admission.allowed
         self.log.info(
@@ -123,6 +125,10 @@ class Session:
 
     def proxy_header_invalid(self) -> None:
         self.proxy_rejected = True
+
+    def proxy_peer_untrusted(self) -> None:
+        """The peer outside ``listener.proxy_trusted`` sent bytes: whatever they claim, denied."""
+        self.proxy_rejected = self.proxy_untrusted = True
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -271,8 +277,11 @@ class Session:
         txn = self.transaction
         if txn is None:
             return replies.NEED_MAIL
+        txn.rcpt_commands += 1
+        if txn.rcpt_commands > self.config.listener.max_rcpt_commands:
+            return self._too_many_rcpt_commands(txn)
         rcpt = parse_rcpt(argument).recipient
-        if len(txn.accepted) >= self.config.listener.max_recipients:
+        if txn.accepted_count >= self.config.listener.max_recipients:
             return txn.refused(rcpt, replies.TOO_MANY_RECIPIENTS, limit="listener.max_recipients")
         assert self.address is not None  # commands come only from an admitted client
         decision = policy.decide(self.config, self.address, txn.mail.sender, rcpt, self.app)
@@ -312,10 +321,19 @@ class Session:
                 return txn.refused(rcpt, reply, rule=rule, limit=limit)
         return _then(txn.delivery.rcpt(rcpt, decision.route, rule), txn.answered, rcpt, rule)
 
+    def _too_many_rcpt_commands(self, txn: Transaction) -> Reply:
+        """Over ``listener.max_rcpt_commands``: end the transaction and the session (421)."""
+        reply = replies.TOO_MANY_RCPT_COMMANDS
+        if txn.delivery is not None:
+            txn.delivery.abort("too many RCPT commands")
+        limit = "listener.max_rcpt_commands"
+        self._finish(txn, reply, limit=limit)
+        return reply
+
     def smtp_DATA(self, argument: str) -> Reply | defer.Deferred[Reply]:  # noqa: N802
         txn = self.transaction
         if txn is None:
-            return replies.NEED_MAIL
+            return replies.NEED_MAIL_BEFORE_DATA
         if argument:
             return replies.SYNTAX_ARGS
         if not txn.recipients:

@@ -5,6 +5,10 @@ delivery, or refused by the gateway with the rule and limit that decided). It en
 one ``message.result`` (`Transaction.result`), or, once durable in the spool, one
 ``message.queued`` (`Transaction.queued`; the runner writes the result later).
 
+Its cost per RCPT is constant and its record is bounded, however many RCPT commands come:
+every accepted recipient is listed (at most ``listener.max_recipients``), and of the others
+the first `UNACCEPTED_LISTED`; ``recipients_omitted`` counts the rest.
+
 Pure: no reactor imports.
 """
 
@@ -22,6 +26,8 @@ from gateway.smtp.address import Address
 from gateway.smtp.commands import MailFrom
 from gateway.smtp.data import MessageFacts
 from gateway.smtp.replies import Reply
+
+UNACCEPTED_LISTED = 100  # recipients not accepted that the audit lists by name
 
 
 def outcome_of(reply: Reply) -> str:
@@ -55,10 +61,29 @@ class Transaction:
     refusal_reason: str | None = None  # what the check found
     dot_sent: float | None = None  # when the end of data went upstream (for the latency metric)
     headers: HeaderRewriter | None = None  # the rule's rewrite_from / strip_headers, if any
+    rcpt_commands: int = (
+        0  # RCPT commands so far, whatever their reply (listener.max_rcpt_commands)
+    )
+    accepted_count: int = 0  # recipients accepted (listener.max_recipients)
+    unaccepted_listed: int = 0  # recipients not accepted, listed in `recipients`
+    recipients_omitted: int = 0  # recipients not accepted and not listed (past UNACCEPTED_LISTED)
+    any_deferred: bool = False  # a recipient was deferred (listed or not)
 
     @property
     def accepted(self) -> list[RecipientResult]:
         return [r for r in self.recipients if r.result == "accepted"]
+
+    def _record(self, recipient: RecipientResult) -> None:
+        """List `recipient`, keeping the counts; past the bound only count one not accepted."""
+        if recipient.result == "accepted":
+            self.accepted_count += 1
+        else:
+            self.any_deferred = self.any_deferred or recipient.result == "deferred"
+            if self.unaccepted_listed >= UNACCEPTED_LISTED:
+                self.recipients_omitted += 1
+                return
+            self.unaccepted_listed += 1
+        self.recipients.append(recipient)
 
     # --- recipients ----------------------------------------------------------------------
 
@@ -67,7 +92,7 @@ class Transaction:
         if rule and rule not in self.rules:
             self.rules.append(rule)
         result = "accepted" if reply.is_positive else outcome_of(reply)
-        self.recipients.append(RecipientResult(recipient.text, result, str(reply), rule=rule))
+        self._record(RecipientResult(recipient.text, result, str(reply), rule=rule))
         return reply
 
     def refused(
@@ -79,7 +104,7 @@ class Transaction:
         limit: str | None = None,
     ) -> Reply:
         """Record a recipient the gateway refused (by `rule`, or at `limit`); returns the reply."""
-        self.recipients.append(
+        self._record(
             RecipientResult(recipient.text, outcome_of(reply), str(reply), rule=rule, limit=limit)
         )
         if rule and rule not in self.rules:
@@ -108,9 +133,9 @@ class Transaction:
 
     def abandoned_outcome(self) -> str:
         """The outcome when the app goes away (or starts over) before a final reply."""
-        if self.accepted or self.in_data:
+        if self.accepted_count or self.in_data:
             return "failed"  # the app gave up on a message the upstream would have taken
-        if any(r.result == "deferred" for r in self.recipients):
+        if self.any_deferred:
             return "deferred"
         return "rejected"
 
@@ -142,6 +167,7 @@ class Transaction:
             **who,
             "sender": self.mail.sender.text,
             "recipients": [r.as_dict() for r in self.recipients],
+            **self._omitted(),
             "rules": self.rules,
             "outcome": outcome,
         }
@@ -165,6 +191,9 @@ class Transaction:
             fields["limit"] = limit
         return fields
 
+    def _omitted(self) -> dict[str, int]:
+        return {"recipients_omitted": self.recipients_omitted} if self.recipients_omitted else {}
+
     def queued(self, client_ip: str, helo: str | None, reply: Reply) -> dict[str, Any]:
         """The fields of ``message.queued``: the message is durable in the spool."""
         assert self.delivery is not None
@@ -177,6 +206,7 @@ class Transaction:
             "helo": helo,
             "sender": self.mail.sender.text,
             "recipients": [r.as_dict() for r in self.recipients],
+            **self._omitted(),
             "rules": self.rules,
             "upstreams": queued["upstreams"],
             "size": self.facts.size,

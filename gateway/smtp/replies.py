@@ -86,6 +86,23 @@ def expected(reply: Reply, *codes: int) -> Reply:
     )
 
 
+def counts_as_error(reply: Reply, verb: bytes) -> bool:
+    """Whether `reply` to a command `verb` counts toward ``listener.max_errors``.
+
+    Every 5xx does, and a 4xx refusing a recipient (RCPT), except ``452 4.5.3``: RFC 5321
+    4.5.3.1.10's "send the other recipients in another transaction", which a compliant client
+    acts on (those are bounded by ``listener.max_rcpt_commands`` instead). A 421 closes anyway.
+    """
+    if reply.code >= 500:
+        return True
+    return (
+        verb == b"RCPT"
+        and 400 <= reply.code < 500
+        and reply.code != 421
+        and reply.enhanced != "4.5.3"
+    )
+
+
 def default_enhanced(code: int) -> str:
     """The generic enhanced code for a reply class (X.0.0)."""
     return f"{code // 100}.0.0"
@@ -176,6 +193,9 @@ DENIED_COMMAND = Reply(503, "5.7.1", "Client address not allowed; only QUIT is a
 PROXY_HEADER_INVALID = Reply(
     421, "4.7.0", "PROXY protocol header missing or invalid, closing connection"
 )
+PROXY_UNTRUSTED = Reply(
+    421, "4.7.0", "PROXY protocol header not accepted from your address, closing connection"
+)
 CLOSING = Reply(221, "2.0.0", "Bye")
 OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
@@ -192,6 +212,7 @@ NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
 NEED_HELO = Reply(503, "5.5.1", "Send EHLO or HELO first")
 NESTED_MAIL = Reply(503, "5.5.1", "Sender already given; RSET first")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL before RCPT")
+NEED_MAIL_BEFORE_DATA = Reply(503, "5.5.1", "Need MAIL before DATA")
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT before DATA")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
 PARAM_UNKNOWN = Reply(555, "5.5.4", "Unsupported MAIL or RCPT parameter")
@@ -204,6 +225,9 @@ NUL_IN_COMMAND = Reply(500, "5.5.2", "NUL or bare CR/LF in command line")
 NO_RULE = Reply(550, "5.7.1", "Relay access denied: no rule matches this recipient")
 RULE_REJECT = Reply(550, "5.7.1", "Relay access denied by rule")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+TOO_MANY_RCPT_COMMANDS = Reply(
+    421, "4.7.0", "Too many RCPT commands in one transaction, closing connection"
+)
 OTHER_ROUTE = Reply(
     452, "4.5.3", "Recipient routes through another upstream; send it in a separate transaction"
 )

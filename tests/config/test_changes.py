@@ -28,7 +28,12 @@ def test_changing_the_listen_address_is_refused_by_key():
 
 def test_turning_metrics_on_or_proxy_protocol_on_is_refused():
     """metrics.listen and listener.proxy_protocol are fixed too."""
-    new = parse(metrics={}, listener={"listen": "127.0.0.1:2525", "proxy_protocol": True})
+    listener = {
+        "listen": "127.0.0.1:2525",
+        "proxy_protocol": True,
+        "proxy_trusted": ["10.0.0.2/32"],
+    }
+    new = parse(metrics={}, listener=listener)
     assert [p.key for p in fixed_changes(parse(), new)] == [
         "listener.proxy_protocol",
         "metrics.listen",

@@ -287,3 +287,33 @@ def test_load_toml_syntax_error(tmp_path: Path) -> None:
     (problem,) = raised.value.problems
     assert (problem.source, problem.key, problem.expected) == (str(path), "(syntax)", "valid TOML")
     assert "line 1" in problem.found
+
+
+# --- issue 12: PROXY trust and the RCPT command cap --------------------------------------------
+
+
+def test_proxy_protocol_needs_proxy_trusted() -> None:
+    """proxy_protocol = true without the balancers' networks is a problem naming proxy_trusted."""
+    problem = problem_at(document(listener={"proxy_protocol": True}), "listener.proxy_trusted")
+    assert problem.found == "nothing" and "listener.proxy_protocol = true" in problem.expected
+    empty = document(listener={"proxy_protocol": True, "proxy_trusted": []})
+    assert problem_at(empty, "listener.proxy_trusted").found == "[] (array)"
+
+
+def test_proxy_trusted_is_read_as_networks() -> None:
+    """proxy_trusted holds CIDR networks; a bad one is named by its index."""
+    listener = {"proxy_protocol": True, "proxy_trusted": ["10.0.0.5/32", "2001:db8::/64"]}
+    parsed = parse(document(listener=listener), SOURCE).listener
+    assert parsed.proxy_trusted == (
+        ipaddress.ip_network("10.0.0.5/32"),
+        ipaddress.ip_network("2001:db8::/64"),
+    )
+    bad = document(listener={"proxy_protocol": True, "proxy_trusted": ["10.0.0.5/33"]})
+    assert problem_at(bad, "listener.proxy_trusted[0]").found == "'10.0.0.5/33' (string)"
+
+
+def test_max_rcpt_commands_default_and_range() -> None:
+    """listener.max_rcpt_commands: 1000 by default, 1 to 1000000."""
+    assert parse(document(), SOURCE).listener.max_rcpt_commands == 1000
+    problem = problem_at(document(listener={"max_rcpt_commands": 0}), "listener.max_rcpt_commands")
+    assert problem.expected == "an integer from 1 to 1000000"

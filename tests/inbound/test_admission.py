@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from gateway.inbound.admission import admit
+from gateway.inbound.admission import admit, client_key, proxy_trusted
 from gateway.smtp import replies
 from tests.inbound.fakes import config
 
@@ -55,3 +55,24 @@ def test_invalid_proxy_header_is_denied_with_its_own_reply():
     admission = admit(config(), "127.0.0.1", proxied=True, proxy_rejected=True)
     assert admission.proxy == {"proxy_header": "invalid"}
     assert admission.refusal == replies.PROXY_HEADER_INVALID
+
+
+def test_a_peer_outside_proxy_trusted_is_denied_with_its_own_reply():
+    """An untrusted peer that sent bytes: denied on its own address, limit proxy_trusted, 421."""
+    admission = admit(config(), "127.0.0.1", proxied=True, proxy_untrusted=True)
+    assert not admission.allowed and admission.limit == "listener.proxy_trusted"
+    assert admission.proxy == {"proxy_header": "untrusted"}
+    assert admission.refusal == replies.PROXY_UNTRUSTED
+
+
+def test_proxy_trusted_is_decided_on_the_peer_address():
+    """Inside listener.proxy_trusted (a mapped IPv4 peer too) or not; a non-IP peer is not."""
+    listener = config(proxy_protocol=True, proxy_trusted=["10.0.0.5/32"]).listener
+    assert proxy_trusted(listener, "10.0.0.5") and proxy_trusted(listener, "::ffff:10.0.0.5")
+    assert not proxy_trusted(listener, "10.0.0.6") and not proxy_trusted(listener, "unknown")
+
+
+def test_client_key_is_one_spelling_per_address():
+    """The per-client limit counts ::ffff:a.b.c.d as a.b.c.d, IPv6 in its short form."""
+    assert client_key("::ffff:10.20.5.7") == client_key("::FFFF:0A14:0507") == "10.20.5.7"
+    assert client_key("2001:DB8:0::7") == "2001:db8::7" and client_key("unknown") == "unknown"

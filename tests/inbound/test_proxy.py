@@ -11,10 +11,21 @@ V1 = b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 25\r\n"
 
 
 class Recorder(Protocol):
-    def __init__(self) -> None:
+    def __init__(self, trusted: bool = True) -> None:
         self.received = b""
         self.peers: list[str] = []
         self.refused = 0
+        self.untrusted = 0
+        self.headers = 0  # complete headers reported (before any data passes on)
+        self.proxy_peer_trusted = trusted  # as the listener decides from listener.proxy_trusted
+
+    def proxy_header_received(self) -> None:
+        self.headers += 1
+
+    def proxy_peer_untrusted(self) -> None:
+        self.untrusted += 1
+        self.transport.write(b"421 4.7.0 not from you\r\n")
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.received += data
@@ -26,8 +37,8 @@ class Recorder(Protocol):
         self.transport.loseConnection()
 
 
-def connect() -> tuple[object, Recorder, StringTransport]:
-    recorder = Recorder()
+def connect(trusted: bool = True) -> tuple[object, Recorder, StringTransport]:
+    recorder = Recorder(trusted)
     factory = ProxyListenerFactory(Factory.forProtocol(lambda: recorder))
     wrapper = factory.buildProtocol(None)
     transport = StringTransport()
@@ -40,6 +51,7 @@ def test_a_header_split_byte_by_byte_is_still_read():
     wrapper, recorder, transport = connect()
     for i in range(len(V1)):
         wrapper.dataReceived(V1[i : i + 1])
+    assert recorder.headers == 1 and recorder.received == b""  # reported before any command
     wrapper.dataReceived(b"EHLO app\r\n")
     assert recorder.received == b"EHLO app\r\n"
     assert recorder.peers == ["192.0.2.7"]
@@ -90,3 +102,12 @@ def test_a_v2_header_names_the_client():
     wrapper, recorder, _ = connect()
     wrapper.dataReceived(header + b"EHLO app\r\n")
     assert recorder.peers == ["192.0.2.9"] and recorder.received == b"EHLO app\r\n"
+
+
+def test_a_peer_outside_proxy_trusted_is_refused_before_its_header_is_parsed():
+    """Not a balancer: its first bytes are refused, a valid header or not, and nothing passes on."""
+    wrapper, recorder, transport = connect(trusted=False)
+    wrapper.dataReceived(V1 + b"EHLO a\r\n")
+    wrapper.dataReceived(b"MAIL FROM:<a@example.com>\r\n")
+    assert recorder.untrusted == 1 and recorder.refused == 0 and recorder.received == b""
+    assert transport.value().startswith(b"421 4.7.0") and wrapper.getPeer().host != "192.0.2.7"

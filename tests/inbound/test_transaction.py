@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.inbound.transaction import Transaction, outcome_of
+from gateway.inbound.transaction import UNACCEPTED_LISTED, Transaction, outcome_of
 from gateway.policy.headers import HeaderEdits
 from gateway.smtp import replies
 from gateway.smtp.address import Address
@@ -116,3 +116,28 @@ def test_queued_fields():
         str(replies.QUEUED),
     )
     assert fields["recipients"][0]["result"] == "queued" and "app" not in fields
+
+
+def test_recipients_not_accepted_are_listed_up_to_a_bound_then_counted():
+    """Every accepted recipient is listed; of the others the first UNACCEPTED_LISTED, then a count."""
+    txn = transaction()
+    txn.answered(RECIPIENT_OK, Address("a@example.net"), "all")
+    for i in range(UNACCEPTED_LISTED + 50):
+        txn.refused(Address(f"r{i}@example.net"), replies.TOO_MANY_RECIPIENTS)
+    txn.answered(RECIPIENT_OK, Address("b@example.net"), "all")
+    txn.answered(DEFERRED, Address("c@example.net"), "all")  # past the bound: counted only
+    assert txn.accepted_count == 2 and len(txn.recipients) == 2 + UNACCEPTED_LISTED
+    assert txn.abandoned_outcome() == "failed"
+    fields = txn.result(WHO, RECIPIENT_OK)
+    assert fields["recipients_omitted"] == 51
+    assert [r["address"] for r in fields["recipients"]][-1] == "b@example.net"
+
+
+def test_a_deferred_recipient_past_the_bound_still_decides_the_outcome():
+    """Abandoned with nothing accepted: deferred if any recipient was, listed or not."""
+    txn = transaction()
+    for i in range(UNACCEPTED_LISTED):
+        txn.refused(Address(f"r{i}@example.net"), replies.NO_RULE)
+    txn.answered(DEFERRED, Address("late@example.net"), "all")
+    assert txn.recipients_omitted == 1 and txn.abandoned_outcome() == "deferred"
+    assert "recipients_omitted" not in transaction().result(WHO, replies.NO_RULE)

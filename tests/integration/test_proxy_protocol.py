@@ -37,7 +37,10 @@ class ProxiedSMTP(smtplib.SMTP):
 
 def proxied(upstream: Any, ca_file: str, allowed: list[str]) -> dict[str, Any]:
     return relay_all(
-        upstream_table(upstream, ca_file), proxy_protocol=True, allowed_clients=allowed
+        upstream_table(upstream, ca_file),
+        proxy_protocol=True,
+        proxy_trusted=["127.0.0.1/32"],  # the balancer (the tests' and HAProxy's address)
+        allowed_clients=allowed,
     )
 
 

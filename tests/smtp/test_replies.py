@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from gateway.smtp import replies
-from gateway.smtp.replies import MalformedReply, Reply, ReplyParser, default_enhanced
+from gateway.smtp.replies import (
+    MalformedReply,
+    Reply,
+    ReplyParser,
+    counts_as_error,
+    default_enhanced,
+)
 
 # --- Reply values and wire form ------------------------------------------------------------
 
@@ -283,3 +289,15 @@ def test_every_fixed_reply_is_defined_in_the_replies_module():
         if built.search(line)
     ]
     assert offenders == []
+
+
+def test_what_counts_toward_max_errors():
+    """Every 5xx; a 4xx only to RCPT, and not 452 4.5.3 (send the rest in another transaction)."""
+    assert counts_as_error(replies.SYNTAX_UNKNOWN, b"NOOP")
+    assert counts_as_error(replies.UPSTREAM_UNREACHABLE, b"RCPT")
+    assert counts_as_error(replies.RATE_LIMITED, b"RCPT")
+    assert not counts_as_error(replies.UPSTREAM_UNREACHABLE, b"DATA")
+    assert not counts_as_error(replies.TOO_MANY_RECIPIENTS, b"RCPT")
+    assert not counts_as_error(replies.OTHER_ROUTE, b"RCPT")
+    assert not counts_as_error(replies.TOO_MANY_RCPT_COMMANDS, b"RCPT")
+    assert not counts_as_error(replies.OK, b"RCPT")
