@@ -9,6 +9,7 @@ echo what it was sent. Nothing here logs, and no reason text carries a credentia
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -105,9 +106,12 @@ async def authenticate_bearer(
     tokens: UpstreamTokens | None,
     capabilities: dict[str, str],
     attempt: Attempt,
+    sent_secrets: Callable[[Scrubber], None] | None = None,
 ) -> tuple[str | None, str | None]:
     """XOAUTH2 (or OAUTHBEARER) after TLS; a refused token is refreshed and tried once more.
 
+    `sent_secrets` is told of each token and payload sent, so that the connector can scrub
+    them from what later connections hear before their own AUTH (an echo may come first).
     Raises `Reconnect` when the upstream closed after refusing a token that was then
     refreshed: the connector opens a new connection for the fresh token.
     """
@@ -156,6 +160,8 @@ async def authenticate_bearer(
         else:
             initial = sasl.oauthbearer_response(user, secret, config.host, config.port)
         sent = [secret.encode("utf-8"), bytes(initial)]  # what a refusal's text must not repeat
+        if sent_secrets is not None:
+            sent_secrets(Scrubber(sent))
         protocol.scrubber = Scrubber(sent, inherit=protocol.scrubber)  # and a refused token
         del secret
         challenge = ""

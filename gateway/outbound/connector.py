@@ -17,6 +17,7 @@ cannot leak through an error.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -110,6 +111,9 @@ def _guard(d: defer.Deferred[Reply], config: UpstreamConfig) -> defer.Deferred[R
     return d.addErrback(failed)
 
 
+SENT_REMEMBERED = 8  # bearer exchanges (tokens, payloads) scrubbed from later connections
+
+
 class UpstreamConnector:
     """Opens `UpstreamSession`s to one upstream: its TLS policy and resolved password."""
 
@@ -127,6 +131,9 @@ class UpstreamConnector:
         self.helo_name = helo_name
         self.tls = UpstreamTLS(config)
         self.tokens = tokens
+        # The bearer tokens and payloads sent on the latest connections: an upstream may echo
+        # one in a later connection's greeting or EHLO, before that connection's own AUTH.
+        self._sent: deque[Scrubber] = deque(maxlen=SENT_REMEMBERED)
 
     def user_for(self, sender: str | None) -> str | None:
         """Who a session for `sender` authenticates as: `username`, or the sender for "$sender"."""
@@ -162,8 +169,10 @@ class UpstreamConnector:
                 replies.UPSTREAM_UNREACHABLE,
                 f"{config.name}: cannot connect to {config.host}:{config.port} ({_short(exc)})",
             ) from None
-        if self.password is not None:  # sent on an earlier connection: an echo may come first
-            protocol.scrubber = Scrubber([self.password.reveal()])
+        # Sent on an earlier connection: an echo may come before this one's AUTH.
+        password = [self.password.reveal()] if self.password is not None else []
+        if password or self._sent:
+            protocol.scrubber = Scrubber(password, inherit=list(self._sent))
         try:
             return await self._dialogue(protocol, creator, attempt)
         except BaseException:  # an unexpected error too: never leave the connection open
@@ -219,7 +228,7 @@ class UpstreamConnector:
             raise UpstreamFailure(reply, f"{name}: {exc.reason}") from None
         if config.auth == "xoauth2":
             bearer_user, bearer = await authenticate_bearer(
-                protocol, config, self.tokens, capabilities, attempt
+                protocol, config, self.tokens, capabilities, attempt, self._sent.append
             )
             return UpstreamSession(
                 config,

@@ -113,12 +113,14 @@ class Scrubber:
         secrets: Iterable[str | bytes],
         marker: str = REDACTED,
         *,
-        inherit: Scrubber | None = None,
+        inherit: Scrubber | Iterable[Scrubber] | None = None,
     ) -> None:
-        """`inherit`: an earlier scrubber of the same exchange, whose secrets are kept too."""
+        """`inherit`: earlier scrubbers (of this exchange, or of earlier connections) whose
+        secrets are kept too."""
         found: dict[str, bool] = {}
-        if inherit is not None:
-            found.update(inherit.forms())
+        for earlier in [inherit] if isinstance(inherit, Scrubber) else inherit or ():
+            for needle, is_base64 in earlier.forms():
+                found[needle] = found.get(needle, False) or is_base64
         for secret in secrets:
             for needle, is_base64 in needles(secret).items():
                 found[needle] = found.get(needle, False) or is_base64

@@ -277,3 +277,39 @@ def test_bearer_token_echoed_by_the_upstream_is_nowhere(
             assert_not_in(gw.audit.text, secret, "the audit")
             assert_not_in(readyz_details(gw), secret, "/readyz?verbose=1")
             assert_not_in(text.decode(), secret, "the app's reply")
+
+
+def _send_one(port: int) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("app.test")
+        client.mail("app@example.com")
+        code, text = client.rcpt("ops@example.net")
+        if code == 250:
+            return client.data(b"Subject: x\r\n\r\nbody\r\n")
+        return code, text
+
+
+@pytest.mark.parametrize("where", ["greeting", "starttls"])
+def test_a_token_sent_earlier_and_echoed_before_the_next_auth_is_nowhere(
+    where, scripted, token_server, start_gateway, ca, monkeypatch
+):
+    """A bearer token sent on one connection and echoed in the next one's greeting or STARTTLS
+    refusal (before that connection's own AUTH) is cut from the audit, the reply and /readyz."""
+    monkeypatch.setenv("MAILGATE_TEST_CLIENT_SECRET", CLIENT_SECRET)
+    upstream = scripted(Script(capabilities_tls=("PIPELINING", "AUTH XOAUTH2")))
+    gw = start_gateway(oauth_document(upstream.port, token_server, ca.ca_file))
+    assert _send_one(gw.port)[0] == 250  # connection 1: the token goes out in AUTH XOAUTH2
+    upstream.wait_closed(1)  # pool_idle_timeout = 0: the next message opens a new connection
+    [token] = token_server.issued
+    echoed = sasl.xoauth2_response(MAILBOX, token).decode("ascii")
+    if where == "greeting":
+        upstream.script.greeting = f"554 5.7.0 session {token} refused\r\n".encode()
+    else:
+        upstream.script.starttls_reply = f"454 4.7.0 replayed {echoed} and {token}\r\n".encode()
+    code, text = _send_one(gw.port)
+    assert code == 451
+    gw.audit.wait_for("message.result", 2)
+    for secret in (token, echoed):
+        assert_not_in(gw.audit.text, secret, "the audit")
+        assert_not_in(text.decode(), secret, "the app's reply")
+        assert_not_in(readyz_details(gw), secret, "/readyz")
