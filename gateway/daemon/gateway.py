@@ -225,7 +225,7 @@ class Gateway:
         if self.runner is not None:  # who a DSN may go to follows the reloaded apps and rules
             self.runner.settler.config = config
         for pool in old_pools.values():
-            pool.close_idle()  # idle sessions were opened with the old settings and secrets
+            pool.retire()  # its sessions were opened with the old settings and secrets
         self.readiness.forget(n for n, u in old.upstreams.items() if config.upstreams.get(n) != u)
         self.metrics.config_reload(True)
         self.audit.event(

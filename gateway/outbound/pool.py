@@ -37,6 +37,7 @@ class UpstreamPool:
         self.connector = connector
         self.clock = clock
         self.config = connector.config
+        self.retired = False  # a reload replaced it: sessions handed back are closed
         self._open: set[int] = set()  # ids of sessions counted against max_connections
         self._opening = 0
         self._idle: list[_Idle] = []
@@ -144,6 +145,7 @@ class UpstreamPool:
         if (
             reusable
             and alive
+            and not self.retired
             and count < self.config.pool_max_messages
             and self.config.pool_idle_timeout > 0
         ):
@@ -161,6 +163,12 @@ class UpstreamPool:
 
     def _close(self, session: UpstreamSession) -> None:
         session.quit()
+
+    def retire(self) -> None:
+        """A reload replaced this pool: close its idle sessions now, and every session handed
+        back later (with QUIT), so old and new pools together stay within max_connections."""
+        self.retired = True
+        self.close_idle()
 
     def close_idle(self) -> None:
         for idle in self._idle:
