@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from gateway.audit.events import Event
+from gateway.audit.events import RELAY_OUTCOMES, Event, Outcome
 from gateway.inbound import auth as app_auth
 from gateway.inbound import body
 from gateway.inbound.admission import admit
@@ -55,7 +55,7 @@ class Session:
         self.proxy_untrusted = False  # the peer is not in listener.proxy_trusted
         self.transaction: Transaction | None = None
         self.login = AppLogin(self.config.apps, host, self.log)
-        outcomes = ("relayed", "rejected", "deferred", "failed", "queued")
+        outcomes = (*RELAY_OUTCOMES, Outcome.QUEUED)
         self.counts = dict.fromkeys(("messages", *outcomes), 0)  # for session.closed
         self.closed = False
 
@@ -393,12 +393,12 @@ class Session:
         """Durable in the spool: ``message.queued`` (its ``message.result`` comes from the runner)."""
         self.transaction = None
         self.counts["messages"] += 1
-        self.counts["queued"] += 1
+        self.counts[Outcome.QUEUED] += 1
         fields = txn.queued(self.client, self.helo, reply)
         self.log.info(Event.MESSAGE_QUEUED, **fields)
         first = fields["upstreams"][0] if fields["upstreams"] else None
         self.host.metrics.message_result(
-            {"outcome": "queued", "rules": txn.rules, "upstream": first}
+            {"outcome": Outcome.QUEUED, "rules": txn.rules, "upstream": first}
         )
 
     def _reset(self, why: str) -> None:
@@ -422,7 +422,7 @@ class Session:
         txn: Transaction,
         reply: Reply | None,
         *,
-        outcome: str | None = None,
+        outcome: Outcome | None = None,
         reason: str | None = None,
         limit: str | None = None,
     ) -> None:

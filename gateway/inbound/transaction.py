@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.audit.events import ACCEPTED, Outcome
 from gateway.config.headers import HeaderEdits
 from gateway.inbound.delivery import Delivery
 from gateway.policy.headers import HeaderRewriter
@@ -30,15 +31,21 @@ from gateway.smtp.replies import Reply
 UNACCEPTED_LISTED = 100  # recipients not accepted that the audit lists by name
 
 
-def outcome_of(reply: Reply) -> str:
+def outcome_of(reply: Reply) -> Outcome:
     """What a final reply means for a message or a recipient: relayed, deferred or rejected."""
-    return "relayed" if reply.is_positive else "deferred" if reply.is_transient else "rejected"
+    return (
+        Outcome.RELAYED
+        if reply.is_positive
+        else Outcome.DEFERRED
+        if reply.is_transient
+        else Outcome.REJECTED
+    )
 
 
 @dataclass
 class RecipientResult:
     address: str
-    result: str  # accepted, relayed, rejected, deferred, failed, queued
+    result: str  # ACCEPTED while the transaction is open, then an Outcome
     reply: str
     rule: str | None = None
     limit: str | None = None
@@ -71,14 +78,14 @@ class Transaction:
 
     @property
     def accepted(self) -> list[RecipientResult]:
-        return [r for r in self.recipients if r.result == "accepted"]
+        return [r for r in self.recipients if r.result == ACCEPTED]
 
     def _record(self, recipient: RecipientResult) -> None:
         """List `recipient`, keeping the counts; past the bound only count one not accepted."""
-        if recipient.result == "accepted":
+        if recipient.result == ACCEPTED:
             self.accepted_count += 1
         else:
-            self.any_deferred = self.any_deferred or recipient.result == "deferred"
+            self.any_deferred = self.any_deferred or recipient.result == Outcome.DEFERRED
             if self.unaccepted_listed >= UNACCEPTED_LISTED:
                 self.recipients_omitted += 1
                 return
@@ -91,7 +98,7 @@ class Transaction:
         """Record the delivery's `reply` to a recipient that passed policy; returns it."""
         if rule and rule not in self.rules:
             self.rules.append(rule)
-        result = "accepted" if reply.is_positive else outcome_of(reply)
+        result = ACCEPTED if reply.is_positive else outcome_of(reply)
         self._record(RecipientResult(recipient.text, result, str(reply), rule=rule))
         return reply
 
@@ -131,19 +138,19 @@ class Transaction:
 
     # --- the end -------------------------------------------------------------------------
 
-    def abandoned_outcome(self) -> str:
+    def abandoned_outcome(self) -> Outcome:
         """The outcome when the app goes away (or starts over) before a final reply."""
         if self.accepted_count or self.in_data:
-            return "failed"  # the app gave up on a message the upstream would have taken
+            return Outcome.FAILED  # the app gave up on a message the upstream would have taken
         if self.any_deferred:
-            return "deferred"
-        return "rejected"
+            return Outcome.DEFERRED
+        return Outcome.REJECTED
 
     def result(
         self,
         who: Mapping[str, Any],
         reply: Reply | None,
-        outcome: str | None = None,
+        outcome: Outcome | None = None,
         *,
         reason: str | None = None,
         limit: str | None = None,
@@ -157,12 +164,12 @@ class Transaction:
             assert reply is not None
             outcome = outcome_of(reply)
         for recipient in self.recipients:
-            if recipient.result == "accepted":
+            if recipient.result == ACCEPTED:
                 if reply is not None:
                     recipient.result = outcome_of(reply)
                     recipient.reply = str(reply)
                 else:
-                    recipient.result = "failed"
+                    recipient.result = Outcome.FAILED
         fields: dict[str, Any] = {
             **who,
             "sender": self.mail.sender.text,
@@ -198,7 +205,7 @@ class Transaction:
         """The fields of ``message.queued``: the message is durable in the spool."""
         assert self.delivery is not None
         for recipient in self.accepted:
-            recipient.result = "queued"
+            recipient.result = Outcome.QUEUED
         queued = self.delivery.audit_fields()
         return {
             "queue_id": queued.get("queue_id"),
