@@ -176,3 +176,19 @@ def clock(now: float = 1000.0) -> task.Clock:
     c = task.Clock()
     c.advance(now)
     return c
+
+
+class RecordingConnector:
+    """An upstream connector that records each open(); the test decides when and how it ends."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.opens: list[defer.Deferred[Any]] = []
+
+    def user_for(self, sender: str | None) -> str | None:
+        return self.config.username
+
+    def open(self, sender: str | None = None) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.opens.append(d)
+        return d

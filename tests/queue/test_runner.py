@@ -21,27 +21,12 @@ from gateway.queue.spool import (
 )
 from gateway.smtp import replies
 from gateway.testing.audit import CapturedAudit
-
-
-class FakeConnector:
-    """Records each open(); the test decides when and how it ends."""
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
-        self.opens: list[defer.Deferred[Any]] = []
-
-    def user_for(self, sender: str | None) -> str | None:
-        return self.config.username
-
-    def open(self, sender: str | None = None) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.opens.append(d)
-        return d
+from tests.outbound.fakes import RecordingConnector
 
 
 def make_runner(
     tmp_path, now: list[float], **upstream: Any
-) -> tuple[DeliveryRunner, FakeConnector, Spool]:
+) -> tuple[DeliveryRunner, RecordingConnector, Spool]:
     document = {
         "queue": {"path": str(tmp_path / "spool"), "min_backoff": 60, "max_backoff": 600},
         "upstreams": {"up": {"host": "smtp.example.net", **upstream}},
@@ -50,7 +35,7 @@ def make_runner(
     config = parse(document, "t.toml")
     spool = Spool(config.queue.path)
     spool.create()
-    connector = FakeConnector(config.upstreams["up"])
+    connector = RecordingConnector(config.upstreams["up"])
     clock = task.Clock()
     pools = {"up": UpstreamPool(connector, clock)}  # type: ignore[arg-type]
     runner = DeliveryRunner(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet import defer, task
+from twisted.internet import task
 
 from gateway.cli import main as cli
 from gateway.config import toml as configuration
@@ -45,27 +45,12 @@ from gateway.queue.spool import (
     read_lines,
 )
 from gateway.testing.audit import CapturedAudit
+from tests.outbound.fakes import RecordingConnector
 
 SECRET = b"upstream-password: hunter2-never-to-be-sent\n"
 BODY = b"Subject: x\r\n\r\nbody\r\n"
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="changing owners needs root")
-
-
-class NoConnector:
-    """An upstream connector that records any attempt: a refused message must cause none."""
-
-    def __init__(self, config: Any) -> None:
-        self.config = config
-        self.opens: list[defer.Deferred[Any]] = []
-
-    def user_for(self, sender: str | None) -> str | None:
-        return self.config.username
-
-    def open(self, sender: str | None = None) -> defer.Deferred[Any]:
-        d: defer.Deferred[Any] = defer.Deferred()
-        self.opens.append(d)
-        return d
 
 
 def document(path: str) -> dict[str, Any]:
@@ -76,9 +61,9 @@ def document(path: str) -> dict[str, Any]:
     }
 
 
-def make_runner(path: str) -> tuple[DeliveryRunner, NoConnector, CapturedAudit]:
+def make_runner(path: str) -> tuple[DeliveryRunner, RecordingConnector, CapturedAudit]:
     config = configuration.parse(document(path), "t.toml")
-    connector = NoConnector(config.upstreams["up"])
+    connector = RecordingConnector(config.upstreams["up"])
     clock = task.Clock()
     pools = {"up": UpstreamPool(connector, clock)}  # type: ignore[arg-type]
     audit = CapturedAudit()
