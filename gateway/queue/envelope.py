@@ -16,12 +16,28 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from gateway.smtp.address import AddressError, parse_path
 
 FORMAT_VERSION = 1
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+class RecipientStatus(StrEnum):
+    """A spooled recipient's state, as the envelope stores it."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    DELETED = "deleted"  # by the operator, while its delivery ran (never written back)
+
+
+PENDING, DELIVERED, FAILED = (
+    RecipientStatus.PENDING,
+    RecipientStatus.DELIVERED,
+    RecipientStatus.FAILED,
+)
 STATUSES = (PENDING, DELIVERED, FAILED)
 BODY_TYPES = ("8BITMIME", "7BIT")  # MAIL's BODY= values the listener accepts
 MAX_NAME = 255  # upstream and rule names: config keys, never this long in practice

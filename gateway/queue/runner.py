@@ -21,13 +21,14 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.python.failure import Failure
 
-from gateway.audit.events import Event
+from gateway.audit.events import Event, Outcome
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.pool import UpstreamPool
 from gateway.queue import quarantine
 from gateway.queue.attempt import DeliveryAttempts
+from gateway.queue.envelope import RecipientStatus
 from gateway.queue.settle import Settler
 from gateway.queue.spool import (
     ACTIVE,
@@ -274,6 +275,6 @@ class DeliveryRunner:
             )
             if pending:
                 for recipient in pending:
-                    recipient.status = "deleted"
-                self.settler.result(envelope, "deleted")
+                    recipient.status = RecipientStatus.DELETED
+                self.settler.result(envelope, Outcome.DELETED)
         self.spool.remove(TRASH, queue_id)

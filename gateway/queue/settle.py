@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.audit.events import Event
+from gateway.audit.events import Event, Outcome
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config
 from gateway.queue import bounces as dsn
@@ -205,18 +205,18 @@ class Settler:
     def result(
         self,
         envelope: Envelope,
-        outcome: str | None = None,
+        outcome: Outcome | None = None,
         upstream: dict[str, Any] | None = None,
     ) -> None:
         """The message's one ``message.result``; `upstream`: the last round's upstream fields."""
         statuses = {r.status for r in envelope.recipients}
         if outcome is None:
             outcome = (
-                "delivered"
+                Outcome.DELIVERED
                 if statuses == {DELIVERED}
-                else "failed"
+                else Outcome.FAILED
                 if statuses == {FAILED}
-                else "partial"
+                else Outcome.PARTIAL
             )
         fields: dict[str, Any] = {
             "queue_id": envelope.id,
