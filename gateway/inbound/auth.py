@@ -15,7 +15,7 @@ import base64
 import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.audit.events import Event
 from gateway.config.secrets import Secret
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     from gateway.config.model import App
     from gateway.inbound.host import SessionHost, SessionLog
+    from gateway.policy.auth_throttle import AuthThrottle
 
 MECHANISMS = ("PLAIN", "LOGIN")
 
@@ -174,13 +175,20 @@ class AppLogin:
         app = self.apps.get(answer.username)
         # An unknown name costs the same hash check as a wrong password.
         stored = app.password_hash if app is not None else self.host.dummy_hash(answer.username)
+        throttle.begin(client, name)  # a guess under way counts until its check ends
         checked = self.host.verify_password(stored, answer.password)
+        checked.addBoth(self._checked, throttle, client, name)
         d: Deferred[Reply] = checked.addCallback(
             self._verified, answer.username, app is not None, client
         )
         if wait > 0:  # before any answer, right or wrong: the wait tells nothing
             d.addCallback(self._after, started + wait)
         return d
+
+    @staticmethod
+    def _checked(result: Any, throttle: AuthThrottle, client: str, name: str) -> Any:
+        throttle.end(client, name)
+        return result
 
     def _after(self, reply: Reply, until: float) -> Reply | Deferred[Reply]:
         left = until - self.host.monotonic()

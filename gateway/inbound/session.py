@@ -19,6 +19,7 @@ from gateway.inbound.admission import admit
 from gateway.inbound.auth import AppLogin
 from gateway.inbound.delivery import Origin
 from gateway.inbound.host import SessionHost
+from gateway.inbound.reload import follow_reload, reload_reached_transaction
 from gateway.inbound.transaction import Transaction
 from gateway.policy import rules as policy
 from gateway.policy.headers import HeaderRewriter
@@ -39,7 +40,9 @@ def _then(result: Any, callback: Any, *args: Any) -> Any:
 class Session:
     def __init__(self, host: SessionHost, session_id: str, client: str, client_port: int) -> None:
         self.host = host
-        self.config = host.config  # taken again at each MAIL (`_follow_reload`)
+        self.config = (
+            host.config
+        )  # taken again at each MAIL (`gateway.inbound.reload.follow_reload`)
         self.session_id = session_id
         self.client = client
         self.client_port = client_port
@@ -222,7 +225,7 @@ class Session:
             return replies.NEED_HELO
         if self.transaction is not None:
             return replies.NESTED_MAIL
-        refusal = self._follow_reload()
+        refusal = follow_reload(self)
         if refusal is not None:
             return refusal
         if self.config.listener.require_auth and self.app is None:
@@ -250,33 +253,13 @@ class Session:
         self.transaction = Transaction(mail)
         return replies.SENDER_OK
 
-    def _follow_reload(self) -> Reply | None:
-        """A reload reaches the session at its next MAIL: the new rules, apps and limits.
-
-        An app the reload removed or changed must authenticate again (``530 5.7.0``; AUTH with
-        the new settings, or ``535``); a client the new config no longer allows is refused.
-        """
-        if self.host.config is self.config:
-            return None
-        self.config = self.host.config
-        dropped = self.login.follow(self.config.apps)
-        if dropped is not None:
-            self.log.info(
-                Event.MAIL_REFUSED,
-                app=dropped,
-                limit=f"apps.{dropped} (removed or changed on reload)",
-                reply=str(replies.AUTH_AGAIN),
-            )
-            return replies.AUTH_AGAIN
-        if self.address is not None and not policy.client_allowed(self.config, self.address):
-            self.allowed = False
-            return replies.DENIED_COMMAND
-        return None
-
     def smtp_RCPT(self, argument: str) -> Reply | defer.Deferred[Reply]:  # noqa: N802
         txn = self.transaction
         if txn is None:
             return replies.NEED_MAIL
+        refusal = reload_reached_transaction(self)
+        if refusal is not None:
+            return refusal
         txn.rcpt_commands += 1
         if txn.rcpt_commands > self.config.listener.max_rcpt_commands:
             return self._too_many_rcpt_commands(txn)
@@ -336,6 +319,9 @@ class Session:
             return replies.NEED_MAIL_BEFORE_DATA
         if argument:
             return replies.SYNTAX_ARGS
+        refusal = reload_reached_transaction(self)
+        if refusal is not None:
+            return refusal
         if not txn.recipients:
             return replies.NEED_RCPT
         if not txn.accepted or txn.delivery is None:

@@ -11,6 +11,9 @@ Never per app name alone: anyone could then lock an app out by guessing its name
 anywhere. Keyed by client, a correct password from a client that did not fail keeps working,
 however many other clients fail. A success clears the (client, app) count only, so one known
 password does not buy more guesses at other names from the same address.
+
+A check still running counts as a failure until it ends (`begin` / `end`): guesses sent in
+parallel over many connections are throttled like guesses sent one after another.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class AuthThrottle:
     def __init__(self, settings: ThrottleSettings | None = None) -> None:
         self.settings = settings or ThrottleSettings()
         self._failures: OrderedDict[Key, deque[float]] = OrderedDict()
+        self._pending: dict[Key, int] = {}  # checks under way, by address and by pair
 
     def _count(self, key: Key, now: float) -> int:
         times = self._failures.get(key)
@@ -50,8 +54,27 @@ class AuthThrottle:
         return len(times)
 
     def counts(self, client: str, app: str, now: float) -> tuple[int, int]:
-        """Failures in the window from `client`, and for `app` from `client`."""
-        return self._count(("client", client), now), self._count(("pair", client, app), now)
+        """Failures in the window from `client`, and for `app` from `client` (checks under way
+        included)."""
+        by_client, by_pair = ("client", client), ("pair", client, app)
+        return (
+            self._count(by_client, now) + self._pending.get(by_client, 0),
+            self._count(by_pair, now) + self._pending.get(by_pair, 0),
+        )
+
+    def begin(self, client: str, app: str) -> None:
+        """A password check for `app` from `client` starts: it counts until `end`."""
+        for key in (("client", client), ("pair", client, app)):
+            self._pending[key] = self._pending.get(key, 0) + 1
+
+    def end(self, client: str, app: str) -> None:
+        """The check `begin` announced is over (then `failed` or `succeeded` records it)."""
+        for key in (("client", client), ("pair", client, app)):
+            left = self._pending.get(key, 0) - 1
+            if left > 0:
+                self._pending[key] = left
+            else:
+                self._pending.pop(key, None)
 
     def refused(self, client: str, app: str, now: float) -> bool:
         """Whether AUTH as `app` from `client` is answered 454 without checking the password."""

@@ -213,3 +213,43 @@ def test_a_spool_commit_goes_through_while_the_hash_pool_is_saturated(
                 raw.close()
     finally:
         upstream.down()
+
+
+PARALLEL = 40
+
+
+def test_parallel_guesses_from_one_address_are_throttled_like_sequential_ones(
+    make_upstream, start_gateway, ca
+):
+    """40 wrong AUTHs for one name sent at the same moment over 40 connections: a check under way
+    counts, so at most refuse_pair (8) are hash-checked and the rest get 454 4.7.0."""
+    gw = start_gateway(apps_document(make_upstream(), ca.ca_file, billing=SCRYPT))
+    socks = []
+    for _ in range(PARALLEL):
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=60)
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"EHLO app.test\r\n")
+        while f.readline()[3:4] == b"-":
+            pass
+        socks.append((s, f))
+    barrier = threading.Barrier(PARALLEL)
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def go(s, f, n):
+        barrier.wait()
+        s.sendall(f"AUTH PLAIN {plain('billing', f'guess-{n}')}\r\n".encode())
+        line = f.readline()
+        with lock:
+            codes.append(int(line[:3]))
+
+    threads = [threading.Thread(target=go, args=(s, f, n)) for n, (s, f) in enumerate(socks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for s, _ in socks:
+        s.close()
+    assert len(codes) == PARALLEL
+    assert codes.count(535) <= 8 and codes.count(454) >= PARALLEL - 8, sorted(codes)

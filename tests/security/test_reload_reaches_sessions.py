@@ -182,3 +182,25 @@ def _plain(user: str, password: str) -> str:
     import base64
 
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+@pytest.mark.parametrize("step", ["rcpt", "data"])
+def test_a_transaction_held_open_across_a_reload_cannot_relay_for_a_removed_app(setup, step):
+    """MAIL before the reload, NOOPs, then RCPT or DATA after a reload removed the app: the
+    transaction ends with 530 5.7.0 and nothing reaches the upstream."""
+    gw, upstream, reload = setup
+    client = session(gw)
+    assert client.mail(SENDER)[0] == 250
+    if step == "data":
+        assert client.rcpt("ops@example.net")[0] == 250
+    reload(removed)
+    for _ in range(5):
+        assert client.noop()[0] == 250
+    if step == "rcpt":
+        assert client.rcpt("ops@example.net")[0] == 530
+    else:
+        assert client.docmd("DATA")[0] == 530
+    assert client.docmd("DATA")[0] == 503  # the transaction is over
+    results = gw.audit.wait_for("message.result", 1)
+    assert "reload" in results[-1]["reason"] and upstream.messages == []
+    client.close()
