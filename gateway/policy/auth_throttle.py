@@ -12,14 +12,31 @@ anywhere. Keyed by client, a correct password from a client that did not fail ke
 however many other clients fail. A success clears the (client, app) count only, so one known
 password does not buy more guesses at other names from the same address.
 
+An IPv6 client is counted by its /64 (`throttle_key`): a host holds a whole /64, so counting
+each address alone would give it unlimited guesses.
+
 A check still running counts as a failure until it ends (`begin` / `end`): guesses sent in
 parallel over many connections are throttled like guesses sent one after another.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+
+
+def throttle_key(client: str) -> str:
+    """The address AUTH failures are counted under: an IPv6 address's /64, else the address."""
+    try:
+        address = ipaddress.ip_address(client)
+    except ValueError:
+        return client
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,7 @@ class AuthThrottle:
     def counts(self, client: str, app: str, now: float) -> tuple[int, int]:
         """Failures in the window from `client`, and for `app` from `client` (checks under way
         included)."""
+        client = throttle_key(client)
         by_client, by_pair = ("client", client), ("pair", client, app)
         return (
             self._count(by_client, now) + self._pending.get(by_client, 0),
@@ -64,11 +82,13 @@ class AuthThrottle:
 
     def begin(self, client: str, app: str) -> None:
         """A password check for `app` from `client` starts: it counts until `end`."""
+        client = throttle_key(client)
         for key in (("client", client), ("pair", client, app)):
             self._pending[key] = self._pending.get(key, 0) + 1
 
     def end(self, client: str, app: str) -> None:
         """The check `begin` announced is over (then `failed` or `succeeded` records it)."""
+        client = throttle_key(client)
         for key in (("client", client), ("pair", client, app)):
             left = self._pending.get(key, 0) - 1
             if left > 0:
@@ -92,6 +112,7 @@ class AuthThrottle:
         return min(s.max_delay, s.base_delay * 2.0 ** min(excess, 32))
 
     def failed(self, client: str, app: str, now: float) -> None:
+        client = throttle_key(client)
         for key in (("client", client), ("pair", client, app)):
             limit = max(self.settings.refuse_client, self.settings.refuse_pair)
             times = self._failures.setdefault(key, deque(maxlen=limit))
@@ -101,4 +122,4 @@ class AuthThrottle:
             self._failures.popitem(last=False)
 
     def succeeded(self, client: str, app: str) -> None:
-        self._failures.pop(("pair", client, app), None)
+        self._failures.pop(("pair", throttle_key(client), app), None)
