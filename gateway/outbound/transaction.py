@@ -234,10 +234,12 @@ class Transaction:
                 answer = await sent
                 self.upstream_reply = answer
                 answers[i] = expected(answer, 250, 251)
-        except UpstreamFailure as failure:
+        except BaseException as error:
             for sent in pipelined:
-                sent.addErrback(lambda _: None)  # the same loss, already handled
-            self._fail(failure)
+                sent.addErrback(lambda _: None)  # the same loss (or bug), handled here
+            if not isinstance(error, UpstreamFailure):
+                raise
+            self._fail(error)
         return None
 
     def _refusal(self) -> Reply:
