@@ -371,7 +371,6 @@ class Session:
             self._finish(txn, replies.INTERNAL_ERROR, reason="internal error")
         return failure
 
-
     def _queued(self, txn: Transaction, reply: Reply) -> None:
         """Durable in the spool: ``message.queued`` (its ``message.result`` comes from the runner)."""
         self.transaction = None

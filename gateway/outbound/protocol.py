@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from twisted.internet import defer
 from OpenSSL import SSL
+from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionClosed, ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
