@@ -302,7 +302,10 @@ class Session:
             if mismatch is not None:
                 reply, limit = mismatch
                 return txn.refused(rcpt, reply, rule=rule, limit=limit)
-        return _then(txn.delivery.rcpt(rcpt, decision.route, rule), txn.answered, rcpt, rule)
+        answer = txn.delivery.rcpt(rcpt, decision.route, rule)
+        if isinstance(answer, defer.Deferred):
+            answer.addErrback(self._delivery_failed, txn, rcpt, rule)
+        return _then(answer, txn.answered, rcpt, rule)
 
     def _too_many_rcpt_commands(self, txn: Transaction) -> Reply:
         """Over ``listener.max_rcpt_commands``: end the transaction and the session (421)."""
@@ -326,7 +329,10 @@ class Session:
             return replies.NEED_RCPT
         if not txn.accepted or txn.delivery is None:
             return replies.NO_VALID_RECIPIENTS
-        return _then(txn.delivery.data(), self._data_answered, txn)
+        answer = txn.delivery.data()
+        if isinstance(answer, defer.Deferred):
+            answer.addErrback(self._delivery_failed, txn)
+        return _then(answer, self._data_answered, txn)
 
     def _data_answered(self, reply: Reply, txn: Transaction) -> Reply:
         if reply.code == 354:
@@ -362,7 +368,10 @@ class Session:
             return reply
         txn.dot_sent = self.host.monotonic()
         origin = Origin(self.session_id, self.client, self.helo, self.app)
-        return _then(txn.delivery.finish(txn.facts, origin), self._data_finished, txn)
+        answer = txn.delivery.finish(txn.facts, origin)
+        if isinstance(answer, defer.Deferred):
+            answer.addErrback(self._delivery_failed, txn)
+        return _then(answer, self._data_finished, txn)
 
     def _data_finished(self, reply: Reply, txn: Transaction) -> Reply:
         assert txn.delivery is not None
@@ -374,6 +383,23 @@ class Session:
         return reply
 
     # --- transaction end ---------------------------------------------------------------
+
+    def _delivery_failed(
+        self, failure: Any, txn: Transaction, recipient: Any = None, rule: str | None = None
+    ) -> Any:
+        """The delivery raised (our bug): the app will get ``421`` (the listener's, with its
+        ``gateway.error``); record that answer now, drop the delivery, and pass the failure on.
+
+        Without this the transaction ended, at the close, as "rejected" without the recipient,
+        or, once handed over (the final dot), with no ``message.result`` at all.
+        """
+        if self.transaction is txn:
+            if recipient is not None:
+                txn.answered(replies.INTERNAL_ERROR, recipient, rule)
+            if txn.delivery is not None:
+                txn.delivery.abort("internal error")
+            self._finish(txn, replies.INTERNAL_ERROR, reason="internal error")
+        return failure
 
     def _queued(self, txn: Transaction, reply: Reply) -> None:
         """Durable in the spool: ``message.queued`` (its ``message.result`` comes from the runner)."""

@@ -22,7 +22,9 @@ from gateway.smtp.data import dot_stuff
 
 async def pull(session: UpstreamSession, regions: Iterator[bytes], clock: Any) -> None:
     """Write every region of `regions` dot-stuffed (not the final dot); `UpstreamFailure` if the
-    connection broke, the deadline passed or a region could not be read."""
+    connection broke, the deadline passed or a region could not be read; our own error as itself
+    (raised in the transport's call for more, it would only be logged there and the body
+    would wait for the deadline)."""
     producer = _PulledBody(session, regions)
     session.protocol.closed.addCallback(
         lambda _: producer.lost("connection lost while sending the body")
@@ -58,7 +60,13 @@ class _PulledBody:
         except OSError as exc:
             self._end(UpstreamFailure(replies.UPSTREAM_LOST, f"spool read failed: {exc.strerror}"))
             return
-        self.session.write(dot_stuff(region))
+        except Exception as exc:  # noqa: BLE001 - our bug: the transport would only log it
+            self._end(exc)
+            return
+        try:
+            self.session.write(dot_stuff(region))
+        except Exception as exc:  # noqa: BLE001 - the same
+            self._end(exc)
 
     def stopProducing(self) -> None:  # noqa: N802
         self.lost("connection lost while sending the body")

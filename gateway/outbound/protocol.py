@@ -4,7 +4,9 @@
 step out, and refuses the STARTTLS response-injection trick: bytes that arrive with or right
 after the ``220`` to STARTTLS, or that are buffered when STARTTLS is sent, abort the connection.
 It knows no dialogue (that is `gateway.outbound.connector`) and never logs; a connection's end
-fails every waiting command with `Lost`.
+fails every waiting command with `Lost` — or, when our own code raised in a transport callback
+(Twisted then closes the connection with that exception as the reason), with that exception, so that it reaches the caller as the bug it is (``gateway.error``) and is
+not mistaken for the upstream going away.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectError, ConnectionClosed, ConnectionDone
 from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -53,6 +56,7 @@ class UpstreamProtocol(Protocol):
         self._creator: ClientConnectionCreator | None = None
         self._switching_to_tls = False
         self._lost_reason: str | None = None
+        self._bug: Exception | None = None  # our own code raised in a transport callback
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.tls_facts: TLSFacts | None = None
         self.scrubber: Scrubber | None = None  # set at connect and AUTH: scrubs every reply
@@ -60,6 +64,14 @@ class UpstreamProtocol(Protocol):
     # --- transport events -----------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        try:
+            self.replies_received(data)
+        except Exception as exc:  # noqa: BLE001 - our bug: the waiting command must hear it
+            self._bug = exc
+            self._abort(f"internal error ({type(exc).__name__})")
+
+    def replies_received(self, data: bytes) -> None:
+        """Bytes from the upstream: each complete reply to its waiting command, in order."""
         if self._switching_to_tls:
             self._abort("STARTTLS response injection: data arrived before the TLS handshake")
             return
@@ -111,6 +123,8 @@ class UpstreamProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._stop_timer()
+        if self._bug is None and _our_bug(reason):
+            self._bug = reason.value  # the transport closed because our own callback raised
         if self._lost_reason is None:
             self._lost_reason = _describe_loss(reason)
         if self._tls_ready is not None:
@@ -118,8 +132,8 @@ class UpstreamProtocol(Protocol):
             explained = self._creator.explain(reason.value) if self._creator else self._lost_reason
             ready.errback(TLSFailure(explained))
         waiters, self._waiters = self._waiters, deque()
-        for waiter in waiters:
-            waiter.errback(Lost(self._lost_reason))
+        for waiter in waiters:  # our own bug goes up as itself, to be recorded as one
+            waiter.errback(self._bug if self._bug is not None else Lost(self._lost_reason))
         self.closed.callback(None)
 
     # --- operations -------------------------------------------------------------
@@ -196,6 +210,17 @@ class UpstreamProtocol(Protocol):
 
     def set_creator(self, creator: ClientConnectionCreator) -> None:
         self._creator = creator
+
+
+def _our_bug(reason: Failure) -> bool:
+    """Did the connection end because our own code raised in a transport callback?
+
+    Twisted closes a connection whose protocol raised (in ``dataReceived``, a producer, ...)
+    with that exception as the reason; the network's own ends are these types.
+    """
+    return isinstance(reason.value, Exception) and not isinstance(
+        reason.value, ConnectionClosed | ConnectError | OSError | SSL.Error
+    )
 
 
 def _describe_loss(reason: Failure) -> str:

@@ -99,6 +99,7 @@ class Transaction:
         self.dot_sent = False  # the final dot went out (its reply may not have come)
         self._smtputf8 = False  # MAIL carried SMTPUTF8
         self._done = False  # the session went back to its pool
+        self._bug: Exception | None = None  # our own error while writing the body (relay)
         self._producer: Any = None
         self._throttling: Any = None  # the upstream transport our producer is registered with
 
@@ -234,10 +235,12 @@ class Transaction:
                 answer = await sent
                 self.upstream_reply = answer
                 answers[i] = expected(answer, 250, 251)
-        except UpstreamFailure as failure:
+        except BaseException as error:
             for sent in pipelined:
-                sent.addErrback(lambda _: None)  # the same loss, already handled
-            self._fail(failure)
+                sent.addErrback(lambda _: None)  # the same loss (or bug), handled here
+            if not isinstance(error, UpstreamFailure):
+                raise
+            self._fail(error)
         return None
 
     def _refusal(self) -> Reply:
@@ -291,9 +294,17 @@ class Transaction:
         return reply
 
     def write(self, content: bytes) -> None:
-        """Body bytes (unstuffed CRLF lines), pushed as they come (relay)."""
-        if self.session is not None and self.failure is None:
-            self.session.write(dot_stuff(content))
+        """Body bytes (unstuffed CRLF lines), pushed as they come (relay).
+
+        Never raises: it runs inside the app connection's byte handler, where an exception
+        would drop the app without a reply. Our own error is kept and raised at `end`.
+        """
+        if self.session is not None and self.failure is None and self._bug is None:
+            try:
+                self.session.write(dot_stuff(content))
+            except Exception as exc:  # noqa: BLE001 - our bug: raised again at the final dot
+                self._bug = exc
+                self.release(reusable=False)
 
     async def send_body(self, regions: Iterator[bytes]) -> None:
         """The whole body from `regions` (whole-line pieces), pulled by the upstream's transport
@@ -307,6 +318,8 @@ class Transaction:
 
     async def end(self) -> Reply:
         """The final dot: the upstream's reply to the message."""
+        if self._bug is not None:
+            raise self._bug
         if self.failure is not None or self.session is None:
             return self._refusal()
         self.dot_sent = True

@@ -175,6 +175,10 @@ class DeliveryAttempts:
             self.live.add(txn)
             try:
                 result = await self._transact(txn, envelope, group)
+            except MessageGone:
+                raise
+            except Exception as exc:  # noqa: BLE001 - our bug: this round is deferred, not lost
+                result = self._internal_error(txn, envelope, group, exc)
             finally:
                 self.live.discard(txn)
             round_.opened = round_.opened or txn.session is not None
@@ -224,6 +228,22 @@ class DeliveryAttempts:
             answers[recipient.address] = txn.failure.reply
         # The dot went out and no reply came: the upstream may have taken it.
         uncertain = {r.address for r in accepted} if txn.dot_sent else set()
+        return GroupResult(answers, txn, uncertain)
+
+    def _internal_error(
+        self, txn: Transaction, envelope: Envelope, group: list[RecipientState], exc: Exception
+    ) -> GroupResult:
+        """Our own code raised during the group's transaction: drop its session (the slot is
+        free again), record the error, and defer the group like any temporary failure."""
+        txn.abort(f"internal error ({type(exc).__name__})", replies.DELIVERY_INTERNAL_ERROR)
+        self.audit.event(
+            Event.GATEWAY_ERROR,
+            queue_id=envelope.id,
+            error=str(exc)[:300],
+            type=type(exc).__name__,
+        )
+        answers = {r.address: replies.DELIVERY_INTERNAL_ERROR for r in group}
+        uncertain = {r.address for r in group} if txn.dot_sent else set()
         return GroupResult(answers, txn, uncertain)
 
     # --- the records -------------------------------------------------------------------------

@@ -317,4 +317,5 @@ POOL_BUSY = Reply(451, "4.4.5", "All connections to the upstream are busy, try a
 
 # Gateway errors and upstream session setup.
 INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
+DELIVERY_INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error during delivery; will retry")
 UPSTREAM_STEP_REFUSED = Reply(451, "4.4.0", "Upstream refused the session, try again later")

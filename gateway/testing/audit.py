@@ -49,6 +49,24 @@ class CapturedAudit:
                 raise TimeoutError(f"audit has fewer than {count} {name} events")
         return self.named(name)
 
+    def wait_until(self, name: str, timeout: float = 30, **fields: Any) -> dict[str, Any]:
+        """The first `name` event whose fields include `fields`, waiting for it if need be."""
+
+        def match() -> dict[str, Any] | None:
+            for line in self.lines:
+                if f'"event":"{name}"' in line and all(f'"{k}"' in line for k in fields):
+                    event = json.loads(line)
+                    if all(event.get(k) == v for k, v in fields.items()):
+                        return event
+            return None
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: match() is not None, timeout):
+                raise TimeoutError(f"audit has no {name} event with {fields}")
+            found = match()
+        assert found is not None
+        return found
+
     @property
     def text(self) -> str:
         with self._changed:
