@@ -10,12 +10,16 @@ is believed (`proxy_trusted`), whatever it claims.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gateway.audit.events import Event
 from gateway.config.model import Config, ListenerConfig
 from gateway.policy.rules import IPAddress, client_allowed, parse_client
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
+
+if TYPE_CHECKING:
+    from gateway.inbound.session import Session
 
 
 @dataclass(frozen=True)
@@ -83,3 +87,34 @@ def admit(
     elif not allowed:
         refusal = replies.PROXY_HEADER_INVALID if proxy_rejected else replies.GREETING_DENIED
     return Admission(allowed, address, limit, proxy, refusal)
+
+
+def open_session(session: Session) -> Reply | None:
+    """Decide on a session's client address and write ``session.opened`` (and
+    ``session.denied``); the refusal if the client is denied."""
+    session.opened = True
+    admission = admit(
+        session.config,
+        session.client,
+        proxied=session.proxied,
+        proxy_peer=session.proxy_peer,
+        proxy_rejected=session.proxy_rejected,
+        proxy_untrusted=session.proxy_untrusted,
+    )
+    session.address, session.allowed = admission.address, admission.allowed
+    session.log.info(
+        Event.SESSION_OPENED,
+        client_ip=session.client,
+        client_port=session.client_port,
+        allowed=session.allowed,
+        **admission.proxy,
+    )
+    session.host.metrics.session_opened(session.allowed)
+    if admission.refusal is not None:
+        session.log.info(
+            Event.SESSION_DENIED,
+            client_ip=session.client,
+            limit=admission.limit,
+            reply=str(admission.refusal),
+        )
+    return admission.refusal

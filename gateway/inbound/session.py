@@ -15,7 +15,7 @@ from twisted.internet import defer
 from gateway.audit.events import RELAY_OUTCOMES, Event, Outcome
 from gateway.inbound import auth as app_auth
 from gateway.inbound import body
-from gateway.inbound.admission import admit
+from gateway.inbound.admission import open_session
 from gateway.inbound.auth import AppLogin
 from gateway.inbound.delivery import Origin
 from gateway.inbound.host import SessionHost
@@ -84,32 +84,7 @@ class Session:
 
     def _admit(self) -> Reply | None:
         """Decide on the client's address and write ``session.opened``; the refusal if denied."""
-        self.opened = True
-        admission = admit(
-            self.config,
-            self.client,
-            proxied=self.proxied,
-            proxy_peer=self.proxy_peer,
-            proxy_rejected=self.proxy_rejected,
-            proxy_untrusted=self.proxy_untrusted,
-        )
-        self.address, self.allowed = admission.address, admission.allowed
-        self.log.info(
-            Event.SESSION_OPENED,
-            client_ip=self.client,
-            client_port=self.client_port,
-            allowed=self.allowed,
-            **admission.proxy,
-        )
-        self.host.metrics.session_opened(self.allowed)
-        if admission.refusal is not None:
-            self.log.info(
-                Event.SESSION_DENIED,
-                client_ip=self.client,
-                limit=admission.limit,
-                reply=str(admission.refusal),
-            )
-        return admission.refusal
+        return open_session(self)
 
     # --- PROXY protocol (listener.proxy_protocol) ---------------------------------------
 
