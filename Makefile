@@ -23,6 +23,7 @@ test: $(STAMP)
 # `make bench N=500` for a quick run; S (body bytes), C (parallel sessions), PROFILE=1 (py-spy).
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(N),-n $(N)) $(if $(S),-s $(S)) $(if $(C),-c $(C)) $(if $(PROFILE),--profile)
+	$(BIN)/python bench/auth_timing.py
 
 # Known vs unknown app name: the time a wrong password takes (issue 12 item 9), not a test.
 bench-auth: $(STAMP)
