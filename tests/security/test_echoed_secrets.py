@@ -18,6 +18,7 @@ import smtplib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -26,6 +27,7 @@ import pytest
 from gateway.smtp import sasl
 from gateway.testing.oauth import OAuthSubmissionServer, TokenServer
 from tests.conftest import PASSWORD, USER, relay_all, upstream_table
+from tests.integration.test_xoauth2 import oauth_table
 from tests.security.scripted_upstream import Script
 
 CLIENT_SECRET = "cl1ent/Secret+Zq8~never-echoed"
@@ -115,23 +117,7 @@ def oauth_upstream(server_cert: Any, token_server: TokenServer) -> Iterator[OAut
 
 
 def oauth_document(port: int, tokens: TokenServer, ca_file: str) -> dict[str, Any]:
-    table = {
-        "host": "localhost",
-        "port": port,
-        "tls": "starttls",
-        "ca_file": ca_file,
-        "auth": "xoauth2",
-        "username": MAILBOX,
-        "oauth_grant": "client_credentials",
-        "oauth_token_url": tokens.url,
-        "oauth_client_id": "app-id-1234",
-        "oauth_client_secret_env": "MAILGATE_TEST_CLIENT_SECRET",
-        "oauth_scope": "https://outlook.office365.com/.default",
-        "oauth_ca_file": ca_file,
-        "connect_timeout": 5,
-        "command_timeout": 10,
-        "pool_idle_timeout": 0,
-    }
+    table = oauth_table(SimpleNamespace(port=port), tokens, ca_file)  # type: ignore[arg-type]
     return {**relay_all(table), "metrics": {"listen": "127.0.0.1:0"}}
 
 
