@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import smtplib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
+from gateway.testing.configfile import to_toml
 from gateway.testing.pki import ServerCert
+from gateway.testing.process import MailgateProcess
+from tests.conftest import PASSWORD
 from tests.security.scripted_upstream import Script, ScriptedUpstream
 
 
@@ -36,3 +40,21 @@ def try_recipient(
         client.ehlo("app.test")
         assert client.mail(sender)[0] == 250
         return client.rcpt(recipient)
+
+
+@pytest.fixture
+def mailgate_run(tmp_path: Any) -> Iterator[Callable[[dict[str, Any]], MailgateProcess]]:
+    """Run `mailgate run` on a config document; yields a starter, stops the process at the end."""
+    processes: list[MailgateProcess] = []
+
+    def start(document: dict[str, Any]) -> MailgateProcess:
+        path = tmp_path / "mailgate.toml"
+        path.write_text(to_toml(document))
+        env = {**os.environ, "MAILGATE_TEST_PASSWORD": PASSWORD}
+        process = MailgateProcess("run", "--config", str(path), env=env)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.stop()

@@ -9,7 +9,6 @@ base64 ``\\0user\\0password`` blob of AUTH PLAIN.
 from __future__ import annotations
 
 import base64
-import os
 import smtplib
 import socket
 import subprocess
@@ -19,7 +18,6 @@ import pytest
 
 from gateway.cli import main as cli
 from gateway.testing.configfile import to_toml
-from gateway.testing.process import MailgateProcess
 from tests.conftest import PASSWORD, USER, relay_all, upstream_table
 from tests.security.conftest import try_recipient
 from tests.security.scripted_upstream import Script, ScriptedUpstream
@@ -119,24 +117,6 @@ def dead_port() -> int:
     with socket.socket() as probe:  # free a moment ago, nothing listening now
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-@pytest.fixture
-def mailgate_run(tmp_path):
-    """Run `mailgate run` on a config document; yields a starter, stops the process at the end."""
-    processes: list[MailgateProcess] = []
-
-    def start(document: dict) -> MailgateProcess:
-        path = tmp_path / "mailgate.toml"
-        path.write_text(to_toml(document))
-        env = {**os.environ, "MAILGATE_TEST_PASSWORD": PASSWORD}
-        process = MailgateProcess("run", "--config", str(path), env=env)
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.stop()
 
 
 def one_message(port: int) -> None:

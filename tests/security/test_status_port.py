@@ -21,16 +21,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.web import server
 
 from gateway.daemon import status
-from gateway.testing.configfile import to_toml
-from gateway.testing.process import MailgateProcess
-from tests.conftest import PASSWORD, USER, relay_all, upstream_table
+from tests.conftest import USER, relay_all, upstream_table
 
 BODY = b"Subject: while the status port is flooded\r\n\r\nbody\r\n"
 
@@ -76,23 +73,6 @@ def wait_all_closed_or_answered(sockets: list[socket.socket], timeout: float = 1
 
 
 # --- file descriptors: idle connections cannot starve SMTP -----------------------------------
-
-
-@pytest.fixture
-def mailgate_run(tmp_path) -> Iterator[Any]:
-    processes: list[MailgateProcess] = []
-
-    def start(document: dict[str, Any]) -> MailgateProcess:
-        path = tmp_path / "mailgate.toml"
-        path.write_text(to_toml(document))
-        env = {**os.environ, "MAILGATE_TEST_PASSWORD": PASSWORD}
-        process = MailgateProcess("run", "--config", str(path), env=env)
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        process.stop()
 
 
 def open_descriptors(pid: int) -> int:
