@@ -8,6 +8,9 @@ import ssl
 from dataclasses import dataclass
 
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 
 @dataclass
@@ -57,3 +60,22 @@ class ThrowawayCA:
         leaf.private_key_pem.write_to_path(key_file)
         os.chmod(key_file, 0o600)
         return ServerCert(self.ca_file, cert_file, key_file)
+
+
+def write_pem_pair(
+    folder: str, name: str, cert: x509.Certificate, key: CertificateIssuerPrivateKeyTypes
+) -> tuple[str, str]:
+    """A certificate and its key (PKCS#8, unencrypted, owner-only) as FOLDER/NAME.crt and .key."""
+    cert_file, key_file = os.path.join(folder, f"{name}.crt"), os.path.join(folder, f"{name}.key")
+    with open(cert_file, "wb") as handle:
+        handle.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_file, "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    os.chmod(key_file, 0o600)
+    return cert_file, key_file

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from gateway.outbound.protocol import UpstreamProtocol
 from gateway.outbound.tls import TLSFailure
-from gateway.testing.pki import ServerCert, ThrowawayCA
+from gateway.testing.pki import ServerCert, ThrowawayCA, write_pem_pair
 from tests.conftest import relay_all, upstream_table
 
 BODY = b"Subject: after a bad certificate\r\n\r\nbody\r\n"
@@ -65,17 +65,7 @@ def certificate(ca: ThrowawayCA, folder: str, name: str) -> ServerCert:
     if names is not None:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     leaf = builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
-    cert_file, key_file = f"{folder}/{name}.crt", f"{folder}/{name}.key"
-    with open(cert_file, "wb") as handle:
-        handle.write(leaf.public_bytes(serialization.Encoding.PEM))
-    with open(key_file, "wb") as handle:
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    cert_file, key_file = write_pem_pair(folder, name, leaf, key)
     return ServerCert(ca.ca_file, cert_file, key_file)
 
 

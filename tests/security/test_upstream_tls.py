@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.testing.pki import ServerCert, ThrowawayCA
+from gateway.testing.pki import ServerCert, ThrowawayCA, write_pem_pair
 from tests.conftest import relay_all, upstream_table
 from tests.security.conftest import try_recipient
 from tests.security.scripted_upstream import Connection
@@ -174,17 +174,7 @@ def self_signed(folder: str) -> ServerCert:
         )
         .sign(key, hashes.SHA256())
     )
-    cert_file, key_file = f"{folder}/self.crt", f"{folder}/self.key"
-    with open(cert_file, "wb") as handle:
-        handle.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_file, "wb") as handle:
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    cert_file, key_file = write_pem_pair(folder, "self", cert, key)
     return ServerCert(cert_file, cert_file, key_file)
 
 
