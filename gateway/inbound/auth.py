@@ -218,8 +218,12 @@ class AppLogin:
         An app that was removed, or whose settings changed (password, senders, From check),
         is no longer authenticated: the next transaction needs a new AUTH.
         """
-        before, self.apps = self.apps, apps
-        if self.app is None or apps.get(self.app) == before.get(self.app):
-            return None
-        dropped, self.app = self.app, None
+        dropped = self.app if self.loses_app(apps) else None
+        self.apps = apps
+        if dropped is not None:
+            self.app = None
         return dropped
+
+    def loses_app(self, apps: Mapping[str, App]) -> bool:
+        """Whether `apps` (a reloaded config's) removed or changed the authenticated app."""
+        return self.app is not None and apps.get(self.app) != self.apps.get(self.app)

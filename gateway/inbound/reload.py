@@ -48,8 +48,7 @@ def reload_reached_transaction(session: Session) -> Reply | None:
     current = session.host.config
     if current is session.config:
         return None
-    app = session.app
-    app_lost = app is not None and current.apps.get(app) != session.config.apps.get(app)
+    app_lost = session.login.loses_app(current.apps)
     client_lost = session.address is not None and not policy.client_allowed(
         current, session.address
     )
