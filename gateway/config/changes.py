@@ -22,12 +22,15 @@ FIXED = (
     "queue.max_backoff",
     "queue.max_age",
     "queue.bounce",
+    # the Redis client, its thread pool and this instance's registration are made at start
+    "cluster",
 )
 
 
 def _value(config: Config, key: str) -> object:
     section, _, name = key.partition(".")
-    return getattr(getattr(config, section), name)
+    value = getattr(config, section)
+    return getattr(value, name) if name else value
 
 
 def fixed_changes(running: Config, new: Config) -> list[Problem]:
