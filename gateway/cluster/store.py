@@ -96,7 +96,6 @@ def client(cluster: ClusterConfig, secret: Secret | None, connections: int) -> r
         socket_timeout=cluster.timeout,
         socket_connect_timeout=cluster.timeout,
         retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
         max_connections=connections,
         client_name="mailgate",
         **options,  # type: ignore[arg-type]
