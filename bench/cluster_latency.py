@@ -59,9 +59,7 @@ async def measure(reactor: Any, shared: SharedState, n: int, concurrency: int) -
 
     started = time.perf_counter()
     for _ in range(n // concurrency):
-        await defer.gatherResults(
-            [defer.Deferred.fromCoroutine(one()) for _ in range(concurrency)]
-        )
+        await defer.gatherResults([defer.Deferred.fromCoroutine(one()) for _ in range(concurrency)])
     rate = len(samples) / (time.perf_counter() - started)
     print(f"redis, {concurrency} in flight     {percentiles(samples)}  ({rate:.0f} decisions/s)")
 

@@ -8,7 +8,9 @@ from gateway.cluster.cooldowns import SharedCooldowns
 def make(now: list[float]) -> tuple[SharedCooldowns, list[tuple]]:
     said: list[tuple] = []
     cooldowns = SharedCooldowns(
-        lambda: now[0], lambda n, s: said.append(("cool", n, s)), lambda n: said.append(("clear", n))
+        lambda: now[0],
+        lambda n, s: said.append(("cool", n, s)),
+        lambda n: said.append(("clear", n)),
     )
     return cooldowns, said
 

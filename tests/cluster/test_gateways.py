@@ -98,9 +98,7 @@ def test_redis_stopped_defer_still_queues_queue_mode(
     assert len(gw.audit.wait_for("message.queued")) == 1
 
 
-def test_outage_is_written_once_and_restored_after(
-    make_upstream, start_gateway, ca, redis_server
-):
+def test_outage_is_written_once_and_restored_after(make_upstream, start_gateway, ca, redis_server):
     """Three decisions during one outage: one cluster.unavailable; Redis back: cluster.restored."""
     server = make_upstream()
     gw = start_gateway(rated(upstream_table(server, ca.ca_file), redis_server.url, "100/hour"))

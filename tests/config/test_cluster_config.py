@@ -89,9 +89,7 @@ def test_missing_url_is_refused():
 
 def test_bad_database_and_on_unavailable_and_unknown_key():
     """A database that is not a number, an unknown on_unavailable and a typo: each named."""
-    found = problems(
-        {"redis_url": "redis://127.0.0.1/db1", "on_unavailable": "wait", "timout": 1}
-    )
+    found = problems({"redis_url": "redis://127.0.0.1/db1", "on_unavailable": "wait", "timout": 1})
     assert any("cluster.redis_url" in p and "database" in p for p in found)
     assert any("cluster.on_unavailable" in p and '"local", "defer"' in p for p in found)
     assert any("cluster.timout" in p for p in found)
