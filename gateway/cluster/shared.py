@@ -189,6 +189,11 @@ def _late(result: Any, timeout: float) -> Any:
 def build(reactor: Any, cluster: ClusterConfig, audit: Any, metrics: Any) -> SharedState:
     """The cluster of a gateway being made: its Redis client, password read now (`SecretError`)."""
     from gateway.cluster.store import client, password
+    from gateway.errors import SecretError
 
-    store = Store(client(cluster, password(cluster), THREADS), instance_name(cluster))
+    try:
+        secret = password(cluster)
+    except SecretError as exc:
+        raise SecretError(f"cluster: {exc}") from None
+    store = Store(client(cluster, secret, THREADS), instance_name(cluster))
     return SharedState(reactor, cluster, store, audit, metrics)
