@@ -44,6 +44,9 @@ class Event(StrEnum):
     # OAuth tokens for XOAUTH2 upstreams
     OAUTH_TOKEN_ISSUED = "oauth.token_issued"
     OAUTH_TOKEN_FAILED = "oauth.token_failed"
+    # [cluster]: the shared Redis
+    CLUSTER_UNAVAILABLE = "cluster.unavailable"
+    CLUSTER_RESTORED = "cluster.restored"
 
 
 class Outcome(StrEnum):

@@ -8,6 +8,7 @@ command line or environment that does not say enough to start.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -54,6 +55,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             from gateway.queue.spool import Spool
 
             problems.extend(f"{args.config}: {p}" for p in Spool(config.queue.path).problems())
+        if config.cluster is not None:
+            problems.extend(_check_cluster(args.config, config, connect=args.connect))
         if not config.rules:
             problems.append(
                 f"{args.config}: rules: found no rules, expected at least one [[rules]] "
@@ -71,6 +74,30 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _check_cluster(source: str, config: Config, *, connect: bool) -> list[str]:
+    """``[cluster]``: its password readable; with `connect`, Redis answers PING (TLS verified)."""
+    from gateway.cluster import store
+
+    assert config.cluster is not None
+    try:
+        secret = store.password(config.cluster)
+    except MailgateError as exc:
+        key = "password_env" if config.cluster.password_env else "password_file"
+        return [f"{source}: cluster.{key}: {exc}"]
+    if not connect:
+        return []
+    patient = dataclasses.replace(config.cluster, timeout=max(config.cluster.timeout, 3.0))
+    shared = store.Store(store.client(patient, secret, 1), "mailgate-check")
+    try:
+        shared.ping()
+    except store.StoreError as exc:
+        url = store.shown(config.cluster.redis_url)
+        return [f"{source}: cluster.redis_url: {url} does not answer PING ({exc})"]
+    finally:
+        shared.close()
+    return []
 
 
 def _say(line: str) -> None:
@@ -169,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config file and report every problem")
     check.add_argument("--config", metavar="FILE", required=True)
+    check.add_argument(
+        "--connect", action="store_true", help="also ping the [cluster] Redis (TLS verified)"
+    )
     check.set_defaults(func=cmd_check)
 
     explain = sub.add_parser(

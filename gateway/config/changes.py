@@ -1,7 +1,7 @@
 """What a reload may change: everything except what is bound or opened at start. Pure.
 
 ``listener.listen``, ``listener.proxy_protocol``, ``metrics.listen`` and
-``audit.path`` and the ``[queue]`` keys are fixed for the life of the process (a bound socket, an open
+``audit.path``, the ``[queue]`` keys and the ``[cluster]`` table are fixed for the life of the process (a bound socket, an open
 file); a new config that changes one is refused as a whole, naming each key,
 so that nothing half-applies. Restart mailgate to change them.
 """
@@ -22,12 +22,15 @@ FIXED = (
     "queue.max_backoff",
     "queue.max_age",
     "queue.bounce",
+    # the Redis client, its thread pool and this instance's registration are made at start
+    "cluster",
 )
 
 
 def _value(config: Config, key: str) -> object:
     section, _, name = key.partition(".")
-    return getattr(getattr(config, section), name)
+    value = getattr(config, section)
+    return getattr(value, name) if name else value
 
 
 def fixed_changes(running: Config, new: Config) -> list[Problem]:

@@ -23,6 +23,7 @@ TLS_MODES = ("starttls", "implicit")
 TLS_VERSIONS = ("1.2", "1.3")
 ACTIONS = ("relay", "reject")
 DELIVERY_MODES = ("relay", "queue")
+ON_UNAVAILABLE = ("local", "defer")  # [cluster]: what a rate decision does while Redis is away
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
@@ -152,6 +153,19 @@ class QueueConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """``[cluster]``: rule rates, failover cool-downs and the live instances, shared through Redis."""
+
+    redis_url: str  # redis://HOST:PORT/DB or rediss://HOST:PORT/DB (verified TLS); no password
+    password_env: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None  # the CA that signed a rediss:// server's certificate
+    on_unavailable: str = "local"  # "local": this instance's share of each limit; "defer": 451
+    instance: str | None = None  # this instance's name; None: the hostname
+    timeout: float = 0.25  # seconds one Redis decision may take before it counts as unavailable
+
+
+@dataclass(frozen=True)
 class Config:
     listener: ListenerConfig
     audit: AuditConfig
@@ -161,3 +175,4 @@ class Config:
     source: str = "<embedded default>"
     metrics: MetricsConfig = MetricsConfig()
     queue: QueueConfig = field(default_factory=QueueConfig)
+    cluster: ClusterConfig | None = None

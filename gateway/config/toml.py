@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.config.cluster import read_cluster
 from gateway.config.model import (
     LOOPBACK,
     METRICS_LISTEN,
@@ -176,7 +177,7 @@ class _Reader:
     # --- sections -------------------------------------------------------------------
 
     def config(self, document: Mapping[str, Any]) -> Config:
-        known = {"listener", "audit", "upstreams", "rules", "apps", "metrics", "queue"}
+        known = {"listener", "audit", "upstreams", "rules", "apps", "metrics", "queue", "cluster"}
         self.unknown_keys(document, "", known)
         listener = self.listener(document)
         audit = self.audit(document)
@@ -197,6 +198,7 @@ class _Reader:
             self.source,
             metrics=metrics,
             queue=self.queue(document),
+            cluster=read_cluster(self, document),
         )
 
     def queue(self, document: Mapping[str, Any]) -> QueueConfig:

@@ -24,6 +24,8 @@ from twisted.python.threadpool import ThreadPool
 
 from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
+from gateway.cluster import shared as cluster_state
+from gateway.cluster.cooldowns import SharedCooldowns
 from gateway.config.changes import fixed_changes
 from gateway.config.model import Config, Rate
 from gateway.config.secrets import Secret, resolve_password
@@ -64,6 +66,14 @@ class Gateway:
             str, UpstreamPool
         ] = {}  # pools a reload removed, for sessions on the old config
         self.cooldowns = Cooldowns()
+        # [cluster]: rule rates, cool-downs and the live instances shared through Redis.
+        self.cluster: cluster_state.SharedState | None = None
+        if config.cluster is not None:
+            self.cluster = cluster_state.build(reactor, config.cluster, self.audit, self.metrics)
+            shared = SharedCooldowns(reactor.seconds, self.cluster.cool, self.cluster.uncool)
+            self.cluster.upstreams = lambda: list(self.config.upstreams)
+            self.cluster.learned = shared.learn
+            self.cooldowns = shared
         self.connections = Connections()  # the app connections open now
         self.rate_limits = RateLimits()
         self.auth_throttle = AuthThrottle()  # kept across reloads
@@ -168,8 +178,11 @@ class Gateway:
         if self.hash_pool.started:
             self.hash_pool.stop()
 
-    def rate_allowed(self, rule: str, rate: Rate) -> bool:
-        """Take one message from `rule`'s bucket now (the reactor's clock)."""
+    def rate_allowed(self, rule: str, rate: Rate) -> bool | None | defer.Deferred[bool | None]:
+        """Take one message from `rule`'s bucket now (the reactor's clock); with ``[cluster]``
+        from the bucket the instances share, asked in Redis (None: undecided, defer)."""
+        if self.cluster is not None:
+            return self.cluster.rate_allowed(rule, rate)
         return self.rate_limits.allow(rule, rate, self.reactor.seconds())
 
     def monotonic(self) -> float:
@@ -253,6 +266,8 @@ class Gateway:
     # --- start and stop -------------------------------------------------------------------
 
     async def start(self) -> int:
+        if self.cluster is not None:
+            self.cluster.start()  # registers in the background: a Redis that is down delays nothing
         if self.runner is not None:
             try:
                 self.runner.start()
@@ -295,6 +310,8 @@ class Gateway:
         if self.status_port is not None:
             await self.status_port.stopListening()
             self.status_port = None
+        if self.cluster is not None:
+            await self.cluster.stop()
         self._stop_hash_pool()
         if self._hash_pool_trigger is not None:
             self.reactor.removeSystemEventTrigger(self._hash_pool_trigger)

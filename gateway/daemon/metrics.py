@@ -50,6 +50,7 @@ class _StateCollector(Collector):
     def __init__(self) -> None:
         self.sessions: Callable[[], int] | None = None
         self.queue: Callable[[], QueueState] | None = None
+        self.cluster: Callable[[], tuple[bool, int]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         if self.sessions is not None:
@@ -67,6 +68,18 @@ class _StateCollector(Collector):
                 "mailgate_queue_oldest_age_seconds",
                 "Age of the oldest message in the spool (0 when empty).",
                 value=state.oldest_age_seconds,
+            )
+        if self.cluster is not None:
+            available, instances = self.cluster()
+            yield GaugeMetricFamily(
+                "mailgate_cluster_available",
+                "[cluster]: 1 while the shared Redis answers, 0 during an outage.",
+                value=1 if available else 0,
+            )
+            yield GaugeMetricFamily(
+                "mailgate_cluster_instances",
+                "[cluster]: gateway instances alive when Redis was last asked (this one included).",
+                value=instances,
             )
 
 
@@ -124,6 +137,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.cluster_decisions = Counter(
+            "mailgate_cluster_rate_decisions",
+            "[cluster]: rule rate decisions, by where they were made"
+            " (shared: Redis; local: this instance's share; undecided: on_unavailable = defer).",
+            ["source"],
+            registry=r,
+        )
         self.ready = Gauge("mailgate_ready", "1 while /readyz answers 200.", registry=r)
         self._state = _StateCollector()
         r.register(self._state)
@@ -137,7 +157,14 @@ class Metrics:
         """Queue mode: report depth and oldest age from ``probe()`` on every scrape (None: stop)."""
         self._state.queue = probe
 
+    def watch_cluster(self, probe: Callable[[], tuple[bool, int]]) -> None:
+        """``[cluster]``: ``probe()`` says whether Redis answers and how many instances are alive."""
+        self._state.cluster = probe
+
     # --- events ------------------------------------------------------------------------
+
+    def cluster_decision(self, source: str) -> None:
+        self.cluster_decisions.labels(source=source).inc()
 
     def session_opened(self, allowed: bool) -> None:
         self.sessions.labels(allowed="true" if allowed else "false").inc()

@@ -79,8 +79,10 @@ class SessionHost(Protocol):
     def pause(self, seconds: float) -> Deferred[None]:
         """Fires after `seconds` (a throttled AUTH waits before its answer)."""
 
-    def rate_allowed(self, rule: str, rate: Rate) -> bool:
-        """Take one message from `rule`'s bucket now: False when its rate is exceeded."""
+    def rate_allowed(self, rule: str, rate: Rate) -> bool | None | Deferred[bool | None]:
+        """Take one message from `rule`'s bucket now: False when its rate is exceeded. With
+        ``[cluster]`` the answer may come later (Redis is asked), and None means undecided:
+        the shared limit is unavailable and ``cluster.on_unavailable = "defer"``."""
 
     def delivery(self, mode: str, route: tuple[str, ...], mail: MailFrom) -> Delivery | None:
         """The delivery of one transaction (relay over `route`, or queue); None when the

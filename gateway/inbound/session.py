@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet import defer
 
 from gateway.audit.events import RELAY_OUTCOMES, Event, Outcome
+from gateway.config.model import Rate
 from gateway.inbound import auth as app_auth
 from gateway.inbound import body
 from gateway.inbound.admission import open_session
@@ -24,6 +25,7 @@ from gateway.inbound.transaction import Transaction
 from gateway.policy import rules as policy
 from gateway.policy.headers import HeaderRewriter
 from gateway.smtp import replies
+from gateway.smtp.address import Address
 from gateway.smtp.commands import Command, CommandError, parse_command, parse_mail, parse_rcpt
 from gateway.smtp.replies import RATE_LIMITED, Reply
 
@@ -252,17 +254,44 @@ class Session:
                 limit=None if decision.rule else "no matching rule",
             )
         rate = decision.rule.rate if decision.rule else None
-        if rate is not None and decision.rule_name not in txn.rated_rules:
-            if not self.host.rate_allowed(decision.rule_name or "", rate):
-                return txn.refused(
-                    rcpt,
-                    RATE_LIMITED.with_text(
-                        f"Rate limit of rule {decision.rule_name} ({rate.text}) exceeded, try again later"
-                    ),
-                    rule=decision.rule_name,
-                    limit=f"rules[{decision.rule_name}].rate",
-                )
-            txn.rated_rules.add(decision.rule_name or "")
+        if rate is None or decision.rule_name in txn.rated_rules:
+            return self._rcpt_allowed(txn, rcpt, decision)
+        allowed = self.host.rate_allowed(decision.rule_name or "", rate)
+        return _then(allowed, self._rcpt_rated, txn, rcpt, decision, rate)
+
+    def _rcpt_rated(
+        self,
+        allowed: bool | None,
+        txn: Transaction,
+        rcpt: Address,
+        decision: policy.Decision,
+        rate: Rate,
+    ) -> Reply | defer.Deferred[Reply]:
+        """The rule's rate answered (at once, or from the cluster's Redis): refuse, or go on."""
+        mode = decision.rule.delivery if decision.rule is not None else "relay"
+        if allowed is None and mode == "relay":  # [cluster] unavailable, on_unavailable = "defer"
+            return txn.refused(
+                rcpt,
+                replies.CLUSTER_UNAVAILABLE,
+                rule=decision.rule_name,
+                limit="cluster.on_unavailable",
+            )
+        if allowed is False:
+            return txn.refused(
+                rcpt,
+                RATE_LIMITED.with_text(
+                    f"Rate limit of rule {decision.rule_name} ({rate.text}) exceeded, try again later"
+                ),
+                rule=decision.rule_name,
+                limit=f"rules[{decision.rule_name}].rate",
+            )
+        txn.rated_rules.add(decision.rule_name or "")  # undecided in queue mode: it is queued
+        return self._rcpt_allowed(txn, rcpt, decision)
+
+    def _rcpt_allowed(
+        self, txn: Transaction, rcpt: Address, decision: policy.Decision
+    ) -> Reply | defer.Deferred[Reply]:
+        """The policy relays `rcpt` within its rate: hand it to the transaction's delivery."""
         edits = decision.rule.headers if decision.rule else None
         rule = decision.rule_name
         mode = decision.rule.delivery if decision.rule is not None else "relay"

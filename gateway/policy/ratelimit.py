@@ -36,3 +36,16 @@ class RateLimits:
         if bucket is None or bucket.rate != rate:
             bucket = self._buckets[rule] = TokenBucket(rate, now)
         return bucket.take(now)
+
+
+def share(rate: Rate, instances: int) -> Rate:
+    """One instance's part of `rate` when `instances` enforce it apart: together never more.
+
+    ``100/minute`` over 3 is 33 a minute each; ``2/minute`` over 3 is 1 every 1.5 minutes each.
+    """
+    if instances <= 1:
+        return rate
+    text = f"{rate.text} / {instances} instances"
+    if rate.count >= instances:
+        return Rate(rate.count // instances, rate.seconds, text)
+    return Rate(1, rate.seconds * instances / rate.count, text)

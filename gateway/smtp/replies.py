@@ -311,6 +311,8 @@ DATA_TOO_SLOW = Reply(421, "4.4.2", "Data rate too low, closing connection")
 
 # Policy limits.
 RATE_LIMITED = Reply(450, "4.7.1", "Rate limit exceeded, try again later")
+# [cluster] on_unavailable = "defer": the shared rate limit cannot be asked (relay mode).
+CLUSTER_UNAVAILABLE = Reply(451, "4.3.0", "Shared rate limit unavailable, try again later")
 
 # The upstream connection pool.
 POOL_BUSY = Reply(451, "4.4.5", "All connections to the upstream are busy, try again later")
