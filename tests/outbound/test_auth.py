@@ -27,20 +27,19 @@ PASSWORD = "pa55-word-!"
 
 
 class Scripted:
-    """Answers each line sent with the next reply of `answers`; records lines and QUIT."""
+    """Answers each line sent with the next reply of `answers`; records the lines.
+
+    It has no ``quit``: after a refusal the connector, not AUTH, says QUIT and closes.
+    """
 
     def __init__(self, *answers: Reply) -> None:
         self.answers = list(answers)
         self.lines: list[bytes] = []
-        self.quitted = False
         self.scrubber: Any = None  # the real protocol scrubs echoed secrets from replies
 
     def send(self, line: bytes, timeout: float | None = None) -> defer.Deferred[Reply]:
         self.lines.append(line)
         return defer.succeed(self.answers.pop(0))
-
-    def quit(self, timeout: float = 5) -> None:
-        self.quitted = True
 
 
 class Tokens:
@@ -114,14 +113,14 @@ def test_login_is_used_when_plain_is_not_offered():
     ]
 
 
-def test_no_usable_mechanism_says_what_was_offered_and_quits():
+def test_no_usable_mechanism_says_what_was_offered():
     """Neither PLAIN nor LOGIN after TLS: nothing is sent, the reason lists the offer."""
     protocol = Scripted()
     with pytest.raises(UpstreamFailure) as caught:
         password_auth(protocol, "CRAM-MD5 GSSAPI")
     assert caught.value.reply == replies.UPSTREAM_AUTH_FAILED
     assert "offered: CRAM-MD5 GSSAPI" in caught.value.reason
-    assert protocol.lines == [] and protocol.quitted
+    assert protocol.lines == []
 
 
 def test_a_refusal_that_echoes_the_password_is_scrubbed():
@@ -131,7 +130,7 @@ def test_a_refusal_that_echoes_the_password_is_scrubbed():
         password_auth(protocol, "PLAIN")
     failure = caught.value
     assert failure.upstream_reply == Reply(535, "5.7.8", "bad password <redacted>")
-    assert PASSWORD not in failure.reason and protocol.quitted
+    assert PASSWORD not in failure.reason
 
 
 def test_an_upstream_without_username_needs_no_auth():
@@ -185,7 +184,7 @@ def test_bearer_for_the_null_sender_is_refused_without_a_token():
             )
         )
     assert caught.value.reply == replies.UPSTREAM_NULL_SENDER_OAUTH
-    assert tokens.issued == 0 and protocol.quitted
+    assert tokens.issued == 0
 
 
 def test_user_for_sender_placeholder_is_the_envelope_sender():
