@@ -81,15 +81,15 @@ async def authenticate_password(
                 replies.UPSTREAM_AUTH_FAILED,
                 f"{config.name}: no supported AUTH mechanism offered after TLS (offered: {' '.join(sorted(offered)) or 'none'})",
             )
+        if answer.code == 334:
+            # A challenge we cannot answer: cancel the exchange (RFC 4954 4).
+            answer = await protocol.send(b"*")
     except Lost as exc:
         raise UpstreamFailure(
             replies.UPSTREAM_LOST, f"{config.name}: {exc.reason} during AUTH"
         ) from None
     finally:
         del secret
-    if answer.code == 334:
-        # A challenge we cannot answer: cancel the exchange (RFC 4954 4).
-        answer = await protocol.send(b"*")
     if answer.code != 235:
         raise UpstreamFailure(
             replies.UPSTREAM_AUTH_FAILED,

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 from cryptography.x509 import Certificate
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import (
@@ -78,24 +80,42 @@ class TLSFailure(Exception):
 
 class _VerifyRecord:
     """OpenSSL's verification errors for one connection (errno, depth), first first, and
-    the refusal of the server's certificate by our own name or pin check, if any."""
+    the refusal of the server's certificate by our own name or pin check, if any.
 
-    __slots__ = ("errors", "policy", "refused")
+    Its verify callback is installed through pyOpenSSL's own OpenSSL bindings (as Twisted's
+    ``_sslverify`` uses them) rather than `SSL.Connection.set_verify`, because it must set the
+    verification error when it refuses: pyOpenSSL's wrapper cannot, and OpenSSL then records
+    "unspecified" and sends the server an *internal error* alert. Refusing with
+    ``X509_V_ERR_CERT_REJECTED`` sends *bad certificate*, which is what happened.
+    """
+
+    __slots__ = ("c_callback", "errors", "policy", "refused")
 
     def __init__(self, policy: UpstreamTLS) -> None:
         self.policy = policy
         self.errors: list[tuple[int, int]] = []
         self.refused: str | None = None
+        self.c_callback = _ffi.callback("int (*)(int, X509_STORE_CTX *)", self._verify)
 
-    def callback(self, conn: SSL.Connection, cert: X509, errno: int, depth: int, ok: int) -> bool:
-        """OpenSSL's verify callback: False ends the handshake with an alert to the server."""
-        if not ok:
-            self.errors.append((errno, depth))
-            return False
-        if depth == 0:  # the chain verified up to the server's own certificate: now its name
-            self.refused = self.policy.refusal(cert)
-            return self.refused is None
-        return True
+    def _verify(self, ok: int, store: Any) -> int:
+        """OpenSSL's verify callback: 0 ends the handshake with the alert the error maps to."""
+        try:
+            depth = _lib.X509_STORE_CTX_get_error_depth(store)
+            if not ok:
+                self.errors.append((_lib.X509_STORE_CTX_get_error(store), depth))
+                return 0
+            if depth != 0:
+                return 1
+            # The chain verified up to the server's own certificate: now its name and pins.
+            leaf = _lib.X509_STORE_CTX_get_current_cert(store)
+            _lib.X509_up_ref(leaf)  # the X509 object below owns this reference
+            self.refused = self.policy.refusal(crypto.X509._from_raw_x509_ptr(leaf))
+        except Exception as exc:  # noqa: BLE001 - never raise into OpenSSL: fail closed
+            self.refused = _unexpected(exc, self.policy.hostname)
+        if self.refused is None:
+            return 1
+        _lib.X509_STORE_CTX_set_error(store, _lib.X509_V_ERR_CERT_REJECTED)
+        return 0
 
 
 class UpstreamTLS:
@@ -120,7 +140,9 @@ class UpstreamTLS:
     def _connection(self) -> tuple[SSL.Connection, _VerifyRecord]:
         connection = SSL.Connection(self._context, None)
         record = _VerifyRecord(self)
-        connection.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, record.callback)
+        mode = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        _lib.SSL_set_verify(connection._ssl, mode, record.c_callback)
+        connection.set_app_data(record)  # the C callback lives as long as the connection
         if not self._is_ip:
             connection.set_tlsext_host_name(self.hostname.encode("idna"))
         return connection, record

@@ -20,6 +20,7 @@ from gateway.outbound.auth import (
 )
 from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.grants import AccessToken
+from gateway.outbound.protocol import Lost
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 
@@ -32,14 +33,15 @@ class Scripted:
     It has no ``quit``: after a refusal the connector, not AUTH, says QUIT and closes.
     """
 
-    def __init__(self, *answers: Reply) -> None:
+    def __init__(self, *answers: Reply | Lost) -> None:
         self.answers = list(answers)
         self.lines: list[bytes] = []
         self.scrubber: Any = None  # the real protocol scrubs echoed secrets from replies
 
     def send(self, line: bytes, timeout: float | None = None) -> defer.Deferred[Reply]:
         self.lines.append(line)
-        return defer.succeed(self.answers.pop(0))
+        answer = self.answers.pop(0)
+        return defer.fail(answer) if isinstance(answer, Lost) else defer.succeed(answer)
 
 
 class Tokens:
@@ -121,6 +123,16 @@ def test_no_usable_mechanism_says_what_was_offered():
     assert caught.value.reply == replies.UPSTREAM_AUTH_FAILED
     assert "offered: CRAM-MD5 GSSAPI" in caught.value.reason
     assert protocol.lines == []
+
+
+def test_a_connection_lost_after_the_cancel_is_an_upstream_failure():
+    """The connection lost while cancelling an unanswerable challenge: 451 4.4.2, not a bug."""
+    protocol = Scripted(CHALLENGE, Lost("upstream closed the connection"))
+    with pytest.raises(UpstreamFailure) as caught:
+        password_auth(protocol, "PLAIN")
+    assert caught.value.reply == replies.UPSTREAM_LOST
+    assert caught.value.reason == "up: upstream closed the connection during AUTH"
+    assert protocol.lines[-1] == b"*"
 
 
 def test_a_refusal_that_echoes_the_password_is_scrubbed():
