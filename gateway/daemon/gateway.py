@@ -311,13 +311,13 @@ class Gateway:
 async def _within(waited: defer.Deferred[Any], seconds: float, clock: Any) -> None:
     """Wait for `waited`, but no longer than `seconds` (it goes on; only the wait ends)."""
     done: defer.Deferred[None] = defer.Deferred()
-    timer = clock.callLater(seconds, lambda: done.called or done.callback(None))
 
-    def finished(_: object) -> None:
+    def finished(_: object = None) -> None:
         if timer.active():
             timer.cancel()
         if not done.called:
             done.callback(None)
 
+    timer = clock.callLater(seconds, finished)
     waited.addBoth(finished)
     await done

@@ -264,7 +264,9 @@ def _tls_failure(name: str, exc: TLSFailure) -> UpstreamFailure:
     """Our check of the server's certificate refused it, or the handshake itself failed."""
     if exc.verification:
         return UpstreamFailure(
-            replies.UPSTREAM_TLS_FAILED.with_text(f"Upstream TLS verification failed: {exc.reason}"),
+            replies.UPSTREAM_TLS_FAILED.with_text(
+                f"Upstream TLS verification failed: {exc.reason}"
+            ),
             f"{name}: TLS verification failed: {exc.reason}",
         )
     # exc.reason: "TLS handshake failed: <what OpenSSL or the connection said>"

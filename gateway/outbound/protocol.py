@@ -213,8 +213,14 @@ class UpstreamProtocol(Protocol):
         done: defer.Deferred[None] = defer.Deferred()
         if self.is_closed:
             done.callback(None)
-        else:
-            self.closed.addBoth(lambda result: (done.called or done.callback(None), result)[1])
+            return done
+
+        def closed(result: None) -> None:
+            if not done.called:
+                done.callback(None)
+            return result
+
+        self.closed.addCallback(closed)
         return done
 
     def _start_timer(self, timeout: float | None = None) -> None:

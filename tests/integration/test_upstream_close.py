@@ -16,6 +16,7 @@ from gateway.testing.configfile import write_toml
 from gateway.testing.process import MailgateProcess, clean_env
 from tests.conftest import PASSWORD, USER, relay_all, upstream_table
 from tests.integration.queueing import message, queue_document, send
+from tests.integration.test_reload import reload
 from tests.security.conftest import try_recipient
 
 EXIM_535 = "535 Incorrect authentication data"  # Exim's and OpenSMTPD's: no enhanced code
@@ -85,7 +86,9 @@ def test_sigterm_says_quit_on_every_pooled_connection(make_upstream, ca, tmp_pat
     upstream = make_upstream()
     document = relay_all(upstream_table(upstream, ca.ca_file), shutdown_grace=10)
     config = write_toml(document, str(tmp_path / "mailgate.toml"))
-    daemon = MailgateProcess("run", "--config", config, env=clean_env(MAILGATE_TEST_PASSWORD=PASSWORD))
+    daemon = MailgateProcess(
+        "run", "--config", config, env=clean_env(MAILGATE_TEST_PASSWORD=PASSWORD)
+    )
     try:
         first, second = open_transaction(daemon.port), open_transaction(daemon.port)
         for client in (first, second):  # two sessions at once: two pooled connections
@@ -98,3 +101,19 @@ def test_sigterm_says_quit_on_every_pooled_connection(make_upstream, ca, tmp_pat
     assert code == 0, stderr
     assert upstream.wait_closed(2) == [None, None]
     assert upstream.quits == 2
+
+
+def test_reload_says_quit_on_the_retired_pools_idle_connection(make_upstream, start_gateway, ca):
+    """A reload retires the old pool: its idle session hears QUIT and closes cleanly."""
+    upstream = make_upstream()
+    document = relay_all(upstream_table(upstream, ca.ca_file))
+    gw = start_gateway(document)
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
+        assert (
+            client.sendmail("app@example.com", ["ops@example.net"], b"Subject: x\r\n\r\n.\r\n")
+            == {}
+        )
+    assert upstream.wait_for(1) and upstream.ended == []  # the session is idle in the pool
+    reload(gw, document)
+    assert upstream.wait_closed(1) == [None]
+    assert upstream.quits == 1
