@@ -305,8 +305,14 @@ class Gateway:
         await self.connections.drain(self.config.listener.shutdown_grace, self.reactor.callLater)
         if self.runner is not None:
             await self.runner.stop(self.config.listener.shutdown_grace)
-        for pool in [*self.pools.values(), *self._retired.values()]:
-            pool.close_idle()
+        # QUIT on every pooled connection, and a graceful close (TLS close_notify), within the
+        # grace: a server logs an abrupt disconnection against our address.
+        closing = [pool.retire() for pool in [*self.pools.values(), *self._retired.values()]]
+        await _within(
+            defer.DeferredList(closing, consumeErrors=True),
+            self.config.listener.shutdown_grace,
+            self.reactor,
+        )
         if self.status_port is not None:
             await self.status_port.stopListening()
             self.status_port = None
@@ -317,3 +323,18 @@ class Gateway:
             self.reactor.removeSystemEventTrigger(self._hash_pool_trigger)
             self._hash_pool_trigger = None
         self.audit.event(Event.GATEWAY_STOPPED)
+
+
+async def _within(waited: defer.Deferred[Any], seconds: float, clock: Any) -> None:
+    """Wait for `waited`, but no longer than `seconds` (it goes on; only the wait ends)."""
+    done: defer.Deferred[None] = defer.Deferred()
+
+    def finished(_: object = None) -> None:
+        if timer.active():
+            timer.cancel()
+        if not done.called:
+            done.callback(None)
+
+    timer = clock.callLater(seconds, finished)
+    waited.addBoth(finished)
+    await done

@@ -2,8 +2,9 @@
 
 Each function runs on a protocol that has completed TLS and EHLO, sends one AUTH exchange
 and returns who the session is authenticated as; a refusal raises `UpstreamFailure` whose
-`upstream_reply` has every credential sent cut out of its text (`_scrubbed`): a server may
-echo what it was sent. Nothing here logs, and no reason text carries a credential.
+`upstream_reply` is the server's reply as sent (code, its enhanced code or none) with every
+credential sent cut out of its text (`_scrubbed`): a server may echo what it was sent. The
+connector then says QUIT and closes. Nothing here logs, and no reason text carries a credential.
 """
 
 from __future__ import annotations
@@ -76,22 +77,20 @@ async def authenticate_password(
             if answer.code == 334:
                 answer = await protocol.send(base64.b64encode(secret))
         else:
-            protocol.quit()
             raise UpstreamFailure(
                 replies.UPSTREAM_AUTH_FAILED,
                 f"{config.name}: no supported AUTH mechanism offered after TLS (offered: {' '.join(sorted(offered)) or 'none'})",
             )
+        if answer.code == 334:
+            # A challenge we cannot answer: cancel the exchange (RFC 4954 4).
+            answer = await protocol.send(b"*")
     except Lost as exc:
         raise UpstreamFailure(
             replies.UPSTREAM_LOST, f"{config.name}: {exc.reason} during AUTH"
         ) from None
     finally:
         del secret
-    if answer.code == 334:
-        # A challenge we cannot answer: cancel the exchange (RFC 4954 4).
-        answer = await protocol.send(b"*")
     if answer.code != 235:
-        protocol.quit()
         raise UpstreamFailure(
             replies.UPSTREAM_AUTH_FAILED,
             f"{config.name}: AUTH {mechanism} as {config.username} refused: {answer.codes}",
@@ -118,7 +117,6 @@ async def authenticate_bearer(
     offered = set(capabilities.get("AUTH", "").upper().split())
     mechanism = sasl.choose_mechanism(offered)
     if mechanism is None:
-        protocol.quit()
         raise UpstreamFailure(
             replies.UPSTREAM_AUTH_FAILED,
             f"{config.name}: neither XOAUTH2 nor OAUTHBEARER offered after TLS "
@@ -130,13 +128,11 @@ async def authenticate_bearer(
         # are proven; there is no mailbox to authenticate as, and no mail will follow.
         return None, None
     if user is None:
-        protocol.quit()
         raise UpstreamFailure(
             replies.UPSTREAM_AUTH_FAILED,
             f'{config.name}: username = "$sender" needs the envelope sender to authenticate',
         )
     if not user:
-        protocol.quit()
         raise UpstreamFailure(
             replies.UPSTREAM_NULL_SENDER_OAUTH,
             f'{config.name}: username = "$sender" cannot authenticate the null sender <>',
@@ -150,7 +146,6 @@ async def authenticate_bearer(
         try:
             token = await tokens.token(user)
         except TokenError as exc:
-            protocol.quit()
             raise UpstreamFailure(
                 replies.UPSTREAM_TOKEN_FAILED, f"{config.name}: {exc.reason}"
             ) from None
@@ -183,7 +178,6 @@ async def authenticate_bearer(
         if may_retry and tokens.invalidate(user, token):
             refreshed = True
             continue
-        protocol.quit()
         retried = (
             " (with a refreshed token)"
             if refreshed

@@ -10,6 +10,12 @@ Any failure before AUTH completes sends no credentials and no mail; it fails
 with `UpstreamFailure`, carrying the reply the app should get and the reason
 for the audit. There is no path that sends AUTH or MAIL in cleartext.
 
+A refusal the server sent (greeting, EHLO, STARTTLS not offered or refused, AUTH) ends
+the connection with QUIT and a graceful close, in one place (`_connect`); a connection
+that broke (timeout, protocol error, injection) or an unexpected error is aborted. The
+upstream's own reply is kept as it was sent (`UpstreamFailure.upstream_reply`: code,
+enhanced code or none, text less any credential); the app's reply is the gateway's.
+
 The bytes and timeouts are `gateway.outbound.protocol`'s, AUTH is `gateway.outbound.auth`'s.
 Nothing here logs, and no exception text carries a command line, so credentials
 cannot leak through an error.
@@ -42,7 +48,7 @@ from gateway.outbound.auth import (
     user_for,
 )
 from gateway.outbound.failure import UpstreamFailure, lost
-from gateway.outbound.protocol import Lost, ProtocolFactory, UpstreamProtocol
+from gateway.outbound.protocol import QUIT_TIMEOUT, Lost, ProtocolFactory, UpstreamProtocol
 from gateway.outbound.scrub import Scrubber
 from gateway.outbound.tls import ClientConnectionCreator, TLSFacts, TLSFailure, UpstreamTLS
 from gateway.smtp import replies
@@ -89,14 +95,14 @@ class UpstreamSession:
     def transport(self) -> Any:
         return self.protocol.transport
 
-    def quit(self) -> None:
-        """Say QUIT and close; errors are irrelevant at this point."""
-        if self.protocol._lost_reason is None:
-            self.protocol.send(b"QUIT", 10).addBoth(
-                lambda _: self.protocol.abort("closed after QUIT")
-            )
+    def quit(self) -> defer.Deferred[None]:
+        """QUIT, a short wait for its reply, a graceful close; fires once the connection is gone
+        (at most `QUIT_TIMEOUT` seconds, or the command timeout if shorter)."""
+        return self.protocol.quit(min(QUIT_TIMEOUT, self.config.command_timeout))
 
     def abort(self) -> None:
+        """A TCP reset: for a broken session, or one stopped in the middle of DATA (where a
+        graceful close could let the upstream take a partial message)."""
         self.protocol.abort()
 
 
@@ -175,6 +181,11 @@ class UpstreamConnector:
             protocol.scrubber = Scrubber(password, inherit=list(self._sent))
         try:
             return await self._dialogue(protocol, creator, attempt)
+        except UpstreamFailure:
+            # A refusal: the server is still there and hears QUIT; a broken connection is
+            # already gone (or going), and quit only waits for that.
+            protocol.quit(min(QUIT_TIMEOUT, config.command_timeout))
+            raise
         except BaseException:  # an unexpected error too: never leave the connection open
             protocol.abort("session setup failed")
             raise
@@ -197,13 +208,11 @@ class UpstreamConnector:
                 self._expect(greeting, 220, "greeting")
                 capabilities = parse_ehlo(self._expect(await protocol.send(ehlo), 250, "EHLO"))
                 if "STARTTLS" not in capabilities:
-                    protocol.quit()
                     raise UpstreamFailure(
                         replies.UPSTREAM_NO_STARTTLS, f"{name}: STARTTLS not offered"
                     )
                 answer = await protocol.send(b"STARTTLS", starttls=True)
                 if answer.code != 220:
-                    protocol.quit()
                     raise UpstreamFailure(
                         replies.UPSTREAM_STARTTLS_REFUSED, f"{name}: STARTTLS refused", answer
                     )
@@ -213,12 +222,7 @@ class UpstreamConnector:
                     self._expect(await protocol.send(ehlo), 250, "EHLO after STARTTLS")
                 )
         except TLSFailure as exc:
-            raise UpstreamFailure(
-                replies.UPSTREAM_TLS_FAILED.with_text(
-                    f"Upstream TLS verification failed: {exc.reason}"
-                ),
-                f"{name}: {exc.reason}",
-            ) from None
+            raise _tls_failure(name, exc) from None
         except Lost as exc:
             reply = replies.UPSTREAM_TIMEOUT if "timeout" in exc.reason else replies.UPSTREAM_LOST
             if "injection" in exc.reason:
@@ -254,6 +258,22 @@ class UpstreamConnector:
                 reply,
             )
         return reply
+
+
+def _tls_failure(name: str, exc: TLSFailure) -> UpstreamFailure:
+    """Our check of the server's certificate refused it, or the handshake itself failed."""
+    if exc.verification:
+        return UpstreamFailure(
+            replies.UPSTREAM_TLS_FAILED.with_text(
+                f"Upstream TLS verification failed: {exc.reason}"
+            ),
+            f"{name}: TLS verification failed: {exc.reason}",
+        )
+    # exc.reason: "TLS handshake failed: <what OpenSSL or the connection said>"
+    return UpstreamFailure(
+        replies.UPSTREAM_TLS_HANDSHAKE_FAILED.with_text(f"Upstream {exc.reason}"),
+        f"{name}: {exc.reason}",
+    )
 
 
 def _endpoint(reactor: Any, config: UpstreamConfig) -> Any:

@@ -161,18 +161,27 @@ class UpstreamPool:
         self._idle = [i for i in self._idle if i.session is not session]
         self._close(session)
 
-    def _close(self, session: UpstreamSession) -> None:
-        session.quit()
+    def _close(self, session: UpstreamSession) -> defer.Deferred[None]:
+        """QUIT and a graceful close; fires once the connection is gone (a few seconds at most)."""
+        return session.quit()
 
-    def retire(self) -> None:
+    def retire(self) -> defer.Deferred[None]:
         """A reload replaced this pool: close its idle sessions now, and every session handed
-        back later (with QUIT), so old and new pools together stay within max_connections."""
+        back later (with QUIT), so old and new pools together stay within max_connections.
+        Fires once the idle ones are closed."""
         self.retired = True
-        self.close_idle()
+        return self.close_idle()
 
-    def close_idle(self) -> None:
-        for idle in self._idle:
-            if idle.timer.active():
-                idle.timer.cancel()
-            idle.session.quit()
-        self._idle = []
+    def close_idle(self) -> defer.Deferred[None]:
+        """QUIT every idle session and close it gracefully (TLS close_notify).
+
+        Fires once each has answered and closed, or was aborted for not closing within
+        `QUIT_TIMEOUT`; never with an error.
+        """
+        idle, self._idle = self._idle, []
+        closing = []
+        for entry in idle:
+            if entry.timer.active():
+                entry.timer.cancel()
+            closing.append(self._close(entry.session))
+        return defer.DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)

@@ -7,6 +7,12 @@ It knows no dialogue (that is `gateway.outbound.connector`) and never logs; a co
 fails every waiting command with `Lost` — or, when our own code raised in a transport callback
 (Twisted then closes the connection with that exception as the reason), with that exception, so that it reaches the caller as the bug it is (``gateway.error``) and is
 not mistaken for the upstream going away.
+
+Two ways to end a connection. `quit` is every close we choose: QUIT, a short wait for the
+221, then `close` — a graceful close (TLS ``close_notify``, then FIN), as RFC 5321 4.1.1.10
+asks of a client and as servers that count abrupt disconnections (Postfix's "lost connection
+after ...", Exim's "unexpected disconnection", fail2ban) expect. `abort` (a TCP reset) is
+for real breakage: a timeout, a protocol error, the injection guard, an unverifiable peer.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from gateway.outbound.tls import ClientConnectionCreator, TLSFacts, TLSFailure, 
 from gateway.smtp.replies import MalformedReply, Reply, ReplyParser
 
 MAX_UNCLAIMED_REPLIES = 8
+QUIT_TIMEOUT = 5.0  # seconds from QUIT to a closed connection; then it is aborted
 
 
 class Lost(Exception):
@@ -57,7 +64,9 @@ class UpstreamProtocol(Protocol):
         self._switching_to_tls = False
         self._lost_reason: str | None = None
         self._bug: Exception | None = None  # our own code raised in a transport callback
+        self._quit_guard: Any = None  # aborts a connection that QUIT did not close in time
         self.closed: defer.Deferred[None] = defer.Deferred()
+        self.is_closed = False
         self.tls_facts: TLSFacts | None = None
         self.scrubber: Scrubber | None = None  # set at connect and AUTH: scrubs every reply
 
@@ -116,24 +125,34 @@ class UpstreamProtocol(Protocol):
                 else TLSFailure(f"TLS peer check failed ({type(exc).__name__})")
             )
             self._lost_reason = failure.reason
-            self.transport.abortConnection()
+            # Nothing goes over an unverified channel, not even QUIT; a close_notify does.
+            self.transport.loseConnection()
+            self._guard_close(QUIT_TIMEOUT)
             ready.errback(failure)
             return
         ready.callback(self.tls_facts)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self._stop_timer()
+        if self._quit_guard is not None and self._quit_guard.active():
+            self._quit_guard.cancel()
+        self._quit_guard = None
+        ours = self._lost_reason  # our own reason for ending it (a timeout, a QUIT), if any
         if self._bug is None and _our_bug(reason):
             self._bug = reason.value  # the transport closed because our own callback raised
         if self._lost_reason is None:
             self._lost_reason = _describe_loss(reason)
         if self._tls_ready is not None:
             ready, self._tls_ready = self._tls_ready, None
-            explained = self._creator.explain(reason.value) if self._creator else self._lost_reason
-            ready.errback(TLSFailure(explained))
+            ready.errback(
+                self._creator.explain(reason.value, ours)
+                if self._creator
+                else TLSFailure(f"TLS handshake failed: {self._lost_reason}", verification=False)
+            )
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:  # our own bug goes up as itself, to be recorded as one
             waiter.errback(self._bug if self._bug is not None else Lost(self._lost_reason))
+        self.is_closed = True
         self.closed.callback(None)
 
     # --- operations -------------------------------------------------------------
@@ -141,15 +160,68 @@ class UpstreamProtocol(Protocol):
     def _abort(self, reason: str) -> None:
         if self._lost_reason is None:
             self._lost_reason = reason
-        if self.transport is not None:
+        if self.transport is not None and not self.is_closed:
             self.transport.abortConnection()
 
     def abort(self, reason: str = "aborted by gateway") -> None:
+        """End the connection at once (a TCP reset): for breakage, never a close we chose."""
         self._abort(reason)
 
-    def quit(self, timeout: float = 5) -> None:
-        """Say QUIT and close, whatever the answer (after a refusal during session set-up)."""
-        self.send(b"QUIT", timeout).addBoth(lambda _: self.abort("closed after QUIT"))
+    @property
+    def ended(self) -> bool:
+        """No command may go out any more: the connection is lost, or closing (QUIT was sent)."""
+        return self._lost_reason is not None
+
+    def quit(self, timeout: float = QUIT_TIMEOUT) -> defer.Deferred[None]:
+        """Say QUIT, wait for its reply (whatever it is), then close gracefully.
+
+        Fires when the connection is closed: by then, or after `timeout` seconds at most
+        (the connection is then aborted), it is gone. Nothing may be sent after QUIT; on a
+        connection already lost or closing this only waits for the close.
+        """
+        if not self.ended and self.transport is not None:
+            answered = self.send(b"QUIT", timeout)
+            self._lost_reason = "closed after QUIT"
+            self._guard_close(timeout)
+            answered.addCallbacks(lambda _: self._close(), lambda _: None)
+        return self.when_closed()
+
+    def close(self, reason: str = "closed by gateway") -> defer.Deferred[None]:
+        """Close gracefully without QUIT (TLS close_notify, then FIN); fires when closed."""
+        if self._lost_reason is None:
+            self._lost_reason = reason
+        self._close()
+        self._guard_close(QUIT_TIMEOUT)
+        return self.when_closed()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.is_closed:
+            self.transport.loseConnection()
+
+    def _guard_close(self, timeout: float) -> None:
+        """Abort the connection if it is not closed `timeout` seconds from now."""
+        if self._quit_guard is None and not self.is_closed:
+            self._quit_guard = self.clock.callLater(timeout, self._close_overdue)
+
+    def _close_overdue(self) -> None:
+        self._quit_guard = None
+        if self.transport is not None and not self.is_closed:
+            self.transport.abortConnection()
+
+    def when_closed(self) -> defer.Deferred[None]:
+        """A Deferred that fires (with None, never an error) once the connection is closed."""
+        done: defer.Deferred[None] = defer.Deferred()
+        if self.is_closed:
+            done.callback(None)
+            return done
+
+        def closed(result: None) -> None:
+            if not done.called:
+                done.callback(None)
+            return result
+
+        self.closed.addCallback(closed)
+        return done
 
     def _start_timer(self, timeout: float | None = None) -> None:
         self._stop_timer()

@@ -248,6 +248,8 @@ UPSTREAM_LOST = Reply(451, "4.4.2", "Upstream connection lost, try again later")
 UPSTREAM_NO_STARTTLS = Reply(451, "4.7.10", "Upstream did not offer STARTTLS; not sending in clear")
 UPSTREAM_STARTTLS_REFUSED = Reply(451, "4.7.10", "Upstream refused STARTTLS; not sending in clear")
 UPSTREAM_TLS_FAILED = Reply(451, "4.7.5", "Upstream TLS verification failed")
+# The handshake failed before any certificate was refused (version, cipher, the server's alert).
+UPSTREAM_TLS_HANDSHAKE_FAILED = Reply(451, "4.7.5", "Upstream TLS handshake failed")
 UPSTREAM_AUTH_FAILED = Reply(451, "4.7.0", "Upstream authentication failed")
 UPSTREAM_TOKEN_FAILED = Reply(451, "4.7.0", "Upstream OAuth token unavailable, try again later")
 UPSTREAM_NULL_SENDER_OAUTH = Reply(

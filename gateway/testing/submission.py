@@ -3,8 +3,10 @@
 Runs its own asyncio loop in a thread and binds 127.0.0.1 on a free port.
 Each message it accepts is recorded with the facts a test or the demo checks:
 the envelope, the exact bytes, the TLS version and the authenticated user.
-Behaviour can be scripted: replies to MAIL, RCPT (per address), DATA and
-STARTTLS, and whether STARTTLS is offered at all.
+Behaviour can be scripted: replies to MAIL, RCPT (per address), DATA,
+STARTTLS and a refused AUTH, and whether STARTTLS is offered at all. It also
+counts the QUITs it was sent and how each connection ended (`ended`: None for a
+clean close, else the exception's name, e.g. ConnectionResetError).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Script:
     rcpt: dict[str, str] = field(default_factory=dict)
     data: str | None = None
     starttls: str | None = None
+    auth_refusal: str | None = None  # the whole reply to a refused AUTH, e.g. "535 No"
 
 
 class _Handler:
@@ -102,6 +105,14 @@ class _SMTP(SMTP):
             return
         await super().smtp_STARTTLS(arg)
 
+    async def smtp_QUIT(self, arg: str) -> None:  # noqa: N802
+        self._owner._quit_received()
+        await super().smtp_QUIT(arg)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._owner._connection_ended(error)
+        super().connection_lost(error)
+
 
 logging.getLogger("mail.log").setLevel(logging.CRITICAL)  # aiosmtpd's per-connection chatter
 
@@ -124,6 +135,8 @@ class SubmissionServer:
         self.messages: list[ReceivedMessage] = []
         self.auth_attempts: list[tuple[str, bool]] = []
         self.connections = 0
+        self.quits = 0  # QUIT commands received, on any connection
+        self.ended: list[str | None] = []  # per closed connection: None (clean) or the error
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -140,6 +153,8 @@ class SubmissionServer:
             user, password = auth_data.login.decode(), auth_data.password.decode()
             ok = self.users.get(user) == password
             self.auth_attempts.append((user, ok))
+            if not ok and self.script.auth_refusal:
+                return AuthResult(success=False, handled=False, message=self.script.auth_refusal)
             return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
         return AuthResult(success=False, handled=False)
 
@@ -166,6 +181,23 @@ class SubmissionServer:
             self._changed.notify_all()
         if self.on_message:
             self.on_message(message)
+
+    def _quit_received(self) -> None:
+        with self._changed:
+            self.quits += 1
+            self._changed.notify_all()
+
+    def _connection_ended(self, error: Exception | None) -> None:
+        with self._changed:
+            self.ended.append(type(error).__name__ if error is not None else None)
+            self._changed.notify_all()
+
+    def wait_closed(self, count: int, timeout: float = 30) -> list[str | None]:
+        """Block until `count` connections have ended; how each ended (None: cleanly)."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.ended) >= count, timeout):
+                raise TimeoutError(f"{len(self.ended)} of {count} upstream connections ended")
+            return list(self.ended)
 
     def wait_for(self, count: int, timeout: float = 30) -> list[ReceivedMessage]:
         """Block until `count` messages have arrived (an event, not a sleep)."""

@@ -20,6 +20,7 @@ from gateway.outbound.auth import (
 )
 from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.grants import AccessToken
+from gateway.outbound.protocol import Lost
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 
@@ -27,20 +28,20 @@ PASSWORD = "pa55-word-!"
 
 
 class Scripted:
-    """Answers each line sent with the next reply of `answers`; records lines and QUIT."""
+    """Answers each line sent with the next reply of `answers`; records the lines.
 
-    def __init__(self, *answers: Reply) -> None:
+    It has no ``quit``: after a refusal the connector, not AUTH, says QUIT and closes.
+    """
+
+    def __init__(self, *answers: Reply | Lost) -> None:
         self.answers = list(answers)
         self.lines: list[bytes] = []
-        self.quitted = False
         self.scrubber: Any = None  # the real protocol scrubs echoed secrets from replies
 
     def send(self, line: bytes, timeout: float | None = None) -> defer.Deferred[Reply]:
         self.lines.append(line)
-        return defer.succeed(self.answers.pop(0))
-
-    def quit(self, timeout: float = 5) -> None:
-        self.quitted = True
+        answer = self.answers.pop(0)
+        return defer.fail(answer) if isinstance(answer, Lost) else defer.succeed(answer)
 
 
 class Tokens:
@@ -114,14 +115,24 @@ def test_login_is_used_when_plain_is_not_offered():
     ]
 
 
-def test_no_usable_mechanism_says_what_was_offered_and_quits():
+def test_no_usable_mechanism_says_what_was_offered():
     """Neither PLAIN nor LOGIN after TLS: nothing is sent, the reason lists the offer."""
     protocol = Scripted()
     with pytest.raises(UpstreamFailure) as caught:
         password_auth(protocol, "CRAM-MD5 GSSAPI")
     assert caught.value.reply == replies.UPSTREAM_AUTH_FAILED
     assert "offered: CRAM-MD5 GSSAPI" in caught.value.reason
-    assert protocol.lines == [] and protocol.quitted
+    assert protocol.lines == []
+
+
+def test_a_connection_lost_after_the_cancel_is_an_upstream_failure():
+    """The connection lost while cancelling an unanswerable challenge: 451 4.4.2, not a bug."""
+    protocol = Scripted(CHALLENGE, Lost("upstream closed the connection"))
+    with pytest.raises(UpstreamFailure) as caught:
+        password_auth(protocol, "PLAIN")
+    assert caught.value.reply == replies.UPSTREAM_LOST
+    assert caught.value.reason == "up: upstream closed the connection during AUTH"
+    assert protocol.lines[-1] == b"*"
 
 
 def test_a_refusal_that_echoes_the_password_is_scrubbed():
@@ -131,7 +142,7 @@ def test_a_refusal_that_echoes_the_password_is_scrubbed():
         password_auth(protocol, "PLAIN")
     failure = caught.value
     assert failure.upstream_reply == Reply(535, "5.7.8", "bad password <redacted>")
-    assert PASSWORD not in failure.reason and protocol.quitted
+    assert PASSWORD not in failure.reason
 
 
 def test_an_upstream_without_username_needs_no_auth():
@@ -185,7 +196,7 @@ def test_bearer_for_the_null_sender_is_refused_without_a_token():
             )
         )
     assert caught.value.reply == replies.UPSTREAM_NULL_SENDER_OAUTH
-    assert tokens.issued == 0 and protocol.quitted
+    assert tokens.issued == 0
 
 
 def test_user_for_sender_placeholder_is_the_envelope_sender():

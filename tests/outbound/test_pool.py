@@ -23,9 +23,13 @@ class Connector:
 
     def open(self, sender: str | None = None, **_: Any) -> Any:
         session = FakeSession(self.config)
-        session.quit = lambda: self.quit.append(session)  # type: ignore[method-assign]
+        session.quit = lambda: self._quit(session)  # type: ignore[method-assign]
         self.opened.append(session)
         return defer.succeed(session)
+
+    def _quit(self, session: FakeSession) -> defer.Deferred[None]:
+        self.quit.append(session)
+        return defer.succeed(None)
 
 
 def test_a_live_pool_keeps_a_session_handed_back():

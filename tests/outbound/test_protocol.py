@@ -165,10 +165,70 @@ def test_starttls_forgets_what_came_before_and_starts_the_handshake():
     assert transport.tls_started and not ready.called
 
 
-def test_quit_closes_whatever_the_answer():
-    """`quit` says QUIT and aborts once it is answered."""
+def test_quit_closes_gracefully_once_answered():
+    """`quit` says QUIT, and closes (loseConnection, not a reset) once it is answered."""
+    protocol, transport, _ = connected()
+    closed = protocol.quit()
+    assert transport.value() == b"QUIT\r\n" and not transport.disconnecting
+    protocol.dataReceived(b"221 2.0.0 Bye\r\n")
+    assert transport.disconnecting and not transport.aborted
+    assert not closed.called
+    lose(protocol)
+    assert outcome(closed) is None
+
+
+def test_quit_closes_gracefully_after_a_refusal_of_quit_too():
+    """Whatever QUIT is answered with (a 5xx too), the close is graceful."""
     protocol, transport, _ = connected()
     protocol.quit()
-    assert transport.value() == b"QUIT\r\n" and not transport.aborted
-    protocol.dataReceived(b"221 2.0.0 Bye\r\n")
+    protocol.dataReceived(b"502 5.5.1 no\r\n")
+    assert transport.disconnecting and not transport.aborted
+
+
+def test_no_command_goes_out_after_quit():
+    """After QUIT the connection is ending: a later command fails at once and writes nothing."""
+    protocol, transport, _ = connected()
+    protocol.quit()
+    transport.clear()
+    assert protocol.ended
+    assert isinstance(outcome(protocol.send(b"RSET")).value, Lost)
+    assert transport.value() == b""
+
+
+def test_quit_unanswered_is_aborted_within_its_timeout():
+    """No reply to QUIT within its timeout: the connection is aborted, and quit fires then."""
+    protocol, transport, clock = connected(timeout=300)
+    closed = protocol.quit(timeout=3)
+    clock.advance(2.9)
+    assert not transport.aborted
+    clock.advance(0.2)
     assert transport.aborted
+    lose(protocol)
+    assert outcome(closed) is None
+
+
+def test_quit_answered_but_never_closed_is_aborted_within_its_timeout():
+    """221 came, but the close did not complete (a peer that never ends TLS): aborted at the deadline."""
+    protocol, transport, clock = connected()
+    protocol.quit(timeout=3)
+    protocol.dataReceived(b"221 2.0.0 Bye\r\n")
+    assert transport.disconnecting and not transport.aborted
+    clock.advance(3)
+    assert transport.aborted
+
+
+def test_quit_on_a_lost_connection_sends_nothing():
+    """A connection that already went away gets no QUIT; quit fires at once."""
+    protocol, transport, _ = connected()
+    lose(protocol)
+    assert outcome(protocol.quit()) is None
+    assert transport.value() == b""
+
+
+def test_quit_twice_sends_one_quit():
+    """A second quit (pool and connector both closing) waits for the same close."""
+    protocol, transport, _ = connected()
+    first, second = protocol.quit(), protocol.quit()
+    assert transport.value() == b"QUIT\r\n"
+    lose(protocol)
+    assert outcome(first) is None and outcome(second) is None

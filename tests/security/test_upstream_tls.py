@@ -141,7 +141,7 @@ def test_tls_below_1_2_fails_the_handshake(version, mode, scripted, start_gatewa
     upstream = scripted(context=old_tls_context(server_cert, version), tls=mode)
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     code, text = try_recipient(gw.port)
-    assert code == 451 and text.startswith(b"4.7.5")
+    assert code == 451 and text.startswith(b"4.7.5 Upstream TLS handshake failed"), text
     [connection] = upstream.wait_closed()
     assert connection.handshake is not None and connection.handshake.startswith("failed")
     assert_nothing_sent_over_tls(connection)
@@ -208,7 +208,8 @@ def test_unverifiable_certificate_gets_no_byte_over_tls(
     upstream = scripted(context=cert.server_context(), tls=mode)
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     code, text = try_recipient(gw.port)
-    assert code == 451 and text.startswith(b"4.7.5") and reason.encode() in text
+    assert code == 451 and text.startswith(b"4.7.5 Upstream TLS verification failed"), text
+    assert reason.encode() in text
     [connection] = upstream.wait_closed()
     assert_nothing_sent_over_tls(connection)
     assert reason in deferred_result(gw)["upstream_error"]
