@@ -50,10 +50,18 @@ HASH_THREADS = max(1, min(4, (os.cpu_count() or 2) - 1))  # app password checks 
 
 
 class Gateway:
-    def __init__(self, reactor: Any, config: Config, audit: AuditLog | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        config: Config,
+        audit: AuditLog | None = None,
+        *,
+        instance: str | None = None,
+    ) -> None:
         self.reactor = reactor
         self.config = config
-        self.audit = audit or AuditLog(config.audit.path)
+        # `instance` names this gateway on every audit event (default: the hostname)
+        self.audit = audit or AuditLog(config.audit.path, instance=instance)
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.tokens = TokenCache(
