@@ -39,9 +39,11 @@ from gateway.queue.spool import (
 from gateway.terminal import printable
 
 
-def _spool(args: argparse.Namespace) -> Spool:
+def _spool(args: argparse.Namespace, *, must_exist: bool = True) -> Spool:
     config = load(args.config) if args.config else from_environment()
     spool = Spool(config.queue.path)
+    if not spool.exists() and not must_exist:
+        return spool
     if not spool.exists():
         raise MailgateError(
             f"queue.path: {config.queue.path} is not a spool (no active/ folder); "

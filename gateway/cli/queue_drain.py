@@ -4,7 +4,8 @@
 takes it up within about a second: queue-mode mail gets ``451 4.3.2``, ``/readyz`` says
 not ready, and what the spool holds is delivered. ``--wait`` returns once a running
 gateway has taken the request up and ``incoming/``, ``active/`` and ``deferred/`` are
-empty (exit 0), or after ``--timeout`` seconds with what is left (exit 1). ``resume``
+empty (exit 0), or after ``--timeout`` seconds with what is left (exit 1); with no
+spool at ``queue.path`` (relay only) there is nothing to drain (exit 0). ``resume``
 takes the request back. ``status`` prints what the spool holds and whether it drains.
 """
 
@@ -59,6 +60,10 @@ def cmd_drain(spool: Spool, args: argparse.Namespace) -> int:
         raise UsageError(f"--timeout: found {args.timeout}, expected seconds above 0")
     if args.timeout is not None and not args.wait:
         raise UsageError("--timeout: only with --wait")
+    if not spool.exists():  # relay only (or never queued): nothing is held, nothing to wait for
+        print(f"{spool.path}: no spool here; nothing to drain")
+        return 0
+    spool.check()
     line, new = drain.request(spool)
     print(
         f"{spool.path}: drain requested; queue-mode mail gets 451 4.3.2 once the gateway takes it up"
@@ -121,7 +126,7 @@ def add_commands(sub: Any, command: Callable[..., argparse.ArgumentParser], spoo
     command("status", lambda args: cmd_status(spool(args)), "what the spool holds; draining?")
     parser = command(
         "drain",
-        lambda args: cmd_drain(spool(args), args),
+        lambda args: cmd_drain(spool(args, must_exist=False), args),
         "stop taking queued mail (451 4.3.2, /readyz not ready) and deliver what the spool holds",
     )
     parser.add_argument(

@@ -140,3 +140,11 @@ def test_queue_status_and_list_show_the_drain(upstream, start_gateway, ca, tmp_p
     assert "state: draining since " in status.stdout
     assert "(taken up by the gateway)" in status.stdout
     assert "draining since" in queue_command(path, str(tmp_path), "list").stderr
+
+
+def test_drain_without_a_spool_has_nothing_to_wait_for(upstream, ca, tmp_path):
+    """A relay-only instance (no spool at queue.path): drain --wait exits 0 at once, saying so."""
+    document = drain_document(upstream, ca.ca_file, str(tmp_path / "never-created"))
+    waited = queue_command(config_file(document, tmp_path), str(tmp_path), "drain", "--wait")
+    assert waited.returncode == 0 and "nothing to drain" in waited.stdout
+    assert not (tmp_path / "never-created").exists()
