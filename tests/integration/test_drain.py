@@ -148,3 +148,18 @@ def test_drain_without_a_spool_has_nothing_to_wait_for(upstream, ca, tmp_path):
     waited = queue_command(config_file(document, tmp_path), str(tmp_path), "drain", "--wait")
     assert waited.returncode == 0 and "nothing to drain" in waited.stdout
     assert not (tmp_path / "never-created").exists()
+
+
+def test_relay_mode_keeps_working_while_draining(upstream, start_gateway, ca, tmp_path):
+    """While draining, a relay-mode recipient is still relayed (250) and reaches the upstream."""
+    document = drain_document(upstream, ca.ca_file, str(tmp_path / "spool"))
+    relay_rule = {"name": "direct", "recipients": ["*@relay.example"], "action": "relay"}
+    document["rules"].insert(0, dict(relay_rule, upstream="up"))
+    gw = start_gateway(document)
+    assert queue_command(config_file(document, tmp_path), str(tmp_path), "drain").returncode == 0
+    gw.audit.wait_for("queue.drain_started")
+    assert rcpt_reply(gw.port)[0] == 451  # the queue rule's recipient
+    code, _ = send(gw.port, message(1, to="ops@relay.example"), rcpts=["ops@relay.example"])
+    assert code == 250
+    [relayed] = upstream.server.wait_for(1)
+    assert relayed.content == message(1, to="ops@relay.example")
