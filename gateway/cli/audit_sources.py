@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import os
 from dataclasses import dataclass
 
 from gateway.audit import files as audit_files
@@ -49,17 +50,16 @@ def _chain(found: list[str], current: str | None) -> Chain:
 
 def _expand(files: list[str]) -> list[str]:
     """Globs the shell left alone (quoted, or from a hook) are expanded, without the chain
-    state files they may catch; a glob matching nothing is an error; a file named twice is
-    read once."""
+    state files they may catch; a name that exists, or matches nothing, is taken as it is
+    (then `cannot open` names it); a file named twice is read once."""
     found: list[str] = []
     for name in files:
-        if glob.has_magic(name):
-            matches = sorted(m for m in glob.glob(name) if not m.endswith(audit_files.STATE_SUFFIX))
-            if not matches:
-                raise AuditFileError(f"{name}: no audit file matches")
-            found.extend(matches)
-        else:
-            found.append(name)
+        matches = (
+            sorted(m for m in glob.glob(name) if not m.endswith(audit_files.STATE_SUFFIX))
+            if glob.has_magic(name) and not os.path.lexists(name)
+            else []
+        )
+        found.extend(matches or [name])
     return list(dict.fromkeys(found))
 
 

@@ -21,7 +21,7 @@ from twisted.internet.error import CannotListenError
 from gateway.config.model import Endpoint
 from gateway.errors import MailgateError
 
-BACKLOG = 511  # as listenTCP's default (50) is small for a busy gateway
+BACKLOG = 511  # pending connections; listenTCP's default (50) is small for a busy gateway
 
 
 def _in_use(listen: Endpoint, reuse_port: bool) -> MailgateError:
