@@ -29,11 +29,15 @@ def relay_config(
     queue_path: str | None = None,
     max_connections: int | None = None,
     extra: str = "",
+    port: int = 0,
+    reuse_port: bool = False,
+    audit_name: str = "audit.jsonl",
 ) -> str:
     """A bench config: loopback listener on port 0, every recipient to the sink's STARTTLS port.
 
     `max_connections` raises the listener's session limits (total and per client: every
-    bench session comes from 127.0.0.1) for builds that have them."""
+    bench session comes from 127.0.0.1) for builds that have them. `port` with `reuse_port`
+    puts several instances on one port (SO_REUSEPORT), each with its own `audit_name`."""
     limits = (
         f"max_connections = {max_connections}\nmax_connections_per_client = {max_connections}\n"
         if max_connections
@@ -45,7 +49,8 @@ def relay_config(
     return f"""\
 # Written by bench/run.py for one run; see docs/performance.md.
 [listener]
-listen = "127.0.0.1:0"
+listen = "127.0.0.1:{port}"
+{"reuse_port = true" if reuse_port else ""}
 allowed_clients = ["127.0.0.0/8"]
 hostname = "mailgate.bench.test"
 max_message_size = 209715200   # 200 MiB: the 100 MiB message must fit
@@ -54,7 +59,7 @@ idle_timeout = 600
 shutdown_grace = 5
 {limits}
 [audit]
-path = "{tmp}/audit.jsonl"
+path = "{tmp}/{audit_name}"
 
 [upstreams.sink]
 host = "127.0.0.1"

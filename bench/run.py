@@ -8,6 +8,7 @@ stops when the sink has counted all N messages.
     (b) postfix         smtp-source -> throwaway Postfix null client -> sink STARTTLS+AUTH
     (b+) the same Postfix with smtp_tls_connection_reuse = yes (for information; not in the ratios)
     (c) mailgate relay  smtp-source -> mailgate (cut-through) -> sink STARTTLS+AUTH
+    (cxN) with --instances N: relay mode with N mailgate processes on one port (reuse_port)
     (d) mailgate queue  smtp-source -> mailgate (delivery = "queue") -> sink, if this build has it
 
 Then per-message latency (a Python load generator), one 100 MiB message and
@@ -129,12 +130,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the extra run of Postfix with smtp_tls_connection_reuse = yes "
         "(BENCH_POSTFIX_REUSE=0)",
     )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=_env_int("BENCH_INSTANCES", 1),
+        help="also run relay mode with this many mailgate processes sharing the port "
+        "(listener.reuse_port) and report the scaling (BENCH_INSTANCES, make bench INSTANCES=2)",
+    )
+    parser.add_argument(
+        "--scaling-only",
+        action="store_true",
+        default=bool(os.environ.get("BENCH_SCALING_ONLY")),
+        help="with --instances: run only (c) and the N-instance pass (no Postfix, no targets)",
+    )
     parser.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (logs, configs)"
     )
     args = parser.parse_args(argv)
-    for name in ("messages", "size", "concurrency", "idle"):
+    for name in ("messages", "size", "concurrency", "idle", "instances"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}: expected a positive number")
     args.latency_messages = args.latency_messages or min(args.messages, 1000)
@@ -316,7 +330,9 @@ class Bench:
 
     # --- processes ---
 
-    def start_mailgate(self, name: str, *, delivery: str | None = None) -> MailgateProcess:
+    def start_mailgate(
+        self, name: str, *, delivery: str | None = None, port: int = 0, reuse_port: bool = False
+    ) -> MailgateProcess:
         path = os.path.join(self.tmp, f"{name}.toml")
         extra = (
             os.environ.get("BENCH_QUEUE_EXTRA", "").replace("{tmp}", self.tmp) if delivery else ""
@@ -339,6 +355,9 @@ class Bench:
                         queue_path=spool,
                         max_connections=connections,
                         extra=extra,
+                        port=port,
+                        reuse_port=reuse_port,
+                        audit_name=f"{name}-audit.jsonl" if reuse_port else "audit.jsonl",
                     )
                 )
             process = MailgateProcess(self.mailgate, path, self.password, cwd=self.tmp)
@@ -461,6 +480,51 @@ class Bench:
             ) from None
         finally:
             process.stop()
+
+    def run_mailgate_instances(self) -> None:
+        """Relay mode with N processes on one port (SO_REUSEPORT): the kernel spreads the
+        connections; msgs/s against the single instance's, for the cores this machine has."""
+        n = self.args.instances
+        self.say(f"(cx{n}) mailgate relay mode, {n} instances on one port (reuse_port)")
+        processes = [self.start_mailgate("relay-1", reuse_port=True)]
+        port = processes[0].port
+        for number in range(2, n + 1):
+            processes.append(self.start_mailgate(f"relay-{number}", port=port, reuse_port=True))
+        key = f"mailgate_relay_x{n}"
+        try:
+            run = self.throughput(
+                key,
+                port,
+                lambda: sum(p.cpu_seconds() for p in processes),
+                lambda: {"VmHWM": max(p.memory_kib().get("VmHWM", 0) for p in processes)},
+            )
+        finally:
+            for process in processes:
+                process.stop()
+        single = self.results["throughput"].get("mailgate_relay", {}).get("msgs_per_s")
+        cores = os.cpu_count() or 1
+        scaling = {
+            "instances": n,
+            "cores": cores,
+            "msgs_per_s_one": single,
+            "msgs_per_s_all": run["msgs_per_s"],
+            "speedup": round(run["msgs_per_s"] / single, 2) if single else None,
+            "other_load_cores": run["other_load_cores"],
+            "note": (
+                f"{n} instances on {cores} core(s), shared with the sink and smtp-source"
+                + (
+                    f", and {run['other_load_cores']:.1f} core(s) of other load"
+                    if run["other_load_cores"] >= 0.2
+                    else ""
+                )
+                + ": the speedup cannot exceed the cores left for mailgate"
+            ),
+        }
+        self.results["scaling"] = scaling
+        self.say(
+            f"scaling: 1 instance {single} msgs/s, {n} instances {run['msgs_per_s']} msgs/s "
+            f"(x{scaling['speedup']}); {scaling['note']}"
+        )
 
     def run_mailgate_queue(self) -> None:
         try:
@@ -596,6 +660,21 @@ class QueueUnavailable(Exception):
     """`mailgate check` refused the queue-mode config (the text is what it said)."""
 
 
+def scaling_report(results: dict[str, Any], args: argparse.Namespace) -> int:
+    """--scaling-only: write the results and print the single/N-instance figures."""
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(results, handle, indent=2)
+    scaling = results["scaling"]
+    print(
+        f"mailgate relay mode, N={args.messages} S={args.size} C={args.concurrency}: "
+        f"1 instance {scaling['msgs_per_s_one']} msgs/s; {scaling['instances']} instances "
+        f"(reuse_port) {scaling['msgs_per_s_all']} msgs/s = x{scaling['speedup']}\n"
+        f"{scaling['note']}\nresults: {os.path.relpath(args.output)}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up on SIGTERM too
@@ -606,11 +685,17 @@ def main(argv: list[str] | None = None) -> int:
             bench.say(
                 f"N={args.messages} S={args.size} C={args.concurrency}; temporary folder {bench.tmp}"
             )
+            if args.scaling_only and args.instances > 1:
+                bench.run_mailgate_relay()
+                bench.run_mailgate_instances()
+                return scaling_report(bench.results, args)
             bench.run_direct()
             bench.run_postfix()
             if args.postfix_reuse:
                 bench.run_postfix(tls_connection_reuse=True)
             bench.run_mailgate_relay()
+            if args.instances > 1:
+                bench.run_mailgate_instances()
             bench.run_mailgate_queue()
             bench.run_latency()
             bench.run_big_message()

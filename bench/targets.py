@@ -135,6 +135,9 @@ def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
         "mailgate_relay": "(c) mailgate relay mode",
         "mailgate_queue": "(d) mailgate queue mode",
     }
+    for key in results["throughput"]:
+        if key.startswith("mailgate_relay_x"):  # --instances N: N processes on one port
+            names[key] = f"(cx{key[16:]}) relay, {key[16:]} instances"
     for key, label in names.items():
         run = results["throughput"].get(key)
         if not run:
@@ -148,6 +151,12 @@ def summary(results: dict[str, Any], verdicts: list[Verdict]) -> str:
             f"{_fmt(run.get('relay_cpu_percent')):>12}{_fmt(run.get('relay_cpu_ms_per_message'), '.2f'):>12}"
             f"{_fmt(run.get('sink_cpu_percent')):>11}"
             f"{_fmt(run.get('other_load_cores'), '.2f'):>12}"
+        )
+    scaling = results.get("scaling")
+    if scaling:
+        lines.append(
+            f"scaling: {scaling['instances']} instances on one port = x{scaling['speedup']} "
+            f"the single instance's msgs/s; {scaling['note']}"
         )
     noisy = [
         k

@@ -88,3 +88,17 @@ def test_summary_warns_when_the_sink_was_busy_during_a_relay_run() -> None:
     results["throughput"]["mailgate_relay"]["sink_cpu_percent"] = 85
     text = summary(results, evaluate(results))
     assert "warning: the sink used more than 80% of a core during mailgate_relay:" in text
+
+
+def test_summary_shows_the_n_instance_run_and_its_scaling() -> None:
+    """--instances 2: the (cx2) row and the scaling line with its caveat appear in the summary."""
+    results = figures()
+    results["throughput"]["mailgate_relay_x2"] = {"msgs_per_s": 700.0}
+    results["scaling"] = {
+        "instances": 2,
+        "speedup": 1.75,
+        "note": "2 instances on 2 core(s), shared with the sink and smtp-source",
+    }
+    text = summary(results, evaluate(results))
+    assert "(cx2) relay, 2 instances" in text
+    assert "scaling: 2 instances on one port = x1.75" in text

@@ -39,6 +39,9 @@ class Event(StrEnum):
     QUEUE_INCOMPLETE_DISCARDED = "queue.incomplete_discarded"
     QUEUE_UNREADABLE = "queue.unreadable"
     QUEUE_WRITE_FAILED = "queue.write_failed"
+    QUEUE_DRAIN_STARTED = "queue.drain_started"
+    QUEUE_DRAINED = "queue.drained"
+    QUEUE_DRAIN_CANCELLED = "queue.drain_cancelled"
     DELIVERY_ATTEMPT = "delivery.attempt"
     DELIVERY_DUPLICATE_RISK = "delivery.duplicate_risk"
     # OAuth tokens for XOAUTH2 upstreams

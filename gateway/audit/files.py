@@ -4,20 +4,22 @@ Rotated siblings of ``audit.jsonl`` are ``audit.jsonl.1``, ``audit.jsonl.2.gz``,
 ``audit.jsonl-20261128``, ``audit.jsonl-20261128.gz`` and the like (logrotate's
 numbered and dated names); gzip files are recognised by their magic bytes. Files
 are read one line at a time, never whole, and put in chain order by their first
-record. A final line without a newline is still being written (or was torn by a
+record; the files of several instances (each its own chain) are grouped by name
+(`chain_groups`) and their lines merged in time order (`merged`). A final line without a newline is still being written (or was torn by a
 crash): it is not yielded, and `Scan.incomplete` says where it was.
 """
 
 from __future__ import annotations
 
 import gzip
+import heapq
 import json
 import os
 import re
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -136,6 +138,42 @@ def first_record(path: str) -> FirstRecord | None:
     finally:
         raw.close()
     return None
+
+
+_BASE = re.compile(r"(.*?)((?:[.-][0-9][0-9_-]*)?(?:\.gz)?)", re.DOTALL)
+
+
+def chain_name(path: str) -> str:
+    """The current file a rotated one belongs to: ``a/audit.jsonl.2.gz`` -> ``a/audit.jsonl``."""
+    folder, name = os.path.split(path)
+    match = _BASE.fullmatch(name)
+    base = match.group(1) if match and match.group(1) else name
+    return os.path.join(folder, base)
+
+
+def chain_groups(paths: Sequence[str]) -> list[list[str]]:
+    """The files given, grouped by the chain they hold: one per current file and its rotated
+    siblings (the same folder and name), in the order each chain was first named.
+
+    Each instance writes its own file, so each group is one instance's chain."""
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        key = os.path.abspath(chain_name(path))
+        groups.setdefault(key, []).append(path)
+    return list(groups.values())
+
+
+def _time_key(line: tuple[str, int, str]) -> str:
+    """A record's timestamp as written (ISO-8601 UTC, so text order is time order), cheaply."""
+    text = line[2]
+    if text.startswith('{"timestamp":"'):
+        return text[14 : text.find('"', 14)]
+    return ""
+
+
+def merged(scans: Sequence[Iterable[tuple[str, int, str]]]) -> Iterator[tuple[str, int, str]]:
+    """The lines of several instances' scans, merged in time order (each scan is in order already)."""
+    return heapq.merge(*scans, key=_time_key)
 
 
 def chain_order(paths: Sequence[str]) -> list[str]:

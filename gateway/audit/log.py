@@ -1,7 +1,8 @@
 """The audit trail: structlog, one JSON object per line, one bound logger per session, hash-chained.
 
-Every event has a UTC ISO-8601 ``timestamp`` and an ``event`` name; session
-events share a ``session_id``. JSON encoding escapes control characters, so CR,
+Every event has a UTC ISO-8601 ``timestamp``, an ``event`` name and the ``instance``
+that wrote it (the constructor's, default the hostname); session events share a
+``session_id``. JSON encoding escapes control characters, so CR,
 LF or escape sequences in a HELO name, an address or a header can never break
 a record across lines. The pipeline is private to mailgate (no global structlog
 configuration), so embedding applications and tests keep their own.
@@ -16,6 +17,7 @@ and one small in-place write of the state file per event; nothing is re-read.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import sys
 import threading
@@ -81,8 +83,14 @@ def _to_sink(logger: Any, method: str, event: MutableMapping[str, Any]) -> tuple
 
 
 class AuditLog:
-    def __init__(self, path: str, *, stream: IO[str] | None = None) -> None:
+    """The audit log at `path` ("-": stdout, or `stream`); every event names its `instance`
+    (default: this host's name), so files of several instances can be merged and told apart."""
+
+    def __init__(
+        self, path: str, *, stream: IO[str] | None = None, instance: str | None = None
+    ) -> None:
         self.path = path
+        self.instance = instance or socket.gethostname()
         state: ChainState | None = None
         head = audit_chain.START
         if stream is not None:
@@ -104,6 +112,7 @@ class AuditLog:
             processors=[
                 structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
                 _catalogued,
+                _Instance(self.instance),
                 _order,
                 _to_sink,
             ],
@@ -192,10 +201,23 @@ def _catalogued(
     return event
 
 
+class _Instance:
+    """Name the instance that wrote the event (an ``instance`` field given with it stays)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event.setdefault("instance", self.name)
+        return event
+
+
 def _order(logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
-    """Put timestamp, event and session_id first, for people reading raw lines."""
+    """Put timestamp, event, session_id and instance first, for people reading raw lines."""
     head: dict[str, Any] = {
-        k: event.pop(k) for k in ("timestamp", "event", "session_id") if k in event
+        k: event.pop(k) for k in ("timestamp", "event", "session_id", "instance") if k in event
     }
     head.update(event)
     return head

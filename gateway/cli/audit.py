@@ -1,7 +1,8 @@
 """``mailgate audit search | show | summary``, and the wiring of every ``mailgate audit`` command.
 
 Every subcommand reads audit files named on the command line (current and
-rotated, ``.gz`` included, in any order) or the ``[audit] path`` of ``--config FILE``
+rotated, ``.gz`` included, in any order; several instances' files are merged in
+time order) or the ``[audit] path`` of ``--config FILE``
 with its rotated siblings (`gateway.cli.audit_sources`). Files are streamed one
 line at a time. ``verify`` and ``head`` live in `gateway.cli.audit_chain`.
 """
@@ -37,18 +38,24 @@ class Records:
     """Parsed records from a scan; lines that are not JSON are reported on stderr and skipped."""
 
     def __init__(self, sources: Sources, stderr: IO[str]) -> None:
-        self.scan = Scan(sources.paths, Progress(stderr))
+        progress = Progress(stderr)
+        self.scan = Scan(sources.paths, progress)
+        # several instances: each chain scanned in its order, the lines merged in time order
+        self.scans = [Scan(chain.paths, progress) for chain in sources.chains]
+        self.lines: Iterable[tuple[str, int, str]] = (
+            audit_files.merged(self.scans) if len(self.scans) > 1 else self.scan
+        )
         self.stderr = stderr
         self.bad = 0
         self._bad_in: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
-        return self.parsed(self.scan, None)
+        return self.parsed(self.lines, None)
 
     def where(
         self, wanted: Callable[[str], bool] | None
     ) -> Iterator[tuple[str, int, str, dict[str, Any]]]:
-        return self.parsed(self.scan, wanted)
+        return self.parsed(self.lines, wanted)
 
     def parsed(
         self, lines: Iterable[tuple[str, int, str]], wanted: Callable[[str], bool] | None
@@ -120,6 +127,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         sessions=args.session,
     )
     sources = find_sources(args)
+    if args.follow and sources.several:
+        raise UsageError(
+            "--follow reads one instance's current file; give one instance's files "
+            f"(found {len(sources.chains)} chains: {', '.join(c.current for c in sources.chains)})"
+        )
     records = Records(sources, sys.stderr)
     out = sys.stdout
     table = (

@@ -6,6 +6,9 @@ audit file (required unless ``--no-state``) and, with ``--head SEQ:HASH``, a hea
 printed earlier by `head` and kept where the files' writers cannot reach. Anything
 it could not check is a problem, said with the file and what was expected.
 
+Files of several instances are several chains (`gateway.cli.audit_sources`): each is
+checked on its own, against its own state, and the last line names those not intact.
+
 Exit status: 0 intact (and anchored), 1 a problem found or an anchor that cannot be
 checked (or a file that cannot be read), 2 a command line that does not say enough.
 """
@@ -20,7 +23,7 @@ from typing import Any
 from gateway.audit import chain as audit_chain
 from gateway.audit import files as audit_files
 from gateway.audit.files import AuditFileError, Progress, Scan
-from gateway.cli.audit_sources import find_sources, sources_arguments
+from gateway.cli.audit_sources import Chain, find_sources, sources_arguments
 from gateway.errors import UsageError
 from gateway.terminal import printable
 
@@ -47,6 +50,43 @@ def _anchor(args: argparse.Namespace) -> audit_chain.Head | None:
 def cmd_verify(args: argparse.Namespace) -> int:
     anchor = _anchor(args)
     sources = find_sources(args)
+    if not sources.several:
+        lines, intact = _verify_chain(args, sources.chains[0], anchor)
+        sys.stdout.write("".join(printable(line) + "\n" for line in lines))
+        return 0 if intact else 1
+    if anchor is not None:
+        raise UsageError(
+            "--head: names one chain's head, but the files hold "
+            f"{len(sources.chains)} chains ({', '.join(c.current for c in sources.chains)}); "
+            "verify one instance's files with it"
+        )
+    failed = []
+    for chain in sources.chains:  # each instance's file is its own chain, with its own state
+        try:
+            lines, intact = _verify_chain(args, chain, None, named=True)
+        except AuditFileError as exc:
+            lines, intact = [f"FAILED: {chain.current}: {exc}"], False
+        sys.stdout.write("".join(printable(line) + "\n" for line in lines))
+        if not intact:
+            failed.append(chain.current)
+    count = len(sources.chains)
+    summary = (
+        f"FAILED: {len(failed)} of {count} chain(s) not intact: {', '.join(failed)}"
+        if failed
+        else f"OK: {count} chain(s) intact"
+    )
+    sys.stdout.write(printable(summary) + "\n")
+    return 1 if failed else 0
+
+
+def _verify_chain(
+    args: argparse.Namespace,
+    sources: Chain,
+    anchor: audit_chain.Head | None,
+    *,
+    named: bool = False,
+) -> tuple[list[str], bool]:
+    """Check one chain: its links, then its end against its state and `anchor`; (lines, intact)."""
     check = audit_chain.ChainCheck(allow_restarts=args.allow_restarts)
     written: audit_chain.Head | None = None
     state_problem: str | None = None
@@ -76,7 +116,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if check.problems > SHOW_BREAKS:
         lines.append(f"... and {check.problems - SHOW_BREAKS:,} more problem(s)")
     lines += _verify_notes(args, check, scan)
-    files = f"{len(sources.paths)} file(s)"
+    files = f"{len(sources.paths)} file(s)" + (f" of {sources.current}" if named else "")
     if not check.intact:
         unanchored = check.problems == len(check.breaks) and all(
             b.kind == "no-state" for b in check.breaks
@@ -96,8 +136,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             f"OK: {check.verified:,} record(s) verified in {files}, seq {check.first.seq:,} to "
             f"{check.head.seq:,}{reached}; last hash {check.head.hash}"
         )
-    sys.stdout.write("".join(printable(line) + "\n" for line in lines))
-    return 0 if check.intact else 1
+    return lines, check.intact
 
 
 def _verify_notes(args: argparse.Namespace, check: audit_chain.ChainCheck, scan: Scan) -> list[str]:
@@ -130,6 +169,11 @@ def _verify_notes(args: argparse.Namespace, check: audit_chain.ChainCheck, scan:
 def cmd_head(args: argparse.Namespace) -> int:
     """Print the chain head (``SEQ:HASH``) of the newest record, for the operator to keep elsewhere."""
     sources = find_sources(args)
+    if sources.several:
+        raise UsageError(
+            f"head: the files hold {len(sources.chains)} chains "
+            f"({', '.join(c.current for c in sources.chains)}); give one instance's files"
+        )
     if not sources.paths:
         raise AuditFileError(
             f"no audit records in {', '.join(args.files or []) or sources.current}"

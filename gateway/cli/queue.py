@@ -5,7 +5,8 @@ same atomic step the runner uses — so it never writes a file the runner may be
 writing. ``retry`` moves ``deferred/ID`` to ``active/ID``; ``delete`` moves a
 message to ``trash/`` (the runner logs ``message.deleted`` and removes it, at
 once or at its next start); ``requeue`` resets the failed recipients of a dead
-letter to pending and moves it to ``active/``. The running daemon looks at the
+letter to pending and moves it to ``active/``; ``drain``, ``resume`` and ``status``
+(`gateway.cli.queue_drain`) write or read the spool's drain marker. The running daemon looks at the
 spool every second, so a command takes effect within about a second.
 """
 
@@ -16,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from gateway.cli import queue_drain
 from gateway.config.environment import from_environment
 from gateway.config.toml import load
 from gateway.errors import MailgateError, UsageError
@@ -37,9 +39,11 @@ from gateway.queue.spool import (
 from gateway.terminal import printable
 
 
-def _spool(args: argparse.Namespace) -> Spool:
+def _spool(args: argparse.Namespace, *, must_exist: bool = True) -> Spool:
     config = load(args.config) if args.config else from_environment()
     spool = Spool(config.queue.path)
+    if not spool.exists() and not must_exist:
+        return spool
     if not spool.exists():
         raise MailgateError(
             f"queue.path: {config.queue.path} is not a spool (no active/ folder); "
@@ -103,7 +107,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     messages = _envelopes(spool, QUEUED)
     for state, envelope in messages:
         print(printable(_line(envelope, state, now, [r.address for r in envelope.pending])))
-    print(f"-- {len(messages)} message(s) queued", file=sys.stderr)
+    print(f"-- {len(messages)} message(s) queued; {queue_drain.state_line(spool)}", file=sys.stderr)
     return 0
 
 
@@ -251,3 +255,4 @@ def add_commands(subparsers: Any) -> None:
     command("dead", cmd_dead, "list dead letters")
     command("quarantine", cmd_quarantine, "list messages set aside: envelope or files refused")
     command("requeue", cmd_requeue, "move a dead letter back to the queue", with_id=True)
+    queue_drain.add_commands(sub, command, _spool)

@@ -1,9 +1,9 @@
 """What a reload may change: everything except what is bound or opened at start. Pure.
 
-``listener.listen``, ``listener.proxy_protocol``, ``metrics.listen`` and
-``audit.path``, the ``[queue]`` keys and the ``[cluster]`` table are fixed for the life of the process (a bound socket, an open
-file); a new config that changes one is refused as a whole, naming each key,
-so that nothing half-applies. Restart mailgate to change them.
+``listener.listen``, ``listener.proxy_protocol``, ``listener.reuse_port``, ``metrics.listen``,
+``audit.path``, the ``[queue]`` keys and the ``[cluster]`` table are fixed for the life of the
+process (a bound socket, an open file); a new config that changes one is refused as a whole,
+naming each key, so that nothing half-applies. Restart mailgate to change them.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from gateway.errors import Problem
 FIXED = (
     "listener.listen",
     "listener.proxy_protocol",
+    "listener.reuse_port",
     "metrics.listen",
     "audit.path",
     # the spool and its delivery runner are set up at start

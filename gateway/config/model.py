@@ -59,6 +59,7 @@ class ListenerConfig:
     proxy_trusted: tuple[
         Network, ...
     ] = ()  # the balancers: the only peers whose header is believed
+    reuse_port: bool = False  # SO_REUSEPORT: several instances on one host share the port
 
 
 @dataclass(frozen=True)

@@ -245,6 +245,7 @@ class _Reader:
             "min_data_rate",
             "proxy_protocol",
             "proxy_trusted",
+            "reuse_port",
         }
         t = self.table(document, "listener", known)
         listen = self.endpoint(t, "listener.listen", d.listen)
@@ -286,6 +287,7 @@ class _Reader:
             min_data_rate=self.integer(t, "listener.min_data_rate", d.min_data_rate, 0, 2**30),
             proxy_protocol=proxy_protocol,
             proxy_trusted=trusted or (),
+            reuse_port=self.boolean(t, "listener.reuse_port", d.reuse_port),
         )
 
     def metrics(self, document: Mapping[str, Any]) -> MetricsConfig:

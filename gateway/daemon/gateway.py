@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from twisted.internet import defer, task, threads
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.python.threadpool import ThreadPool
 
 from gateway.audit.events import Event
@@ -30,6 +29,7 @@ from gateway.config.changes import fixed_changes
 from gateway.config.model import Config, Rate
 from gateway.config.secrets import Secret, resolve_password
 from gateway.daemon import status as status_server
+from gateway.daemon.bind import listen_smtp
 from gateway.daemon.health import Readiness, WatchedConnector
 from gateway.daemon.metrics import Metrics
 from gateway.errors import ConfigError, MailgateError, Problem, SecretError
@@ -52,10 +52,21 @@ HASH_THREADS = max(1, min(4, (os.cpu_count() or 2) - 1))  # app password checks 
 
 
 class Gateway:
-    def __init__(self, reactor: Any, config: Config, audit: AuditLog | None = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        config: Config,
+        audit: AuditLog | None = None,
+        *,
+        instance: str | None = None,
+    ) -> None:
         self.reactor = reactor
         self.config = config
-        self.audit = audit or AuditLog(config.audit.path)
+        # `instance` names this gateway on every audit event: the argument, else
+        # `[cluster] instance`, else the hostname (AuditLog's default).
+        if instance is None and config.cluster is not None:
+            instance = config.cluster.instance
+        self.audit = audit or AuditLog(config.audit.path, instance=instance)
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.tokens = TokenCache(
@@ -101,6 +112,7 @@ class Gateway:
                 self.audit,
                 on_result=self.metrics.message_result,
                 cooldowns=self.cooldowns,
+                on_drain=self._drain_changed,
             )
             self.metrics.watch_queue(self.runner.queue_state)
 
@@ -203,16 +215,22 @@ class Gateway:
         if mode == "queue":
             if self.spool is None or self.runner is None:
                 return None
+            runner = self.runner
             return QueueTransaction(
                 self.spool,
                 mail,
                 route,
                 run_blocking=self.run_blocking,
                 on_committed=self.runner.submitted,
+                draining=lambda: runner.draining,
             )
         return RelayTransaction(
             [self._pool(name) for name in route], mail, self.cooldowns, self.reactor
         )
+
+    def _drain_changed(self, draining: bool) -> None:
+        """`mailgate queue drain` (or `resume`) was taken up: readiness follows it."""
+        self.readiness.draining = draining
 
     # --- reload ------------------------------------------------------------------------
 
@@ -276,9 +294,12 @@ class Gateway:
                     f"queue.path: cannot use {self.config.queue.path}: {exc.strerror}"
                 ) from None
         listen = self.config.listener.listen
-        endpoint_type = TCP6ServerEndpoint if ":" in listen.host else TCP4ServerEndpoint
-        endpoint = endpoint_type(self.reactor, listen.port, interface=listen.host)
-        self.port = await endpoint.listen(listener_factory(self))
+        self.port = await listen_smtp(
+            self.reactor,
+            listen,
+            listener_factory(self),
+            reuse_port=self.config.listener.reuse_port,
+        )
         bound = self.port.getHost().port
         self.readiness.listening = True
         status = {}

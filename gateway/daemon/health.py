@@ -1,6 +1,7 @@
 """Readiness: may a load balancer send this gateway traffic right now?
 
-Ready means: the listener is bound, a configuration is loaded, and every
+Ready means: the listener is bound, a configuration is loaded, the spool is not
+draining (``mailgate queue drain``), and every
 upstream's most recent connection attempt succeeded (an upstream not tried yet
 counts as fine). So readiness turns false when the provider becomes
 unreachable, and true again at the next successful attempt.
@@ -41,6 +42,7 @@ class Readiness:
     def __init__(self) -> None:
         self.listening = False
         self.config_loaded = False
+        self.draining = False  # `mailgate queue drain`: the balancer should send elsewhere
         self.attempts: dict[str, Attempt] = {}
         self.probing: set[str] = set()
 
@@ -62,6 +64,8 @@ class Readiness:
             found.append("listener not bound")
         if not self.config_loaded:
             found.append("no configuration loaded")
+        if self.draining:
+            found.append("draining (mailgate queue drain): not accepting queued mail")
         for name, attempt in sorted(self.attempts.items()):
             if not attempt.ok:
                 found.append(

@@ -5,7 +5,8 @@ The counterpart of `gateway.outbound.relay.RelayTransaction` for rules with
 the upstream, the body is streamed to ``incoming/ID/body`` as it arrives (never
 held whole in memory; plain file writes in the reactor thread), and at the end
 of data the message is committed durably — fsyncs and an atomic rename — before
-the app sees ``250``. Any write error gives ``452 4.3.1`` and removes the partial
+the app sees ``250``. While the spool drains (`gateway.queue.drain`), RCPT and DATA get
+``451 4.3.2``. Any write error gives ``452 4.3.1`` and removes the partial
 message. The commit's fsyncs run through the `run_blocking` the host hands in (a thread pool),
 so one session's disk wait does not stall the others. No reactor imports.
 """
@@ -43,8 +44,10 @@ class QueueTransaction:
         run_blocking: RunBlocking | None = None,
         on_committed: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.spool = spool
+        self.draining = draining  # `mailgate queue drain`: refuse with 451 4.3.2
         self.mail = mail
         self.route = route
         self.run_blocking = run_blocking
@@ -61,12 +64,16 @@ class QueueTransaction:
         return sorted({r.upstream for r in self.recipients})
 
     def rcpt(self, recipient: Address, route: tuple[str, ...], rule: str | None) -> Reply:
-        """Accepted after policy: the upstream is asked only at delivery."""
+        """Accepted after policy (the upstream is asked only at delivery); 451 4.3.2 while draining."""
+        if self.draining():
+            return replies.QUEUE_DRAINING
         self.recipients.append(RecipientState(recipient.text, route[0], rule, route=list(route)))
         return replies.QUEUE_RECIPIENT_OK
 
     def data(self) -> Reply:
-        """Open incoming/ID/body; 354, or 452 4.3.1 if the spool cannot be written."""
+        """Open incoming/ID/body; 354, 451 4.3.2 while draining, 452 4.3.1 if the spool cannot be written."""
+        if self.draining():
+            return replies.QUEUE_DRAINING
         queue_id = new_id(self.clock())
         try:
             self.writer = SpoolWriter(self.spool, queue_id)

@@ -28,6 +28,7 @@ from gateway.outbound.failover import Cooldowns
 from gateway.outbound.pool import UpstreamPool
 from gateway.queue import quarantine
 from gateway.queue.attempt import DeliveryAttempts
+from gateway.queue.drain import DrainWatch, holding, requested_at
 from gateway.queue.envelope import RecipientStatus
 from gateway.queue.settle import Settler
 from gateway.queue.spool import (
@@ -63,6 +64,7 @@ class DeliveryRunner:
         interval: float = SCAN_INTERVAL,
         on_result: Callable[[dict[str, Any]], None] | None = None,
         cooldowns: Cooldowns | None = None,
+        on_drain: Callable[[bool], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.spool = spool
@@ -81,6 +83,8 @@ class DeliveryRunner:
             reactor, spool, pools, self.cooldowns, audit, clock, self.duplicates
         )
         self.settler = Settler(spool, config, audit, clock, self.submitted, on_result)
+        self.drain = DrainWatch(spool)
+        self.on_drain = on_drain
         self._loop = task.LoopingCall(self.scan)
         self._loop.clock = reactor
 
@@ -164,7 +168,49 @@ class DeliveryRunner:
                 Event.GATEWAY_ERROR, error=f"queue scan failed: {exc.strerror}", type="OSError"
             )
 
+    @property
+    def draining(self) -> bool:
+        """``mailgate queue drain`` asked this instance to stop taking queued mail."""
+        return self.drain.draining
+
+    def _watch_drain(self) -> None:
+        """Take up a drain request (or its cancellation); say when a drain is done."""
+        change = self.drain.look()
+        if change == "started":
+            left = holding(self.spool)
+            line = self.drain.line or ""
+            self.audit.event(
+                Event.QUEUE_DRAIN_STARTED,
+                path=self.spool.path,
+                requested_at=requested_at(line),
+                incoming=left.incoming,
+                active=left.active,
+                deferred=left.deferred,
+            )
+            self.schedule.clear()  # every deferred message is due now, once
+            for queue_id in self.spool.ids(DEFERRED):
+                try:
+                    self.spool.move(queue_id, DEFERRED, ACTIVE, durable=False)
+                except MessageGone:
+                    pass
+        elif change == "resumed":
+            self.audit.event(Event.QUEUE_DRAIN_CANCELLED, path=self.spool.path)
+        if change is not None and self.on_drain is not None:
+            self.on_drain(self.drain.draining)
+        if self.drain.draining:
+            left = holding(self.spool)
+            if self.drain.finished(left):
+                started = requested_at(self.drain.line or "")
+                self.audit.event(
+                    Event.QUEUE_DRAINED,
+                    path=self.spool.path,
+                    duration_s=round(self.clock() - started, 3) if started else None,
+                    dead=left.dead,
+                    quarantine=left.quarantine,
+                )
+
     def _scan(self) -> None:
+        self._watch_drain()
         for queue_id in self.spool.ids(TRASH):
             if queue_id not in self.in_flight:
                 self._deleted(queue_id)

@@ -276,6 +276,10 @@ QUEUE_WRITE_FAILED = Reply(
 QUEUE_NOT_RUNNING = Reply(
     451, "4.3.5", "Queue delivery is not running; the gateway needs a restart"
 )
+# RFC 3463 X.3.2 "System not accepting network messages": mailgate queue drain.
+QUEUE_DRAINING = Reply(
+    451, "4.3.2", "This gateway is draining and not accepting queued mail; try again later"
+)
 OTHER_DELIVERY = Reply(
     452,
     "4.5.3",

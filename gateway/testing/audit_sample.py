@@ -129,6 +129,7 @@ def write(log: AuditLog, count: int, start: dt.datetime, seed: int = 5) -> int:
     for events in sessions(count, start, seed):
         for event in events:
             event["timestamp"] = event["timestamp"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            event.setdefault("instance", log.instance)
             log._sink.msg(
                 _order(None, "info", event)
             )  # the same sealing and line as AuditLog.event

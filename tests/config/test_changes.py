@@ -45,3 +45,9 @@ def test_reload_refuses_a_new_spool_path():
     running = toml.parse(queued_document(queue={"path": "/srv/a"}), "q.toml")
     new = toml.parse(queued_document(queue={"path": "/srv/b"}), "q.toml")
     assert [p.key for p in fixed_changes(running, new)] == ["queue.path"]
+
+
+def test_turning_reuse_port_on_is_refused():
+    """listener.reuse_port is how the socket was bound: a reload cannot change it."""
+    new = parse(listener={"listen": "127.0.0.1:2525", "reuse_port": True})
+    assert [p.key for p in fixed_changes(parse(), new)] == ["listener.reuse_port"]

@@ -317,3 +317,14 @@ def test_max_rcpt_commands_default_and_range() -> None:
     assert parse(document(), SOURCE).listener.max_rcpt_commands == 1000
     problem = problem_at(document(listener={"max_rcpt_commands": 0}), "listener.max_rcpt_commands")
     assert problem.expected == "an integer from 1 to 1000000"
+
+
+# --- issue 15: several instances on one port --------------------------------------------------
+
+
+def test_reuse_port_is_off_by_default_and_read_as_a_boolean() -> None:
+    """listener.reuse_port defaults to false; a non-boolean is a problem naming the key."""
+    assert parse(document(), SOURCE).listener.reuse_port is False
+    assert parse(document(listener={"reuse_port": True}), SOURCE).listener.reuse_port is True
+    problem = problem_at(document(listener={"reuse_port": "yes"}), "listener.reuse_port")
+    assert problem.expected == "true or false" and problem.found == "'yes' (string)"
