@@ -58,6 +58,7 @@ class ListenerConfig:
     proxy_trusted: tuple[
         Network, ...
     ] = ()  # the balancers: the only peers whose header is believed
+    add_received: bool = True  # prepend a Received field to every message (RFC 5321 4.4)
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,7 @@ class _Reader:
             "min_data_rate",
             "proxy_protocol",
             "proxy_trusted",
+            "add_received",
         }
         t = self.table(document, "listener", known)
         listen = self.endpoint(t, "listener.listen", d.listen)
@@ -284,6 +285,7 @@ class _Reader:
             min_data_rate=self.integer(t, "listener.min_data_rate", d.min_data_rate, 0, 2**30),
             proxy_protocol=proxy_protocol,
             proxy_trusted=trusted or (),
+            add_received=self.boolean(t, "listener.add_received", d.add_received),
         )
 
     def metrics(self, document: Mapping[str, Any]) -> MetricsConfig:

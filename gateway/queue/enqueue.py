@@ -87,8 +87,10 @@ class QueueTransaction:
         client_ip: str,
         helo: str | None,
         app: str | None = None,
+        message_id: str | None = None,
     ) -> Envelope:
-        """The envelope to commit with the body received so far."""
+        """The envelope to commit with the body received so far (`message_id`: the one the
+        gateway added when the app's message had none)."""
         assert self.writer is not None
         return Envelope(
             id=self.writer.id,
@@ -98,7 +100,7 @@ class QueueTransaction:
             mail_body=self.mail.body,
             size=self.writer.size,
             sha256=facts.sha256,
-            message_id=facts.message_id,
+            message_id=facts.message_id or message_id,
             session_id=session_id,
             client_ip=client_ip,
             helo=helo,
@@ -140,6 +142,7 @@ class QueueTransaction:
             client_ip=origin.client_ip,
             helo=origin.helo,
             app=getattr(origin, "app", None),
+            message_id=getattr(origin, "message_id", None),
         )
         assert self.run_blocking is not None
         self.handed_over = True
