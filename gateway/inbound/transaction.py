@@ -186,7 +186,9 @@ class Transaction:
                 delivered = {k: v for k, v in delivered.items() if k == "reason"}
             fields.update(delivered)
         if self.in_data:
-            fields.update(size=self.facts.size, message_id=self.message_id, sha256=self.facts.sha256)
+            fields.update(
+                size=self.facts.size, message_id=self.message_id, sha256=self.facts.sha256
+            )
             if self.headers is not None and self.headers.edits.rewrite_from:
                 fields["original_from"] = self.headers.original_from
             fields.update(self._added())

@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 
 from gateway.config.headers import HeaderEdits
+from gateway.policy.trace import MAX_RECEIVED, Trace
 from gateway.smtp.header_section import (
     CONTINUATION,
     END,
@@ -41,7 +42,6 @@ from gateway.smtp.header_section import (
     HeaderSection,
     run_of_fields,
 )
-from gateway.policy.trace import MAX_RECEIVED, Trace
 
 MAX_ORIGINAL_FROM = 65536  # octets of the original From kept for Reply-To and the audit
 

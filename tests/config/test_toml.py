@@ -317,3 +317,13 @@ def test_max_rcpt_commands_default_and_range() -> None:
     assert parse(document(), SOURCE).listener.max_rcpt_commands == 1000
     problem = problem_at(document(listener={"max_rcpt_commands": 0}), "listener.max_rcpt_commands")
     assert problem.expected == "an integer from 1 to 1000000"
+
+
+def test_add_received_default_and_type() -> None:
+    """listener.add_received: true by default; false turns it off; a non-boolean is a problem."""
+    assert parse(document(), SOURCE).listener.add_received is True
+    off = parse(document(listener={"add_received": False}), SOURCE)
+    assert off.listener.add_received is False
+    problem = problem_at(document(listener={"add_received": "no"}), "listener.add_received")
+    assert (problem.found, problem.expected) == ("'no' (string)", "true or false")
+    assert str(problem).startswith(f"{SOURCE}: listener.add_received: ")

@@ -144,4 +144,6 @@ def test_queued_record_and_origin_carry_the_added_message_id():
     assert queued["headers_added"] == ["Received", "Date", "Message-ID"]
     assert delivery.finished is not None
     _, origin = delivery.finished
-    assert origin.message_id == queued["message_id"] and origin.message_id.endswith("@mailgate.test>")
+    assert origin.message_id == queued["message_id"] and origin.message_id.endswith(
+        "@mailgate.test>"
+    )

@@ -23,7 +23,12 @@ from gateway.policy.trace import (
 
 WHEN = 1795829459.0  # Sat, 28 Nov 2026 01:30:59 +0000
 RECEIVED = received_field(
-    helo="app.test", client_ip="10.0.0.5", hostname="mailgate.test", with_="ESMTP", id_="ab12", when=WHEN
+    helo="app.test",
+    client_ip="10.0.0.5",
+    hostname="mailgate.test",
+    with_="ESMTP",
+    id_="ab12",
+    when=WHEN,
 )
 TRACE = Trace(RECEIVED, date_field(WHEN), message_id_field("mailgate.test", WHEN, "f" * 20))
 HEAD = b"From: app@example.com\r\nSubject: hi\r\n"
@@ -50,7 +55,9 @@ def test_received_has_the_rfc5321_form_folded_with_crlf_and_a_tab():
 
 def test_received_parses_as_one_field_with_the_date():
     """Python's email parser reads the folded field as one Received with its date."""
-    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(RECEIVED + HEAD + BODY)
+    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(
+        RECEIVED + HEAD + BODY
+    )
     [received] = [" ".join(value.split()) for value in message.get_all("Received")]
     assert received.startswith("from app.test ([10.0.0.5]) by mailgate.test")
     assert received.endswith("; Sat, 28 Nov 2026 01:30:59 +0000")
@@ -80,7 +87,7 @@ def test_any_helo_gives_an_ascii_field_that_cannot_be_restructured(helo):
     )
     name = safe_name(helo)
     assert field.isascii() and field.count(b"\r\n") == 3 and field.startswith(b"Received: from ")
-    assert not set(name) & set(" \t()<>;\\\"\r\n") and 0 < len(name) <= 255
+    assert not set(name) & set(' \t()<>;\\"\r\n') and 0 < len(name) <= 255
     assert all(len(line) < 998 for line in field.split(b"\r\n"))
 
 
@@ -88,7 +95,9 @@ def test_message_id_is_unique_and_names_our_host():
     """Two Message-IDs made in the same second differ; both end in @hostname."""
     first, second = (message_id_field("mailgate.test", WHEN) for _ in range(2))
     assert first != second
-    assert first.startswith(b"Message-ID: <20261128013059.") and first.endswith(b"@mailgate.test>\r\n")
+    assert first.startswith(b"Message-ID: <20261128013059.") and first.endswith(
+        b"@mailgate.test>\r\n"
+    )
 
 
 def test_received_is_prepended_and_the_rest_is_unchanged():
@@ -121,7 +130,9 @@ def test_an_all_header_message_gets_its_additions_at_the_end():
 
 def test_a_stripped_date_is_replaced():
     """strip_headers = ["Date"]: the message leaves without the app's Date, so ours is added."""
-    out, rewriter = run(HEAD + b"Date: app's\r\n" + BODY, edits=HeaderEdits(strip=frozenset({"date"})))
+    out, rewriter = run(
+        HEAD + b"Date: app's\r\n" + BODY, edits=HeaderEdits(strip=frozenset({"date"}))
+    )
     assert b"Date: app's" not in out and TRACE.date in out
 
 
@@ -153,7 +164,9 @@ def test_received_fields_are_counted_and_the_31st_stops_the_message():
 
 def test_without_a_trace_received_fields_go_by_uncounted():
     """No trace (the rewriter's old use): nothing added, nothing counted."""
-    out, rewriter = run(b"Received: a\r\n" + HEAD + BODY, trace=None, edits=HeaderEdits("r@x.example"))
+    out, rewriter = run(
+        b"Received: a\r\n" + HEAD + BODY, trace=None, edits=HeaderEdits("r@x.example")
+    )
     assert rewriter.received == 0 and rewriter.added == []
 
 
