@@ -201,9 +201,10 @@ class Transaction:
 
     @property
     def message_id(self) -> str | None:
-        """The message's Message-ID: the app's, or the one the gateway added."""
+        """The Message-ID the message left with: the one the gateway added (the app's message had
+        none, or a rule stripped it), else the app's."""
         added = self.headers.message_id if self.headers is not None else None
-        return self.facts.message_id or added
+        return added or self.facts.message_id
 
     def _added(self) -> dict[str, list[str]]:
         """``headers_added``: the fields the gateway wrote into the message (when any)."""

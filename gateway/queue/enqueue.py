@@ -90,7 +90,7 @@ class QueueTransaction:
         message_id: str | None = None,
     ) -> Envelope:
         """The envelope to commit with the body received so far (`message_id`: the one the
-        gateway added when the app's message had none)."""
+        gateway added, when the message had none or a rule stripped it)."""
         assert self.writer is not None
         return Envelope(
             id=self.writer.id,
@@ -100,7 +100,7 @@ class QueueTransaction:
             mail_body=self.mail.body,
             size=self.writer.size,
             sha256=facts.sha256,
-            message_id=facts.message_id or message_id,
+            message_id=message_id or facts.message_id,
             session_id=session_id,
             client_ip=client_ip,
             helo=helo,

@@ -147,3 +147,17 @@ def test_queued_record_and_origin_carry_the_added_message_id():
     assert origin.message_id == queued["message_id"] and origin.message_id.endswith(
         "@mailgate.test>"
     )
+
+
+def test_a_stripped_message_id_is_replaced_and_the_audit_names_ours():
+    """strip_headers = ["Message-ID"]: the message leaves with ours, and message_id is ours."""
+    rule = {"name": "all", "action": "relay", "upstream": "up", "strip_headers": ["Message-ID"]}
+    host = FakeHost(config({"rules": [rule]}))
+    session = start(host)
+    delivery = transaction(host, session)
+    sent = b"Message-ID: <app@internal.example>\r\nDate: x\r\n" + BODY
+    assert answer(send_body(session, sent)).code == 250
+    assert b"app@internal.example" not in delivery.body
+    [result] = host.events("message.result")
+    assert result["headers_added"] == ["Received", "Message-ID"]
+    assert result["message_id"].endswith("@mailgate.test>")
