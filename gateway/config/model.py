@@ -60,6 +60,7 @@ class ListenerConfig:
         Network, ...
     ] = ()  # the balancers: the only peers whose header is believed
     reuse_port: bool = False  # SO_REUSEPORT: several instances on one host share the port
+    add_received: bool = True  # prepend a Received field to every message (RFC 5321 4.4)
 
 
 @dataclass(frozen=True)

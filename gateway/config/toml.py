@@ -246,6 +246,7 @@ class _Reader:
             "proxy_protocol",
             "proxy_trusted",
             "reuse_port",
+            "add_received",
         }
         t = self.table(document, "listener", known)
         listen = self.endpoint(t, "listener.listen", d.listen)
@@ -288,6 +289,7 @@ class _Reader:
             proxy_protocol=proxy_protocol,
             proxy_trusted=trusted or (),
             reuse_port=self.boolean(t, "listener.reuse_port", d.reuse_port),
+            add_received=self.boolean(t, "listener.add_received", d.add_received),
         )
 
     def metrics(self, document: Mapping[str, Any]) -> MetricsConfig:

@@ -1,6 +1,9 @@
 """The message body between 354 and the end of data, on its way to the transaction's delivery.
 
-Body bytes go on with the rule's header edits applied, once the header checks passed: where
+Body bytes go on through the transaction's `gateway.policy.headers.HeaderRewriter`: the
+rule's header edits and the gateway's trace fields (Received, a missing Date and Message-ID)
+applied, once the header checks passed. More than `MAX_RECEIVED` Received fields in the
+app's header section is a mail loop: refused (``554 5.4.6``) like a failed check. Where
 a header edit (``rewrite_from``/``strip_headers``) or the From: check
 (`gateway.inbound.from_header`) applies, the header section must be well formed
 (`gateway.smtp.header_section`), and the From: check must pass. A refused message, or one
@@ -13,11 +16,14 @@ from __future__ import annotations
 from gateway.config.model import App
 from gateway.inbound.from_header import from_checked, from_problem
 from gateway.inbound.transaction import Transaction
+from gateway.policy.trace import MAX_RECEIVED
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 
 FROM_REFUSED = "From: header not owned by the app"  # the delivery's abort reason
 HEADERS_REFUSED = "header section not well formed"  # the delivery's abort reason
+LOOP_REFUSED = "mail loop (too many Received fields)"  # the delivery's abort reason
+LOOP_LIMIT = f"at most {MAX_RECEIVED} Received fields (mail loop, RFC 5321 6.3)"
 
 
 def pass_on(txn: Transaction, app: App | None, content: bytes) -> None:
@@ -28,13 +34,21 @@ def pass_on(txn: Transaction, app: App | None, content: bytes) -> None:
     txn.facts.update(content)
     if not headers_were_done and txn.facts.headers_done and _refused(txn, app):
         return
-    txn.delivery.write(txn.headers.feed(content) if txn.headers is not None else content)
+    if txn.headers is None:
+        txn.delivery.write(content)
+        return
+    out = txn.headers.feed(content)
+    if txn.headers.looped:
+        reason = f"the header section has more than {MAX_RECEIVED} Received fields: a mail loop"
+        _refuse(txn, replies.MAIL_LOOP, LOOP_LIMIT, reason, LOOP_REFUSED)
+        return
+    txn.delivery.write(out)
 
 
 def checks(txn: Transaction, app: App | None) -> list[str]:
     """The settings that check this message's header section (empty: none does)."""
     keys = [f"apps.{app.name}.check_from_header"] if app is not None and from_checked(app) else []
-    if txn.headers is not None:
+    if txn.headers is not None and txn.headers.edits:
         rule = next((r.rule for r in txn.accepted if r.rule), None)
         option = "rewrite_from" if txn.headers.edits.rewrite_from else "strip_headers"
         keys.append(f"rules[{rule}].{option}" if rule else f"rules.{option}")

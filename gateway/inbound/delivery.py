@@ -27,6 +27,7 @@ class Origin:
     client_ip: str
     helo: str | None
     app: str | None = None  # the app that authenticated (a DSN's sender must be vouched for)
+    message_id: str | None = None  # the Message-ID the gateway added (none, or stripped)
 
 
 class Delivery(Protocol):

@@ -15,7 +15,7 @@ from twisted.internet import defer
 from gateway.audit.events import RELAY_OUTCOMES, Event, Outcome
 from gateway.config.model import Rate
 from gateway.inbound import auth as app_auth
-from gateway.inbound import body
+from gateway.inbound import body, trace
 from gateway.inbound.admission import open_session
 from gateway.inbound.auth import AppLogin
 from gateway.inbound.delivery import Origin
@@ -23,7 +23,6 @@ from gateway.inbound.host import SessionHost
 from gateway.inbound.reload import follow_reload, reload_reached_transaction
 from gateway.inbound.transaction import Transaction
 from gateway.policy import rules as policy
-from gateway.policy.headers import HeaderRewriter
 from gateway.smtp import replies
 from gateway.smtp.address import Address
 from gateway.smtp.commands import Command, CommandError, parse_command, parse_mail, parse_rcpt
@@ -51,6 +50,7 @@ class Session:
         self.log = host.audit.bind(session_id=session_id)
         self.started = host.monotonic()
         self.helo: str | None = None
+        self.esmtp = False  # the app greeted with EHLO (the Received field's "with ESMTP")
         self.address: policy.IPAddress | None = None  # the client's, once admitted
         self.allowed = False
         self.opened = False  # session.opened written: the client's address is decided
@@ -159,7 +159,7 @@ class Session:
         if not argument:
             return replies.SYNTAX_ARGS.with_text("EHLO needs a domain or address literal")
         self._reset("EHLO")
-        self.helo = argument
+        self.helo, self.esmtp = argument, True
         lines = [f"{self.config.listener.hostname} greets {argument[:64]}"]
         lines += list(EXTENSIONS) + [f"SIZE {self.config.listener.max_message_size}"]
         if self.config.apps:
@@ -170,7 +170,7 @@ class Session:
         if not argument:
             return replies.SYNTAX_ARGS.with_text("HELO needs a domain")
         self._reset("HELO")
-        self.helo = argument
+        self.helo, self.esmtp = argument, False
         return Reply(250, "", f"{self.config.listener.hostname}")
 
     def smtp_NOOP(self, argument: str) -> Reply:  # noqa: N802
@@ -296,11 +296,12 @@ class Session:
         rule = decision.rule_name
         mode = decision.rule.delivery if decision.rule is not None else "relay"
         if txn.delivery is None:
-            delivery = self.host.delivery(mode, decision.route, txn.mail)
+            headers = trace.rewriter(self, edits)
+            mail = trace.upstream_mail(txn.mail, headers)
+            delivery = self.host.delivery(mode, decision.route, mail)
             if delivery is None:  # a reload added the first queue rule
                 return txn.refused(rcpt, replies.QUEUE_NOT_RUNNING, rule=rule, limit="queue.path")
-            txn.delivery = delivery
-            txn.headers = HeaderRewriter(edits) if edits else None
+            txn.delivery, txn.headers = delivery, headers
         else:
             mismatch = txn.mismatch(mode, decision.route, edits)
             if mismatch is not None:
@@ -371,7 +372,7 @@ class Session:
             self._finish(txn, reply, limit=limit)
             return reply
         txn.dot_sent = self.host.monotonic()
-        origin = Origin(self.session_id, self.client, self.helo, self.app)
+        origin = Origin(self.session_id, self.client, self.helo, self.app, txn.message_id)
         answer = txn.delivery.finish(txn.facts, origin)
         if isinstance(answer, defer.Deferred):
             answer.addErrback(self._delivery_failed, txn)

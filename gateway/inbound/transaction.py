@@ -67,7 +67,7 @@ class Transaction:
     refusal_limit: str | None = None  # the setting whose check refused it
     refusal_reason: str | None = None  # what the check found
     dot_sent: float | None = None  # when the end of data went upstream (for the latency metric)
-    headers: HeaderRewriter | None = None  # the rule's rewrite_from / strip_headers, if any
+    headers: HeaderRewriter | None = None  # the rule's header edits and the gateway's trace
     rcpt_commands: int = (
         0  # RCPT commands so far, whatever their reply (listener.max_rcpt_commands)
     )
@@ -132,7 +132,7 @@ class Transaction:
             return replies.OTHER_DELIVERY, "one delivery mode per transaction"
         if mode == "relay" and self.delivery.route != route:
             return replies.OTHER_ROUTE, "one upstream per transaction in relay mode"
-        if (self.headers.edits if self.headers else None) != edits:
+        if ((self.headers.edits if self.headers else None) or None) != (edits or None):
             return replies.OTHER_HEADER_EDITS, "one set of header edits per transaction"
         return None
 
@@ -187,16 +187,28 @@ class Transaction:
             fields.update(delivered)
         if self.in_data:
             fields.update(
-                size=self.facts.size, message_id=self.facts.message_id, sha256=self.facts.sha256
+                size=self.facts.size, message_id=self.message_id, sha256=self.facts.sha256
             )
             if self.headers is not None and self.headers.edits.rewrite_from:
                 fields["original_from"] = self.headers.original_from
+            fields.update(self._added())
         reason = reason or (self.refusal_reason if reply is self.refusal else None)
         if reason:
             fields["reason"] = reason
         if limit:
             fields["limit"] = limit
         return fields
+
+    @property
+    def message_id(self) -> str | None:
+        """The Message-ID the message left with: the one the gateway added (the app's message had
+        none, or a rule stripped it), else the app's."""
+        added = self.headers.message_id if self.headers is not None else None
+        return added or self.facts.message_id
+
+    def _added(self) -> dict[str, list[str]]:
+        """``headers_added``: the fields the gateway wrote into the message (when any)."""
+        return {"headers_added": self.headers.added} if self.headers and self.headers.added else {}
 
     def _omitted(self) -> dict[str, int]:
         return {"recipients_omitted": self.recipients_omitted} if self.recipients_omitted else {}
@@ -217,7 +229,8 @@ class Transaction:
             "rules": self.rules,
             "upstreams": queued["upstreams"],
             "size": self.facts.size,
-            "message_id": self.facts.message_id,
+            "message_id": self.message_id,
             "sha256": self.facts.sha256,
+            **self._added(),
             "reply": str(reply),
         }

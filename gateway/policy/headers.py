@@ -17,6 +17,15 @@ at the place of the first; the original value goes to a ``Reply-To:`` added at
 the end of the header section, unless the message (after stripping) already
 has a Reply-To. A message without From gets one. Sender is left alone (strip
 it with ``strip_headers`` if the provider objects to it).
+
+The trace (`gateway.policy.trace.Trace`) goes the same way: the gateway's Received field
+before the first line, a Date and a Message-ID at the end of the header section when the
+message (after stripping) has none, matched without regard to case. The app's Received
+fields are counted (`received`); past `MAX_RECEIVED` (`looped`) nothing more is returned
+and the message must be refused as a loop. Without header edits a header section that is
+not well formed is not refused: the rest passes through as it is, with only the Received
+field added (where the header section ends is not known, so nothing is added there).
+`added` names what was added, for the audit. Nothing the app sent is changed by the trace.
 Pure: no reactor, no I/O.
 """
 
@@ -25,6 +34,7 @@ from __future__ import annotations
 import re
 
 from gateway.config.headers import HeaderEdits
+from gateway.policy.trace import MAX_RECEIVED, Trace
 from gateway.smtp.header_section import (
     CONTINUATION,
     END,
@@ -39,8 +49,14 @@ MAX_ORIGINAL_FROM = 65536  # octets of the original From kept for Reply-To and t
 class HeaderRewriter:
     """Streaming header editor for one message. Feed regions; call `finish` at the end of data."""
 
-    def __init__(self, edits: HeaderEdits) -> None:
-        self.edits = edits
+    def __init__(self, edits: HeaderEdits | None = None, trace: Trace | None = None) -> None:
+        self.edits = edits = edits or HeaderEdits()
+        self.trace = trace
+        self.strict = bool(edits)  # a header section not well formed stops it (then refused)
+        self.received = 0  # Received fields in the app's header section
+        self.added: list[str] = []  # the fields the trace added, as the audit names them
+        self._prepended = False
+        self._present: set[str] = set()  # "date", "message-id": kept in the header section
         self.in_body = False
         self._field = "none"  # the current field: "keep", "drop", "first-from" or "other-from"
         self._original_from = bytearray()
@@ -48,14 +64,33 @@ class HeaderRewriter:
         self._reply_to_seen = False
         self._from_truncated = False
         self.section = HeaderSection()
+        watched = {"received", "date", "message-id"} if trace is not None else set()
         edited = edits.strip | {"reply-to"} | ({"from"} if edits.rewrite_from else set())
-        self._kept = run_of_fields(frozenset(edited))
-        self._dropped = run_of_fields(frozenset(edits.strip - {"from", "reply-to"}), named=True)
+        self._kept = run_of_fields(frozenset(edited | watched))
+        dropped = edits.strip - {"from", "reply-to"} - watched
+        self._dropped = run_of_fields(frozenset(dropped), named=True)
 
     @property
     def problem(self) -> str | None:
         """Why the header section is not well formed (then the message must be refused)."""
         return self.section.problem
+
+    @property
+    def message_id(self) -> str | None:
+        """The Message-ID the trace added (the message had none), else None."""
+        if self.trace is None or "Message-ID" not in self.added:
+            return None
+        return self.trace.message_id.partition(b":")[2].strip().decode("ascii")
+
+    @property
+    def looped(self) -> bool:
+        """More than `MAX_RECEIVED` Received fields: a mail loop (the message must be refused)."""
+        return self.received > MAX_RECEIVED
+
+    @property
+    def stopped(self) -> bool:
+        """Nothing more is returned: the message must be refused."""
+        return self.looped or (self.strict and self.problem is not None)
 
     @property
     def original_from(self) -> str | None:
@@ -70,9 +105,9 @@ class HeaderRewriter:
         """Return the bytes to relay for one region of whole lines."""
         if self.in_body:
             return content
-        out: list[bytes] = []
+        out: list[bytes] = [self._prepend()]
         start = 0
-        while start < len(content) and self.problem is None:
+        while start < len(content) and not self.stopped:
             if self._field == "keep":  # fields kept as they are go by at once
                 run = self.section.skip(content, start, self._kept)
                 out.append(content[start:run])
@@ -94,10 +129,11 @@ class HeaderRewriter:
         if self.in_body:
             return b""
         self.section.end_of_data()
-        if self.problem is not None:
+        if self.stopped:
             return b""
         self.in_body = True
-        return self._additions()
+        prefix = self._prepend()  # an empty message was never fed
+        return prefix if self.problem is not None else prefix + self._additions()
 
     def _header_line(self, line: bytes, out: list[bytes]) -> bool:
         """Handle one header-section line; False when it is the empty line that ends it."""
@@ -112,9 +148,16 @@ class HeaderRewriter:
             self.in_body = True
             out.append(self._additions())
             return False
-        if read.kind != FIELD:  # malformed: nothing more leaves (the message is refused)
-            return True
+        if read.kind != FIELD:  # malformed: with edits nothing more leaves (refused)
+            if self.strict:
+                return True
+            self.in_body = True  # without: the rest goes as it is
+            return False
         name = read.name
+        if name == "received" and self.trace is not None:
+            self.received += 1
+            if self.looped:
+                return True  # nothing more leaves: refused as a loop
         if name == "from" and self.edits.rewrite_from:
             if self._from_seen:
                 self._field = "other-from"
@@ -128,6 +171,8 @@ class HeaderRewriter:
         else:
             self._field = "keep"
             self._reply_to_seen |= name == "reply-to"
+            if name in ("date", "message-id"):
+                self._present.add(name)
             out.append(line)
         return True
 
@@ -141,7 +186,28 @@ class HeaderRewriter:
         assert self.edits.rewrite_from is not None
         return b"From: " + self.edits.rewrite_from.encode("ascii") + b"\r\n"
 
+    def _prepend(self) -> bytes:
+        """The Received field, once, before the first line."""
+        if self._prepended or self.trace is None or not self.trace.received:
+            return b""
+        self._prepended = True
+        self.added.append("Received")
+        return self.trace.received
+
     def _additions(self) -> bytes:
+        """What goes at the end of the header section: Reply-To, then a missing Date, Message-ID."""
+        out = self._reply_to()
+        if self.trace is not None:
+            for name, text, field in (
+                ("date", "Date", self.trace.date),
+                ("message-id", "Message-ID", self.trace.message_id),
+            ):
+                if name not in self._present:
+                    self.added.append(text)
+                    out += field
+        return out
+
+    def _reply_to(self) -> bytes:
         if not self.edits.rewrite_from:
             return b""
         if not self._from_seen:

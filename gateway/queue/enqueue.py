@@ -94,8 +94,10 @@ class QueueTransaction:
         client_ip: str,
         helo: str | None,
         app: str | None = None,
+        message_id: str | None = None,
     ) -> Envelope:
-        """The envelope to commit with the body received so far."""
+        """The envelope to commit with the body received so far (`message_id`: the one the
+        gateway added, when the message had none or a rule stripped it)."""
         assert self.writer is not None
         return Envelope(
             id=self.writer.id,
@@ -105,7 +107,7 @@ class QueueTransaction:
             mail_body=self.mail.body,
             size=self.writer.size,
             sha256=facts.sha256,
-            message_id=facts.message_id,
+            message_id=message_id or facts.message_id,
             session_id=session_id,
             client_ip=client_ip,
             helo=helo,
@@ -147,6 +149,7 @@ class QueueTransaction:
             client_ip=origin.client_ip,
             helo=origin.helo,
             app=getattr(origin, "app", None),
+            message_id=getattr(origin, "message_id", None),
         )
         assert self.run_blocking is not None
         self.handed_over = True

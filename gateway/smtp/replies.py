@@ -306,6 +306,7 @@ FROM_NOT_OWNED = Reply(550, "5.7.1", "From: header not allowed for the authentic
 FROM_NOT_SINGLE = Reply(550, "5.6.0", "Message must have exactly one From: header field")
 HEADERS_MALFORMED = Reply(550, "5.6.0", "Message header section not well formed (RFC 5322)")
 HEADER_SECTION_TOO_BIG = Reply(552, "5.3.4", "Message header section too big to check")
+MAIL_LOOP = Reply(554, "5.4.6", "Routing loop detected: too many Received header fields")
 
 # Connection limits and the listener's own closes.
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")

@@ -328,3 +328,13 @@ def test_reuse_port_is_off_by_default_and_read_as_a_boolean() -> None:
     assert parse(document(listener={"reuse_port": True}), SOURCE).listener.reuse_port is True
     problem = problem_at(document(listener={"reuse_port": "yes"}), "listener.reuse_port")
     assert problem.expected == "true or false" and problem.found == "'yes' (string)"
+
+
+def test_add_received_default_and_type() -> None:
+    """listener.add_received: true by default; false turns it off; a non-boolean is a problem."""
+    assert parse(document(), SOURCE).listener.add_received is True
+    off = parse(document(listener={"add_received": False}), SOURCE)
+    assert off.listener.add_received is False
+    problem = problem_at(document(listener={"add_received": "no"}), "listener.add_received")
+    assert (problem.found, problem.expected) == ("'no' (string)", "true or false")
+    assert str(problem).startswith(f"{SOURCE}: listener.add_received: ")
