@@ -26,7 +26,6 @@ from gateway.outbound.connector import UpstreamConnector, UpstreamSession
 from gateway.outbound.failure import UpstreamFailure
 from gateway.smtp.replies import POOL_BUSY
 
-
 LIMIT_TTL = 3600.0  # seconds a learned per-connection limit (or a fruitless retry) is kept
 
 

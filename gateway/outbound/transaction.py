@@ -82,7 +82,9 @@ class Transaction:
         self._closing = False  # the upstream said 421: the session is not handed on
         self._busy = False  # a command of ours waits for its reply
         self._in_data = False  # DATA was answered 354: only the body and the dot may follow
-        self.retried: dict[str, Any] = {}  # MAIL retried on a fresh connection: why, what it learned
+        self.retried: dict[
+            str, Any
+        ] = {}  # MAIL retried on a fresh connection: why, what it learned
         self._bug: Exception | None = None  # our own error while writing the body (relay)
         self._producer: Any = None
         self._throttling: Any = None  # the upstream transport our producer is registered with
@@ -145,7 +147,9 @@ class Transaction:
                 self.release(reusable(said, outcome))  # kept (RSET at its next use) unless 421
                 self.pool = self.session = None
                 continue
-            self._fail(UpstreamFailure(outcome, f"{name}: MAIL refused", said), reusable(said, outcome))
+            self._fail(
+                UpstreamFailure(outcome, f"{name}: MAIL refused", said), reusable(said, outcome)
+            )
             return
         if self.failure is None:
             self.failure = last or UpstreamFailure(
@@ -191,8 +195,12 @@ class Transaction:
                 carried = pool.carried(session)
             outcome = await self._mail(session, recipients, answers)
             said = None if isinstance(outcome, UpstreamFailure) else self.upstream_reply
-            if fresh:
-                self._learn(pool, carried, outcome)
+            if fresh:  # MAIL went through on the fresh connection: the pool learns the limit
+                if outcome is None and self._mailed and self.failure is None:
+                    pool.learn_limit(carried)
+                    self.retried["learned_limit"] = carried
+                else:  # refused there too: not the connection's limit
+                    pool.retry_fruitless()
             elif outcome is not None and carried and pool.may_retry():
                 if verdict(said, "MAIL", reused=True) is Verdict.CONNECTION_LIMIT:
                     self.retried = {"carried": carried, "reply": str(said) if said else "lost"}
@@ -204,17 +212,6 @@ class Transaction:
                 self._fail(outcome)
                 return None
             return outcome
-
-    def _learn(
-        self, pool: UpstreamPool, carried: int, outcome: Reply | UpstreamFailure | None
-    ) -> None:
-        """After the retry on a fresh connection: MAIL went through there (the pool learns the
-        upstream's per-connection limit), or not (such retries were fruitless: they stop)."""
-        if outcome is None and self._mailed and self.failure is None:
-            pool.learn_limit(carried)
-            self.retried["learned_limit"] = carried
-        else:
-            pool.retry_fruitless()
 
     async def _mail(
         self, session: UpstreamSession, recipients: list[str], answers: list[Reply | None]

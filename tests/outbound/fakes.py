@@ -79,7 +79,11 @@ class FakeSession:
         self.protocol = Protocol()
         self.transport = Transport()
         self.script: dict[str, Any] = {
-            "MAIL": OK, "RCPT": OK, "DATA": GO_AHEAD, "END": QUEUED, "RSET": OK
+            "MAIL": OK,
+            "RCPT": OK,
+            "DATA": GO_AHEAD,
+            "END": QUEUED,
+            "RSET": OK,
         }
         self.script.update(script)
         self.lines: list[bytes] = []  # each command line, in order

@@ -7,10 +7,10 @@ from typing import Any
 
 from twisted.internet import defer
 
+from gateway.outbound.classify import final, reflect, reusable
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.pool import PoolBusy
-from gateway.outbound.classify import final, reflect, reusable
 from gateway.outbound.transaction import Transaction
 from gateway.smtp import replies
 from gateway.smtp.replies import POOL_BUSY, Reply
