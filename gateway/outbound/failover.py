@@ -1,9 +1,10 @@
 """Failover order and cool-down for a rule's upstream list. Pure: time is passed in.
 
-An upstream whose session could not be opened (connection, TLS, greeting,
-EHLO, AUTH, 4xx) is put in cool-down for its ``failover_cooldown`` seconds:
-while cooling it is tried only after every upstream that is not, so that a
-dead primary does not cost every message its connect timeout.
+An upstream whose session could not be opened (connection, TLS, greeting -- a
+``421`` greeting, a connection-rate limit, too --, EHLO, AUTH, 4xx) is put in
+cool-down for its ``failover_cooldown`` seconds: while cooling it is tried only
+after every upstream that is not, so that a dead primary does not cost every
+message its connect timeout.
 """
 
 from __future__ import annotations

@@ -1,11 +1,18 @@
 """Upstream connection pool: reuse verified, authenticated sessions across messages.
 
 One pool per upstream. `acquire()` hands out an idle session after a ``RSET``
-health check, or opens a new one while fewer than ``max_connections`` are
-open, or waits (FIFO) for one to be released. `release()` returns a session
-after a completed transaction; it is closed instead when it has carried
-``pool_max_messages`` messages or sat idle for ``pool_idle_timeout`` seconds.
-A session that broke (timeout, lost connection, aborted body) is never reused.
+health check (the one place a session's leftover transaction is cleared), or opens a
+new one while fewer than ``max_connections`` are open, or waits (FIFO) for one to be
+released; ``fresh=True`` never hands out an idle one. `release()` returns a session
+after a transaction, delivered or not; it is closed with QUIT instead when it has
+carried its limit of messages or sat idle for ``pool_idle_timeout`` seconds. A session
+that broke (timeout, lost connection, aborted body, 421) is dropped, never reused.
+
+The limit is ``pool_max_messages``, or lower while the pool knows the upstream's own
+per-connection limit: `learn_limit` (a MAIL refused on a reused connection went through
+on a fresh one) holds for `LIMIT_TTL` seconds, so one stray 4xx never caps a pool for
+good. `retry_fruitless` (the fresh connection was refused too: not a per-connection
+limit) stops such retries for as long.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from twisted.internet import defer
 from gateway.outbound.connector import UpstreamConnector, UpstreamSession
 from gateway.outbound.failure import UpstreamFailure
 from gateway.smtp.replies import POOL_BUSY
+
+LIMIT_TTL = 3600.0  # seconds a learned per-connection limit (or a fruitless retry) is kept
 
 
 class PoolBusy(UpstreamFailure):
@@ -42,16 +51,51 @@ class UpstreamPool:
         self._opening = 0
         self._idle: list[_Idle] = []
         self._waiters: deque[defer.Deferred[None]] = deque()
-        self.messages: dict[int, int] = {}
+        self.messages: dict[int, int] = {}  # session id -> transactions that sent MAIL on it
         self.handshakes = 0
+        self.learned: int | None = None  # the upstream's own messages-per-connection limit
+        self._learned_until = 0.0
+        self._no_retry_until = 0.0
 
     @property
     def size(self) -> int:
         return len(self._open) + self._opening
 
-    def acquire(self, sender: str | None = None) -> defer.Deferred[UpstreamSession]:
-        """A session for a message from `sender` (which matters for username = "$sender")."""
-        return defer.Deferred.fromCoroutine(self._acquire(sender))
+    def acquire(
+        self, sender: str | None = None, *, fresh: bool = False
+    ) -> defer.Deferred[UpstreamSession]:
+        """A session for a message from `sender` (which matters for username = "$sender");
+        `fresh`: a newly opened one, never an idle one."""
+        return defer.Deferred.fromCoroutine(self._acquire(sender, fresh))
+
+    # --- messages per connection -----------------------------------------------------------
+
+    def carried(self, session: UpstreamSession) -> int:
+        """How many transactions sent MAIL on `session` so far."""
+        return self.messages.get(id(session), 0)
+
+    @property
+    def limit(self) -> int:
+        """Messages a connection carries before it is closed with QUIT."""
+        if self.learned is not None and self.clock.seconds() >= self._learned_until:
+            self.learned = None  # expired: the next connection runs to pool_max_messages
+        if self.learned is None:
+            return self.config.pool_max_messages
+        return max(1, min(self.learned, self.config.pool_max_messages))
+
+    def learn_limit(self, carried: int) -> None:
+        """The upstream refused MAIL on a connection after `carried` messages, and took it on a
+        fresh one: close connections after that many, for `LIMIT_TTL` seconds."""
+        self.learned = carried
+        self._learned_until = self.clock.seconds() + LIMIT_TTL
+
+    def may_retry(self) -> bool:
+        """Whether a MAIL refused on a reused connection is worth a fresh connection now."""
+        return self.clock.seconds() >= self._no_retry_until
+
+    def retry_fruitless(self) -> None:
+        """A fresh connection was refused the same way: it was not the connection's limit."""
+        self._no_retry_until = self.clock.seconds() + LIMIT_TTL
 
     def _take_idle(self, user: str | None) -> _Idle | None:
         """The most recently used idle session authenticated as `user`."""
@@ -60,14 +104,17 @@ class UpstreamPool:
                 return self._idle.pop(index)
         return None
 
-    async def _acquire(self, sender: str | None = None) -> UpstreamSession:
+    async def _acquire(self, sender: str | None = None, fresh: bool = False) -> UpstreamSession:
         user = self.connector.user_for(sender)
         while True:
-            while (idle := self._take_idle(user)) is not None:
+            while not fresh and (idle := self._take_idle(user)) is not None:
                 if idle.timer.active():
                     idle.timer.cancel()
                 session = idle.session
                 if session.protocol._lost_reason is not None:
+                    continue
+                if self.carried(session) >= self.limit:  # a limit learned while it sat idle
+                    self._close(session)
                     continue
                 try:
                     reply = await session.command(b"RSET", self.config.command_timeout)
@@ -78,7 +125,7 @@ class UpstreamPool:
                 self._close(session)
             if self.size < self.config.max_connections:
                 return await self._new(sender)
-            if self._idle:  # all idle sessions are another mailbox's: make room for ours
+            if self._idle:  # all idle sessions are another mailbox's (or fresh): make room
                 stale = self._idle.pop(0)
                 if stale.timer.active():
                     stale.timer.cancel()
@@ -137,16 +184,26 @@ class UpstreamPool:
         ):
             self._waiters.popleft().callback(None)
 
-    def release(self, session: UpstreamSession, reusable: bool) -> None:
+    def release(
+        self, session: UpstreamSession, reusable: bool, *, mailed: bool = True, spent: bool = False
+    ) -> None:
+        """Take `session` back after a transaction.
+
+        `reusable`: between transactions, and the upstream did not say it is closing;
+        `mailed`: the transaction sent MAIL on it (counted against the limit);
+        `spent`: reusable, but not for another message (its per-connection limit): QUIT.
+        """
         key = id(session)
-        count = self.messages.get(key, 0) + 1
-        self.messages[key] = count
+        count = self.messages.get(key, 0) + (1 if mailed else 0)
+        if key in self._open:
+            self.messages[key] = count
         alive = session.protocol._lost_reason is None
         if (
             reusable
             and alive
+            and not spent
             and not self.retired
-            and count < self.config.pool_max_messages
+            and count < self.limit
             and self.config.pool_idle_timeout > 0
         ):
             timer = self.clock.callLater(self.config.pool_idle_timeout, self._expire, session)

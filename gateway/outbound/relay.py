@@ -15,11 +15,12 @@ from typing import Any
 from twisted.internet import defer
 
 from gateway.config.model import UpstreamConfig
+from gateway.outbound.classify import reflect
 from gateway.outbound.connector import UpstreamSession
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.pool import UpstreamPool
-from gateway.outbound.transaction import Transaction, reflect
+from gateway.outbound.transaction import Transaction
 from gateway.smtp import replies
 from gateway.smtp.address import Address
 from gateway.smtp.commands import MailFrom

@@ -7,20 +7,25 @@ where the upstream offers PIPELINING (RFC 2920). Failover, the same for relay an
 - an upstream that cannot give a session (connection, TLS, greeting, EHLO, AUTH) is put in
   cool-down (`gateway.outbound.failover`) unless its pool was only busy, and the next is tried;
   a permanent refusal of the message itself (the upstream's 5xx, answered 5xx) ends the search;
-- MAIL answered 4xx moves to the next upstream (that session is closed: the 4xx may be its own
-  per-connection limit); MAIL answered 5xx is final (that session stays reusable);
+- MAIL refused (4xx, 421 or the connection lost) on a reused connection is tried once more on
+  a fresh one to the same upstream: its per-connection limit, which the pool then learns
+  (`gateway.outbound.classify` says what a reply means; `gateway.outbound.pool` keeps the limit);
+- MAIL answered 4xx moves to the next upstream; 5xx is final; either way the session, unless
+  it said 421, goes back to its pool (RSET at its next use), as after refused recipients, a
+  refused DATA or a refused message;
 - a hop the configuration no longer has is skipped.
 
 Then `rcpt` (more recipients, for cut-through), `data`, `write` or `send_body` (dot-stuffed),
 and `end` (the final dot). Each returns the upstream's reply after `expected` (so an odd
 positive code is never taken for success), or, once the transaction failed, `failure.reply`.
-`reflect` turns an upstream reply into what an app should see. A pooled session goes back to its
-pool after a complete reply (reusable unless it said 421) and is closed after any break.
+A pooled session goes back to its pool after a complete reply (reusable unless it said 421)
+and is dropped after any break.
 `audit_fields` is what every record of the transaction says about the upstream.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -29,6 +34,7 @@ from twisted.internet import defer
 from gateway.config.model import UpstreamConfig
 from gateway.outbound import envelope
 from gateway.outbound.body import pull
+from gateway.outbound.classify import Verdict, final, reflect, reusable, verdict
 from gateway.outbound.connector import UpstreamSession
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.failure import UpstreamFailure
@@ -39,34 +45,7 @@ from gateway.smtp.replies import Reply, expected
 
 Pools = Callable[[str], UpstreamPool | None]  # upstream name -> its pool (None: not configured)
 
-
-def reflect(reply: Reply) -> Reply:
-    """The upstream's reply as the app should see it.
-
-    Codes and enhanced codes are kept; a reply without an enhanced code gets the
-    generic one of its class (the app was promised ENHANCEDSTATUSCODES; the audit
-    keeps the upstream's reply as it was). A 421 (the *upstream* closing) becomes
-    451, since the app's own connection stays open; nonsense becomes 451.
-    """
-    if reply.code == 421:
-        return Reply(451, reply.enhanced or replies.default_enhanced(451), reply.text)
-    if not 200 <= reply.code < 600:
-        return replies.UPSTREAM_PROTOCOL
-    return reply.with_default_enhanced()
-
-
-def reusable(answer: Reply, reply: Reply) -> bool:
-    """May a session go back to its pool after `answer` (`reply` is what `expected` made of it)?
-
-    Only after a real reply (not one `expected` replaced) that does not announce the close (421).
-    """
-    return reply is answer and answer.code != 421
-
-
-def final(failure: UpstreamFailure) -> bool:
-    """A failure to get a session that no other upstream of the route would change."""
-    upstream = failure.upstream_reply
-    return upstream is not None and upstream.is_permanent and failure.reply.is_permanent
+__all__ = ["Pools", "Transaction", "final", "reflect", "reusable"]  # the reply rules: `classify`
 
 
 class Transaction:
@@ -99,6 +78,13 @@ class Transaction:
         self.dot_sent = False  # the final dot went out (its reply may not have come)
         self._smtputf8 = False  # MAIL carried SMTPUTF8
         self._done = False  # the session went back to its pool
+        self._mailed = False  # MAIL went out on the session (it counts against its limit)
+        self._closing = False  # the upstream said 421: the session is not handed on
+        self._busy = False  # a command of ours waits for its reply
+        self._in_data = False  # DATA was answered 354: only the body and the dot may follow
+        self.retried: dict[
+            str, Any
+        ] = {}  # MAIL retried on a fresh connection: why, what it learned
         self._bug: Exception | None = None  # our own error while writing the body (relay)
         self._producer: Any = None
         self._throttling: Any = None  # the upstream transport our producer is registered with
@@ -146,39 +132,23 @@ class Transaction:
             if pool is None:
                 self.tried.append({"upstream": name, "reason": "not configured"})
                 continue
-            try:
-                session = await pool.acquire(self.sender)
-            except UpstreamFailure as failure:
-                if not isinstance(failure, PoolBusy):  # busy is not broken: no cool-down
-                    self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)
-                self.tried.append({"upstream": name, "reason": failure.reason})
-                last = failure
-                if final(failure):
+            outcome = await self._upstream(pool, recipients, answers, before_mail)
+            if outcome is None:
+                return
+            if isinstance(outcome, UpstreamFailure):  # no session from this upstream
+                last = outcome
+                if final(outcome):
                     break
                 continue
-            self.cooldowns.succeeded(name)
-            if self.failure is not None:
-                pool.release(session, reusable=True)
-                return
-            if before_mail is not None:
-                try:
-                    before_mail()
-                except BaseException:
-                    pool.release(session, reusable=True)
-                    raise
-            self.pool, self.session, self._done = pool, session, False
-            refused = await self._mail(session, recipients, answers)
-            if refused is None:
-                return
-            said = self.upstream_reply or refused  # what the upstream answered, as it said it
-            if refused.is_transient and index < len(order) - 1:
+            said = self.upstream_reply or outcome  # what the upstream answered, as it said it
+            if outcome.is_transient and index < len(order) - 1:
                 self.tried.append({"upstream": name, "reason": f"MAIL answered {said.codes}"})
-                last = UpstreamFailure(refused, f"{name}: MAIL refused", said)
-                self.release(reusable=False)
+                last = UpstreamFailure(outcome, f"{name}: MAIL refused", said)
+                self.release(reusable(said, outcome))  # kept (RSET at its next use) unless 421
                 self.pool = self.session = None
                 continue
             self._fail(
-                UpstreamFailure(refused, f"{name}: MAIL refused", said), refused.is_permanent
+                UpstreamFailure(outcome, f"{name}: MAIL refused", said), reusable(said, outcome)
             )
             return
         if self.failure is None:
@@ -188,12 +158,68 @@ class Transaction:
             if self.failure.upstream_reply is not None:
                 self.upstream_reply = self.failure.upstream_reply
 
+    async def _upstream(
+        self,
+        pool: UpstreamPool,
+        recipients: list[str],
+        answers: list[Reply | None],
+        before_mail: Callable[[], None] | None,
+    ) -> Reply | UpstreamFailure | None:
+        """One upstream: a session, MAIL and the RCPTs. MAIL refused (4xx, 421, lost) on a reused
+        connection is tried once more on a fresh one (its per-connection limit, `classify`).
+
+        Returns MAIL's refusal, the failure to get a session, or None (accepted, or `failure` set).
+        """
+        name, fresh, carried = pool.config.name, False, 0
+        while True:
+            try:
+                session = await pool.acquire(self.sender, fresh=fresh)
+            except UpstreamFailure as failure:
+                if not isinstance(failure, PoolBusy):  # busy is not broken: no cool-down
+                    self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)
+                self.tried.append({"upstream": name, "reason": failure.reason})
+                return failure
+            self.cooldowns.succeeded(name)
+            if self.failure is not None:
+                pool.release(session, reusable=True, mailed=False)
+                return None
+            if before_mail is not None:
+                try:
+                    before_mail()
+                except BaseException:
+                    pool.release(session, reusable=True, mailed=False)
+                    raise
+            self.pool, self.session, self._done = pool, session, False
+            self._mailed = self._closing = False
+            if not fresh:
+                carried = pool.carried(session)
+            outcome = await self._mail(session, recipients, answers)
+            said = None if isinstance(outcome, UpstreamFailure) else self.upstream_reply
+            if fresh:  # MAIL went through on the fresh connection: the pool learns the limit
+                if outcome is None and self._mailed and self.failure is None:
+                    pool.learn_limit(carried)
+                    self.retried["learned_limit"] = carried
+                else:  # refused there too: not the connection's limit
+                    pool.retry_fruitless()
+            elif outcome is not None and carried and pool.may_retry():
+                if verdict(said, "MAIL", reused=True) is Verdict.CONNECTION_LIMIT:
+                    self.retried = {"carried": carried, "reply": str(said) if said else "lost"}
+                    self.release(reusable=said is not None and said.code != 421, spent=True)
+                    self.pool = self.session = None
+                    fresh = True
+                    continue
+            if isinstance(outcome, UpstreamFailure):
+                self._fail(outcome)
+                return None
+            return outcome
+
     async def _mail(
         self, session: UpstreamSession, recipients: list[str], answers: list[Reply | None]
-    ) -> Reply | None:
+    ) -> Reply | UpstreamFailure | None:
         """MAIL and the RCPTs not answered yet (pipelined where offered); fills `answers`.
 
-        Returns MAIL's refusal, or None (accepted, or `failure` set).
+        Returns MAIL's refusal, the connection's loss before MAIL's reply (not yet recorded),
+        or None (accepted, or `failure` set).
         """
         capabilities = session.capabilities
         name = session.config.name
@@ -219,21 +245,29 @@ class Transaction:
         )
         lines = [envelope.rcpt_line(recipients[i], smtputf8=self._smtputf8) for i in todo]
         pipelined: list[defer.Deferred[Reply]] = []
+        self._mailed = self._busy = True
         try:
             mail_sent = session.command(line)
             if "PIPELINING" in capabilities:
                 pipelined = [session.command(rcpt) for rcpt in lines]
-            answer = await mail_sent
+            try:
+                answer = await mail_sent
+            except UpstreamFailure as failure:  # lost before MAIL's reply: the caller decides
+                for sent in pipelined:
+                    sent.addErrback(lambda _: None)
+                return failure
             self.upstream_reply = answer  # as the upstream said it, even when it made no sense
             reply = expected(answer, 250)
             if reply.code != 250:
                 for sent in pipelined:
-                    await sent  # their 503s mean nothing; keep the replies in step
+                    with contextlib.suppress(UpstreamFailure):  # a 421 and the close
+                        await sent  # their 503s mean nothing; keep the replies in step
                 return reply
             for step, i in enumerate(todo):
                 sent = pipelined[step] if pipelined else session.command(lines[step])
                 answer = await sent
                 self.upstream_reply = answer
+                self._closing = self._closing or answer.code == 421
                 answers[i] = expected(answer, 250, 251)
         except BaseException as error:
             for sent in pipelined:
@@ -241,6 +275,8 @@ class Transaction:
             if not isinstance(error, UpstreamFailure):
                 raise
             self._fail(error)
+        finally:
+            self._busy = False
         return None
 
     def _refusal(self) -> Reply:
@@ -267,6 +303,7 @@ class Transaction:
             refused = replies.UPSTREAM_NO_SMTPUTF8  # MAIL went without SMTPUTF8
         if refused is not None:
             return refused
+        self._busy = True
         try:
             answer = await self.session.command(
                 envelope.rcpt_line(recipient, smtputf8=self._smtputf8)
@@ -274,20 +311,27 @@ class Transaction:
         except UpstreamFailure as failure:
             self._fail(failure)
             return self._refusal()
+        finally:
+            self._busy = False
         self.upstream_reply = answer  # as the upstream said it, even when it made no sense
+        self._closing = self._closing or answer.code == 421
         return expected(answer, 250, 251)
 
     async def data(self) -> Reply:
         """DATA: the upstream's 354, or its refusal (the session then goes back to its pool)."""
         if self.failure is not None or self.session is None:
             return self._refusal()
+        self._busy = True
         try:
             answer = await self.session.command(b"DATA")
         except UpstreamFailure as failure:
             self._fail(failure)
             return self._refusal()
+        finally:
+            self._busy = False
         self.upstream_reply = answer
         if answer.code == 354:
+            self._in_data = True
             return answer
         reply = expected(answer, 354)
         self.release(reusable(answer, reply))
@@ -357,18 +401,25 @@ class Transaction:
         producer.resumeProducing()
 
     def abort(self, reason: str, reply: Reply = replies.UPSTREAM_LOST) -> None:
-        """Give up (our decision): without the final dot nothing is delivered."""
+        """Give up (our decision): without the final dot nothing is delivered.
+
+        Between commands and before DATA (every recipient refused, the app sent RSET) the
+        session goes back to its pool; mid-command or mid-body it is dropped.
+        """
         if self.failure is None:
             self.failure = UpstreamFailure(reply, reason)
             self.aborted = True
-        self.release(reusable=False)
+        self.release(reusable=not self._busy and not self._in_data)
 
-    def release(self, reusable: bool) -> None:
-        """Hand the session back to its pool (once): kept for the next message, or closed."""
+    def release(self, reusable: bool, *, spent: bool = False) -> None:
+        """Hand the session back to its pool (once): kept for the next message, or closed
+        (with QUIT when `spent`: reusable, but at its per-connection limit)."""
         if self.session is not None and self.pool is not None and not self._done:
             self._done = True
             self.unthrottle()
-            self.pool.release(self.session, reusable)
+            self.pool.release(
+                self.session, reusable and not self._closing, mailed=self._mailed, spent=spent
+            )
 
     # --- the record -------------------------------------------------------------------------
 
@@ -400,4 +451,6 @@ class Transaction:
             fields["gateway_abort" if self.aborted else "upstream_error"] = self.failure.reason
         if self.tried:
             fields["upstreams_tried"] = self.tried
+        if self.retried:
+            fields["connection_retried"] = self.retried
         return fields

@@ -2,7 +2,8 @@
 
 A `FakeSession` answers each command from its `script` (by verb) at once, or holds the replies
 when `hold` is set so a test sees what was written before any reply came (pipelining).
-A `FakePool` hands out its session (or raises its failure) and records each release.
+A `FakePool` hands out its session (or raises its failure), or its `fresh` session when asked
+for a new connection, and records each release and what it learned about messages per connection.
 """
 
 from __future__ import annotations
@@ -77,7 +78,13 @@ class FakeSession:
         self.oauth_grant: str | None = None
         self.protocol = Protocol()
         self.transport = Transport()
-        self.script: dict[str, Any] = {"MAIL": OK, "RCPT": OK, "DATA": GO_AHEAD, "END": QUEUED}
+        self.script: dict[str, Any] = {
+            "MAIL": OK,
+            "RCPT": OK,
+            "DATA": GO_AHEAD,
+            "END": QUEUED,
+            "RSET": OK,
+        }
         self.script.update(script)
         self.lines: list[bytes] = []  # each command line, in order
         self.body = b""  # what was written after DATA, dot-stuffed, with the final dot
@@ -130,7 +137,13 @@ class FakePool:
         self.failure = failure
         self.senders: list[str | None] = []  # each acquire's sender
         self.released: list[tuple[FakeSession, bool]] = []
+        self.spent: list[FakeSession] = []  # released as spent (QUIT: its per-connection limit)
         self.pending: defer.Deferred[Any] | None = None  # set by `hold()`
+        self.fresh: FakeSession | None = None  # handed out by acquire(fresh=True)
+        self.fresh_asked = 0
+        self.counts: dict[int, int] = {}  # session id -> messages carried (MAIL sent)
+        self.learned: int | None = None
+        self.fruitless = False
 
     def hold(self) -> None:
         """The next acquire waits until `give()`."""
@@ -141,20 +154,42 @@ class FakePool:
         assert pending is not None
         pending.callback(None)
 
-    def acquire(self, sender: str | None = None) -> defer.Deferred[Any]:
+    def acquire(self, sender: str | None = None, *, fresh: bool = False) -> defer.Deferred[Any]:
         self.senders.append(sender)
-        return defer.Deferred.fromCoroutine(self._acquire())
+        return defer.Deferred.fromCoroutine(self._acquire(fresh))
 
-    async def _acquire(self) -> FakeSession:
+    async def _acquire(self, fresh: bool = False) -> FakeSession:
         if self.pending is not None:
             await self.pending
+        if fresh:
+            self.fresh_asked += 1
+            assert self.fresh is not None
+            return self.fresh
         if self.failure is not None:
             raise self.failure
         assert self.session is not None
         return self.session
 
-    def release(self, session: FakeSession, reusable: bool) -> None:
+    def release(
+        self, session: FakeSession, reusable: bool, *, mailed: bool = True, spent: bool = False
+    ) -> None:
         self.released.append((session, reusable))
+        if spent:
+            self.spent.append(session)
+        if mailed:
+            self.counts[id(session)] = self.carried(session) + 1
+
+    def carried(self, session: FakeSession) -> int:
+        return self.counts.get(id(session), 0)
+
+    def learn_limit(self, carried: int) -> None:
+        self.learned = carried
+
+    def may_retry(self) -> bool:
+        return not self.fruitless
+
+    def retry_fruitless(self) -> None:
+        self.fruitless = True
 
 
 def lookup(pools: Iterable[FakePool]) -> Any:

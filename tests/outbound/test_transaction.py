@@ -7,10 +7,11 @@ from typing import Any
 
 from twisted.internet import defer
 
+from gateway.outbound.classify import final, reflect, reusable
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.pool import PoolBusy
-from gateway.outbound.transaction import Transaction, final, reflect, reusable
+from gateway.outbound.transaction import Transaction
 from gateway.smtp import replies
 from gateway.smtp.replies import POOL_BUSY, Reply
 from tests.outbound.fakes import (
@@ -118,14 +119,23 @@ def test_a_permanent_refusal_to_give_a_session_stops_the_failover():
     assert backup.senders == [] and txn.upstream_reply == refused
 
 
-def test_mail_answered_4xx_fails_over_and_closes_that_session():
-    """MAIL 451 on the primary: the backup delivers; the primary's session is not reused."""
+def test_mail_answered_4xx_on_a_fresh_connection_fails_over_and_keeps_that_session():
+    """MAIL 451 on the primary's new connection: the backup delivers; the primary's session
+    goes back to its pool (a server that answered is not dropped)."""
     busy = Reply(451, "4.7.0", "Try later")
     primary, backup = pool("primary", MAIL=busy), pool("backup")
     txn = transaction(primary, backup)
     assert opened(txn, "ops@example.net") == [OK]
-    assert primary.released == [(primary.session, False)]
+    assert primary.released == [(primary.session, True)] and primary.fresh_asked == 0
     assert txn.tried == [{"upstream": "primary", "reason": "MAIL answered 451 4.7.0"}]
+
+
+def test_mail_4xx_on_the_last_upstreams_fresh_connection_keeps_the_session():
+    """MAIL 452 on the only upstream's new connection: the app gets it, the session is kept."""
+    busy = Reply(452, "4.3.1", "Insufficient system storage")
+    txn = transaction(pool("primary", MAIL=busy))
+    assert opened(txn, "ops@example.net") == [busy]
+    assert txn.pool.released == [(txn.session, True)]
 
 
 def test_mail_answered_5xx_is_final_and_the_session_stays_reusable():

@@ -1,0 +1,49 @@
+"""gateway.outbound.classify: what an upstream's reply means, at which step, on which connection."""
+
+from __future__ import annotations
+
+from gateway.outbound.classify import KNOWN, Verdict, known, verdict
+from gateway.smtp.replies import Reply
+
+OPENSMTPD = Reply(452, "4.5.3", "Too many recipients: Too many messages sent")
+EXIM = Reply(421, "", "too many messages in this connection")
+
+
+def test_a_4xx_at_mail_on_a_reused_connection_is_its_per_connection_limit():
+    """Any 4xx, a 421 or the loss at MAIL after earlier messages: a fresh connection may take it."""
+    for reply in (OPENSMTPD, EXIM, Reply(451, "4.3.0", "Try later"), None):
+        assert verdict(reply, "MAIL", reused=True) is Verdict.CONNECTION_LIMIT
+
+
+def test_the_same_reply_on_a_fresh_connection_is_an_ordinary_deferral():
+    """On a connection that carried nothing, 452 4.5.3 defers and a 421 or the loss closes."""
+    assert verdict(OPENSMTPD, "MAIL") is Verdict.DEFERRED
+    assert verdict(EXIM, "MAIL") is Verdict.CLOSING
+    assert verdict(None, "MAIL") is Verdict.CLOSING
+
+
+def test_452_4_5_3_at_rcpt_is_too_many_recipients_not_a_connection_limit():
+    """The words are not the trigger: OpenSMTPD's recipient limit at RCPT stays a deferral."""
+    assert verdict(Reply(452, "4.5.3", "Too many recipients"), "RCPT", reused=True) is (
+        Verdict.DEFERRED
+    )
+
+
+def test_a_5xx_at_mail_is_a_refusal_even_on_a_reused_connection():
+    """A permanent refusal is about the message, never the connection."""
+    assert verdict(Reply(550, "5.7.1", "Sender blocked"), "MAIL", reused=True) is Verdict.REFUSED
+
+
+def test_positive_replies_are_accepted_and_354_only_after_data():
+    """250 at any step and 354 after DATA go through; 354 anywhere else is no acceptance."""
+    assert verdict(Reply(250, "2.1.0", "OK"), "RCPT") is Verdict.ACCEPTED
+    assert verdict(Reply(354, "", "Go ahead"), "DATA") is Verdict.ACCEPTED
+    assert verdict(Reply(421, "4.4.2", "Bye"), "DOT") is Verdict.CLOSING
+
+
+def test_the_known_table_names_the_per_connection_limits_by_their_words():
+    """OpenSMTPD's and Exim's (and SES's) per-connection limit replies are recognised at MAIL."""
+    assert known(OPENSMTPD, "MAIL") is KNOWN[0]
+    assert known(EXIM, "MAIL") is KNOWN[1]
+    assert known(OPENSMTPD, "RCPT") is None
+    assert known(Reply(452, "4.5.3", "Too many recipients"), "MAIL") is None
