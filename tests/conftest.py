@@ -109,9 +109,16 @@ class RunningGateway:
     gateway: Any
     reactor: Any
 
+    stopped: bool = False
+
     def stop(self) -> None:
+        """Stop the gateway (once; the fixture's teardown calls it again): pooled upstream
+        sessions are QUIT, so a test can then wait for the upstream to see them end."""
         from twisted.internet import defer, threads
 
+        if self.stopped:
+            return
+        self.stopped = True
         threads.blockingCallFromThread(
             self.reactor, lambda: defer.Deferred.fromCoroutine(self.gateway.stop())
         )

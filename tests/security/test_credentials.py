@@ -78,6 +78,7 @@ def test_password_never_sent_in_cleartext(script, reason, scripted, start_gatewa
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     code, text = try_recipient(gw.port)
     assert code == 451 and text.startswith(b"4.7.10")
+    gw.stop()  # a session kept in the pool ends with the gateway's QUIT
     [connection] = upstream.wait_closed()
     assert connection.handshake is None
     assert not connection.saw_auth and not connection.saw_mail
@@ -103,6 +104,7 @@ def test_one_auth_attempt_per_connection_after_535(mechanism, scripted, start_ga
         first = client.rcpt("a@example.net")
         second = client.rcpt("b@example.net")
     assert first[0] == second[0] == 451 and first[1].startswith(b"4.7.0")
+    gw.stop()  # a session kept in the pool ends with the gateway's QUIT
     [connection] = upstream.wait_closed()
     assert len(upstream.connections) == 1
     tls_verbs = connection.commands("tls")

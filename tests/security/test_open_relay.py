@@ -11,6 +11,7 @@ as policy evaluated it — never rerouted, never reinterpreted.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 
@@ -51,8 +52,10 @@ def routes(scripted, start_gateway, ca):
     return make
 
 
-def envelope_lines(upstream: ScriptedUpstream, verb: bytes) -> list[bytes]:
-    """The exact MAIL or RCPT lines an upstream received, over all its connections."""
+def envelope_lines(gw: Any, upstream: ScriptedUpstream, verb: bytes) -> list[bytes]:
+    """The exact MAIL or RCPT lines an upstream received, over all its connections (the
+    gateway is stopped first: a session it kept in its pool ends with its QUIT)."""
+    gw.stop()
     lines = []
     for connection in upstream.wait_closed(len(upstream.connections)):
         lines += [line for _, line in connection.lines if line.upper().startswith(verb)]
@@ -137,7 +140,7 @@ def test_accepted_trick_recipient_reaches_its_route_byte_for_byte(recipient, rou
     """Prevents a recipient being rerouted or rewritten between the policy decision and the upstream."""
     gw, net, com = routes()
     assert send_recipients(gw.port, recipient)[0].startswith(b"250")
-    assert envelope_lines(net, b"RCPT") == [f"RCPT TO:<{recipient}>".encode()]
+    assert envelope_lines(gw, net, b"RCPT") == [f"RCPT TO:<{recipient}>".encode()]
     assert com.connections == []
     [result] = gw.audit.wait_for("message.result")
     assert result["recipients"][0]["address"] == recipient and result["rules"] == ["net"]
@@ -150,7 +153,7 @@ def test_trick_recipient_is_refused_and_never_relayed(recipient, code, enhanced,
     trick, control = send_recipients(gw.port, recipient, CONTROL)
     assert trick.startswith(b"%d %s" % (code, enhanced)), trick
     assert control.startswith(b"250")
-    assert envelope_lines(net, b"RCPT") == [f"RCPT TO:<{CONTROL}>".encode()]
+    assert envelope_lines(gw, net, b"RCPT") == [f"RCPT TO:<{CONTROL}>".encode()]
     assert com.connections == []
 
 
@@ -172,7 +175,7 @@ def test_nul_cr_lf_inside_rcpt_is_refused(argument, routes):
     refusals = replies[3:-2]  # after greeting, EHLO, MAIL; before the control RCPT and QUIT
     assert refusals and all(r.startswith(b"500 5.5.2") for r in refusals), replies
     assert replies[-2].startswith(b"250") and replies[-1].startswith(b"221")
-    assert envelope_lines(net, b"RCPT") == [f"RCPT TO:<{CONTROL}>".encode()]
+    assert envelope_lines(gw, net, b"RCPT") == [f"RCPT TO:<{CONTROL}>".encode()]
     assert com.connections == []
 
 
@@ -184,7 +187,7 @@ def test_accepted_sender_reaches_the_upstream_byte_for_byte(sender, routes):
     """Prevents the envelope sender (including the null sender <>) being rewritten on the way up."""
     gw, net, _ = routes()
     assert send_recipients(gw.port, CONTROL, sender=sender)[0].startswith(b"250")
-    assert envelope_lines(net, b"MAIL") == [f"MAIL FROM:<{sender}>".encode()]
+    assert envelope_lines(gw, net, b"MAIL") == [f"MAIL FROM:<{sender}>".encode()]
     [result] = gw.audit.wait_for("message.result")
     assert result["sender"] == sender
 

@@ -72,6 +72,7 @@ def test_starttls_response_injection_aborts_before_handshake(injected, scripted,
     upstream = scripted(starttls_reply=b"220 2.0.0 Ready\r\n" + injected)
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     with start_transaction(gw.port):
+        gw.stop()  # a session kept in the pool ends with the gateway's QUIT
         [connection] = upstream.wait_closed()
     assert connection.handshake != "ok"
     assert_nothing_sent_over_tls(connection)
@@ -99,6 +100,7 @@ def test_auth_mechanism_comes_from_the_post_tls_ehlo(scripted, start_gateway, ca
     )
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     assert try_recipient(gw.port)[0] == 250
+    gw.stop()  # a session kept in the pool ends with the gateway's QUIT
     [connection] = upstream.wait_closed()
     auth = [line for phase, line in connection.lines if line.upper().startswith(b"AUTH")]
     assert auth == [b"AUTH LOGIN"]
@@ -113,6 +115,7 @@ def test_auth_offered_only_before_tls_is_not_used(scripted, start_gateway, ca):
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     code, text = try_recipient(gw.port)
     assert code == 451 and text.startswith(b"4.7.0")
+    gw.stop()  # a session kept in the pool ends with the gateway's QUIT
     [connection] = upstream.wait_closed()
     assert not connection.saw_auth and not connection.saw_mail
     assert "no supported AUTH mechanism offered after TLS" in deferred_result(gw)["upstream_error"]
@@ -142,6 +145,7 @@ def test_tls_below_1_2_fails_the_handshake(version, mode, scripted, start_gatewa
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file)))
     code, text = try_recipient(gw.port)
     assert code == 451 and text.startswith(b"4.7.5 Upstream TLS handshake failed"), text
+    gw.stop()  # a session kept in the pool ends with the gateway's QUIT
     [connection] = upstream.wait_closed()
     assert connection.handshake is not None and connection.handshake.startswith("failed")
     assert_nothing_sent_over_tls(connection)
@@ -210,6 +214,7 @@ def test_unverifiable_certificate_gets_no_byte_over_tls(
     code, text = try_recipient(gw.port)
     assert code == 451 and text.startswith(b"4.7.5 Upstream TLS verification failed"), text
     assert reason.encode() in text
+    gw.stop()  # a session kept in the pool ends with the gateway's QUIT
     [connection] = upstream.wait_closed()
     assert_nothing_sent_over_tls(connection)
     assert reason in deferred_result(gw)["upstream_error"]
@@ -234,6 +239,7 @@ def test_pin_mismatch_aborts_before_auth(mode, scripted, start_gateway, ca, serv
     )
     code, text = try_recipient(gw.port)
     assert code == 451 and text.startswith(b"4.7.5")
+    gw.stop()  # a session kept in the pool ends with the gateway's QUIT
     [connection] = upstream.wait_closed()
     assert_nothing_sent_over_tls(connection)
     error = deferred_result(gw)["upstream_error"]
@@ -249,5 +255,6 @@ def test_matching_pin_passes(spelling, scripted, start_gateway, ca, server_cert)
     upstream = scripted()
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file, pin_sha256=[digest])))
     assert try_recipient(gw.port)[0] == 250
+    gw.stop()  # a session kept in the pool ends with the gateway's QUIT
     [connection] = upstream.wait_closed()
     assert connection.commands("tls")[:3] == [b"EHLO", b"AUTH", b"MAIL"]

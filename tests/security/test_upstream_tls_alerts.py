@@ -46,6 +46,7 @@ def test_refused_certificate_ends_with_an_alert_to_the_server(
     upstream = scripted(context=cert.server_context(), tls=mode)
     gw = start_gateway(relay_all(upstream_table(upstream, ca.ca_file, **settings)))
     assert try_recipient(gw.port)[0] == 451
+    gw.stop()  # a session kept in the pool ends with the gateway's QUIT
     [connection] = upstream.wait_closed()
     assert connection.handshake is not None
     assert REFUSED_CERTIFICATE.search(connection.handshake), connection.handshake
@@ -83,6 +84,7 @@ def test_server_protocol_version_alert_is_a_handshake_failure(
     [result] = gw.audit.wait_for("message.result")
     assert result["upstream_error"].startswith("up: TLS handshake failed: "), result
     assert "verification" not in result["upstream_error"]
+    gw.stop()  # a session kept in the pool ends with the gateway's QUIT
     [connection] = upstream.wait_closed()
     assert connection.handshake is not None and connection.handshake.startswith("failed")
     assert connection.commands("tls") == []
