@@ -1,8 +1,9 @@
-"""A stored body sent to an upstream: pulled by its transport, dot-stuffed, with a deadline.
+"""A body sent to an upstream: a stored one pulled by its transport, a streamed one throttled.
 
 The queue's body is on disk; `pull` registers a pull producer with the upstream connection, so
 a region is read only when the transport wants more (memory stays bounded whatever the size),
-and the whole body must go within the upstream's ``data_timeout``.
+and the whole body must go within the upstream's ``data_timeout``. A relayed body streams from
+the app as it arrives; `Throttle` lets the upstream's send buffer pause the app's connection.
 """
 
 from __future__ import annotations
@@ -86,3 +87,31 @@ class _PulledBody:
                 self.done.callback(None)
             else:
                 self.done.errback(error)
+
+
+class Throttle:
+    """The app's connection (a push producer) registered with the upstream's transport while a
+    relayed body streams, so a slow upstream pauses the app instead of filling memory."""
+
+    def __init__(self) -> None:
+        self._producer: Any = None
+        self._transport: Any = None  # the upstream transport the producer is registered with
+
+    def start(self, transport: Any, producer: Any) -> None:
+        if transport is not None:
+            self._producer, self._transport = producer, transport
+            transport.registerProducer(producer, True)
+
+    def stop(self) -> None:
+        """Unregister before any close (or the upstream would stop the app's connection), and
+        resume the app's side in case the upstream left it paused."""
+        producer, self._producer = self._producer, None
+        transport, self._transport = self._transport, None
+        if producer is None:
+            return
+        if transport is not None:  # a TLS transport wraps the producer: compare nothing, it is ours
+            try:
+                transport.unregisterProducer()
+            except (AttributeError, RuntimeError):
+                pass  # the upstream connection is already gone (a closed TLS layer cannot unregister)
+        producer.resumeProducing()

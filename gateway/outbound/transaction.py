@@ -32,8 +32,8 @@ from typing import Any
 from twisted.internet import defer
 
 from gateway.config.model import UpstreamConfig
-from gateway.outbound import envelope
-from gateway.outbound.body import pull
+from gateway.outbound import envelope, record
+from gateway.outbound.body import Throttle, pull
 from gateway.outbound.classify import Verdict, final, reflect, reusable, verdict
 from gateway.outbound.connector import UpstreamSession
 from gateway.outbound.failover import Cooldowns
@@ -86,8 +86,7 @@ class Transaction:
             str, Any
         ] = {}  # MAIL retried on a fresh connection: why, what it learned
         self._bug: Exception | None = None  # our own error while writing the body (relay)
-        self._producer: Any = None
-        self._throttling: Any = None  # the upstream transport our producer is registered with
+        self._throttle = Throttle()  # the app's producer, paused by the upstream's send buffer
 
     @property
     def upstream(self) -> UpstreamConfig | None:
@@ -381,24 +380,12 @@ class Transaction:
 
     def throttle(self, producer: Any) -> None:
         """Let the upstream's send buffer pause `producer` (the app's side) while the body streams."""
-        if self.session is not None and not self._done and self.session.transport is not None:
-            self._producer = producer
-            self._throttling = self.session.transport
-            self._throttling.registerProducer(producer, True)
+        if self.session is not None and not self._done:
+            self._throttle.start(self.session.transport, producer)
 
     def unthrottle(self) -> None:
-        """Undo `throttle` before any close (or the upstream would stop the app's connection),
-        and resume the app's side in case the upstream left it paused."""
-        producer, self._producer = self._producer, None
-        transport, self._throttling = self._throttling, None
-        if producer is None:
-            return
-        if transport is not None:  # a TLS transport wraps the producer: compare nothing, it is ours
-            try:
-                transport.unregisterProducer()
-            except (AttributeError, RuntimeError):
-                pass  # the upstream connection is already gone (a closed TLS layer cannot unregister)
-        producer.resumeProducing()
+        """Undo `throttle` before any close (or the upstream would stop the app's connection)."""
+        self._throttle.stop()
 
     def abort(self, reason: str, reply: Reply = replies.UPSTREAM_LOST) -> None:
         """Give up (our decision): without the final dot nothing is delivered.
@@ -425,32 +412,4 @@ class Transaction:
 
     def audit_fields(self) -> dict[str, Any]:
         """The upstream, its TLS session, who we were there and its own words, for the audit."""
-        up = self.upstream
-        fields: dict[str, Any] = {"upstream": up.name if up else next(iter(self.route), None)}
-        if up is not None:
-            fields.update(upstream_host=up.host, upstream_port=up.port, tls_mode=up.tls)
-        if self.session is not None:
-            fields.update(
-                tls_version=self.session.tls.version,
-                tls_cipher=self.session.tls.cipher,
-                peer_cert_sha256=self.session.tls.peer_cert_sha256,
-                auth_user=self.session.auth_user,
-            )
-            if self.session.oauth_grant:
-                fields.update(
-                    oauth_grant=self.session.oauth_grant,
-                    auth_mechanism=self.session.auth_mechanism,
-                )
-        if self.upstream_reply is not None:
-            fields.update(
-                upstream_code=self.upstream_reply.code,
-                upstream_enhanced=self.upstream_reply.enhanced,
-                upstream_reply=self.upstream_reply.text,
-            )
-        if self.failure is not None:
-            fields["gateway_abort" if self.aborted else "upstream_error"] = self.failure.reason
-        if self.tried:
-            fields["upstreams_tried"] = self.tried
-        if self.retried:
-            fields["connection_retried"] = self.retried
-        return fields
+        return record.upstream_fields(self)
