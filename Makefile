@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/mailgate demo
 
+# The tests start real HAProxy and Redis servers: .ci/packages installs the Debian packages if missing.
 test: $(STAMP)
+	bash .ci/packages
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m pytest -q bench/tests
 
