@@ -38,6 +38,7 @@ def test_sample_config_documents_every_key():
         keys_of(configuration.ListenerConfig)
         | keys_of(configuration.AuditConfig)
         | keys_of(configuration.MetricsConfig)
+        | keys_of(configuration.ClusterConfig)
         | keys_of(configuration.UpstreamConfig, skip=("name", "oauth"))
         | keys_of(configuration.App)
         | keys_of(configuration.Rule, skip=("upstreams", "headers"))
@@ -173,3 +174,12 @@ def test_haproxy_balances_three_instances_on_readyz():
     text = (DEPLOY / "haproxy.cfg").read_text()
     assert len(re.findall(r"^\s+server mailgate\d ", text, re.MULTILINE)) == 3
     assert "uri /readyz" in text and "send-proxy-v2" in text
+
+
+def test_configmap_shares_limits_through_the_bundled_redis():
+    """The replicas' config has [cluster] pointing at the Service redis.yaml defines."""
+    config = toml.parse(tomllib_loads(kind("ConfigMap")["data"]["mailgate.toml"]), "configmap.yaml")
+    service = next(d for d in manifests()["redis.yaml"] if d["kind"] == "Service")
+    assert config.cluster is not None
+    port = service["spec"]["ports"][0]["port"]
+    assert config.cluster.redis_url == f"redis://{service['metadata']['name']}:{port}/0"

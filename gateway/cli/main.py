@@ -94,6 +94,16 @@ def _check_cluster(source: str, config: Config, *, connect: bool) -> list[str]:
         shared.ping()
     except store.StoreError as exc:
         url = store.shown(config.cluster.redis_url)
+        if exc.refused_password:
+            key = next(
+                (
+                    f"cluster.{k}"
+                    for k in ("password_env", "password_file")
+                    if getattr(config.cluster, k)
+                ),
+                "cluster.password_env",
+            )
+            return [f"{source}: {key}: {url} refused the password, or wants one ({exc})"]
         return [f"{source}: cluster.redis_url: {url} does not answer PING ({exc})"]
     finally:
         shared.close()

@@ -64,6 +64,10 @@ return answer
 class StoreError(Exception):
     """Redis did not answer as it should: unreachable, slow, refused, or garbage."""
 
+    def __init__(self, text: str, *, refused_password: bool = False) -> None:
+        super().__init__(text)
+        self.refused_password = refused_password  # NOAUTH / WRONGPASS: the password is the problem
+
 
 def password(cluster: ClusterConfig) -> Secret | None:
     """The Redis password from ``password_env`` or ``password_file`` (raises `SecretError`)."""
@@ -165,8 +169,11 @@ class Store:
     def _call(action: object) -> object:
         try:
             return action()  # type: ignore[operator]
+        except redis.AuthenticationError as exc:
+            raise StoreError(_describe(exc), refused_password=True) from None
         except redis.RedisError as exc:
-            raise StoreError(_describe(exc)) from None
+            refused = "NOAUTH" in str(exc) or "WRONGPASS" in str(exc)
+            raise StoreError(_describe(exc), refused_password=refused) from None
         except (OSError, ValueError, TypeError, IndexError, UnicodeError) as exc:
             # a garbled reply can surface as a parser's error rather than redis-py's own
             raise StoreError(f"{type(exc).__name__}: {exc}"[:200]) from None

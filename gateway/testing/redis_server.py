@@ -22,15 +22,18 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` on 127.0.0.1; with `tls`, TLS only (``rediss://``) with that certificate."""
+    """``redis-server`` on 127.0.0.1; with `tls`, TLS only (``rediss://``); with `password`, AUTH required."""
 
-    def __init__(self, folder: str, tls: ServerCert | None = None) -> None:
+    def __init__(
+        self, folder: str, tls: ServerCert | None = None, password: str | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.binary = binary
         self.folder = folder
         self.tls = tls
+        self.password = password  # --requirepass: clients must AUTH with it
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -43,6 +46,8 @@ class RedisServer:
     def start(self, timeout: float = 20) -> None:
         args = [self.binary, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         args += ["--dir", self.folder, "--protected-mode", "no"]
+        if self.password is not None:
+            args += ["--requirepass", self.password]
         if self.tls is None:
             args += ["--port", str(self.port)]
         else:

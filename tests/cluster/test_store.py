@@ -9,6 +9,7 @@ import pytest
 
 from gateway.cluster.store import Store, StoreError, client
 from gateway.config.model import ClusterConfig
+from gateway.config.secrets import Secret
 from gateway.testing.redis_server import RedisServer
 
 
@@ -129,5 +130,25 @@ def test_rediss_with_an_unknown_ca_is_refused(tmp_path, ca):
     try:
         with pytest.raises(StoreError, match="(?i)certificate"):
             store(server.url).ping()
+    finally:
+        server.stop()
+
+
+def test_a_password_protected_redis_shares_the_budget(tmp_path):
+    """requirepass: stores given the password share one budget; one without it gets a StoreError."""
+
+    server = RedisServer(str(tmp_path), password="pw-for-redis")
+    server.start()
+    try:
+        cluster = ClusterConfig(redis_url=server.url, timeout=0.5)
+        one = Store(client(cluster, Secret("pw-for-redis"), 2), "a")
+        two = Store(client(cluster, Secret("pw-for-redis"), 2), "b")
+        assert [one.take("rate:all", 2, 3600), two.take("rate:all", 2, 3600)] == [True, True]
+        assert not one.take("rate:all", 2, 3600)
+        anonymous = Store(client(cluster, None, 1), "c")
+        with pytest.raises(StoreError) as refused:
+            anonymous.take("rate:all", 2, 3600)
+        assert refused.value.refused_password
+        assert "pw-for-redis" not in str(refused.value)
     finally:
         server.stop()
