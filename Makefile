@@ -16,9 +16,10 @@ demo: $(STAMP)
 	$(BIN)/mailgate demo
 
 # The tests start real HAProxy and Redis servers: .ci/packages installs the Debian packages if missing.
+# Four test processes (pytest-xdist): most tests wait on sockets and peers, not on the CPU.
 test: $(STAMP)
 	bash .ci/packages
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 4
 	$(BIN)/python -m pytest -q bench/tests
 
 # Not part of `test`: mailgate vs Postfix vs direct on loopback (see docs/performance.md).

@@ -20,6 +20,14 @@ from gateway.testing.pki import ServerCert, ThrowawayCA
 from gateway.testing.submission import SubmissionServer
 
 PASSWORD = "s3cret-Pa55word-never-logged"
+
+
+@pytest.fixture(autouse=True)
+def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables the CLI fits to the terminal are as wide in every test process (xdist workers too)."""
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("LINES", "50")
+
 USER = "relay@example.test"
 
 
