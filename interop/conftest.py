@@ -22,9 +22,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # the repository: gateway.testing, tests.conftest
 
-from gateway.testing.pki import ThrowawayCA  # noqa: E402
 from mtas import Server, start_all, stop_all  # noqa: E402
 from mtas.common import PASSWORD, USER  # noqa: E402
+
+from gateway.testing.pki import ThrowawayCA  # noqa: E402
 from tests.conftest import reactor, start_gateway  # noqa: E402, F401  (fixtures)
 
 NAMES = ("Postfix", "Dovecot", "Exim", "OpenSMTPD")
@@ -77,7 +78,9 @@ def expressible(server: Server, check: str) -> None:
         pytest.skip(f"{server.name}: {server.cannot[check]}")
 
 
-def upstream(server: Server, ca_file: str, role: str = "starttls", **overrides: Any) -> dict[str, Any]:
+def upstream(
+    server: Server, ca_file: str, role: str = "starttls", **overrides: Any
+) -> dict[str, Any]:
     """An [upstreams.NAME] table for the server's port of `role`."""
     table: dict[str, Any] = {
         "host": "localhost",

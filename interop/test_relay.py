@@ -139,6 +139,24 @@ def test_queue_mode_delivers_after_a_server_restart(server, start_gateway, pki, 
         server.wait_ready()
     [result] = gw.audit.wait_for("message.result", timeout=60)
     assert result["outcome"] == "delivered"
-    assert server.delivered(tag_of(content)).endswith(
-        as_stored(content)
+    assert server.delivered(tag_of(content)).endswith(as_stored(content))
+
+
+def test_tls12_only_server_is_relayed_to(server, start_gateway, pki):
+    """A server that speaks TLS 1.2 at most: relayed over TLS 1.2 (min_tls_version's default)."""
+    expressible(server, "tls12")
+    gw = start_gateway(relay_document(upstream(server, pki["ca_file"], "tls12")))
+    content = message(token())
+    assert relayed(server, gw, "tls12", content).endswith(as_stored(content))
+    [result] = gw.audit.wait_for("message.result")
+    assert result["tls_version"] == "TLSv1.2"
+
+
+def test_handshake_failure_is_not_called_a_verification_failure(server, start_gateway, pki):
+    """min_tls_version 1.3 against a TLS 1.2 server: 451 4.7.5 Upstream TLS handshake failed."""
+    expressible(server, "tls12")
+    gw = start_gateway(
+        relay_document(upstream(server, pki["ca_file"], "tls12", min_tls_version="1.3"))
     )
+    code, text = send(gw.port, message(token()))
+    assert code == 451 and text.startswith(b"4.7.5 Upstream TLS handshake failed"), (code, text)

@@ -18,7 +18,10 @@ def start_all(root: str, ca_file: str, cert_file: str, key_file: str) -> dict[st
     """Configure and start Postfix, Dovecot, Exim and OpenSMTPD in parallel; wait until each
     greets on every port. Postfix authenticates through Dovecot; Dovecot relays to Postfix."""
     pki = {"ca_file": ca_file, "cert_file": cert_file, "key_file": key_file}
-    folders = {name: os.path.join(root, name.lower()) for name in ("Postfix", "Dovecot", "Exim", "OpenSMTPD")}
+    folders = {
+        name: os.path.join(root, name.lower())
+        for name in ("Postfix", "Dovecot", "Exim", "OpenSMTPD")
+    }
     for folder in folders.values():
         os.makedirs(folder, exist_ok=True)
     dovecot = Dovecot(folders["Dovecot"], **pki)

@@ -55,7 +55,11 @@ def greets(port: int, *, implicit: bool = False) -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
             if implicit:
                 return True
-            return sock.recv(512).startswith(b"220")
+            if not sock.recv(512).startswith(b"220"):
+                return False
+            sock.sendall(b"QUIT\r\n")  # a good citizen: the server logs a clean end
+            sock.recv(512)
+            return True
     except OSError:
         return False
 
@@ -83,6 +87,7 @@ class Server:
     cannot: dict[str, str] = field(default_factory=dict)
     refusal_code: int = 550  # its reply to RCPT TO:<REFUSED>, and a part of the text
     refusal: str = ""
+    auth_refusal: str = ""  # the text of its reply to a wrong password
     login_logged: str = ""  # a regular expression: its log says AUTH LOGIN was used
 
     def __post_init__(self) -> None:

@@ -20,8 +20,11 @@ class Dovecot(Server):
 
     def __post_init__(self) -> None:
         self.name = "Dovecot"
-        self.refusal_code, self.refusal = 554, 'Recipient address rejected: interop: this mailbox is refused by Postfix'
-        self.login_logged = 'method=LOGIN'
+        self.refusal_code, self.refusal = (
+            554,
+            "Recipient address rejected: interop: this mailbox is refused by Postfix",
+        )
+        self.login_logged = "method=LOGIN"
         self.cannot = {
             "sender_login": "Dovecot submission relays to Postfix's trusted relay service, which checks no sender login",
             "plain": "Dovecot offers STARTTLS on every listener once ssl = yes",
@@ -29,6 +32,7 @@ class Dovecot(Server):
             "which Postfix's SASL shares",
             "per_connection_limit": "Dovecot submission has no per-connection message limit",
             "enhanced_null": "Dovecot sends an enhanced code with every reply (535 5.7.8)",
+            "tls12": "ssl_min_protocol is one setting for the whole instance (2.3 has no maximum)",
             "limited": "Dovecot has no connection-rate limit that answers 421 at the greeting",
         }
 
@@ -121,7 +125,9 @@ service auth {{
     def connections(self, text: str, port: int) -> int:
         """Logins (submission-login `Login: user=` lines; Dovecot logs no port, so the suite reads
         the log of one test at a time)."""
-        return len([line for line in self._lines(text, "submission-login: ") if "Login: user=" in line])
+        return len(
+            [line for line in self._lines(text, "submission-login: ") if "Login: user=" in line]
+        )
 
     def closing_pattern(self) -> str:
         return r"Disconnected"

@@ -2,9 +2,9 @@
 
 ``exim4 -C FILE -bdf`` as root in its own folder (spool, logs, maildir). STARTTLS on one port,
 ``tls_on_connect_ports`` for 465; PLAIN and LOGIN authenticators advertised only once TLS is up;
-``smtp_accept_max_per_connection`` is 5 on the ``per_connection`` port; a connect ACL answers the
-``limited`` port with a 4xx greeting; the ``plain`` port does not offer STARTTLS; the
-``login_only`` port advertises LOGIN alone. Exim (GnuTLS) answers without enhanced codes.
+``smtp_accept_max_per_connection`` is 5 on the ``per_connection`` port; on the ``limited`` port
+``smtp_accept_max_per_host`` is 1, so a second connection from 127.0.0.1 gets a 421 greeting; the ``plain`` port does not offer STARTTLS; the
+``login_only`` port advertises LOGIN alone; the ``tls12`` port speaks TLS 1.2 at most. Exim (GnuTLS) answers without enhanced codes.
 """
 
 from __future__ import annotations
@@ -17,15 +17,16 @@ import subprocess
 from .common import CACHE, DOMAIN, PASSWORD, REFUSED, USER, Closing, Server, free_port, run, write
 
 EXIM = os.path.join(CACHE, "exim", "usr", "sbin", "exim4")
-ROLES = ("starttls", "implicit", "plain", "login_only", "per_connection", "limited")
+ROLES = ("starttls", "implicit", "plain", "login_only", "per_connection", "limited", "tls12")
 PER_CONNECTION = 5
 
 
 class Exim(Server):
     def __post_init__(self) -> None:
         self.name = "Exim"
-        self.refusal_code, self.refusal = 550, 'interop: this mailbox is refused by Exim'
-        self.login_logged = 'A=login:'
+        self.refusal_code, self.refusal = 550, "interop: this mailbox is refused by Exim"
+        self.auth_refusal = "Incorrect authentication data"
+        self.login_logged = "A=login:"
         self.cannot = {
             "sender_login": "this Exim set-up does not check sender ownership (reject_sender_login_mismatch is Postfix's)",
         }
@@ -41,7 +42,9 @@ class Exim(Server):
     def conf(self) -> str:
         r, p = self.root, self.ports
         auth_ok = "${if def:tls_in_cipher}"
-        plain_ok = f"${{if and{{{{def:tls_in_cipher}}{{!eq{{$received_port}}{{{p['login_only']}}}}}}}}}"
+        plain_ok = (
+            f"${{if and{{{{def:tls_in_cipher}}{{!eq{{$received_port}}{{{p['login_only']}}}}}}}}}"
+        )
         return f"""\
 # Written by interop/mtas/exim.py
 primary_hostname = exim.interop.test
@@ -56,21 +59,17 @@ tls_on_connect_ports = {p["implicit"]}
 tls_advertise_hosts = ${{if eq{{$received_port}}{{{p["plain"]}}}{{}}{{*}}}}
 tls_certificate = {r}/pki/server.crt
 tls_privatekey = {r}/pki/server.key
+tls_require_ciphers = ${{if eq{{$received_port}}{{{p["tls12"]}}}{{NORMAL:-VERS-TLS1.3}}{{NORMAL}}}}
 smtp_accept_max_per_connection = ${{if eq{{$received_port}}{{{p["per_connection"]}}}{{{PER_CONNECTION}}}{{1000}}}}
 message_size_limit = 20M
 domainlist local_domains = {DOMAIN}
-acl_smtp_connect = acl_connect
+smtp_accept_max_per_host = ${{if eq{{$received_port}}{{{p["limited"]}}}{{1}}{{1000}}}}
 acl_smtp_rcpt = acl_rcpt
 never_users = root
 host_lookup =
 rfc1413_hosts =
 
 begin acl
-
-acl_connect:
-  defer condition = ${{if eq{{$received_port}}{{{p["limited"]}}}}}
-        message = interop: too many connections (Exim)
-  accept
 
 acl_rcpt:
   deny recipients = {REFUSED}
@@ -146,6 +145,15 @@ login:
         out = run(EXIM, "-C", os.path.join(self.root, "exim.conf"), "-bV").stdout
         found = re.search(r"Exim version (\S+)", out)
         return f"Exim {found.group(1) if found else '?'}"
+
+    def tls_alert_logged(self, text: str) -> bool:
+        """GnuTLS logs the alert OpenSSL's client sends under TLS 1.3 (in the clear, before it
+        switched to handshake keys) as `Decryption has failed`, under TLS 1.2 as `Certificate is
+        bad`; a reset is `Error in the pull function`, a close without alert `The TLS connection
+        was non-properly terminated` (both measured with a plain client)."""
+        return bool(
+            re.search(r"\(gnutls_handshake\): (Decryption has failed|Certificate is bad)", text)
+        )
 
     def _lines(self, text: str, port: int, needle: str) -> list[str]:
         local = f"I=[127.0.0.1]:{port}"

@@ -3,7 +3,7 @@
 Each run copies the unpacked tree into its scratch folder (smtpd's queue and socket paths are
 compiled in, so the copy is what keeps two runs apart) and runs ``chroot ROOT smtpd -d -f
 /etc/smtpd.conf``: ``tls-require pki … auth <creds>`` on a STARTTLS port, ``smtps`` on a 465-style
-one, a ``plain`` port without TLS (no STARTTLS offered), delivery into one maildir as ``vmail``.
+one, a ``plain`` port without TLS (no STARTTLS offered), a ``tls12`` one (``protocols "tlsv1.2"``), delivery into one maildir as ``vmail``.
 It allows 100 messages per session (``smtp limit max-mails``, left at its default) and answers
 ``535 Authentication failed`` without an enhanced code.
 """
@@ -18,7 +18,7 @@ import subprocess
 from .common import CACHE, DOMAIN, PASSWORD, REFUSED, USER, Closing, Server, free_port, run, write
 
 UNPACKED = os.path.join(CACHE, "opensmtpd")
-ROLES = ("starttls", "implicit", "plain")
+ROLES = ("starttls", "implicit", "plain", "tls12")
 VMAIL_UID = 2525
 
 
@@ -26,8 +26,9 @@ class OpenSMTPD(Server):
     def __post_init__(self) -> None:
         self.name = "OpenSMTPD"
         self.chroot = os.path.join(self.root, "root")
-        self.refusal_code, self.refusal = 550, 'Invalid recipient: <refused@example.net>'
-        self.login_logged = 'x'
+        self.refusal_code, self.refusal = 550, "Invalid recipient: <refused@example.net>"
+        self.auth_refusal = "Authentication failed"
+        self.login_logged = "x"
         self.cannot = {
             "sender_login": "this OpenSMTPD set-up does not check sender ownership (reject_sender_login_mismatch is Postfix's)",
             "login_only": "OpenSMTPD always offers AUTH PLAIN LOGIN",
@@ -55,6 +56,8 @@ listen on 127.0.0.1 port {p["starttls"]} tls-require pki interop auth <creds> \\
 listen on 127.0.0.1 port {p["implicit"]} smtps pki interop auth <creds> \\
     hostname opensmtpd.interop.test
 listen on 127.0.0.1 port {p["plain"]} hostname opensmtpd.interop.test
+listen on 127.0.0.1 port {p["tls12"]} tls-require pki interop auth <creds> \\
+    protocols "tlsv1.2" hostname opensmtpd.interop.test
 action "inbox" maildir "/var/vmail" virtual <vusers>
 match auth from any for rcpt-to "{REFUSED}" reject
 match auth from any for domain "{DOMAIN}" action "inbox"

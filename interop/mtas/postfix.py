@@ -11,6 +11,7 @@ the log tells them apart:
 - login_only: ``smtpd_sasl_mechanism_filter = login``;
 - limited: ``smtpd_client_connection_rate_limit = 1`` (a 421 greeting from the second connection
   a minute on);
+- tls12: TLS 1.2 at most;
 - relay: what Dovecot's submission service relays to (trusted by address, no AUTH).
 """
 
@@ -33,7 +34,7 @@ from .common import (
     write,
 )
 
-ROLES = ("starttls", "implicit", "plain", "login_only", "limited", "relay")
+ROLES = ("starttls", "implicit", "plain", "login_only", "limited", "relay", "tls12")
 VMAIL = "nobody"  # the maildir's owner (virtual(8) delivers with a static uid)
 
 
@@ -43,8 +44,11 @@ class Postfix(Server):
     def __post_init__(self) -> None:
         self.name = "Postfix"
         self.etc = os.path.join(self.root, "etc")
-        self.refusal_code, self.refusal = 554, 'Recipient address rejected: interop: this mailbox is refused by Postfix'
-        self.login_logged = 'sasl_method=LOGIN'
+        self.refusal_code, self.refusal = (
+            554,
+            "Recipient address rejected: interop: this mailbox is refused by Postfix",
+        )
+        self.login_logged = "sasl_method=LOGIN"
         self.cannot = {
             "per_connection_limit": "Postfix has no per-connection message limit "
             "(smtpd_client_message_rate_limit counts per client over time, so a fresh "
@@ -126,6 +130,8 @@ smtpd_recipient_restrictions = check_recipient_access texthash:{self.etc}/recipi
             "-o smtpd_sasl_mechanism_filter=login",
             "limited": f"-o smtpd_tls_security_level=encrypt {sub} "
             "-o smtpd_client_connection_rate_limit=1 -o smtpd_client_event_limit_exceptions=",
+            "tls12": f"-o smtpd_tls_security_level=encrypt {sub} "
+            "-o smtpd_tls_mandatory_protocols=<=TLSv1.2 -o smtpd_tls_protocols=<=TLSv1.2",
             "relay": "-o smtpd_sender_restrictions= "
             "-o smtpd_relay_restrictions=permit_mynetworks,reject "
             f"-o {{ smtpd_recipient_restrictions = check_recipient_access "
