@@ -83,7 +83,7 @@ def upstream(
 ) -> dict[str, Any]:
     """An [upstreams.NAME] table for the server's port of `role`."""
     table: dict[str, Any] = {
-        "host": "localhost",
+        "host": "localhost" if role not in server.addresses else server.addresses[role],
         "port": server.ports[role],
         "tls": "implicit" if role == "implicit" else "starttls",
         "username": USER,

@@ -49,10 +49,10 @@ def wait_until(check: Callable[[], object], timeout: float, what: str) -> object
         time.sleep(0.05)
 
 
-def greets(port: int, *, implicit: bool = False) -> bool:
-    """True when something on 127.0.0.1:port accepts a connection (and, unless TLS, says 220)."""
+def greets(port: int, *, implicit: bool = False, host: str = "127.0.0.1") -> bool:
+    """True when something on host:port accepts a connection (and, unless TLS, says 220)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        with socket.create_connection((host, port), timeout=2) as sock:
             if implicit:
                 return True
             if not sock.recv(512).startswith(b"220"):
@@ -82,6 +82,7 @@ class Server:
     key_file: str
     name: str = ""
     ports: dict[str, int] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)  # a role's address, if not 127.0.0.1
     process: subprocess.Popen[bytes] | None = None
     # check name -> why this server cannot express it (the test is skipped with that reason)
     cannot: dict[str, str] = field(default_factory=dict)
@@ -120,9 +121,11 @@ class Server:
     def wait_ready(self, timeout: float = 60) -> None:
         for role, port in self.ready_ports().items():
             wait_until(
-                lambda p=port, r=role: greets(p, implicit=r == "implicit"),
+                lambda p=port, r=role: greets(
+                    p, implicit=r == "implicit", host=self.addresses.get(r, "127.0.0.1")
+                ),
                 timeout,
-                f"{self.name} answering on 127.0.0.1:{port} ({role}); see {self.log_path}",
+                f"{self.name} answering on port {port} ({role}); see {self.log_path}",
             )
 
     def restart(self) -> None:

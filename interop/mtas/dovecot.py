@@ -1,7 +1,8 @@
 """Dovecot 2.3: the SASL service Postfix authenticates against, and its own submission service.
 
 One instance (``dovecot -F -c FILE``) in its own folder: a passwd-file passdb, AUTH only after TLS
-(``disable_plaintext_auth``), submission on a STARTTLS port and a 465-style ``ssl = yes`` port,
+(``disable_plaintext_auth``), submission on a STARTTLS port and a 465-style ``ssl = yes`` port
+(and, on 127.0.0.2, where a ``local`` block says ``ssl = no``, a port without STARTTLS),
 relaying to the interop Postfix's ``relay`` service, whose maildir is where its mail arrives.
 """
 
@@ -27,7 +28,6 @@ class Dovecot(Server):
         self.login_logged = "method=LOGIN"
         self.cannot = {
             "sender_login": "Dovecot submission relays to Postfix's trusted relay service, which checks no sender login",
-            "plain": "Dovecot offers STARTTLS on every listener once ssl = yes",
             "login_only": "auth_mechanisms is one setting for the whole instance, "
             "which Postfix's SASL shares",
             "per_connection_limit": "Dovecot submission has no per-connection message limit",
@@ -87,11 +87,18 @@ service submission-login {{
     address = 127.0.0.1
     port = {self.ports["starttls"]}
   }}
+  inet_listener plain {{
+    address = 127.0.0.2
+    port = {self.ports["plain"]}
+  }}
   inet_listener submissions {{
     address = 127.0.0.1
     port = {self.ports["implicit"]}
     ssl = yes
   }}
+}}
+local 127.0.0.2 {{
+  ssl = no
 }}
 service auth {{
   unix_listener auth-postfix {{
@@ -101,7 +108,8 @@ service auth {{
 """
 
     def configure(self) -> None:
-        self.ports = {role: free_port() for role in ("starttls", "implicit")}
+        self.ports = {role: free_port() for role in ("starttls", "implicit", "plain")}
+        self.addresses = {"plain": "127.0.0.2"}  # `local 127.0.0.2 { ssl = no }`: no STARTTLS
         for name in ("run", "state", "home"):
             os.makedirs(os.path.join(self.root, name), exist_ok=True)
         os.chmod(os.path.join(self.root, "run"), 0o755)
