@@ -19,6 +19,14 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
+updated=""
+# apt-get install / download, with one `apt-get update` first if the lists are missing or stale.
+apt_retry() {
+    "$@" >/dev/null 2>&1 && return 0
+    if [ -z "$updated" ]; then apt-get update -qq && updated=1; fi
+    "$@" >/dev/null
+}
+
 # --- Postfix and Dovecot: the binaries; no system instance is configured or started -----------
 need=()
 command -v postfix >/dev/null 2>&1 || need+=(postfix)
@@ -33,24 +41,23 @@ if [ ${#need[@]} -gt 0 ]; then
         chmod 755 /usr/sbin/policy-rc.d
         created_policy=1
     fi
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }
-    [ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d
+    apt_retry apt-get install -y -qq --no-install-recommends "${need[@]}"
+    if [ -n "$created_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # --- Exim 4.96: unpacked, its libraries from apt, the Debian-exim user --------------------------
 if [ ! -x "$EXIM_ROOT/usr/sbin/exim4" ]; then
     echo "interop: unpacking Exim into $EXIM_ROOT"
+    rm -rf "$CACHE/debs/exim" "$EXIM_ROOT.new"
     mkdir -p "$CACHE/debs/exim" "$EXIM_ROOT.new"
-    (cd "$CACHE/debs/exim" && apt-get -qq -o APT::Sandbox::User=root download \
+    (cd "$CACHE/debs/exim" && apt_retry apt-get -qq -o APT::Sandbox::User=root download \
         exim4-daemon-light exim4-base exim4-config)
     for deb in "$CACHE"/debs/exim/*.deb; do dpkg -x "$deb" "$EXIM_ROOT.new"; done
     rm -rf "$EXIM_ROOT" && mv "$EXIM_ROOT.new" "$EXIM_ROOT"
 fi
 if ldd "$EXIM_ROOT/usr/sbin/exim4" | grep -q 'not found'; then
     echo "interop: installing Exim's libraries"
-    apt-get install -y -qq --no-install-recommends libgnutls-dane0 libidn12 libnsl2 >/dev/null \
-        || { apt-get update -qq && apt-get install -y -qq --no-install-recommends libgnutls-dane0 libidn12 libnsl2 >/dev/null; }
+    apt_retry apt-get install -y -qq --no-install-recommends libgnutls-dane0 libidn12 libnsl2
 fi
 if missing=$(ldd "$EXIM_ROOT/usr/sbin/exim4" | grep 'not found'); then
     echo "interop/setup.sh: exim4 still lacks libraries: $missing" >&2
