@@ -33,6 +33,7 @@ RESULTS = os.environ.get("MAILGATE_INTEROP_RESULTS", os.path.join(HERE, "results
 PASSWORD_ENV = "MAILGATE_TEST_PASSWORD"  # what tests/conftest.py's start_gateway sets
 _versions: dict[str, str] = {}
 _outcomes: list[dict[str, str]] = []
+_docs: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
@@ -140,9 +141,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         function = getattr(item, "function", None)
         docs[item.name.partition("[")[0]] = (function.__doc__ or "").strip().splitlines()[0:1]
     _docs.update({name: lines[0] if lines else "" for name, lines in docs.items()})
-
-
-_docs: dict[str, str] = {}
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -11,7 +11,8 @@ from mtas.common import DOMAIN, OTHER_SENDER, REFUSED, USER
 from tests.integration.queueing import queue_document
 
 
-def relayed(server, gw, role, content):
+def relayed(server, gw, content):
+    """Send `content` through the gateway (250 expected); the bytes the server stored."""
     code, text = send(gw.port, content)
     assert code == 250, (code, text)
     return server.delivered(tag_of(content))
@@ -21,7 +22,7 @@ def test_relay_over_starttls_with_auth_is_byte_intact(server, start_gateway, pki
     """587 (STARTTLS, TLS 1.3, AUTH): the message arrives in the server's maildir byte for byte."""
     gw = start_gateway(relay_document(upstream(server, pki["ca_file"])))
     content = message(token())
-    stored = relayed(server, gw, "starttls", content)
+    stored = relayed(server, gw, content)
     assert stored.endswith(as_stored(content))
     [result] = gw.audit.wait_for("message.result")
     assert result["tls_version"] == "TLSv1.3" and result["auth_user"] == USER
@@ -31,7 +32,7 @@ def test_relay_over_implicit_tls_with_auth_is_byte_intact(server, start_gateway,
     """465 (implicit TLS, AUTH): the message arrives byte for byte."""
     gw = start_gateway(relay_document(upstream(server, pki["ca_file"], "implicit")))
     content = message(token())
-    assert relayed(server, gw, "implicit", content).endswith(as_stored(content))
+    assert relayed(server, gw, content).endswith(as_stored(content))
     [result] = gw.audit.wait_for("message.result")
     assert result["tls_mode"] == "implicit" and result["auth_user"] == USER
 
@@ -90,7 +91,7 @@ def test_five_megabytes_arrive_intact(server, start_gateway, pki):
     line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789\r\n"
     content = message(token(), line * (5 * 1024 * 1024 // len(line)))
     assert len(content) > 5_000_000
-    assert relayed(server, gw, "starttls", content).endswith(as_stored(content))
+    assert relayed(server, gw, content).endswith(as_stored(content))
 
 
 def test_twenty_recipients_each_get_the_message(server, start_gateway, pki):
@@ -120,7 +121,7 @@ def test_auth_login_only_server(server, start_gateway, pki):
     mark = server.mark()
     gw = start_gateway(relay_document(upstream(server, pki["ca_file"], "login_only")))
     content = message(token())
-    assert relayed(server, gw, "login_only", content).endswith(as_stored(content))
+    assert relayed(server, gw, content).endswith(as_stored(content))
     assert re.search(server.login_logged, server.log_since(mark)), server.log_since(mark)
 
 
@@ -147,7 +148,7 @@ def test_tls12_only_server_is_relayed_to(server, start_gateway, pki):
     expressible(server, "tls12")
     gw = start_gateway(relay_document(upstream(server, pki["ca_file"], "tls12")))
     content = message(token())
-    assert relayed(server, gw, "tls12", content).endswith(as_stored(content))
+    assert relayed(server, gw, content).endswith(as_stored(content))
     [result] = gw.audit.wait_for("message.result")
     assert result["tls_version"] == "TLSv1.2"
 

@@ -30,7 +30,9 @@ from .common import (
     Closing,
     Server,
     ServerFailure,
+    free_port,
     run,
+    wait_until,
     write,
 )
 
@@ -145,11 +147,7 @@ smtpd_recipient_restrictions = check_recipient_access texthash:{self.etc}/recipi
         return text + "\n".join(lines) + "\n"
 
     def configure(self) -> None:
-        for role in ROLES:
-            self.ports.setdefault(role, 0)
-        from .common import free_port
-
-        self.ports = {role: port or free_port() for role, port in self.ports.items()}
+        self.ports = {role: free_port() for role in ROLES}
         for name in ("queue", "data", "mail"):
             os.makedirs(os.path.join(self.root, name), exist_ok=True)
         shutil.chown(os.path.join(self.root, "data"), "postfix")
@@ -181,7 +179,6 @@ smtpd_recipient_restrictions = check_recipient_access texthash:{self.etc}/recipi
     def halt(self) -> None:
         pid_file = os.path.join(self.root, "queue", "pid", "master.pid")
         run("postfix", "-c", self.etc, "stop")
-        from .common import wait_until
 
         def gone() -> bool:
             try:
