@@ -6,7 +6,7 @@ import re
 
 from conftest import expressible, relay_document, upstream
 from mail import as_stored, message, send, send_many, tag_of, token
-from mtas.common import DOMAIN, OTHER_SENDER, REFUSED, USER
+from mtas.common import BOUNCE_SENDER, DOMAIN, OTHER_SENDER, REFUSED, USER
 
 from tests.integration.queueing import queue_document
 
@@ -161,3 +161,20 @@ def test_handshake_failure_is_not_called_a_verification_failure(server, start_ga
     )
     code, text = send(gw.port, message(token()))
     assert code == 451 and text.startswith(b"4.7.5 Upstream TLS handshake failed"), (code, text)
+
+
+def test_queue_mode_dsn_is_accepted_and_delivered(server, start_gateway, pki, tmp_path):
+    """Queue mode, a recipient the server refuses: the DSN (MAIL FROM:<>) reaches the sender."""
+    document = queue_document(
+        upstream(server, pki["ca_file"]), str(tmp_path / "spool"), bounce=True
+    )
+    document["rules"][0].update(senders=[BOUNCE_SENDER], bounce_to_senders=True)
+    gw = start_gateway(document)
+    content = message(token())
+    code, _ = send(gw.port, content, [REFUSED], sender=BOUNCE_SENDER)
+    assert code == 250
+    dsn = server.delivered(tag_of(content), timeout=60)
+    assert b"report-type=delivery-status" in dsn and b"Action: failed" in dsn
+    assert server.recipient_of(dsn) == BOUNCE_SENDER
+    bounced = gw.audit.wait_for("message.bounced")
+    assert bounced[0]["to"] == BOUNCE_SENDER

@@ -23,6 +23,7 @@ USER = "relay@example.test"
 PASSWORD = "s3cret-Pa55word-never-logged"  # tests/conftest.py's, which start_gateway sets
 SENDER = "app@example.com"  # owned by USER where the server checks (Postfix)
 OTHER_SENDER = "other@example.com"  # owned by nobody
+BOUNCE_SENDER = "bounces-to@example.net"  # owned by USER, and a mailbox: a DSN to it arrives
 DOMAIN = "example.net"  # delivered into the server's maildir
 REFUSED = "refused@example.net"  # every server refuses this recipient, in its own words
 

@@ -22,6 +22,7 @@ import re
 import shutil
 
 from .common import (
+    BOUNCE_SENDER,
     DOMAIN,
     OTHER_SENDER,
     REFUSED,
@@ -155,7 +156,10 @@ smtpd_recipient_restrictions = check_recipient_access texthash:{self.etc}/recipi
         write(os.path.join(self.etc, "main.cf"), self.main_cf())
         write(os.path.join(self.etc, "master.cf"), self.master_cf())
         write(os.path.join(self.etc, "vmailbox"), f"@{DOMAIN} inbox/\n")
-        write(os.path.join(self.etc, "senders"), f"{SENDER} {USER}\n{OTHER_SENDER} nobody\n")
+        write(
+            os.path.join(self.etc, "senders"),
+            f"{SENDER} {USER}\n{BOUNCE_SENDER} {USER}\n{OTHER_SENDER} nobody\n",
+        )
         write(
             os.path.join(self.etc, "recipients"),
             f"{REFUSED} REJECT 5.1.1 interop: this mailbox is refused by Postfix\n",
