@@ -100,6 +100,13 @@ service submission-login {{
 local 127.0.0.2 {{
   ssl = no
 }}
+# No growing auth penalty per IP (everything comes from 127.0.0.1): a wrong password is answered
+# after auth_failure_delay (2 s), not up to 15 s, which could outlast mailgate's command_timeout.
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 service auth {{
   unix_listener auth-postfix {{
     mode = 0666
