@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-auth lint wheel-check clean
+.PHONY: demo test bench bench-auth lint wheel-check interop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,10 +35,18 @@ bench-auth: $(STAMP)
 
 # ruff (lint and the formatter's check), the import contracts (pyproject.toml [tool.importlinter]), mypy.
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests bench
-	$(BIN)/ruff format --check gateway tests bench
+	$(BIN)/ruff check gateway tests bench interop
+	$(BIN)/ruff format --check gateway tests bench interop
 	$(BIN)/lint-imports
 	$(BIN)/mypy gateway
+
+# Not part of `test`: real Postfix, Dovecot, Exim and OpenSMTPD on loopback as upstreams (root;
+# interop/setup.sh installs them, idempotently). Writes interop/results.json; README=1 also rewrites
+# the README's "Tested against" table from it. See docs/testing.md.
+interop: $(STAMP)
+	bash interop/setup.sh
+	$(BIN)/python -m pytest -c interop/pytest.ini interop
+	$(if $(README),$(BIN)/python interop/readme.py)
 
 # Builds the wheel, installs it offline into a fresh venv and runs `mailgate demo` from there.
 wheel-check: $(STAMP)
