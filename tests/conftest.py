@@ -28,6 +28,7 @@ def _wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")
     monkeypatch.setenv("LINES", "50")
 
+
 USER = "relay@example.test"
 
 
