@@ -110,7 +110,8 @@ def run(config: Config, load: Callable[[], Config] | None = None) -> int:
         reactor.stop()  # type: ignore[attr-defined]
 
     def started(port: int) -> None:
-        say(f"listening on {config.listener.listen.host}:{port}")
+        for bound in gateway.ports:
+            say(f"listening on {bound.getHost().host}:{bound.getHost().port}")
         if gateway.status_port is not None and config.metrics.listen is not None:
             say(
                 f"metrics and health on http://{config.metrics.listen.host}:{gateway.status_port.getHost().port}/"
@@ -132,5 +133,6 @@ def run(config: Config, load: Callable[[], Config] | None = None) -> int:
     if isinstance(outcome["error"], MailgateError):
         raise outcome["error"]  # already names the key and the problem (e.g. queue.path)
     if outcome["error"] is not None:
-        raise MailgateError(f"cannot listen on {config.listener.listen}: {outcome['error']}")
+        listen = ", ".join(str(entry) for entry in config.listener.listen)
+        raise MailgateError(f"cannot listen on {listen}: {outcome['error']}")
     return 0
