@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
@@ -177,9 +177,7 @@ def build_context(listener: ListenerConfig) -> SSL.Context:
     context.check_privatekey()
     if listener.client_ca_file:
         context.load_verify_locations(listener.client_ca_file)
-        with open(listener.client_ca_file, "rb") as handle:
-            cas = x509.load_pem_x509_certificates(handle.read())
-        context.set_client_ca_list([crypto.X509.from_cryptography(c).get_subject() for c in cas])
+        context.load_client_ca(listener.client_ca_file.encode())  # the CA names the app is sent
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, _verify)
     return context
 

@@ -43,7 +43,8 @@ from gateway.smtp.replies import (
 )
 
 MAX_PIPELINE_BUFFER = 64 * 1024  # pause reading past this many unprocessed bytes
-MIN_RATE_GRACE = 30.0  # seconds of DATA before min_data_rate is enforced
+MIN_RATE_GRACE = 30.0
+TLS_CLOSE_GRACE = 10.0  # seconds a TLS app has to answer our close_notify before the abort  # seconds of DATA before min_data_rate is enforced
 HTTP_VERBS = frozenset(
     {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "HOST:", "USER-AGENT:"}
 )
@@ -175,6 +176,11 @@ class SMTPServerProtocol(Protocol):
         if reply is not None:
             self.transport.write(reply.to_bytes())
         self.transport.loseConnection()
+        if self._handshake is not None:  # TLS waits for the app's close_notify: not for ever
+            self._cancel_timer()
+            self._timer = self.host.reactor.callLater(
+                TLS_CLOSE_GRACE, self.transport.abortConnection
+            )
 
     def proxy_header_received(self) -> None:
         """A trusted balancer's header named the client: count it now (an idle one counts too)."""
