@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import os
 import stat
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,11 +192,16 @@ class _Record:
         self.errors: list[tuple[int, int]] = []
 
 
+# Each connection's record, found from OpenSSL's verify callback (Twisted keeps the app data
+# for its own protocol object); gone with the connection.
+_RECORDS: weakref.WeakKeyDictionary[SSL.Connection, _Record] = weakref.WeakKeyDictionary()
+
+
 def _verify(connection: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
     """OpenSSL's verdict on the client's chain, recorded; the alert is OpenSSL's own."""
     if not ok:
-        record = connection.get_app_data()
-        if isinstance(record, _Record):
+        record = _RECORDS.get(connection)
+        if record is not None:
             record.errors.append((errno, depth))
     return bool(ok)
 
@@ -225,7 +231,7 @@ class ListenerTLS:
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802, N803
         connection = SSL.Connection(self._context, None)
-        connection.set_app_data(_Record())
+        _RECORDS[connection] = _Record()
         return connection
 
     def facts(self, connection: SSL.Connection) -> ClientTLS:
@@ -237,8 +243,8 @@ class ListenerTLS:
         )
 
     def failure(self, connection: SSL.Connection | None, error: BaseException | None) -> str:
-        record = connection.get_app_data() if connection is not None else None
-        if isinstance(record, _Record) and record.errors:
+        record = _RECORDS.get(connection) if connection is not None else None
+        if record is not None and record.errors:
             return "client certificate refused: " + verify_error(*record.errors[0])
         if isinstance(error, SSL.Error):
             return "TLS handshake failed: " + ssl_error_detail(error)
