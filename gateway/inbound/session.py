@@ -426,7 +426,7 @@ class Session:
         self.transaction = None
         self.counts["messages"] += 1
         self.counts[Outcome.QUEUED] += 1
-        fields = txn.queued(self.client, self.helo, reply)
+        fields = txn.queued(self.client, self.helo, reply) | starttls.audit_fields(self.tls)
         self.log.info(Event.MESSAGE_QUEUED, **fields)
         first = fields["upstreams"][0] if fields["upstreams"] else None
         self.host.metrics.message_result(

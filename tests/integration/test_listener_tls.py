@@ -247,3 +247,47 @@ def test_swaks_as_app(tls_gateway, world, mode):
     upstream.wait_for(1)
     result = gw.audit.wait_until("message.result", outcome="relayed")
     assert result["app"] == "printer"
+
+
+@pytest.mark.parametrize("entry", ["starttls", "smtps"])
+def test_tls_behind_a_proxy_header(tls_gateway, world, entry):
+    """proxy_protocol with TLS entries: the PROXY header comes first in clear, then TLS; the
+    session is the header's client and the audit has its TLS facts."""
+    import socket
+
+    from tests.integration.tls_apps import read_reply
+
+    gw, upstream = tls_gateway(
+        proxy_protocol=True,
+        proxy_trusted=["127.0.0.1/32"],
+        allowed_clients=["10.0.0.0/8"],
+    )
+    _, starttls_port, smtps_port = ports(gw)
+    port = starttls_port if entry == "starttls" else smtps_port
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"PROXY TCP4 10.9.8.7 127.0.0.1 40000 587\r\n")
+    context = world.client_context()
+    if entry == "starttls":
+        reader = sock.makefile("rb")
+        assert read_reply(reader).startswith(b"220 ")
+        sock.sendall(b"EHLO app.test\r\nSTARTTLS\r\n")
+        assert read_reply(reader).startswith(b"250 ")
+        assert read_reply(reader).startswith(b"220 2.0.0")
+    tls = context.wrap_socket(sock, server_hostname="127.0.0.1")
+    reader = tls.makefile("rb")
+    if entry == "smtps":
+        assert read_reply(reader).startswith(b"220 ")
+    for line in (
+        b"EHLO app.test",
+        b"MAIL FROM:<scanner@corp.example>",
+        b"RCPT TO:<ops@example.net>",
+        b"DATA",
+    ):
+        tls.sendall(line + b"\r\n")
+        assert read_reply(reader)[:1] in (b"2", b"3")
+    tls.sendall(BODY + b".\r\nQUIT\r\n")
+    assert read_reply(reader).startswith(b"250 ")
+    tls.close()
+    upstream.wait_for(1)
+    result = gw.audit.wait_for("message.result")[0]
+    assert result["client_ip"] == "10.9.8.7" and result["client_tls_version"] == "TLSv1.3"

@@ -326,3 +326,43 @@ def _document_of(gw, cert_file, key_file):
         },
         "rules": [{"name": "all", "action": "relay", "upstream": "up"}],
     }
+
+
+def test_real_sighup_takes_the_renewed_certificate(
+    mailgate_run, world, tmp_path, make_upstream, ca
+):
+    """`mailgate run` and a real SIGHUP: the renewed certificate file is served to new connections."""
+    import signal
+
+    from tests.conftest import relay_all, upstream_table
+
+    live = tmp_path / "live"
+    live.mkdir()
+    cert_file, key_file = str(live / "fullchain.pem"), str(live / "key.pem")
+    shutil.copy(world.listener.cert_file, cert_file)
+    shutil.copy(world.listener.key_file, key_file)
+    os.chmod(key_file, 0o600)
+    upstream = make_upstream()
+    document = relay_all(
+        upstream_table(upstream, ca.ca_file),
+        listen=["smtps://127.0.0.1:0"],
+        tls_cert_file=cert_file,
+        tls_key_file=key_file,
+    )
+    daemon = mailgate_run(document)
+    port = daemon.port
+
+    def served() -> str:
+        with smtplib.SMTP_SSL(
+            "127.0.0.1", port, timeout=30, context=world.client_context()
+        ) as client:
+            return _sha256(client.sock.getpeercert(binary_form=True))
+
+    assert served() == fingerprint(world.listener.cert_file)
+    renewed = world.listener_ca.issue("renewed", "localhost", "127.0.0.1")
+    shutil.copy(renewed.cert_file, cert_file)
+    shutil.copy(renewed.key_file, key_file)
+    marker = len(daemon.stderr)
+    daemon.signal(signal.SIGHUP)
+    daemon.wait_for(daemon.stderr, b"reloaded configuration", after=marker)
+    assert served() == fingerprint(renewed.cert_file)
