@@ -176,7 +176,7 @@ class SMTPServerProtocol(Protocol):
         if reply is not None:
             self.transport.write(reply.to_bytes())
         self.transport.loseConnection()
-        if self.tls == "smtps" or self._handshake is not None:  # TLS waits for the app: not for ever
+        if self.tls == "smtps" or self._handshake is not None:  # TLS: not for ever
             self._cancel_timer()
             self._timer = self.host.reactor.callLater(
                 TLS_CLOSE_GRACE, self.transport.abortConnection
