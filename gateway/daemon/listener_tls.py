@@ -213,7 +213,7 @@ class ListenerTLS:
     def __init__(self, listener: ListenerConfig, source: str) -> None:
         self.expires: float = 0.0  # the certificate's notAfter, seconds since the epoch
         self._context: SSL.Context
-        self.load(listener, source)
+        self.warnings = self.load(listener, source)  # at start: `mailgate run` prints them
 
     def load(self, listener: ListenerConfig, source: str) -> list[str]:
         """Check and take the files (new connections use them); raise `ConfigError` and keep

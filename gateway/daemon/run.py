@@ -103,6 +103,8 @@ def run(config: Config, load: Callable[[], Config] | None = None) -> int:
     )
 
     gateway = Gateway(reactor, config)  # resolves secrets: fails before binding anything
+    for warning in gateway.listener_tls.warnings if gateway.listener_tls is not None else ():
+        say(f"warning: {warning}")  # the listener's certificate expires within 14 days
     outcome: dict[str, BaseException | None] = {"error": None}
 
     def started_failed(failure: object) -> None:

@@ -58,7 +58,8 @@ def _before_tls(session: Session) -> bool:
 def ehlo_keywords(session: Session) -> list[str]:
     """The TLS and AUTH lines of the EHLO reply."""
     keywords = ["STARTTLS"] if _before_tls(session) else []
-    if session.config.apps and not _before_tls(session):
+    passwords = any(app.password_hash for app in session.config.apps.values())
+    if passwords and not _before_tls(session):  # certificate-only apps: nothing to AUTH with
         keywords.append("AUTH " + " ".join(app_auth.MECHANISMS))
     return keywords
 

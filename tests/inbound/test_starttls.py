@@ -8,11 +8,13 @@ from typing import Any
 from gateway.inbound import starttls
 from gateway.inbound.session import Session
 from gateway.inbound.starttls import ClientTLS
+from gateway.policy.passwords import make_hash
 from gateway.smtp import replies
 from tests.inbound.fakes import FakeHost, config
 
 TLS_FILES = {"tls_cert_file": "/c.pem", "tls_key_file": "/k.pem"}
 DIGEST = "cd" * 32
+HASH = make_hash("billing-password", "scrypt")
 
 
 def session(listen_tls: str = "starttls", apps: Any = None, **listener: Any) -> Session:
@@ -37,7 +39,8 @@ def ehlo_lines(s: Session) -> list[str]:
 
 def test_starttls_offered_before_tls_and_auth_after():
     """Before TLS: STARTTLS and no AUTH; after `established`: AUTH and no STARTTLS."""
-    s = session(apps={"printer": {"client_cert_sha256": [DIGEST]}})
+    apps = {"printer": {"client_cert_sha256": [DIGEST]}, "billing": {"password_hash": HASH}}
+    s = session(apps=apps)
     assert "STARTTLS" in ehlo_lines(s) and not any(x.startswith("AUTH") for x in ehlo_lines(s))
     assert s.handle_line(b"STARTTLS") == replies.STARTTLS_READY and s.starting_tls
     starttls.established(s, ClientTLS("TLSv1.3", "TLS_AES_256_GCM_SHA384"))
@@ -93,3 +96,12 @@ def test_listed_certificate_identifies_the_app_and_unlisted_nobody():
 def test_audit_fields_are_null_on_a_plain_session():
     """client_tls_version and client_tls_cipher are None without TLS; no certificate field."""
     assert starttls.audit_fields(None) == {"client_tls_version": None, "client_tls_cipher": None}
+
+
+def test_certificate_only_apps_offer_no_auth():
+    """When every app is identified by certificate, EHLO after TLS offers no AUTH."""
+    s = session(apps={"printer": {"client_cert_sha256": [DIGEST]}})
+    s.handle_line(b"EHLO app.test")
+    s.handle_line(b"STARTTLS")
+    starttls.established(s, ClientTLS("TLSv1.3", "x"))
+    assert not any(line.startswith("AUTH") for line in ehlo_lines(s))
