@@ -25,6 +25,7 @@ class Event(StrEnum):
     SESSION_AUTHENTICATED = "session.authenticated"
     SESSION_AUTH_FAILED = "session.auth_failed"
     SESSION_CLOSED = "session.closed"
+    SESSION_TLS_FAILED = "session.tls_failed"
     MAIL_REFUSED = "mail.refused"
     # a message
     MESSAGE_RESULT = "message.result"

@@ -43,7 +43,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         problems.extend(str(p) for p in exc.problems)
         config = None
+    warnings: list[str] = []
     if config is not None:
+        if config.listener.tls_wanted:  # certificate, key and client CA: readable, matching, valid
+            from gateway.daemon.listener_tls import check_files
+
+            checked = check_files(config.listener, args.config)
+            problems.extend(str(p) for p in checked.problems)
+            warnings = checked.warnings
         for upstream in config.upstreams.values():
             try:
                 resolve_password(upstream)
@@ -62,6 +69,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 f"{args.config}: rules: found no rules, expected at least one [[rules]] "
                 "(with none, every recipient is refused)"
             )
+    for warning in warnings:
+        print(printable(f"warning: {warning}"), file=sys.stderr)
     if problems:
         for problem in problems:
             print(printable(problem), file=sys.stderr)

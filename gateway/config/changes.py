@@ -34,14 +34,21 @@ def _value(config: Config, key: str) -> object:
     return getattr(value, name) if name else value
 
 
+def _shown(value: object) -> str:
+    if value is None:
+        return "off"
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
 def fixed_changes(running: Config, new: Config) -> list[Problem]:
     """One problem per fixed setting that `new` changes."""
     problems = []
     for key in FIXED:
         before, after = _value(running, key), _value(new, key)
         if before != after:
-            shown = "off" if after is None else str(after)
-            was = "off" if before is None else str(before)
+            shown, was = _shown(after), _shown(before)
             problems.append(
                 Problem(
                     new.source,

@@ -26,8 +26,10 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Config:
     """The embedded default: loopback listener, every recipient relayed to $MAILGATE_UPSTREAM.
 
     Variables: MAILGATE_UPSTREAM (``starttls://USER@HOST:587`` or ``smtps://USER@HOST:465``),
-    MAILGATE_UPSTREAM_PASSWORD, and optionally MAILGATE_UPSTREAM_CA_FILE, MAILGATE_LISTEN,
-    MAILGATE_AUDIT, MAILGATE_METRICS (HOST:PORT of /metrics, /healthz, /readyz).
+    MAILGATE_UPSTREAM_PASSWORD, and optionally MAILGATE_UPSTREAM_CA_FILE, MAILGATE_LISTEN
+    (``HOST:PORT``, ``starttls://HOST:PORT``, ``smtps://HOST:PORT``, several separated by commas;
+    TLS entries take MAILGATE_TLS_CERT_FILE, MAILGATE_TLS_KEY_FILE, optionally
+    MAILGATE_CLIENT_CA_FILE), MAILGATE_AUDIT, MAILGATE_METRICS (HOST:PORT of /metrics, /healthz, /readyz).
     """
     env = os.environ if environ is None else environ
     url = env.get(UPSTREAM_VARIABLE)
@@ -42,8 +44,12 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Config:
         "upstreams": {"default": upstream_from_url(url)},
         "rules": [{"name": "default", "action": "relay", "upstream": "default"}],
     }
-    if env.get("MAILGATE_LISTEN"):
-        document["listener"]["listen"] = env["MAILGATE_LISTEN"]
+    if env.get("MAILGATE_LISTEN"):  # one entry, or several separated by commas
+        entries = [e.strip() for e in env["MAILGATE_LISTEN"].split(",")]
+        document["listener"]["listen"] = entries[0] if len(entries) == 1 else entries
+    for key in ("TLS_CERT_FILE", "TLS_KEY_FILE", "CLIENT_CA_FILE"):
+        if env.get(f"MAILGATE_{key}"):
+            document["listener"][key.lower()] = env[f"MAILGATE_{key}"]
     if env.get("MAILGATE_METRICS"):
         document["metrics"] = {"listen": env["MAILGATE_METRICS"]}
     if env.get("MAILGATE_UPSTREAM_CA_FILE"):

@@ -38,10 +38,30 @@ class Endpoint:
 
 METRICS_LISTEN = Endpoint("127.0.0.1", 9225)
 
+LISTEN_TLS = ("plain", "starttls", "smtps")  # HOST:PORT, starttls://HOST:PORT, smtps://HOST:PORT
+
+
+@dataclass(frozen=True)
+class ListenEntry:
+    """One address the listener binds, and how TLS is offered there.
+
+    ``plain``: SMTP as it always was; ``starttls``: STARTTLS offered (RFC 3207), AUTH only
+    after it; ``smtps``: TLS from the first byte (RFC 8314).
+    """
+
+    endpoint: Endpoint
+    tls: str = "plain"
+
+    def __str__(self) -> str:
+        return str(self.endpoint) if self.tls == "plain" else f"{self.tls}://{self.endpoint}"
+
+
+DEFAULT_LISTEN = (ListenEntry(Endpoint("127.0.0.1", 2525)),)
+
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    listen: Endpoint = Endpoint("127.0.0.1", 2525)
+    listen: tuple[ListenEntry, ...] = DEFAULT_LISTEN
     allowed_clients: tuple[Network, ...] = LOOPBACK
     hostname: str = "mailgate.localdomain"
     max_message_size: int = 26214400
@@ -61,6 +81,18 @@ class ListenerConfig:
     ] = ()  # the balancers: the only peers whose header is believed
     reuse_port: bool = False  # SO_REUSEPORT: several instances on one host share the port
     add_received: bool = True  # prepend a Received field to every message (RFC 5321 4.4)
+    # TLS for apps (starttls:// and smtps:// entries): see gateway.config.listener
+    tls_cert_file: str | None = None  # the listener's certificate chain (PEM)
+    tls_key_file: str | None = None  # its private key (PEM), owner-only like a secret
+    min_tls_version: str = "1.2"
+    require_tls: bool = False  # starttls:// entries: MAIL before STARTTLS gets 530 5.7.0
+    tls_handshake_timeout: float = 30.0
+    client_ca_file: str | None = None  # request client certificates, verified against it
+
+    @property
+    def tls_wanted(self) -> bool:
+        """Whether any entry offers TLS (then the certificate and key are needed)."""
+        return any(entry.tls != "plain" for entry in self.listen)
 
 
 @dataclass(frozen=True)
@@ -120,12 +152,14 @@ class Rate:
 
 @dataclass(frozen=True)
 class App:
-    """An app that authenticates to the listener (AUTH PLAIN/LOGIN)."""
+    """An app that authenticates to the listener (AUTH PLAIN/LOGIN) or is identified by its
+    client certificate (``client_cert_sha256``); ``password_hash`` is "" for a certificate-only app."""
 
     name: str
     password_hash: str
     senders: tuple[str, ...] | None = None
     check_from_header: bool = False
+    client_cert_sha256: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

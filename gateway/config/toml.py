@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.config.cluster import read_cluster
+from gateway.config.listener import read_listener
 from gateway.config.model import (
     LOOPBACK,
     METRICS_LISTEN,
@@ -21,14 +22,19 @@ from gateway.config.model import (
     AuditConfig,
     Config,
     Endpoint,
-    ListenerConfig,
     MetricsConfig,
     Network,
     QueueConfig,
 )
 from gateway.config.rules import read_rules
 from gateway.config.upstreams import read_upstreams
-from gateway.config.values import HASH_PREFIXES, parse_endpoint, parse_network
+from gateway.config.values import (
+    HASH_PREFIXES,
+    SHA256_EXPECTED,
+    parse_endpoint,
+    parse_network,
+    parse_sha256,
+)
 from gateway.errors import ConfigError, Problem
 
 
@@ -179,11 +185,20 @@ class _Reader:
     def config(self, document: Mapping[str, Any]) -> Config:
         known = {"listener", "audit", "upstreams", "rules", "apps", "metrics", "queue", "cluster"}
         self.unknown_keys(document, "", known)
-        listener = self.listener(document)
+        listener = read_listener(self, document)
         audit = self.audit(document)
         upstreams = read_upstreams(self, document)
         apps = self.apps(document)
         rules = read_rules(self, document, upstreams, apps)
+        certified = sorted(n for n, a in apps.items() if a.client_cert_sha256)
+        if certified and listener.client_ca_file is None:
+            self.problem(
+                f"apps.{certified[0]}.client_cert_sha256",
+                "client certificate fingerprints",
+                "listener.client_ca_file as well: only a certificate verified against it"
+                " identifies an app",
+                raw=True,
+            )
         if listener.require_auth and not apps:
             self.problem(
                 "listener.require_auth", True, "at least one [apps.NAME] table to authenticate"
@@ -226,72 +241,6 @@ class _Reader:
             bounce=bounce,
         )
 
-    def listener(self, document: Mapping[str, Any]) -> ListenerConfig:
-        d = ListenerConfig()
-        known = {
-            "listen",
-            "allowed_clients",
-            "hostname",
-            "max_message_size",
-            "max_recipients",
-            "max_rcpt_commands",
-            "idle_timeout",
-            "shutdown_grace",
-            "require_auth",
-            "max_connections",
-            "max_connections_per_client",
-            "max_errors",
-            "data_timeout",
-            "min_data_rate",
-            "proxy_protocol",
-            "proxy_trusted",
-            "reuse_port",
-            "add_received",
-        }
-        t = self.table(document, "listener", known)
-        listen = self.endpoint(t, "listener.listen", d.listen)
-        allowed = self.networks(t, "listener.allowed_clients")
-        proxy_protocol = self.boolean(t, "listener.proxy_protocol", d.proxy_protocol)
-        trusted = None
-        if proxy_protocol and not t.get("proxy_trusted"):
-            self.problem(
-                "listener.proxy_trusted",
-                t.get("proxy_trusted", "nothing"),
-                "the balancers' networks (CIDRs), required with listener.proxy_protocol = true:"
-                " a PROXY header is believed only from them",
-                raw=True,
-            )
-        else:
-            trusted = self.networks(t, "listener.proxy_trusted")
-        return ListenerConfig(
-            listen=listen,
-            allowed_clients=d.allowed_clients if allowed is None else allowed,
-            hostname=self.string(t, "listener.hostname", d.hostname) or d.hostname,
-            max_message_size=self.integer(
-                t, "listener.max_message_size", d.max_message_size, 1024, 2**40
-            ),
-            max_recipients=self.integer(t, "listener.max_recipients", d.max_recipients, 1, 100000),
-            max_rcpt_commands=self.integer(
-                t, "listener.max_rcpt_commands", d.max_rcpt_commands, 1, 1000000
-            ),
-            idle_timeout=self.number(t, "listener.idle_timeout", d.idle_timeout, 1, 86400),
-            shutdown_grace=self.number(t, "listener.shutdown_grace", d.shutdown_grace, 0, 3600),
-            require_auth=self.boolean(t, "listener.require_auth", d.require_auth),
-            max_connections=self.integer(
-                t, "listener.max_connections", d.max_connections, 1, 1000000
-            ),
-            max_connections_per_client=self.integer(
-                t, "listener.max_connections_per_client", d.max_connections_per_client, 1, 1000000
-            ),
-            max_errors=self.integer(t, "listener.max_errors", d.max_errors, 1, 10000),
-            data_timeout=self.number(t, "listener.data_timeout", d.data_timeout, 1, 86400),
-            min_data_rate=self.integer(t, "listener.min_data_rate", d.min_data_rate, 0, 2**30),
-            proxy_protocol=proxy_protocol,
-            proxy_trusted=trusted or (),
-            reuse_port=self.boolean(t, "listener.reuse_port", d.reuse_port),
-            add_received=self.boolean(t, "listener.add_received", d.add_received),
-        )
-
     def metrics(self, document: Mapping[str, Any]) -> MetricsConfig:
         if "metrics" not in document:
             return MetricsConfig()
@@ -317,16 +266,18 @@ class _Reader:
             if not isinstance(value, dict):
                 self.problem(key, value, "a table")
                 continue
-            self.unknown_keys(value, key, {"password_hash", "senders", "check_from_header"})
+            known = {"password_hash", "senders", "check_from_header", "client_cert_sha256"}
+            self.unknown_keys(value, key, known)
             password_hash = self.string(value, f"{key}.password_hash", None)
-            if password_hash is None:
+            certs = self.fingerprints(value, f"{key}.client_cert_sha256")
+            if password_hash is None and not certs:
                 self.problem(
                     f"{key}.password_hash",
                     "nothing",
-                    "a hash made by `mailgate hash-password`",
+                    "a hash made by `mailgate hash-password` (or client_cert_sha256)",
                     raw=True,
                 )
-            elif not password_hash.startswith(HASH_PREFIXES):
+            elif password_hash is not None and not password_hash.startswith(HASH_PREFIXES):
                 self.problem(
                     f"{key}.password_hash",
                     "a value that is not a password hash",
@@ -338,5 +289,17 @@ class _Reader:
                 password_hash=password_hash or "",
                 senders=self.strings(value, f"{key}.senders"),
                 check_from_header=self.boolean(value, f"{key}.check_from_header", False),
+                client_cert_sha256=certs,
             )
         return apps
+
+    def fingerprints(self, table: Mapping[str, Any], key: str) -> tuple[str, ...]:
+        """``client_cert_sha256``: SHA-256 fingerprints of DER certificates, as lower-case hex."""
+        found = []
+        for i, text in enumerate(self.strings(table, key) or ()):
+            digest = parse_sha256(text)
+            if digest is None:
+                self.problem(f"{key}[{i}]", text, SHA256_EXPECTED)
+            else:
+                found.append(digest)
+        return tuple(found)

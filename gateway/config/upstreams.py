@@ -13,6 +13,7 @@ from typing import Any
 from gateway.config.model import TLS_MODES, TLS_VERSIONS, UpstreamConfig
 from gateway.config.providers import UPSTREAM_KEYS, preset_for, read_upstream_auth
 from gateway.config.reader import Reader
+from gateway.config.values import SHA256_EXPECTED, parse_sha256
 
 
 def read_upstreams(reader: Reader, document: Mapping[str, Any]) -> dict[str, UpstreamConfig]:
@@ -92,14 +93,10 @@ def _read_upstream(reader: Reader, name: str, value: Any) -> UpstreamConfig:
     pins = reader.strings(t, f"{key}.pin_sha256") or ()
     normalised = []
     for i, pin in enumerate(pins):
-        hexpin = pin.replace(":", "").lower()
-        if len(hexpin) != 64 or any(c not in "0123456789abcdef" for c in hexpin):
-            reader.problem(
-                f"{key}.pin_sha256[{i}]",
-                pin,
-                "64 hex digits (SHA-256 of the DER certificate), colons optional",
-            )
-        normalised.append(hexpin)
+        hexpin = parse_sha256(pin)
+        if hexpin is None:
+            reader.problem(f"{key}.pin_sha256[{i}]", pin, SHA256_EXPECTED)
+        normalised.append(hexpin or pin)
     return UpstreamConfig(
         name=name,
         host=host,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 
-from gateway.config.model import Endpoint, Network, Rate
+from gateway.config.model import Endpoint, ListenEntry, Network, Rate
 
 # The hash formats listener AUTH verifies (gateway.policy.passwords): argon2, bcrypt, scrypt.
 HASH_PREFIXES = ("$argon2", "$2a$", "$2b$", "$2y$", "$scrypt$")
+SHA256_EXPECTED = "64 hex digits (SHA-256 of the DER certificate), colons optional"
 _RATE_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 
 
@@ -40,6 +41,26 @@ def parse_endpoint(text: str) -> Endpoint | None:
         if host != "localhost":
             return None
     return Endpoint(host, int(port))
+
+
+def parse_listen_entry(text: str) -> ListenEntry | None:
+    """``"HOST:PORT"`` (plain), ``"starttls://HOST:PORT"`` or ``"smtps://HOST:PORT"``."""
+    scheme, sep, rest = text.partition("://")
+    tls = scheme.lower() if sep else "plain"
+    if tls not in ("starttls", "smtps"):
+        if sep:
+            return None
+        rest = text
+    endpoint = parse_endpoint(rest)
+    return None if endpoint is None else ListenEntry(endpoint, tls)
+
+
+def parse_sha256(text: str) -> str | None:
+    """A certificate fingerprint: 64 hex digits, colons and case as you like, to lower-case hex."""
+    digits = text.replace(":", "").lower()
+    if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+        return None
+    return digits
 
 
 def parse_network(text: str) -> Network:

@@ -14,6 +14,7 @@ sessions may ask for is that Protocol, and nothing in `gateway.inbound` imports 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
@@ -26,11 +27,12 @@ from gateway.audit.log import AuditLog
 from gateway.cluster import shared as cluster_state
 from gateway.cluster.cooldowns import SharedCooldowns
 from gateway.config.changes import fixed_changes
-from gateway.config.model import Config, Rate
+from gateway.config.model import Config, Endpoint, Rate
 from gateway.config.secrets import Secret, resolve_password
 from gateway.daemon import status as status_server
 from gateway.daemon.bind import listen_smtp
 from gateway.daemon.health import Readiness, WatchedConnector
+from gateway.daemon.listener_tls import ListenerTLS, check_files
 from gateway.daemon.metrics import Metrics
 from gateway.errors import ConfigError, MailgateError, Problem, SecretError
 from gateway.inbound.connections import Connections
@@ -95,8 +97,14 @@ class Gateway:
             "during", "shutdown", self._stop_hash_pool
         )
         self.metrics.watch_sessions(self.connections.__len__)
+        # starttls:// and smtps:// entries: the certificate is checked now, before binding.
+        self.listener_tls: ListenerTLS | None = None
+        if config.listener.tls_wanted:
+            self.listener_tls = ListenerTLS(config.listener, config.source)
+            self.metrics.listener_certificate(self.listener_tls.expires)
         self.readiness.config_loaded = True
-        self.port: Any = None
+        self.port: Any = None  # the first entry's listening port
+        self.ports: list[Any] = []  # one per listener.listen entry, in order
         self.status_port: Any = None
         # Store-and-forward: a spool and its runner when a rule queues, or the spool holds mail.
         spool = Spool(config.queue.path)
@@ -244,6 +252,7 @@ class Gateway:
         """
         problems = fixed_changes(self.config, config)
         pools = self._build_pools(config, problems)
+        renewed = self._check_tls(config, problems)
         if problems:
             self.reload_refused(problems)
             raise ConfigError(problems)
@@ -253,6 +262,9 @@ class Gateway:
         old, old_pools = self.config, self.pools
         self._retired.update({n: p for n, p in old_pools.items() if n not in pools})
         self.pools, self.config = pools, config
+        if renewed and self.listener_tls is not None:  # new connections get the new files
+            self.listener_tls.load(config.listener, config.source)
+            self.metrics.listener_certificate(self.listener_tls.expires)
         if self.runner is not None:  # who a DSN may go to follows the reloaded apps and rules
             self.runner.settler.config = config
         for pool in old_pools.values():
@@ -265,6 +277,15 @@ class Gateway:
             rules=len(config.rules),
             upstreams={n: u.url for n, u in config.upstreams.items()},
         )
+
+    def _check_tls(self, config: Config, problems: list[Problem]) -> bool:
+        """The reloaded config's TLS files (re-read on every SIGHUP: a renewed certificate);
+        their problems join the reload's. True when there is a context to reload."""
+        if self.listener_tls is None or not config.listener.tls_wanted:
+            return False
+        found = check_files(config.listener, config.source).problems
+        problems.extend(found)
+        return not found
 
     def reload_refused(self, problems: list[Problem] | list[str]) -> None:
         """Record a refused reload: the running config stays."""
@@ -293,13 +314,23 @@ class Gateway:
                 raise MailgateError(
                     f"queue.path: cannot use {self.config.queue.path}: {exc.strerror}"
                 ) from None
-        listen = self.config.listener.listen
-        self.port = await listen_smtp(
-            self.reactor,
-            listen,
-            listener_factory(self),
-            reuse_port=self.config.listener.reuse_port,
-        )
+        bound_entries = []
+        for entry in self.config.listener.listen:
+            port = await listen_smtp(
+                self.reactor,
+                entry.endpoint,
+                listener_factory(self, entry.tls),
+                reuse_port=self.config.listener.reuse_port,
+            )
+            self.ports.append(port)
+            bound_entries.append(
+                str(
+                    dataclasses.replace(
+                        entry, endpoint=Endpoint(entry.endpoint.host, port.getHost().port)
+                    )
+                )
+            )
+        self.port = self.ports[0]
         bound = self.port.getHost().port
         self.readiness.listening = True
         status = {}
@@ -310,7 +341,8 @@ class Gateway:
             status["metrics"] = f"{where.host}:{self.status_port.getHost().port}"
         self.audit.event(
             Event.GATEWAY_STARTED,
-            listen=f"{listen.host}:{bound}",
+            listen=bound_entries[0],
+            listeners=bound_entries,
             config=self.config.source,
             upstreams={n: u.url for n, u in self.config.upstreams.items()},
             **status,
@@ -318,10 +350,11 @@ class Gateway:
         return bound
 
     async def stop(self) -> None:
-        if self.port is not None:
+        if self.ports:
             self.readiness.listening = False
-            await self.port.stopListening()
-            self.port = None
+            for port in self.ports:
+                await port.stopListening()
+            self.ports, self.port = [], None
         # Sessions in flight may finish; after the grace period the rest get 421.
         await self.connections.drain(self.config.listener.shutdown_grace, self.reactor.callLater)
         if self.runner is not None:

@@ -144,6 +144,17 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.inbound_tls = Counter(
+            "mailgate_inbound_tls_sessions",
+            "App TLS sessions (STARTTLS or smtps://) whose handshake completed, by TLS version.",
+            ["version"],
+            registry=r,
+        )
+        self.listener_cert_expiry = Gauge(
+            "mailgate_listener_certificate_expiry_timestamp_seconds",
+            "When the listener's TLS certificate (listener.tls_cert_file) expires, Unix time.",
+            registry=r,
+        )
         self.ready = Gauge("mailgate_ready", "1 while /readyz answers 200.", registry=r)
         self._state = _StateCollector()
         r.register(self._state)
@@ -193,6 +204,12 @@ class Metrics:
         if ok:
             self.connect_seconds.labels(upstream=upstream).observe(seconds)
             self.upstream_tls.labels(upstream=upstream, version=tls_version or "unknown").inc()
+
+    def tls_session(self, version: str) -> None:
+        self.inbound_tls.labels(version=version).inc()
+
+    def listener_certificate(self, expires: float) -> None:
+        self.listener_cert_expiry.set(expires)
 
     def config_reload(self, ok: bool) -> None:
         self.reloads.labels(result="ok" if ok else "failed").inc()

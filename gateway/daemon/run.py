@@ -103,6 +103,8 @@ def run(config: Config, load: Callable[[], Config] | None = None) -> int:
     )
 
     gateway = Gateway(reactor, config)  # resolves secrets: fails before binding anything
+    for warning in gateway.listener_tls.warnings if gateway.listener_tls is not None else ():
+        say(f"warning: {warning}")  # the listener's certificate expires within 14 days
     outcome: dict[str, BaseException | None] = {"error": None}
 
     def started_failed(failure: object) -> None:
@@ -110,7 +112,8 @@ def run(config: Config, load: Callable[[], Config] | None = None) -> int:
         reactor.stop()  # type: ignore[attr-defined]
 
     def started(port: int) -> None:
-        say(f"listening on {config.listener.listen.host}:{port}")
+        for bound in gateway.ports:
+            say(f"listening on {bound.getHost().host}:{bound.getHost().port}")
         if gateway.status_port is not None and config.metrics.listen is not None:
             say(
                 f"metrics and health on http://{config.metrics.listen.host}:{gateway.status_port.getHost().port}/"
@@ -132,5 +135,6 @@ def run(config: Config, load: Callable[[], Config] | None = None) -> int:
     if isinstance(outcome["error"], MailgateError):
         raise outcome["error"]  # already names the key and the problem (e.g. queue.path)
     if outcome["error"] is not None:
-        raise MailgateError(f"cannot listen on {config.listener.listen}: {outcome['error']}")
+        listen = ", ".join(str(entry) for entry in config.listener.listen)
+        raise MailgateError(f"cannot listen on {listen}: {outcome['error']}")
     return 0

@@ -173,6 +173,8 @@ class AppLogin:
             return AUTH_THROTTLED
         wait = throttle.delay(client, name, started)
         app = self.apps.get(answer.username)
+        if app is not None and not app.password_hash:  # identified by its certificate only
+            app = None
         # An unknown name costs the same hash check as a wrong password.
         stored = app.password_hash if app is not None else self.host.dummy_hash(answer.username)
         throttle.begin(client, name)  # a guess under way counts until its check ends

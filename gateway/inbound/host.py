@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gateway.config.secrets import Secret
     from gateway.inbound.connections import Connections
     from gateway.inbound.delivery import Delivery
+    from gateway.inbound.starttls import ClientTLS
     from gateway.policy.auth_throttle import AuthThrottle
     from gateway.smtp.commands import MailFrom
 
@@ -50,6 +51,9 @@ class SessionMetrics(Protocol):
         self, fields: Mapping[str, Any], upstream_seconds: float | None = None
     ) -> None:
         """One ``message.result`` (or ``message.queued``) and the upstream's time for it."""
+
+    def tls_session(self, version: str) -> None:
+        """An app's TLS handshake completed with `version` ("TLSv1.3")."""
 
 
 class SessionHost(Protocol):
@@ -102,6 +106,24 @@ class Timers(Protocol):
     ) -> Any: ...
 
 
+class ListenerTLS(Protocol):
+    """The listener's TLS: its certificate, key and client CA (``[listener] tls_*``).
+
+    `connection` is the OpenSSL connection of one app's TLS session (the transport's
+    ``getHandle()``); the listener never looks inside it.
+    """
+
+    def creator(self) -> Any:
+        """The ``IOpenSSLServerConnectionCreator`` for new TLS sessions (a reload changes what
+        it makes: sessions open already keep theirs)."""
+
+    def facts(self, connection: Any) -> ClientTLS:
+        """Version, cipher and client certificate of a completed handshake."""
+
+    def failure(self, connection: Any, error: BaseException | None) -> str:
+        """Why a handshake did not complete, in words (certificate verification, version, ...)."""
+
+
 class ListenerHost(SessionHost, Protocol):
     """What the listener protocol may ask for: a session host, the accounting and the timers."""
 
@@ -111,3 +133,7 @@ class ListenerHost(SessionHost, Protocol):
 
     @property
     def reactor(self) -> Timers: ...
+
+    @property
+    def listener_tls(self) -> ListenerTLS | None:
+        """The TLS of ``starttls://`` and ``smtps://`` entries (None when no entry has TLS)."""

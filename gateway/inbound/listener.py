@@ -10,7 +10,8 @@ slow-drip client cannot hold a session), the DATA timeout and minimum data
 rate, the error limit, and a client that never reads its replies. All SMTP
 meaning lives in `gateway.inbound.session`; this module only moves bytes.
 It asks its surroundings only through a `ListenerHost`; the connection counts
-live in `gateway.inbound.connections`.
+live in `gateway.inbound.connections`, the TLS handshake (``smtps://`` at connect,
+``starttls://`` after STARTTLS) in `gateway.inbound.handshake`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import secrets
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.audit.events import Event
+from gateway.inbound import starttls
 from gateway.inbound.admission import client_key, proxy_trusted
+from gateway.inbound.handshake import Handshake
 from gateway.inbound.host import ListenerHost
 from gateway.inbound.session import Session
 from gateway.smtp import replies
@@ -40,20 +43,23 @@ from gateway.smtp.replies import (
 )
 
 MAX_PIPELINE_BUFFER = 64 * 1024  # pause reading past this many unprocessed bytes
-MIN_RATE_GRACE = 30.0  # seconds of DATA before min_data_rate is enforced
+MIN_RATE_GRACE = 30.0
+TLS_CLOSE_GRACE = 10.0  # seconds a TLS app has to answer our close_notify before the abort  # seconds of DATA before min_data_rate is enforced
 HTTP_VERBS = frozenset(
     {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "HOST:", "USER-AGENT:"}
 )
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHandshakeListener)
 class SMTPServerProtocol(Protocol):
     # A TCP or TLS transport (ITCPTransport, IPushProducer); Twisted declares only ITransport.
     transport: Any
 
-    def __init__(self, host: ListenerHost, proxied: bool = False) -> None:
+    def __init__(self, host: ListenerHost, proxied: bool = False, tls: str = "plain") -> None:
         self.host = host
         self.proxied = proxied  # behind a PROXY header reader (gateway.inbound.proxy)
+        self.tls = tls  # the entry's: "plain", "starttls" or "smtps"
+        self._handshake: Handshake | None = None
         self.proxy_peer_trusted = False  # the TCP peer is in listener.proxy_trusted
         self.session: Session | None = None
         self._lines = CommandLines()  # input not handled yet
@@ -90,14 +96,41 @@ class SMTPServerProtocol(Protocol):
         if refusal is not None:
             self._refuse_connection(host, port, limit, refusal)
             return
-        connections.admit(self, counted)
-        self.session = Session(self.host, secrets.token_hex(8), host, port)
+        connections.admit(self, counted)  # a handshake under way counts too
+        self.session = Session(self.host, secrets.token_hex(8), host, port, self.tls)
         if self.proxied:
             self.session.expect_proxy_header()
         # Our own transport tells us when the app stops reading its replies.
         self.transport.registerProducer(self, True)
+        if self.tls == "smtps":  # TLS from the first byte: the greeting waits for the handshake
+            self._start_handshake(starttls_now=False)
+            return
         self._reply(self.session.greeting())
         self._arm(listener.idle_timeout, self._idle)
+
+    # --- TLS (gateway.inbound.handshake) ---------------------------------------------------
+
+    def _start_handshake(self, *, starttls_now: bool) -> None:
+        tls = self.host.listener_tls
+        if tls is None:  # a TLS entry always has its context: fail closed if not
+            self._close("no TLS context", replies.INTERNAL_ERROR)
+            return
+        self._lines.take_all()  # pipelined after STARTTLS: discarded, never run inside TLS
+        self._handshake = Handshake(self, tls)
+        self._handshake.begin(starttls_now=starttls_now)
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
+        if self._handshake is None or not self._handshake.running or self.session is None:
+            return
+        try:
+            facts = self._handshake.completed()
+            starttls.established(self.session, facts)
+        except Exception:  # a bug must cost one session a 421, never a silent drop
+            self._internal_error(Failure())
+            return
+        if self.tls == "smtps":
+            self._reply(self.session.greeting())
+        self._arm(self._limits.idle_timeout, self._idle)
 
     def _proxy_header_read(self) -> bool:
         """The PROXY header named the client: tell the session, count it; False if refused."""
@@ -127,6 +160,9 @@ class SMTPServerProtocol(Protocol):
         self._cancel_timer()
         if self.session is None:
             return
+        if self._handshake is not None and self._handshake.running:
+            self._handshake.lost(reason)
+            self._close_reason = "TLS handshake failed"
         try:
             self.session.close(self._close_reason)
         finally:
@@ -140,6 +176,11 @@ class SMTPServerProtocol(Protocol):
         if reply is not None:
             self.transport.write(reply.to_bytes())
         self.transport.loseConnection()
+        if self.tls == "smtps" or self._handshake is not None:  # TLS: not for ever
+            self._cancel_timer()
+            self._timer = self.host.reactor.callLater(
+                TLS_CLOSE_GRACE, self.transport.abortConnection
+            )
 
     def proxy_header_received(self) -> None:
         """A trusted balancer's header named the client: count it now (an idle one counts too)."""
@@ -334,7 +375,9 @@ class SMTPServerProtocol(Protocol):
         self._reply(reply)
         if self._closing:
             return
-        if reply.code in (221, 421):
+        if self.session is not None and self.session.starting_tls:
+            self._start_handshake(starttls_now=True)
+        elif reply.code in (221, 421):
             self._close("client quit" if reply.code == 221 else "closed by gateway")
         elif reply.code == 354:
             self._start_data()
@@ -405,11 +448,12 @@ class _UpstreamThrottle:
 
 
 class ListenerFactory(Factory):
-    def __init__(self, host: ListenerHost, proxied: bool = False) -> None:
+    def __init__(self, host: ListenerHost, proxied: bool = False, tls: str = "plain") -> None:
         self.host = host
         self.proxied = proxied
+        self.tls = tls
 
     def buildProtocol(self, addr: object) -> SMTPServerProtocol:  # noqa: N802
-        protocol = SMTPServerProtocol(self.host, self.proxied)
+        protocol = SMTPServerProtocol(self.host, self.proxied, self.tls)
         protocol.factory = self
         return protocol

@@ -28,12 +28,15 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._info import ProxyInfo
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from zope.interface import implementer
 
 from gateway.inbound.host import ListenerHost
 from gateway.inbound.listener import ListenerFactory, SMTPServerProtocol
@@ -69,13 +72,27 @@ def acceptable(info: ProxyInfo) -> bool:
     return isinstance(getattr(source, "port", None), int)
 
 
+@implementer(IHandshakeListener)
 class ProxyHeaderReader(HAProxyProtocolWrapper):
-    wrappedProtocol: SMTPServerProtocol  # noqa: N815 (Twisted's name)
+    """The header phase; then a pass-through. On an ``smtps://`` entry it wraps the TLS layer
+    (the header comes before the ClientHello), after STARTTLS the TLS layer wraps it."""
+
+    wrappedProtocol: Any  # noqa: N815 (Twisted's name): the listener, or TLS around it
 
     def __init__(self, factory: Any, wrappedProtocol: Any) -> None:  # noqa: N803
         super().__init__(factory, wrappedProtocol)
         self._start = b""
         self._refused = False
+
+    @property
+    def listener(self) -> SMTPServerProtocol:
+        wrapped = self.wrappedProtocol
+        if isinstance(wrapped, TLSMemoryBIOProtocol):
+            wrapped = wrapped.wrappedProtocol
+        return wrapped  # type: ignore[no-any-return]
+
+    def handshakeCompleted(self) -> None:  # noqa: N802 (after STARTTLS: TLS wraps this reader)
+        self.listener.handshakeCompleted()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if self._proxyInfo is not None:
@@ -83,9 +100,9 @@ class ProxyHeaderReader(HAProxyProtocolWrapper):
             return
         if self._refused:
             return
-        if not self.wrappedProtocol.proxy_peer_trusted:
+        if not self.listener.proxy_peer_trusted:
             self._refused = True
-            self.wrappedProtocol.proxy_peer_untrusted()
+            self.listener.proxy_peer_untrusted()
             return
         if self._parser is None:
             self._start += data
@@ -107,13 +124,13 @@ class ProxyHeaderReader(HAProxyProtocolWrapper):
             self._refuse()
             return
         self._proxyInfo = info
-        self.wrappedProtocol.proxy_header_received()  # counted now, not at the first command
+        self.listener.proxy_header_received()  # counted now, not at the first command
         if remaining:
             self.wrappedProtocol.dataReceived(remaining)
 
     def _refuse(self) -> None:
         self._parser, self._refused = None, True
-        self.wrappedProtocol.proxy_header_invalid()
+        self.listener.proxy_header_invalid()
 
 
 class ProxyListenerFactory(HAProxyWrappingFactory):
@@ -121,8 +138,12 @@ class ProxyListenerFactory(HAProxyWrappingFactory):
     noisy = False
 
 
-def listener_factory(host: ListenerHost) -> Factory[Any]:
-    """The listener's factory, behind a PROXY header reader when the host's config asks for one."""
+def listener_factory(host: ListenerHost, tls: str = "plain") -> Factory[Any]:
+    """The factory of one listener entry: TLS around the listener on an ``smtps://`` entry,
+    behind a PROXY header reader when the host's config asks for one."""
     proxied = host.config.listener.proxy_protocol
-    factory = ListenerFactory(host, proxied=proxied)
+    factory: Factory[Any] = ListenerFactory(host, proxied=proxied, tls=tls)
+    if tls == "smtps":
+        assert host.listener_tls is not None  # the gateway makes it for any TLS entry
+        factory = TLSMemoryBIOFactory(host.listener_tls.creator(), False, factory)
     return ProxyListenerFactory(factory) if proxied else factory

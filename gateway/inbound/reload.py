@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.audit.events import Event
+from gateway.inbound import starttls
 from gateway.policy import rules as policy
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
@@ -25,7 +26,7 @@ def follow_reload(session: Session) -> Reply | None:
         return None
     session.config = session.host.config
     dropped = session.login.follow(session.config.apps)
-    if dropped is not None:
+    if dropped is not None and starttls.identify(session) is None:
         session.log.info(
             Event.MAIL_REFUSED,
             app=dropped,

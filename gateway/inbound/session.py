@@ -14,8 +14,7 @@ from twisted.internet import defer
 
 from gateway.audit.events import RELAY_OUTCOMES, Event, Outcome
 from gateway.config.model import Rate
-from gateway.inbound import auth as app_auth
-from gateway.inbound import body, trace
+from gateway.inbound import body, starttls, trace
 from gateway.inbound.admission import open_session
 from gateway.inbound.auth import AppLogin
 from gateway.inbound.delivery import Origin
@@ -39,7 +38,14 @@ def _then(result: Any, callback: Any, *args: Any) -> Any:
 
 
 class Session:
-    def __init__(self, host: SessionHost, session_id: str, client: str, client_port: int) -> None:
+    def __init__(
+        self,
+        host: SessionHost,
+        session_id: str,
+        client: str,
+        client_port: int,
+        listen_tls: str = "plain",
+    ) -> None:
         self.host = host
         self.config = (
             host.config
@@ -60,6 +66,9 @@ class Session:
         self.proxy_untrusted = False  # the peer is not in listener.proxy_trusted
         self.transaction: Transaction | None = None
         self.login = AppLogin(self.config.apps, host, self.log)
+        self.listen_tls = listen_tls  # the entry's: "plain", "starttls" or "smtps"
+        self.tls: starttls.ClientTLS | None = None  # once the handshake completed
+        self.starting_tls = False  # 220 to STARTTLS sent: the listener starts the handshake
         outcomes = (*RELAY_OUTCOMES, Outcome.QUEUED)
         self.counts = dict.fromkeys(("messages", *outcomes), 0)  # for session.closed
         self.closed = False
@@ -122,6 +131,7 @@ class Session:
             Event.SESSION_CLOSED,
             reason=reason,
             duration_s=round(self.host.monotonic() - self.started, 3),
+            **starttls.audit_fields(self.tls),
             **self.counts,
         )
 
@@ -162,8 +172,7 @@ class Session:
         self.helo, self.esmtp = argument, True
         lines = [f"{self.config.listener.hostname} greets {argument[:64]}"]
         lines += list(EXTENSIONS) + [f"SIZE {self.config.listener.max_message_size}"]
-        if self.config.apps:
-            lines.append("AUTH " + " ".join(app_auth.MECHANISMS))
+        lines += starttls.ehlo_keywords(self)
         return Reply(250, "", "\n".join(lines))
 
     def smtp_HELO(self, argument: str) -> Reply:  # noqa: N802
@@ -186,9 +195,15 @@ class Session:
     def smtp_HELP(self, argument: str) -> Reply:  # noqa: N802
         return replies.HELP
 
+    def smtp_STARTTLS(self, argument: str) -> Reply:  # noqa: N802
+        return starttls.starttls(self, argument)
+
     def smtp_AUTH(self, argument: str) -> Reply | defer.Deferred[Reply]:  # noqa: N802
         if not self.config.apps:
             return replies.AUTH_NOT_OFFERED
+        refusal = starttls.auth_refusal(self)
+        if refusal is not None:
+            return refusal
         if self.helo is None:
             return replies.NEED_HELO
         if self.app is not None:
@@ -202,7 +217,7 @@ class Session:
             return replies.NEED_HELO
         if self.transaction is not None:
             return replies.NESTED_MAIL
-        refusal = follow_reload(self)
+        refusal = follow_reload(self) or starttls.mail_refusal(self)
         if refusal is not None:
             return refusal
         if self.config.listener.require_auth and self.app is None:
@@ -411,7 +426,7 @@ class Session:
         self.transaction = None
         self.counts["messages"] += 1
         self.counts[Outcome.QUEUED] += 1
-        fields = txn.queued(self.client, self.helo, reply)
+        fields = txn.queued(self.client, self.helo, reply) | starttls.audit_fields(self.tls)
         self.log.info(Event.MESSAGE_QUEUED, **fields)
         first = fields["upstreams"][0] if fields["upstreams"] else None
         self.host.metrics.message_result(
@@ -448,6 +463,7 @@ class Session:
             return
         self.transaction = None
         who = {"client_ip": self.client, "helo": self.helo, "app": self.app}
+        who |= starttls.audit_fields(self.tls)
         fields = txn.result(who, reply, outcome, reason=reason, limit=limit)
         self.counts["messages"] += 1
         self.counts[fields["outcome"]] += 1

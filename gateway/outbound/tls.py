@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from OpenSSL.crypto import X509
 
 # OpenSSL X509_V_ERR_* codes an operator is likely to meet, in their words.
-_VERIFY_ERRORS = {
+VERIFY_ERRORS = {
     2: "unable to get issuer certificate",
     7: "certificate signature failure",
     9: "certificate is not yet valid",
@@ -53,7 +53,28 @@ _VERIFY_ERRORS = {
     26: "certificate not allowed for this purpose",
 }
 
-_MIN_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+MIN_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+
+def cert_sha256(cert: Certificate) -> str:
+    """A certificate's fingerprint as pins and ``client_cert_sha256`` spell it: SHA-256 of its DER."""
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+def verify_error(errno: int, depth: int) -> str:
+    """OpenSSL's verification error `errno` at `depth`, in words."""
+    text = VERIFY_ERRORS.get(errno, f"certificate verification error {errno}")
+    return f"{text} (depth {depth})"
+
+
+def ssl_error_detail(error: BaseException) -> str:
+    """What an `SSL.Error` says (OpenSSL's reason strings, joined), or the error's type."""
+    parts = (
+        [p[2] for p in error.args[0] if isinstance(p, tuple) and len(p) == 3]
+        if error.args and isinstance(error.args[0], list)
+        else []
+    )
+    return "; ".join(parts) or str(error) or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -125,7 +146,7 @@ class UpstreamTLS:
         self.hostname = upstream.host
         self.pins = frozenset(upstream.pin_sha256)
         context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        context.set_min_proto_version(_MIN_VERSIONS[upstream.min_tls_version])
+        context.set_min_proto_version(MIN_VERSIONS[upstream.min_tls_version])
         context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
         if upstream.ca_file:
             context.load_verify_locations(upstream.ca_file)
@@ -197,7 +218,7 @@ class UpstreamTLS:
             raise TLSFailure(f"certificate does not match host name {self.hostname}") from None
         except CertificateError as exc:
             raise TLSFailure(_unusable_names(exc, self.hostname)) from None
-        digest = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+        digest = cert_sha256(cert)
         if self.pins and digest not in self.pins:
             raise TLSFailure(f"certificate SHA-256 {digest} matches no pin_sha256")
         return digest
@@ -236,18 +257,11 @@ class ClientConnectionCreator:
         """
         record = self._record
         if record and record.errors:
-            errno, depth = record.errors[0]
-            text = _VERIFY_ERRORS.get(errno, f"certificate verification error {errno}")
-            return TLSFailure(f"{text} (depth {depth})")
+            return TLSFailure(verify_error(*record.errors[0]))
         if record and record.refused:
             return TLSFailure(record.refused)
         if isinstance(error, SSL.Error):
-            parts = (
-                [p[2] for p in error.args[0] if isinstance(p, tuple) and len(p) == 3]
-                if error.args and isinstance(error.args[0], list)
-                else []
-            )
-            detail = "; ".join(parts) or str(error) or type(error).__name__
+            detail = ssl_error_detail(error)
         else:
             detail = lost or type(error).__name__
         return TLSFailure(f"TLS handshake failed: {detail}", verification=False)

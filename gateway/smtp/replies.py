@@ -308,6 +308,13 @@ HEADERS_MALFORMED = Reply(550, "5.6.0", "Message header section not well formed 
 HEADER_SECTION_TOO_BIG = Reply(552, "5.3.4", "Message header section too big to check")
 MAIL_LOOP = Reply(554, "5.4.6", "Routing loop detected: too many Received header fields")
 
+# TLS on the listener: STARTTLS (RFC 3207) on starttls:// entries, smtps:// (RFC 8314).
+STARTTLS_READY = Reply(220, "2.0.0", "Ready to start TLS")
+STARTTLS_TWICE = Reply(503, "5.5.1", "TLS already active")
+STARTTLS_NO_ARGUMENT = Reply(501, "5.5.4", "STARTTLS takes no parameters")
+TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+AUTH_NEEDS_TLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first: AUTH only over TLS")
+
 # Connection limits and the listener's own closes.
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
 TOO_MANY_FROM_CLIENT = Reply(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config.environment import from_environment
-from gateway.config.model import LOOPBACK, Endpoint
+from gateway.config.model import LOOPBACK, Endpoint, ListenEntry
 from gateway.errors import ConfigError, UsageError
 
 
@@ -123,7 +123,7 @@ def test_environment_missing_variable(environ: dict[str, str]) -> None:
 def test_environment_relays_everything_from_loopback() -> None:
     """The embedded default: 127.0.0.1:2525, loopback clients only, one rule relaying all."""
     config = from_environment({"MAILGATE_UPSTREAM": "starttls://u@smtp.example.com"})
-    assert config.listener.listen == Endpoint("127.0.0.1", 2525)
+    assert config.listener.listen == (ListenEntry(Endpoint("127.0.0.1", 2525)),)
     assert config.listener.allowed_clients == LOOPBACK
     (rule,) = config.rules
     assert (rule.action, rule.upstreams, rule.clients, rule.senders, rule.recipients) == (
@@ -147,7 +147,7 @@ def test_environment_optional_variables(tmp_path: Path) -> None:
             "MAILGATE_UPSTREAM_CA_FILE": str(ca),
         }
     )
-    assert config.listener.listen == Endpoint("::1", 2626)
+    assert config.listener.listen == (ListenEntry(Endpoint("::1", 2626)),)
     assert config.audit.path == str(tmp_path / "audit.jsonl")
     assert config.upstreams["default"].ca_file == str(ca)
 

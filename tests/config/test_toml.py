@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config.model import Endpoint, ListenerConfig, QueueConfig
+from gateway.config.model import Endpoint, ListenEntry, ListenerConfig, QueueConfig
 from gateway.config.toml import load, parse
 from gateway.errors import ConfigError, Problem
 from tests.config.documents import (
@@ -63,7 +63,7 @@ def test_full_contract_parses(tmp_path: Path) -> None:
         SOURCE,
     )
     assert config.listener == ListenerConfig(
-        listen=Endpoint("127.0.0.1", 2525),
+        listen=(ListenEntry(Endpoint("127.0.0.1", 2525)),),
         allowed_clients=(ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
         hostname="mailgate.example",
         max_message_size=26214400,
@@ -103,7 +103,7 @@ def test_full_contract_parses(tmp_path: Path) -> None:
 def test_listener_defaults() -> None:
     """Without a [listener] table the listener is 127.0.0.1:2525, loopback clients only."""
     listener = parse(document(), SOURCE).listener
-    assert listener.listen == Endpoint("127.0.0.1", 2525)
+    assert listener.listen == (ListenEntry(Endpoint("127.0.0.1", 2525)),)
     assert listener.allowed_clients == (
         ipaddress.ip_network("127.0.0.0/8"),
         ipaddress.ip_network("::1/128"),

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from gateway.config.model import Endpoint, Rate
+from gateway.config.model import Endpoint, ListenEntry, Rate
 from gateway.config.toml import parse
 from gateway.config.values import parse_endpoint, parse_network, parse_rate
 from tests.config.documents import SOURCE, document
@@ -16,8 +16,8 @@ def test_ipv6_listen_endpoint() -> None:
     """listen accepts a bracketed IPv6 address."""
     config = parse(document(listener={"listen": "[::1]:2525"}), SOURCE)
     assert (
-        config.listener.listen == Endpoint("::1", 2525)
-        and str(config.listener.listen) == "[::1]:2525"
+        config.listener.listen == (ListenEntry(Endpoint("::1", 2525)),)
+        and str(config.listener.listen[0]) == "[::1]:2525"
     )
 
 

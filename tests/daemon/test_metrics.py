@@ -76,3 +76,14 @@ def test_metrics_server_can_be_turned_on_from_the_environment():
         from_environment({"MAILGATE_UPSTREAM": "starttls://u@smtp.example.net:587"}).metrics.listen
         is None
     )
+
+
+def test_inbound_tls_sessions_by_version_and_certificate_expiry():
+    """App TLS sessions are counted by version; the listener certificate's expiry is a gauge."""
+    metrics = Metrics()
+    metrics.tls_session("TLSv1.3")
+    metrics.tls_session("TLSv1.3")
+    metrics.listener_certificate(1893456000.0)
+    get = metrics.registry.get_sample_value
+    assert get("mailgate_inbound_tls_sessions_total", {"version": "TLSv1.3"}) == 2
+    assert get("mailgate_listener_certificate_expiry_timestamp_seconds") == 1893456000.0

@@ -100,6 +100,10 @@ class FakeMetrics:
     def __init__(self) -> None:
         self.sessions: list[bool] = []
         self.results: list[tuple[dict[str, Any], float | None]] = []
+        self.tls_versions: list[str] = []
+
+    def tls_session(self, version: str) -> None:
+        self.tls_versions.append(version)
 
     def session_opened(self, allowed: bool) -> None:
         self.sessions.append(allowed)
@@ -126,6 +130,7 @@ class FakeHost:
         self.auth_throttle = AuthThrottle()
         self.dummies = passwords.DummyHashes(a.password_hash for a in config.apps.values())
         self.pauses: list[float] = []
+        self.listener_tls: Any = None  # no starttls:// or smtps:// entry in these configs
 
     def verify_password(self, password_hash: str, password: Secret) -> defer.Deferred[bool]:
         return defer.succeed(passwords.verify(password_hash, password.reveal()))
