@@ -245,6 +245,19 @@ class Spool:
         finally:
             os.close(fd)
 
+    def convert_back(self, state: str, envelope: Envelope) -> None:
+        """Rewrite the envelope in format 1 (one document; for a rollback, the daemon stopped)."""
+        try:
+            fd = trust.open_folder(self.folder(state, envelope.id))
+        except FileNotFoundError:
+            raise MessageGone(envelope.id) from None
+        try:
+            _write_file(ENVELOPE + ".tmp", envelope.to_json(), dir_fd=fd)
+            os.replace(ENVELOPE + ".tmp", ENVELOPE, src_dir_fd=fd, dst_dir_fd=fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def _append(self, folder_fd: int, record: bytes, *, durable: bool) -> bool:
         """Append `record` to a format 2 journal; False when it must be rewritten instead.
 
