@@ -43,9 +43,9 @@ from gateway.outbound.relay import RelayTransaction
 from gateway.policy import passwords
 from gateway.policy.auth_throttle import AuthThrottle
 from gateway.policy.ratelimit import RateLimits
+from gateway.queue.commit import GroupCommit
 from gateway.queue.enqueue import QueueTransaction
 from gateway.queue.runner import DeliveryRunner
-from gateway.queue.commit import GroupCommit
 from gateway.queue.spool import Spool
 from gateway.smtp.commands import MailFrom
 

@@ -55,14 +55,14 @@ class GroupCommit:
         self.batches += 1
         self.messages += len(batch)
         if isinstance(result, Failure):  # commit_all itself raised: none of them is durable
-            error = result.value if isinstance(result.value, OSError) else OSError(str(result))
-            errors: list[OSError | None] = [error] * len(batch)
+            raised = result.value if isinstance(result.value, OSError) else OSError(str(result))
+            errors: list[OSError | None] = [raised] * len(batch)
         else:
             errors = result
         if self.waiting:
             self._next()  # the disk goes on with the next batch while these sessions answer
-        for (_, _, done), error in zip(batch, errors, strict=True):
-            if error is None:
+        for (_, _, done), failed in zip(batch, errors, strict=True):
+            if failed is None:
                 done.callback(None)
             else:
-                done.errback(error)
+                done.errback(failed)

@@ -45,7 +45,9 @@ def received(spool: Spool) -> tuple[SpoolWriter, Envelope]:
 def submit(group: GroupCommit, spool: Spool, answered: list[str]) -> SpoolWriter:
     writer, envelope = received(spool)
     d = group.submit(lambda: writer.commit(envelope), writer)
-    d.addCallbacks(lambda _: answered.append(writer.id), lambda f: answered.append(f"452 {f.value}"))
+    d.addCallbacks(
+        lambda _: answered.append(writer.id), lambda f: answered.append(f"452 {f.value}")
+    )
     return writer
 
 

@@ -263,7 +263,10 @@ def test_commit_all_takes_the_batch_back_when_active_cannot_be_synced(spool, mon
 
     monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
     errors = spool_module.commit_all(
-        [(lambda: good.commit(envelope(good.id)), good), (lambda: bad.commit(envelope(bad.id)), bad)]
+        [
+            (lambda: good.commit(envelope(good.id)), good),
+            (lambda: bad.commit(envelope(bad.id)), bad),
+        ]
     )
     assert [e.errno if e else None for e in errors] == [5, 28]
     assert spool.ids(ACTIVE) == [] and spool.ids(INCOMING) == sorted([good.id, bad.id])
