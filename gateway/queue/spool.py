@@ -311,7 +311,19 @@ class Spool:
                 return
         except OSError:
             return
-        shutil.rmtree(path, ignore_errors=True)
+        try:  # what mailgate writes: two unlinks and a rmdir, not a walk of the folder
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                for name in (BODY, ENVELOPE):
+                    try:
+                        os.unlink(name, dir_fd=fd)  # never follows: a link is removed itself
+                    except FileNotFoundError:
+                        pass
+            finally:
+                os.close(fd)
+            os.rmdir(path)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)  # anything else in it (a .tmp, a planted file)
 
     def clear(self, state: str) -> list[str]:
         """Remove every message in `state` (used for incoming/ and done/ at start-up)."""

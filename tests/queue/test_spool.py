@@ -270,3 +270,18 @@ def test_commit_all_takes_the_batch_back_when_active_cannot_be_synced(spool, mon
     )
     assert [e.errno if e else None for e in errors] == [5, 28]
     assert spool.ids(ACTIVE) == [] and spool.ids(INCOMING) == sorted([good.id, bad.id])
+
+
+def test_remove_takes_the_folder_whatever_it_holds(spool, tmp_path):
+    """remove() of a message folder with only its files, and of one holding a link and an extra
+    file: both gone, the link's target untouched."""
+    plain, odd = commit(spool), commit(spool)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    folder = spool.folder(ACTIVE, odd)
+    os.remove(os.path.join(folder, "body"))
+    os.symlink(outside, os.path.join(folder, "body"))
+    open(os.path.join(folder, "envelope.json.tmp"), "wb").close()
+    spool.remove(ACTIVE, plain)
+    spool.remove(ACTIVE, odd)
+    assert spool.ids(ACTIVE) == [] and outside.read_bytes() == b"keep"
