@@ -437,6 +437,12 @@ def commit_all(batch: list[tuple[Callable[[], None], SpoolWriter]]) -> list[OSEr
             commit()
         except OSError as exc:
             errors[n] = exc
+        except Exception as exc:  # noqa: BLE001 - our bug: this message alone is not committed
+            errors[n] = OSError(errno.EIO, f"internal error ({type(exc).__name__})")
+            try:
+                writer.take_back()
+            except OSError:
+                pass
     renamed = [(n, writer) for n, (_, writer) in enumerate(batch) if writer.renamed]
     if renamed:
         try:
