@@ -223,7 +223,9 @@ class Spool:
     # --- changing ------------------------------------------------------------------
 
     def save(self, state: str, envelope: Envelope, *, durable: bool = True) -> None:
-        """Rewrite the envelope atomically; `MessageGone` if it was moved away.
+        """Record the envelope: one line appended to its journal (`_append`); a format 1
+        envelope, or a journal past `COMPACT_AT`, is rewritten through a temp file instead.
+        `MessageGone` if it was moved away.
 
         Always the old or the new version survives a crash. With ``durable=False``
         a crash may bring back the old version (used where that only costs a
