@@ -26,8 +26,8 @@ test: $(STAMP)
 # `make bench N=500` for a quick run; S (body bytes), C (parallel sessions), PROFILE=1 (py-spy),
 # INSTANCES=2 (also relay mode with 2 processes on one port, reuse_port; SCALING_ONLY=1: just that).
 bench: $(STAMP)
-	$(BIN)/python bench/run.py $(if $(N),-n $(N)) $(if $(S),-s $(S)) $(if $(C),-c $(C)) $(if $(PROFILE),--profile) $(if $(INSTANCES),--instances $(INSTANCES)) $(if $(SCALING_ONLY),--scaling-only)
-	$(if $(SCALING_ONLY),,$(BIN)/python bench/auth_timing.py)
+	$(BIN)/python bench/run.py $(if $(N),-n $(N)) $(if $(S),-s $(S)) $(if $(C),-c $(C)) $(if $(PROFILE),--profile) $(if $(INSTANCES),--instances $(INSTANCES)) $(if $(SCALING_ONLY),--scaling-only) $(if $(MODES_ONLY),--modes-only)
+	$(if $(SCALING_ONLY)$(MODES_ONLY),,$(BIN)/python bench/auth_timing.py)
 
 # Known vs unknown app name: the time a wrong password takes (issue 12 item 9), not a test.
 bench-auth: $(STAMP)

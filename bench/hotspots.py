@@ -118,7 +118,7 @@ def summarise(path: str, top: int = 15) -> dict[str, Any]:
 def render(profile: dict[str, Any]) -> str:
     threads = ", ".join(f"{name} {pct}%" for name, pct in profile.get("threads", []))
     lines = [
-        f"profile of mailgate relay mode under load ({profile['samples']} samples of the reactor thread, py-spy):",
+        f"profile of mailgate {profile.get('mode', 'relay')} mode under load ({profile['samples']} samples of the reactor thread, py-spy):",
         f"  samples by thread: {threads}",
         "  self time by package (reactor thread):",
     ]

@@ -143,6 +143,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=bool(os.environ.get("BENCH_SCALING_ONLY")),
         help="with --instances: run only (c) and the N-instance pass (no Postfix, no targets)",
     )
+    parser.add_argument(
+        "--modes-only",
+        action="store_true",
+        default=bool(os.environ.get("BENCH_MODES_ONLY")),
+        help="run only (c) relay and (d) queue mode (and the profiles with --profile): "
+        "no Postfix, no targets; for measuring a change (BENCH_MODES_ONLY=1)",
+    )
     parser.add_argument("--output", default=os.path.join(HERE, "results", "latest.json"))
     parser.add_argument(
         "--keep", action="store_true", help="keep the temporary folder (logs, configs)"
@@ -557,6 +564,28 @@ class Bench:
         latency["added_p99_ms"] = round(
             latency["mailgate_relay"]["c1"]["p99_ms"] - latency["direct"]["c1"]["p99_ms"], 3
         )
+        try:  # queue mode: the time to a durable 250, one app at a time (issue 13)
+            queue = self.start_mailgate("latency-queue", delivery="queue")
+        except QueueUnavailable:
+            queue = None
+        if queue is not None:
+            try:
+                seconds = app.timed_messages(
+                    queue.port, self.args.serial_messages, 1, self.args.size
+                )
+            finally:
+                queue.stop()
+            latency["mailgate_queue"] = {
+                "c1": {
+                    "count": self.args.serial_messages,
+                    "concurrency": 1,
+                    "p50_ms": round(1000 * app.percentile(seconds, 0.50), 3),
+                    "p99_ms": round(1000 * app.percentile(seconds, 0.99), 3),
+                }
+            }
+            latency["queue_added_p50_ms"] = round(
+                latency["mailgate_queue"]["c1"]["p50_ms"] - latency["direct"]["c1"]["p50_ms"], 3
+            )
         self.results["latency"] = latency
 
     def run_big_message(self) -> None:
@@ -597,7 +626,9 @@ class Bench:
         finally:
             process.stop()
 
-    def run_profile(self) -> None:
+    def run_profile(self, delivery: str | None = None) -> None:
+        """py-spy on mailgate under the throughput workload: relay mode, or queue mode."""
+        mode = delivery or "relay"
         spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
         if not os.access(spy, os.X_OK):
             self.say("profile: installing py-spy into the venv")
@@ -607,10 +638,10 @@ class Bench:
         if not os.access(spy, os.X_OK):
             self.results["profile"] = {"skipped": "py-spy could not be installed"}
             return
-        self.say("profile: py-spy on mailgate relay mode under the same load")
-        process = self.start_mailgate("profile")
+        self.say(f"profile: py-spy on mailgate {mode} mode under the same load")
+        process = self.start_mailgate(f"profile-{mode}", delivery=delivery)
         out_dir = os.path.join(os.path.dirname(self.args.output))
-        collapsed = os.path.join(out_dir, "relay-profile.txt")
+        collapsed = os.path.join(out_dir, f"{mode}-profile.txt")
         recorder = subprocess.Popen(
             [
                 spy,
@@ -650,7 +681,8 @@ class Bench:
                 recorder.kill()
             process.stop()
         if os.path.exists(collapsed):
-            self.results["profile"] = {
+            self.results["profile" if mode == "relay" else f"profile_{mode}"] = {
+                "mode": mode,
                 "collapsed_stacks": os.path.relpath(collapsed, ROOT),
                 **hotspots.summarise(collapsed),
             }
@@ -675,6 +707,27 @@ def scaling_report(results: dict[str, Any], args: argparse.Namespace) -> int:
     return 0
 
 
+def modes_report(results: dict[str, Any], args: argparse.Namespace) -> int:
+    """--modes-only: write the results and print relay and queue mode's figures."""
+    os.makedirs(os.path.dirname(args.output), exist_ok=True)
+    with open(args.output, "w") as handle:
+        json.dump(results, handle, indent=2)
+    for key in ("mailgate_relay", "mailgate_queue"):
+        run = results["throughput"].get(key, {})
+        print(
+            f"{key}: N={args.messages} S={args.size} C={args.concurrency}: "
+            f"{run.get('msgs_per_s')} msgs/s, {run.get('relay_cpu_ms_per_message')} CPU ms/msg, "
+            f"other load {run.get('other_load_cores')} cores"
+        )
+    for key in ("profile", "profile_queue"):
+        if key in results and "samples" in results[key]:
+            from hotspots import render
+
+            print(render(results[key]))
+    print(f"results: {os.path.relpath(args.output)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up on SIGTERM too
@@ -689,6 +742,13 @@ def main(argv: list[str] | None = None) -> int:
                 bench.run_mailgate_relay()
                 bench.run_mailgate_instances()
                 return scaling_report(bench.results, args)
+            if args.modes_only:
+                bench.run_mailgate_relay()
+                bench.run_mailgate_queue()
+                if args.profile:
+                    bench.run_profile()
+                    bench.run_profile("queue")
+                return modes_report(bench.results, args)
             bench.run_direct()
             bench.run_postfix()
             if args.postfix_reuse:
@@ -702,18 +762,20 @@ def main(argv: list[str] | None = None) -> int:
             bench.run_idle_sessions()
             if args.profile:
                 bench.run_profile()
+                bench.run_profile("queue")
         except BenchError as exc:
             print(f"bench: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("bench: interrupted", file=sys.stderr)
             return 130
-    from targets import evaluate, summary
+    from targets import evaluate, evaluate_issue13, summary
 
     results = bench.results
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     verdicts = evaluate(results)
     results["targets"] = [v.__dict__ for v in verdicts]
+    results["targets_issue13"] = [v.__dict__ for v in evaluate_issue13(results)]
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as handle:
         json.dump(results, handle, indent=2)

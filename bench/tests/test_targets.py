@@ -102,3 +102,28 @@ def test_summary_shows_the_n_instance_run_and_its_scaling() -> None:
     text = summary(results, evaluate(results))
     assert "(cx2) relay, 2 instances" in text
     assert "scaling: 2 instances on one port = x1.75" in text
+
+
+def test_issue13_targets_judge_rates_against_both_postfixes_and_cpu_per_message() -> None:
+    """d/b >= 1.5, d/b+ >= 1.0, c/b >= 3.0, c/b+ >= 2.0, queue CPU <= 1.5x relay and <= 2 ms,
+    relay CPU <= 1 ms: each judged, and a missing run is n/a."""
+    from targets import evaluate_issue13
+
+    results = figures()
+    runs = results["throughput"]
+    runs["postfix"]["msgs_per_s"] = 100.0
+    runs["postfix_tls_reuse"] = {"msgs_per_s": 150.0}
+    runs["mailgate_relay"].update(msgs_per_s=300.0, relay_cpu_ms_per_message=1.0)
+    runs["mailgate_queue"].update(msgs_per_s=150.0, relay_cpu_ms_per_message=1.5)
+    verdicts = {v.target: v.status for v in evaluate_issue13(results)}
+    assert set(verdicts.values()) == {"PASS"} and len(verdicts) == 7
+    runs["mailgate_queue"]["relay_cpu_ms_per_message"] = 2.1
+    missed = [
+        t for t, s in ((v.target, v.status) for v in evaluate_issue13(results)) if s == "MISS"
+    ]
+    assert missed == [
+        "queue CPU per message <= 1.5x relay mode's",
+        "queue CPU <= 2.0 ms per message",
+    ]
+    del runs["postfix_tls_reuse"]
+    assert [v.status for v in evaluate_issue13(results)][1] == "n/a"

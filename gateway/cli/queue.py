@@ -229,6 +229,24 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_back(args: argparse.Namespace) -> int:
+    """Rewrite every envelope in format 1, for a release before issue 13 (a rollback)."""
+    spool = _spool(args)
+    converted = 0
+    for state in (ACTIVE, DEFERRED, DEAD, TRASH):
+        for queue_id in spool.ids(state):
+            envelope = _load(spool, state, queue_id)
+            try:
+                spool.convert_back(state, envelope)
+            except MessageGone:
+                raise MailgateError(
+                    f"queue: {queue_id} moved while converting: stop the gateway first"
+                ) from None
+            converted += 1
+    print(f"converted {converted} envelope(s) to format 1; quarantine/ is left as it is")
+    return 0
+
+
 def add_commands(subparsers: Any) -> None:
     """Register ``mailgate queue ...`` on the top-level subparsers."""
     queue = subparsers.add_parser("queue", help="list and steer the store-and-forward spool")
@@ -255,4 +273,9 @@ def add_commands(subparsers: Any) -> None:
     command("dead", cmd_dead, "list dead letters")
     command("quarantine", cmd_quarantine, "list messages set aside: envelope or files refused")
     command("requeue", cmd_requeue, "move a dead letter back to the queue", with_id=True)
+    command(
+        "convert-back",
+        cmd_convert_back,
+        "rewrite every envelope in spool format 1, for an older release (gateway stopped)",
+    )
     queue_drain.add_commands(sub, command, _spool)

@@ -45,6 +45,7 @@ from gateway.outbound.relay import RelayTransaction
 from gateway.policy import passwords
 from gateway.policy.auth_throttle import AuthThrottle
 from gateway.policy.ratelimit import RateLimits
+from gateway.queue.commit import GroupCommit
 from gateway.queue.enqueue import QueueTransaction
 from gateway.queue.runner import DeliveryRunner
 from gateway.queue.spool import Spool
@@ -110,6 +111,7 @@ class Gateway:
         spool = Spool(config.queue.path)
         queueing = any(rule.delivery == "queue" for rule in config.rules)
         self.spool: Spool | None = spool if queueing or spool.exists() else None
+        self.group_commit = GroupCommit(self.run_blocking)
         self.runner: DeliveryRunner | None = None
         if self.spool is not None:
             self.runner = DeliveryRunner(
@@ -229,6 +231,7 @@ class Gateway:
                 mail,
                 route,
                 run_blocking=self.run_blocking,
+                committer=self.group_commit.submit,
                 on_committed=self.runner.submitted,
                 draining=lambda: runner.draining,
             )

@@ -7,12 +7,14 @@ held whole in memory; plain file writes in the reactor thread), and at the end
 of data the message is committed durably — fsyncs and an atomic rename — before
 the app sees ``250``. While the spool drains (`gateway.queue.drain`), RCPT and DATA get
 ``451 4.3.2``. Any write error gives ``452 4.3.1`` and removes the partial
-message. The commit's fsyncs run through the `run_blocking` the host hands in (a thread pool),
-so one session's disk wait does not stall the others. No reactor imports.
+message. The commit's fsyncs run through the `committer` the host hands in (the group commit,
+`gateway.queue.commit`: sessions finishing together share a batch), or else `run_blocking` (a
+thread pool), so one session's disk wait does not stall the others. No reactor imports.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +27,7 @@ from gateway.smtp.data import MessageFacts
 from gateway.smtp.replies import Reply
 
 RunBlocking = Callable[..., Any]  # (function, *args) -> Deferred of its result, run off the reactor
+Committer = Callable[[Callable[[], None], SpoolWriter], Any]  # -> Deferred, fired once durable
 
 
 class QueueTransaction:
@@ -42,6 +45,7 @@ class QueueTransaction:
         route: tuple[str, ...] = (),
         *,
         run_blocking: RunBlocking | None = None,
+        committer: Committer | None = None,
         on_committed: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         draining: Callable[[], bool] = lambda: False,
@@ -51,6 +55,7 @@ class QueueTransaction:
         self.mail = mail
         self.route = route
         self.run_blocking = run_blocking
+        self.committer = committer
         self.on_committed = on_committed
         self.clock = clock
         self.handed_over = False  # the commit is running in a thread
@@ -151,9 +156,12 @@ class QueueTransaction:
             app=getattr(origin, "app", None),
             message_id=getattr(origin, "message_id", None),
         )
-        assert self.run_blocking is not None
         self.handed_over = True
-        d = self.run_blocking(self.commit, envelope)
+        if self.committer is not None:
+            d = self.committer(functools.partial(self.commit, envelope), self.writer)
+        else:
+            assert self.run_blocking is not None
+            d = self.run_blocking(self.commit, envelope)
 
         def failed(failure: Any) -> Reply:
             failure.trap(OSError)

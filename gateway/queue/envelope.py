@@ -1,5 +1,13 @@
 """A spooled message's envelope (``envelope.json``): its values, and reading one back strictly. Pure.
 
+Two formats are read. Format 2 (written since issue 13) is a journal: one JSON
+object per line, each a whole envelope (``"version": 2``); the first is written
+at commit, each state change appends another, and the last line that is a
+whole JSON object is the envelope (a line cut short by a crash is skipped: it
+was never acknowledged). Format 1 (before) is one indented JSON document,
+rewritten in place; it is still read, and `Envelope.to_json` still writes it
+(rollback: ``mailgate queue convert-back``).
+
 The runner turns the envelope into SMTP commands (``MAIL FROM:<sender> SIZE=n
 BODY=...``, ``RCPT TO:<address>``) and into folder names (its ``id``). A file
 edited by hand, by a bug or by someone who could write the spool must not be
@@ -21,7 +29,9 @@ from typing import Any
 
 from gateway.smtp.address import AddressError, parse_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the journal of whole-envelope lines
+FORMAT_V1 = 1  # one indented document, rewritten (read, and written by `to_json` for rollback)
+READ_VERSIONS = (FORMAT_V1, FORMAT_VERSION)
 
 
 class RecipientStatus(StrEnum):
@@ -102,13 +112,53 @@ class Envelope:
         return max(tried, key=lambda r: r.last_attempt or 0).last_reply if tried else None
 
     def to_json(self) -> bytes:
-        data = {"version": FORMAT_VERSION, **asdict(self)}
+        """Format 1: the whole envelope as one indented document (what 0.x releases read)."""
+        data = {"version": FORMAT_V1, **asdict(self)}
         return json.dumps(data, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
+
+    def to_record(self) -> bytes:
+        """Format 2: the whole envelope as one compact JSON line (a journal record), ``\n``-ended."""
+        data = {"version": FORMAT_VERSION, **self._fields()}
+        return _ENCODE(data).encode("ascii") + b"\n"
+
+    def _fields(self) -> dict[str, Any]:
+        """`asdict` without its deep copy (the values are plain JSON types)."""
+        data = {name: getattr(self, name) for name in _ENVELOPE_NAMES}
+        data["recipients"] = [
+            {name: getattr(r, name) for name in _RECIPIENT_NAMES} for r in self.recipients
+        ]
+        return data
 
     @classmethod
     def from_json(cls, raw: bytes, queue_id: str | None = None) -> Envelope:
-        """The envelope in `raw`, checked field by field (and its id against `queue_id`)."""
-        return _Reader(queue_id).envelope(raw)
+        """The envelope in `raw` (format 1 or 2), checked field by field (and its id against `queue_id`)."""
+        return _Reader(queue_id).envelope(_current(raw))
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
+_ENVELOPE_NAMES = [f.name for f in fields(Envelope)]
+_RECIPIENT_NAMES = [f.name for f in fields(RecipientState)]
+
+
+def _current(raw: bytes) -> bytes:
+    """The envelope a file holds: format 2's last whole line, or format 1's one document.
+
+    A format 2 file's first line is a whole JSON object; a format 1 file's is ``{``.
+    Lines that are not JSON are the tail of an append a crash cut short (each record
+    is written after a newline, so it never joins such a tail) and are skipped.
+    """
+    first, _, rest = raw.partition(b"\n")
+    if not rest.strip() or not first.strip().startswith(b"{") or first.strip() == b"{":
+        return raw  # one document: format 1, or a format 2 file of one line (or not JSON)
+    for line in reversed(raw.split(b"\n")):
+        line = line.strip()
+        if line.startswith(b"{") and line.endswith(b"}"):
+            try:
+                json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            return line
+    return raw
 
 
 class EnvelopeInvalid(ValueError):
@@ -220,9 +270,12 @@ class _Reader:
         if not isinstance(data, dict):
             raise EnvelopeInvalid([f"envelope.json: found {_kind(data)}, expected an object"])
         version = data.pop("version", None)
-        if version != FORMAT_VERSION:
+        if version not in READ_VERSIONS or isinstance(version, bool):
             raise EnvelopeInvalid(
-                [f"version: found {_shown(version)}, expected {FORMAT_VERSION} (unknown format)"]
+                [
+                    f"version: found {_shown(version)}, expected {FORMAT_V1} or "
+                    f"{FORMAT_VERSION} (unknown format)"
+                ]
             )
         self._keys("", data, Envelope)
         self._id(data)

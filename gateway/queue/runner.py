@@ -79,6 +79,7 @@ class DeliveryRunner:
         self.duplicates: dict[str, set[str]] = {}  # queue id -> recipients possibly delivered
         self.unreadable: set[str] = set()
         self.stopping = False
+        self._sweeping = False  # done/ is being emptied in a thread
         self.attempts = DeliveryAttempts(
             reactor, spool, pools, self.cooldowns, audit, clock, self.duplicates
         )
@@ -209,8 +210,28 @@ class DeliveryRunner:
                     quarantine=left.quarantine,
                 )
 
+    def _sweep_done(self) -> None:
+        """Remove the delivered messages (``done/``) in one batch, off the reactor when it has
+        threads (each removal is several unlinks: kept off the delivery's path)."""
+        if self._sweeping or not self.spool.ids(DONE):
+            return
+        in_thread = getattr(self.reactor, "callInThread", None)
+        if in_thread is None:
+            self.spool.clear(DONE)
+            return
+        self._sweeping = True
+
+        def sweep() -> None:
+            try:
+                self.spool.clear(DONE)
+            finally:
+                self.reactor.callFromThread(setattr, self, "_sweeping", False)
+
+        in_thread(sweep)
+
     def _scan(self) -> None:
         self._watch_drain()
+        self._sweep_done()
         for queue_id in self.spool.ids(TRASH):
             if queue_id not in self.in_flight:
                 self._deleted(queue_id)

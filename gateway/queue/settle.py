@@ -118,8 +118,7 @@ class Settler:
                 **({"bounce": bounce} if bounce else {}),
             )
         else:
-            self.spool.move(envelope.id, ACTIVE, DONE, durable=False)
-            self.spool.remove(DONE, envelope.id)
+            self.spool.move(envelope.id, ACTIVE, DONE, durable=False)  # removed in batches
         return None
 
     def _save_failed(self, envelope: Envelope, exc: OSError, now: float) -> float | None:

@@ -12,10 +12,15 @@ Layout under ``[queue] path`` — one folder per state, one folder per message::
 
 Each message folder holds ``body`` (the message exactly as received, CRLF
 lines, without SMTP dot-stuffing) and ``envelope.json`` (sender, recipients and
-their delivery state). A message is committed by fsyncing both files and the
-folder, renaming ``incoming/ID`` to ``active/ID`` (atomic) and fsyncing both
-parents. The envelope is rewritten through ``envelope.json.tmp``, fsync,
-rename, folder fsync, so it is always either the old or the new version.
+their delivery state; format 2, `gateway.queue.envelope`: a journal of whole
+envelope lines). A message is committed by fsyncing both files and the folder,
+renaming ``incoming/ID`` to ``active/ID`` (atomic) and fsyncing ``active/`` —
+once for every message committed together (`commit_all`, the group commit). A
+state change appends one line to ``envelope.json`` (fdatasync when durable):
+no temp file, no rename; the last whole line is the envelope, so a crash leaves
+the old or the new version. A format 1 envelope (one document) is converted on
+its first change through ``envelope.json.tmp``, fsync, rename, folder fsync, and
+a journal longer than `COMPACT_AT` is compacted the same way.
 State changes between folders are single renames, so a message is in exactly
 one state at any moment and a crash leaves it in the old one or the new one.
 
@@ -34,7 +39,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 from gateway.queue import trust
@@ -75,6 +80,7 @@ __all__ = [
     "Spool",
     "SpoolUnsafe",
     "SpoolWriter",
+    "commit_all",
     "new_id",
     "read_headers",
     "read_lines",
@@ -95,6 +101,7 @@ QUEUED = (ACTIVE, DEFERRED)  # states a message waits for delivery in
 BODY, ENVELOPE = "body", "envelope.json"
 CHUNK = 64 * 1024
 MAX_ENVELOPE = 16 * 1024 * 1024  # far above any envelope mailgate writes
+COMPACT_AT = 256 * 1024  # a journal this long is rewritten as one line at the next change
 
 
 class MessageGone(Exception):
@@ -124,21 +131,6 @@ def _write_file(path: str, data: bytes, dir_fd: int | None = None) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(folder: str, name: str, data: bytes, *, durable: bool = True) -> None:
-    """Replace folder/name through a fsynced temp file; `durable` also fsyncs the folder (the rename).
-
-    The folder is opened once without following a link, and both steps go through it.
-    """
-    fd = trust.open_folder(folder)
-    try:
-        _write_file(name + ".tmp", data, dir_fd=fd)
-        os.replace(name + ".tmp", name, src_dir_fd=fd, dst_dir_fd=fd)
-        if durable:
-            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -231,19 +223,63 @@ class Spool:
     # --- changing ------------------------------------------------------------------
 
     def save(self, state: str, envelope: Envelope, *, durable: bool = True) -> None:
-        """Rewrite the envelope atomically; `MessageGone` if it was moved away.
+        """Record the envelope: one line appended to its journal (`_append`); a format 1
+        envelope, or a journal past `COMPACT_AT`, is rewritten through a temp file instead.
+        `MessageGone` if it was moved away.
 
         Always the old or the new version survives a crash. With ``durable=False``
         a crash may bring back the old version (used where that only costs a
         shorter backoff, never a lost or duplicated delivery).
         """
         folder = self.folder(state, envelope.id)
-        if not os.path.isdir(folder):
-            raise MessageGone(envelope.id)
+        record = envelope.to_record()
         try:
-            _write_atomic(folder, ENVELOPE, envelope.to_json(), durable=durable)
+            fd = trust.open_folder(folder)
         except FileNotFoundError:
             raise MessageGone(envelope.id) from None
+        try:
+            if not self._append(fd, record, durable=durable):
+                _write_file(ENVELOPE + ".tmp", record, dir_fd=fd)
+                os.replace(ENVELOPE + ".tmp", ENVELOPE, src_dir_fd=fd, dst_dir_fd=fd)
+                os.fsync(fd)  # the first change of a format 1 envelope, or a compaction
+        except FileNotFoundError:
+            raise MessageGone(envelope.id) from None
+        finally:
+            os.close(fd)
+
+    def convert_back(self, state: str, envelope: Envelope) -> None:
+        """Rewrite the envelope in format 1 (one document; for a rollback, the daemon stopped)."""
+        try:
+            fd = trust.open_folder(self.folder(state, envelope.id))
+        except FileNotFoundError:
+            raise MessageGone(envelope.id) from None
+        try:
+            _write_file(ENVELOPE + ".tmp", envelope.to_json(), dir_fd=fd)
+            os.replace(ENVELOPE + ".tmp", ENVELOPE, src_dir_fd=fd, dst_dir_fd=fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _append(self, folder_fd: int, record: bytes, *, durable: bool) -> bool:
+        """Append `record` to a format 2 journal; False when it must be rewritten instead.
+
+        The journal is opened without following a link and must be a regular file of
+        ours with one link (`trust.open_file`'s checks). Each record is written after
+        a newline, so it never joins the tail of an append a crash cut short.
+        """
+        fd = trust.open_file(folder_fd, ENVELOPE, self.owner, write=True)
+        try:
+            size = os.fstat(fd).st_size
+            if size > COMPACT_AT or os.pread(fd, 2, 0) != b'{"':  # format 1 starts "{\n"
+                return False
+            data = memoryview(b"\n" + record)
+            while data:
+                data = data[os.write(fd, data) :]
+            if durable:
+                os.fdatasync(fd)
+            return True
+        finally:
+            os.close(fd)
 
     def move(self, queue_id: str, source: str, target: str, *, durable: bool = True) -> None:
         """One atomic rename between state folders; `MessageGone` if it is not in `source`.
@@ -277,7 +313,19 @@ class Spool:
                 return
         except OSError:
             return
-        shutil.rmtree(path, ignore_errors=True)
+        try:  # what mailgate writes: two unlinks and a rmdir, not a walk of the folder
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                for name in (BODY, ENVELOPE):
+                    try:
+                        os.unlink(name, dir_fd=fd)  # never follows: a link is removed itself
+                    except FileNotFoundError:
+                        pass
+            finally:
+                os.close(fd)
+            os.rmdir(path)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)  # anything else in it (a .tmp, a planted file)
 
     def clear(self, state: str) -> list[str]:
         """Remove every message in `state` (used for incoming/ and done/ at start-up)."""
@@ -307,6 +355,8 @@ class SpoolWriter:
         self.error: OSError | None = None
         self.size = 0  # octets written: the message as it will be delivered
         self._file: BinaryIO | None = None
+        self.grouped = False  # committed by `commit_all`, which fsyncs active/ once per batch
+        self.renamed = False  # in active/ (durable once active/ is fsynced)
         os.mkdir(self.folder, 0o700)
         try:
             fd = os.open(
@@ -328,7 +378,11 @@ class SpoolWriter:
             self.error = exc
 
     def commit(self, envelope: Envelope) -> None:
-        """Body fsync, envelope fsync, folder fsync, rename into active/, active/ fsync."""
+        """Body fsync, envelope fsync, folder fsync, rename into active/, active/ fsync.
+
+        A writer in a group commit (`grouped`) stops after the rename: `commit_all`
+        fsyncs ``active/`` once for the whole batch.
+        """
         if self.error is not None:
             raise self.error
         assert self._file is not None
@@ -338,16 +392,26 @@ class SpoolWriter:
             os.fsync(handle.fileno())
         finally:
             handle.close()
-        _write_file(os.path.join(self.folder, ENVELOPE), envelope.to_json())
+        _write_file(os.path.join(self.folder, ENVELOPE), envelope.to_record())
         _fsync_dir(self.folder)
-        committed = self.spool.folder(ACTIVE, self.id)
-        os.rename(self.folder, committed)
+        os.rename(self.folder, self.spool.folder(ACTIVE, self.id))
+        self.renamed = True
+        if not self.grouped:
+            self.publish()
+
+    def publish(self) -> None:
+        """fsync ``active/``: the rename is durable. If that fails, take the message back."""
         try:
             _fsync_dir(self.spool.folder(ACTIVE))
         except OSError:
             # Not durable, so the app will hear 452: take it back, or it would be delivered too.
-            os.rename(committed, self.folder)
+            self.take_back()
             raise
+
+    def take_back(self) -> None:
+        if self.renamed:
+            os.rename(self.spool.folder(ACTIVE, self.id), self.folder)
+            self.renamed = False
 
     def discard(self) -> None:
         if self._file is not None:
@@ -357,6 +421,42 @@ class SpoolWriter:
             except OSError:
                 pass
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def commit_all(batch: list[tuple[Callable[[], None], SpoolWriter]]) -> list[OSError | None]:
+    """Commit several messages with one fsync of ``active/``: the group commit.
+
+    Each `commit` (the message's `SpoolWriter.commit`, its writer `grouped`) fsyncs the body,
+    the envelope and the message folder and renames it into ``active/``; then ``active/`` is
+    fsynced once for them all. Returns an error (or None) per message, in order; a message
+    with an error was not committed (its folder is back in ``incoming/`` if it had been
+    renamed), so its app must hear ``452``.
+    """
+    errors: list[OSError | None] = [None] * len(batch)
+    for n, (commit, writer) in enumerate(batch):
+        writer.grouped = True
+        try:
+            commit()
+        except OSError as exc:
+            errors[n] = exc
+        except Exception as exc:  # noqa: BLE001 - our bug: this message alone is not committed
+            errors[n] = OSError(errno.EIO, f"internal error ({type(exc).__name__})")
+            try:
+                writer.take_back()
+            except OSError:
+                pass
+    renamed = [(n, writer) for n, (_, writer) in enumerate(batch) if writer.renamed]
+    if renamed:
+        try:
+            _fsync_dir(renamed[0][1].spool.folder(ACTIVE))
+        except OSError as exc:
+            for n, writer in renamed:
+                errors[n] = exc
+                try:
+                    writer.take_back()
+                except OSError:
+                    pass
+    return errors
 
 
 def read_lines(path: str, chunk: int = CHUNK) -> Iterator[bytes]:

@@ -174,12 +174,16 @@ def open_folder(path: str, owner: int | None = None) -> int:
     return fd
 
 
-def open_file(folder_fd: int, name: str, owner: int | None = None, *, shown: str = "") -> int:
-    """A read descriptor of the regular file `name` in the folder `folder_fd` (never a link).
+def open_file(
+    folder_fd: int, name: str, owner: int | None = None, *, shown: str = "", write: bool = False
+) -> int:
+    """A read (or, with `write`, read and append) descriptor of the regular file `name` in the
+    folder `folder_fd` (never a link).
 
     Opened non-blocking, so a FIFO put there cannot hang the caller, then checked.
     """
-    fd = _open(name, os.O_RDONLY | os.O_NONBLOCK, dir_fd=folder_fd, shown=shown)
+    mode = os.O_RDWR | os.O_APPEND if write else os.O_RDONLY
+    fd = _open(name, mode | os.O_NONBLOCK, dir_fd=folder_fd, shown=shown)
     try:
         info = os.fstat(fd)
         _refuse(shown or name, info, owner if owner is not None else info.st_uid, folder=False)

@@ -148,3 +148,21 @@ def test_missing_spool_names_queue_path(tmp_path, capsys):
     path.write_text(f'[queue]\npath = "{tmp_path}/nowhere"\n')
     code, _, err = run(capsys, "list", "--config", str(path))
     assert code == 1 and "queue.path" in err and "nowhere" in err
+
+
+def test_convert_back_rewrites_every_envelope_in_format_1(spool, config, capsys):
+    """`queue convert-back` (a rollback): each envelope becomes one format 1 document, same values."""
+    import json
+    import os
+
+    ids = {state: put(spool, state) for state in (ACTIVE, DEFERRED, DEAD)}
+    before = {state: spool.load(state, queue_id) for state, queue_id in ids.items()}
+    before[ACTIVE].recipients[0].in_flight = True
+    spool.save(ACTIVE, before[ACTIVE])  # a journal of two lines
+    assert cli.main(["queue", "convert-back", "--config", config]) == 0
+    assert "converted 3 envelope(s)" in capsys.readouterr().out
+    for state, queue_id in ids.items():
+        path = os.path.join(spool.folder(state, queue_id), "envelope.json")
+        with open(path, "rb") as handle:
+            assert json.loads(handle.read())["version"] == 1
+        assert spool.load(state, queue_id) == before[state]

@@ -160,3 +160,128 @@ def test_queue_ids_sort_by_arrival_and_validate():
     first, second = new_id(1000.0), new_id(2000.0)
     assert first < second and valid_id(first)
     assert not valid_id("../etc") and not valid_id("ABCDEF0123")
+
+
+# --- format 2: the envelope as a journal (issue 13) ---------------------------------------------
+
+
+def test_a_state_change_appends_one_line_and_the_last_line_wins(spool):
+    """save() appends a whole-envelope line to envelope.json (no temp file, no rename)."""
+    queue_id = commit(spool)
+    path = os.path.join(spool.folder(ACTIVE, queue_id), "envelope.json")
+    inode = os.stat(path).st_ino
+    changed = spool.load(ACTIVE, queue_id)
+    changed.recipients[0].in_flight = True
+    spool.save(ACTIVE, changed)
+    changed.recipients[0].status = "delivered"
+    spool.save(ACTIVE, changed, durable=False)
+    with open(path, "rb") as handle:
+        lines = [line for line in handle.read().split(b"\n") if line]
+    assert len(lines) == 3 and os.stat(path).st_ino == inode
+    assert spool.load(ACTIVE, queue_id) == changed
+
+
+def test_an_append_cut_short_by_a_crash_is_skipped(spool):
+    """A torn last line (never acknowledged) leaves the previous envelope; the next append reads."""
+    queue_id = commit(spool)
+    path = os.path.join(spool.folder(ACTIVE, queue_id), "envelope.json")
+    first = spool.load(ACTIVE, queue_id)
+    changed = spool.load(ACTIVE, queue_id)
+    changed.recipients[0].status = "delivered"
+    with open(path, "ab") as handle:
+        handle.write(b"\n" + changed.to_record()[:40])  # the crash
+    assert spool.load(ACTIVE, queue_id) == first
+    spool.save(ACTIVE, changed)
+    assert spool.load(ACTIVE, queue_id) == changed
+
+
+def test_a_format_1_envelope_is_read_and_converted_on_its_first_change(spool):
+    """An envelope written by the format 1 code is read as it is; its first save rewrites it as
+    format 2 (through envelope.json.tmp) and later saves append."""
+    queue_id = commit(spool)
+    path = os.path.join(spool.folder(ACTIVE, queue_id), "envelope.json")
+    old = envelope(queue_id)
+    with open(path, "wb") as handle:
+        handle.write(old.to_json())
+    assert spool.load(ACTIVE, queue_id) == old
+    old.recipients[0].attempts = 1
+    spool.save(ACTIVE, old)
+    with open(path, "rb") as handle:
+        assert handle.read().startswith(b'{"version":2,')
+    assert spool.load(ACTIVE, queue_id) == old
+    assert sorted(os.listdir(spool.folder(ACTIVE, queue_id))) == ["body", "envelope.json"]
+
+
+def test_a_long_journal_is_compacted_to_one_line(spool, monkeypatch):
+    """Past COMPACT_AT octets the next save rewrites the journal as one line."""
+    monkeypatch.setattr(spool_module, "COMPACT_AT", 2000)
+    queue_id = commit(spool)
+    path = os.path.join(spool.folder(ACTIVE, queue_id), "envelope.json")
+    changed = spool.load(ACTIVE, queue_id)
+    for attempt in range(20):
+        changed.recipients[0].attempts = attempt
+        spool.save(ACTIVE, changed, durable=False)
+    assert os.path.getsize(path) < 2000 + 2 * len(changed.to_record())
+    assert spool.load(ACTIVE, queue_id) == changed
+
+
+def test_commit_all_fsyncs_active_once_for_the_batch(spool, monkeypatch):
+    """Three messages committed together: each body, envelope and folder fsynced, active/ once."""
+    writers = []
+    for _ in range(3):
+        writer = SpoolWriter(spool, new_id())
+        writer.write(BODY)
+        writers.append(writer)
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        spool_module.os,
+        "fsync",
+        lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1],
+    )
+    batch = [(lambda w=w: w.commit(envelope(w.id)), w) for w in writers]
+    assert spool_module.commit_all(batch) == [None, None, None]
+    assert synced.count(spool.folder(ACTIVE)) == 1 and synced[-1] == spool.folder(ACTIVE)
+    assert len(synced) == 3 * 3 + 1
+    assert spool.ids(ACTIVE) == sorted(w.id for w in writers)
+
+
+def test_commit_all_takes_the_batch_back_when_active_cannot_be_synced(spool, monkeypatch):
+    """The shared fsync of active/ fails: every message of the batch is back out of active/ and
+    each gets the error (its app hears 452); one whose own commit failed keeps its own error."""
+    good = SpoolWriter(spool, new_id())
+    good.write(BODY)
+    bad = SpoolWriter(spool, new_id())
+    bad.write(BODY)
+    bad.error = OSError(28, "No space left on device")
+    real = spool_module._fsync_dir
+
+    def fsync_dir(path: str) -> None:
+        if path == spool.folder(ACTIVE):
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+    errors = spool_module.commit_all(
+        [
+            (lambda: good.commit(envelope(good.id)), good),
+            (lambda: bad.commit(envelope(bad.id)), bad),
+        ]
+    )
+    assert [e.errno if e else None for e in errors] == [5, 28]
+    assert spool.ids(ACTIVE) == [] and spool.ids(INCOMING) == sorted([good.id, bad.id])
+
+
+def test_remove_takes_the_folder_whatever_it_holds(spool, tmp_path):
+    """remove() of a message folder with only its files, and of one holding a link and an extra
+    file: both gone, the link's target untouched."""
+    plain, odd = commit(spool), commit(spool)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    folder = spool.folder(ACTIVE, odd)
+    os.remove(os.path.join(folder, "body"))
+    os.symlink(outside, os.path.join(folder, "body"))
+    open(os.path.join(folder, "envelope.json.tmp"), "wb").close()
+    spool.remove(ACTIVE, plain)
+    spool.remove(ACTIVE, odd)
+    assert spool.ids(ACTIVE) == [] and outside.read_bytes() == b"keep"

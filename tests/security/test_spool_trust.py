@@ -361,11 +361,26 @@ def test_message_files_that_are_not_what_mailgate_writes_are_quarantined(spool, 
 
 
 def test_an_envelope_update_never_writes_through_a_planted_link(spool, secret):
-    """envelope.json.tmp planted as a link: the save fails, the link's target is untouched."""
+    """envelope.json.tmp planted as a link (a format 1 envelope is converted through it): the
+    save fails, the link's target is untouched."""
     queue_id = commit(spool)
-    os.symlink(secret, os.path.join(spool.folder(ACTIVE, queue_id), "envelope.json.tmp"))
+    envelope = spool.load(ACTIVE, queue_id)
+    folder = spool.folder(ACTIVE, queue_id)
+    Path(folder, "envelope.json").write_bytes(envelope.to_json())  # format 1: rewritten on save
+    os.symlink(secret, os.path.join(folder, "envelope.json.tmp"))
     with pytest.raises(OSError):
-        spool.save(ACTIVE, spool.load(ACTIVE, queue_id))
+        spool.save(ACTIVE, envelope)
+    assert secret.read_bytes() == SECRET
+
+
+def test_a_journal_append_never_writes_through_a_planted_link(spool, secret):
+    """envelope.json (format 2, appended to) swapped for a link after loading: the append
+    refuses the link, the link's target is untouched."""
+    queue_id = commit(spool)
+    envelope = spool.load(ACTIVE, queue_id)
+    replace_with_link(spool.folder(ACTIVE, queue_id), "envelope.json", secret)
+    with pytest.raises(OSError, match="symbolic link"):
+        spool.save(ACTIVE, envelope)
     assert secret.read_bytes() == SECRET
 
 
@@ -471,7 +486,7 @@ def test_a_hostile_envelope_field_is_refused_naming_it(spool, field, value):
         lambda d: d["recipients"][0].pop("upstream"),
         lambda d: d.update(smuggled="RSET"),
         lambda d: d["recipients"][0].update(notify="SUCCESS"),
-        lambda d: d.update(version=2),
+        lambda d: d.update(version=3),
         lambda d: d.clear(),
     ],
     ids=[
@@ -481,7 +496,7 @@ def test_a_hostile_envelope_field_is_refused_naming_it(spool, field, value):
         "no upstream",
         "unknown field",
         "unknown recipient field",
-        "version 2",
+        "version 3",
         "empty object",
     ],
 )
