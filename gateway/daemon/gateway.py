@@ -40,6 +40,7 @@ from gateway.outbound.failover import Cooldowns
 from gateway.outbound.oauth import TokenCache, tokens_for
 from gateway.outbound.pool import UpstreamPool
 from gateway.outbound.relay import RelayTransaction
+from gateway.policy.budgets import Ledger, has_budget
 from gateway.policy import passwords
 from gateway.policy.auth_throttle import AuthThrottle
 from gateway.policy.ratelimit import RateLimits
@@ -85,6 +86,9 @@ class Gateway:
             self.cluster.upstreams = lambda: list(self.config.upstreams)
             self.cluster.learned = shared.learn
             self.cooldowns = shared
+        # Provider budgets per sending identity, kept across reloads (gateway.policy.budgets).
+        self.budgets = Ledger(on_pause=self._throttled)
+        self.metrics.watch_budgets(lambda: self.budgets.usage(self.reactor.seconds()), None)
         self.connections = Connections()  # the app connections open now
         self.rate_limits = RateLimits()
         self.auth_throttle = AuthThrottle()  # kept across reloads
@@ -113,8 +117,13 @@ class Gateway:
                 on_result=self.metrics.message_result,
                 cooldowns=self.cooldowns,
                 on_drain=self._drain_changed,
+                budgets=self.budgets,
             )
             self.metrics.watch_queue(self.runner.queue_state)
+            paced = self.runner.paced
+            self.metrics.watch_budgets(
+                lambda: self.budgets.usage(self.reactor.seconds()), paced.__len__
+            )
 
     def _build_pools(
         self, config: Config, problems: list[Problem] | None = None
@@ -223,9 +232,31 @@ class Gateway:
                 run_blocking=self.run_blocking,
                 on_committed=self.runner.submitted,
                 draining=lambda: runner.draining,
+                backlogged=self.paced_backlog_full,
             )
         return RelayTransaction(
-            [self._pool(name) for name in route], mail, self.cooldowns, self.reactor
+            [self._pool(name) for name in route], mail, self.cooldowns, self.reactor, self.budgets
+        )
+
+    def _throttled(self, upstream: str, identity: str, seconds: float, reply: str) -> None:
+        """A provider's throttling reply paused a sending identity: the audit says why."""
+        self.metrics.throttle_pause(upstream)
+        self.audit.event(
+            Event.UPSTREAM_THROTTLED,
+            upstream=upstream,
+            identity=identity,
+            paused_s=round(seconds, 3),
+            reply=reply[:300],
+        )
+
+    def paced_backlog_full(self, route: tuple[str, ...], sender: str) -> bool:
+        """Queue mode: every upstream of `route` has a paced backlog for `sender` longer than
+        ``queue.max_age`` (new mail gets 452 4.3.1 rather than a promise the queue cannot keep)."""
+        now = self.reactor.seconds()
+        limit = self.config.queue.max_age
+        configured = [self.config.upstreams[n] for n in route if n in self.config.upstreams]
+        return bool(configured) and all(
+            has_budget(u) and self.budgets.backlog(u, sender, now) > limit for u in configured
         )
 
     def _drain_changed(self, draining: bool) -> None:

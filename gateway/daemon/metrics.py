@@ -15,7 +15,7 @@ every scrape; without a probe the two queue gauges are absent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -51,8 +51,11 @@ class _StateCollector(Collector):
         self.sessions: Callable[[], int] | None = None
         self.queue: Callable[[], QueueState] | None = None
         self.cluster: Callable[[], tuple[bool, int]] | None = None
+        self.budgets: Callable[[], Iterable[tuple[str, str, int, int]]] | None = None
+        self.paced: Callable[[], int] | None = None
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._budgets()
         if self.sessions is not None:
             yield GaugeMetricFamily(
                 "mailgate_sessions_active", "App sessions open now.", value=self.sessions()
@@ -80,6 +83,32 @@ class _StateCollector(Collector):
                 "mailgate_cluster_instances",
                 "[cluster]: gateway instances alive when Redis was last asked (this one included).",
                 value=instances,
+            )
+
+
+    def _budgets(self) -> Iterator[Metric]:
+        if self.budgets is not None:
+            used = GaugeMetricFamily(
+                "mailgate_upstream_budget_used",
+                "Provider budget used in its window (pace: messages in the period; "
+                "recipients_per_day: the last 24 hours), by upstream, for its busiest identity.",
+                labels=["upstream", "budget"],
+            )
+            left = GaugeMetricFamily(
+                "mailgate_upstream_budget_remaining",
+                "Provider budget left in its window, by upstream, for its busiest identity.",
+                labels=["upstream", "budget"],
+            )
+            for upstream, budget, count, remaining in self.budgets():
+                used.add_metric([upstream, budget], count)
+                left.add_metric([upstream, budget], remaining)
+            yield used
+            yield left
+        if self.paced is not None:
+            yield GaugeMetricFamily(
+                "mailgate_queue_paced_messages",
+                "Queued messages waiting for a provider budget or a throttling pause.",
+                value=self.paced(),
             )
 
 
@@ -144,6 +173,12 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.throttle_pauses = Counter(
+            "mailgate_upstream_throttle_pauses",
+            "Sending identities paused after a provider's throttling reply, by upstream.",
+            ["upstream"],
+            registry=r,
+        )
         self.ready = Gauge("mailgate_ready", "1 while /readyz answers 200.", registry=r)
         self._state = _StateCollector()
         r.register(self._state)
@@ -161,7 +196,19 @@ class Metrics:
         """``[cluster]``: ``probe()`` says whether Redis answers and how many instances are alive."""
         self._state.cluster = probe
 
+    def watch_budgets(
+        self,
+        usage: Callable[[], Iterable[tuple[str, str, int, int]]],
+        paced: Callable[[], int] | None,
+    ) -> None:
+        """Provider budgets: (upstream, budget, used, remaining) rows; paced messages waiting."""
+        self._state.budgets = usage
+        self._state.paced = paced
+
     # --- events ------------------------------------------------------------------------
+
+    def throttle_pause(self, upstream: str) -> None:
+        self.throttle_pauses.labels(upstream=upstream).inc()
 
     def cluster_decision(self, source: str) -> None:
         self.cluster_decisions.labels(source=source).inc()

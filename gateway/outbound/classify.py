@@ -69,6 +69,85 @@ KNOWN: tuple[Known, ...] = (
 )
 
 
+ALL_STEPS = frozenset({"SESSION", "MAIL", "RCPT", "DATA", "DOT"})
+
+# Throttling: the provider asks this sending identity to slow down (`gateway.policy.budgets`
+# pauses it). Texts as the providers document them; a code alone where the issue of the reply
+# is the code (RFC 3463 4.7.0 / 4.7.1 answered to a submission are its rate limits). Other
+# ``554 5.2.0`` replies (SendAsDenied, ...) are permanent: only the quota text matches there.
+THROTTLING: tuple[Known, ...] = (
+    Known(
+        432,
+        "4.3.2",
+        r"",
+        Verdict.DEFERRED,
+        "Microsoft 365: STOREDRV.ClientSubmit; sender thread limit exceeded / concurrent "
+        "connection limit exceeded (3 connections per mailbox)",
+        ALL_STEPS,
+    ),
+    Known(
+        554,
+        "5.2.0",
+        r"SubmissionQuotaExceeded",
+        Verdict.DEFERRED,
+        "Microsoft 365: STOREDRV.Submission.Exception:SubmissionQuotaExceededException "
+        "(10,000 recipients a day)",
+        ALL_STEPS,
+    ),
+    Known(
+        550,
+        "5.4.5",
+        r"(daily|peak) (user sending|smtp relay) (quota|limit)",
+        Verdict.DEFERRED,
+        "Google: Daily user sending limit exceeded / Daily SMTP relay limit exceeded for user",
+        ALL_STEPS,
+    ),
+    Known(
+        450,
+        "4.2.1",
+        r"peak smtp relay limit exceeded",
+        Verdict.DEFERRED,
+        "Google SMTP relay: Peak SMTP relay limit exceeded for this customer",
+        ALL_STEPS,
+    ),
+    Known(
+        421,
+        "4.7.28",
+        r"",
+        Verdict.DEFERRED,
+        "Gmail: unusual rate of unsolicited mail, temporarily rate limited",
+        ALL_STEPS,
+    ),
+    Known(
+        454,
+        None,
+        r"throttling failure",
+        Verdict.DEFERRED,
+        "Amazon SES: 454 Throttling failure: Maximum sending rate exceeded / Daily message "
+        "quota exceeded",
+        ALL_STEPS,
+    ),
+    Known(
+        421,
+        "4.4.2",
+        r"submission rate for this client has exceeded",
+        Verdict.DEFERRED,
+        "Exchange: Message submission rate for this client has exceeded the configured limit",
+        ALL_STEPS,
+    ),
+    Known(421, "4.7.0", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.0)", ALL_STEPS),
+    Known(450, "4.7.1", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.1)", ALL_STEPS),
+    Known(451, "4.7.1", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.1)", ALL_STEPS),
+)
+
+
+def throttling(reply: Reply | None, step: str) -> Known | None:
+    """The `THROTTLING` entry `reply` (at `step`, or "SESSION" while opening one) matches."""
+    if reply is None:
+        return None
+    return next((k for k in THROTTLING if k.matches(reply, step)), None)
+
+
 def known(reply: Reply, step: str) -> Known | None:
     """The `KNOWN` entry `reply` matches at `step`, if any."""
     return next((k for k in KNOWN if k.matches(reply, step)), None)

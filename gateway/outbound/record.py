@@ -43,4 +43,8 @@ def upstream_fields(txn: Transaction) -> dict[str, Any]:
         fields["upstreams_tried"] = txn.tried
     if txn.retried:
         fields["connection_retried"] = txn.retried
+    if txn.pacer.paced is not None and txn.failure is not None:
+        fields["paced"] = {"budget": txn.pacer.paced.budget, "upstream": txn.pacer.paced.upstream}
+    if txn.pacer.throttled_by:
+        fields["throttled"] = txn.pacer.throttled_by
     return fields
