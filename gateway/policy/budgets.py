@@ -60,6 +60,20 @@ def has_budget(upstream: UpstreamConfig) -> bool:
     return upstream.pace is not None or upstream.max_recipients_per_day is not None
 
 
+def describe(upstream: UpstreamConfig, sender: str) -> str:
+    """An upstream's budget as `mailgate explain` shows it, for the identity `sender` sends as."""
+    parts = []
+    if upstream.pace is not None:
+        parts.append(f"pace {upstream.pace.text}")
+    if upstream.max_recipients_per_day is not None:
+        parts.append(f"max_recipients_per_day {upstream.max_recipients_per_day}")
+    parts.append(f"max_connections {upstream.max_connections}")
+    who = identity(upstream, sender) or f"the upstream {upstream.name} (no AUTH user)"
+    if not has_budget(upstream):
+        return f"no provider budget ({parts[-1]}); throttling replies pause {who}"
+    return f"budget {', '.join(parts)} for {who}"
+
+
 class Window:
     """Weighted events in the last `seconds`: an exact rolling count."""
 
