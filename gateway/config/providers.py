@@ -47,6 +47,7 @@ PRESETS: Mapping[str, Preset] = {
     ),
 }
 
+
 @dataclass(frozen=True)
 class HostBudget:
     """What a provider publishes as the sending budget of one identity (per host)."""

@@ -139,9 +139,7 @@ def _read_upstream(reader: Reader, name: str, value: Any) -> UpstreamConfig:
         command_timeout=reader.number(t, f"{key}.command_timeout", 120, 0.1, 3600),
         data_timeout=reader.number(t, f"{key}.data_timeout", 600, 0.1, 3600),
         failover_cooldown=reader.number(t, f"{key}.failover_cooldown", 60, 0, 86400),
-        max_connections=reader.integer(
-            t, f"{key}.max_connections", connections_default, 1, 10000
-        ),
+        max_connections=reader.integer(t, f"{key}.max_connections", connections_default, 1, 10000),
         pool_idle_timeout=reader.number(t, f"{key}.pool_idle_timeout", 30, 0, 3600),
         pool_max_messages=reader.integer(t, f"{key}.pool_max_messages", 1000, 1, 1000000),
         auth=auth,
@@ -161,6 +159,8 @@ def _expiry(reader: Reader, table: Mapping[str, Any], key: str) -> float | None:
         when = value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
         return when.timestamp()
     if isinstance(value, datetime.date):
-        return datetime.datetime(value.year, value.month, value.day, tzinfo=datetime.UTC).timestamp()
+        return datetime.datetime(
+            value.year, value.month, value.day, tzinfo=datetime.UTC
+        ).timestamp()
     reader.problem(key, value, "the client secret's expiry, a TOML date such as 2027-06-30")
     return None

@@ -24,6 +24,7 @@ from twisted.python.threadpool import ThreadPool
 from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
 from gateway.cluster import shared as cluster_state
+from gateway.cluster.budgets import SharedBudgets
 from gateway.cluster.cooldowns import SharedCooldowns
 from gateway.config.changes import fixed_changes
 from gateway.config.model import Config, Rate
@@ -87,7 +88,10 @@ class Gateway:
             self.cluster.learned = shared.learn
             self.cooldowns = shared
         # Provider budgets per sending identity, kept across reloads (gateway.policy.budgets).
-        self.budgets = Ledger(on_pause=self._throttled)
+        self.ledger = Ledger(on_pause=self._throttled)
+        self.budgets: Ledger | SharedBudgets = self.ledger
+        if self.cluster is not None:  # [cluster]: the windows in Redis, pauses here
+            self.budgets = SharedBudgets(self.cluster, self.ledger)
         self.metrics.watch_budgets(lambda: self.budgets.usage(self.reactor.seconds()), None)
         self.connections = Connections()  # the app connections open now
         self.rate_limits = RateLimits()

@@ -85,7 +85,6 @@ class _StateCollector(Collector):
                 value=instances,
             )
 
-
     def _budgets(self) -> Iterator[Metric]:
         if self.budgets is not None:
             used = GaugeMetricFamily(

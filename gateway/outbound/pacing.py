@@ -45,6 +45,18 @@ def budget_reply(spent: Spent) -> Reply:
     )
 
 
+def is_paced(last_reply: str | None) -> bool:
+    """A recipient's recorded reply says it waits for a budget or a throttling pause."""
+    return (
+        bool(last_reply)
+        and str(last_reply).startswith("451 4.7.1 Upstream ")
+        and (
+            " spent for this sender" in str(last_reply)
+            or " is throttling this sender" in str(last_reply)
+        )
+    )
+
+
 class Pacer:
     def __init__(self, budgets: Budgets | None, sender: str, clock: Any) -> None:
         self.budgets = budgets
@@ -95,4 +107,4 @@ class Pacer:
             self.budgets.delivered(upstream, self.sender)
 
 
-__all__ = ["Budgets", "Pacer", "budget_reply", "has_budget"]
+__all__ = ["Budgets", "Pacer", "budget_reply", "has_budget", "is_paced"]

@@ -201,6 +201,20 @@ class Ledger:
             acct.rcpts.add(recipients, now)
         return None
 
+    def paused(self, upstream: UpstreamConfig, sender: str, now: float) -> Spent | None:
+        """The identity's throttling pause, if it is on (the shared variant asks this first)."""
+        acct = self._accounts.get((upstream.name, identity(upstream, sender)))
+        if acct is None or acct.pause.until <= now:
+            return None
+        return Spent(upstream.name, "throttled", self._promise(acct, acct.pause.until, now))
+
+    def promise(
+        self, upstream: UpstreamConfig, sender: str, budget: str, free: float, now: float
+    ) -> Spent:
+        """A `Spent` for a budget found spent elsewhere (Redis), with this instance's slot."""
+        acct = self.account(upstream, identity(upstream, sender))
+        return Spent(upstream.name, budget, self._promise(acct, free, now))
+
     def _promise(self, acct: Account, free: float, now: float) -> float:
         """The next slot not yet promised, from `free` on (one pace interval apart)."""
         step = acct.pace.seconds / acct.pace.count if acct.pace else 1.0

@@ -293,9 +293,7 @@ class DeliveryRunner:
                 return  # stopping before any group started: nothing changed
             try:
                 paced = round_.paced
-                due = self.settler.settle(
-                    envelope, round_.opened, round_.upstream_fields(), paced
-                )
+                due = self.settler.settle(envelope, round_.opened, round_.upstream_fields(), paced)
                 if paced is not None and envelope.pending:
                     self.paced.add(envelope.id)
                 else:

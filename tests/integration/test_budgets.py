@@ -67,7 +67,7 @@ def test_sender_identities_are_paced_separately(make_upstream, start_gateway, ca
     budget of one sender spent leaves another's whole."""
     up = make_upstream()
     gw = start_gateway(routed(("paced", upstream_table(up, ca.ca_file, pace="1/minute"))))
-    ledger = gw.gateway.budgets
+    ledger = gw.gateway.ledger
     config = gw.gateway.config.upstreams["paced"]
     per_sender = type(config)(**{**config.__dict__, "username": "$sender"})
     assert ledger.take(per_sender, "a@example.com", 1, 1, 0.0) is None
