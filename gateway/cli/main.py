@@ -20,8 +20,8 @@ from gateway.config.secrets import resolve_password
 from gateway.config.toml import load
 from gateway.errors import ConfigError, MailgateError, UsageError
 from gateway.outbound import grants
-from gateway.policy import rules as policy
 from gateway.policy import budgets
+from gateway.policy import rules as policy
 from gateway.smtp import replies
 from gateway.smtp.address import AddressError, parse_path
 from gateway.terminal import printable

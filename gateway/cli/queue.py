@@ -21,6 +21,7 @@ from gateway.cli import queue_drain
 from gateway.config.environment import from_environment
 from gateway.config.toml import load
 from gateway.errors import MailgateError, UsageError
+from gateway.outbound.pacing import is_paced
 from gateway.queue.spool import (
     ACTIVE,
     DEAD,
@@ -36,7 +37,6 @@ from gateway.queue.spool import (
     Spool,
     valid_id,
 )
-from gateway.outbound.pacing import is_paced
 from gateway.terminal import printable
 
 

@@ -41,9 +41,9 @@ from gateway.outbound.failover import Cooldowns
 from gateway.outbound.oauth import TokenCache, tokens_for
 from gateway.outbound.pool import UpstreamPool
 from gateway.outbound.relay import RelayTransaction
-from gateway.policy.budgets import Ledger, has_budget
 from gateway.policy import passwords
 from gateway.policy.auth_throttle import AuthThrottle
+from gateway.policy.budgets import Ledger, has_budget
 from gateway.policy.ratelimit import RateLimits
 from gateway.queue.enqueue import QueueTransaction
 from gateway.queue.runner import DeliveryRunner
