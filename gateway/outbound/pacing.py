@@ -89,18 +89,26 @@ class Pacer:
         return None
 
     def check(self, upstream: UpstreamConfig, answer: Reply | None, step: str) -> Reply | None:
-        """A throttling reply at `step`: the identity is paused; the reply for the app."""
-        if self.budgets is None or (entry := throttling(answer, step)) is None:
+        """A throttling reply at `step` pauses the identity. The reply for the app when the
+        upstream's own will not do: a throttling 5xx becomes ``451 4.7.1`` (the same message
+        goes later); a 4xx is passed on as it was said."""
+        if not self.throttles(upstream, answer, step):
             return None
+        assert answer is not None and self.paced is not None
+        return budget_reply(self.paced) if answer.is_permanent else None
+
+    def throttles(self, upstream: UpstreamConfig, answer: Reply | None, step: str) -> bool:
+        """Whether `answer` is a throttling reply (and if so, pause the identity)."""
+        if self.budgets is None or (entry := throttling(answer, step)) is None:
+            return False
         assert answer is not None
         now = self.clock.seconds()
         seconds = self.budgets.throttled(upstream, self.sender, now, str(answer))
-        spent = Spent(upstream.name, "throttled", now + seconds)
-        self._keep(spent)
+        self._keep(Spent(upstream.name, "throttled", now + seconds))
         self.throttled_by.append(
             {"upstream": upstream.name, "reply": str(answer)[:300], "known": entry.source}
         )
-        return budget_reply(spent)
+        return True
 
     def delivered(self, upstream: UpstreamConfig) -> None:
         if self.budgets is not None:

@@ -182,9 +182,8 @@ class Transaction:
             try:
                 session = await pool.acquire(self.sender, fresh=fresh)
             except UpstreamFailure as failure:
-                paused = self.pacer.check(pool.config, failure.upstream_reply, "SESSION")
-                if paused is not None:  # the provider throttles this sender, not the upstream
-                    failure = UpstreamFailure(paused, failure.reason, failure.upstream_reply)
+                if self.pacer.throttles(pool.config, failure.upstream_reply, "SESSION"):
+                    pass  # the provider throttles this sender, not the upstream: no cool-down
                 elif not isinstance(failure, PoolBusy):  # busy is not broken: no cool-down
                     self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)
                 self.tried.append({"upstream": name, "reason": failure.reason})

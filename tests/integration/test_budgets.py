@@ -78,13 +78,13 @@ def test_sender_identities_are_paced_separately(make_upstream, start_gateway, ca
 def test_a_throttling_reply_pauses_the_identity_and_relay_answers_451(
     make_upstream, start_gateway, ca
 ):
-    """M365's 432 4.3.2 at MAIL: 451 4.7.1 for the app, upstream.throttled, and while paused
+    """M365's 432 4.3.2 at MAIL: passed on (a 4xx), upstream.throttled, and while paused
     the next message is answered 451 4.7.1 without asking the upstream."""
     up = make_upstream()
     up.script.mail = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"
     gw = start_gateway(routed(("m365", upstream_table(up, ca.ca_file))))
     code, text = send(gw.port)
-    assert (code, text[:5]) == (451, b"4.7.1")
+    assert (code, text[:5]) == (432, b"4.3.2")
     [event] = gw.audit.wait_for("upstream.throttled")
     assert event["upstream"] == "m365" and event["paused_s"] == 60.0
     assert "sender thread limit exceeded" in event["reply"]
