@@ -72,7 +72,7 @@ class Gateway:
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.tokens = TokenCache(
-            reactor, on_event=self.audit.event
+            reactor, on_event=self._oauth_event
         )  # one per gateway, kept across reloads
         self.pools = self._build_pools(config)
         self._retired: dict[
@@ -167,6 +167,8 @@ class Gateway:
                     )
                 )
                 continue
+            if upstream.oauth_client_secret_expires is not None:
+                self.metrics.oauth_secret_expires(name, upstream.oauth_client_secret_expires)
             connector = UpstreamConnector(
                 self.reactor, upstream, password, config.listener.hostname, tokens=tokens
             )
@@ -241,6 +243,11 @@ class Gateway:
         return RelayTransaction(
             [self._pool(name) for name in route], mail, self.cooldowns, self.reactor, self.budgets
         )
+
+    def _oauth_event(self, name: Event, **fields: Any) -> None:
+        """A token event: to the audit, and the upstream's token health to the metrics."""
+        self.audit.event(name, **fields)
+        self.metrics.oauth_event(name, fields, time.time())
 
     def _throttled(self, upstream: str, identity: str, seconds: float, reply: str) -> None:
         """A provider's throttling reply paused a sending identity: the audit says why."""

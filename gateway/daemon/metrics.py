@@ -15,6 +15,7 @@ every scrape; without a probe the two queue gauges are absent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -172,6 +173,30 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.oauth_failures = Counter(
+            "mailgate_oauth_refresh_failures",
+            "XOAUTH2 token requests that failed, by upstream and the endpoint's error code.",
+            ["upstream", "error"],
+            registry=r,
+        )
+        self.oauth_refreshed = Gauge(
+            "mailgate_oauth_last_refresh_timestamp_seconds",
+            "XOAUTH2: Unix time of the upstream's last successful token request.",
+            ["upstream"],
+            registry=r,
+        )
+        self.oauth_expiry = Gauge(
+            "mailgate_oauth_token_expiry_seconds",
+            "XOAUTH2: seconds until the upstream's current access token expires (negative: expired).",
+            ["upstream"],
+            registry=r,
+        )
+        self.oauth_secret_expiry = Gauge(
+            "mailgate_oauth_client_secret_expiry_timestamp_seconds",
+            "XOAUTH2: Unix time the client secret expires (oauth_client_secret_expires).",
+            ["upstream"],
+            registry=r,
+        )
         self.throttle_pauses = Counter(
             "mailgate_upstream_throttle_pauses",
             "Sending identities paused after a provider's throttling reply, by upstream.",
@@ -205,6 +230,19 @@ class Metrics:
         self._state.paced = paced
 
     # --- events ------------------------------------------------------------------------
+
+    def oauth_event(self, name: str, fields: Mapping[str, Any], now: float) -> None:
+        """``oauth.token_issued`` / ``oauth.token_failed``: the upstream's token health."""
+        upstream = str(fields.get("upstream", "?"))
+        if name == "oauth.token_failed":
+            self.oauth_failures.labels(upstream=upstream, error=str(fields.get("error_code"))).inc()
+        elif name == "oauth.token_issued":
+            self.oauth_refreshed.labels(upstream=upstream).set(now)
+            expires = now + float(fields.get("expires_in", 0))
+            self.oauth_expiry.labels(upstream=upstream).set_function(lambda: expires - time.time())
+
+    def oauth_secret_expires(self, upstream: str, when: float) -> None:
+        self.oauth_secret_expiry.labels(upstream=upstream).set(when)
 
     def throttle_pause(self, upstream: str) -> None:
         self.throttle_pauses.labels(upstream=upstream).inc()

@@ -148,6 +148,70 @@ def throttling(reply: Reply | None, step: str) -> Known | None:
     return next((k for k in THROTTLING if k.matches(reply, step)), None)
 
 
+@dataclass(frozen=True)
+class Hint:
+    """A provider's authentication or authorisation refusal, and what the operator should do."""
+
+    code: int
+    enhanced: str
+    text: str  # a regex, case-blind ("" matches any text)
+    hint: str
+
+
+# Known provider refusals of who we are (at AUTH, MAIL or after the data): the audit and
+# `mailgate oauth test` add the hint to the provider's words.
+AUTH_HINTS: tuple[Hint, ...] = (
+    Hint(
+        535,
+        "5.7.139",
+        r"",
+        "Microsoft 365: SMTP AUTH is disabled for the mailbox or the tenant (Set-CASMailbox "
+        "-SmtpClientAuthenticationDisabled $false, or the tenant's SMTP AUTH setting), or "
+        "security defaults block it",
+    ),
+    Hint(
+        535,
+        "5.7.3",
+        r"",
+        "Microsoft 365: authentication unsuccessful: SMTP AUTH disabled for the mailbox or "
+        "tenant, or the app lacks SMTP.SendAsApp / the mailbox permission",
+    ),
+    Hint(
+        550,
+        "5.7.30",
+        r"",
+        'Microsoft 365: basic authentication is not supported: use auth = "xoauth2"',
+    ),
+    Hint(
+        554,
+        "5.2.252",
+        r"",
+        "Microsoft 365: SendAsDenied: the authenticated mailbox may not send as this sender "
+        "(grant Send As, or send from the mailbox itself)",
+    ),
+    Hint(
+        534,
+        "5.7.9",
+        r"",
+        'Google: an app password or OAuth is needed (use auth = "xoauth2" with provider = "gmail")',
+    ),
+)
+
+
+def auth_hint(reply: Reply | None) -> str | None:
+    """The operator's hint for a known provider refusal of who we are, if `reply` is one."""
+    if reply is None:
+        return None
+    for hint in AUTH_HINTS:
+        if (
+            reply.code == hint.code
+            and reply.enhanced == hint.enhanced
+            and re.search(hint.text, reply.text, re.IGNORECASE) is not None
+        ):
+            return hint.hint
+    return None
+
+
 def known(reply: Reply, step: str) -> Known | None:
     """The `KNOWN` entry `reply` matches at `step`, if any."""
     return next((k for k in KNOWN if k.matches(reply, step)), None)

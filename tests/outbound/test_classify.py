@@ -85,3 +85,26 @@ def test_other_554_5_2_0_replies_stay_permanent():
     assert verdict(send_as, "DOT") is Verdict.REFUSED
     assert throttling(Reply(451, "4.3.0", "Try later"), "MAIL") is None
     assert throttling(None, "MAIL") is None
+
+
+def test_known_provider_auth_refusals_get_a_hint():
+    """M365 535 5.7.139 / 5.7.3, 550 5.7.30, 554 5.2.252; Google 534 5.7.9; others none."""
+    from gateway.outbound.classify import auth_hint
+
+    assert "SMTP AUTH is disabled" in (
+        auth_hint(Reply(535, "5.7.139", "Authentication unsuccessful")) or ""
+    )
+    assert "SMTP AUTH disabled" in (
+        auth_hint(Reply(535, "5.7.3", "Authentication unsuccessful")) or ""
+    )
+    assert 'auth = "xoauth2"' in (
+        auth_hint(Reply(550, "5.7.30", "Basic authentication is not supported")) or ""
+    )
+    assert "SendAsDenied" in (
+        auth_hint(Reply(554, "5.2.252", "SendAsDenied; a@b not allowed")) or ""
+    )
+    assert "app password or OAuth" in (
+        auth_hint(Reply(534, "5.7.9", "Application-specific password required")) or ""
+    )
+    assert auth_hint(Reply(535, "5.7.8", "Bad credentials")) is None
+    assert auth_hint(None) is None
