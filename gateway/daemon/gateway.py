@@ -33,6 +33,7 @@ from gateway.daemon import status as status_server
 from gateway.daemon.bind import listen_smtp
 from gateway.daemon.health import Readiness, WatchedConnector
 from gateway.daemon.metrics import Metrics
+from gateway.daemon.refresh_keeper import RefreshKeeper
 from gateway.errors import ConfigError, MailgateError, Problem, SecretError
 from gateway.inbound.connections import Connections
 from gateway.inbound.proxy import listener_factory
@@ -93,6 +94,9 @@ class Gateway:
         if self.cluster is not None:  # [cluster]: the windows in Redis, pauses here
             self.budgets = SharedBudgets(self.cluster, self.ledger)
         self.metrics.watch_budgets(lambda: self.budgets.usage(self.reactor.seconds()), None)
+        self.refresh_keeper = RefreshKeeper(  # unused refresh tokens kept alive (a day apart)
+            reactor, lambda: [p.connector for p in self.pools.values()]
+        )
         self.connections = Connections()  # the app connections open now
         self.rate_limits = RateLimits()
         self.auth_throttle = AuthThrottle()  # kept across reloads
@@ -344,6 +348,7 @@ class Gateway:
         )
         bound = self.port.getHost().port
         self.readiness.listening = True
+        self.refresh_keeper.start()
         status = {}
         if self.config.metrics.listen is not None:
             where = self.config.metrics.listen
@@ -360,6 +365,7 @@ class Gateway:
         return bound
 
     async def stop(self) -> None:
+        self.refresh_keeper.stop()
         if self.port is not None:
             self.readiness.listening = False
             await self.port.stopListening()

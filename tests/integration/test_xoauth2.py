@@ -440,11 +440,13 @@ def test_sender_placeholder_refuses_the_null_sender(
 
 
 def test_refresh_token_grant_uses_and_keeps_a_rotated_refresh_token(
-    token_server, make_oauth_upstream, start_gateway, ca, tmp_path
+    token_server, make_oauth_upstream, start_gateway, ca, tmp_path, monkeypatch
 ):
-    """The refresh_token grant sends the file's token; a rotated one is used next and written back."""
+    """The refresh_token grant sends the file's token; a rotated one is used next and kept in
+    the state directory (the operator's file is left as it was)."""
     import os
 
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     path = tmp_path / "refresh-token"
     path.write_text("1//refresh-original\n")
     os.chmod(path, 0o600)
@@ -468,7 +470,9 @@ def test_refresh_token_grant_uses_and_keeps_a_rotated_refresh_token(
         and first.form["refresh_token"] == "1//refresh-original"
     )
     assert second.form["refresh_token"] == "1//refresh-rotated"
-    assert path.read_text() == "1//refresh-rotated\n" and os.stat(path).st_mode & 0o077 == 0
+    kept = tmp_path / "state" / "refresh-tokens" / "up"
+    assert kept.read_text() == "1//refresh-rotated\n" and os.stat(kept).st_mode & 0o077 == 0
+    assert path.read_text() == "1//refresh-original\n"
     gw.audit.wait_for("session.closed", 2)
     assert "refresh-original" not in gw.audit.text and "refresh-rotated" not in gw.audit.text
 
