@@ -3,7 +3,7 @@
 `SharedBudgets` is the outbound side's `Budgets` (`gateway.outbound.pacing`) over Redis: each
 take runs the store's budget script (`Store.spend`, both rolling windows in one round trip,
 under ``mailgate:budget:UPSTREAM:IDENTITY``, the identity hashed), in the cluster's thread pool,
-never on the reactor. Throttling pauses and the slots promised to paced mail stay with this
+never on the reactor (the budget metrics count what this instance took). Throttling pauses and the slots promised to paced mail stay with this
 instance (`gateway.policy.budgets.Ledger`): a pause is learnt again by each instance from the
 provider's own reply. While Redis is away the instance takes from its share of each budget
 (the budget divided by the instances last seen alive), locally.
@@ -50,7 +50,8 @@ class SharedBudgets:
 
         def answered(answer: tuple[int, float] | None) -> Spent | None:
             self.shared.metrics.cluster_decision("shared")
-            if answer is None:
+            if answer is None:  # taken in Redis; counted here too, for this instance's metrics
+                self.ledger.count(upstream, sender, messages, recipients, now)
                 return None
             which, seconds = answer
             budget = (
@@ -58,8 +59,8 @@ class SharedBudgets:
                 if which == 1 and upstream.pace
                 else f"max_recipients_per_day {upstream.max_recipients_per_day}"
             )
-            now = self.shared.reactor.seconds()
-            return self.ledger.promise(upstream, sender, budget, now + seconds, now)
+            later = self.shared.reactor.seconds()
+            return self.ledger.promise(upstream, sender, budget, later + seconds, later)
 
         def failed(failure: Any) -> Spent | None:
             failure.trap(StoreError)

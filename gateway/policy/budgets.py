@@ -201,6 +201,16 @@ class Ledger:
             acct.rcpts.add(recipients, now)
         return None
 
+    def count(
+        self, upstream: UpstreamConfig, sender: str, messages: int, recipients: int, now: float
+    ) -> None:
+        """Record a take decided elsewhere (Redis), for this instance's metrics."""
+        acct = self.account(upstream, identity(upstream, sender))
+        if acct.messages is not None:
+            acct.messages.add(messages, now)
+        if acct.rcpts is not None:
+            acct.rcpts.add(recipients, now)
+
     def paused(self, upstream: UpstreamConfig, sender: str, now: float) -> Spent | None:
         """The identity's throttling pause, if it is on (the shared variant asks this first)."""
         acct = self._accounts.get((upstream.name, identity(upstream, sender)))

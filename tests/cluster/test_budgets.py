@@ -44,3 +44,16 @@ def test_two_gateways_share_one_upstream_pace(make_upstream, start_gateway, ca, 
     codes = [rcpt((one if i % 2 else two).port)[0] for i in range(6)]
     assert sorted(codes) == [250] * 3 + [451] * 3
     assert len(server.wait_for(3)) == 3
+
+
+def test_shared_budget_metrics_count_what_this_instance_took(
+    make_upstream, start_gateway, ca, redis_server
+):
+    """Taken in Redis, counted in this instance's budget metrics."""
+    server = make_upstream()
+    document = relay_all(upstream_table(server, ca.ca_file, pace="3/hour"))
+    document["cluster"] = cluster_table(redis_server.url)
+    gw = start_gateway(document)
+    assert rcpt(gw.port)[0] == 250
+    rows = list(gw.gateway.budgets.usage(gw.reactor.seconds()))
+    assert ("up", "pace", 1, 2) in rows
