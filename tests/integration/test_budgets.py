@@ -167,3 +167,30 @@ def test_budget_metrics_show_used_and_remaining(make_upstream, start_gateway, ca
         f'mailgate_upstream_budget_remaining{{budget="{budget}",upstream="paced"}} {left}.0'
         in metrics
     )
+
+
+def test_queue_mode_refuses_452_4_3_1_when_the_backlog_outlasts_max_age(
+    make_upstream, start_gateway, ca, tmp_path
+):
+    """1/hour with max_age 600 s: once a message waits for a slot an hour away, new mail for
+    that sender gets 452 4.3.1 instead of a promise the queue cannot keep."""
+    up = make_upstream()
+    document = queue_document(
+        upstream_table(up, ca.ca_file, pace="1/hour"), str(tmp_path), max_age=600
+    )
+    gw = start_gateway(document)
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
+        assert client.sendmail("app@example.com", ["ops@example.net"], message(1)) == {}
+        assert client.sendmail("app@example.com", ["ops@example.net"], message(2)) == {}
+    assert len(up.wait_for(1)) == 1
+    [deferred] = gw.audit.wait_for("message.deferred")
+    assert deferred["paced"] is True
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
+        client.ehlo()
+        client.mail("app@example.com")
+        code, text = client.rcpt("ops@example.net")
+        assert (code, text[:5]) == (452, b"4.3.1")
+        client.rset()
+        client.mail("other@example.com")  # the upstream's AUTH user is the identity: same budget
+        assert client.rcpt("ops@example.net")[0] == 452
+    assert len(up.messages) == 1
