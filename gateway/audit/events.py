@@ -45,6 +45,8 @@ class Event(StrEnum):
     QUEUE_DRAIN_CANCELLED = "queue.drain_cancelled"
     DELIVERY_ATTEMPT = "delivery.attempt"
     DELIVERY_DUPLICATE_RISK = "delivery.duplicate_risk"
+    # provider budgets
+    UPSTREAM_THROTTLED = "upstream.throttled"
     # OAuth tokens for XOAUTH2 upstreams
     OAUTH_TOKEN_ISSUED = "oauth.token_issued"
     OAUTH_TOKEN_FAILED = "oauth.token_failed"

@@ -129,6 +129,8 @@ class Summary:
     by_rule: Counter[str] = field(default_factory=Counter)
     by_upstream: Counter[str] = field(default_factory=Counter)
     by_tls: Counter[str] = field(default_factory=Counter)
+    # "APP -> UPSTREAM: password|xoauth2": the migration report before basic auth is switched off
+    by_auth: Counter[str] = field(default_factory=Counter)
     senders: TopCounter = field(default_factory=TopCounter)
     rejections: TopCounter = field(default_factory=TopCounter)
     deferrals: TopCounter = field(default_factory=TopCounter)
@@ -169,6 +171,15 @@ class Summary:
         self.by_outcome[outcome] += 1
         self.by_upstream[upstream] += 1
         self.by_tls[str(record.get("tls_version") or "(no upstream session)")] += 1
+        if record.get("tls_version"):  # a session with the upstream: how it authenticated
+            how = (
+                "xoauth2"
+                if record.get("oauth_grant")
+                else "password"
+                if record.get("auth_user")
+                else "no AUTH"
+            )
+            self.by_auth[f"{record.get('app') or '(no app)'} -> {upstream}: {how}"] += 1
         for rule in rules_of(record) or [NONE]:
             self.by_rule[rule] += 1
         self.senders.add(str(record.get("sender", "")) or "<>")

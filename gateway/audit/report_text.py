@@ -68,6 +68,13 @@ def render_text(summary: Summary, width: int = 80, unicode: bool = True, top: in
     out += _table("by rule", s.by_rule.most_common(top), s.messages, width, unicode)
     out += _table("by upstream", s.by_upstream.most_common(top), s.messages, width, unicode)
     out += _table("by TLS version", s.by_tls.most_common(top), s.messages, width, unicode)
+    out += _table(
+        "upstream AUTH by app (password or XOAUTH2)",
+        s.by_auth.most_common(top),
+        s.messages,
+        width,
+        unicode,
+    )
     approx = " (approximate: many distinct values)"
     out += _table(
         "top senders",

@@ -20,6 +20,7 @@ from gateway.config.secrets import resolve_password
 from gateway.config.toml import load
 from gateway.errors import ConfigError, MailgateError, UsageError
 from gateway.outbound import grants
+from gateway.policy import budgets
 from gateway.policy import rules as policy
 from gateway.smtp import replies
 from gateway.smtp.address import AddressError, parse_path
@@ -174,6 +175,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             _say(f"  <{recipient.text}>: {rule} -> relay via {hops}")
         else:
             _say(f"  <{recipient.text}>: {rule} -> reject: {decision.reply}")
+            continue
+        for up in decision.upstreams:
+            _say(f"    {up.name}: {budgets.describe(up, sender.text)}")
     return status if allowed else 0
 
 

@@ -98,6 +98,7 @@ def cmd_oauth_test(args: argparse.Namespace) -> int:
 
 async def run_test(connector: Any, sender: str | None, out: TextIO) -> int:
     """The three steps against a ready `UpstreamConnector`; 0 when all passed."""
+    from gateway.outbound.classify import auth_hint
     from gateway.outbound.failure import UpstreamFailure
     from gateway.outbound.grants import TokenError
 
@@ -125,6 +126,8 @@ async def run_test(connector: Any, sender: str | None, out: TextIO) -> int:
         say(f"2. connect, TLS, AUTH: FAILED: {exc.reason}")
         if exc.upstream_reply is not None:
             say(f"   the upstream said: {exc.upstream_reply}")
+            if (hint := auth_hint(exc.upstream_reply)) is not None and "hint:" not in exc.reason:
+                say(f"   hint: {hint}")
         return 1
     say(
         f"2. connect, TLS, AUTH: OK: {session.tls.version} {session.tls.cipher}, "

@@ -21,6 +21,7 @@ from gateway.cli import queue_drain
 from gateway.config.environment import from_environment
 from gateway.config.toml import load
 from gateway.errors import MailgateError, UsageError
+from gateway.outbound.pacing import is_paced
 from gateway.queue.spool import (
     ACTIVE,
     DEAD,
@@ -72,9 +73,14 @@ def _age(seconds: float) -> str:
 
 def _line(envelope: Envelope, state: str, now: float, recipients: list[str]) -> str:
     reply = (envelope.last_reply or "-").replace("\n", " / ")
+    waits = ""
+    if state == DEFERRED and envelope.pending:
+        # "paced=": waiting for a provider budget or a throttling pause, due in that long
+        kind = "paced" if is_paced(envelope.last_reply) else "next"
+        waits = f"  {kind}={_age(envelope.next_attempt - now)}"
     return (
         f"{envelope.id}  {state:<8}  {_age(now - envelope.received):>4}  <{envelope.sender}>  "
-        f"{','.join(recipients) or '-'}  attempts={envelope.attempts}  {reply}"
+        f"{','.join(recipients) or '-'}  attempts={envelope.attempts}{waits}  {reply}"
     )
 
 

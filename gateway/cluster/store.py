@@ -5,7 +5,10 @@ Every key starts with ``mailgate:`` and expires:
 - ``mailgate:rate:RULE`` — a rule's rate as a GCRA (the theoretical arrival time, in
   microseconds of Redis's clock); `take` decides one message in one script (one round trip),
   so instances sharing a rule share its budget exactly. Later budgets (upstream pacing) take
-  the same script under their own key (`take` with ``"pace:UPSTREAM"``).
+  the same script under their own key.
+- ``mailgate:budget:UPSTREAM:IDENTITY:pace`` / ``:rcpt`` / ``:rcpt_total`` — a provider budget
+  (`spend`): the messages of the pace's period and the recipients of the last 24 hours as
+  sorted sets (exact rolling windows, both taken in one script or neither).
 - ``mailgate:instances`` — a sorted set of the live instances (member ``NAME/PID``, score the
   time its registration expires); `heartbeat` renews this one's and counts the others.
 - ``mailgate:cooldown:UPSTREAM`` — an upstream some instance found down, expiring with its
@@ -45,6 +48,54 @@ local next_tat = tat + interval
 if next_tat - now > period then return 0 end
 redis.call('SET', KEYS[1], string.format('%.0f', next_tat), 'PX', math.ceil(period / 1000) + 1000)
 return 1
+"""
+
+# A provider budget per sending identity: exact rolling windows, both taken or neither.
+# KEYS: the pace's sorted set, the recipients' sorted set, the recipients' running total.
+# ARGV: pace count, pace period (s; 0: none), recipients a day (0: none), messages, recipients,
+# a member unique to this take. Answer {1}, or {0, which (1 pace, 2 recipients), ms until free}.
+SPEND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local count, period = tonumber(ARGV[1]), tonumber(ARGV[2]) * 1000000
+local limit, day = tonumber(ARGV[3]), 86400 * 1000000
+local messages, rcpts, member = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+if period > 0 and messages > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - period)
+  local n = redis.call('ZCARD', KEYS[1])
+  if n > 0 and n + messages > count then
+    local oldest = redis.call('ZRANGE', KEYS[1], n - count, n - count, 'WITHSCORES')
+    return {0, 1, math.ceil((tonumber(oldest[2]) + period - now) / 1000)}
+  end
+end
+local total = 0
+if limit > 0 and rcpts > 0 then
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - day)
+  total = tonumber(redis.call('GET', KEYS[3])) or 0
+  for _, m in ipairs(gone) do total = total - tonumber(string.match(m, ':(%d+)$')) end
+  if total < 0 then total = 0 end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - day)
+  redis.call('SET', KEYS[3], total, 'PX', 86400000 + 1000)
+  if total > 0 and total + rcpts > limit then
+    local excess = total + rcpts - limit
+    local held = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+    for i = 1, #held, 2 do
+      excess = excess - tonumber(string.match(held[i], ':(%d+)$'))
+      if excess <= 0 then return {0, 2, math.ceil((tonumber(held[i + 1]) + day - now) / 1000)} end
+    end
+    return {0, 2, 86400000}
+  end
+end
+if period > 0 and messages > 0 then
+  redis.call('ZADD', KEYS[1], now, member)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(period / 1000) + 1000)
+end
+if limit > 0 and rcpts > 0 then
+  redis.call('ZADD', KEYS[2], now, member .. ':' .. rcpts)
+  redis.call('SET', KEYS[3], total + rcpts, 'PX', 86400000 + 1000)
+  redis.call('PEXPIRE', KEYS[2], 86400000 + 1000)
+end
+return {1}
 """
 
 # Renew ARGV[1]'s registration for ARGV[2] ms; answer the live count and each KEYS[2..]'s PTTL.
@@ -120,6 +171,8 @@ class Store:
         self.member = f"{instance}/{os.getpid()}"  # two processes on one host count twice
         self._take = redis_client.register_script(TAKE)
         self._heartbeat = redis_client.register_script(HEARTBEAT)
+        self._spend = redis_client.register_script(SPEND)
+        self._spends = 0
 
     def take(self, key: str, count: int, seconds: float) -> bool:
         """One event against the budget under `key` (``rate:RULE``): False when it is spent."""
@@ -127,6 +180,34 @@ class Store:
         if answer not in (0, 1):
             raise StoreError(f"unexpected answer to the rate script: {answer!r:.80}")
         return answer == 1
+
+    def spend(
+        self,
+        key: str,
+        pace: tuple[int, float] | None,
+        recipients_per_day: int | None,
+        messages: int,
+        recipients: int,
+    ) -> tuple[int, float] | None:
+        """Take from the budget ``budget:UPSTREAM:IDENTITY``: None, or (1 pace / 2 recipients,
+        seconds until it frees)."""
+        self._spends += 1
+        keys = [PREFIX + key + ":pace", PREFIX + key + ":rcpt", PREFIX + key + ":rcpt_total"]
+        count, seconds = pace or (1, 0.0)
+        member = f"{self.member}/{self._spends}"
+        args = [count, repr(float(seconds)), recipients_per_day or 0, messages, recipients, member]
+        answer = self._run(self._spend, keys, args)
+        if answer == [1]:
+            return None
+        if (
+            isinstance(answer, list)
+            and len(answer) == 3
+            and answer[0] == 0
+            and answer[1] in (1, 2)
+            and isinstance(answer[2], int)
+        ):
+            return answer[1], max(0, answer[2]) / 1000
+        raise StoreError(f"unexpected answer to the budget script: {answer!r:.80}")
 
     def heartbeat(self, ttl: float, upstreams: Sequence[str]) -> tuple[int, dict[str, float]]:
         """Renew this instance for `ttl` seconds: (instances alive, upstream -> seconds cooling)."""

@@ -113,6 +113,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class Rate:
+    """A rate limit: `count` messages per `seconds`."""
+
+    count: int
+    seconds: float
+    text: str
+
+
+@dataclass(frozen=True)
 class UpstreamConfig:
     name: str
     host: str
@@ -133,21 +142,17 @@ class UpstreamConfig:
     pool_max_messages: int = 1000
     auth: str = "password"  # or "xoauth2" (see gateway.config.providers)
     oauth: OAuthConfig | None = None
+    # The provider's budget per sending identity (gateway.policy.budgets): messages per period,
+    # recipients per rolling 24 hours; None: no budget. Presets by host fill them in.
+    pace: Rate | None = None
+    max_recipients_per_day: int | None = None
+    oauth_client_secret_expires: float | None = None  # Unix time the operator gave, for metrics
 
     @property
     def url(self) -> str:
         scheme = "smtps" if self.tls == "implicit" else "starttls"
         user = f"{quote(self.username, safe='')}@" if self.username else ""
         return f"{scheme}://{user}{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class Rate:
-    """A rate limit: `count` messages per `seconds`."""
-
-    count: int
-    seconds: float
-    text: str
 
 
 @dataclass(frozen=True)

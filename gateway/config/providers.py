@@ -47,6 +47,29 @@ PRESETS: Mapping[str, Preset] = {
     ),
 }
 
+
+@dataclass(frozen=True)
+class HostBudget:
+    """What a provider publishes as the sending budget of one identity (per host)."""
+
+    pace: str | None  # messages per period, as ``pace`` is written
+    max_recipients_per_day: int | None
+    max_connections: int | None  # concurrent connections per mailbox
+    source: str  # where it is published, for `mailgate explain` and docs/providers.md
+
+
+# Budgets per host, as the providers publish them ("per day" is a rolling 24 hours). An
+# explicit ``pace``, ``max_recipients_per_day`` or ``max_connections`` overrides each.
+HOST_BUDGETS: Mapping[str, HostBudget] = {
+    "smtp.office365.com": HostBudget(
+        "30/minute", 10000, 3, "Exchange Online limits: SMTP AUTH submission"
+    ),
+    "smtp.gmail.com": HostBudget("2000/day", None, None, "Gmail sending limits"),
+    "smtp-relay.gmail.com": HostBudget(
+        "10000/day", None, None, "Google Workspace SMTP relay limits"
+    ),
+}
+
 OAUTH_KEYS = frozenset(
     {
         "oauth_grant",
@@ -61,7 +84,7 @@ OAUTH_KEYS = frozenset(
         "oauth_ca_file",
     }
 )
-UPSTREAM_KEYS = frozenset({"provider", "auth"}) | OAUTH_KEYS
+UPSTREAM_KEYS = frozenset({"provider", "auth", "oauth_client_secret_expires"}) | OAUTH_KEYS
 
 
 @dataclass(frozen=True)

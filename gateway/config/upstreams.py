@@ -6,14 +6,20 @@ Provider presets and the ``auth`` / ``oauth_*`` keys are read by
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from gateway.config.model import TLS_MODES, TLS_VERSIONS, UpstreamConfig
-from gateway.config.providers import UPSTREAM_KEYS, preset_for, read_upstream_auth
+from gateway.config.providers import (
+    HOST_BUDGETS,
+    UPSTREAM_KEYS,
+    preset_for,
+    read_upstream_auth,
+)
 from gateway.config.reader import Reader
-from gateway.config.values import SHA256_EXPECTED, parse_sha256
+from gateway.config.values import SHA256_EXPECTED, parse_rate, parse_sha256
 
 
 def read_upstreams(reader: Reader, document: Mapping[str, Any]) -> dict[str, UpstreamConfig]:
@@ -47,6 +53,8 @@ def _read_upstream(reader: Reader, name: str, value: Any) -> UpstreamConfig:
         "max_connections",
         "pool_idle_timeout",
         "pool_max_messages",
+        "pace",
+        "max_recipients_per_day",
     }
     known |= UPSTREAM_KEYS
     reader.unknown_keys(value, key, known)
@@ -97,6 +105,20 @@ def _read_upstream(reader: Reader, name: str, value: Any) -> UpstreamConfig:
         if hexpin is None:
             reader.problem(f"{key}.pin_sha256[{i}]", pin, SHA256_EXPECTED)
         normalised.append(hexpin or pin)
+    budget = HOST_BUDGETS.get(host.lower())
+    pace_text = reader.string(t, f"{key}.pace", budget.pace if budget else None)
+    pace = parse_rate(pace_text) if pace_text else None
+    if pace_text and pace is None:
+        reader.problem(
+            f"{key}.pace",
+            pace_text,
+            'messages per period per sending identity, COUNT/UNIT such as "30/minute" '
+            "(unit: second, minute, hour, day)",
+        )
+    recipients = budget.max_recipients_per_day if budget else None
+    if "max_recipients_per_day" in t:
+        recipients = reader.integer(t, f"{key}.max_recipients_per_day", 1, 1, 100_000_000)
+    connections_default = budget.max_connections if budget and budget.max_connections else 10
     return UpstreamConfig(
         name=name,
         host=host,
@@ -113,9 +135,28 @@ def _read_upstream(reader: Reader, name: str, value: Any) -> UpstreamConfig:
         command_timeout=reader.number(t, f"{key}.command_timeout", 120, 0.1, 3600),
         data_timeout=reader.number(t, f"{key}.data_timeout", 600, 0.1, 3600),
         failover_cooldown=reader.number(t, f"{key}.failover_cooldown", 60, 0, 86400),
-        max_connections=reader.integer(t, f"{key}.max_connections", 10, 1, 10000),
+        max_connections=reader.integer(t, f"{key}.max_connections", connections_default, 1, 10000),
         pool_idle_timeout=reader.number(t, f"{key}.pool_idle_timeout", 30, 0, 3600),
         pool_max_messages=reader.integer(t, f"{key}.pool_max_messages", 1000, 1, 1000000),
         auth=auth,
         oauth=oauth,
+        pace=pace,
+        max_recipients_per_day=recipients,
+        oauth_client_secret_expires=_expiry(reader, t, f"{key}.oauth_client_secret_expires"),
     )
+
+
+def _expiry(reader: Reader, table: Mapping[str, Any], key: str) -> float | None:
+    """``oauth_client_secret_expires``: a TOML date or date-time (UTC when without offset)."""
+    value = table.get(key.rsplit(".", 1)[1])
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        when = value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+        return when.timestamp()
+    if isinstance(value, datetime.date):
+        return datetime.datetime(
+            value.year, value.month, value.day, tzinfo=datetime.UTC
+        ).timestamp()
+    reader.problem(key, value, "the client secret's expiry, a TOML date such as 2027-06-30")
+    return None

@@ -25,6 +25,7 @@ from twisted.python.threadpool import ThreadPool
 from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
 from gateway.cluster import shared as cluster_state
+from gateway.cluster.budgets import SharedBudgets
 from gateway.cluster.cooldowns import SharedCooldowns
 from gateway.config.changes import fixed_changes
 from gateway.config.model import Config, Endpoint, Rate
@@ -34,6 +35,7 @@ from gateway.daemon.bind import listen_smtp
 from gateway.daemon.health import Readiness, WatchedConnector
 from gateway.daemon.listener_tls import ListenerTLS, check_files
 from gateway.daemon.metrics import Metrics
+from gateway.daemon.refresh_keeper import RefreshKeeper
 from gateway.errors import ConfigError, MailgateError, Problem, SecretError
 from gateway.inbound.connections import Connections
 from gateway.inbound.proxy import listener_factory
@@ -44,6 +46,7 @@ from gateway.outbound.pool import UpstreamPool
 from gateway.outbound.relay import RelayTransaction
 from gateway.policy import passwords
 from gateway.policy.auth_throttle import AuthThrottle
+from gateway.policy.budgets import Ledger, has_budget
 from gateway.policy.ratelimit import RateLimits
 from gateway.queue.commit import GroupCommit
 from gateway.queue.enqueue import QueueTransaction
@@ -73,7 +76,7 @@ class Gateway:
         self.metrics = Metrics()
         self.readiness = Readiness()
         self.tokens = TokenCache(
-            reactor, on_event=self.audit.event
+            reactor, on_event=self._oauth_event
         )  # one per gateway, kept across reloads
         self.pools = self._build_pools(config)
         self._retired: dict[
@@ -88,6 +91,15 @@ class Gateway:
             self.cluster.upstreams = lambda: list(self.config.upstreams)
             self.cluster.learned = shared.learn
             self.cooldowns = shared
+        # Provider budgets per sending identity, kept across reloads (gateway.policy.budgets).
+        self.ledger = Ledger(on_pause=self._throttled)
+        self.budgets: Ledger | SharedBudgets = self.ledger
+        if self.cluster is not None:  # [cluster]: the windows in Redis, pauses here
+            self.budgets = SharedBudgets(self.cluster, self.ledger)
+        self.metrics.watch_budgets(lambda: self.budgets.usage(self.reactor.seconds()), None)
+        self.refresh_keeper = RefreshKeeper(  # unused refresh tokens kept alive (a day apart)
+            reactor, lambda: [p.connector for p in self.pools.values()]
+        )
         self.connections = Connections()  # the app connections open now
         self.rate_limits = RateLimits()
         self.auth_throttle = AuthThrottle()  # kept across reloads
@@ -123,8 +135,13 @@ class Gateway:
                 on_result=self.metrics.message_result,
                 cooldowns=self.cooldowns,
                 on_drain=self._drain_changed,
+                budgets=self.budgets,
             )
             self.metrics.watch_queue(self.runner.queue_state)
+            paced = self.runner.paced
+            self.metrics.watch_budgets(
+                lambda: self.budgets.usage(self.reactor.seconds()), paced.__len__
+            )
 
     def _build_pools(
         self, config: Config, problems: list[Problem] | None = None
@@ -164,6 +181,8 @@ class Gateway:
                     )
                 )
                 continue
+            if upstream.oauth_client_secret_expires is not None:
+                self.metrics.oauth_secret_expires(name, upstream.oauth_client_secret_expires)
             connector = UpstreamConnector(
                 self.reactor, upstream, password, config.listener.hostname, tokens=tokens
             )
@@ -234,9 +253,36 @@ class Gateway:
                 committer=self.group_commit.submit,
                 on_committed=self.runner.submitted,
                 draining=lambda: runner.draining,
+                backlogged=self.paced_backlog_full,
             )
         return RelayTransaction(
-            [self._pool(name) for name in route], mail, self.cooldowns, self.reactor
+            [self._pool(name) for name in route], mail, self.cooldowns, self.reactor, self.budgets
+        )
+
+    def _oauth_event(self, name: Event, **fields: Any) -> None:
+        """A token event: to the audit, and the upstream's token health to the metrics."""
+        self.audit.event(name, **fields)
+        self.metrics.oauth_event(name, fields, time.time())
+
+    def _throttled(self, upstream: str, identity: str, seconds: float, reply: str) -> None:
+        """A provider's throttling reply paused a sending identity: the audit says why."""
+        self.metrics.throttle_pause(upstream)
+        self.audit.event(
+            Event.UPSTREAM_THROTTLED,
+            upstream=upstream,
+            identity=identity,
+            paused_s=round(seconds, 3),
+            reply=reply[:300],
+        )
+
+    def paced_backlog_full(self, route: tuple[str, ...], sender: str) -> bool:
+        """Queue mode: every upstream of `route` has a paced backlog for `sender` longer than
+        ``queue.max_age`` (new mail gets 452 4.3.1 rather than a promise the queue cannot keep)."""
+        now = self.reactor.seconds()
+        limit = self.config.queue.max_age
+        configured = [self.config.upstreams[n] for n in route if n in self.config.upstreams]
+        return bool(configured) and all(
+            has_budget(u) and self.budgets.backlog(u, sender, now) > limit for u in configured
         )
 
     def _drain_changed(self, draining: bool) -> None:
@@ -336,6 +382,7 @@ class Gateway:
         self.port = self.ports[0]
         bound = self.port.getHost().port
         self.readiness.listening = True
+        self.refresh_keeper.start()
         status = {}
         if self.config.metrics.listen is not None:
             where = self.config.metrics.listen
@@ -353,6 +400,7 @@ class Gateway:
         return bound
 
     async def stop(self) -> None:
+        self.refresh_keeper.stop()
         if self.ports:
             self.readiness.listening = False
             for port in self.ports:

@@ -67,7 +67,9 @@ class Readiness:
         if self.draining:
             found.append("draining (mailgate queue drain): not accepting queued mail")
         for name, attempt in sorted(self.attempts.items()):
-            if not attempt.ok:
+            if not attempt.ok and "token endpoint" in (attempt.reason or ""):
+                found.append(f"upstream {name}: no OAuth token can be had: {attempt.reason}")
+            elif not attempt.ok:
                 found.append(
                     f"upstream {name}: last connection attempt failed: "
                     f"{attempt.reason or 'unknown'}"

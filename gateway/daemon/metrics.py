@@ -15,7 +15,8 @@ every scrape; without a probe the two queue gauges are absent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -51,8 +52,11 @@ class _StateCollector(Collector):
         self.sessions: Callable[[], int] | None = None
         self.queue: Callable[[], QueueState] | None = None
         self.cluster: Callable[[], tuple[bool, int]] | None = None
+        self.budgets: Callable[[], Iterable[tuple[str, str, int, int]]] | None = None
+        self.paced: Callable[[], int] | None = None
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._budgets()
         if self.sessions is not None:
             yield GaugeMetricFamily(
                 "mailgate_sessions_active", "App sessions open now.", value=self.sessions()
@@ -80,6 +84,31 @@ class _StateCollector(Collector):
                 "mailgate_cluster_instances",
                 "[cluster]: gateway instances alive when Redis was last asked (this one included).",
                 value=instances,
+            )
+
+    def _budgets(self) -> Iterator[Metric]:
+        if self.budgets is not None:
+            used = GaugeMetricFamily(
+                "mailgate_upstream_budget_used",
+                "Provider budget used in its window (pace: messages in the period; "
+                "recipients_per_day: the last 24 hours), by upstream, for its busiest identity.",
+                labels=["upstream", "budget"],
+            )
+            left = GaugeMetricFamily(
+                "mailgate_upstream_budget_remaining",
+                "Provider budget left in its window, by upstream, for its busiest identity.",
+                labels=["upstream", "budget"],
+            )
+            for upstream, budget, count, remaining in self.budgets():
+                used.add_metric([upstream, budget], count)
+                left.add_metric([upstream, budget], remaining)
+            yield used
+            yield left
+        if self.paced is not None:
+            yield GaugeMetricFamily(
+                "mailgate_queue_paced_messages",
+                "Queued messages waiting for a provider budget or a throttling pause.",
+                value=self.paced(),
             )
 
 
@@ -155,6 +184,36 @@ class Metrics:
             "When the listener's TLS certificate (listener.tls_cert_file) expires, Unix time.",
             registry=r,
         )
+        self.oauth_failures = Counter(
+            "mailgate_oauth_refresh_failures",
+            "XOAUTH2 token requests that failed, by upstream and the endpoint's error code.",
+            ["upstream", "error"],
+            registry=r,
+        )
+        self.oauth_refreshed = Gauge(
+            "mailgate_oauth_last_refresh_timestamp_seconds",
+            "XOAUTH2: Unix time of the upstream's last successful token request.",
+            ["upstream"],
+            registry=r,
+        )
+        self.oauth_expiry = Gauge(
+            "mailgate_oauth_token_expiry_seconds",
+            "XOAUTH2: seconds until the upstream's current access token expires (negative: expired).",
+            ["upstream"],
+            registry=r,
+        )
+        self.oauth_secret_expiry = Gauge(
+            "mailgate_oauth_client_secret_expiry_timestamp_seconds",
+            "XOAUTH2: Unix time the client secret expires (oauth_client_secret_expires).",
+            ["upstream"],
+            registry=r,
+        )
+        self.throttle_pauses = Counter(
+            "mailgate_upstream_throttle_pauses",
+            "Sending identities paused after a provider's throttling reply, by upstream.",
+            ["upstream"],
+            registry=r,
+        )
         self.ready = Gauge("mailgate_ready", "1 while /readyz answers 200.", registry=r)
         self._state = _StateCollector()
         r.register(self._state)
@@ -172,7 +231,32 @@ class Metrics:
         """``[cluster]``: ``probe()`` says whether Redis answers and how many instances are alive."""
         self._state.cluster = probe
 
+    def watch_budgets(
+        self,
+        usage: Callable[[], Iterable[tuple[str, str, int, int]]],
+        paced: Callable[[], int] | None,
+    ) -> None:
+        """Provider budgets: (upstream, budget, used, remaining) rows; paced messages waiting."""
+        self._state.budgets = usage
+        self._state.paced = paced
+
     # --- events ------------------------------------------------------------------------
+
+    def oauth_event(self, name: str, fields: Mapping[str, Any], now: float) -> None:
+        """``oauth.token_issued`` / ``oauth.token_failed``: the upstream's token health."""
+        upstream = str(fields.get("upstream", "?"))
+        if name == "oauth.token_failed":
+            self.oauth_failures.labels(upstream=upstream, error=str(fields.get("error_code"))).inc()
+        elif name == "oauth.token_issued":
+            self.oauth_refreshed.labels(upstream=upstream).set(now)
+            expires = now + float(fields.get("expires_in", 0))
+            self.oauth_expiry.labels(upstream=upstream).set_function(lambda: expires - time.time())
+
+    def oauth_secret_expires(self, upstream: str, when: float) -> None:
+        self.oauth_secret_expiry.labels(upstream=upstream).set(when)
+
+    def throttle_pause(self, upstream: str) -> None:
+        self.throttle_pauses.labels(upstream=upstream).inc()
 
     def cluster_decision(self, source: str) -> None:
         self.cluster_decisions.labels(source=source).inc()

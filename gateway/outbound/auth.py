@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from gateway.config.model import UpstreamConfig
 from gateway.config.providers import is_sender_placeholder
 from gateway.config.secrets import Secret
+from gateway.outbound.classify import auth_hint
 from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.grants import TokenError
 from gateway.outbound.protocol import Lost, UpstreamProtocol
@@ -93,7 +94,8 @@ async def authenticate_password(
     if answer.code != 235:
         raise UpstreamFailure(
             replies.UPSTREAM_AUTH_FAILED,
-            f"{config.name}: AUTH {mechanism} as {config.username} refused: {answer.codes}",
+            f"{config.name}: AUTH {mechanism} as {config.username} refused: {answer.codes}"
+            + _hint(answer),
             _scrubbed(answer, sent),
         )
     return config.username, mechanism
@@ -188,9 +190,15 @@ async def authenticate_bearer(
         raise UpstreamFailure(
             replies.UPSTREAM_AUTH_FAILED,
             f"{config.name}: AUTH {mechanism} as {user} refused{challenge}: "
-            f"{answer.codes}{retried}",
+            f"{answer.codes}{retried}{_hint(answer)}",
             _scrubbed(answer, sent),
         )
+
+
+def _hint(answer: Reply) -> str:
+    """ "; hint: ..." for a known provider refusal (`classify.auth_hint`), else nothing."""
+    hint = auth_hint(answer)
+    return f"; hint: {hint}" if hint else ""
 
 
 def _scrubbed(reply: Reply, sent: list[bytes]) -> Reply:

@@ -69,6 +69,149 @@ KNOWN: tuple[Known, ...] = (
 )
 
 
+ALL_STEPS = frozenset({"SESSION", "MAIL", "RCPT", "DATA", "DOT"})
+
+# Throttling: the provider asks this sending identity to slow down (`gateway.policy.budgets`
+# pauses it). Texts as the providers document them; a code alone where the issue of the reply
+# is the code (RFC 3463 4.7.0 / 4.7.1 answered to a submission are its rate limits). Other
+# ``554 5.2.0`` replies (SendAsDenied, ...) are permanent: only the quota text matches there.
+THROTTLING: tuple[Known, ...] = (
+    Known(
+        432,
+        "4.3.2",
+        r"",
+        Verdict.DEFERRED,
+        "Microsoft 365: STOREDRV.ClientSubmit; sender thread limit exceeded / concurrent "
+        "connection limit exceeded (3 connections per mailbox)",
+        ALL_STEPS,
+    ),
+    Known(
+        554,
+        "5.2.0",
+        r"SubmissionQuotaExceeded",
+        Verdict.DEFERRED,
+        "Microsoft 365: STOREDRV.Submission.Exception:SubmissionQuotaExceededException "
+        "(10,000 recipients a day)",
+        ALL_STEPS,
+    ),
+    Known(
+        550,
+        "5.4.5",
+        r"(daily|peak) (user sending|smtp relay) (quota|limit)",
+        Verdict.DEFERRED,
+        "Google: Daily user sending limit exceeded / Daily SMTP relay limit exceeded for user",
+        ALL_STEPS,
+    ),
+    Known(
+        450,
+        "4.2.1",
+        r"peak smtp relay limit exceeded",
+        Verdict.DEFERRED,
+        "Google SMTP relay: Peak SMTP relay limit exceeded for this customer",
+        ALL_STEPS,
+    ),
+    Known(
+        421,
+        "4.7.28",
+        r"",
+        Verdict.DEFERRED,
+        "Gmail: unusual rate of unsolicited mail, temporarily rate limited",
+        ALL_STEPS,
+    ),
+    Known(
+        454,
+        None,
+        r"throttling failure",
+        Verdict.DEFERRED,
+        "Amazon SES: 454 Throttling failure: Maximum sending rate exceeded / Daily message "
+        "quota exceeded",
+        ALL_STEPS,
+    ),
+    Known(
+        421,
+        "4.4.2",
+        r"submission rate for this client has exceeded",
+        Verdict.DEFERRED,
+        "Exchange: Message submission rate for this client has exceeded the configured limit",
+        ALL_STEPS,
+    ),
+    Known(421, "4.7.0", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.0)", ALL_STEPS),
+    Known(450, "4.7.1", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.1)", ALL_STEPS),
+    Known(451, "4.7.1", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.1)", ALL_STEPS),
+)
+
+
+def throttling(reply: Reply | None, step: str) -> Known | None:
+    """The `THROTTLING` entry `reply` (at `step`, or "SESSION" while opening one) matches."""
+    if reply is None:
+        return None
+    return next((k for k in THROTTLING if k.matches(reply, step)), None)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A provider's authentication or authorisation refusal, and what the operator should do."""
+
+    code: int
+    enhanced: str
+    text: str  # a regex, case-blind ("" matches any text)
+    hint: str
+
+
+# Known provider refusals of who we are (at AUTH, MAIL or after the data): the audit and
+# `mailgate oauth test` add the hint to the provider's words.
+AUTH_HINTS: tuple[Hint, ...] = (
+    Hint(
+        535,
+        "5.7.139",
+        r"",
+        "Microsoft 365: SMTP AUTH is disabled for the mailbox or the tenant (Set-CASMailbox "
+        "-SmtpClientAuthenticationDisabled $false, or the tenant's SMTP AUTH setting), or "
+        "security defaults block it",
+    ),
+    Hint(
+        535,
+        "5.7.3",
+        r"",
+        "Microsoft 365: authentication unsuccessful: SMTP AUTH disabled for the mailbox or "
+        "tenant, or the app lacks SMTP.SendAsApp / the mailbox permission",
+    ),
+    Hint(
+        550,
+        "5.7.30",
+        r"",
+        'Microsoft 365: basic authentication is not supported: use auth = "xoauth2"',
+    ),
+    Hint(
+        554,
+        "5.2.252",
+        r"",
+        "Microsoft 365: SendAsDenied: the authenticated mailbox may not send as this sender "
+        "(grant Send As, or send from the mailbox itself)",
+    ),
+    Hint(
+        534,
+        "5.7.9",
+        r"",
+        'Google: an app password or OAuth is needed (use auth = "xoauth2" with provider = "gmail")',
+    ),
+)
+
+
+def auth_hint(reply: Reply | None) -> str | None:
+    """The operator's hint for a known provider refusal of who we are, if `reply` is one."""
+    if reply is None:
+        return None
+    for hint in AUTH_HINTS:
+        if (
+            reply.code == hint.code
+            and reply.enhanced == hint.enhanced
+            and re.search(hint.text, reply.text, re.IGNORECASE) is not None
+        ):
+            return hint.hint
+    return None
+
+
 def known(reply: Reply, step: str) -> Known | None:
     """The `KNOWN` entry `reply` matches at `step`, if any."""
     return next((k for k in KNOWN if k.matches(reply, step)), None)

@@ -82,8 +82,10 @@ class GrantCredentials:
         client_secret: Secret | None = None,
         refresh_token: Secret | None = None,
         service_account: ServiceAccount | None = None,
+        rotated_file: str | None = None,
     ) -> None:
         self.oauth = oauth
+        self.rotated_file = rotated_file  # where a rotated refresh token is kept (state dir)
         self.client_secret = client_secret
         self.refresh_token = refresh_token
         self.service_account = service_account
@@ -96,13 +98,18 @@ class GrantCredentials:
         return self.oauth.client_id or ""
 
     def rotate(self, refresh_token: Secret) -> None:
-        """Keep a new refresh token, in memory and (best effort) in `refresh_token_file`."""
+        """Keep a new refresh token, in memory and (best effort) in the state directory's file
+        (`rotated_file`) -- never over the operator's ``refresh_token_file``, which the shipped
+        systemd unit passes read-only as a credential."""
         if refresh_token == self.refresh_token:
             return
         self.refresh_token = refresh_token
-        path = self.oauth.refresh_token_file
-        if path:
-            _replace_file(path, refresh_token.reveal())
+        if self.rotated_file:
+            try:
+                os.makedirs(os.path.dirname(self.rotated_file), mode=0o700, exist_ok=True)
+            except OSError:
+                return  # no state directory to write: the new token is used from memory
+            _replace_file(self.rotated_file, refresh_token.reveal())
 
 
 def _replace_file(path: str, value: str) -> None:
@@ -125,14 +132,36 @@ def resolve(oauth: OAuthConfig, upstream: str) -> GrantCredentials:
         elif oauth.client_secret_file:
             client_secret = credentials.from_file(oauth.client_secret_file)
         refresh_token = None
+        rotated = rotated_path(upstream)
         if oauth.grant == "refresh_token" and oauth.refresh_token_file:
             refresh_token = credentials.from_file(oauth.refresh_token_file)
+            if _newer(rotated, oauth.refresh_token_file):  # rotated since the operator wrote it
+                refresh_token = credentials.from_file(rotated)
         account = None
         if oauth.grant == "jwt_bearer" and oauth.service_account_file:
             account = load_service_account(oauth.service_account_file)
     except SecretError as exc:
         raise SecretError(f"upstreams.{upstream}: {exc}") from None
-    return GrantCredentials(oauth, client_secret, refresh_token, account)
+    return GrantCredentials(oauth, client_secret, refresh_token, account, rotated)
+
+
+def state_directory() -> str:
+    """Where the service may write: systemd's ``$STATE_DIRECTORY`` (its first), else ./var/state."""
+    given = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return given or os.path.join(".", "var", "state")
+
+
+def rotated_path(upstream: str) -> str:
+    """The file a rotated refresh token of `upstream` is kept in (mode 600, folder 700)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in upstream)
+    return os.path.join(state_directory(), "refresh-tokens", safe)
+
+
+def _newer(path: str, than: str) -> bool:
+    try:
+        return os.stat(path).st_mtime_ns >= os.stat(than).st_mtime_ns
+    except OSError:
+        return False
 
 
 def load_service_account(path: str) -> ServiceAccount:

@@ -19,6 +19,7 @@ the endpoint, client, grant and lifetime — never a token or a secret.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,8 @@ from gateway.outbound.grants import (
 MAX_RESPONSE = 65536
 REQUEST_TIMEOUT = 30.0
 FORCED_REFRESH_INTERVAL = 30.0  # seconds; at most one fetch per key forced by refused tokens
+
+AADSTS = re.compile(r"\bAADSTS\d{4,8}\b")  # Microsoft Entra ID's error codes in a description
 
 TokenKey = tuple[str, str, str, str]  # token URL, client, scope, subject
 
@@ -229,7 +232,11 @@ class TokenCache:
                 if isinstance(result.value, TokenError)
                 else TokenError(f"token endpoint {key[0]}: {type(result.value).__name__}")
             )
-            self._event(Event.OAUTH_TOKEN_FAILED, **facts, error=error.reason)
+            code = error.error or "none"  # the endpoint's OAuth error code; "none": it gave none
+            found = AADSTS.search(error.reason)
+            if found is not None:
+                facts["aadsts"] = found.group(0)  # Entra ID's own code (AADSTS700082, ...)
+            self._event(Event.OAUTH_TOKEN_FAILED, **facts, error=error.reason, error_code=code)
             stale = self._tokens.get(key)
             if stale is not None and self.clock.seconds() < stale.expires_at:
                 for waiter in waiters:  # the early refresh failed: the current token still works

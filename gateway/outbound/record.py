@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gateway.outbound.classify import auth_hint
+
 if TYPE_CHECKING:
     from gateway.outbound.transaction import Transaction
 
@@ -37,10 +39,16 @@ def upstream_fields(txn: Transaction) -> dict[str, Any]:
             upstream_enhanced=txn.upstream_reply.enhanced,
             upstream_reply=txn.upstream_reply.text,
         )
+        if (hint := auth_hint(txn.upstream_reply)) is not None:
+            fields["hint"] = hint
     if txn.failure is not None:
         fields["gateway_abort" if txn.aborted else "upstream_error"] = txn.failure.reason
     if txn.tried:
         fields["upstreams_tried"] = txn.tried
     if txn.retried:
         fields["connection_retried"] = txn.retried
+    if txn.pacer.paced is not None and txn.failure is not None:
+        fields["paced"] = {"budget": txn.pacer.paced.budget, "upstream": txn.pacer.paced.upstream}
+    if txn.pacer.throttled_by:
+        fields["throttled"] = txn.pacer.throttled_by
     return fields

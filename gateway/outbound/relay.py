@@ -19,6 +19,7 @@ from gateway.outbound.classify import reflect
 from gateway.outbound.connector import UpstreamSession
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.failure import UpstreamFailure
+from gateway.outbound.pacing import Budgets
 from gateway.outbound.pool import UpstreamPool
 from gateway.outbound.transaction import Transaction
 from gateway.smtp import replies
@@ -33,7 +34,12 @@ class RelayTransaction:
     mode = "relay"
 
     def __init__(
-        self, pools: list[UpstreamPool], mail: MailFrom, cooldowns: Cooldowns, clock: Any
+        self,
+        pools: list[UpstreamPool],
+        mail: MailFrom,
+        cooldowns: Cooldowns,
+        clock: Any,
+        budgets: Budgets | None = None,
     ) -> None:
         self.pools = pools
         self.route = tuple(p.config.name for p in pools)
@@ -50,6 +56,7 @@ class RelayTransaction:
             mail.sender.text,
             size=mail.size,
             body=mail.body,
+            budgets=budgets,
         )
 
     # --- what tests and the audit read ------------------------------------------------------

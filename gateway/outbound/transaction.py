@@ -38,6 +38,7 @@ from gateway.outbound.classify import Verdict, final, reflect, reusable, verdict
 from gateway.outbound.connector import UpstreamSession
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.failure import UpstreamFailure
+from gateway.outbound.pacing import Budgets, Pacer, budget_reply
 from gateway.outbound.pool import PoolBusy, UpstreamPool
 from gateway.smtp import replies
 from gateway.smtp.data import dot_stuff
@@ -61,6 +62,7 @@ class Transaction:
         *,
         size: int | None = None,
         body: str | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.route = tuple(route)
         self.pools = pools
@@ -87,6 +89,7 @@ class Transaction:
         ] = {}  # MAIL retried on a fresh connection: why, what it learned
         self._bug: Exception | None = None  # our own error while writing the body (relay)
         self._throttle = Throttle()  # the app's producer, paused by the upstream's send buffer
+        self.pacer = Pacer(budgets, sender, clock)  # provider budgets and throttling replies
 
     @property
     def upstream(self) -> UpstreamConfig | None:
@@ -131,6 +134,11 @@ class Transaction:
             if pool is None:
                 self.tried.append({"upstream": name, "reason": "not configured"})
                 continue
+            spent = await self.pacer.spend(pool.config, sum(a is None for a in answers))
+            if spent is not None:  # this sender's budget there is spent: the next upstream
+                self.tried.append({"upstream": name, "reason": spent.describe()})
+                last = UpstreamFailure(budget_reply(spent), f"{name}: {spent.describe()}")
+                continue
             outcome = await self._upstream(pool, recipients, answers, before_mail)
             if outcome is None:
                 return
@@ -174,7 +182,9 @@ class Transaction:
             try:
                 session = await pool.acquire(self.sender, fresh=fresh)
             except UpstreamFailure as failure:
-                if not isinstance(failure, PoolBusy):  # busy is not broken: no cool-down
+                if self.pacer.throttles(pool.config, failure.upstream_reply, "SESSION"):
+                    pass  # the provider throttles this sender, not the upstream: no cool-down
+                elif not isinstance(failure, PoolBusy):  # busy is not broken: no cool-down
                     self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)
                 self.tried.append({"upstream": name, "reason": failure.reason})
                 return failure
@@ -256,7 +266,7 @@ class Transaction:
                     sent.addErrback(lambda _: None)
                 return failure
             self.upstream_reply = answer  # as the upstream said it, even when it made no sense
-            reply = expected(answer, 250)
+            reply = self.pacer.check(session.config, answer, "MAIL") or expected(answer, 250)
             if reply.code != 250:
                 for sent in pipelined:
                     with contextlib.suppress(UpstreamFailure):  # a 421 and the close
@@ -267,7 +277,9 @@ class Transaction:
                 answer = await sent
                 self.upstream_reply = answer
                 self._closing = self._closing or answer.code == 421
-                answers[i] = expected(answer, 250, 251)
+                answers[i] = self.pacer.check(session.config, answer, "RCPT") or expected(
+                    answer, 250, 251
+                )
         except BaseException as error:
             for sent in pipelined:
                 sent.addErrback(lambda _: None)  # the same loss (or bug), handled here
@@ -302,6 +314,8 @@ class Transaction:
             refused = replies.UPSTREAM_NO_SMTPUTF8  # MAIL went without SMTPUTF8
         if refused is not None:
             return refused
+        if (spent := await self.pacer.more(self.session.config)) is not None:
+            return budget_reply(spent)
         self._busy = True
         try:
             answer = await self.session.command(
@@ -314,7 +328,7 @@ class Transaction:
             self._busy = False
         self.upstream_reply = answer  # as the upstream said it, even when it made no sense
         self._closing = self._closing or answer.code == 421
-        return expected(answer, 250, 251)
+        return self.pacer.check(self.session.config, answer, "RCPT") or expected(answer, 250, 251)
 
     async def data(self) -> Reply:
         """DATA: the upstream's 354, or its refusal (the session then goes back to its pool)."""
@@ -332,7 +346,7 @@ class Transaction:
         if answer.code == 354:
             self._in_data = True
             return answer
-        reply = expected(answer, 354)
+        reply = self.pacer.check(self.session.config, answer, "DATA") or expected(answer, 354)
         self.release(reusable(answer, reply))
         return reply
 
@@ -372,7 +386,10 @@ class Transaction:
             self._fail(failure)
             return self._refusal()
         self.upstream_reply = answer
-        reply = expected(answer, *range(200, 300))
+        config = self.session.config
+        reply = self.pacer.check(config, answer, "DOT") or expected(answer, *range(200, 300))
+        if reply.is_positive:
+            self.pacer.delivered(config)
         self.release(reusable(answer, reply))
         return reply
 

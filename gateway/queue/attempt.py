@@ -25,6 +25,7 @@ from twisted.internet import defer
 from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
 from gateway.outbound.failover import Cooldowns
+from gateway.outbound.pacing import Budgets
 from gateway.outbound.pool import UpstreamPool
 from gateway.outbound.transaction import Transaction
 from gateway.queue.spool import (
@@ -57,8 +58,17 @@ class Round:
     """What one delivery round did to a message."""
 
     attempted: bool = False  # a group was tried (its recipients' attempts were counted)
+    # Groups kept back by a provider budget or a throttling pause (not counted as attempts),
+    # and the groups that were really tried: the round waits for the budget only when all were.
+    paced_until: list[float] = field(default_factory=list)
+    counted: int = 0
     opened: bool = False  # a session was in hand: the upstream may have taken something
     transactions: list[Transaction] = field(default_factory=list)
+
+    @property
+    def paced(self) -> float | None:
+        """When the message may go, if every group tried was kept back by a budget or a pause."""
+        return min(self.paced_until) if self.paced_until and not self.counted else None
 
     def upstream_fields(self) -> dict[str, Any]:
         """The upstream fields the round's transactions agree on, for ``message.result``.
@@ -86,6 +96,7 @@ class DeliveryAttempts:
         audit: AuditLog,
         clock: Callable[[], float],
         duplicates: dict[str, set[str]],
+        budgets: Budgets | None = None,
     ) -> None:
         self.reactor = reactor
         self.spool = spool
@@ -94,6 +105,7 @@ class DeliveryAttempts:
         self.audit = audit
         self.clock = clock
         self.duplicates = duplicates  # queue id -> recipients possibly delivered already
+        self.budgets = budgets  # provider budgets (gateway.outbound.pacing)
         self.slots: dict[str, defer.DeferredSemaphore] = {}  # first upstream -> parallel groups
         self.live: set[Transaction] = set()
         self.stopping = False
@@ -171,6 +183,7 @@ class DeliveryAttempts:
                 envelope.sender,
                 size=envelope.size,
                 body=envelope.mail_body,
+                budgets=self.budgets,
             )
             self.live.add(txn)
             try:
@@ -183,6 +196,19 @@ class DeliveryAttempts:
                 self.live.discard(txn)
             round_.opened = round_.opened or txn.session is not None
             round_.transactions.append(txn)
+            paced = txn.pacer.paced
+            if paced is not None and all(
+                not result.answers[r.address].is_positive
+                and not result.answers[r.address].is_permanent
+                for r in group
+            ):
+                # Kept back by a budget or the provider's throttling: waiting is not failing.
+                for recipient in group:
+                    recipient.attempts -= 1
+                envelope.attempts -= 1
+                round_.paced_until.append(paced.until)
+            else:
+                round_.counted += 1
             for recipient in group:
                 recipient.in_flight = recipient.address in result.uncertain  # still in the window
                 reply = result.answers[recipient.address]

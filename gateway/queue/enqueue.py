@@ -49,9 +49,11 @@ class QueueTransaction:
         on_committed: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         draining: Callable[[], bool] = lambda: False,
+        backlogged: Callable[[tuple[str, ...], str], bool] = lambda route, sender: False,
     ) -> None:
         self.spool = spool
         self.draining = draining  # `mailgate queue drain`: refuse with 451 4.3.2
+        self.backlogged = backlogged  # (route, sender): the paced backlog exceeds max_age
         self.mail = mail
         self.route = route
         self.run_blocking = run_blocking
@@ -69,9 +71,12 @@ class QueueTransaction:
         return sorted({r.upstream for r in self.recipients})
 
     def rcpt(self, recipient: Address, route: tuple[str, ...], rule: str | None) -> Reply:
-        """Accepted after policy (the upstream is asked only at delivery); 451 4.3.2 while draining."""
+        """Accepted after policy (the upstream is asked only at delivery); 451 4.3.2 while draining;
+        452 4.3.1 when the sender's paced backlog on the route is longer than ``max_age``."""
         if self.draining():
             return replies.QUEUE_DRAINING
+        if self.backlogged(route, self.mail.sender.text):
+            return replies.PACED_BACKLOG_FULL
         self.recipients.append(RecipientState(recipient.text, route[0], rule, route=list(route)))
         return replies.QUEUE_RECIPIENT_OK
 

@@ -25,6 +25,7 @@ from gateway.audit.events import Event, Outcome
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config
 from gateway.outbound.failover import Cooldowns
+from gateway.outbound.pacing import Budgets
 from gateway.outbound.pool import UpstreamPool
 from gateway.queue import quarantine
 from gateway.queue.attempt import DeliveryAttempts
@@ -65,6 +66,7 @@ class DeliveryRunner:
         on_result: Callable[[dict[str, Any]], None] | None = None,
         cooldowns: Cooldowns | None = None,
         on_drain: Callable[[bool], None] | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.reactor = reactor
         self.spool = spool
@@ -80,8 +82,9 @@ class DeliveryRunner:
         self.unreadable: set[str] = set()
         self.stopping = False
         self._sweeping = False  # done/ is being emptied in a thread
+        self.paced: set[str] = set()  # queue ids waiting for a provider budget (metrics)
         self.attempts = DeliveryAttempts(
-            reactor, spool, pools, self.cooldowns, audit, clock, self.duplicates
+            reactor, spool, pools, self.cooldowns, audit, clock, self.duplicates, budgets
         )
         self.settler = Settler(spool, config, audit, clock, self.submitted, on_result)
         self.drain = DrainWatch(spool)
@@ -310,7 +313,12 @@ class DeliveryRunner:
             if not round_.attempted and envelope.pending:
                 return  # stopping before any group started: nothing changed
             try:
-                due = self.settler.settle(envelope, round_.opened, round_.upstream_fields())
+                paced = round_.paced
+                due = self.settler.settle(envelope, round_.opened, round_.upstream_fields(), paced)
+                if paced is not None and envelope.pending:
+                    self.paced.add(envelope.id)
+                else:
+                    self.paced.discard(envelope.id)
             finally:
                 if not envelope.pending:
                     self.duplicates.pop(envelope.id, None)
@@ -326,6 +334,7 @@ class DeliveryRunner:
         """The operator moved the message away during its delivery (delete): the trash handler logs it."""
         self.schedule.pop(envelope.id, None)
         self.duplicates.pop(envelope.id, None)
+        self.paced.discard(envelope.id)
 
     def _deleted(self, queue_id: str) -> None:
         envelope = self._load(TRASH, queue_id)

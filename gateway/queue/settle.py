@@ -68,16 +68,24 @@ class Settler:
                 recipient.status, recipient.in_flight = status, False
 
     def settle(
-        self, envelope: Envelope, opened: bool = True, upstream: dict[str, Any] | None = None
+        self,
+        envelope: Envelope,
+        opened: bool = True,
+        upstream: dict[str, Any] | None = None,
+        paced: float | None = None,
     ) -> float | None:
         """Record the round; the time the message is due again when it waits in ``deferred/``.
 
         `opened`: a session was in hand (the round must be durable); `upstream`: the round's
-        upstream fields, for ``message.result``. Raises `MessageGone` if the operator moved it.
+        upstream fields, for ``message.result``; `paced`: the round was kept back by a provider
+        budget or throttling until then (the next attempt, never an expiry: pacing is not
+        failing). Raises `MessageGone` if the operator moved it.
         """
         now = self.clock()
         pending = envelope.pending
-        if pending:
+        if pending and paced is not None:
+            envelope.next_attempt = paced
+        elif pending:
             attempts = max(r.attempts for r in pending)
             due = self.backoff.next_attempt(envelope.age_base, attempts, now)
             if due is None:
@@ -104,6 +112,7 @@ class Settler:
                 recipients=[r.address for r in envelope.pending],
                 attempts=envelope.attempts,
                 next_attempt=iso(envelope.next_attempt),
+                **({"paced": True} if paced is not None else {}),
             )
             return envelope.next_attempt
         self.result(envelope, upstream=upstream)

@@ -328,6 +328,17 @@ RATE_LIMITED = Reply(450, "4.7.1", "Rate limit exceeded, try again later")
 # [cluster] on_unavailable = "defer": the shared rate limit cannot be asked (relay mode).
 CLUSTER_UNAVAILABLE = Reply(451, "4.3.0", "Shared rate limit unavailable, try again later")
 
+# Provider budgets (gateway.policy.budgets): the text names the budget, e.g. "Upstream m365
+# budget pace 30/minute spent for this sender, try again later" (`budget_reply`). Never 5xx.
+BUDGET_SPENT = Reply(451, "4.7.1", "Upstream sending budget spent for this sender, try again later")
+UPSTREAM_THROTTLING = Reply(
+    451, "4.7.1", "Upstream is throttling this sender; paused, try again later"
+)
+# Queue mode: the sender's paced backlog already reaches past queue.max_age.
+PACED_BACKLOG_FULL = Reply(
+    452, "4.3.1", "Sending budget backlog for this sender is longer than the queue keeps mail"
+)
+
 # The upstream connection pool.
 POOL_BUSY = Reply(451, "4.4.5", "All connections to the upstream are busy, try again later")
 

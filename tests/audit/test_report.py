@@ -159,3 +159,41 @@ def test_terminal_views_show_control_characters_instead_of_obeying_them():
     for text in outputs:
         assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     assert "\\u001b]0;owned\\u0007" in outputs[0]
+
+
+def test_summary_counts_password_and_xoauth2_per_app_and_upstream():
+    """The migration report: messages that went with password AUTH and with XOAUTH2."""
+    base = {"event": "message.result", "timestamp": "2026-11-27T20:00:00.000000Z"}
+    records = [
+        {
+            **base,
+            "outcome": "relayed",
+            "upstream": "m365",
+            "app": "crm",
+            "tls_version": "TLSv1.3",
+            "auth_user": "relay@corp.example",
+        },
+        {
+            **base,
+            "outcome": "relayed",
+            "upstream": "m365",
+            "app": "crm",
+            "tls_version": "TLSv1.3",
+            "auth_user": "relay@corp.example",
+            "oauth_grant": "client_credentials",
+        },
+        {
+            **base,
+            "outcome": "relayed",
+            "upstream": "m365",
+            "app": "crm",
+            "tls_version": "TLSv1.3",
+            "auth_user": "relay@corp.example",
+            "oauth_grant": "client_credentials",
+        },
+        {**base, "outcome": "rejected", "upstream": "m365", "app": "crm"},  # no session
+    ]
+    summary = audit_report.consume(records)
+    assert dict(summary.by_auth) == {"crm -> m365: password": 1, "crm -> m365: xoauth2": 2}
+    text = report_text.render_text(summary)
+    assert "upstream AUTH by app (password or XOAUTH2)" in text and "crm -> m365: xoauth2" in text

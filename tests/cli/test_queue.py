@@ -35,7 +35,13 @@ def config(tmp_path, spool) -> str:
     return str(path)
 
 
-def put(spool: Spool, state: str, status: str = "pending") -> str:
+def put(
+    spool: Spool,
+    state: str,
+    status: str = "pending",
+    reply: str = "451 4.4.1 Upstream unreachable, try again later",
+    next_attempt: float = 0.0,
+) -> str:
     """A message with one recipient, tried once, in `state`."""
     queue_id = new_id()
     writer = SpoolWriter(spool, queue_id)
@@ -46,12 +52,17 @@ def put(spool: Spool, state: str, status: str = "pending") -> str:
         "all",
         status=status,
         attempts=1,
-        last_reply="451 4.4.1 Upstream unreachable, try again later",
+        last_reply=reply,
         last_attempt=1.0,
     )
     writer.commit(
         Envelope(
-            id=queue_id, sender="app@example.com", received=1.0, attempts=1, recipients=[recipient]
+            id=queue_id,
+            sender="app@example.com",
+            received=1.0,
+            attempts=1,
+            recipients=[recipient],
+            next_attempt=next_attempt,
         )
     )
     if state != ACTIVE:
@@ -81,6 +92,22 @@ def test_list_prints_one_line_per_queued_message(spool, config, capsys):
     ):
         assert part in line
     assert "1 message(s) queued" in err
+
+
+def test_list_shows_paced_mail_and_when_it_goes(spool, config, capsys):
+    """Mail waiting for a provider budget says paced= and how long until its slot."""
+    import time
+
+    paced = put(
+        spool,
+        DEFERRED,
+        reply="451 4.7.1 Upstream up budget pace 30/minute spent for this sender, try again later",
+        next_attempt=time.time() + 125,
+    )
+    code, out, _ = run(capsys, "list", "--config", config)
+    [line] = out.splitlines()
+    assert code == 0 and line.startswith(paced)
+    assert "  paced=2m  " in line and "budget pace 30/minute" in line
 
 
 def test_dead_lists_dead_letters_with_failed_recipients(spool, config, capsys):

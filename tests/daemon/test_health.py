@@ -39,6 +39,14 @@ def test_a_failed_attempt_names_the_upstream_and_reason():
     assert not readiness.ready
 
 
+def test_an_upstream_whose_token_cannot_be_had_is_named():
+    """/readyz says which XOAUTH2 upstream has no token, and the endpoint's error."""
+    readiness = ready_state()
+    reason = "m365: token endpoint https://login.example/t answered HTTP 400: invalid_grant"
+    readiness.attempted("m365", Attempt(False, 5.0, reason))
+    assert readiness.problems() == [f"upstream m365: no OAuth token can be had: {reason}"]
+
+
 def test_a_later_success_makes_it_ready_again():
     """The most recent attempt decides."""
     readiness = ready_state()

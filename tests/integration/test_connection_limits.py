@@ -156,7 +156,7 @@ def test_a_421_greeting_on_the_only_upstream_is_451_for_the_app(limited, start_g
 REFUSALS = {
     "recipient-550": ("rcpt", {"ops@example.net": "550 5.1.1 No such user"}),
     "mail-550": ("mail", "550 5.7.1 Sender not allowed"),
-    "mail-451-fresh": ("mail", "451 4.7.1 Try again later"),
+    "mail-451-fresh": ("mail", "451 4.3.0 Try again later"),
     "data-554": ("data", "554 5.6.0 Message refused"),
 }
 

@@ -230,3 +230,39 @@ def test_explain_prints_rule_action_and_upstream_per_recipient(tmp_path):
         "a@customer.example",
     )
     assert "DENIED" in other.stdout  # not in the default allowed_clients (loopback)
+
+
+def test_explain_shows_each_upstreams_pace_and_budget(tmp_path):
+    """`mailgate explain` names each upstream's budget and the identity it is counted for."""
+    path = tmp_path / "p.toml"
+    path.write_text(
+        textwrap.dedent("""\
+        [upstreams.m365]
+        provider = "m365"
+        username = "app@example.com"
+        password_env = "PW"
+        [upstreams.backup]
+        host = "smtp.example.net"
+        [[rules]]
+        name = "all"
+        action = "relay"
+        upstream = ["m365", "backup"]
+        """)
+    )
+    result = mailgate(
+        "explain",
+        "--config",
+        str(path),
+        "--client",
+        "127.0.0.1",
+        "--from",
+        "a@example.com",
+        "--to",
+        "b@example.net",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "m365: budget pace 30/minute, max_recipients_per_day 10000, max_connections 3 "
+        "for app@example.com" in result.stdout
+    )
+    assert "backup: no provider budget" in result.stdout

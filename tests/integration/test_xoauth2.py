@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import smtplib
 import threading
 import time
@@ -9,9 +10,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing.oauth import OAuthSubmissionServer, TokenServer
-from tests.conftest import relay_all
+from tests.conftest import relay_all, upstream_table
 
 CLIENT_SECRET = "client-secret-Zq8~never-logged"
 MAILBOX = "relay@corp.example"
@@ -438,11 +440,13 @@ def test_sender_placeholder_refuses_the_null_sender(
 
 
 def test_refresh_token_grant_uses_and_keeps_a_rotated_refresh_token(
-    token_server, make_oauth_upstream, start_gateway, ca, tmp_path
+    token_server, make_oauth_upstream, start_gateway, ca, tmp_path, monkeypatch
 ):
-    """The refresh_token grant sends the file's token; a rotated one is used next and written back."""
+    """The refresh_token grant sends the file's token; a rotated one is used next and kept in
+    the state directory (the operator's file is left as it was)."""
     import os
 
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     path = tmp_path / "refresh-token"
     path.write_text("1//refresh-original\n")
     os.chmod(path, 0o600)
@@ -466,7 +470,9 @@ def test_refresh_token_grant_uses_and_keeps_a_rotated_refresh_token(
         and first.form["refresh_token"] == "1//refresh-original"
     )
     assert second.form["refresh_token"] == "1//refresh-rotated"
-    assert path.read_text() == "1//refresh-rotated\n" and os.stat(path).st_mode & 0o077 == 0
+    kept = tmp_path / "state" / "refresh-tokens" / "up"
+    assert kept.read_text() == "1//refresh-rotated\n" and os.stat(kept).st_mode & 0o077 == 0
+    assert path.read_text() == "1//refresh-original\n"
     gw.audit.wait_for("session.closed", 2)
     assert "refresh-original" not in gw.audit.text and "refresh-rotated" not in gw.audit.text
 
@@ -530,3 +536,69 @@ def test_sender_upstream_opened_without_a_sender_is_refused(
     failure = threads.blockingCallFromThread(reactor, open_without_sender)
     assert failure.reply.code == 451 and "needs the envelope sender" in failure.reason
     assert upstream.bearer_attempts == []
+
+
+# --- OAuth health (issue 16): token metrics, the endpoint's error code, provider hints ---
+
+
+def samples(gw) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:  # type: ignore[no-untyped-def]
+    """Every sample of the gateway's metrics, by name and labels."""
+    text = gw.gateway.metrics.render().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_token_metrics_move_with_a_refresh_and_a_failed_refresh(
+    token_server, make_oauth_upstream, start_gateway, ca
+):
+    """A token issued sets the last refresh and the expiry; a failure counts by error code."""
+    upstream = make_oauth_upstream(token_server)
+    table = oauth_table(
+        upstream, token_server, ca.ca_file, oauth_client_secret_expires=datetime.date(2027, 6, 30)
+    )
+    gw = start_gateway(relay_all(table))
+    assert send(gw.port)[0] == 250
+    found = samples(gw)
+    up = (("upstream", "up"),)
+    assert found[("mailgate_oauth_last_refresh_timestamp_seconds", up)] > 1.7e9
+    assert 0 < found[("mailgate_oauth_token_expiry_seconds", up)] <= 3600
+    secret = datetime.datetime(2027, 6, 30, tzinfo=datetime.UTC).timestamp()
+    assert found[("mailgate_oauth_client_secret_expiry_timestamp_seconds", up)] == secret
+    assert not any(name == "mailgate_oauth_refresh_failures_total" for name, _ in found)
+
+
+def test_a_failed_token_request_carries_the_endpoints_error_code(
+    token_server, make_oauth_upstream, start_gateway, ca
+):
+    """oauth.token_failed: error_code invalid_grant and the AADSTS code, never the secret."""
+    token_server.script.error = (
+        400,
+        {
+            "error": "invalid_grant",
+            "error_description": f"AADSTS700082: The refresh token has expired {CLIENT_SECRET}",
+        },
+    )
+    upstream = make_oauth_upstream(token_server)
+    gw = start_gateway(relay_all(oauth_table(upstream, token_server, ca.ca_file)))
+    assert send(gw.port)[0] == 451
+    [failed] = gw.audit.wait_for("oauth.token_failed")
+    assert failed["error_code"] == "invalid_grant" and failed["aadsts"] == "AADSTS700082"
+    assert CLIENT_SECRET not in gw.audit.text
+    labels = (("error", "invalid_grant"), ("upstream", "up"))
+    assert samples(gw)[("mailgate_oauth_refresh_failures_total", labels)] == 1.0
+
+
+def test_a_known_provider_auth_refusal_gets_a_hint_in_the_audit(make_upstream, start_gateway, ca):
+    """M365's 535 5.7.139 (SMTP AUTH disabled): the audit's reason says what to do."""
+    up = make_upstream(users={"someone-else": "x" * 16})  # our credentials are refused
+    up.script.auth_refusal = (
+        "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the "
+        "Tenant"
+    )
+    gw = start_gateway(relay_all(upstream_table(up, ca.ca_file)))
+    assert send(gw.port)[0] == 451
+    [result] = gw.audit.wait_for("message.result")
+    assert "hint: Microsoft 365: SMTP AUTH is disabled" in result["upstream_error"]

@@ -47,3 +47,64 @@ def test_the_known_table_names_the_per_connection_limits_by_their_words():
     assert known(EXIM, "MAIL") is KNOWN[1]
     assert known(OPENSMTPD, "RCPT") is None
     assert known(Reply(452, "4.5.3", "Too many recipients"), "MAIL") is None
+
+
+def test_provider_throttling_replies_are_recognised_at_any_step():
+    """The texts M365, Google and SES document, and the RFC 3463 rate-limit codes."""
+    from gateway.outbound.classify import throttling
+
+    for reply, step in (
+        (Reply(432, "4.3.2", "STOREDRV.ClientSubmit; sender thread limit exceeded"), "SESSION"),
+        (Reply(432, "4.3.2", "concurrent connection limit exceeded"), "MAIL"),
+        (
+            Reply(
+                554,
+                "5.2.0",
+                "STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to "
+                "process message due to a permanent exception",
+            ),
+            "DOT",
+        ),
+        (Reply(421, "4.7.28", "Gmail has detected an unusual rate of unsolicited mail"), "DOT"),
+        (Reply(550, "5.4.5", "Daily user sending limit exceeded."), "MAIL"),
+        (Reply(550, "5.4.5", "Daily SMTP relay limit exceeded for user"), "RCPT"),
+        (Reply(454, None, "Throttling failure: Maximum sending rate exceeded"), "MAIL"),
+        (Reply(421, "4.7.0", "Try again later"), "MAIL"),
+        (Reply(450, "4.7.1", "Rate limited"), "RCPT"),
+        (Reply(451, "4.7.1", "Please slow down"), "MAIL"),
+    ):
+        assert throttling(reply, step) is not None, reply
+
+
+def test_other_554_5_2_0_replies_stay_permanent():
+    """SendAsDenied is 554 5.2.0 too, and no throttling: matched on the quota's text only."""
+    from gateway.outbound.classify import throttling
+
+    send_as = Reply(554, "5.2.0", "STOREDRV.Submission.Exception:SendAsDeniedException.MapiExcep")
+    assert throttling(send_as, "DOT") is None
+    assert verdict(send_as, "DOT") is Verdict.REFUSED
+    assert throttling(Reply(451, "4.3.0", "Try later"), "MAIL") is None
+    assert throttling(None, "MAIL") is None
+
+
+def test_known_provider_auth_refusals_get_a_hint():
+    """M365 535 5.7.139 / 5.7.3, 550 5.7.30, 554 5.2.252; Google 534 5.7.9; others none."""
+    from gateway.outbound.classify import auth_hint
+
+    assert "SMTP AUTH is disabled" in (
+        auth_hint(Reply(535, "5.7.139", "Authentication unsuccessful")) or ""
+    )
+    assert "SMTP AUTH disabled" in (
+        auth_hint(Reply(535, "5.7.3", "Authentication unsuccessful")) or ""
+    )
+    assert 'auth = "xoauth2"' in (
+        auth_hint(Reply(550, "5.7.30", "Basic authentication is not supported")) or ""
+    )
+    assert "SendAsDenied" in (
+        auth_hint(Reply(554, "5.2.252", "SendAsDenied; a@b not allowed")) or ""
+    )
+    assert "app password or OAuth" in (
+        auth_hint(Reply(534, "5.7.9", "Application-specific password required")) or ""
+    )
+    assert auth_hint(Reply(535, "5.7.8", "Bad credentials")) is None
+    assert auth_hint(None) is None

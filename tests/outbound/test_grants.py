@@ -212,16 +212,21 @@ def test_resolve_names_the_upstream_and_variable():
         grants.resolve(oauth, "m365")
 
 
-def test_rotated_refresh_token_replaces_the_file(tmp_path):
-    """rotate() keeps the new refresh token in memory and writes it to the file, mode 600."""
+def test_rotated_refresh_token_goes_to_the_state_directory(tmp_path, monkeypatch):
+    """rotate() keeps the new token in memory and in $STATE_DIRECTORY (mode 600), never over
+    the operator's file; the next start reads the rotated one."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
     path = tmp_path / "rt"
     path.write_text("old\n")
-    credentials = GrantCredentials(
-        OAuthConfig("refresh_token", URL, refresh_token_file=str(path)), refresh_token=Secret("old")
-    )
+    os.chmod(path, 0o600)
+    oauth = OAuthConfig("refresh_token", URL, client_id="c", refresh_token_file=str(path))
+    credentials = grants.resolve(oauth, "m365")
     credentials.rotate(Secret("new"))
     assert credentials.refresh_token == Secret("new")
-    assert path.read_text() == "new\n" and os.stat(path).st_mode & 0o777 == 0o600
+    kept = tmp_path / "state" / "refresh-tokens" / "m365"
+    assert kept.read_text() == "new\n" and os.stat(kept).st_mode & 0o777 == 0o600
+    assert path.read_text() == "old\n"
+    assert grants.resolve(oauth, "m365").refresh_token == Secret("new")
 
 
 def test_secret_material_is_not_in_reprs():

@@ -115,6 +115,7 @@ def test_failure_reaches_every_waiter_and_is_not_cached():
                 "client_id": "client",
                 "grant": "client_credentials",
                 "error": "token endpoint https://token.test/t answered HTTP 503",
+                "error_code": "none",
             },
         )
     ]
