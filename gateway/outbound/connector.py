@@ -230,6 +230,21 @@ class UpstreamConnector:
                     "Upstream STARTTLS failed: " + exc.reason
                 )
             raise UpstreamFailure(reply, f"{name}: {exc.reason}") from None
+        try:
+            return await self._authenticate(protocol, facts, capabilities, attempt)
+        except UpstreamFailure as failure:
+            failure.at_auth = True
+            raise
+
+    async def _authenticate(
+        self,
+        protocol: UpstreamProtocol,
+        facts: TLSFacts,
+        capabilities: dict[str, str],
+        attempt: Attempt,
+    ) -> UpstreamSession:
+        """AUTH (password or XOAUTH2) on the verified TLS session: the session to hand out."""
+        config = self.config
         if config.auth == "xoauth2":
             bearer_user, bearer = await authenticate_bearer(
                 protocol, config, self.tokens, capabilities, attempt, self._sent.append

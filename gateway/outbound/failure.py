@@ -15,14 +15,24 @@ class UpstreamFailure(Exception):
 
     `reply` is what the app gets (always 4xx unless the upstream itself said 5xx
     to the message); `reason` is for the audit; `upstream_reply` is the
-    upstream's own reply when there was one.
+    upstream's own reply when there was one. `at_auth`: it came at AUTH, once the
+    sending identity was presented — a throttling reply there is about that identity; one
+    at the greeting or EHLO is about us as a client (a connection-rate limit).
     """
 
-    def __init__(self, reply: Reply, reason: str, upstream_reply: Reply | None = None) -> None:
+    def __init__(
+        self,
+        reply: Reply,
+        reason: str,
+        upstream_reply: Reply | None = None,
+        *,
+        at_auth: bool = False,
+    ) -> None:
         super().__init__(reason)
         self.reply = reply
         self.reason = reason
         self.upstream_reply = upstream_reply
+        self.at_auth = at_auth
 
 
 def lost(name: str, reason: str) -> UpstreamFailure:

@@ -182,7 +182,9 @@ class Transaction:
             try:
                 session = await pool.acquire(self.sender, fresh=fresh)
             except UpstreamFailure as failure:
-                if self.pacer.throttles(pool.config, failure.upstream_reply, "SESSION"):
+                if failure.at_auth and self.pacer.throttles(
+                    pool.config, failure.upstream_reply, "SESSION"
+                ):
                     pass  # the provider throttles this sender, not the upstream: no cool-down
                 elif not isinstance(failure, PoolBusy):  # busy is not broken: no cool-down
                     self.cooldowns.failed(name, self.clock.seconds(), pool.config.failover_cooldown)

@@ -125,21 +125,26 @@ def test_queue_retries_on_a_fresh_connection_and_learns_the_limit(
     assert len(gw.audit.wait_for("message.result", 3 * N)) == 3 * N
 
 
-def test_a_421_greeting_cools_the_upstream_down_and_fails_over(limited, start_gateway, ca):
-    """Primary greets 421: the backup delivers, the audit says why, the next message skips it."""
+@pytest.mark.parametrize("budget", [{}, {"pace": "100/minute"}], ids=["no-budget", "paced"])
+def test_a_421_greeting_cools_the_upstream_down_and_fails_over(limited, start_gateway, ca, budget):
+    """Primary greets 421: the backup delivers, the audit says why, the next message skips it.
+    With a provider budget too: a 421 at the greeting (before AUTH) limits us as a client, so
+    the upstream cools down; it is not read as the throttling of a sending identity."""
     primary, backup = limited(greeting=BUSY_GREETING), limited()
-    document = relay_all(upstream_table(primary, ca.ca_file, failover_cooldown=300))
+    document = relay_all(upstream_table(primary, ca.ca_file, failover_cooldown=300, **budget))
     document["upstreams"]["backup"] = upstream_table(backup, ca.ca_file)
     document["rules"][0]["upstream"] = ["up", "backup"]
     gw = start_gateway(document)
     assert relay_messages(gw.port, 2) == [250, 250]
     assert len(backup.wait_for(2)) == 2
     assert primary.connections == 1, "the primary was tried again during its cool-down"
-    first = gw.audit.wait_for("message.result", 2)[0]
+    first, second = gw.audit.wait_for("message.result", 2)
     assert first["upstream"] == "backup"
     assert first["upstreams_tried"] == [
         {"upstream": "up", "reason": "up: greeting answered 421 4.7.0"}
     ]
+    # cooling down, the primary is tried last (not at all, the backup took it): nothing to record
+    assert second["upstream"] == "backup" and "upstreams_tried" not in second, second
 
 
 def test_a_421_greeting_on_the_only_upstream_is_451_for_the_app(limited, start_gateway, ca):
