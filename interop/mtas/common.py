@@ -9,6 +9,7 @@ files with a deadline: a real server has no event to wait on.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -32,10 +33,27 @@ class ServerFailure(Exception):
     """A server did not start, stop or deliver as expected (its log says why)."""
 
 
+# The servers' ports come from below the kernel's ephemeral range (32768-60999 by default): a
+# port taken with bind(0) and released could be handed to any outgoing connection (mailgate's
+# own, the tests') before the server binds it, and Exim then waits 30 s between bind retries.
+SERVER_PORTS = range(20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on, outside the ephemeral range, never handed out twice per run."""
+    for _ in range(1000):
+        port = random.choice(SERVER_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise ServerFailure(f"no free port in {SERVER_PORTS}")
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str) -> object:
