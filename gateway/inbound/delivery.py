@@ -28,6 +28,10 @@ class Origin:
     helo: str | None
     app: str | None = None  # the app that authenticated (a DSN's sender must be vouched for)
     message_id: str | None = None  # the Message-ID the gateway added (none, or stripped)
+    # the app's TLS (`gateway.inbound.starttls.audit_fields`): None on a plain session
+    client_tls_version: str | None = None
+    client_tls_cipher: str | None = None
+    client_cert_sha256: str | None = None
 
 
 class Delivery(Protocol):

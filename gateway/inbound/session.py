@@ -387,7 +387,8 @@ class Session:
             self._finish(txn, reply, limit=limit)
             return reply
         txn.dot_sent = self.host.monotonic()
-        origin = Origin(self.session_id, self.client, self.helo, self.app, txn.message_id)
+        tls = starttls.audit_fields(self.tls)
+        origin = Origin(self.session_id, self.client, self.helo, self.app, txn.message_id, **tls)
         answer = txn.delivery.finish(txn.facts, origin)
         if isinstance(answer, defer.Deferred):
             answer.addErrback(self._delivery_failed, txn)
