@@ -15,7 +15,6 @@ connect, ``starttls://`` after STARTTLS) in `gateway.inbound.handshake`.
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from twisted.internet import defer
@@ -29,7 +28,7 @@ from gateway.inbound import handshake
 from gateway.inbound.admission import client_key, proxy_trusted
 from gateway.inbound.handshake import Handshake
 from gateway.inbound.host import ListenerHost
-from gateway.inbound.session import Session
+from gateway.inbound.session import Session, new_session_id
 from gateway.inbound.timeouts import Timeouts
 from gateway.smtp import replies
 from gateway.smtp.data import DataReader
@@ -93,7 +92,7 @@ class SMTPServerProtocol(Protocol):
             self._refuse_connection(host, port, limit, refusal)
             return
         connections.admit(self, counted)  # a handshake under way counts too
-        self.session = Session(self.host, secrets.token_hex(8), host, port, self.tls)
+        self.session = Session(self.host, new_session_id(), host, port, self.tls)
         if self.proxied:
             self.session.expect_proxy_header()
         # Our own transport tells us when the app stops reading its replies.

@@ -10,6 +10,7 @@ AUTH, `gateway.inbound.auth`'s; the body, `gateway.inbound.body`'s.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from twisted.internet import defer
@@ -28,6 +29,11 @@ from gateway.smtp.commands import Command, CommandError, parse_command, parse_ma
 from gateway.smtp.replies import Reply
 
 EXTENSIONS = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")
+
+
+def new_session_id() -> str:
+    """A ``session_id``: 16 random hex digits."""
+    return secrets.token_hex(8)
 
 
 class Session:
