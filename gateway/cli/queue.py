@@ -161,6 +161,9 @@ def cmd_show(args: argparse.Namespace) -> int:
         "bounce_of": envelope.bounce_of,
         "session_id": envelope.session_id,
         "client_ip": envelope.client_ip,
+        "client_tls_version": envelope.client_tls_version,
+        "client_tls_cipher": envelope.client_tls_cipher,
+        "client_cert_sha256": envelope.client_cert_sha256,
     }
     for key, value in out.items():
         if value is not None:

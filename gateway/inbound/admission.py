@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from gateway.inbound.session import Session
 
 
+NO_TLS_STARTED = (
+    "closed at connect, no TLS handshake started (smtps://: no reply can be sent in clear)"
+)
+
+
 @dataclass(frozen=True)
 class Admission:
     """The decision on one client, with what ``session.opened`` and ``session.denied`` record."""
@@ -89,9 +94,13 @@ def admit(
     return Admission(allowed, address, limit, proxy, refusal)
 
 
-def open_session(session: Session) -> Reply | None:
+def open_session(session: Session, *, before_tls: bool = False) -> Reply | None:
     """Decide on a session's client address and write ``session.opened`` (and
-    ``session.denied``); the refusal if the client is denied."""
+    ``session.denied``); the refusal if the client is denied.
+
+    `before_tls`: an ``smtps://`` connection closed at accept (`gateway.inbound.smtps`): the
+    refusal is never sent, and ``session.denied`` says so instead of naming a reply.
+    """
     session.opened = True
     admission = admit(
         session.config,
@@ -111,10 +120,8 @@ def open_session(session: Session) -> Reply | None:
     )
     session.host.metrics.session_opened(session.allowed)
     if admission.refusal is not None:
+        told = {"reason": NO_TLS_STARTED} if before_tls else {"reply": str(admission.refusal)}
         session.log.info(
-            Event.SESSION_DENIED,
-            client_ip=session.client,
-            limit=admission.limit,
-            reply=str(admission.refusal),
+            Event.SESSION_DENIED, client_ip=session.client, limit=admission.limit, **told
         )
     return admission.refusal

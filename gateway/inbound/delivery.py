@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred
 
+if TYPE_CHECKING:
     from gateway.smtp.address import Address
     from gateway.smtp.data import MessageFacts
     from gateway.smtp.replies import Reply
@@ -28,6 +28,10 @@ class Origin:
     helo: str | None
     app: str | None = None  # the app that authenticated (a DSN's sender must be vouched for)
     message_id: str | None = None  # the Message-ID the gateway added (none, or stripped)
+    # the app's TLS (`gateway.inbound.starttls.audit_fields`): None on a plain session
+    client_tls_version: str | None = None
+    client_tls_cipher: str | None = None
+    client_cert_sha256: str | None = None
 
 
 class Delivery(Protocol):
@@ -68,3 +72,11 @@ class Delivery(Protocol):
 
     def audit_fields(self) -> dict[str, Any]:
         """What ``message.result`` / ``message.queued`` record of this delivery."""
+
+
+def then(result: Any, callback: Any, *args: Any) -> Any:
+    """Apply `callback` to an answer now, or when its Deferred fires (a delivery, or the host's
+    rate check, may answer either way)."""
+    if isinstance(result, Deferred):
+        return result.addCallback(callback, *args)
+    return callback(result, *args)

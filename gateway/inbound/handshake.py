@@ -20,12 +20,40 @@ from typing import TYPE_CHECKING, Any
 from twisted.python.failure import Failure
 
 from gateway.inbound import starttls
+from gateway.smtp import replies
 
 if TYPE_CHECKING:
     from gateway.inbound.host import ListenerTLS
     from gateway.inbound.listener import SMTPServerProtocol
 
 HANDSHAKE_TIMEOUT = "TLS handshake timeout"
+
+
+def start(protocol: SMTPServerProtocol, *, starttls_now: bool) -> None:
+    """Begin the handshake: at connect (``smtps://``) or after the ``220`` to STARTTLS."""
+    tls = protocol.host.listener_tls
+    if tls is None:  # a TLS entry always has its context: fail closed if not
+        protocol._close("no TLS context", replies.INTERNAL_ERROR)
+        return
+    protocol._lines.take_all()  # pipelined after STARTTLS: discarded, never run inside TLS
+    protocol._handshake = Handshake(protocol, tls)
+    protocol._handshake.begin(starttls_now=starttls_now)
+
+
+def completed(protocol: SMTPServerProtocol) -> None:
+    """The transport's handshake completed: the session starts afresh over TLS (RFC 3207
+    section 4.2), ``smtps://`` greets now, and the idle timeout runs."""
+    handshake, session = protocol._handshake, protocol.session
+    if handshake is None or not handshake.running or session is None:
+        return
+    try:
+        starttls.established(session, handshake.completed())
+    except Exception:  # a bug must cost one session a 421, never a silent drop
+        protocol._internal_error(Failure())
+        return
+    if protocol.tls == "smtps":
+        protocol._reply(session.greeting())
+    protocol.timeouts.idle()
 
 
 class Handshake:
@@ -43,7 +71,7 @@ class Handshake:
         self.running = True
         if starttls_now:
             protocol.transport.startTLS(self._tls.creator())
-        protocol._arm(protocol._limits.tls_handshake_timeout, self._expired)
+        protocol.timeouts.arm(protocol._limits.tls_handshake_timeout, self._expired)
 
     def completed(self) -> starttls.ClientTLS:
         """The handshake is done: what the session's audit records of it."""
@@ -52,7 +80,6 @@ class Handshake:
 
     def _expired(self) -> None:
         protocol = self._protocol
-        protocol._timer = None
         self._timed_out = True
         self.lost(None)
         protocol._closing = True

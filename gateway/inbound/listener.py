@@ -3,20 +3,18 @@
 It frames commands (`gateway.smtp.lines`), answers them strictly in order, in one
 loop that goes on while replies are ready at once — while one command waits on the
 upstream, later pipelined commands wait in a bounded buffer and the socket is
-paused — switches to the DATA reader
-after 354, and enforces the abuse limits that are about bytes and time:
-connection counts, the idle timeout (reset only by complete commands, so a
-slow-drip client cannot hold a session), the DATA timeout and minimum data
-rate, the error limit, and a client that never reads its replies. All SMTP
-meaning lives in `gateway.inbound.session`; this module only moves bytes.
-It asks its surroundings only through a `ListenerHost`; the connection counts
-live in `gateway.inbound.connections`, the TLS handshake (``smtps://`` at connect,
-``starttls://`` after STARTTLS) in `gateway.inbound.handshake`.
+paused — switches to the DATA reader after 354, and enforces the abuse limits
+that are about bytes: connection counts, the error limit, TLS or HTTP on the
+plaintext port, and a client that never reads its replies. All SMTP meaning lives
+in `gateway.inbound.session`; this module only moves bytes. It asks its
+surroundings only through a `ListenerHost`; the connection counts live in
+`gateway.inbound.connections`, the time limits (idle, DATA, minimum data rate,
+close grace) in `gateway.inbound.timeouts`, the TLS handshake (``smtps://`` at
+connect, ``starttls://`` after STARTTLS) in `gateway.inbound.handshake`.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from twisted.internet import defer
@@ -26,16 +24,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gateway.audit.events import Event
-from gateway.inbound import starttls
+from gateway.inbound import handshake
 from gateway.inbound.admission import client_key, proxy_trusted
 from gateway.inbound.handshake import Handshake
 from gateway.inbound.host import ListenerHost
-from gateway.inbound.session import Session
+from gateway.inbound.session import Session, new_session_id
+from gateway.inbound.timeouts import Timeouts
 from gateway.smtp import replies
 from gateway.smtp.data import DataReader
 from gateway.smtp.lines import CommandLines
 from gateway.smtp.replies import (
-    DATA_TOO_SLOW,
     HTTP_ON_SMTP,
     TOO_MANY_CONNECTIONS,
     TOO_MANY_FROM_CLIENT,
@@ -43,8 +41,6 @@ from gateway.smtp.replies import (
 )
 
 MAX_PIPELINE_BUFFER = 64 * 1024  # pause reading past this many unprocessed bytes
-MIN_RATE_GRACE = 30.0
-TLS_CLOSE_GRACE = 10.0  # seconds a TLS app has to answer our close_notify before the abort  # seconds of DATA before min_data_rate is enforced
 HTTP_VERBS = frozenset(
     {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "CONNECT", "HOST:", "USER-AGENT:"}
 )
@@ -68,8 +64,7 @@ class SMTPServerProtocol(Protocol):
         self._pending: defer.Deferred[Reply] | None = None
         self._reader: DataReader | None = None
         self._data_error_sent = False
-        self._data_started = 0.0
-        self._timer: Any = None
+        self.timeouts = Timeouts(self)  # idle, DATA, handshake, close grace
         self._pauses: set[str] = set()  # why reading from the app is paused (replies, buffer, ...)
         self.upstream_throttle = _UpstreamThrottle(self)
         self._closing = False
@@ -97,40 +92,21 @@ class SMTPServerProtocol(Protocol):
             self._refuse_connection(host, port, limit, refusal)
             return
         connections.admit(self, counted)  # a handshake under way counts too
-        self.session = Session(self.host, secrets.token_hex(8), host, port, self.tls)
+        self.session = Session(self.host, new_session_id(), host, port, self.tls)
         if self.proxied:
             self.session.expect_proxy_header()
         # Our own transport tells us when the app stops reading its replies.
         self.transport.registerProducer(self, True)
         if self.tls == "smtps":  # TLS from the first byte: the greeting waits for the handshake
-            self._start_handshake(starttls_now=False)
+            handshake.start(self, starttls_now=False)
             return
         self._reply(self.session.greeting())
-        self._arm(listener.idle_timeout, self._idle)
+        self.timeouts.idle()
 
     # --- TLS (gateway.inbound.handshake) ---------------------------------------------------
 
-    def _start_handshake(self, *, starttls_now: bool) -> None:
-        tls = self.host.listener_tls
-        if tls is None:  # a TLS entry always has its context: fail closed if not
-            self._close("no TLS context", replies.INTERNAL_ERROR)
-            return
-        self._lines.take_all()  # pipelined after STARTTLS: discarded, never run inside TLS
-        self._handshake = Handshake(self, tls)
-        self._handshake.begin(starttls_now=starttls_now)
-
     def handshakeCompleted(self) -> None:  # noqa: N802 (IHandshakeListener)
-        if self._handshake is None or not self._handshake.running or self.session is None:
-            return
-        try:
-            facts = self._handshake.completed()
-            starttls.established(self.session, facts)
-        except Exception:  # a bug must cost one session a 421, never a silent drop
-            self._internal_error(Failure())
-            return
-        if self.tls == "smtps":
-            self._reply(self.session.greeting())
-        self._arm(self._limits.idle_timeout, self._idle)
+        handshake.completed(self)
 
     def _proxy_header_read(self) -> bool:
         """The PROXY header named the client: tell the session, count it; False if refused."""
@@ -157,7 +133,7 @@ class SMTPServerProtocol(Protocol):
         self._close("too many connections from the client", refusal)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        self._cancel_timer()
+        self.timeouts.cancel()
         if self.session is None:
             return
         if self._handshake is not None and self._handshake.running:
@@ -177,10 +153,7 @@ class SMTPServerProtocol(Protocol):
             self.transport.write(reply.to_bytes())
         self.transport.loseConnection()
         if self.tls == "smtps" or self._handshake is not None:  # TLS: not for ever
-            self._cancel_timer()
-            self._timer = self.host.reactor.callLater(
-                TLS_CLOSE_GRACE, self.transport.abortConnection
-            )
+            self.timeouts.close_grace()
 
     def proxy_header_received(self) -> None:
         """A trusted balancer's header named the client: count it now (an idle one counts too)."""
@@ -219,45 +192,6 @@ class SMTPServerProtocol(Protocol):
     def _limits(self) -> Any:
         """The listener settings of this session's config (a reload does not change them mid-session)."""
         return (self.session.config if self.session is not None else self.host.config).listener
-
-    # --- timers -------------------------------------------------------------------------
-
-    def _arm(self, timeout: float, expired: Any) -> None:
-        self._cancel_timer()
-        if not self._closing:
-            self._timer = self.host.reactor.callLater(timeout, expired)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _idle(self) -> None:
-        self._timer = None
-        self._close("idle timeout", replies.IDLE_TIMEOUT)
-
-    def _data_idle(self) -> None:
-        self._timer = None
-        try:
-            self._abandon_data()
-        finally:
-            self._close("data timeout", replies.IDLE_TIMEOUT)
-
-    def _data_progress(self) -> None:
-        listener = self._limits
-        elapsed = self.host.reactor.seconds() - self._data_started
-        if listener.min_data_rate and elapsed > MIN_RATE_GRACE and self._reader is not None:
-            if self._reader.received / elapsed < listener.min_data_rate:
-                try:
-                    self._abandon_data()
-                finally:
-                    self._close("data rate below listener.min_data_rate", DATA_TOO_SLOW)
-                return
-        self._arm(listener.data_timeout, self._data_idle)
-
-    def _abandon_data(self) -> None:
-        if self._reader is not None and self.session is not None:
-            self.session.data_failed(DATA_TOO_SLOW)
 
     # --- input --------------------------------------------------------------------------
 
@@ -332,7 +266,7 @@ class SMTPServerProtocol(Protocol):
 
     def _command(self, line: bytes) -> None:
         assert self.session is not None
-        self._cancel_timer()  # a complete command: the idle clock starts again after the reply
+        self.timeouts.cancel()  # a complete command: the idle clock starts again after the reply
         self._command_verb = line[:4].upper()
         if (
             self.session.helo is None
@@ -376,21 +310,20 @@ class SMTPServerProtocol(Protocol):
         if self._closing:
             return
         if self.session is not None and self.session.starting_tls:
-            self._start_handshake(starttls_now=True)
+            handshake.start(self, starttls_now=True)
         elif reply.code in (221, 421):
             self._close("client quit" if reply.code == 221 else "closed by gateway")
         elif reply.code == 354:
             self._start_data()
         else:
-            self._arm(self._limits.idle_timeout, self._idle)
+            self.timeouts.idle()
 
     def _start_data(self) -> None:
         assert self.session is not None
         self._reader = DataReader(self.session.config.listener.max_message_size)
         self._data_error_sent = False
-        self._data_started = self.host.reactor.seconds()
         self.session.data_started(self.upstream_throttle)
-        self._data_progress()  # body bytes already buffered are fed by `_process`
+        self.timeouts.data_started()  # body bytes already buffered are fed by `_process`
 
     def _internal_error(self, failure: Failure) -> None:
         self.host.audit.event(
@@ -412,10 +345,10 @@ class SMTPServerProtocol(Protocol):
             self._data_error_sent = True
             session.data_failed(reader.error)
         if not feed.done:
-            self._data_progress()
+            self.timeouts.data_progress()
             return
         self._reader = None
-        self._cancel_timer()
+        self.timeouts.cancel()
         self._lines.put_back(feed.leftover)
         self._dispatch(session.data_end(reader.error))
         self._process()  # from inside `_process` this returns at once and its loop goes on

@@ -35,11 +35,12 @@ from twisted.protocols.haproxy._info import ProxyInfo
 from twisted.protocols.haproxy._v1parser import V1Parser
 from twisted.protocols.haproxy._v2parser import V2Parser
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWrappingFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from gateway.inbound.host import ListenerHost
 from gateway.inbound.listener import ListenerFactory, SMTPServerProtocol
+from gateway.inbound.smtps import ImplicitTLSFactory
 
 V1_SIGNATURE = b"PROXY "
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -144,6 +145,8 @@ def listener_factory(host: ListenerHost, tls: str = "plain") -> Factory[Any]:
     proxied = host.config.listener.proxy_protocol
     factory: Factory[Any] = ListenerFactory(host, proxied=proxied, tls=tls)
     if tls == "smtps":
-        assert host.listener_tls is not None  # the gateway makes it for any TLS entry
-        factory = TLSMemoryBIOFactory(host.listener_tls.creator(), False, factory)
+        # A denied client is closed before any TLS when its address is known at accept; behind
+        # a balancer the peer is the balancer and the session decides after the handshake, at
+        # the first command, as on every proxied entry (see gateway.inbound.smtps).
+        factory = ImplicitTLSFactory(host, factory, screen=not proxied)
     return ProxyListenerFactory(factory) if proxied else factory

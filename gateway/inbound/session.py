@@ -1,40 +1,39 @@
-"""One app session: the SMTP dialogue, policy at each RCPT, and its audit story.
+"""One app session: the SMTP dialogue and its audit story.
 
 The listener protocol hands commands here and writes back whatever `Reply`
 comes out (at once, or from a Deferred when the upstream must be asked).
 The session asks its surroundings only through a `SessionHost`. Each mail
 transaction (`gateway.inbound.transaction`) ends in exactly one ``message.result``.
+Policy at each RCPT is `gateway.inbound.recipient`'s; TLS, `gateway.inbound.starttls`'s;
+AUTH, `gateway.inbound.auth`'s; the body, `gateway.inbound.body`'s.
 """
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from twisted.internet import defer
 
 from gateway.audit.events import RELAY_OUTCOMES, Event, Outcome
-from gateway.config.model import Rate
-from gateway.inbound import body, starttls, trace
+from gateway.inbound import body, recipient, starttls
 from gateway.inbound.admission import open_session
 from gateway.inbound.auth import AppLogin
-from gateway.inbound.delivery import Origin
+from gateway.inbound.delivery import Origin, then
 from gateway.inbound.host import SessionHost
 from gateway.inbound.reload import follow_reload, reload_reached_transaction
 from gateway.inbound.transaction import Transaction
 from gateway.policy import rules as policy
 from gateway.smtp import replies
-from gateway.smtp.address import Address
-from gateway.smtp.commands import Command, CommandError, parse_command, parse_mail, parse_rcpt
-from gateway.smtp.replies import RATE_LIMITED, Reply
+from gateway.smtp.commands import Command, CommandError, parse_command, parse_mail
+from gateway.smtp.replies import Reply
 
 EXTENSIONS = ("PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES")
 
 
-def _then(result: Any, callback: Any, *args: Any) -> Any:
-    """Apply `callback` to a reply now, or when its Deferred fires (a delivery may answer either way)."""
-    if isinstance(result, defer.Deferred):
-        return result.addCallback(callback, *args)
-    return callback(result, *args)
+def new_session_id() -> str:
+    """A ``session_id``: 16 random hex digits."""
+    return secrets.token_hex(8)
 
 
 class Session:
@@ -246,95 +245,7 @@ class Session:
         return replies.SENDER_OK
 
     def smtp_RCPT(self, argument: str) -> Reply | defer.Deferred[Reply]:  # noqa: N802
-        txn = self.transaction
-        if txn is None:
-            return replies.NEED_MAIL
-        refusal = reload_reached_transaction(self)
-        if refusal is not None:
-            return refusal
-        txn.rcpt_commands += 1
-        if txn.rcpt_commands > self.config.listener.max_rcpt_commands:
-            return self._too_many_rcpt_commands(txn)
-        rcpt = parse_rcpt(argument).recipient
-        if txn.accepted_count >= self.config.listener.max_recipients:
-            return txn.refused(rcpt, replies.TOO_MANY_RECIPIENTS, limit="listener.max_recipients")
-        assert self.address is not None  # commands come only from an admitted client
-        decision = policy.decide(self.config, self.address, txn.mail.sender, rcpt, self.app)
-        if decision.action != "relay" or decision.upstream is None:
-            assert decision.reply is not None
-            return txn.refused(
-                rcpt,
-                decision.reply,
-                rule=decision.rule_name,
-                limit=None if decision.rule else "no matching rule",
-            )
-        rate = decision.rule.rate if decision.rule else None
-        if rate is None or decision.rule_name in txn.rated_rules:
-            return self._rcpt_allowed(txn, rcpt, decision)
-        allowed = self.host.rate_allowed(decision.rule_name or "", rate)
-        return _then(allowed, self._rcpt_rated, txn, rcpt, decision, rate)
-
-    def _rcpt_rated(
-        self,
-        allowed: bool | None,
-        txn: Transaction,
-        rcpt: Address,
-        decision: policy.Decision,
-        rate: Rate,
-    ) -> Reply | defer.Deferred[Reply]:
-        """The rule's rate answered (at once, or from the cluster's Redis): refuse, or go on."""
-        mode = decision.rule.delivery if decision.rule is not None else "relay"
-        if allowed is None and mode == "relay":  # [cluster] unavailable, on_unavailable = "defer"
-            return txn.refused(
-                rcpt,
-                replies.CLUSTER_UNAVAILABLE,
-                rule=decision.rule_name,
-                limit="cluster.on_unavailable",
-            )
-        if allowed is False:
-            return txn.refused(
-                rcpt,
-                RATE_LIMITED.with_text(
-                    f"Rate limit of rule {decision.rule_name} ({rate.text}) exceeded, try again later"
-                ),
-                rule=decision.rule_name,
-                limit=f"rules[{decision.rule_name}].rate",
-            )
-        txn.rated_rules.add(decision.rule_name or "")  # undecided in queue mode: it is queued
-        return self._rcpt_allowed(txn, rcpt, decision)
-
-    def _rcpt_allowed(
-        self, txn: Transaction, rcpt: Address, decision: policy.Decision
-    ) -> Reply | defer.Deferred[Reply]:
-        """The policy relays `rcpt` within its rate: hand it to the transaction's delivery."""
-        edits = decision.rule.headers if decision.rule else None
-        rule = decision.rule_name
-        mode = decision.rule.delivery if decision.rule is not None else "relay"
-        if txn.delivery is None:
-            headers = trace.rewriter(self, edits)
-            mail = trace.upstream_mail(txn.mail, headers)
-            delivery = self.host.delivery(mode, decision.route, mail)
-            if delivery is None:  # a reload added the first queue rule
-                return txn.refused(rcpt, replies.QUEUE_NOT_RUNNING, rule=rule, limit="queue.path")
-            txn.delivery, txn.headers = delivery, headers
-        else:
-            mismatch = txn.mismatch(mode, decision.route, edits)
-            if mismatch is not None:
-                reply, limit = mismatch
-                return txn.refused(rcpt, reply, rule=rule, limit=limit)
-        answer = txn.delivery.rcpt(rcpt, decision.route, rule)
-        if isinstance(answer, defer.Deferred):
-            answer.addErrback(self._delivery_failed, txn, rcpt, rule)
-        return _then(answer, txn.answered, rcpt, rule)
-
-    def _too_many_rcpt_commands(self, txn: Transaction) -> Reply:
-        """Over ``listener.max_rcpt_commands``: end the transaction and the session (421)."""
-        reply = replies.TOO_MANY_RCPT_COMMANDS
-        if txn.delivery is not None:
-            txn.delivery.abort("too many RCPT commands")
-        limit = "listener.max_rcpt_commands"
-        self._finish(txn, reply, limit=limit)
-        return reply
+        return recipient.rcpt(self, argument)
 
     def smtp_DATA(self, argument: str) -> Reply | defer.Deferred[Reply]:  # noqa: N802
         txn = self.transaction
@@ -352,7 +263,7 @@ class Session:
         answer = txn.delivery.data()
         if isinstance(answer, defer.Deferred):
             answer.addErrback(self._delivery_failed, txn)
-        return _then(answer, self._data_answered, txn)
+        return then(answer, self._data_answered, txn)
 
     def _data_answered(self, reply: Reply, txn: Transaction) -> Reply:
         if reply.code == 354:
@@ -387,11 +298,12 @@ class Session:
             self._finish(txn, reply, limit=limit)
             return reply
         txn.dot_sent = self.host.monotonic()
-        origin = Origin(self.session_id, self.client, self.helo, self.app, txn.message_id)
+        tls = starttls.audit_fields(self.tls)
+        origin = Origin(self.session_id, self.client, self.helo, self.app, txn.message_id, **tls)
         answer = txn.delivery.finish(txn.facts, origin)
         if isinstance(answer, defer.Deferred):
             answer.addErrback(self._delivery_failed, txn)
-        return _then(answer, self._data_finished, txn)
+        return then(answer, self._data_finished, txn)
 
     def _data_finished(self, reply: Reply, txn: Transaction) -> Reply:
         assert txn.delivery is not None

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.queue.envelope import CLIENT_TLS_FIELDS
 from gateway.queue.spool import Envelope, RecipientState, Spool, SpoolWriter, new_id
 from gateway.smtp import replies
 from gateway.smtp.address import Address
@@ -105,9 +106,11 @@ class QueueTransaction:
         helo: str | None,
         app: str | None = None,
         message_id: str | None = None,
+        client_tls: dict[str, Any] | None = None,
     ) -> Envelope:
         """The envelope to commit with the body received so far (`message_id`: the one the
-        gateway added, when the message had none or a rule stripped it)."""
+        gateway added, when the message had none or a rule stripped it; `client_tls`: the
+        envelope's ``client_tls_version``, ``client_tls_cipher``, ``client_cert_sha256``)."""
         assert self.writer is not None
         return Envelope(
             id=self.writer.id,
@@ -122,6 +125,7 @@ class QueueTransaction:
             client_ip=client_ip,
             helo=helo,
             app=app,
+            **(client_tls or {}),
         )
 
     def commit(self, envelope: Envelope) -> None:
@@ -160,6 +164,7 @@ class QueueTransaction:
             helo=origin.helo,
             app=getattr(origin, "app", None),
             message_id=getattr(origin, "message_id", None),
+            client_tls={name: getattr(origin, name, None) for name in CLIENT_TLS_FIELDS},
         )
         self.handed_over = True
         if self.committer is not None:

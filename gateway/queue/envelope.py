@@ -51,7 +51,10 @@ PENDING, DELIVERED, FAILED = (
 STATUSES = (PENDING, DELIVERED, FAILED)
 BODY_TYPES = ("8BITMIME", "7BIT")  # MAIL's BODY= values the listener accepts
 MAX_NAME = 255  # upstream and rule names: config keys, never this long in practice
+TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")  # what the listener negotiates (listener.min_tls_version)
+MAX_CIPHER = 64  # OpenSSL's cipher names are under 40 characters ("TLS_AES_256_GCM_SHA384")
 _HEX = frozenset("0123456789abcdef")
+_CIPHER_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 def valid_id(text: str) -> bool:
@@ -97,6 +100,11 @@ class Envelope:
     bounce_of: str | None = None  # this is a DSN for that queue id
     app: str | None = None  # the app that authenticated at enqueue (absent in older spools)
     extra: dict[str, Any] = field(default_factory=dict)
+    # The app's TLS at enqueue, for the queue's message.result (issue 14): null on a plain session,
+    # and absent in envelopes written before (read as null). Never written in format 1.
+    client_tls_version: str | None = None  # OpenSSL's name: "TLSv1.3"
+    client_tls_cipher: str | None = None
+    client_cert_sha256: str | None = None  # the app's verified client certificate, if it gave one
 
     @property
     def age_base(self) -> float:
@@ -112,8 +120,13 @@ class Envelope:
         return max(tried, key=lambda r: r.last_attempt or 0).last_reply if tried else None
 
     def to_json(self) -> bytes:
-        """Format 1: the whole envelope as one indented document (what 0.x releases read)."""
+        """Format 1: the whole envelope as one indented document (what 0.x releases read).
+
+        Without the listener's TLS facts: releases before issue 13 refuse fields they do not know.
+        """
         data = {"version": FORMAT_V1, **asdict(self)}
+        for name in CLIENT_TLS_FIELDS:  # format 2 only
+            del data[name]
         return json.dumps(data, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
 
     def to_record(self) -> bytes:
@@ -135,6 +148,7 @@ class Envelope:
         return _Reader(queue_id).envelope(_current(raw))
 
 
+CLIENT_TLS_FIELDS = ("client_tls_version", "client_tls_cipher", "client_cert_sha256")
 _ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
 _ENVELOPE_NAMES = [f.name for f in fields(Envelope)]
 _RECIPIENT_NAMES = [f.name for f in fields(RecipientState)]
@@ -211,6 +225,15 @@ def _hex64(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 64 and _HEX.issuperset(value)
 
 
+def _cipher(value: Any) -> bool:
+    """An OpenSSL cipher name: letters, digits, ``_`` and ``-`` (``ECDHE-RSA-AES256-GCM-SHA384``)."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_CIPHER
+        and _CIPHER_CHARACTERS.issuperset(value)
+    )
+
+
 # field -> (check, what is expected); required fields are those without a dataclass default
 _RECIPIENT_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "upstream": (_name, "an upstream name"),
@@ -248,6 +271,15 @@ _ENVELOPE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "extra": (lambda v: isinstance(v, dict), "an object"),
     "app": (_optional(_name), "an app name or null"),
+    "client_tls_version": (
+        lambda v: v is None or v in TLS_VERSIONS,
+        f"null or one of {', '.join(TLS_VERSIONS)}",
+    ),
+    "client_tls_cipher": (
+        _optional(_cipher),
+        f"an OpenSSL cipher name (at most {MAX_CIPHER} letters, digits, _ and -) or null",
+    ),
+    "client_cert_sha256": (_optional(_hex64), "64 lowercase hex digits or null"),
 }
 
 
@@ -281,6 +313,7 @@ class _Reader:
         self._id(data)
         self._address("sender", data, "sender", sender=True)
         self._fields("", data, _ENVELOPE_FIELDS)
+        self._client_tls(data)
         recipients = data.get("recipients")
         if not isinstance(recipients, list) or not recipients:
             self._problem("recipients", recipients, "a list of at least one recipient")
@@ -319,6 +352,20 @@ class _Reader:
         for name, (check, expected) in checks.items():
             if name in data and not check(data[name]):
                 self._problem(f"{prefix}{name}", data[name], expected)
+
+    def _client_tls(self, data: Mapping[str, Any]) -> None:
+        """The app's TLS facts come together: a version with its cipher, a certificate with both."""
+        version, cipher = data.get("client_tls_version"), data.get("client_tls_cipher")
+        if (version is None) != (cipher is None):
+            self.problems.append(
+                "client_tls_version, client_tls_cipher: found one without the other, "
+                "expected both (a TLS session) or neither (a plain one)"
+            )
+        if data.get("client_cert_sha256") is not None and version is None:
+            self.problems.append(
+                "client_cert_sha256: found a client certificate on a plain session, "
+                "expected client_tls_version and client_tls_cipher with it"
+            )
 
     def _id(self, data: Mapping[str, Any]) -> None:
         if "id" not in data:

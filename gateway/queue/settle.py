@@ -249,7 +249,11 @@ class Settler:
             ],
             "outcome": outcome,
             **(upstream or {}),
+            "client_tls_version": envelope.client_tls_version,  # the app's, as at enqueue
+            "client_tls_cipher": envelope.client_tls_cipher,
         }
+        if envelope.client_cert_sha256:
+            fields["client_cert_sha256"] = envelope.client_cert_sha256
         if envelope.session_id:
             fields["origin_session_id"] = envelope.session_id
         if envelope.bounce_of:

@@ -125,6 +125,21 @@ def test_show_prints_each_recipient(spool, config, capsys):
     assert "recipient: <ops@example.net> pending via up attempts=1" in out
 
 
+def test_show_prints_the_app_tls_of_a_message_queued_over_tls(spool, config, capsys):
+    """show ID: the app's TLS version, cipher and certificate, as the envelope recorded them."""
+    queue_id = put(spool, ACTIVE)
+    envelope = spool.load(ACTIVE, queue_id)
+    envelope.client_tls_version, envelope.client_tls_cipher = "TLSv1.3", "TLS_AES_128_GCM_SHA256"
+    envelope.client_cert_sha256 = "ef" * 32
+    spool.save(ACTIVE, envelope)
+    code, out, _ = run(capsys, "show", queue_id, "--config", config)
+    assert code == 0
+    assert "client_tls_version: TLSv1.3\nclient_tls_cipher: TLS_AES_128_GCM_SHA256\n" in out
+    assert f"client_cert_sha256: {'ef' * 32}\n" in out
+    plain = run(capsys, "show", put(spool, ACTIVE), "--config", config)[1]
+    assert "client_tls" not in plain and "client_cert" not in plain
+
+
 def test_retry_moves_a_deferred_message_to_active(spool, config, capsys):
     """retry ID makes the message due now (the runner delivers what is in active/)."""
     queue_id = put(spool, DEFERRED)

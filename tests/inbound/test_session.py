@@ -112,48 +112,6 @@ def test_client_not_allowed_gets_only_quit():
     assert host.metrics.sessions == [False]
 
 
-def test_recipient_without_rule_is_refused_and_recorded():
-    """No matching rule: 550 at RCPT, 554 at DATA; RSET ends the transaction as rejected."""
-    only = [{"name": "ours", "action": "relay", "upstream": "up", "recipients": ["*@example.net"]}]
-    host = FakeHost(config({"rules": only}))
-    session = start(host)
-    [_, _, rcpt] = say(session, "EHLO a", "MAIL FROM:<a@example.com>", "RCPT TO:<b@elsewhere.test>")
-    assert rcpt == replies.NO_RULE
-    assert say(session, "DATA", "RSET") == [replies.NO_VALID_RECIPIENTS, replies.RESET_OK]
-    assert host.deliveries == []
-    [record] = host.events("message.result")
-    assert record["outcome"] == "rejected" and record["reason"] == "client sent RSET"
-    assert record["recipients"][0]["limit"] == "no matching rule"
-
-
-def test_rule_rate_is_taken_once_per_transaction_on_the_host_clock():
-    """rules[].rate: past the rate RCPT is 450 4.7.1; the bucket refills as the host's clock runs."""
-    rated = [{"name": "all", "action": "relay", "upstream": "up", "rate": "1/minute"}]
-    host = FakeHost(config({"rules": rated}))
-    session = start(host)
-    say(session, "EHLO a")
-    first = say(
-        session, "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.net>", "RCPT TO:<c@x.test>"
-    )
-    assert [r.code for r in first] == [250, 250, 250]  # one message, one token
-    say(session, "RSET")
-    [_, limited] = say(session, "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.net>")
-    assert limited.code == 450 and limited.enhanced == "4.7.1"
-    assert "Rate limit of rule all (1/minute)" in limited.text
-    host.reactor.advance(60)
-    say(session, "RSET")
-    assert say(session, "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.net>")[1].code == 250
-
-
-def test_queue_rule_without_a_running_spool_is_refused():
-    """A queue rule while the host has no spool (a reload added it): RCPT gets the queue refusal."""
-    queued = [{"name": "q", "action": "relay", "upstream": "up", "delivery": "queue"}]
-    host = FakeHost(config({"rules": queued}), queue_running=False)
-    session = start(host)
-    replies_ = say(session, "EHLO a", "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.net>")
-    assert replies_[2] == replies.QUEUE_NOT_RUNNING
-
-
 def test_queued_message_writes_message_queued_not_a_result():
     """Queue mode: once durable, ``message.queued`` names the spool entry; no message.result yet."""
     queued = [{"name": "q", "action": "relay", "upstream": "up", "delivery": "queue"}]

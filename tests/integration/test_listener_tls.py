@@ -169,6 +169,38 @@ def test_no_client_certificate_goes_on_unidentified(tls_gateway, world):
     assert result["app"] is None and "client_cert_sha256" not in result
 
 
+def test_queued_message_result_carries_the_app_tls_from_the_spool(
+    make_upstream, start_gateway, ca, world, tmp_path
+):
+    """Queue mode: the runner's message.result, written from the spooled envelope, carries the
+    app's TLS version, cipher and certificate as message.queued did; null for a plain app."""
+    upstream = make_upstream()
+    document = tls_document(upstream, ca.ca_file, world, client_ca_file=world.apps_ca.ca_file)
+    document["queue"] = {"path": str(tmp_path / "spool"), "min_backoff": 1, "max_backoff": 2}
+    document["rules"][0]["delivery"] = "queue"
+    gw = start_gateway(document)
+    digest = fingerprint(world.printer.cert_file)
+    _reload_with_printer(gw, digest)
+    plain, _, smtps = ports(gw)
+    context = world.client_context(world.printer)
+    with smtplib.SMTP_SSL("127.0.0.1", smtps, timeout=30, context=context) as client:
+        client.sendmail("scanner@corp.example", ["ops@example.net"], BODY)
+    [queued] = gw.audit.wait_for("message.queued")
+    result = gw.audit.wait_until("message.result", queue_id=queued["queue_id"])
+    assert result["delivery"] == "queue" and result["outcome"] == "delivered"
+    for record in (queued, result):
+        assert record["client_tls_version"] == "TLSv1.3" and record["client_tls_cipher"]
+        assert record["client_cert_sha256"] == digest
+    assert result["client_tls_cipher"] == queued["client_tls_cipher"]
+    with smtplib.SMTP("127.0.0.1", plain, timeout=30) as client:
+        client.sendmail("scanner@corp.example", ["ops@example.net"], BODY)
+    queued = gw.audit.wait_for("message.queued", 2)[1]
+    result = gw.audit.wait_until("message.result", queue_id=queued["queue_id"])
+    assert result["client_tls_version"] is None and result["client_tls_cipher"] is None
+    assert "client_cert_sha256" not in result
+    upstream.wait_for(2)
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_openssl_s_client_starttls_smtp(tls_gateway, world):
     """`openssl s_client -starttls smtp` as an app: it verifies the listener and sends a message."""

@@ -60,10 +60,46 @@ def test_a_format_1_spool_drains_after_the_upgrade(upstream, start_gateway, ca, 
         PARTLY_3: "delivered",
         IN_FLIGHT_5: "delivered",
     }
+    for result in results:  # format 1 has no client TLS fields: null, as for a plain session
+        assert result["client_tls_version"] is None and result["client_tls_cipher"] is None
+        assert "client_cert_sha256" not in result
     [risk] = gw.audit.named("delivery.duplicate_risk")
     assert risk["queue_id"] == IN_FLIGHT_5
     assert os.listdir(os.path.join(old_spool, "dead")) == [DEAD_4]
     assert len(upstream.server.messages) == 4
+
+
+def test_a_format_2_envelope_from_before_the_client_tls_fields_drains(
+    upstream, start_gateway, ca, tmp_path
+):
+    """A format 2 journal line written before issue 14 added client_tls_version,
+    client_tls_cipher and client_cert_sha256 is valid: delivered, its result has them null."""
+    import json
+
+    from gateway.queue.envelope import CLIENT_TLS_FIELDS
+    from gateway.queue.spool import Envelope, RecipientState, Spool, SpoolWriter, new_id
+
+    path = str(tmp_path / "spool")
+    spool = Spool(path)
+    spool.create()
+    queue_id = new_id()
+    writer = SpoolWriter(spool, queue_id)
+    writer.write(body(6))
+    envelope = Envelope(
+        queue_id, "app@example.com", [RecipientState("ops@example.net", "up", "all")], 1000.0
+    )
+    writer.commit(envelope)
+    record = json.loads(envelope.to_record())
+    for name in CLIENT_TLS_FIELDS:
+        del record[name]
+    with open(os.path.join(spool.folder("active", queue_id), "envelope.json"), "w") as handle:
+        handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+    gw = start_gateway(queue_document(upstream.table(ca.ca_file), path))
+    [received] = upstream.server.wait_for(1)
+    assert without_trace(received.content) == body(6)
+    result = gw.audit.wait_until("message.result", queue_id=queue_id)
+    assert result["outcome"] == "delivered" and result["client_tls_version"] is None
+    assert result["client_tls_cipher"] is None and "client_cert_sha256" not in result
 
 
 def test_queue_commands_read_a_format_1_spool(upstream, ca, old_spool, tmp_path, capsys):

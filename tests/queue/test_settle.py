@@ -139,3 +139,21 @@ def test_a_deleted_message_result_says_deleted(tmp_path):
     h.settler.result(envelope, "deleted")
     [result] = h.audit.named("message.result")
     assert result["outcome"] == "deleted" and "tls_version" not in result
+
+
+def test_the_result_carries_the_app_tls_recorded_at_enqueue(tmp_path):
+    """message.result has the envelope's client_tls_version and _cipher (null for a plain app or an
+    older envelope) and client_cert_sha256 when the app presented a certificate."""
+    h = Harness(tmp_path)
+    plain = h.queue("a@example.net")
+    h.settler.result(plain, "deleted")
+    tls = h.queue("b@example.net")
+    tls.client_tls_version, tls.client_tls_cipher = "TLSv1.2", "ECDHE-RSA-AES256-GCM-SHA384"
+    tls.client_cert_sha256 = "cd" * 32
+    h.settler.result(tls, "deleted")
+    first, second = h.audit.named("message.result")
+    assert (first["client_tls_version"], first["client_tls_cipher"]) == (None, None)
+    assert "client_cert_sha256" not in first
+    assert second["client_tls_version"] == "TLSv1.2"
+    assert second["client_tls_cipher"] == "ECDHE-RSA-AES256-GCM-SHA384"
+    assert second["client_cert_sha256"] == "cd" * 32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -210,6 +211,43 @@ def test_a_format_1_envelope_is_read_and_converted_on_its_first_change(spool):
         assert handle.read().startswith(b'{"version":2,')
     assert spool.load(ACTIVE, queue_id) == old
     assert sorted(os.listdir(spool.folder(ACTIVE, queue_id))) == ["body", "envelope.json"]
+
+
+TLS = {
+    "client_tls_version": "TLSv1.3",
+    "client_tls_cipher": "TLS_AES_256_GCM_SHA384",
+    "client_cert_sha256": "ab" * 32,
+}
+
+
+def test_the_app_tls_is_journalled_in_format_2_and_left_out_of_format_1(spool):
+    """Format 2 keeps the app's TLS facts; format 1 (convert-back) leaves them out, as releases
+    before issue 13 refuse fields they do not know; it reads back with them null."""
+    queue_id = commit(spool)
+    tls = dataclasses.replace(envelope(queue_id), **TLS)
+    spool.save(ACTIVE, tls)
+    assert spool.load(ACTIVE, queue_id) == tls
+    old = tls.to_json()
+    assert b"client_tls" not in old and b"client_cert" not in old
+    assert Envelope.from_json(old) == envelope(queue_id)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_envelope_without_the_app_tls_fields_reads_them_as_null(version):
+    """Envelopes written before issue 14 (format 1, and format 2 lines) have no client TLS fields."""
+    import json
+
+    data = json.loads(envelope("0123456789abcdef").to_record())
+    for name in TLS:
+        del data[name]
+    data["version"] = version
+    read = Envelope.from_json(json.dumps(data).encode())
+    assert (read.client_tls_version, read.client_tls_cipher, read.client_cert_sha256) == (
+        None,
+        None,
+        None,
+    )
+    assert read == envelope("0123456789abcdef")
 
 
 def test_a_long_journal_is_compacted_to_one_line(spool, monkeypatch):

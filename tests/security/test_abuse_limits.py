@@ -89,9 +89,9 @@ def test_data_timeout_closes_a_stalled_body(gateway):
 
 def test_minimum_data_rate(gateway, monkeypatch):
     """A body trickled below listener.min_data_rate is cut off with 421 4.4.2 and not delivered."""
-    import gateway.inbound.listener as listener
+    import gateway.inbound.timeouts as timeouts
 
-    monkeypatch.setattr(listener, "MIN_RATE_GRACE", 0.5)
+    monkeypatch.setattr(timeouts, "MIN_RATE_GRACE", 0.5)
     gw, upstream = gateway(min_data_rate=1000)
     sock, _ = greeting(gw.port)
     reader = sock.makefile("rb")

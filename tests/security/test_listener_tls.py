@@ -213,6 +213,51 @@ def test_handshakes_count_toward_max_connections(tls_gateway, world):
     stalled.close()
 
 
+def test_a_denied_client_gets_no_tls_handshake_on_an_smtps_entry(tls_gateway, world):
+    """smtps:// without proxy_protocol: a client outside allowed_clients is closed at connect,
+    its ClientHello answered by no ServerHello, and audited as a denied session (no TLS started);
+    an allowed client is served as before, and the plain entry still greets the denied one 554."""
+    import socket
+
+    from gateway.inbound.admission import NO_TLS_STARTED
+
+    gw, upstream = tls_gateway(allowed_clients=["127.0.0.1/32"])
+    plain, _, smtps = ports(gw)
+    denied = socket.create_connection(
+        ("127.0.0.1", smtps), timeout=30, source_address=("127.0.0.2", 0)
+    )
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    half = world.client_context().wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        half.do_handshake()
+    try:
+        denied.sendall(outgoing.read())  # a real ClientHello
+        answer = denied.recv(5)  # the close: nothing before it
+    except ConnectionResetError:  # our ClientHello reached a socket already closed
+        answer = b""
+    finally:
+        denied.close()
+    assert answer == b""
+    event = gw.audit.wait_until("session.denied", client_ip="127.0.0.2")
+    assert event["limit"] == "listener.allowed_clients" and event["reason"] == NO_TLS_STARTED
+    assert "reply" not in event
+    opened = gw.audit.wait_until("session.opened", session_id=event["session_id"])
+    assert opened["allowed"] is False and opened["client_port"] > 0
+    closed = gw.audit.wait_until("session.closed", session_id=event["session_id"])
+    assert closed["reason"] == "denied before TLS" and closed["client_tls_version"] is None
+    assert not gw.audit.named("session.tls_failed")
+    context = world.client_context()
+    with smtplib.SMTP_SSL("127.0.0.1", smtps, timeout=30, context=context) as client:
+        client.sendmail("scanner@corp.example", ["ops@example.net"], BODY)
+    upstream.wait_for(1)
+    result = gw.audit.wait_until("message.result", outcome="relayed")
+    assert result["client_ip"] == "127.0.0.1" and result["client_tls_version"] == "TLSv1.3"
+    with socket.create_connection(
+        ("127.0.0.1", plain), timeout=30, source_address=("127.0.0.2", 0)
+    ) as sock:
+        assert read_reply(sock.makefile("rb")).startswith(b"554 5.7.1")
+
+
 def test_sighup_renews_the_certificate_under_load_without_dropping_sessions(
     tls_gateway, world, tmp_path
 ):

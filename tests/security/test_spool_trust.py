@@ -444,6 +444,20 @@ HOSTILE_FIELDS: list[tuple[str, Any]] = [
     ("extra", ["x"]),
     ("message_id", ["<m@x>"]),
     ("helo", 3),
+    ("client_tls_version", "TLSv1.3\r\nRSET"),
+    ("client_tls_version", "SSLv3"),
+    ("client_tls_version", "tlsv1.3"),
+    ("client_tls_version", 1.3),
+    ("client_tls_cipher", "TLS_AES_256_GCM_SHA384\x1b[2J"),
+    ("client_tls_cipher", "TLS_AES_256_GCM_SHA384\r\nRSET"),
+    ("client_tls_cipher", "AES 256"),
+    ("client_tls_cipher", "A" * 65),
+    ("client_tls_cipher", ""),
+    ("client_tls_cipher", ["TLS_AES_256_GCM_SHA384"]),
+    ("client_cert_sha256", "AB" * 32),
+    ("client_cert_sha256", "ab" * 31),
+    ("client_cert_sha256", "ab" * 32 + "\n"),
+    ("client_cert_sha256", 0),
 ]
 
 
@@ -505,6 +519,23 @@ def test_missing_and_unknown_fields_are_refused(spool, change):
     queue_id = plant(spool, ACTIVE, change)
     with pytest.raises(EnvelopeInvalid):
         spool.load(ACTIVE, queue_id)
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"client_tls_version": "TLSv1.3"}, "client_tls_version, client_tls_cipher: found one"),
+        ({"client_tls_cipher": "TLS_AES_128_GCM_SHA256"}, "client_tls_version, client_tls_cipher"),
+        ({"client_cert_sha256": "ab" * 32}, "client_cert_sha256: found a client certificate"),
+    ],
+    ids=["version alone", "cipher alone", "certificate without TLS"],
+)
+def test_the_app_tls_facts_that_cannot_go_together_are_refused(spool, fields, problem):
+    """A TLS version comes with its cipher, a client certificate only with both."""
+    queue_id = plant(spool, ACTIVE, lambda d: d.update(fields))
+    with pytest.raises(EnvelopeInvalid) as refused:
+        spool.load(ACTIVE, queue_id)
+    assert any(p.startswith(problem) for p in refused.value.problems), refused.value.problems
 
 
 @pytest.mark.parametrize(
@@ -629,6 +660,10 @@ def test_the_queue_commands_show_quarantine_and_refused_envelopes_without_a_trac
             attempts=3,
             next_attempt=1.5,
             requeued=2000.0,
+            app="printer",
+            client_tls_version="TLSv1.2",
+            client_tls_cipher="ECDHE-RSA-AES256-GCM-SHA384",
+            client_cert_sha256="0f" * 32,
         ),
         lambda i: Envelope(
             id=i,
