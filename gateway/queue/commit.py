@@ -18,7 +18,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from gateway.queue.spool import SpoolWriter, commit_all
+from gateway.queue.writer import SpoolWriter, commit_all
 
 RunBlocking = Callable[..., "defer.Deferred[Any]"]  # (function, *args) run off the reactor
 

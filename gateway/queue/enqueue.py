@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.queue.envelope import CLIENT_TLS_FIELDS
-from gateway.queue.spool import Envelope, RecipientState, Spool, SpoolWriter, new_id
+from gateway.queue.spool import Envelope, RecipientState, Spool, new_id
+from gateway.queue.writer import SpoolWriter
 from gateway.smtp import replies
 from gateway.smtp.address import Address
 from gateway.smtp.commands import MailFrom

@@ -18,6 +18,7 @@ from gateway.audit.events import Event, Outcome
 from gateway.audit.log import AuditLog
 from gateway.config.model import Config
 from gateway.queue import bounces as dsn
+from gateway.queue import writer
 from gateway.queue.backoff import Backoff
 from gateway.queue.spool import (
     ACTIVE,
@@ -187,7 +188,7 @@ class Settler:
                 message_id=f"<{dsn_id}@{self.config.listener.hostname}>",
                 bounce_of=envelope.id,
             )
-            self.spool.store(bounce, body)
+            writer.store(self.spool, bounce, body)
         except OSError as exc:
             self.audit.event(
                 Event.GATEWAY_ERROR,

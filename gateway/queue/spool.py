@@ -15,7 +15,8 @@ lines, without SMTP dot-stuffing) and ``envelope.json`` (sender, recipients and
 their delivery state; format 2, `gateway.queue.envelope`: a journal of whole
 envelope lines). A message is committed by fsyncing both files and the folder,
 renaming ``incoming/ID`` to ``active/ID`` (atomic) and fsyncing ``active/`` —
-once for every message committed together (`commit_all`, the group commit). A
+once for every message committed together (`gateway.queue.writer.commit_all`, the
+group commit). A
 state change appends one line to ``envelope.json`` (fdatasync when durable):
 no temp file, no rename; the last whole line is the envelope, so a crash leaves
 the old or the new version. A format 1 envelope (one document) is converted on
@@ -39,8 +40,7 @@ import secrets
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
-from typing import BinaryIO
+from collections.abc import Iterator
 
 from gateway.queue import trust
 from gateway.queue.envelope import (
@@ -79,8 +79,6 @@ __all__ = [
     "RecipientState",
     "Spool",
     "SpoolUnsafe",
-    "SpoolWriter",
-    "commit_all",
     "new_id",
     "read_headers",
     "read_lines",
@@ -114,7 +112,8 @@ def new_id(now: float | None = None) -> str:
     return f"{micros:014x}{secrets.token_hex(5)}"
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """fsync a folder: the renames and creations in it are durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -122,7 +121,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_file(path: str, data: bytes, dir_fd: int | None = None) -> None:
+def write_file(path: str, data: bytes, dir_fd: int | None = None) -> None:
     """Write and fsync a file (never through a symbolic link put in its place)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(path, flags, 0o600, dir_fd=dir_fd)
@@ -239,7 +238,7 @@ class Spool:
             raise MessageGone(envelope.id) from None
         try:
             if not self._append(fd, record, durable=durable):
-                _write_file(ENVELOPE + ".tmp", record, dir_fd=fd)
+                write_file(ENVELOPE + ".tmp", record, dir_fd=fd)
                 os.replace(ENVELOPE + ".tmp", ENVELOPE, src_dir_fd=fd, dst_dir_fd=fd)
                 os.fsync(fd)  # the first change of a format 1 envelope, or a compaction
         except FileNotFoundError:
@@ -254,7 +253,7 @@ class Spool:
         except FileNotFoundError:
             raise MessageGone(envelope.id) from None
         try:
-            _write_file(ENVELOPE + ".tmp", envelope.to_json(), dir_fd=fd)
+            write_file(ENVELOPE + ".tmp", envelope.to_json(), dir_fd=fd)
             os.replace(ENVELOPE + ".tmp", ENVELOPE, src_dir_fd=fd, dst_dir_fd=fd)
             os.fsync(fd)
         finally:
@@ -297,8 +296,8 @@ class Spool:
                 raise MessageGone(queue_id) from None
             raise
         if durable:
-            _fsync_dir(self.folder(target))
-            _fsync_dir(self.folder(source))
+            fsync_dir(self.folder(target))
+            fsync_dir(self.folder(source))
 
     def quarantine(self, state: str, queue_id: str) -> None:
         """Move a message that failed `load` out of the way for good (one fsynced rename)."""
@@ -333,130 +332,6 @@ class Spool:
         for queue_id in removed:
             self.remove(state, queue_id)
         return removed
-
-    def store(self, envelope: Envelope, body: bytes) -> None:
-        """Commit a small message built in memory (a DSN) straight into active/."""
-        writer = SpoolWriter(self, envelope.id)
-        try:
-            writer.write(body)
-            writer.commit(envelope)
-        except BaseException:
-            writer.discard()
-            raise
-
-
-class SpoolWriter:
-    """Receives one message body into incoming/ID/ and commits it to active/ID/."""
-
-    def __init__(self, spool: Spool, queue_id: str) -> None:
-        self.spool = spool
-        self.id = queue_id
-        self.folder = spool.folder(INCOMING, queue_id)
-        self.error: OSError | None = None
-        self.size = 0  # octets written: the message as it will be delivered
-        self._file: BinaryIO | None = None
-        self.grouped = False  # committed by `commit_all`, which fsyncs active/ once per batch
-        self.renamed = False  # in active/ (durable once active/ is fsynced)
-        os.mkdir(self.folder, 0o700)
-        try:
-            fd = os.open(
-                os.path.join(self.folder, BODY), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
-            )
-            self._file = os.fdopen(fd, "wb")
-        except OSError:
-            self.discard()
-            raise
-
-    def write(self, content: bytes) -> None:
-        """Append content; the first error is kept and later writes are skipped."""
-        if self.error is not None or self._file is None:
-            return
-        try:
-            self._file.write(content)
-            self.size += len(content)
-        except OSError as exc:
-            self.error = exc
-
-    def commit(self, envelope: Envelope) -> None:
-        """Body fsync, envelope fsync, folder fsync, rename into active/, active/ fsync.
-
-        A writer in a group commit (`grouped`) stops after the rename: `commit_all`
-        fsyncs ``active/`` once for the whole batch.
-        """
-        if self.error is not None:
-            raise self.error
-        assert self._file is not None
-        handle, self._file = self._file, None
-        try:
-            handle.flush()
-            os.fsync(handle.fileno())
-        finally:
-            handle.close()
-        _write_file(os.path.join(self.folder, ENVELOPE), envelope.to_record())
-        _fsync_dir(self.folder)
-        os.rename(self.folder, self.spool.folder(ACTIVE, self.id))
-        self.renamed = True
-        if not self.grouped:
-            self.publish()
-
-    def publish(self) -> None:
-        """fsync ``active/``: the rename is durable. If that fails, take the message back."""
-        try:
-            _fsync_dir(self.spool.folder(ACTIVE))
-        except OSError:
-            # Not durable, so the app will hear 452: take it back, or it would be delivered too.
-            self.take_back()
-            raise
-
-    def take_back(self) -> None:
-        if self.renamed:
-            os.rename(self.spool.folder(ACTIVE, self.id), self.folder)
-            self.renamed = False
-
-    def discard(self) -> None:
-        if self._file is not None:
-            handle, self._file = self._file, None
-            try:
-                handle.close()
-            except OSError:
-                pass
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def commit_all(batch: list[tuple[Callable[[], None], SpoolWriter]]) -> list[OSError | None]:
-    """Commit several messages with one fsync of ``active/``: the group commit.
-
-    Each `commit` (the message's `SpoolWriter.commit`, its writer `grouped`) fsyncs the body,
-    the envelope and the message folder and renames it into ``active/``; then ``active/`` is
-    fsynced once for them all. Returns an error (or None) per message, in order; a message
-    with an error was not committed (its folder is back in ``incoming/`` if it had been
-    renamed), so its app must hear ``452``.
-    """
-    errors: list[OSError | None] = [None] * len(batch)
-    for n, (commit, writer) in enumerate(batch):
-        writer.grouped = True
-        try:
-            commit()
-        except OSError as exc:
-            errors[n] = exc
-        except Exception as exc:  # noqa: BLE001 - our bug: this message alone is not committed
-            errors[n] = OSError(errno.EIO, f"internal error ({type(exc).__name__})")
-            try:
-                writer.take_back()
-            except OSError:
-                pass
-    renamed = [(n, writer) for n, (_, writer) in enumerate(batch) if writer.renamed]
-    if renamed:
-        try:
-            _fsync_dir(renamed[0][1].spool.folder(ACTIVE))
-        except OSError as exc:
-            for n, writer in renamed:
-                errors[n] = exc
-                try:
-                    writer.take_back()
-                except OSError:
-                    pass
-    return errors
 
 
 def read_lines(path: str, chunk: int = CHUNK) -> Iterator[bytes]:

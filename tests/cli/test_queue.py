@@ -13,9 +13,9 @@ from gateway.queue.spool import (
     Envelope,
     RecipientState,
     Spool,
-    SpoolWriter,
     new_id,
 )
+from gateway.queue.writer import SpoolWriter
 
 
 @pytest.fixture

@@ -599,7 +599,7 @@ def test_commit_that_fails_after_its_rename_is_not_delivered(
     """A commit whose last fsync fails answers 452 and leaves nothing in active/ to be delivered."""
     from gateway.queue import spool as spool_module
 
-    real_fsync_dir = spool_module._fsync_dir
+    real_fsync_dir = spool_module.fsync_dir
     failures = []
 
     def fsync_dir(path):
@@ -608,7 +608,7 @@ def test_commit_that_fails_after_its_rename_is_not_delivered(
             raise OSError(errno.EIO, "Input/output error")
         return real_fsync_dir(path)
 
-    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(spool_module, "fsync_dir", fsync_dir)
     spool = str(tmp_path / "spool")
     gw = start_gateway(queue_document(upstream.table(ca.ca_file), spool))
     code, text = send(gw.port, message(1))

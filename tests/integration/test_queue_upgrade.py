@@ -77,7 +77,8 @@ def test_a_format_2_envelope_from_before_the_client_tls_fields_drains(
     import json
 
     from gateway.queue.envelope import CLIENT_TLS_FIELDS
-    from gateway.queue.spool import Envelope, RecipientState, Spool, SpoolWriter, new_id
+    from gateway.queue.spool import Envelope, RecipientState, Spool, new_id
+    from gateway.queue.writer import SpoolWriter
 
     path = str(tmp_path / "spool")
     spool = Spool(path)

@@ -19,9 +19,9 @@ from gateway.queue.spool import (
     MessageGone,
     RecipientState,
     Spool,
-    SpoolWriter,
     new_id,
 )
+from gateway.queue.writer import SpoolWriter
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 from gateway.testing.audit import CapturedAudit

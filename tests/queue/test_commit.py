@@ -7,7 +7,8 @@ from typing import Any
 from twisted.internet import defer
 
 from gateway.queue.commit import GroupCommit
-from gateway.queue.spool import ACTIVE, Envelope, RecipientState, Spool, SpoolWriter, new_id
+from gateway.queue.spool import ACTIVE, Envelope, RecipientState, Spool, new_id
+from gateway.queue.writer import SpoolWriter
 
 
 class HeldThread:

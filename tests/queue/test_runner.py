@@ -10,15 +10,8 @@ from gateway.config.toml import parse
 from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.pool import UpstreamPool
 from gateway.queue.runner import DeliveryRunner
-from gateway.queue.spool import (
-    ACTIVE,
-    DEFERRED,
-    Envelope,
-    RecipientState,
-    Spool,
-    SpoolWriter,
-    new_id,
-)
+from gateway.queue.spool import ACTIVE, DEFERRED, Envelope, RecipientState, Spool, new_id
+from gateway.queue.writer import SpoolWriter
 from gateway.smtp import replies
 from gateway.testing.audit import CapturedAudit
 from tests.outbound.fakes import RecordingConnector

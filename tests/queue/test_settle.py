@@ -15,9 +15,9 @@ from gateway.queue.spool import (
     Envelope,
     RecipientState,
     Spool,
-    SpoolWriter,
     new_id,
 )
+from gateway.queue.writer import SpoolWriter
 from gateway.testing.audit import CapturedAudit
 
 UPSTREAM = {"upstream": "up", "tls_version": "TLSv1.3", "auth_user": "relay@example.test"}

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from gateway.queue import spool as spool_module
+from gateway.queue import writer as writer_module
 from gateway.queue.spool import (
     ACTIVE,
     DEFERRED,
@@ -16,12 +17,12 @@ from gateway.queue.spool import (
     MessageGone,
     RecipientState,
     Spool,
-    SpoolWriter,
     new_id,
     read_headers,
     read_lines,
     valid_id,
 )
+from gateway.queue.writer import SpoolWriter
 
 BODY = b"Subject: hi\r\nMessage-ID: <m@example.com>\r\n\r\n.dot\r\nline\r\n"
 
@@ -278,7 +279,7 @@ def test_commit_all_fsyncs_active_once_for_the_batch(spool, monkeypatch):
         lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1],
     )
     batch = [(lambda w=w: w.commit(envelope(w.id)), w) for w in writers]
-    assert spool_module.commit_all(batch) == [None, None, None]
+    assert writer_module.commit_all(batch) == [None, None, None]
     assert synced.count(spool.folder(ACTIVE)) == 1 and synced[-1] == spool.folder(ACTIVE)
     assert len(synced) == 3 * 3 + 1
     assert spool.ids(ACTIVE) == sorted(w.id for w in writers)
@@ -292,15 +293,15 @@ def test_commit_all_takes_the_batch_back_when_active_cannot_be_synced(spool, mon
     bad = SpoolWriter(spool, new_id())
     bad.write(BODY)
     bad.error = OSError(28, "No space left on device")
-    real = spool_module._fsync_dir
+    real = spool_module.fsync_dir
 
     def fsync_dir(path: str) -> None:
         if path == spool.folder(ACTIVE):
             raise OSError(5, "Input/output error")
         real(path)
 
-    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
-    errors = spool_module.commit_all(
+    monkeypatch.setattr(spool_module, "fsync_dir", fsync_dir)
+    errors = writer_module.commit_all(
         [
             (lambda: good.commit(envelope(good.id)), good),
             (lambda: bad.commit(envelope(bad.id)), bad),

@@ -39,11 +39,11 @@ from gateway.queue.spool import (
     RecipientState,
     Spool,
     SpoolUnsafe,
-    SpoolWriter,
     new_id,
     read_headers,
     read_lines,
 )
+from gateway.queue.writer import SpoolWriter
 from gateway.testing.audit import CapturedAudit
 from tests.outbound.fakes import RecordingConnector
 

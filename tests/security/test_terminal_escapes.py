@@ -24,7 +24,8 @@ from gateway.cli import main as cli
 from gateway.cli.oauth import run_test
 from gateway.outbound.failure import UpstreamFailure
 from gateway.outbound.grants import TokenError
-from gateway.queue.spool import ACTIVE, DEAD, Envelope, RecipientState, Spool, SpoolWriter, new_id
+from gateway.queue.spool import ACTIVE, DEAD, Envelope, RecipientState, Spool, new_id
+from gateway.queue.writer import SpoolWriter
 from gateway.smtp import replies
 from gateway.terminal import printable
 
