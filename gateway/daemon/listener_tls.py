@@ -176,10 +176,17 @@ def build_context(listener: ListenerConfig) -> SSL.Context:
     context.use_certificate_chain_file(listener.tls_cert_file)
     context.use_privatekey_file(listener.tls_key_file)
     context.check_privatekey()
+    # Without a session id context OpenSSL refuses every resumption once it verifies peers
+    # ("session id context uninitialized": an internal-error alert on the app's 2nd connection).
+    context.set_session_id(b"mailgate-listener")
     if listener.client_ca_file:
         context.load_verify_locations(listener.client_ca_file)
         context.load_client_ca(listener.client_ca_file.encode())  # the CA names the app is sent
         context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_CLIENT_ONCE, _verify)
+        # No resumption: a client certificate is an identity, so every connection verifies it
+        # again (its expiry, the CA of the moment) in a full handshake.
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        context.set_options(SSL.OP_NO_TICKET)
     return context
 
 

@@ -323,3 +323,46 @@ def test_tls_behind_a_proxy_header(tls_gateway, world, entry):
     upstream.wait_for(1)
     result = gw.audit.wait_for("message.result")[0]
     assert result["client_ip"] == "10.9.8.7" and result["client_tls_version"] == "TLSv1.3"
+
+
+def _connect_smtps(port, context, session=None):
+    import socket
+
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    tls = context.wrap_socket(raw, server_hostname="127.0.0.1", session=session)
+    greeting = tls.recv(1024)
+    tls.sendall(b"NOOP\r\n")
+    tls.recv(1024)  # TLS 1.3 session tickets arrive with the server's data
+    return tls, greeting
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+@pytest.mark.parametrize("with_client_ca", [False, True], ids=["no-client-ca", "client-ca"])
+def test_an_app_offering_its_last_session_reconnects(tls_gateway, world, version, with_client_ca):
+    """An app whose TLS library resumes sessions gets its second connection too: resumed without
+    client_ca_file; with it, a full handshake that verifies the certificate again (the app is
+    still identified by it), never the "session id context uninitialized" alert."""
+    import ssl
+
+    listener = {"client_ca_file": world.apps_ca.ca_file} if with_client_ca else {}
+    gw, _ = tls_gateway(**listener)
+    if with_client_ca:
+        _reload_with_printer(gw, fingerprint(world.printer.cert_file))
+    _, _, port = ports(gw)
+    context = world.client_context(world.printer if with_client_ca else None)
+    context.minimum_version = context.maximum_version = getattr(ssl.TLSVersion, version)
+    first, greeting = _connect_smtps(port, context)
+    assert greeting.startswith(b"220")
+    session = first.session
+    first.sendall(b"QUIT\r\n")
+    first.recv(1024)
+    first.close()
+    second, greeting = _connect_smtps(port, context, session=session)
+    try:
+        assert greeting.startswith(b"220"), greeting
+        assert second.session_reused is (not with_client_ca)
+        if with_client_ca:
+            assert gw.audit.wait_for("session.authenticated", 2)[1]["app"] == "printer"
+    finally:
+        second.close()
+    assert gw.audit.named("session.tls_failed") == []
