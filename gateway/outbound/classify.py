@@ -70,6 +70,7 @@ KNOWN: tuple[Known, ...] = (
 
 
 ALL_STEPS = frozenset({"SESSION", "MAIL", "RCPT", "DATA", "DOT"})
+SENDER_STEPS = frozenset({"SESSION", "MAIL"})
 
 # Throttling: the provider asks this sending identity to slow down (`gateway.policy.budgets`
 # pauses it). Texts as the providers document them; a code alone where the issue of the reply
@@ -135,9 +136,12 @@ THROTTLING: tuple[Known, ...] = (
         "Exchange: Message submission rate for this client has exceeded the configured limit",
         ALL_STEPS,
     ),
-    Known(421, "4.7.0", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.0)", ALL_STEPS),
-    Known(450, "4.7.1", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.1)", ALL_STEPS),
-    Known(451, "4.7.1", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.1)", ALL_STEPS),
+    # The bare codes only where they can be about the sender: at AUTH ("SESSION" is asked only
+    # for a refusal at AUTH) and MAIL. At RCPT a 450 4.7.1 is one recipient's policy
+    # (greylisting, a restriction): it must not pause every message of the identity.
+    Known(421, "4.7.0", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.0)", SENDER_STEPS),
+    Known(450, "4.7.1", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.1)", SENDER_STEPS),
+    Known(451, "4.7.1", r"", Verdict.DEFERRED, "rate limit (RFC 3463 4.7.1)", SENDER_STEPS),
 )
 
 

@@ -194,3 +194,20 @@ def test_queue_mode_refuses_452_4_3_1_when_the_backlog_outlasts_max_age(
         client.mail("other@example.com")  # the upstream's AUTH user is the identity: same budget
         assert client.rcpt("ops@example.net")[0] == 452
     assert len(up.messages) == 1
+
+
+def test_one_recipients_greylisting_does_not_pause_the_sender(make_upstream, start_gateway, ca):
+    """450 4.7.1 to one recipient (greylisting) is that recipient's answer: the next message of
+    the same sender, to someone else, is relayed; no upstream.throttled."""
+    up = make_upstream()
+    up.script.rcpt["grey@example.net"] = (
+        "450 4.7.1 <grey@example.net>: Recipient address rejected: Greylisted, try again"
+    )
+    gw = start_gateway(routed(("smarthost", upstream_table(up, ca.ca_file))))
+    with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as client:
+        client.ehlo("app.test")
+        client.mail("app@example.com")
+        assert client.rcpt("grey@example.net")[0] == 450
+        client.rset()
+    assert send(gw.port)[0] == 250
+    assert gw.audit.named("upstream.throttled") == []

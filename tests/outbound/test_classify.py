@@ -70,10 +70,21 @@ def test_provider_throttling_replies_are_recognised_at_any_step():
         (Reply(550, "5.4.5", "Daily SMTP relay limit exceeded for user"), "RCPT"),
         (Reply(454, None, "Throttling failure: Maximum sending rate exceeded"), "MAIL"),
         (Reply(421, "4.7.0", "Try again later"), "MAIL"),
-        (Reply(450, "4.7.1", "Rate limited"), "RCPT"),
-        (Reply(451, "4.7.1", "Please slow down"), "MAIL"),
+        (Reply(450, "4.7.1", "Rate limited"), "MAIL"),
+        (Reply(451, "4.7.1", "Please slow down"), "SESSION"),
     ):
         assert throttling(reply, step) is not None, reply
+
+
+def test_a_recipients_own_4_7_1_is_not_the_senders_throttling():
+    """At RCPT, 450 4.7.1 (greylisting, a recipient restriction) pauses nobody; the provider
+    texts still count there."""
+    from gateway.outbound.classify import throttling
+
+    greylisted = Reply(450, "4.7.1", "<grey@example.net>: Recipient address rejected: Greylisted")
+    assert throttling(greylisted, "RCPT") is None
+    assert throttling(Reply(451, "4.7.1", "Try later"), "DATA") is None
+    assert throttling(Reply(550, "5.4.5", "Daily user sending limit exceeded."), "RCPT")
 
 
 def test_other_554_5_2_0_replies_stay_permanent():
