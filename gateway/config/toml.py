@@ -284,6 +284,15 @@ class _Reader:
                     "an argon2, bcrypt or scrypt hash made by `mailgate hash-password`",
                     raw=True,
                 )
+            for i, digest in enumerate(certs):
+                other = next((a for a in apps.values() if digest in a.client_cert_sha256), None)
+                if other is not None:
+                    self.problem(
+                        f"{key}.client_cert_sha256[{i}]",
+                        digest,
+                        f"a certificate no other app lists (apps.{other.name} lists it too:"
+                        " one certificate identifies one app)",
+                    )
             apps[name] = App(
                 name=name,
                 password_hash=password_hash or "",

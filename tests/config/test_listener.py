@@ -126,6 +126,20 @@ def test_bad_fingerprint_and_missing_identity():
     assert {"apps.printer.client_cert_sha256[0]", "apps.nobody.password_hash"} <= keys
 
 
+def test_one_certificate_identifies_one_app():
+    """A fingerprint listed under two apps is an error naming the second and the first (which
+    app the certificate stands for would otherwise depend on the order of the file)."""
+    doc = document(
+        listener={"listen": "smtps://127.0.0.1:465", **TLS_FILES, "client_ca_file": "/ca.pem"},
+        apps={
+            "printer": {"client_cert_sha256": [DIGEST]},
+            "scanner": {"client_cert_sha256": ["cd" * 32, DIGEST.upper()]},
+        },
+    )
+    problem = problem_at(doc, "apps.scanner.client_cert_sha256[1]")
+    assert "apps.printer" in problem.expected
+
+
 def test_mailgate_listen_accepts_the_same_forms():
     """MAILGATE_LISTEN takes one entry or several, comma-separated, TLS files from variables."""
     config = from_environment(
