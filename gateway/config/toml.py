@@ -260,7 +260,7 @@ class _Reader:
         if not isinstance(section, dict):
             self.problem("apps", section, "a table of [apps.NAME] tables")
             return {}
-        apps = {}
+        apps: dict[str, App] = {}
         for name, value in section.items():
             key = f"apps.{name}"
             if not isinstance(value, dict):

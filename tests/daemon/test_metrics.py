@@ -87,3 +87,14 @@ def test_inbound_tls_sessions_by_version_and_certificate_expiry():
     get = metrics.registry.get_sample_value
     assert get("mailgate_inbound_tls_sessions_total", {"version": "TLSv1.3"}) == 2
     assert get("mailgate_listener_certificate_expiry_timestamp_seconds") == 1893456000.0
+
+
+def test_oauth_failures_are_labelled_by_a_bounded_set_of_codes():
+    """RFC 6749 codes label the failure; whatever else an endpoint says is "other"."""
+    metrics = Metrics()
+    for code in ("invalid_grant", "a-made-up-code-from-the-endpoint-0001", "x" * 80, "none"):
+        metrics.oauth_event("oauth.token_failed", {"upstream": "m365", "error_code": code}, 0.0)
+    text = metrics.render().decode()
+    assert 'error="invalid_grant"' in text and 'error="none"' in text
+    assert 'error="other",upstream="m365"} 2.0' in text
+    assert "made-up" not in text
