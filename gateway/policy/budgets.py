@@ -67,6 +67,8 @@ def describe(upstream: UpstreamConfig, sender: str) -> str:
         parts.append(f"pace {upstream.pace.text}")
     if upstream.max_recipients_per_day is not None:
         parts.append(f"max_recipients_per_day {upstream.max_recipients_per_day}")
+    if upstream.max_connections_per_identity is not None:
+        parts.append(f"max_connections_per_identity {upstream.max_connections_per_identity}")
     parts.append(f"max_connections {upstream.max_connections}")
     who = identity(upstream, sender) or f"the upstream {upstream.name} (no AUTH user)"
     if not has_budget(upstream):
