@@ -220,6 +220,15 @@ class Ledger:
             return None
         return Spent(upstream.name, "throttled", self._promise(acct, acct.pause.until, now))
 
+    def hold(self, upstream: UpstreamConfig, sender: str, until: float, now: float) -> Spent:
+        """Another instance was told to slow down for this identity: the pause holds here too,
+        until `until` (no ``upstream.throttled`` here: that instance wrote it)."""
+        acct = self.account(upstream, identity(upstream, sender))
+        if acct.pause.until < until:
+            acct.pause = Pause(until, max(acct.pause.seconds, until - now))
+            acct.promised = 0.0
+        return Spent(upstream.name, "throttled", self._promise(acct, acct.pause.until, now))
+
     def promise(
         self, upstream: UpstreamConfig, sender: str, budget: str, free: float, now: float
     ) -> Spent:
