@@ -25,6 +25,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from gateway.config.providers import is_sender_placeholder
 from gateway.outbound.connector import UpstreamConnector, UpstreamSession
 from gateway.outbound.failure import UpstreamFailure
 from gateway.smtp.replies import POOL_BUSY
@@ -65,6 +66,15 @@ class UpstreamPool:
     @property
     def size(self) -> int:
         return len(self._open) + self._opening
+
+    @property
+    def parallel(self) -> int:
+        """Transactions that can hold a session at once: ``max_connections``, or fewer when every
+        session authenticates as one identity (a fixed ``username``) with its own cap."""
+        cap = self.config.max_connections_per_identity
+        if cap is None or is_sender_placeholder(self.config.username):
+            return self.config.max_connections
+        return min(cap, self.config.max_connections)
 
     def held(self, user: str | None) -> int:
         """Sessions open or opening for the identity `user` (idle ones included)."""
