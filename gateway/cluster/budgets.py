@@ -3,10 +3,13 @@
 `SharedBudgets` is the outbound side's `Budgets` (`gateway.outbound.pacing`) over Redis: each
 take runs the store's budget script (`Store.spend`, both rolling windows in one round trip,
 under ``mailgate:budget:UPSTREAM:IDENTITY``, the identity hashed), in the cluster's thread pool,
-never on the reactor (the budget metrics count what this instance took). Throttling pauses and the slots promised to paced mail stay with this
-instance (`gateway.policy.budgets.Ledger`): a pause is learnt again by each instance from the
-provider's own reply. While Redis is away the instance takes from its share of each budget
-(the budget divided by the instances last seen alive), locally.
+never on the reactor (the budget metrics count what this instance took). A throttling pause
+this instance is told of is published (``mailgate:pause:UPSTREAM:IDENTITY``, hashed, expiring
+with the pause) and the others learn it from their next heartbeat (`learn`, no round trip of
+its own), on every upstream, with a budget or not; the slots promised to paced mail stay with
+this instance (`gateway.policy.budgets.Ledger`). While Redis is away the instance takes from
+its share of each budget (the budget divided by the instances last seen alive), locally, and
+its pauses are its own.
 """
 
 from __future__ import annotations
@@ -26,18 +29,28 @@ class SharedBudgets:
     def __init__(self, shared: Any, ledger: Ledger) -> None:
         self.shared = shared  # gateway.cluster.shared.SharedState
         self.ledger = ledger  # pauses, promised slots, and the fallback while Redis is away
+        self._learned: dict[str, float] = {}  # "UPSTREAM:IDENTITY" -> end (this clock): others'
+
+    def learn(self, pauses: dict[str, float]) -> None:
+        """The pauses in Redis (``UPSTREAM:IDENTITY`` -> seconds left), from a heartbeat."""
+        now = self.shared.reactor.seconds()
+        self._learned = {member: now + seconds for member, seconds in pauses.items()}
 
     def take(
         self, upstream: UpstreamConfig, sender: str, messages: int, recipients: int, now: float
     ) -> Any:
-        if not has_budget(upstream):
-            return self.ledger.take(upstream, sender, messages, recipients, now)
         paused = self.ledger.paused(upstream, sender, now)
         if paused is not None:
             return paused
+        if self._learned:
+            until = self._learned.get(f"{upstream.name}:{_hashed(upstream, sender)}", 0.0)
+            if until > now:  # another instance was told to slow down for this identity
+                return self.ledger.hold(upstream, sender, until, now)
+        if not has_budget(upstream):
+            return self.ledger.take(upstream, sender, messages, recipients, now)
         if not self.shared.available:
             return self._local(upstream, sender, messages, recipients, now)
-        who = hashlib.sha256(identity(upstream, sender).encode()).hexdigest()[:32]
+        who = _hashed(upstream, sender)
         pace = (upstream.pace.count, upstream.pace.seconds) if upstream.pace else None
         d = self.shared.call(
             self.shared.store.spend,
@@ -85,7 +98,9 @@ class SharedBudgets:
         return self.ledger.take(mine, sender, messages, recipients, now)
 
     def throttled(self, upstream: UpstreamConfig, sender: str, now: float, reply: str) -> float:
-        return self.ledger.throttled(upstream, sender, now, reply)
+        seconds = self.ledger.throttled(upstream, sender, now, reply)
+        self.shared.pause(f"{upstream.name}:{_hashed(upstream, sender)}", seconds)
+        return seconds
 
     def delivered(self, upstream: UpstreamConfig, sender: str) -> None:
         self.ledger.delivered(upstream, sender)
@@ -95,3 +110,8 @@ class SharedBudgets:
 
     def usage(self, now: float) -> Any:
         return self.ledger.usage(now)
+
+
+def _hashed(upstream: UpstreamConfig, sender: str) -> str:
+    """The identity as Redis keys name it: hashed, never an address."""
+    return hashlib.sha256(identity(upstream, sender).encode()).hexdigest()[:32]

@@ -7,8 +7,8 @@ where spool commits run, nor the AUTH hash pool) and is given up after twice
 ``on_unavailable = "local"`` takes from this instance's share of the limit (the limit divided by
 the instances last seen alive), ``"defer"`` answers None (the session says ``451 4.3.0`` in relay
 mode, and queues in queue mode). The heartbeat (every `HEARTBEAT` seconds) keeps this
-instance registered, learns the others' cool-downs and, during an outage, is the probe: its
-first success writes ``cluster.restored``.
+instance registered, learns the others' cool-downs and throttling pauses (in the same round
+trip) and, during an outage, is the probe: its first success writes ``cluster.restored``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class SharedState:
         metrics: Any,
         upstreams: Callable[[], list[str]] = list,
         learned: Callable[[str, float], None] = lambda name, seconds: None,
+        paused: Callable[[dict[str, float]], None] = lambda pauses: None,
     ) -> None:
         self.reactor = reactor
         self.cluster = cluster
@@ -53,6 +54,7 @@ class SharedState:
         self.instance = instance_name(cluster)
         self.upstreams = upstreams  # the names whose cool-downs to learn (the current config's)
         self.learned = learned  # called with (upstream, seconds cooling) from each heartbeat
+        self.paused = paused  # called with {"UPSTREAM:IDENTITY": seconds paused} from each one
         self.available = True
         self.instances = 1  # alive when Redis was last asked (1 until it has been)
         self.down_since: float | None = None
@@ -130,18 +132,26 @@ class SharedState:
         if self.available:
             self.call(self.store.uncool, upstream).addErrback(self._fault)
 
+    # --- throttling pauses ---------------------------------------------------------------
+
+    def pause(self, member: str, seconds: float) -> None:
+        """Tell the other instances that ``UPSTREAM:IDENTITY`` is paused (best effort)."""
+        if self.available:
+            self.call(self.store.pause, member, seconds).addErrback(self._fault)
+
     # --- registration and availability -------------------------------------------------
 
     def heartbeat(self) -> defer.Deferred[None]:
-        """Register this instance, count the live ones, learn the shared cool-downs."""
+        """Register this instance, count the live ones, learn the shared cool-downs and pauses."""
         names = self.upstreams()
         d = self.call(self.store.heartbeat, INSTANCE_TTL, names)
 
-        def answered(answer: tuple[int, dict[str, float]]) -> None:
-            self.instances, cooling = answer
+        def answered(answer: tuple[int, dict[str, float], dict[str, float]]) -> None:
+            self.instances, cooling, pauses = answer
             self._found()
             for name, seconds in cooling.items():
                 self.learned(name, seconds)
+            self.paused(pauses)
 
         return d.addCallbacks(answered, self._fault)
 

@@ -13,6 +13,10 @@ Every key starts with ``mailgate:`` and expires:
   time its registration expires); `heartbeat` renews this one's and counts the others.
 - ``mailgate:cooldown:UPSTREAM`` — an upstream some instance found down, expiring with its
   ``failover_cooldown``; `heartbeat` reads what is left of each (milliseconds).
+- ``mailgate:pause:UPSTREAM:IDENTITY`` — a sending identity (hashed) that the provider told some
+  instance to slow down, expiring with the pause (`pause`; the value names that instance);
+  ``mailgate:pauses`` indexes them (member ``UPSTREAM:IDENTITY``, score its expiry)
+  so that `heartbeat` reads what is left of each in the same round trip, without a SCAN.
 
 Times come from Redis's ``TIME``, so the instances' clocks never disagree about a budget.
 A Redis that restarted empty just starts the budgets again and relearns the instances within
@@ -34,6 +38,8 @@ from gateway.config.secrets import Secret, from_env, from_file
 
 PREFIX = "mailgate:"
 INSTANCES = PREFIX + "instances"
+PAUSES = PREFIX + "pauses"  # the index of the live pauses (their keys are PREFIX + "pause:" ...)
+PAUSES_READ = 1000  # pauses a heartbeat reads at most (each a throttled identity)
 
 # One message against a budget of ARGV[1] per ARGV[2] seconds (bursts up to the whole budget).
 TAKE = """
@@ -98,7 +104,9 @@ end
 return {1}
 """
 
-# Renew ARGV[1]'s registration for ARGV[2] ms; answer the live count and each KEYS[2..]'s PTTL.
+# Renew ARGV[1]'s registration for ARGV[2] ms; answer the live count, each KEYS[3..]'s PTTL,
+# then (member, ms left) of each live pause indexed in KEYS[2] (the keys ARGV[3] .. member;
+# at most ARGV[4] of them, soonest to end first; an index entry whose key is gone is dropped).
 HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -107,8 +115,30 @@ redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
 local answer = {redis.call('ZCARD', KEYS[1])}
-for i = 2, #KEYS do answer[#answer + 1] = redis.call('PTTL', KEYS[i]) end
+for i = 3, #KEYS do answer[#answer + 1] = redis.call('PTTL', KEYS[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, m in ipairs(redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[4]) - 1)) do
+  local left = redis.call('PTTL', ARGV[3] .. m)
+  if left > 0 then
+    answer[#answer + 1] = m
+    answer[#answer + 1] = left
+  else
+    redis.call('ZREM', KEYS[2], m)
+  end
+end
 return answer
+"""
+
+# A pause: KEYS[1] the pause's key, KEYS[2] the index; ARGV the index's member, ms, the instance.
+PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ms)
+redis.call('ZADD', KEYS[2], now + ms, ARGV[1])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+redis.call('PEXPIRE', KEYS[2], math.max(ms, tonumber(last[2]) - now) + 1000)
+return 1
 """
 
 
@@ -172,6 +202,7 @@ class Store:
         self._take = redis_client.register_script(TAKE)
         self._heartbeat = redis_client.register_script(HEARTBEAT)
         self._spend = redis_client.register_script(SPEND)
+        self._pause = redis_client.register_script(PAUSE)
         self._spends = 0
 
     def take(self, key: str, count: int, seconds: float) -> bool:
@@ -209,19 +240,39 @@ class Store:
             return answer[1], max(0, answer[2]) / 1000
         raise StoreError(f"unexpected answer to the budget script: {answer!r:.80}")
 
-    def heartbeat(self, ttl: float, upstreams: Sequence[str]) -> tuple[int, dict[str, float]]:
-        """Renew this instance for `ttl` seconds: (instances alive, upstream -> seconds cooling)."""
-        keys = [INSTANCES, *(PREFIX + "cooldown:" + name for name in upstreams)]
-        answer = self._run(self._heartbeat, keys, [self.member, int(ttl * 1000)])
+    def heartbeat(
+        self, ttl: float, upstreams: Sequence[str]
+    ) -> tuple[int, dict[str, float], dict[str, float]]:
+        """Renew this instance for `ttl` seconds: (instances alive, upstream -> seconds cooling,
+        ``UPSTREAM:IDENTITY`` -> seconds paused)."""
+        keys = [INSTANCES, PAUSES, *(PREFIX + "cooldown:" + name for name in upstreams)]
+        args = [self.member, int(ttl * 1000), PREFIX + "pause:", PAUSES_READ]
+        answer = self._run(self._heartbeat, keys, args)
+        counted = len(upstreams) + 1
         if (
             not isinstance(answer, list)
-            or len(answer) != len(upstreams) + 1
-            or not all(isinstance(v, int) for v in answer)
+            or len(answer) < counted
+            or (len(answer) - counted) % 2
+            or not all(isinstance(v, int) for v in answer[:counted])
             or answer[0] < 1
         ):
             raise StoreError(f"unexpected answer to the heartbeat script: {answer!r:.80}")
-        cooling = {n: ms / 1000 for n, ms in zip(upstreams, answer[1:], strict=True) if ms > 0}
-        return answer[0], cooling
+        cooling = {
+            n: ms / 1000 for n, ms in zip(upstreams, answer[1:counted], strict=True) if ms > 0
+        }
+        pairs = answer[counted:]
+        paused: dict[str, float] = {}
+        for member, ms in zip(pairs[::2], pairs[1::2], strict=True):
+            if not isinstance(member, bytes) or not isinstance(ms, int):
+                raise StoreError(f"unexpected pause in the heartbeat's answer: {member!r:.80}")
+            paused[member.decode("ascii", "replace")] = ms / 1000
+        return answer[0], cooling, paused
+
+    def pause(self, member: str, seconds: float) -> None:
+        """Tell the others that the identity ``UPSTREAM:IDENTITY`` (`member`, the identity
+        hashed) is paused for `seconds` more."""
+        ms = max(1, int(seconds * 1000))
+        self._run(self._pause, [PREFIX + "pause:" + member, PAUSES], [member, ms, self.member])
 
     def cool(self, upstream: str, seconds: float) -> None:
         """Tell the others that `upstream` is down for `seconds`."""

@@ -138,6 +138,9 @@ class UpstreamConfig:
     data_timeout: float = 600.0
     failover_cooldown: float = 60.0
     max_connections: int = 10
+    # Sessions authenticated as one sending identity at once (the AUTH user; each sender with
+    # username = "$sender"); None: only max_connections. M365's preset: 3 per mailbox.
+    max_connections_per_identity: int | None = None
     pool_idle_timeout: float = 30.0
     pool_max_messages: int = 1000
     auth: str = "password"  # or "xoauth2" (see gateway.config.providers)

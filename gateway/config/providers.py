@@ -54,12 +54,12 @@ class HostBudget:
 
     pace: str | None  # messages per period, as ``pace`` is written
     max_recipients_per_day: int | None
-    max_connections: int | None  # concurrent connections per mailbox
+    max_connections_per_identity: int | None  # concurrent connections per mailbox
     source: str  # where it is published, for `mailgate explain` and docs/providers.md
 
 
 # Budgets per host, as the providers publish them ("per day" is a rolling 24 hours). An
-# explicit ``pace``, ``max_recipients_per_day`` or ``max_connections`` overrides each.
+# explicit ``pace``, ``max_recipients_per_day`` or ``max_connections_per_identity`` overrides each.
 HOST_BUDGETS: Mapping[str, HostBudget] = {
     "smtp.office365.com": HostBudget(
         "30/minute", 10000, 3, "Exchange Online limits: SMTP AUTH submission"

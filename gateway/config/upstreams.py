@@ -51,6 +51,7 @@ def _read_upstream(reader: Reader, name: str, value: Any) -> UpstreamConfig:
         "data_timeout",
         "failover_cooldown",
         "max_connections",
+        "max_connections_per_identity",
         "pool_idle_timeout",
         "pool_max_messages",
         "pace",
@@ -118,7 +119,9 @@ def _read_upstream(reader: Reader, name: str, value: Any) -> UpstreamConfig:
     recipients = budget.max_recipients_per_day if budget else None
     if "max_recipients_per_day" in t:
         recipients = reader.integer(t, f"{key}.max_recipients_per_day", 1, 1, 100_000_000)
-    connections_default = budget.max_connections if budget and budget.max_connections else 10
+    per_identity = budget.max_connections_per_identity if budget else None
+    if "max_connections_per_identity" in t:
+        per_identity = reader.integer(t, f"{key}.max_connections_per_identity", 1, 1, 10000)
     return UpstreamConfig(
         name=name,
         host=host,
@@ -135,7 +138,8 @@ def _read_upstream(reader: Reader, name: str, value: Any) -> UpstreamConfig:
         command_timeout=reader.number(t, f"{key}.command_timeout", 120, 0.1, 3600),
         data_timeout=reader.number(t, f"{key}.data_timeout", 600, 0.1, 3600),
         failover_cooldown=reader.number(t, f"{key}.failover_cooldown", 60, 0, 86400),
-        max_connections=reader.integer(t, f"{key}.max_connections", connections_default, 1, 10000),
+        max_connections=reader.integer(t, f"{key}.max_connections", 10, 1, 10000),
+        max_connections_per_identity=per_identity,
         pool_idle_timeout=reader.number(t, f"{key}.pool_idle_timeout", 30, 0, 3600),
         pool_max_messages=reader.integer(t, f"{key}.pool_max_messages", 1000, 1, 1000000),
         auth=auth,

@@ -94,8 +94,9 @@ class Gateway:
         # Provider budgets per sending identity, kept across reloads (gateway.policy.budgets).
         self.ledger = Ledger(on_pause=self._throttled)
         self.budgets: Ledger | SharedBudgets = self.ledger
-        if self.cluster is not None:  # [cluster]: the windows in Redis, pauses here
+        if self.cluster is not None:  # [cluster]: the windows and the pauses in Redis
             self.budgets = SharedBudgets(self.cluster, self.ledger)
+            self.cluster.paused = self.budgets.learn
         self.metrics.watch_budgets(lambda: self.budgets.usage(self.reactor.seconds()), None)
         self.refresh_keeper = RefreshKeeper(  # unused refresh tokens kept alive (a day apart)
             reactor, lambda: [p.connector for p in self.pools.values()]

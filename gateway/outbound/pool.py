@@ -3,7 +3,10 @@
 One pool per upstream. `acquire()` hands out an idle session after a ``RSET``
 health check (the one place a session's leftover transaction is cleared), or opens a
 new one while fewer than ``max_connections`` are open, or waits (FIFO) for one to be
-released; ``fresh=True`` never hands out an idle one. `release()` returns a session
+released; ``fresh=True`` never hands out an idle one. With ``max_connections_per_identity``
+a sending identity (the AUTH user: each sender with ``username = "$sender"``) holding that
+many sessions (open, opening or in use) waits for one of its own while other identities go
+on; a wait longer than ``command_timeout`` is `PoolBusy` (``451 4.4.5``). `release()` returns a session
 after a transaction, delivered or not; it is closed with QUIT instead when it has
 carried its limit of messages or sat idle for ``pool_idle_timeout`` seconds. A session
 that broke (timeout, lost connection, aborted body, 421) is dropped, never reused.
@@ -22,6 +25,7 @@ from typing import Any
 
 from twisted.internet import defer
 
+from gateway.config.providers import is_sender_placeholder
 from gateway.outbound.connector import UpstreamConnector, UpstreamSession
 from gateway.outbound.failure import UpstreamFailure
 from gateway.smtp.replies import POOL_BUSY
@@ -50,7 +54,9 @@ class UpstreamPool:
         self._open: set[int] = set()  # ids of sessions counted against max_connections
         self._opening = 0
         self._idle: list[_Idle] = []
-        self._waiters: deque[defer.Deferred[None]] = deque()
+        self._waiters: deque[tuple[str | None, defer.Deferred[None]]] = deque()  # (user, wake)
+        self._users: dict[int, str | None] = {}  # session id -> the identity it is counted for
+        self._held: dict[str | None, int] = {}  # identity -> sessions open or opening
         self.messages: dict[int, int] = {}  # session id -> transactions that sent MAIL on it
         self.handshakes = 0
         self.learned: int | None = None  # the upstream's own messages-per-connection limit
@@ -60,6 +66,30 @@ class UpstreamPool:
     @property
     def size(self) -> int:
         return len(self._open) + self._opening
+
+    @property
+    def parallel(self) -> int:
+        """Transactions that can hold a session at once: ``max_connections``, or fewer when every
+        session authenticates as one identity (a fixed ``username``) with its own cap."""
+        cap = self.config.max_connections_per_identity
+        if cap is None or is_sender_placeholder(self.config.username):
+            return self.config.max_connections
+        return min(cap, self.config.max_connections)
+
+    def held(self, user: str | None) -> int:
+        """Sessions open or opening for the identity `user` (idle ones included)."""
+        return self._held.get(user, 0)
+
+    def _at_cap(self, user: str | None) -> bool:
+        cap = self.config.max_connections_per_identity
+        return cap is not None and self.held(user) >= cap
+
+    def _count(self, user: str | None, change: int) -> None:
+        held = self._held.get(user, 0) + change
+        if held > 0:
+            self._held[user] = held
+        else:
+            self._held.pop(user, None)
 
     def acquire(
         self, sender: str | None = None, *, fresh: bool = False
@@ -123,43 +153,67 @@ class UpstreamPool:
                 if reply.code == 250:
                     return session
                 self._close(session)
+            if self._at_cap(user):  # this identity's own limit: wait for one of its sessions
+                if fresh and (own := self._take_oldest(user)) is not None:
+                    self._close(own.session)  # make room for the fresh one
+                await self._wait(user)
+                continue
             if self.size < self.config.max_connections:
-                return await self._new(sender)
+                return await self._new(sender, user)
             if self._idle:  # all idle sessions are another mailbox's (or fresh): make room
                 stale = self._idle.pop(0)
                 if stale.timer.active():
                     stale.timer.cancel()
                 self._close(stale.session)
-            waiter: defer.Deferred[None] = defer.Deferred()
-            self._waiters.append(waiter)
-            timer = self.clock.callLater(self.config.command_timeout, self._give_up, waiter)
+            await self._wait(user)
+
+    def _take_oldest(self, user: str | None) -> _Idle | None:
+        for index, idle in enumerate(self._idle):
+            if idle.session.auth_user == user:
+                if idle.timer.active():
+                    idle.timer.cancel()
+                return self._idle.pop(index)
+        return None
+
+    async def _wait(self, user: str | None) -> None:
+        """Until `_wake` picks this transaction (FIFO among those that can go on), or
+        `command_timeout` passes (`PoolBusy`)."""
+        waiter: defer.Deferred[None] = defer.Deferred()
+        entry = (user, waiter)
+        self._waiters.append(entry)
+        timer = self.clock.callLater(self.config.command_timeout, self._give_up, entry)
+        try:
             await waiter
+        finally:
             if timer.active():
                 timer.cancel()
 
-    def _give_up(self, waiter: defer.Deferred[None]) -> None:
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-            waiter.errback(
-                PoolBusy(
-                    POOL_BUSY,
-                    f"{self.config.name}: no free connection "
-                    f"(max_connections = {self.config.max_connections})",
-                )
+    def _give_up(self, entry: tuple[str | None, defer.Deferred[None]]) -> None:
+        if entry in self._waiters:
+            self._waiters.remove(entry)
+            user, waiter = entry
+            limit = (
+                f"max_connections_per_identity = {self.config.max_connections_per_identity}"
+                if self._at_cap(user)
+                else f"max_connections = {self.config.max_connections}"
             )
+            waiter.errback(PoolBusy(POOL_BUSY, f"{self.config.name}: no free connection ({limit})"))
 
-    async def _new(self, sender: str | None = None) -> UpstreamSession:
+    async def _new(self, sender: str | None, user: str | None) -> UpstreamSession:
         self._opening += 1
+        self._count(user, 1)
         try:
             session = await self.connector.open(sender)
         except BaseException:
             self._opening -= 1
+            self._count(user, -1)
             self._wake()  # the slot is free again: a waiting transaction may try
             raise
         self._opening -= 1
         self.handshakes += 1
         key = id(session)
         self._open.add(key)
+        self._users[key] = user
         self.messages[key] = 0
         session.protocol.closed.addCallback(lambda _: self._gone(session))
         return session
@@ -169,6 +223,7 @@ class UpstreamPool:
         if key in self._open:
             self._open.discard(key)
             self.messages.pop(key, None)
+            self._count(self._users.pop(key, None), -1)
             for idle in self._idle:
                 if idle.session is session and idle.timer.active():
                     idle.timer.cancel()
@@ -176,13 +231,16 @@ class UpstreamPool:
             self._wake()
 
     def _wake(self) -> None:
-        if (
-            self._waiters
-            and self.size < self.config.max_connections
-            or self._waiters
-            and self._idle
-        ):
-            self._waiters.popleft().callback(None)
+        """Wake the first waiting transaction that can go on: an idle session of its own
+        identity, or room for one more (or an idle one of another identity to close)."""
+        for entry in self._waiters:
+            user, waiter = entry
+            own_idle = any(i.session.auth_user == user for i in self._idle)
+            room = self.size < self.config.max_connections or bool(self._idle)
+            if own_idle or (room and not self._at_cap(user)):
+                self._waiters.remove(entry)
+                waiter.callback(None)
+                return
 
     def release(
         self, session: UpstreamSession, reusable: bool, *, mailed: bool = True, spent: bool = False

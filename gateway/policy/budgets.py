@@ -67,6 +67,8 @@ def describe(upstream: UpstreamConfig, sender: str) -> str:
         parts.append(f"pace {upstream.pace.text}")
     if upstream.max_recipients_per_day is not None:
         parts.append(f"max_recipients_per_day {upstream.max_recipients_per_day}")
+    if upstream.max_connections_per_identity is not None:
+        parts.append(f"max_connections_per_identity {upstream.max_connections_per_identity}")
     parts.append(f"max_connections {upstream.max_connections}")
     who = identity(upstream, sender) or f"the upstream {upstream.name} (no AUTH user)"
     if not has_budget(upstream):
@@ -216,6 +218,15 @@ class Ledger:
         acct = self._accounts.get((upstream.name, identity(upstream, sender)))
         if acct is None or acct.pause.until <= now:
             return None
+        return Spent(upstream.name, "throttled", self._promise(acct, acct.pause.until, now))
+
+    def hold(self, upstream: UpstreamConfig, sender: str, until: float, now: float) -> Spent:
+        """Another instance was told to slow down for this identity: the pause holds here too,
+        until `until` (no ``upstream.throttled`` here: that instance wrote it)."""
+        acct = self.account(upstream, identity(upstream, sender))
+        if acct.pause.until < until:
+            acct.pause = Pause(until, max(acct.pause.seconds, until - now))
+            acct.promised = 0.0
         return Spent(upstream.name, "throttled", self._promise(acct, acct.pause.until, now))
 
     def promise(

@@ -4,7 +4,8 @@ The pending recipients are grouped by route (their rule's upstream list); each g
 `gateway.outbound.transaction.Transaction` — the same failover, cool-downs, MAIL/RCPT lines,
 reply rules and pools (``max_connections`` shared with relay traffic) as cut-through relay —
 with all its recipients sent at once and the body pulled from the spool file. At most
-``max_connections`` groups run at once per first upstream.
+``max_connections`` groups run at once per first upstream (``max_connections_per_identity``
+when that is lower and the upstream sends as one ``username``: the rest would only wait).
 
 Per recipient: 2xx is delivered (never sent again), 5xx failed, anything else is retried.
 Recipients are marked ``in_flight`` on disk once a session is in hand, before MAIL, and
@@ -164,7 +165,7 @@ class DeliveryAttempts:
             return
         slots = self.slots.get(name)
         if slots is None:
-            slots = self.slots[name] = defer.DeferredSemaphore(first.config.max_connections)
+            slots = self.slots[name] = defer.DeferredSemaphore(first.parallel)
         await slots.acquire()
         try:
             if self.stopping:

@@ -4,7 +4,8 @@ Runs its own asyncio loop in a thread and binds 127.0.0.1 on a free port.
 Each message it accepts is recorded with the facts a test or the demo checks:
 the envelope, the exact bytes, the TLS version and the authenticated user.
 Behaviour can be scripted: replies to MAIL, RCPT (per address), DATA,
-STARTTLS and a refused AUTH, and whether STARTTLS is offered at all. It also
+STARTTLS and a refused AUTH, whether STARTTLS is offered at all, and holding
+DATA's reply back until an event is set (`wait_held`: concurrent transactions). It also
 counts the QUITs it was sent and how each connection ended (`ended`: None for a
 clean close, else the exception's name, e.g. ConnectionResetError).
 """
@@ -41,6 +42,7 @@ class Script:
     data: str | None = None
     starttls: str | None = None
     auth_refusal: str | None = None  # the whole reply to a refused AUTH, e.g. "535 No"
+    hold_data: threading.Event | None = None  # set: DATA's reply waits until it is set (30 s)
 
 
 class _Handler:
@@ -78,6 +80,13 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
         if self.server.script.data:
             return self.server.script.data
+        gate = self.server.script.hold_data
+        if gate is not None:
+            self.server._holding(envelope.mail_from or "", 1)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, gate.wait, 30)
+            finally:
+                self.server._holding(envelope.mail_from or "", -1)
         ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
         auth = session.auth_data
         user = auth.login.decode() if isinstance(auth, LoginPassword) else None
@@ -145,6 +154,7 @@ class SubmissionServer:
         self._server: asyncio.base_events.Server | None = None
         self._changed = threading.Condition()
         self.on_message: Callable[[ReceivedMessage], None] | None = None
+        self.held: list[str] = []  # senders whose DATA reply `script.hold_data` keeps back now
 
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
@@ -191,6 +201,21 @@ class SubmissionServer:
         with self._changed:
             self.ended.append(type(error).__name__ if error is not None else None)
             self._changed.notify_all()
+
+    def _holding(self, sender: str, change: int) -> None:
+        with self._changed:
+            if change > 0:
+                self.held.append(sender)
+            else:
+                self.held.remove(sender)
+            self._changed.notify_all()
+
+    def wait_held(self, count: int, timeout: float = 30) -> list[str]:
+        """Block until `count` messages wait on `script.hold_data`: their senders."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self.held) >= count, timeout):
+                raise TimeoutError(f"upstream holds {len(self.held)} of {count} messages")
+            return sorted(self.held)
 
     def wait_closed(self, count: int, timeout: float = 30) -> list[str | None]:
         """Block until `count` connections have ended; how each ended (None: cleanly)."""

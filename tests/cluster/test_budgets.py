@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+
+import pytest
+
 from gateway.cluster.store import Store, client
 from gateway.config.model import ClusterConfig
 from tests.cluster.conftest import cluster_table
-from tests.cluster.test_gateways import rcpt
+from tests.cluster.test_gateways import heartbeat, rcpt
 from tests.conftest import relay_all, upstream_table
 
 
@@ -57,3 +62,66 @@ def test_shared_budget_metrics_count_what_this_instance_took(
     assert rcpt(gw.port)[0] == 250
     rows = list(gw.gateway.budgets.usage(gw.reactor.seconds()))
     assert ("up", "pace", 1, 2) in rows
+
+
+def test_a_pause_one_store_publishes_is_read_back_by_the_others_heartbeat(redis_server):
+    """pause("m365:HASH", 60): its key expires with the pause, another store's heartbeat reads
+    the seconds left; a pause whose key was deleted is no longer reported."""
+    one, two = store(redis_server.url, "a"), store(redis_server.url, "b")
+    one.pause("m365:" + "ab" * 16, 60)
+    assert 59000 < one.redis.pttl("mailgate:pause:m365:" + "ab" * 16) <= 60000
+    _, _, paused = two.heartbeat(5, [])
+    assert list(paused) == ["m365:" + "ab" * 16] and 59 < paused["m365:" + "ab" * 16] <= 60
+    one.redis.delete("mailgate:pause:m365:" + "ab" * 16)  # an operator ends the pause
+    assert two.heartbeat(5, [])[2] == {}
+    assert one.redis.zcard("mailgate:pauses") == 0
+
+
+@pytest.mark.parametrize("pace", [None, "30/minute"])
+def test_a_throttling_reply_to_one_gateway_pauses_the_identity_on_the_other(
+    make_upstream, start_gateway, ca, redis_server, pace
+):
+    """432 4.3.2 to mg-1: mg-2 learns the pause from its heartbeat and answers 451 4.7.1 for
+    that identity without connecting to the upstream (with a budget or without)."""
+    server = make_upstream()
+    server.script.mail = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"
+    extra = {"pace": pace} if pace else {}
+    document = relay_all(upstream_table(server, ca.ca_file, **extra))
+    document["cluster"] = cluster_table(redis_server.url)
+    one = start_gateway({**document, "cluster": {**document["cluster"], "instance": "mg-1"}})
+    two = start_gateway({**document, "cluster": {**document["cluster"], "instance": "mg-2"}})
+    published = threading.Event()
+    pause = one.gateway.cluster.store.pause
+
+    def publishing(member: str, seconds: float) -> None:
+        pause(member, seconds)
+        published.set()
+
+    one.gateway.cluster.store.pause = publishing  # runs in the cluster's thread pool
+    code, text = rcpt(one.port)
+    assert (code, text[:5]) == (432, b"4.3.2")
+    assert published.wait(30)
+    keys = [k.decode() for k in store(redis_server.url, "t").redis.keys("mailgate:pause:*")]
+    who = hashlib.sha256(b"relay@example.test").hexdigest()[:32]
+    assert keys == [f"mailgate:pause:up:{who}"]  # the identity hashed, no address
+    heartbeat(two)
+    connections = server.connections
+    code, text = rcpt(two.port)
+    assert code == 451 and text.startswith(b"4.7.1") and b"throttling" in text
+    assert server.connections == connections  # mg-2 never asked the upstream
+    assert two.audit.named("upstream.throttled") == []  # mg-1 wrote it, where it was said
+
+
+def test_with_redis_away_a_throttling_pause_stays_this_instances(
+    make_upstream, start_gateway, ca, redis_server
+):
+    """Redis stopped: the 432 4.3.2 still pauses the identity here (451 4.7.1 next time)."""
+    server = make_upstream()
+    server.script.mail = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded"
+    document = relay_all(upstream_table(server, ca.ca_file))
+    document["cluster"] = cluster_table(redis_server.url)
+    gw = start_gateway(document)
+    redis_server.stop()
+    assert rcpt(gw.port)[:1] == (432,)
+    code, text = rcpt(gw.port)
+    assert code == 451 and b"throttling" in text

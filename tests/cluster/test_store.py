@@ -55,7 +55,7 @@ def test_heartbeat_reports_shared_cooldowns(redis_server):
     """A cool-down one store publishes is read back by another with the time left."""
     one, two = store(redis_server.url, "a"), store(redis_server.url, "b")
     one.cool("primary", 30)
-    _, cooling = two.heartbeat(5, ["primary", "backup"])
+    _, cooling, _ = two.heartbeat(5, ["primary", "backup"])
     assert list(cooling) == ["primary"] and 29 < cooling["primary"] <= 30
     one.uncool("primary")
     assert two.heartbeat(5, ["primary"])[1] == {}

@@ -14,11 +14,12 @@ def upstream(**keys: object):  # type: ignore[no-untyped-def]
 
 
 def test_the_m365_preset_carries_its_budget() -> None:
-    """provider = "m365": 30 messages a minute, 10,000 recipients a day, 3 connections."""
+    """provider = "m365": 30 messages a minute, 10,000 recipients a day, 3 connections per
+    mailbox; the upstream's total stays the general 10."""
     m365 = upstream(provider="m365", username="app@example.com", password_env="PW")
     assert m365.pace == Rate(30, 60.0, "30/minute")
     assert m365.max_recipients_per_day == 10000
-    assert m365.max_connections == 3
+    assert (m365.max_connections_per_identity, m365.max_connections) == (3, 10)
 
 
 def test_google_hosts_carry_theirs() -> None:
@@ -30,18 +31,30 @@ def test_google_hosts_carry_theirs() -> None:
 
 
 def test_explicit_keys_override_the_preset() -> None:
-    """pace, max_recipients_per_day and max_connections as written win."""
+    """pace, max_recipients_per_day, max_connections(_per_identity) as written win."""
     m365 = upstream(
         provider="m365",
         pace="20/minute",
         max_recipients_per_day=5000,
         max_connections=2,
+        max_connections_per_identity=1,
     )
-    assert (m365.pace, m365.max_recipients_per_day, m365.max_connections) == (
-        Rate(20, 60.0, "20/minute"),
-        5000,
-        2,
+    assert (
+        m365.pace,
+        m365.max_recipients_per_day,
+        m365.max_connections,
+        m365.max_connections_per_identity,
+    ) == (Rate(20, 60.0, "20/minute"), 5000, 2, 1)
+
+
+def test_other_hosts_have_no_per_identity_cap_unless_given() -> None:
+    """No preset: max_connections_per_identity is None; a value out of range is a problem."""
+    assert parse(with_upstream(), SOURCE).upstreams["provider"].max_connections_per_identity is None
+    found = problem_at(
+        with_upstream(max_connections_per_identity=0),
+        "upstreams.provider.max_connections_per_identity",
     )
+    assert "an integer from 1 to 10000" in str(found)
 
 
 def test_other_hosts_have_no_budget_unless_given() -> None:

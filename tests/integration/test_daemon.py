@@ -262,7 +262,8 @@ def test_explain_shows_each_upstreams_pace_and_budget(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert (
-        "m365: budget pace 30/minute, max_recipients_per_day 10000, max_connections 3 "
+        "m365: budget pace 30/minute, max_recipients_per_day 10000, "
+        "max_connections_per_identity 3, max_connections 10 "
         "for app@example.com" in result.stdout
     )
     assert "backup: no provider budget" in result.stdout

@@ -426,6 +426,58 @@ def test_sender_placeholder_authenticates_as_each_envelope_sender(
     assert [r["auth_user"] for r in gw.audit.wait_for("message.result", 4)] == senders + senders
 
 
+def test_each_mailbox_gets_its_own_connections_up_to_max_connections_per_identity(
+    token_server, make_oauth_upstream, start_gateway, ca
+):
+    """username = "$sender", max_connections_per_identity = 2: alice and bob each hold two
+    sessions at once; alice's third message waits for one of her own (no third connection
+    for her) while bob's go through, then reuses it."""
+    senders = ["alice@corp.example", "bob@corp.example"]
+    upstream = make_oauth_upstream(token_server, mailboxes=set(senders))
+    gate = upstream.script.hold_data = threading.Event()
+    table = oauth_table(
+        upstream,
+        token_server,
+        ca.ca_file,
+        username="$sender",
+        max_connections_per_identity=2,
+        pool_idle_timeout=30,
+    )
+    gw = start_gateway(relay_all(table))
+    pool = next(iter(gw.gateway.pools.values()))
+    waiting = threading.Event()
+    wait = pool._wait
+
+    def noted_wait(user: str | None) -> Any:
+        waiting.set()  # a transaction waits in the pool (called on the reactor thread)
+        return wait(user)
+
+    pool._wait = noted_wait  # type: ignore[method-assign]
+    codes: list[int] = []
+
+    def sending(sender: str) -> threading.Thread:
+        thread = threading.Thread(target=lambda: codes.append(send(gw.port, sender=sender)[0]))
+        thread.start()
+        return thread
+
+    threads = [sending("alice@corp.example"), sending("alice@corp.example")]
+    assert upstream.wait_held(2) == ["alice@corp.example"] * 2
+    threads.append(sending("alice@corp.example"))  # over alice's cap: waits in the pool
+    assert waiting.wait(30) and [u for u, _ in pool._waiters] == ["alice@corp.example"]
+    threads += [sending("bob@corp.example"), sending("bob@corp.example")]
+    assert upstream.wait_held(4) == ["alice@corp.example"] * 2 + ["bob@corp.example"] * 2
+    assert upstream.connections == 4 and len(upstream.held) == 4  # alice's third is not sent
+    gate.set()
+    for thread in threads:
+        thread.join(30)
+    assert codes == [250] * 5
+    assert (
+        sorted(m.auth_user for m in upstream.wait_for(5))
+        == ["alice@corp.example"] * 3 + ["bob@corp.example"] * 2
+    )
+    assert upstream.connections == 4  # alice's third message went on one of her two sessions
+
+
 def test_sender_placeholder_refuses_the_null_sender(
     token_server, make_oauth_upstream, start_gateway, ca
 ):

@@ -145,6 +145,10 @@ class FakePool:
         self.learned: int | None = None
         self.fruitless = False
 
+    @property
+    def parallel(self) -> int:
+        return self.config.max_connections
+
     def hold(self) -> None:
         """The next acquire waits until `give()`."""
         self.pending = defer.Deferred()

@@ -6,7 +6,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
-from gateway.outbound.pool import LIMIT_TTL, UpstreamPool
+from gateway.outbound.pool import LIMIT_TTL, PoolBusy, UpstreamPool
 from tests.outbound.fakes import FakeSession, fired, upstreams
 
 
@@ -124,3 +124,72 @@ def test_a_fruitless_retry_stops_retries_for_a_while():
     assert not pool.may_retry()
     clock.advance(LIMIT_TTL)
     assert pool.may_retry()
+
+
+class SenderConnector(Connector):
+    """username = "$sender": each sender authenticates as itself; at most 2 sessions each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = upstreams(
+            "up", pool_idle_timeout=300, max_connections_per_identity=2, command_timeout=30
+        )["up"]
+
+    def user_for(self, sender: str | None) -> str | None:
+        return sender
+
+    def open(self, sender: str | None = None, **_: Any) -> Any:
+        session = FakeSession(self.config, auth_user=sender)
+        session.quit = lambda: self._quit(session)  # type: ignore[method-assign]
+        self.opened.append(session)
+        return defer.succeed(session)
+
+
+def test_an_identity_at_its_cap_waits_while_another_goes_on():
+    """A third acquire for a@ waits; b@ still gets two sessions of its own."""
+    pool = UpstreamPool(SenderConnector(), task.Clock())  # type: ignore[arg-type]
+    a1, a2 = fired(pool.acquire("a@x.test")), fired(pool.acquire("a@x.test"))
+    third = pool.acquire("a@x.test")
+    b1, b2 = fired(pool.acquire("b@x.test")), fired(pool.acquire("b@x.test"))
+    assert not third.called and pool.held("a@x.test") == 2 and pool.held("b@x.test") == 2
+    assert {b1.auth_user, b2.auth_user} == {"b@x.test"}
+    pool.release(b1, reusable=True)  # another identity's idle session does not wake a@
+    assert not third.called
+    pool.release(a1, reusable=True)
+    assert fired(third) is a1 and a2 is not a1
+
+
+def test_an_identity_waits_for_its_own_session_to_close():
+    """A session of a@ that breaks frees a@'s slot: the waiting acquire opens a new one."""
+    connector = SenderConnector()
+    pool = UpstreamPool(connector, task.Clock())  # type: ignore[arg-type]
+    a1, _ = fired(pool.acquire("a@x.test")), fired(pool.acquire("a@x.test"))
+    third = pool.acquire("a@x.test")
+    a1.protocol.closed.callback(None)  # the connection went away
+    assert fired(third) is connector.opened[-1] and len(connector.opened) == 3
+
+
+def test_an_identity_waiting_past_command_timeout_gets_pool_busy():
+    """451 4.4.5 naming max_connections_per_identity, never the sender's address."""
+    clock = task.Clock()
+    pool = UpstreamPool(SenderConnector(), clock)  # type: ignore[arg-type]
+    fired(pool.acquire("a@x.test")), fired(pool.acquire("a@x.test"))
+    third = pool.acquire("a@x.test")
+    clock.advance(30)
+    failure = []
+    third.addErrback(failure.append)
+    error = failure[0].value
+    assert isinstance(error, PoolBusy) and str(error.reply).startswith("451 4.4.5")
+    assert "max_connections_per_identity = 2" in error.reason and "a@x.test" not in error.reason
+
+
+def test_a_fresh_acquire_at_the_cap_closes_an_own_idle_session():
+    """fresh=True with both of a@'s sessions idle-or-busy: its idle one is QUIT to make room."""
+    connector = SenderConnector()
+    pool = UpstreamPool(connector, task.Clock())  # type: ignore[arg-type]
+    a1, a2 = fired(pool.acquire("a@x.test")), fired(pool.acquire("a@x.test"))
+    pool.release(a1, reusable=True)
+    fresh = pool.acquire("a@x.test", fresh=True)
+    assert connector.quit == [a1]
+    a1.protocol.closed.callback(None)
+    assert fired(fresh) not in (a1, a2)

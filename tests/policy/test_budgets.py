@@ -156,3 +156,17 @@ def test_a_message_bigger_than_the_daily_budget_goes_alone():
     window.add(20, 0.0)
     assert not window.room(1, 1.0)
     assert window.free_at(1, 1.0) == DAY
+
+
+def test_a_pause_held_for_another_instance_pauses_here_and_backs_off_from_it():
+    """hold(until): the identity is paused here until then, no on_pause; a throttling reply
+    of this instance's own after it doubles from the held pause's length."""
+    paused: list[tuple[str, str, float, str]] = []
+    ledger = Ledger(on_pause=lambda *args: paused.append(args))
+    plain = UpstreamConfig(name="plain", host="mx.example.net", username="app@example.com")
+    spent = ledger.hold(plain, "", 100.0, 10.0)
+    assert spent.throttled and spent.until == 100.0 and paused == []
+    held = ledger.take(plain, "", 1, 1, 50.0)
+    assert held is not None and held.throttled and held.until > 100.0  # the slot after it
+    assert ledger.take(plain, "", 1, 1, 100.0) is None
+    assert ledger.throttled(plain, "", 100.0) == 2 * 90.0

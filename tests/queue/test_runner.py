@@ -66,6 +66,24 @@ def test_parallel_deliveries_are_capped_by_max_connections(tmp_path):
     assert len(connector.opens) == 3
 
 
+def test_one_username_with_a_per_identity_cap_runs_that_many_deliveries(tmp_path):
+    """max_connections 10, max_connections_per_identity 2, one AUTH user: two at once (the rest
+    would only wait in the pool), a third starts when one ends."""
+    runner, connector, spool = make_runner(
+        tmp_path,
+        [1000.0],
+        max_connections_per_identity=2,
+        username="relay@example.net",
+        password_env="PW",
+    )
+    for _ in range(5):
+        runner.submitted(queue(spool))
+    pool = runner.pools("up")
+    assert len(connector.opens) == 2 and not pool._waiters  # none waits in the pool
+    connector.opens[0].errback(refused())
+    assert len(connector.opens) == 3 and not pool._waiters
+
+
 def test_refused_connection_defers_with_min_backoff(tmp_path):
     """A refused connection moves the message to deferred/, due min_backoff seconds later."""
     runner, connector, spool = make_runner(tmp_path, [5000.0])
