@@ -45,7 +45,8 @@ from gateway.testing.pki import ServerCert
 from tests.conftest import PASSWORD, USER
 from tests.security.faulty_upstream import KINDS, STEPS, Fault, FaultyUpstream, applicable
 
-TIMEOUT = 0.5  # the upstream's command and data timeouts: a stall costs this much
+TIMEOUT = 1.5  # the upstream's command and data timeouts: a stall costs this much (0.5 s let
+# an earlier step time out on a loaded machine, so a stall at the dot never came: a flake)
 APP_DEADLINE = 15  # the app waits at most this long for any reply: a hang fails the test
 
 
