@@ -26,6 +26,7 @@ a heartbeat; a script it forgot is loaded again (redis-py's `Script` answers NOS
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Sequence
 from urllib.parse import unquote, urlsplit
 
@@ -77,11 +78,13 @@ end
 local total = 0
 if limit > 0 and rcpts > 0 then
   local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - day)
-  total = tonumber(redis.call('GET', KEYS[3])) or 0
+  -- the total counts the set's members: with the set gone (expired), so is what it counted
+  if redis.call('EXISTS', KEYS[2]) == 1 then total = tonumber(redis.call('GET', KEYS[3])) or 0 end
   for _, m in ipairs(gone) do total = total - tonumber(string.match(m, ':(%d+)$')) end
   if total < 0 then total = 0 end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - day)
   redis.call('SET', KEYS[3], total, 'PX', 86400000 + 1000)
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], 86400000 + 1000) end
   if total > 0 and total + rcpts > limit then
     local excess = total + rcpts - limit
     local held = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
@@ -204,6 +207,7 @@ class Store:
         self._spend = redis_client.register_script(SPEND)
         self._pause = redis_client.register_script(PAUSE)
         self._spends = 0
+        self._token = secrets.token_hex(4)  # a process that restarts with the same pid (pid 1)
 
     def take(self, key: str, count: int, seconds: float) -> bool:
         """One event against the budget under `key` (``rate:RULE``): False when it is spent."""
@@ -225,7 +229,7 @@ class Store:
         self._spends += 1
         keys = [PREFIX + key + ":pace", PREFIX + key + ":rcpt", PREFIX + key + ":rcpt_total"]
         count, seconds = pace or (1, 0.0)
-        member = f"{self.member}/{self._spends}"
+        member = f"{self.member}/{self._token}/{self._spends}"  # unique across restarts too
         args = [count, repr(float(seconds)), recipients_per_day or 0, messages, recipients, member]
         answer = self._run(self._spend, keys, args)
         if answer == [1]:

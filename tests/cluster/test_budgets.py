@@ -125,3 +125,30 @@ def test_with_redis_away_a_throttling_pause_stays_this_instances(
     assert rcpt(gw.port)[:1] == (432,)
     code, text = rcpt(gw.port)
     assert code == 451 and b"throttling" in text
+
+
+def test_a_restarted_process_adds_to_the_budget_not_over_it(redis_server):
+    """Same instance name and pid after a restart (pid 1 in a container): its new spends are
+    new members, so the pace still holds across the restart and the daily total matches."""
+    key = "budget:m365:restart"
+    first = store(redis_server.url, "mailgate-1")
+    assert [first.spend(key, (3, 60), 100, 1, 10) for _ in range(2)] == [None, None]
+    again = store(redis_server.url, "mailgate-1")  # the same name, the same pid here
+    answers = [again.spend(key, (3, 60), 100, 1, 10) for _ in range(2)]
+    assert answers[0] is None and answers[1] is not None and answers[1][0] == 1
+    redis = first.redis
+    assert redis.zcard(f"mailgate:{key}:pace") == 3
+    assert int(redis.get(f"mailgate:{key}:rcpt_total")) == 30
+
+
+def test_the_daily_total_does_not_outlive_the_recipients_it_counts(redis_server):
+    """The set of the day's recipients expired (a long quiet spell): its total goes with it,
+    instead of refusing the identity a day at a time with nothing sent."""
+    key = "budget:m365:quiet"
+    one = store(redis_server.url, "a")
+    assert one.spend(key, None, 10, 1, 10) is None  # the day's 10 recipients, all of them
+    assert one.spend(key, None, 10, 1, 1) is not None
+    one.redis.delete(f"mailgate:{key}:rcpt")  # as when its expiry passes before the total's
+    assert one.spend(key, None, 10, 1, 5) is None
+    assert int(one.redis.get(f"mailgate:{key}:rcpt_total")) == 5
+    assert one.redis.pttl(f"mailgate:{key}:rcpt") > 86_000_000
