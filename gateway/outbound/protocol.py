@@ -33,6 +33,7 @@ from gateway.outbound.tls import ClientConnectionCreator, TLSFacts, TLSFailure, 
 from gateway.smtp.replies import MalformedReply, Reply, ReplyParser
 
 MAX_UNCLAIMED_REPLIES = 8
+MAX_CLEAN_REPLIES = 32  # replies the scrubber found clean, remembered per connection
 QUIT_TIMEOUT = 5.0  # seconds from QUIT to a closed connection; then it is aborted
 
 
@@ -68,7 +69,31 @@ class UpstreamProtocol(Protocol):
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.is_closed = False
         self.tls_facts: TLSFacts | None = None
-        self.scrubber: Scrubber | None = None  # set at connect and AUTH: scrubs every reply
+        self._scrubber: Scrubber | None = None
+        # Replies the scrubber left as they were (an upstream repeats its "250 2.1.0 Ok"
+        # for every message): not searched again. Never one that held a secret.
+        self._clean: set[Reply] = set()
+
+    @property
+    def scrubber(self) -> Scrubber | None:
+        """Set at connect and AUTH: scrubs every reply (the secrets sent on this connection)."""
+        return self._scrubber
+
+    @scrubber.setter
+    def scrubber(self, scrubber: Scrubber | None) -> None:
+        self._scrubber = scrubber
+        self._clean.clear()  # new secrets: what was clean must be searched again
+
+    def _scrub(self, reply: Reply) -> Reply:
+        scrubber = self._scrubber
+        if scrubber is None or reply in self._clean:
+            return reply
+        scrubbed = scrubber.reply(reply)
+        if scrubbed is reply:
+            if len(self._clean) >= MAX_CLEAN_REPLIES:
+                self._clean.clear()
+            self._clean.add(reply)
+        return scrubbed
 
     # --- transport events -----------------------------------------------------
 
@@ -90,7 +115,7 @@ class UpstreamProtocol(Protocol):
             self._abort(f"protocol error: {exc}")
             return
         for index, reply in enumerate(batch):
-            reply = self.scrubber.reply(reply) if self.scrubber else reply
+            reply = self._scrub(reply)
             if self._waiters:
                 waiter = self._waiters[0]
                 if getattr(waiter, "starttls", False) and reply.code == 220:

@@ -10,6 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from gateway.outbound.protocol import MAX_UNCLAIMED_REPLIES, Lost, UpstreamProtocol
+from gateway.outbound.scrub import REDACTED, Scrubber
 
 
 class Transport(StringTransport):
@@ -232,3 +233,20 @@ def test_quit_twice_sends_one_quit():
     assert transport.value() == b"QUIT\r\n"
     lose(protocol)
     assert outcome(first) is None and outcome(second) is None
+
+
+def test_a_reply_repeated_by_the_upstream_is_scrubbed_with_every_new_secret():
+    """A reply found clean is remembered only until the next scrubber: new secrets search again."""
+    protocol, _, _ = connected()
+    protocol.scrubber = Scrubber(["alpha-secret"])
+    for _ in range(2):  # the second time from what the connection remembers
+        answered = protocol.send(b"RCPT TO:<b@y>")
+        protocol.dataReceived(b"250 2.1.5 bravo-secret Ok\r\n")
+        assert outcome(answered).text == "bravo-secret Ok"
+    protocol.scrubber = Scrubber(["bravo-secret"], inherit=protocol.scrubber)
+    answered = protocol.send(b"RCPT TO:<b@y>")
+    protocol.dataReceived(b"250 2.1.5 bravo-secret Ok\r\n")
+    assert outcome(answered).text == f"{REDACTED} Ok"
+    answered = protocol.send(b"MAIL FROM:<a@x>")
+    protocol.dataReceived(b"535 5.7.8 alpha-secret\r\n")
+    assert outcome(answered).text == REDACTED
