@@ -133,7 +133,7 @@ class SMTPServerProtocol(Protocol):
         self._close("too many connections from the client", refusal)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        self.timeouts.cancel()
+        self.timeouts.stop()
         if self.session is None:
             return
         if self._handshake is not None and self._handshake.running:

@@ -58,7 +58,8 @@ class UpstreamProtocol(Protocol):
         self._parser = ReplyParser()
         self._waiters: deque[defer.Deferred[Reply]] = deque()
         self._unclaimed: deque[Reply] = deque()
-        self._timer: Any = None
+        self._timer: Any = None  # one DelayedCall for every step, moved rather than replaced
+        self._timing = False  # a step is being timed (else an expiry of `_timer` does nothing)
         self._tls_ready: defer.Deferred[TLSFacts] | None = None
         self._tls_policy: UpstreamTLS | None = None
         self._creator: ClientConnectionCreator | None = None
@@ -129,7 +130,7 @@ class UpstreamProtocol(Protocol):
                 waiter.callback(reply)
                 if self.transport is None or self._lost_reason is not None:
                     return
-                if self._waiters and self._timer is None:
+                if self._waiters and not self._timing:
                     self._start_timer()
             else:
                 self._unclaimed.append(reply)
@@ -158,7 +159,7 @@ class UpstreamProtocol(Protocol):
         ready.callback(self.tls_facts)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        self._stop_timer()
+        self._drop_timer()
         if self._quit_guard is not None and self._quit_guard.active():
             self._quit_guard.cancel()
         self._quit_guard = None
@@ -249,17 +250,32 @@ class UpstreamProtocol(Protocol):
         return done
 
     def _start_timer(self, timeout: float | None = None) -> None:
-        self._stop_timer()
-        self._timer = self.clock.callLater(timeout or self.timeout, self._timed_out)
+        """Time the step that starts now: `_timed_out` in `timeout` (default: the command timeout)."""
+        seconds = timeout or self.timeout
+        self._timing = True
+        timer = self._timer
+        if timer is not None and timer.active():
+            if self.clock.seconds() + seconds >= timer.getTime():
+                timer.reset(seconds)  # later: the reactor only notes it
+                return
+            timer.cancel()  # sooner: a new call costs less than moving it up the heap
+        self._timer = self.clock.callLater(seconds, self._timed_out)
 
     def _stop_timer(self) -> None:
+        """The step is answered (the timer is kept, to be moved for the next one)."""
+        self._timing = False
+
+    def _drop_timer(self) -> None:
+        self._timing = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._abort("timeout waiting for the upstream")
+        if self._timing:
+            self._timing = False
+            self._abort("timeout waiting for the upstream")
 
     def read_reply(
         self, timeout: float | None = None, *, starttls: bool = False
@@ -271,7 +287,7 @@ class UpstreamProtocol(Protocol):
         waiter: defer.Deferred[Reply] = defer.Deferred()
         waiter.starttls = starttls  # type: ignore[attr-defined]
         self._waiters.append(waiter)
-        if self._timer is None:
+        if not self._timing:
             self._start_timer(timeout)
         return waiter
 

@@ -196,6 +196,32 @@ def test_no_command_goes_out_after_quit():
     assert transport.value() == b""
 
 
+def test_each_step_gets_the_whole_timeout_and_an_answered_one_none():
+    """The timer counts from each command; one answered before its deadline never fires."""
+    protocol, transport, clock = connected(timeout=30)
+    mail = protocol.send(b"MAIL FROM:<a@x>")
+    clock.advance(20)
+    protocol.dataReceived(b"250 2.1.0 OK\r\n")
+    assert outcome(mail).code == 250
+    clock.advance(20)  # past the first step's deadline, with no command waiting
+    assert not transport.aborted
+    rcpt = protocol.send(b"RCPT TO:<b@y>")
+    clock.advance(29)
+    assert not transport.aborted and not rcpt.called
+    clock.advance(1)
+    assert transport.aborted
+
+
+def test_a_lost_connection_leaves_no_timer_behind():
+    """The step timer is cancelled when the connection ends, answered or not."""
+    protocol, _, clock = connected()
+    protocol.send(b"NOOP")
+    protocol.dataReceived(b"250 2.0.0 OK\r\n")
+    protocol.send(b"NOOP")
+    lose(protocol)
+    assert clock.getDelayedCalls() == []
+
+
 def test_quit_unanswered_is_aborted_within_its_timeout():
     """No reply to QUIT within its timeout: the connection is aborted, and quit fires then."""
     protocol, transport, clock = connected(timeout=300)
