@@ -16,6 +16,7 @@ and one small in-place write of the state file per event; nothing is re-read.
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 import stat
@@ -109,13 +110,7 @@ class AuditLog:
         self._sink = _ChainedSink(stream, head, state)
         self._logger = structlog.wrap_logger(
             self._sink,
-            processors=[
-                structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-                _catalogued,
-                _Instance(self.instance),
-                _order,
-                _to_sink,
-            ],
+            processors=[_Record(self.instance), _to_sink],
             context_class=dict,
             cache_logger_on_first_use=True,
         )
@@ -193,25 +188,21 @@ def _regular(stream: IO[str]) -> bool:
     return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
 
 
-def _catalogued(
-    logger: Any, method: str, event: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """Refuse an event name that is not in `gateway.audit.events` (ValueError): none goes undocumented."""
-    event["event"] = Event(event["event"])
-    return event
+class _Record:
+    """Stamp, check and order an event in one processor (the audit writes several per message):
+    ``timestamp`` as structlog's ``TimeStamper(fmt="iso", utc=True)`` wrote it, the event
+    name refused (ValueError) if it is not in `gateway.audit.events` (none goes
+    undocumented), the ``instance`` that wrote it (one given with the event stays)."""
 
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
 
-class _Instance:
-    """Name the instance that wrote the event (an ``instance`` field given with it stays)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __call__(
-        self, logger: Any, method: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        event.setdefault("instance", self.name)
-        return event
+    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+        now = datetime.datetime.now(tz=datetime.UTC)
+        event["timestamp"] = now.isoformat().replace("+00:00", "Z")
+        event["event"] = Event(event["event"])
+        event.setdefault("instance", self.instance)
+        return _order(logger, method, event)
 
 
 def _order(logger: Any, method: str, event: MutableMapping[str, Any]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from gateway.outbound.tls import ClientConnectionCreator, TLSFacts, TLSFailure, 
 from gateway.smtp.replies import MalformedReply, Reply, ReplyParser
 
 MAX_UNCLAIMED_REPLIES = 8
+MAX_CLEAN_REPLIES = 32  # replies the scrubber found clean, remembered per connection
 QUIT_TIMEOUT = 5.0  # seconds from QUIT to a closed connection; then it is aborted
 
 
@@ -57,7 +58,8 @@ class UpstreamProtocol(Protocol):
         self._parser = ReplyParser()
         self._waiters: deque[defer.Deferred[Reply]] = deque()
         self._unclaimed: deque[Reply] = deque()
-        self._timer: Any = None
+        self._timer: Any = None  # one DelayedCall for every step, moved rather than replaced
+        self._timing = False  # a step is being timed (else an expiry of `_timer` does nothing)
         self._tls_ready: defer.Deferred[TLSFacts] | None = None
         self._tls_policy: UpstreamTLS | None = None
         self._creator: ClientConnectionCreator | None = None
@@ -68,7 +70,31 @@ class UpstreamProtocol(Protocol):
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.is_closed = False
         self.tls_facts: TLSFacts | None = None
-        self.scrubber: Scrubber | None = None  # set at connect and AUTH: scrubs every reply
+        self._scrubber: Scrubber | None = None
+        # Replies the scrubber left as they were (an upstream repeats its "250 2.1.0 Ok"
+        # for every message): not searched again. Never one that held a secret.
+        self._clean: set[Reply] = set()
+
+    @property
+    def scrubber(self) -> Scrubber | None:
+        """Set at connect and AUTH: scrubs every reply (the secrets sent on this connection)."""
+        return self._scrubber
+
+    @scrubber.setter
+    def scrubber(self, scrubber: Scrubber | None) -> None:
+        self._scrubber = scrubber
+        self._clean.clear()  # new secrets: what was clean must be searched again
+
+    def _scrub(self, reply: Reply) -> Reply:
+        scrubber = self._scrubber
+        if scrubber is None or reply in self._clean:
+            return reply
+        scrubbed = scrubber.reply(reply)
+        if scrubbed is reply:
+            if len(self._clean) >= MAX_CLEAN_REPLIES:
+                self._clean.clear()
+            self._clean.add(reply)
+        return scrubbed
 
     # --- transport events -----------------------------------------------------
 
@@ -90,7 +116,7 @@ class UpstreamProtocol(Protocol):
             self._abort(f"protocol error: {exc}")
             return
         for index, reply in enumerate(batch):
-            reply = self.scrubber.reply(reply) if self.scrubber else reply
+            reply = self._scrub(reply)
             if self._waiters:
                 waiter = self._waiters[0]
                 if getattr(waiter, "starttls", False) and reply.code == 220:
@@ -104,7 +130,7 @@ class UpstreamProtocol(Protocol):
                 waiter.callback(reply)
                 if self.transport is None or self._lost_reason is not None:
                     return
-                if self._waiters and self._timer is None:
+                if self._waiters and not self._timing:
                     self._start_timer()
             else:
                 self._unclaimed.append(reply)
@@ -133,7 +159,7 @@ class UpstreamProtocol(Protocol):
         ready.callback(self.tls_facts)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
-        self._stop_timer()
+        self._drop_timer()
         if self._quit_guard is not None and self._quit_guard.active():
             self._quit_guard.cancel()
         self._quit_guard = None
@@ -224,17 +250,32 @@ class UpstreamProtocol(Protocol):
         return done
 
     def _start_timer(self, timeout: float | None = None) -> None:
-        self._stop_timer()
-        self._timer = self.clock.callLater(timeout or self.timeout, self._timed_out)
+        """Time the step that starts now: `_timed_out` in `timeout` (default: the command timeout)."""
+        seconds = timeout or self.timeout
+        self._timing = True
+        timer = self._timer
+        if timer is not None and timer.active():
+            if self.clock.seconds() + seconds >= timer.getTime():
+                timer.reset(seconds)  # later: the reactor only notes it
+                return
+            timer.cancel()  # sooner: a new call costs less than moving it up the heap
+        self._timer = self.clock.callLater(seconds, self._timed_out)
 
     def _stop_timer(self) -> None:
+        """The step is answered (the timer is kept, to be moved for the next one)."""
+        self._timing = False
+
+    def _drop_timer(self) -> None:
+        self._timing = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
     def _timed_out(self) -> None:
         self._timer = None
-        self._abort("timeout waiting for the upstream")
+        if self._timing:
+            self._timing = False
+            self._abort("timeout waiting for the upstream")
 
     def read_reply(
         self, timeout: float | None = None, *, starttls: bool = False
@@ -246,7 +287,7 @@ class UpstreamProtocol(Protocol):
         waiter: defer.Deferred[Reply] = defer.Deferred()
         waiter.starttls = starttls  # type: ignore[attr-defined]
         self._waiters.append(waiter)
-        if self._timer is None:
+        if not self._timing:
             self._start_timer(timeout)
         return waiter
 

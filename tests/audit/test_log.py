@@ -53,6 +53,33 @@ def test_record_line_still_starts_with_timestamp_event_session(tmp_path):
     assert list(json.loads(stream.getvalue()))[:3] == ["timestamp", "event", "session_id"]
 
 
+def test_record_head_is_stamped_and_ordered_as_structlog_wrote_it(monkeypatch):
+    """timestamp (UTC, as TimeStamper(fmt="iso", utc=True) writes it: the event's own is
+    replaced), event, session_id, instance (a given one stays), then the fields as given."""
+    import datetime
+
+    import structlog
+
+    moment = datetime.datetime(2026, 12, 2, 15, 4, 5, 67, tzinfo=datetime.UTC)
+
+    class Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[override]
+            return moment
+
+    monkeypatch.setattr(datetime, "datetime", Frozen)
+    stamped = structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp")
+    expected = stamped(None, "info", {})["timestamp"]
+    stream = io.StringIO()
+    log = AuditLog("-", stream=stream, instance="gw-1")
+    log.event("gateway.error", zeta=1, timestamp="forged", session_id="s1", alpha=2)
+    log.event("gateway.error", instance="gw-2")
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["timestamp"] == expected == "2026-12-02T15:04:05.000067Z"
+    assert list(first)[:6] == ["timestamp", "event", "session_id", "instance", "zeta", "alpha"]
+    assert first["instance"] == "gw-1" and second["instance"] == "gw-2"
+
+
 def test_chain_continues_after_a_restart(tmp_path):
     """A second AuditLog on the same file links its first record to the last one there."""
     path = tmp_path / "audit.jsonl"

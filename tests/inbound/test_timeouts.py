@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from gateway.inbound.listener import ListenerFactory, SMTPServerProtocol
 from gateway.inbound.timeouts import MIN_RATE_GRACE, TLS_CLOSE_GRACE
 from gateway.smtp import replies
-from tests.inbound.fakes import FakeHost, config
+from tests.inbound.fakes import MESSAGE_OK, FakeHost, config
 
 HEAD = b"EHLO a\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n"
 
@@ -39,6 +42,34 @@ def test_idle_timeout_is_reset_by_a_complete_command_only():
     host.reactor.advance(1)
     assert closed_with(transport, replies.IDLE_TIMEOUT)
     assert protocol._close_reason == "idle timeout"
+
+
+def test_no_limit_runs_while_the_upstream_answers_and_the_idle_clock_restarts_after():
+    """Waiting on the upstream's reply to the final dot, neither the DATA nor the idle timer
+    closes the connection (even past their deadlines); after the reply idle_timeout counts again."""
+    host = FakeHost(config(idle_timeout=10, data_timeout=20, min_data_rate=0))
+    protocol, transport = connect(host)
+    protocol.dataReceived(HEAD)
+    [delivery] = host.deliveries
+    delivery.finish_reply = pending = defer.Deferred()
+    protocol.dataReceived(b"Subject: x\r\n\r\nbody\r\n.\r\n")
+    host.reactor.advance(25)  # past the DATA timer's deadline of 20 s
+    assert not transport.disconnecting
+    pending.callback(MESSAGE_OK)
+    assert transport.value().endswith(MESSAGE_OK.to_bytes())
+    host.reactor.advance(9)
+    assert not transport.disconnecting
+    host.reactor.advance(1)
+    assert closed_with(transport, replies.IDLE_TIMEOUT)
+
+
+def test_a_lost_connection_leaves_no_timer_behind():
+    """The connection's one timer is cancelled when it ends, whatever it was armed for."""
+    host = FakeHost(config(idle_timeout=10))
+    protocol, _ = connect(host)
+    protocol.dataReceived(b"NOOP\r\n")
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert host.reactor.getDelayedCalls() == []
 
 
 def test_data_timeout_abandons_the_body_and_closes():

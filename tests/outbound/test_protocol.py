@@ -10,6 +10,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from gateway.outbound.protocol import MAX_UNCLAIMED_REPLIES, Lost, UpstreamProtocol
+from gateway.outbound.scrub import REDACTED, Scrubber
 
 
 class Transport(StringTransport):
@@ -195,6 +196,32 @@ def test_no_command_goes_out_after_quit():
     assert transport.value() == b""
 
 
+def test_each_step_gets_the_whole_timeout_and_an_answered_one_none():
+    """The timer counts from each command; one answered before its deadline never fires."""
+    protocol, transport, clock = connected(timeout=30)
+    mail = protocol.send(b"MAIL FROM:<a@x>")
+    clock.advance(20)
+    protocol.dataReceived(b"250 2.1.0 OK\r\n")
+    assert outcome(mail).code == 250
+    clock.advance(20)  # past the first step's deadline, with no command waiting
+    assert not transport.aborted
+    rcpt = protocol.send(b"RCPT TO:<b@y>")
+    clock.advance(29)
+    assert not transport.aborted and not rcpt.called
+    clock.advance(1)
+    assert transport.aborted
+
+
+def test_a_lost_connection_leaves_no_timer_behind():
+    """The step timer is cancelled when the connection ends, answered or not."""
+    protocol, _, clock = connected()
+    protocol.send(b"NOOP")
+    protocol.dataReceived(b"250 2.0.0 OK\r\n")
+    protocol.send(b"NOOP")
+    lose(protocol)
+    assert clock.getDelayedCalls() == []
+
+
 def test_quit_unanswered_is_aborted_within_its_timeout():
     """No reply to QUIT within its timeout: the connection is aborted, and quit fires then."""
     protocol, transport, clock = connected(timeout=300)
@@ -232,3 +259,20 @@ def test_quit_twice_sends_one_quit():
     assert transport.value() == b"QUIT\r\n"
     lose(protocol)
     assert outcome(first) is None and outcome(second) is None
+
+
+def test_a_reply_repeated_by_the_upstream_is_scrubbed_with_every_new_secret():
+    """A reply found clean is remembered only until the next scrubber: new secrets search again."""
+    protocol, _, _ = connected()
+    protocol.scrubber = Scrubber(["alpha-secret"])
+    for _ in range(2):  # the second time from what the connection remembers
+        answered = protocol.send(b"RCPT TO:<b@y>")
+        protocol.dataReceived(b"250 2.1.5 bravo-secret Ok\r\n")
+        assert outcome(answered).text == "bravo-secret Ok"
+    protocol.scrubber = Scrubber(["bravo-secret"], inherit=protocol.scrubber)
+    answered = protocol.send(b"RCPT TO:<b@y>")
+    protocol.dataReceived(b"250 2.1.5 bravo-secret Ok\r\n")
+    assert outcome(answered).text == f"{REDACTED} Ok"
+    answered = protocol.send(b"MAIL FROM:<a@x>")
+    protocol.dataReceived(b"535 5.7.8 alpha-secret\r\n")
+    assert outcome(answered).text == REDACTED

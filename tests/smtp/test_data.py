@@ -246,6 +246,18 @@ def test_stuffed_line_limit_across_every_split() -> None:
         assert read(chunks).error is None, [len(c) for c in chunks]
 
 
+def test_line_limit_wherever_the_line_lies_in_a_read() -> None:
+    """Lines of 999 to 1002 octets among short lines, at every offset of a read: refused
+    exactly when over 1000 octets (the reader looks at windows of the read, not lines)."""
+    for length in range(MAX_LINE - 1, MAX_LINE + 3):
+        line = b"y" * (length - 2) + b"\r\n"
+        for offset in range(0, 2 * MAX_LINE, 7):
+            head = b"h" * (offset % 90) + b"\r\n" + b"s\r\n" * (offset // 3)
+            outcome = read([head + line + b"short\r\n" * 200 + b".\r\n"])
+            expected = replies.DATA_LINE_TOO_LONG if length > MAX_LINE else None
+            assert outcome.error == expected, (length, offset)
+
+
 def test_long_line_in_the_middle_refused() -> None:
     """An over-long line between short lines is found."""
     outcome = read([b"short\r\n" + b"y" * 2000 + b"\r\nshort\r\n.\r\n"])
