@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
@@ -358,31 +358,9 @@ class SMTPServerProtocol(Protocol):
     def _reply(self, reply: Reply) -> None:
         if replies.counts_as_error(reply, self._command_verb):
             self._errors += 1
-        self.transport.write(_send_now(self.transport, reply.to_bytes()))
+        self.transport.write(reply.to_bytes())
         if self._errors >= self._limits.max_errors and reply.code != 221:
             self._close("too many errors", replies.TOO_MANY_ERRORS)
-
-
-def _send_now(transport: Any, data: bytes) -> bytes:
-    """Send a reply at once on a plain TCP connection with nothing queued; return what is left.
-
-    Twisted's `write` queues and sends on the next reactor turn, registering for writability
-    and unregistering after (two ``epoll_ctl`` and a dispatch per reply). The app waits for
-    each reply, so there is nothing to gather: a direct ``send`` of what the socket takes
-    saves that. Anything else (TLS, a queue, a full socket, an error) goes the usual way,
-    where Twisted also handles a lost connection.
-    """
-    if (
-        type(transport) is not tcp.Server
-        or transport.TLS
-        or not transport.connected
-        or transport.disconnecting
-        or transport._tempDataLen
-        or transport.offset < len(transport.dataBuffer)
-    ):
-        return data
-    sent = transport.writeSomeData(data)
-    return data[sent:] if isinstance(sent, int) else data
 
 
 @implementer(IPushProducer)
