@@ -16,10 +16,11 @@ One timer per connection; arming it for one limit cancels the other:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway.smtp import replies
 from gateway.smtp.replies import DATA_TOO_SLOW
+from gateway.timer import MovableTimer
 
 if TYPE_CHECKING:
     from gateway.inbound.listener import SMTPServerProtocol
@@ -31,47 +32,37 @@ TLS_CLOSE_GRACE = 10.0  # seconds a TLS app has to answer our close_notify befor
 class Timeouts:
     """The timer of one listener connection and what each expiry does.
 
-    One `DelayedCall` serves every limit: arming moves it (``reset``) and `cancel` only
+    One `gateway.timer.MovableTimer` serves every limit: arming moves it and `cancel` only
     forgets what it was for, so a command costs no new timer; an expiry with nothing
     armed does nothing. `stop` (the connection is gone) really cancels it.
     """
 
     def __init__(self, protocol: SMTPServerProtocol) -> None:
         self._protocol = protocol
-        self._call: Any = None
-        self._expired: Callable[[], None] | None = None  # what the armed limit does
+        self._timer: MovableTimer | None = None  # made on first use: the host's clock
         self._data_started = 0.0
+
+    def _movable(self) -> MovableTimer:
+        if self._timer is None:
+            self._timer = MovableTimer(self._protocol.host.reactor)
+        return self._timer
 
     def arm(self, timeout: float, expired: Callable[[], None]) -> None:
         """Call `expired` in `timeout` seconds, instead of what was armed (not once closing)."""
         if self._protocol._closing:
             self.stop()
             return
-        self._expired = expired
-        call, reactor = self._call, self._protocol.host.reactor
-        if call is not None and call.active():
-            if reactor.seconds() + timeout >= call.getTime():
-                call.reset(timeout)  # later: the reactor only notes it
-                return
-            call.cancel()  # sooner: a new call costs less than moving it up the heap
-        self._call = reactor.callLater(timeout, self._fire)
+        self._movable().arm(timeout, expired)
 
     def cancel(self) -> None:
         """Nothing is armed (the timer is kept, to be moved by the next `arm`)."""
-        self._expired = None
+        if self._timer is not None:
+            self._timer.disarm()
 
     def stop(self) -> None:
         """The connection is gone, or closing: no timer left behind."""
-        self._expired = None
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
-
-    def _fire(self) -> None:
-        self._call = None
-        expired, self._expired = self._expired, None
-        if expired is not None:
-            expired()
+        if self._timer is not None:
+            self._timer.stop()
 
     def idle(self) -> None:
         """Waiting for the next command: ``listener.idle_timeout``."""
@@ -100,10 +91,7 @@ class Timeouts:
     def close_grace(self) -> None:
         """A TLS connection is closing: abort it if the app does not finish the close in time."""
         self.stop()
-        transport = self._protocol.transport
-        self._call = self._protocol.host.reactor.callLater(
-            TLS_CLOSE_GRACE, transport.abortConnection
-        )
+        self._movable().arm(TLS_CLOSE_GRACE, self._protocol.transport.abortConnection)
 
     def _idle_expired(self) -> None:
         self._protocol._close("idle timeout", replies.IDLE_TIMEOUT)

@@ -31,6 +31,7 @@ from zope.interface import implementer
 from gateway.outbound.scrub import Scrubber
 from gateway.outbound.tls import ClientConnectionCreator, TLSFacts, TLSFailure, UpstreamTLS
 from gateway.smtp.replies import MalformedReply, Reply, ReplyParser
+from gateway.timer import MovableTimer
 
 MAX_UNCLAIMED_REPLIES = 8
 MAX_CLEAN_REPLIES = 32  # replies the scrubber found clean, remembered per connection
@@ -58,8 +59,7 @@ class UpstreamProtocol(Protocol):
         self._parser = ReplyParser()
         self._waiters: deque[defer.Deferred[Reply]] = deque()
         self._unclaimed: deque[Reply] = deque()
-        self._timer: Any = None  # one DelayedCall for every step, moved rather than replaced
-        self._timing = False  # a step is being timed (else an expiry of `_timer` does nothing)
+        self._step = MovableTimer(clock)  # times each step; one DelayedCall, moved
         self._tls_ready: defer.Deferred[TLSFacts] | None = None
         self._tls_policy: UpstreamTLS | None = None
         self._creator: ClientConnectionCreator | None = None
@@ -130,7 +130,7 @@ class UpstreamProtocol(Protocol):
                 waiter.callback(reply)
                 if self.transport is None or self._lost_reason is not None:
                     return
-                if self._waiters and not self._timing:
+                if self._waiters and not self._step.armed:
                     self._start_timer()
             else:
                 self._unclaimed.append(reply)
@@ -251,31 +251,17 @@ class UpstreamProtocol(Protocol):
 
     def _start_timer(self, timeout: float | None = None) -> None:
         """Time the step that starts now: `_timed_out` in `timeout` (default: the command timeout)."""
-        seconds = timeout or self.timeout
-        self._timing = True
-        timer = self._timer
-        if timer is not None and timer.active():
-            if self.clock.seconds() + seconds >= timer.getTime():
-                timer.reset(seconds)  # later: the reactor only notes it
-                return
-            timer.cancel()  # sooner: a new call costs less than moving it up the heap
-        self._timer = self.clock.callLater(seconds, self._timed_out)
+        self._step.arm(timeout or self.timeout, self._timed_out)
 
     def _stop_timer(self) -> None:
         """The step is answered (the timer is kept, to be moved for the next one)."""
-        self._timing = False
+        self._step.disarm()
 
     def _drop_timer(self) -> None:
-        self._timing = False
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._step.stop()
 
     def _timed_out(self) -> None:
-        self._timer = None
-        if self._timing:
-            self._timing = False
-            self._abort("timeout waiting for the upstream")
+        self._abort("timeout waiting for the upstream")
 
     def read_reply(
         self, timeout: float | None = None, *, starttls: bool = False
@@ -287,7 +273,7 @@ class UpstreamProtocol(Protocol):
         waiter: defer.Deferred[Reply] = defer.Deferred()
         waiter.starttls = starttls  # type: ignore[attr-defined]
         self._waiters.append(waiter)
-        if not self._timing:
+        if not self._step.armed:
             self._start_timer(timeout)
         return waiter
 
