@@ -19,7 +19,6 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from gateway.cluster.store import StoreError
 from gateway.config.model import UpstreamConfig
 from gateway.policy.budgets import Ledger, Spent, has_budget, identity
 from gateway.policy.ratelimit import share
@@ -48,21 +47,10 @@ class SharedBudgets:
                 return self.ledger.hold(upstream, sender, until, now)
         if not has_budget(upstream):
             return self.ledger.take(upstream, sender, messages, recipients, now)
-        if not self.shared.available:
-            return self._local(upstream, sender, messages, recipients, now)
         who = _hashed(upstream, sender)
         pace = (upstream.pace.count, upstream.pace.seconds) if upstream.pace else None
-        d = self.shared.call(
-            self.shared.store.spend,
-            f"budget:{upstream.name}:{who}",
-            pace,
-            upstream.max_recipients_per_day,
-            messages,
-            recipients,
-        )
 
         def answered(answer: tuple[int, float] | None) -> Spent | None:
-            self.shared.metrics.cluster_decision("shared")
             if answer is None:  # taken in Redis; counted here too, for this instance's metrics
                 self.ledger.count(upstream, sender, messages, recipients, now)
                 return None
@@ -75,12 +63,18 @@ class SharedBudgets:
             later = self.shared.reactor.seconds()
             return self.ledger.promise(upstream, sender, budget, later + seconds, later)
 
-        def failed(failure: Any) -> Spent | None:
-            failure.trap(StoreError)
-            self.shared._lost(str(failure.value))
-            return self._local(upstream, sender, messages, recipients, now)
-
-        return d.addCallbacks(answered, failed)
+        return self.shared.ask(
+            self.shared.store.spend,
+            (
+                f"budget:{upstream.name}:{who}",
+                pace,
+                upstream.max_recipients_per_day,
+                messages,
+                recipients,
+            ),
+            answered,
+            lambda: self._local(upstream, sender, messages, recipients, now),
+        )
 
     def _local(
         self, upstream: UpstreamConfig, sender: str, messages: int, recipients: int, now: float

@@ -92,27 +92,40 @@ class SharedState:
         d.addTimeout(self.cluster.timeout * 2, self.reactor, onTimeoutCancel=_late)
         return d
 
-    def rate_allowed(self, rule: str, rate: Rate) -> defer.Deferred[bool | None] | bool | None:
-        """One message against `rule`'s shared rate: True, False (spent), or None (deferred)."""
-        return self.budget_allowed("rate:" + rule, rate)
-
-    def budget_allowed(self, key: str, rate: Rate) -> defer.Deferred[bool | None] | bool | None:
-        """One event against the shared budget `key` (``rate:RULE``; upstream pacing will use
-        ``pace:UPSTREAM``): asks Redis, or decides locally while it is away."""
+    def ask(
+        self,
+        question: Callable[..., Any],
+        args: tuple[Any, ...],
+        answered: Callable[[Any], Any],
+        without: Callable[[], Any],
+    ) -> Any:
+        """One shared decision: `question(*args)` asked of Redis in the pool and its answer
+        given to `answered`; `without()` decides instead while Redis is away, or when this
+        question fails (the outage is noted once). A Deferred, or `without()`'s answer now."""
         if not self.available:
-            return self._without_redis(key, rate)
-        d = self.call(self.store.take, key, rate.count, rate.seconds)
+            return without()
+        d = self.call(question, *args)
 
-        def answered(allowed: bool) -> bool:
+        def shared(answer: Any) -> Any:
             self.metrics.cluster_decision("shared")
-            return allowed
+            return answered(answer)
 
-        def failed(failure: Any) -> bool | None:
+        def failed(failure: Any) -> Any:
             failure.trap(StoreError)
             self._lost(str(failure.value))
-            return self._without_redis(key, rate)
+            return without()
 
-        return d.addCallbacks(answered, failed)
+        return d.addCallbacks(shared, failed)
+
+    def rate_allowed(self, rule: str, rate: Rate) -> defer.Deferred[bool | None] | bool | None:
+        """One message against `rule`'s shared rate: True, False (spent), or None (deferred)."""
+        key = "rate:" + rule
+        return self.ask(
+            self.store.take,
+            (key, rate.count, rate.seconds),
+            lambda allowed: allowed,
+            lambda: self._without_redis(key, rate),
+        )
 
     def _without_redis(self, key: str, rate: Rate) -> bool | None:
         if self.cluster.on_unavailable == "defer":
