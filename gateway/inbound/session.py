@@ -216,11 +216,16 @@ class Session:
             return replies.NEED_HELO
         if self.transaction is not None:
             return replies.NESTED_MAIL
-        refusal = follow_reload(self) or starttls.mail_refusal(self)
+        refusal = follow_reload(self)
         if refusal is not None:
             return refusal
-        if self.config.listener.require_auth and self.app is None:
-            return replies.AUTH_REQUIRED
+        limit, refusal = "listener.require_tls", starttls.mail_refusal(self)
+        if refusal is None and self.config.listener.require_auth and self.app is None:
+            limit, refusal = "listener.require_auth", replies.AUTH_REQUIRED
+        if refusal is not None:  # who the sender would have been, when the line says it
+            sender = _sender_of(argument)
+            self.log.info(Event.MAIL_REFUSED, sender=sender, limit=limit, reply=str(refusal))
+            return refusal
         mail = parse_mail(argument)
         if not self.login.owns(mail.sender.text):
             self.log.info(
@@ -382,3 +387,11 @@ class Session:
         self.log.info(Event.MESSAGE_RESULT, **fields)
         waited = None if txn.dot_sent is None else self.host.monotonic() - txn.dot_sent
         self.host.metrics.message_result(fields, waited)
+
+
+def _sender_of(argument: str) -> str | None:
+    """The sender a MAIL line names, for the record of its refusal (None: it names none)."""
+    try:
+        return parse_mail(argument).sender.text
+    except CommandError:
+        return None

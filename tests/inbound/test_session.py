@@ -147,6 +147,21 @@ def test_app_authenticates_and_may_send_only_as_its_senders(app_hash):
     assert say(session, "MAIL FROM:<invoices@billing.example.com>") == [replies.SENDER_OK]
 
 
+def test_mail_refused_for_require_auth_is_recorded(app_hash):
+    """require_auth: MAIL before AUTH gets 530 5.7.0 and a mail.refused naming the key."""
+    host = FakeHost(config(apps(app_hash), require_auth=True))
+    session = start(host)
+    assert say(session, "EHLO a", "MAIL FROM:<invoices@billing.example.com>")[1] == (
+        replies.AUTH_REQUIRED
+    )
+    [refused] = host.events("mail.refused")
+    assert refused["limit"] == "listener.require_auth"
+    assert refused["sender"] == "invoices@billing.example.com"
+    assert refused["reply"] == str(replies.AUTH_REQUIRED)
+    assert say(session, "MAIL FROM:<bad")[0] == replies.AUTH_REQUIRED
+    assert host.events("mail.refused")[1]["sender"] is None  # a line that names no sender
+
+
 def test_wrong_app_password_fails_without_naming_it(app_hash):
     """A wrong password is 535 5.7.8; the audit says why, and never the password."""
     host = FakeHost(config(apps(app_hash)))

@@ -72,10 +72,13 @@ def test_starttls_refusals():
 
 
 def test_require_tls_refuses_mail_before_tls():
-    """require_tls: MAIL before STARTTLS gets 530 5.7.0; without it MAIL is taken."""
+    """require_tls: MAIL before STARTTLS gets 530 5.7.0 and a mail.refused naming the key;
+    without it MAIL is taken."""
     s = session(require_tls=True)
     s.handle_line(b"EHLO app.test")
     assert s.handle_line(b"MAIL FROM:<a@example.com>") == replies.TLS_REQUIRED
+    [refused] = s.host.events("mail.refused")  # type: ignore[attr-defined]
+    assert refused["limit"] == "listener.require_tls" and refused["sender"] == "a@example.com"
     relaxed = session()
     relaxed.handle_line(b"EHLO app.test")
     assert relaxed.handle_line(b"MAIL FROM:<a@example.com>") == replies.SENDER_OK
