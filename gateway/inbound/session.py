@@ -219,12 +219,12 @@ class Session:
         refusal = follow_reload(self)
         if refusal is not None:
             return refusal
-        limit, refusal = "listener.require_tls", starttls.mail_refusal(self)
+        key, refusal = "listener.require_tls", starttls.mail_refusal(self)
         if refusal is None and self.config.listener.require_auth and self.app is None:
-            limit, refusal = "listener.require_auth", replies.AUTH_REQUIRED
+            key, refusal = "listener.require_auth", replies.AUTH_REQUIRED
         if refusal is not None:  # who the sender would have been, when the line says it
             sender = _sender_of(argument)
-            self.log.info(Event.MAIL_REFUSED, sender=sender, limit=limit, reply=str(refusal))
+            self.log.info(Event.MAIL_REFUSED, sender=sender, limit=key, reply=str(refusal))
             return refusal
         mail = parse_mail(argument)
         if not self.login.owns(mail.sender.text):
