@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from gateway.outbound.failure import UpstreamFailure
+from gateway.outbound.pool import UpstreamPool
 from gateway.smtp import replies
 from gateway.smtp.replies import Reply
 from tests.outbound.fakes import GO_AHEAD, OK, QUEUED, FakePool, FakeSession, fired
+from tests.outbound.test_pool import Connector
 from tests.outbound.test_transaction import CONFIGS, pool, run, transaction
 
 PIPELINING = {"PIPELINING": "", "8BITMIME": "", "SIZE": "10000000"}
@@ -213,3 +215,26 @@ def test_an_rset_lost_is_no_connection_limit():
     assert queued(txn, "a@example.net") == [OK]
     assert primary.staled == [(stale, False)] and primary.fresh_asked == 0
     assert primary.learned is None and txn.retried == {}
+
+
+def test_the_pool_hands_out_a_pipelining_session_with_its_rset_due_not_sent():
+    """Reuse where PIPELINING is offered: no RSET round trip in the pool, `reset_due` set; an
+    upstream without PIPELINING still gets the pool's own RSET, waited for."""
+    for capabilities, rset_sent in ((dict(PIPELINING), False), ({}, True)):
+        connector = Connector()
+        upstream = UpstreamPool(connector, task.Clock())  # type: ignore[arg-type]
+        session = fired(upstream.acquire())
+        session.capabilities = capabilities
+        upstream.release(session, reusable=True)
+        assert fired(upstream.acquire()) is session
+        assert (b"RSET" in session.lines, session.reset_due) == (rset_sent, not rset_sent)
+
+
+def test_a_stale_session_is_closed_with_quit_or_reset_when_not_usable():
+    """`UpstreamPool.stale`: QUIT where nothing is left open, a reset where DATA was left 354."""
+    connector = Connector()
+    upstream = UpstreamPool(connector, task.Clock())  # type: ignore[arg-type]
+    quitting, resetting = fired(upstream.acquire()), fired(upstream.acquire())
+    upstream.stale(quitting)
+    upstream.stale(resetting, usable=False)
+    assert connector.quit == [quitting] and resetting.protocol.aborted
