@@ -2,7 +2,10 @@
 
 `Transaction.open` takes a session from the first usable upstream of the route (pooled, or
 newly opened: TLS, verification, AUTH) and sends MAIL and the recipients known so far, pipelined
-where the upstream offers PIPELINING (RFC 2920). Failover, the same for relay and queue:
+where the upstream offers PIPELINING (RFC 2920): in one write with a reused session's RSET
+and, for the queue (`data=True`), DATA (`gateway.outbound.flight`; an RSET that fails there
+closes that session and the pool is asked again, as its own RSET check would). Failover, the
+same for relay and queue:
 
 - an upstream that cannot give a session (connection, TLS, greeting, EHLO, AUTH) is put in
   cool-down (`gateway.outbound.failover`) unless its pool was only busy, and the next is tried;
