@@ -24,6 +24,7 @@ cannot leak through an error.
 from __future__ import annotations
 
 from collections import deque
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,9 +81,16 @@ class UpstreamSession:
     auth_mechanism: str | None
     log: list[str] = field(default_factory=list)
     oauth_grant: str | None = None  # the OAuth grant the token came from (auth = "xoauth2")
+    # Handed out again by its pool without the RSET that clears the last transaction: the
+    # next batch on it starts with RSET (pipelined, where the upstream offers PIPELINING).
+    reset_due: bool = False
 
     def command(self, line: bytes, timeout: float | None = None) -> defer.Deferred[Reply]:
         return _guard(self.protocol.send(line, timeout), self.config)
+
+    def batched(self) -> AbstractContextManager[None]:
+        """Commands sent inside the block go out in one write (where PIPELINING is offered)."""
+        return self.protocol.batched()
 
     def write(self, data: bytes) -> None:
         self.protocol.write(data)

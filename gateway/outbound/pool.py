@@ -3,7 +3,11 @@
 One pool per upstream. `acquire()` hands out an idle session after a ``RSET``
 health check (the one place a session's leftover transaction is cleared), or opens a
 new one while fewer than ``max_connections`` are open, or waits (FIFO) for one to be
-released; ``fresh=True`` never hands out an idle one. With ``max_connections_per_identity``
+released; ``fresh=True`` never hands out an idle one. Where the upstream offers PIPELINING
+the RSET is not waited for here: the session goes out with ``reset_due`` set and the
+transaction sends RSET in one write with its MAIL (RFC 2920), no round trip of its own; an
+RSET refused or lost there ends that session the same way (`UpstreamPool.stale`) and the
+transaction asks again, as this loop would have. With ``max_connections_per_identity``
 a sending identity (the AUTH user: each sender with ``username = "$sender"``) holding that
 many sessions (open, opening or in use) waits for one of its own while other identities go
 on; a wait longer than ``command_timeout`` is `PoolBusy` (``451 4.4.5``). `release()` returns a session
@@ -146,6 +150,9 @@ class UpstreamPool:
                 if self.carried(session) >= self.limit:  # a limit learned while it sat idle
                     self._close(session)
                     continue
+                if "PIPELINING" in session.capabilities:  # RSET goes in the next batch
+                    session.reset_due = True
+                    return session
                 try:
                     reply = await session.command(b"RSET", self.config.command_timeout)
                 except UpstreamFailure:
@@ -268,6 +275,17 @@ class UpstreamPool:
             self._idle.append(_Idle(session, timer))
             self._wake()
         elif alive and reusable:
+            self._close(session)
+        else:
+            session.abort()
+
+    def stale(self, session: UpstreamSession, *, usable: bool = True) -> None:
+        """A session handed out with `reset_due` failed its RSET (refused, 421 or lost): closed
+        with QUIT, as the pool's own RSET check would, and never handed out again; reset
+        instead when not `usable` (lost, 421, or left inside DATA, where a dot could deliver
+        an empty message)."""
+        session.reset_due = False
+        if usable and session.protocol._lost_reason is None:
             self._close(session)
         else:
             session.abort()

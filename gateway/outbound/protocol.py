@@ -17,7 +17,9 @@ for real breakage: a timeout, a protocol error, the injection guard, an unverifi
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 from OpenSSL import SSL
@@ -67,6 +69,7 @@ class UpstreamProtocol(Protocol):
         self._lost_reason: str | None = None
         self._bug: Exception | None = None  # our own code raised in a transport callback
         self._quit_guard: Any = None  # aborts a connection that QUIT did not close in time
+        self._batch: list[bytes] | None = None  # command lines held for one write (`batched`)
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.is_closed = False
         self.tls_facts: TLSFacts | None = None
@@ -286,8 +289,23 @@ class UpstreamProtocol(Protocol):
         if starttls and (self._unclaimed or self._parser.pending):
             self._abort("STARTTLS response injection: data buffered before STARTTLS")
             return defer.fail(Lost(self._lost_reason or ""))
-        self.transport.write(line + b"\r\n")
+        if self._batch is not None:
+            self._batch.append(line + b"\r\n")
+        else:
+            self.transport.write(line + b"\r\n")
         return self.read_reply(timeout, starttls=starttls)
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Command lines sent inside the block go out at its end in one write (RFC 2920
+        pipelining: one TCP send, one TLS record), each with its own reply as usual."""
+        self._batch = []
+        try:
+            yield
+        finally:
+            lines, self._batch = self._batch, None
+            if lines and self._lost_reason is None and self.transport is not None:
+                self.transport.write(b"".join(lines))
 
     def write(self, data: bytes) -> None:
         if self._lost_reason is None:

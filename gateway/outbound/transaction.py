@@ -2,7 +2,10 @@
 
 `Transaction.open` takes a session from the first usable upstream of the route (pooled, or
 newly opened: TLS, verification, AUTH) and sends MAIL and the recipients known so far, pipelined
-where the upstream offers PIPELINING (RFC 2920). Failover, the same for relay and queue:
+where the upstream offers PIPELINING (RFC 2920): in one write with a reused session's RSET
+and, for the queue (`data=True`), DATA (`gateway.outbound.flight`; an RSET that fails there
+closes that session and the pool is asked again, as its own RSET check would). Failover, the
+same for relay and queue:
 
 - an upstream that cannot give a session (connection, TLS, greeting, EHLO, AUTH) is put in
   cool-down (`gateway.outbound.failover`) unless its pool was only busy, and the next is tried;
@@ -25,11 +28,8 @@ and is dropped after any break.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
-
-from twisted.internet import defer
 
 from gateway.config.model import UpstreamConfig
 from gateway.outbound import envelope, record
@@ -38,6 +38,7 @@ from gateway.outbound.classify import Verdict, final, reflect, reusable, verdict
 from gateway.outbound.connector import UpstreamSession
 from gateway.outbound.failover import Cooldowns
 from gateway.outbound.failure import UpstreamFailure
+from gateway.outbound.flight import STALE, Flight, Stale
 from gateway.outbound.pacing import Budgets, Pacer, budget_reply
 from gateway.outbound.pool import PoolBusy, UpstreamPool
 from gateway.smtp import replies
@@ -84,6 +85,8 @@ class Transaction:
         self._closing = False  # the upstream said 421: the session is not handed on
         self._busy = False  # a command of ours waits for its reply
         self._in_data = False  # DATA was answered 354: only the body and the dot may follow
+        self._with_data = False  # DATA goes in MAIL's flight (queue delivery, PIPELINING)
+        self._data_answer: Reply | None = None  # DATA's reply from that flight, for `data`
         self.retried: dict[
             str, Any
         ] = {}  # MAIL retried on a fresh connection: why, what it learned
@@ -102,15 +105,23 @@ class Transaction:
     # --- MAIL and the first recipients ---------------------------------------------------
 
     async def open(
-        self, recipients: Sequence[str], before_mail: Callable[[], None] | None = None
+        self,
+        recipients: Sequence[str],
+        before_mail: Callable[[], None] | None = None,
+        *,
+        data: bool = False,
     ) -> list[Reply]:
         """Take a session along the route and send MAIL and `recipients`: a reply for each.
 
         `before_mail` runs once a session is in hand, before anything is sent on it (the queue
         marks its duplicate window there); if it raises, the session goes back unused.
+        `data`: every recipient is known (queue delivery), so DATA goes in the same write
+        where the upstream offers PIPELINING; `data()` then gives its reply. When no recipient
+        was accepted, DATA's reply (a 503, or a 354 ended with the lone dot) is nobody's result.
         When `failure` is set afterwards, every recipient the upstream did not answer has
         `failure.reply`.
         """
+        self._with_data = data
         recipients = list(recipients)
         answers: list[Reply | None] = [envelope.unsendable(r) for r in recipients]
         if (bad := envelope.unsendable(self.sender)) is not None:
@@ -205,6 +216,11 @@ class Transaction:
             if not fresh:
                 carried = pool.carried(session)
             outcome = await self._mail(session, recipients, answers)
+            if isinstance(outcome, Stale):  # its pool's RSET failed: the next session, as the
+                self.pool = self.session = None  # pool's own RSET check would have given
+                if self.failure is not None:  # aborted meanwhile
+                    return None
+                continue
             said = None if isinstance(outcome, UpstreamFailure) else self.upstream_reply
             if fresh:  # MAIL went through on the fresh connection: the pool learns the limit
                 if outcome is None and self._mailed and self.failure is None:
@@ -226,10 +242,13 @@ class Transaction:
 
     async def _mail(
         self, session: UpstreamSession, recipients: list[str], answers: list[Reply | None]
-    ) -> Reply | UpstreamFailure | None:
+    ) -> Reply | UpstreamFailure | Stale | None:
         """MAIL and the RCPTs not answered yet (pipelined where offered); fills `answers`.
 
+        With PIPELINING the pool's RSET (when due) goes first in the same write, and DATA
+        last when `open` was asked for it (`gateway.outbound.flight`).
         Returns MAIL's refusal, the connection's loss before MAIL's reply (not yet recorded),
+        `STALE` (the pool's RSET failed: that session is closed, the caller asks for another),
         or None (accepted, or `failure` set).
         """
         capabilities = session.capabilities
@@ -255,36 +274,48 @@ class Transaction:
             self.sender, capabilities, size=self.size, body=self.body, smtputf8=self._smtputf8
         )
         lines = [envelope.rcpt_line(recipients[i], smtputf8=self._smtputf8) for i in todo]
-        pipelined: list[defer.Deferred[Reply]] = []
         self._mailed = self._busy = True
+        flight = Flight(session, reset=session.reset_due, data=self._with_data)
+        session.reset_due = False
         try:
-            mail_sent = session.command(line)
-            if "PIPELINING" in capabilities:
-                pipelined = [session.command(rcpt) for rcpt in lines]
+            flight.send(line, lines)
+            assert flight.mail is not None
+            if flight.reset is not None and not await flight.reset_ok():
+                # The pool's RSET failed: MAIL, RCPTs and DATA are answered in step and
+                # recorded nowhere; the session is closed and another one asked for.
+                usable = await flight.settle([flight.mail, *flight.rcpts], accepted=True)
+                assert self.pool is not None
+                self.pool.stale(session, usable=usable)
+                self._done = True
+                return STALE
             try:
-                answer = await mail_sent
+                answer = await flight.mail
             except UpstreamFailure as failure:  # lost before MAIL's reply: the caller decides
-                for sent in pipelined:
-                    sent.addErrback(lambda _: None)
+                flight.forget()
                 return failure
             self.upstream_reply = answer  # as the upstream said it, even when it made no sense
             reply = self.pacer.check(session.config, answer, "MAIL") or expected(answer, 250)
-            if reply.code != 250:
-                for sent in pipelined:
-                    with contextlib.suppress(UpstreamFailure):  # a 421 and the close
-                        await sent  # their 503s mean nothing; keep the replies in step
+            if reply.code != 250:  # the RCPTs' and DATA's 503s mean nothing: kept in step
+                if not await flight.settle(flight.rcpts, accepted=False):
+                    self._closing = True
                 return reply
+            taken = False  # the upstream said yes (2xx, 3xx) to a RCPT, whatever we made of it
             for step, i in enumerate(todo):
-                sent = pipelined[step] if pipelined else session.command(lines[step])
-                answer = await sent
+                answer = await flight.rcpt(step)
                 self.upstream_reply = answer
                 self._closing = self._closing or answer.code == 421
+                taken = taken or answer.is_positive
                 answers[i] = self.pacer.check(session.config, answer, "RCPT") or expected(
                     answer, 250, 251
                 )
+            if flight.data is not None:
+                if any(answers[i].is_positive for i in todo):  # type: ignore[union-attr]
+                    answer = await flight.data  # `data` reads it
+                    self._data_answer, self._in_data = answer, answer.code == 354
+                elif not await flight.settle([], accepted=taken):  # DATA's 503: nobody's result
+                    self._closing = True
         except BaseException as error:
-            for sent in pipelined:
-                sent.addErrback(lambda _: None)  # the same loss (or bug), handled here
+            flight.forget()  # the same loss (or bug), handled here
             if not isinstance(error, UpstreamFailure):
                 raise
             self._fail(error)
@@ -336,14 +367,16 @@ class Transaction:
         """DATA: the upstream's 354, or its refusal (the session then goes back to its pool)."""
         if self.failure is not None or self.session is None:
             return self._refusal()
-        self._busy = True
-        try:
-            answer = await self.session.command(b"DATA")
-        except UpstreamFailure as failure:
-            self._fail(failure)
-            return self._refusal()
-        finally:
-            self._busy = False
+        answer, self._data_answer = self._data_answer, None
+        if answer is None:  # not in MAIL's flight: sent now
+            self._busy = True
+            try:
+                answer = await self.session.command(b"DATA")
+            except UpstreamFailure as failure:
+                self._fail(failure)
+                return self._refusal()
+            finally:
+                self._busy = False
         self.upstream_reply = answer
         if answer.code == 354:
             self._in_data = True

@@ -3,7 +3,9 @@
 The pending recipients are grouped by route (their rule's upstream list); each group is one
 `gateway.outbound.transaction.Transaction` — the same failover, cool-downs, MAIL/RCPT lines,
 reply rules and pools (``max_connections`` shared with relay traffic) as cut-through relay —
-with all its recipients sent at once and the body pulled from the spool file. At most
+with all its recipients sent at once (MAIL, every RCPT and DATA in one write where the
+upstream offers PIPELINING, RFC 2920: the 503 to DATA after every recipient was refused is
+nobody's result) and the body pulled from the spool file. At most
 ``max_connections`` groups run at once per first upstream (``max_connections_per_identity``
 when that is lower and the upstream sends as one ``username``: the rest would only wait).
 
@@ -238,7 +240,9 @@ class DeliveryAttempts:
                 self.spool.save(ACTIVE, envelope)
 
         addresses = [r.address for r in group]
-        answers = dict(zip(addresses, await txn.open(addresses, mark_in_flight), strict=True))
+        # Every recipient is known: DATA goes with MAIL and the RCPTs where PIPELINING is offered.
+        answered = await txn.open(addresses, mark_in_flight, data=True)
+        answers = dict(zip(addresses, answered, strict=True))
         accepted = [r for r in group if answers[r.address].is_positive]
         if txn.failure is None and not accepted:
             txn.release(reusable=True)  # every recipient refused: nothing to send

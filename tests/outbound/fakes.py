@@ -8,7 +8,8 @@ for a new connection, and records each release and what it learned about message
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from twisted.internet import defer, task
@@ -89,6 +90,9 @@ class FakeSession:
         self.lines: list[bytes] = []  # each command line, in order
         self.body = b""  # what was written after DATA, dot-stuffed, with the final dot
         self.hold = False  # keep replies back until `answer()`
+        self.batches: list[list[bytes]] = []  # each pipelined write, as its command lines
+        self.reset_due = False  # the pool handed it out without its RSET
+        self._batching = False
         self.held: list[tuple[defer.Deferred[Reply], Reply | UpstreamFailure]] = []
 
     def _reply(self, verb: str) -> defer.Deferred[Reply]:
@@ -110,7 +114,19 @@ class FakeSession:
 
     def command(self, line: bytes, timeout: float | None = None) -> defer.Deferred[Reply]:
         self.lines.append(line)
+        if self._batching:
+            self.batches[-1].append(line)
         return self._reply(line.split(b" ", 1)[0].split(b":", 1)[0].decode())
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Commands sent inside are one pipelined write: recorded together in `batches`."""
+        self.batches.append([])
+        self._batching = True
+        try:
+            yield
+        finally:
+            self._batching = False
 
     def write(self, data: bytes) -> None:
         self.body += data
@@ -138,6 +154,7 @@ class FakePool:
         self.senders: list[str | None] = []  # each acquire's sender
         self.released: list[tuple[FakeSession, bool]] = []
         self.spent: list[FakeSession] = []  # released as spent (QUIT: its per-connection limit)
+        self.staled: list[tuple[FakeSession, bool]] = []  # failed a pipelined RSET: (it, usable)
         self.pending: defer.Deferred[Any] | None = None  # set by `hold()`
         self.fresh: FakeSession | None = None  # handed out by acquire(fresh=True)
         self.fresh_asked = 0
@@ -182,6 +199,9 @@ class FakePool:
             self.spent.append(session)
         if mailed:
             self.counts[id(session)] = self.carried(session) + 1
+
+    def stale(self, session: FakeSession, *, usable: bool = True) -> None:
+        self.staled.append((session, usable))
 
     def carried(self, session: FakeSession) -> int:
         return self.counts.get(id(session), 0)
