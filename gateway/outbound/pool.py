@@ -145,7 +145,7 @@ class UpstreamPool:
                 if idle.timer.active():
                     idle.timer.cancel()
                 session = idle.session
-                if session.protocol._lost_reason is not None:
+                if session.protocol.ended:
                     continue
                 if self.carried(session) >= self.limit:  # a limit learned while it sat idle
                     self._close(session)
@@ -262,7 +262,7 @@ class UpstreamPool:
         count = self.messages.get(key, 0) + (1 if mailed else 0)
         if key in self._open:
             self.messages[key] = count
-        alive = session.protocol._lost_reason is None
+        alive = not session.protocol.ended
         if (
             reusable
             and alive
@@ -285,7 +285,7 @@ class UpstreamPool:
         instead when not `usable` (lost, 421, or left inside DATA, where a dot could deliver
         an empty message)."""
         session.reset_due = False
-        if usable and session.protocol._lost_reason is None:
+        if usable and not session.protocol.ended:
             self._close(session)
         else:
             session.abort()

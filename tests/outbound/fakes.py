@@ -57,6 +57,10 @@ class Protocol:
         self.closed: defer.Deferred[None] = defer.Deferred()
         self.aborted: str | None = None
 
+    @property
+    def ended(self) -> bool:
+        return self._lost_reason is not None
+
     def abort(self, reason: str = "aborted by gateway") -> None:
         self.aborted = reason
 

@@ -133,7 +133,7 @@ def test_a_busy_pool_does_not_cool_down_a_healthy_upstream(tmp_path):
     """Waiting in vain for a pooled connection defers the message but leaves the upstream usable."""
 
     class Protocol:
-        _lost_reason = None
+        ended = False
 
         def __init__(self) -> None:
             self.closed: defer.Deferred[None] = defer.Deferred()
