@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 
 from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
-from gateway.queue.spool import HOLD, QUEUED, EnvelopeInvalid, MessageGone, Spool
+from gateway.queue.spool import HOLD, QUEUED, Envelope, EnvelopeInvalid, MessageGone, Spool
 
 HELD = "held-upstreams"
 MAX_SIZE = 64 * 1024
@@ -127,6 +127,14 @@ class HoldWatch:
                 self.audit.event(Event.MESSAGE_RELEASED, queue_id=queue_id, state=state)
         self.messages = now
         return came
+
+    def waiting(
+        self, envelope: Envelope, configured: Callable[[str], bool]
+    ) -> set[tuple[str, ...]]:
+        """The routes of `envelope`'s pending recipients whose next upstream is held (they wait)."""
+        if not self.upstreams:
+            return set()
+        return {r.hops for r in envelope.pending if next_hop(r.hops, configured) in self.upstreams}
 
     def look_upstreams(self) -> list[str]:
         """Log ``upstream.held`` / ``upstream.released`` since the last look; the released ones."""

@@ -7,12 +7,10 @@ now, deferred messages whose time has come move to ``active/``, and messages
 the operator moved to ``trash/`` are logged and removed. The operator commands
 act only by renaming folders (or writing a marker file), so they are safe while this runs.
 
-Holds (``mailgate queue hold``): messages in ``hold/`` are never started; the scan logs the
-ones that came (``message.held``) and went (``message.released``). Upstreams listed in the
-spool's ``held-upstreams`` (`gateway.queue.holds`) are read at each scan: a recipient whose next
-upstream is held is left out of the round, and a message with nothing else pending is parked in
-``deferred/`` (no backoff, no expiry) until that upstream is released. The scan also looks at
-the spool's free space (`gateway.queue.space`, ``queue.min_free``) and logs when it crosses the floor.
+Holds (``mailgate queue hold``, `gateway.queue.holds`): ``hold/`` is never started; a recipient
+whose next upstream is held is left out of the round, and a message with nothing else pending is
+parked in ``deferred/`` until that upstream is released. Each scan also looks at the free space
+(`gateway.queue.space`, ``queue.min_free``).
 
 One delivery round of a message is `gateway.queue.attempt` (the shared outbound
 transaction, per route); what the round leaves — backoff, bounce, the durable record,
@@ -39,7 +37,7 @@ from gateway.queue import quarantine
 from gateway.queue.attempt import DeliveryAttempts
 from gateway.queue.drain import DrainWatch, holding, requested_at
 from gateway.queue.envelope import RecipientStatus
-from gateway.queue.holds import HoldWatch, next_hop
+from gateway.queue.holds import HoldWatch
 from gateway.queue.settle import Settler
 from gateway.queue.space import FreeSpace
 from gateway.queue.spool import (
@@ -344,7 +342,7 @@ class DeliveryRunner:
         if envelope is None:
             return
         self.settler.restore(envelope)
-        held = self._held_routes(envelope)
+        held = self.holds.waiting(envelope, lambda name: self.pools(name) is not None)
         if held and all(r.hops in held for r in envelope.pending):
             self._park(envelope)
             return
@@ -367,18 +365,6 @@ class DeliveryRunner:
             return
         if due is not None:
             self.schedule[envelope.id] = due
-
-    def _held_routes(self, envelope: Envelope) -> set[tuple[str, ...]]:
-        """The routes of pending recipients whose next upstream is held (they wait)."""
-        if not self.holds.upstreams:
-            return set()
-
-        def configured(name: str) -> bool:
-            return self.pools(name) is not None
-
-        return {
-            r.hops for r in envelope.pending if next_hop(r.hops, configured) in self.holds.upstreams
-        }
 
     def _park(self, envelope: Envelope) -> None:
         """Every pending recipient waits for a held upstream: out of active/, due when released."""

@@ -223,7 +223,11 @@ class Spool:
         return Envelope.from_json(raw, queue_id)
 
     def body_path(self, state: str, queue_id: str) -> str:
-        return os.path.join(self.folder(state, queue_id), BODY)
+        """The body's path (for ``active/``: in ``hold/`` if the operator held it meanwhile)."""
+        folder = self.folder(state, queue_id)
+        if state == ACTIVE and not os.path.lexists(folder) and self._held(queue_id):
+            folder = self.folder(HOLD, queue_id)
+        return os.path.join(folder, BODY)
 
     # --- changing ------------------------------------------------------------------
 

@@ -142,3 +142,21 @@ def test_delete_of_a_held_message_moves_it_to_trash(spool, config, capsys):
     run(capsys, "hold", queue_id, "--config", config)
     assert run(capsys, "delete", queue_id, "--config", config)[0] == 0
     assert spool.locate(queue_id) == "trash"
+
+
+def test_check_warns_when_the_spool_is_below_min_free(spool, tmp_path, capsys):
+    """mailgate check: a floor above the free space is a warning naming queue.min_free (exit 0)."""
+    from gateway.cli import main as cli
+
+    config = tmp_path / "floor.toml"
+    body = (
+        '[upstreams.up]\nhost = "smtp.example.net"\n\n'
+        '[[rules]]\nname = "all"\naction = "relay"\nupstream = "up"\ndelivery = "queue"\n'
+    )
+    config.write_text(f'[queue]\npath = "{spool.path}"\nmin_free = "1000000TiB"\n\n' + body)
+    assert cli.main(["check", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {config}: queue.min_free: " in err and "below the floor of" in err
+    config.write_text(f'[queue]\npath = "{spool.path}"\nmin_free = 0\n\n' + body)
+    assert cli.main(["check", "--config", str(config)]) == 0
+    assert "min_free" not in capsys.readouterr().err

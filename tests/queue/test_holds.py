@@ -120,6 +120,15 @@ def test_a_round_that_finishes_a_held_message_takes_it_from_hold(tmp_path):
         assert spool.locate(queue_id) == target or os.path.isdir(spool.folder(target, queue_id))
 
 
+def test_the_body_of_a_message_held_midway_is_still_found(tmp_path):
+    """A round's body reads (the DSN's headers) follow the message to hold/."""
+    spool = Spool(str(tmp_path / "spool"))
+    spool.create()
+    queue_id = queue(spool)
+    spool.move(queue_id, ACTIVE, HOLD)
+    assert spool.body_path(ACTIVE, queue_id) == os.path.join(spool.folder(HOLD, queue_id), "body")
+
+
 def test_a_message_deleted_during_its_round_is_still_gone(tmp_path):
     """Only hold/ is followed: a message moved to trash/ raises MessageGone as before."""
     spool = Spool(str(tmp_path / "spool"))
