@@ -247,9 +247,9 @@ def test_bad_queue_values_are_all_reported():
     assert "expected true or false" in found["queue.bounce"]
 
 
-def test_min_free_defaults_to_100_mib_and_takes_a_size_or_bytes():
-    """queue.min_free: 100 MiB unless given, as "1GiB", as bytes, or 0 (off)."""
-    assert parse(queued_document(), "q.toml").queue.min_free == 100 * 1024**2
+def test_min_free_is_off_by_default_and_takes_a_size_or_bytes():
+    """queue.min_free: 0 (off) unless given, as "1GiB", as bytes, or 0."""
+    assert parse(queued_document(), "q.toml").queue.min_free == 0
     for written, size in (("1GiB", 1024**3), (52428800, 52428800), (0, 0)):
         assert parse(queued_document(queue={"min_free": written}), "q.toml").queue.min_free == size
 
