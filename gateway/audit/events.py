@@ -53,6 +53,13 @@ class Event(StrEnum):
     # [cluster]: the shared Redis
     CLUSTER_UNAVAILABLE = "cluster.unavailable"
     CLUSTER_RESTORED = "cluster.restored"
+    # operator holds (mailgate queue hold/release) and queue.min_free, as the runner sees them
+    MESSAGE_HELD = "message.held"
+    MESSAGE_RELEASED = "message.released"
+    UPSTREAM_HELD = "upstream.held"
+    UPSTREAM_RELEASED = "upstream.released"
+    QUEUE_SPACE_LOW = "queue.space_low"
+    QUEUE_SPACE_RESTORED = "queue.space_restored"
 
 
 class Outcome(StrEnum):

@@ -63,6 +63,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             from gateway.queue.spool import Spool
 
             problems.extend(f"{args.config}: {p}" for p in Spool(config.queue.path).problems())
+            warnings.extend(_space_warnings(args.config, config))
         if config.cluster is not None:
             problems.extend(_check_cluster(args.config, config, connect=args.connect))
         if not config.rules:
@@ -84,6 +85,23 @@ def cmd_check(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _space_warnings(source: str, config: Config) -> list[str]:
+    """``queue.min_free`` against the spool's free space now (a warning: it changes by itself)."""
+    from gateway.queue import space
+
+    floor = config.queue.min_free
+    try:
+        free = space.free_bytes(config.queue.path)
+    except OSError as exc:
+        return [f"{source}: queue.min_free: cannot measure {config.queue.path}: {exc.strerror}"]
+    if floor and free < floor:
+        return [
+            f"{source}: queue.min_free: {space.shown(free)} free on {config.queue.path}, below the "
+            f"floor of {space.shown(floor)}: queue-mode mail gets 452 4.3.1 until space is freed"
+        ]
+    return []
 
 
 def _check_cluster(source: str, config: Config, *, connect: bool) -> list[str]:

@@ -5,7 +5,9 @@ same atomic step the runner uses — so it never writes a file the runner may be
 writing. ``retry`` moves ``deferred/ID`` to ``active/ID``; ``delete`` moves a
 message to ``trash/`` (the runner logs ``message.deleted`` and removes it, at
 once or at its next start); ``requeue`` resets the failed recipients of a dead
-letter to pending and moves it to ``active/``; ``drain``, ``resume`` and ``status``
+letter to pending and moves it to ``active/``; ``hold`` and ``release``
+(`gateway.cli.queue_hold`) move a message to and from ``hold/`` or write the spool's
+``held-upstreams``; ``drain``, ``resume`` and ``status``
 (`gateway.cli.queue_drain`) write or read the spool's drain marker. The running daemon looks at the
 spool every second, so a command takes effect within about a second.
 """
@@ -15,18 +17,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from gateway.cli import queue_drain
+from gateway.cli import queue_drain, queue_hold
 from gateway.config.environment import from_environment
 from gateway.config.toml import load
 from gateway.errors import MailgateError, UsageError
 from gateway.outbound.pacing import is_paced
+from gateway.queue import holds
 from gateway.queue.spool import (
     ACTIVE,
     DEAD,
     DEFERRED,
     FAILED,
+    HOLD,
     PENDING,
     QUARANTINE,
     QUEUED,
@@ -71,13 +76,23 @@ def _age(seconds: float) -> str:
     return f"{seconds}s"
 
 
-def _line(envelope: Envelope, state: str, now: float, recipients: list[str]) -> str:
+def _held_upstreams(envelope: Envelope, held: frozenset[str], configured: set[str]) -> list[str]:
+    """The held upstreams the message's pending recipients wait for (their next upstream)."""
+    hops = {holds.next_hop(r.hops, configured.__contains__) for r in envelope.pending}
+    return sorted(hops & held)
+
+
+def _line(
+    envelope: Envelope, state: str, now: float, recipients: list[str], waiting: Sequence[str] = ()
+) -> str:
     reply = (envelope.last_reply or "-").replace("\n", " / ")
     waits = ""
     if state == DEFERRED and envelope.pending:
         # "paced=": waiting for a provider budget or a throttling pause, due in that long
         kind = "paced" if is_paced(envelope.last_reply) else "next"
         waits = f"  {kind}={_age(envelope.next_attempt - now)}"
+    if waiting:  # "held-upstream=": its next upstream is held (mailgate queue hold --upstream)
+        waits += f"  held-upstream={','.join(waiting)}"
     return (
         f"{envelope.id}  {state:<8}  {_age(now - envelope.received):>4}  <{envelope.sender}>  "
         f"{','.join(recipients) or '-'}  attempts={envelope.attempts}{waits}  {reply}"
@@ -110,10 +125,22 @@ def _find(spool: Spool, queue_id: str) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     spool, now = _spool(args), time.time()
-    messages = _envelopes(spool, QUEUED)
+    config = load(args.config) if args.config else from_environment()
+    held, configured = holds.held(spool), set(config.upstreams)
+    messages = _envelopes(spool, (*QUEUED, HOLD))
     for state, envelope in messages:
-        print(printable(_line(envelope, state, now, [r.address for r in envelope.pending])))
-    print(f"-- {len(messages)} message(s) queued; {queue_drain.state_line(spool)}", file=sys.stderr)
+        waiting = _held_upstreams(envelope, held, configured) if state != HOLD else []
+        pending = [r.address for r in envelope.pending]
+        print(printable(_line(envelope, state, now, pending, waiting)))
+    on_hold = sum(1 for state, _ in messages if state == HOLD)
+    upstreams = f"; upstreams held: {', '.join(sorted(held))}" if held else ""
+    print(
+        printable(
+            f"-- {len(messages) - on_hold} message(s) queued, {on_hold} held{upstreams}; "
+            f"{queue_drain.state_line(spool)}"
+        ),
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -168,6 +195,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key, value in out.items():
         if value is not None:
             print(printable(f"{key}: {value}"))
+    if state == HOLD:
+        print(f"held: yes, not delivered until `mailgate queue release {envelope.id}`")
+    config = load(args.config) if args.config else from_environment()
+    waiting = _held_upstreams(envelope, holds.held(spool), set(config.upstreams))
+    if waiting and state != HOLD:
+        print(printable(f"held upstream: {', '.join(waiting)} (its recipients wait)"))
     for r in envelope.recipients:
         line = (
             f"recipient: <{r.address}> {r.status} via {r.upstream} attempts={r.attempts} "
@@ -193,6 +226,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
         if state == DEAD:
             raise MailgateError(
                 f"queue: {queue_id} is a dead letter; use `mailgate queue requeue {queue_id}`"
+            )
+        if state == HOLD:
+            raise MailgateError(
+                f"queue: {queue_id} is held; use `mailgate queue release {queue_id}`"
             )
         if state != DEFERRED:
             print(f"{queue_id}: already due ({state})")
@@ -242,7 +279,7 @@ def cmd_convert_back(args: argparse.Namespace) -> int:
     """Rewrite every envelope in format 1, for a release before issue 13 (a rollback)."""
     spool = _spool(args)
     converted = 0
-    for state in (ACTIVE, DEFERRED, DEAD, TRASH):
+    for state in (ACTIVE, DEFERRED, HOLD, DEAD, TRASH):
         for queue_id in spool.ids(state):
             envelope = _load(spool, state, queue_id)
             try:
@@ -287,4 +324,5 @@ def add_commands(subparsers: Any) -> None:
         cmd_convert_back,
         "rewrite every envelope in spool format 1, for an older release (gateway stopped)",
     )
+    queue_hold.add_commands(sub, command, _spool, _find)
     queue_drain.add_commands(sub, command, _spool)

@@ -36,7 +36,8 @@ def _when(line: str | None) -> str:
 def _left(held: drain.Holding) -> str:
     return (
         f"{held.pending} message(s) to deliver (incoming {held.incoming}, active {held.active}, "
-        f"deferred {held.deferred}); dead {held.dead}, quarantine {held.quarantine}"
+        f"deferred {held.deferred}); held {held.hold}, dead {held.dead}, "
+        f"quarantine {held.quarantine}"
     )
 
 
@@ -94,7 +95,10 @@ def wait(
             )
             return 1
         if taken and not held.pending:
-            print(f"{spool.path}: drained; dead {held.dead}, quarantine {held.quarantine} left")
+            print(
+                f"{spool.path}: drained; held {held.hold}, dead {held.dead}, "
+                f"quarantine {held.quarantine} left"
+            )
             return 0
         waited = clock() - started
         if not taken and not hinted and waited >= HINT_AFTER:

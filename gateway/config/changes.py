@@ -23,6 +23,7 @@ FIXED = (
     "queue.max_backoff",
     "queue.max_age",
     "queue.bounce",
+    "queue.min_free",
     # the Redis client, its thread pool and this instance's registration are made at start
     "cluster",
 )

@@ -194,6 +194,9 @@ class QueueConfig:
     max_backoff: float = 4000.0
     max_age: float = 432000.0
     bounce: bool = True
+    # free bytes the spool's file system keeps: below it queue-mode mail gets 452 4.3.1 (0: off,
+    # the default: only a failed write answers 452 4.3.1; docs/queue.md recommends a value)
+    min_free: int = 0
 
 
 @dataclass(frozen=True)

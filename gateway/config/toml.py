@@ -31,9 +31,11 @@ from gateway.config.upstreams import read_upstreams
 from gateway.config.values import (
     HASH_PREFIXES,
     SHA256_EXPECTED,
+    SIZE_EXPECTED,
     parse_endpoint,
     parse_network,
     parse_sha256,
+    parse_size,
 )
 from gateway.errors import ConfigError, Problem
 
@@ -219,7 +221,9 @@ class _Reader:
     def queue(self, document: Mapping[str, Any]) -> QueueConfig:
         d = QueueConfig()
         t = self.table(
-            document, "queue", {"path", "min_backoff", "max_backoff", "max_age", "bounce"}
+            document,
+            "queue",
+            {"path", "min_backoff", "max_backoff", "max_age", "bounce", "min_free"},
         )
         min_backoff = self.number(t, "queue.min_backoff", d.min_backoff, 1, 86400)
         max_backoff = self.number(t, "queue.max_backoff", d.max_backoff, 1, 86400)
@@ -233,12 +237,17 @@ class _Reader:
         if not isinstance(bounce, bool):
             self.problem("queue.bounce", bounce, "true or false")
             bounce = d.bounce
+        min_free = parse_size(t.get("min_free", d.min_free))
+        if min_free is None:
+            self.problem("queue.min_free", t.get("min_free"), SIZE_EXPECTED)
+            min_free = d.min_free
         return QueueConfig(
             path=self.string(t, "queue.path", d.path) or d.path,
             min_backoff=min_backoff,
             max_backoff=max_backoff,
             max_age=self.number(t, "queue.max_age", d.max_age, 1, 365 * 86400),
             bounce=bounce,
+            min_free=min_free,
         )
 
     def metrics(self, document: Mapping[str, Any]) -> MetricsConfig:

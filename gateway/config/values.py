@@ -1,4 +1,4 @@
-"""The config's value syntaxes: ``HOST:PORT``, ``COUNT/UNIT`` rates, client networks. Pure.
+"""The config's value syntaxes: ``HOST:PORT``, ``COUNT/UNIT`` rates, sizes, client networks. Pure.
 
 Each parser takes the text as written in the file and returns the model value,
 or None (`parse_network`: ValueError) when the text is not of that form; the
@@ -15,6 +15,23 @@ from gateway.config.model import Endpoint, ListenEntry, Network, Rate
 HASH_PREFIXES = ("$argon2", "$2a$", "$2b$", "$2y$", "$scrypt$")
 SHA256_EXPECTED = "64 hex digits (SHA-256 of the DER certificate), colons optional"
 _RATE_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+SIZE_EXPECTED = 'a size in bytes: a whole number, or a string such as "100MiB", "1GiB" or "500MB"'
 
 
 def parse_rate(text: str) -> Rate | None:
@@ -24,6 +41,23 @@ def parse_rate(text: str) -> Rate | None:
     if not slash or not count.strip().isdigit() or int(count) < 1 or unit not in _RATE_UNITS:
         return None
     return Rate(int(count), _RATE_UNITS[unit], text)
+
+
+def parse_size(value: object) -> int | None:
+    """A size in bytes: an integer, or ``"100MiB"``, ``"1 GiB"``, ``"500MB"``, ``"0"`` (KiB/MiB/
+    GiB/TiB are powers of 1024, kB/MB/GB/TB of 1000, case ignored); None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = text[len(text.rstrip("abcdefghijklmnopqrstuvwxyz")) :]
+    if not (digits.isascii() and digits.isdigit()) or unit not in _SIZE_UNITS:
+        return None
+    return int(digits) * _SIZE_UNITS[unit]
 
 
 def parse_endpoint(text: str) -> Endpoint | None:

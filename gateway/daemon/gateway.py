@@ -255,6 +255,7 @@ class Gateway:
                 on_committed=self.runner.submitted,
                 draining=lambda: runner.draining,
                 backlogged=self.paced_backlog_full,
+                low_space=runner.space.refusal,
             )
         return RelayTransaction(
             [self._pool(name) for name in route], mail, self.cooldowns, self.reactor, self.budgets

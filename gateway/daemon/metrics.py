@@ -9,8 +9,8 @@ the upstream connector's attempts -> `upstream_attempt`; a reload ->
 are read at scrape time from callables. No reactor.
 
 Queue mode plugs in with `Metrics.watch_queue(probe)`: ``probe()`` returns a
-`QueueState` (messages waiting, age in seconds of the oldest) and is called on
-every scrape; without a probe the two queue gauges are absent.
+`QueueState` (messages waiting, age in seconds of the oldest, messages held, the
+spool's free bytes) and is called on every scrape; without a probe the queue gauges are absent.
 """
 
 from __future__ import annotations
@@ -93,6 +93,17 @@ class _StateCollector(Collector):
                 "Age of the oldest message in the spool (0 when empty).",
                 value=state.oldest_age_seconds,
             )
+            yield GaugeMetricFamily(
+                "mailgate_queue_held_messages",
+                "Messages held by the operator (mailgate queue hold), in hold/.",
+                value=state.held,
+            )
+            if state.free_bytes is not None:
+                yield GaugeMetricFamily(
+                    "mailgate_queue_free_bytes",
+                    "Bytes free on the spool's file system (queue.min_free is the floor).",
+                    value=state.free_bytes,
+                )
         if self.cluster is not None:
             available, instances = self.cluster()
             yield GaugeMetricFamily(

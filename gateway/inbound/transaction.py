@@ -193,7 +193,7 @@ class Transaction:
                 fields["original_from"] = self.headers.original_from
             fields.update(self._added())
         reason = reason or (self.refusal_reason if reply is self.refusal else None)
-        if reason:
+        if reason and "reason" not in fields:  # the spool's own (min_free, a write error) wins
             fields["reason"] = reason
         if limit:
             fields["limit"] = limit

@@ -19,7 +19,7 @@ mark, and the next attempt is logged with ``possible_duplicate``. Each group's t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,11 +129,13 @@ class DeliveryAttempts:
 
     # --- one round ---------------------------------------------------------------------------
 
-    async def run(self, envelope: Envelope) -> Round:
-        """Deliver the pending recipients of `envelope`; raises `MessageGone` if it was moved away."""
+    async def run(self, envelope: Envelope, held: Container[tuple[str, ...]] = ()) -> Round:
+        """Deliver the pending recipients of `envelope` but those on a `held` route (they wait);
+        raises `MessageGone` if it was moved away."""
         groups: dict[tuple[str, ...], list[RecipientState]] = {}
         for recipient in envelope.pending:
-            groups.setdefault(recipient.hops, []).append(recipient)
+            if recipient.hops not in held:
+                groups.setdefault(recipient.hops, []).append(recipient)
         round_ = Round()
         try:
             await defer.gatherResults(

@@ -13,8 +13,8 @@ effect within about a second. While the marker is there the gateway:
 When it takes the drain up it writes ``draining.seen`` with the same line, so
 ``mailgate queue drain --wait`` knows a running gateway has seen it before it waits for
 ``incoming/``, ``active/`` and ``deferred/`` to be empty. The marker survives a
-restart: a gateway started on a draining spool goes on draining. Dead letters and
-quarantined messages are not delivered by a drain; they stay, and are counted apart.
+restart: a gateway started on a draining spool goes on draining. Dead letters, held
+(``hold/``) and quarantined messages are not delivered by a drain; they stay, counted apart.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import stat
 import time
 from dataclasses import dataclass
 
-from gateway.queue.spool import ACTIVE, DEAD, DEFERRED, INCOMING, QUARANTINE, Spool
+from gateway.queue.spool import ACTIVE, DEAD, DEFERRED, HOLD, INCOMING, QUARANTINE, Spool
 
 MARKER = "draining"
 SEEN = "draining.seen"
@@ -110,6 +110,7 @@ class Holding:
     deferred: int
     dead: int
     quarantine: int
+    hold: int = 0  # held by the operator: not delivered by a drain either
 
     @property
     def pending(self) -> int:
@@ -117,7 +118,7 @@ class Holding:
 
 
 def holding(spool: Spool) -> Holding:
-    return Holding(*(len(spool.ids(state)) for state in (*HOLDS, DEAD, QUARANTINE)))
+    return Holding(*(len(spool.ids(state)) for state in (*HOLDS, DEAD, QUARANTINE, HOLD)))
 
 
 class DrainWatch:

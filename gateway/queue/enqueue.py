@@ -6,7 +6,9 @@ the upstream, the body is streamed to ``incoming/ID/body`` as it arrives (never
 held whole in memory; plain file writes in the reactor thread), and at the end
 of data the message is committed durably — fsyncs and an atomic rename — before
 the app sees ``250``. While the spool drains (`gateway.queue.drain`), RCPT and DATA get
-``451 4.3.2``. Any write error gives ``452 4.3.1`` and removes the partial
+``451 4.3.2``. Below ``queue.min_free`` (`gateway.queue.space`; `low_space` says why) RCPT,
+DATA and the end of data get ``452 4.3.1``, the reason in the audit's ``reason`` as for a write
+error. Any write error gives ``452 4.3.1`` and removes the partial
 message. The commit's fsyncs run through the `committer` the host hands in (the group commit,
 `gateway.queue.commit`: sessions finishing together share a batch), or else `run_blocking` (a
 thread pool), so one session's disk wait does not stall the others. No reactor imports.
@@ -52,8 +54,10 @@ class QueueTransaction:
         clock: Callable[[], float] = time.time,
         draining: Callable[[], bool] = lambda: False,
         backlogged: Callable[[tuple[str, ...], str], bool] = lambda route, sender: False,
+        low_space: Callable[[int], str | None] = lambda size: None,
     ) -> None:
         self.spool = spool
+        self.low_space = low_space  # (SIZE= or 0): why the spool is below queue.min_free, or None
         self.draining = draining  # `mailgate queue drain`: refuse with 451 4.3.2
         self.backlogged = backlogged  # (route, sender): the paced backlog exceeds max_age
         self.mail = mail
@@ -67,6 +71,7 @@ class QueueTransaction:
         self.writer: SpoolWriter | None = None
         self.queue_id: str | None = None
         self.error: str | None = None  # why the message could not be stored (for the audit)
+        self.refused_for: str | None = None  # why the last refusal below queue.min_free came
 
     @property
     def upstreams(self) -> list[str]:
@@ -74,18 +79,24 @@ class QueueTransaction:
 
     def rcpt(self, recipient: Address, route: tuple[str, ...], rule: str | None) -> Reply:
         """Accepted after policy (the upstream is asked only at delivery); 451 4.3.2 while draining;
-        452 4.3.1 when the sender's paced backlog on the route is longer than ``max_age``."""
+        452 4.3.1 when the sender's paced backlog on the route is longer than ``max_age``, or the
+        spool is below ``queue.min_free`` (counting the ``SIZE=`` MAIL announced)."""
         if self.draining():
             return replies.QUEUE_DRAINING
+        if self._below_floor(self.mail.size or 0):
+            return replies.QUEUE_BELOW_MIN_FREE
         if self.backlogged(route, self.mail.sender.text):
             return replies.PACED_BACKLOG_FULL
         self.recipients.append(RecipientState(recipient.text, route[0], rule, route=list(route)))
         return replies.QUEUE_RECIPIENT_OK
 
     def data(self) -> Reply:
-        """Open incoming/ID/body; 354, 451 4.3.2 while draining, 452 4.3.1 if the spool cannot be written."""
+        """Open incoming/ID/body; 354, 451 4.3.2 while draining, 452 4.3.1 below ``queue.min_free``
+        or if the spool cannot be written."""
         if self.draining():
             return replies.QUEUE_DRAINING
+        if self._below_floor(self.mail.size or 0):
+            return replies.QUEUE_BELOW_MIN_FREE
         queue_id = new_id(self.clock())
         try:
             self.writer = SpoolWriter(self.spool, queue_id)
@@ -144,6 +155,13 @@ class QueueTransaction:
             return self._failed(error)
         return replies.QUEUED.with_text(f"Queued as {writer.id}")
 
+    def _below_floor(self, size: int) -> bool:
+        """The spool is below ``queue.min_free`` (with `size` more bytes): remember why."""
+        reason = self.low_space(size)
+        if reason is not None:
+            self.refused_for = reason
+        return reason is not None
+
     def _failed(self, exc: OSError) -> Reply:
         self.error = f"spool write failed: {exc.strerror or type(exc).__name__}"
         return replies.QUEUE_WRITE_FAILED
@@ -155,9 +173,13 @@ class QueueTransaction:
         """Nothing was throttled."""
 
     def finish(self, facts: MessageFacts, origin: Any) -> Reply | Any:
-        """Commit in a thread; 250 only once it is durable (then `on_committed`), else 452 4.3.1."""
+        """Commit in a thread; 250 only once it is durable (then `on_committed`), else 452 4.3.1
+        (below ``queue.min_free`` now: the body received is removed, nothing is committed)."""
         if self.writer is None:
             return self.committed(OSError("spool not writable"))
+        if self._below_floor(0):
+            self.abort("below queue.min_free")
+            return replies.QUEUE_BELOW_MIN_FREE
         envelope = self.envelope(
             facts,
             session_id=origin.session_id,
@@ -191,8 +213,9 @@ class QueueTransaction:
         fields: dict[str, Any] = {"upstreams": self.upstreams}
         if self.queue_id is not None:
             fields["queue_id"] = self.queue_id
-        if self.error is not None:
-            fields["reason"] = self.error
+        reason = self.error or self.refused_for
+        if reason is not None:
+            fields["reason"] = reason
         return fields
 
     def abort(self, reason: str = "") -> None:

@@ -5,7 +5,12 @@ that may be delivered twice, schedules deferred ones), then every second it
 looks at the spool: messages in ``active/`` that are not being delivered start
 now, deferred messages whose time has come move to ``active/``, and messages
 the operator moved to ``trash/`` are logged and removed. The operator commands
-act only by renaming folders, so they are safe while this runs.
+act only by renaming folders (or writing a marker file), so they are safe while this runs.
+
+Holds (``mailgate queue hold``, `gateway.queue.holds`): ``hold/`` is never started; a recipient
+whose next upstream is held is left out of the round, and a message with nothing else pending is
+parked in ``deferred/`` until that upstream is released. Each scan also looks at the free space
+(`gateway.queue.space`, ``queue.min_free``).
 
 One delivery round of a message is `gateway.queue.attempt` (the shared outbound
 transaction, per route); what the round leaves — backoff, bounce, the durable record,
@@ -14,6 +19,7 @@ the next folder — is `gateway.queue.settle`.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,12 +37,15 @@ from gateway.queue import quarantine
 from gateway.queue.attempt import DeliveryAttempts
 from gateway.queue.drain import DrainWatch, holding, requested_at
 from gateway.queue.envelope import RecipientStatus
+from gateway.queue.holds import HoldWatch
 from gateway.queue.settle import Settler
+from gateway.queue.space import FreeSpace
 from gateway.queue.spool import (
     ACTIVE,
     DEAD,
     DEFERRED,
     DONE,
+    HOLD,
     INCOMING,
     PENDING,
     QUEUED,
@@ -88,6 +97,9 @@ class DeliveryRunner:
         )
         self.settler = Settler(spool, config, audit, clock, self.submitted, on_result)
         self.drain = DrainWatch(spool)
+        self.space = FreeSpace(spool.path, config.queue.min_free, clock=reactor.seconds)
+        self.holds = HoldWatch(spool, audit)
+        self.parked: set[str] = set()  # in deferred/ only because their next upstream is held
         self.on_drain = on_drain
         self._loop = task.LoopingCall(self.scan)
         self._loop.clock = reactor
@@ -110,6 +122,7 @@ class DeliveryRunner:
                 reason="half-received when the gateway stopped; never answered 250",
             )
         self.spool.clear(DONE)
+        self.holds.start()
         for state in (ACTIVE, DEFERRED):
             for queue_id in self.spool.ids(state):
                 envelope = self._load(state, queue_id)
@@ -136,6 +149,8 @@ class DeliveryRunner:
             active=len(self.spool.ids(ACTIVE)),
             deferred=len(self.schedule),
             dead=len(self.spool.ids(DEAD)),
+            held=len(self.holds.messages),
+            held_upstreams=sorted(self.holds.upstreams),
         )
 
     async def stop(self, grace: float) -> None:
@@ -155,7 +170,12 @@ class DeliveryRunner:
         ids = self.spool.ids(ACTIVE) + self.spool.ids(DEFERRED)
         oldest = min(ids) if ids else None
         age = max(0.0, self.clock() - int(oldest[:14], 16) / 1_000_000) if oldest else 0.0
-        return QueueState(depth=len(ids), oldest_age_seconds=age)
+        return QueueState(
+            depth=len(ids),
+            oldest_age_seconds=age,
+            held=len(self.spool.ids(HOLD)),
+            free_bytes=self.space.free(),
+        )
 
     # --- what to do next -----------------------------------------------------------------
 
@@ -213,6 +233,18 @@ class DeliveryRunner:
                     quarantine=left.quarantine,
                 )
 
+    def _watch_holds(self) -> None:
+        """Take up the holds changed since the last scan: a held message is forgotten here, and
+        when an upstream is released every parked message is due now (those still held park again)."""
+        for queue_id in self.holds.look_messages():
+            self.schedule.pop(queue_id, None)
+            self.parked.discard(queue_id)
+        if self.holds.look_upstreams():
+            for queue_id in self.parked:
+                if queue_id in self.schedule:
+                    self.schedule[queue_id] = 0.0
+            self.parked.clear()
+
     def _sweep_done(self) -> None:
         """Remove the delivered messages (``done/``) in one batch, off the reactor when it has
         threads (each removal is several unlinks: kept off the delivery's path)."""
@@ -234,6 +266,8 @@ class DeliveryRunner:
 
     def _scan(self) -> None:
         self._watch_drain()
+        self._watch_holds()
+        self.space.watch(self.audit)
         self._sweep_done()
         for queue_id in self.spool.ids(TRASH):
             if queue_id not in self.in_flight:
@@ -308,8 +342,12 @@ class DeliveryRunner:
         if envelope is None:
             return
         self.settler.restore(envelope)
+        held = self.holds.waiting(envelope, lambda name: self.pools(name) is not None)
+        if held and all(r.hops in held for r in envelope.pending):
+            self._park(envelope)
+            return
         try:
-            round_ = await self.attempts.run(envelope)
+            round_ = await self.attempts.run(envelope, held)
             if not round_.attempted and envelope.pending:
                 return  # stopping before any group started: nothing changed
             try:
@@ -328,6 +366,17 @@ class DeliveryRunner:
         if due is not None:
             self.schedule[envelope.id] = due
 
+    def _park(self, envelope: Envelope) -> None:
+        """Every pending recipient waits for a held upstream: out of active/, due when released."""
+        try:
+            self.spool.move(envelope.id, ACTIVE, DEFERRED, durable=False)
+        except MessageGone:
+            self._gone(envelope)
+            return
+        if self.spool.locate(envelope.id) == DEFERRED:
+            self.schedule[envelope.id] = math.inf
+            self.parked.add(envelope.id)
+
     # --- after a round --------------------------------------------------------------------
 
     def _gone(self, envelope: Envelope) -> None:
@@ -335,6 +384,7 @@ class DeliveryRunner:
         self.schedule.pop(envelope.id, None)
         self.duplicates.pop(envelope.id, None)
         self.paced.discard(envelope.id)
+        self.parked.discard(envelope.id)
 
     def _deleted(self, queue_id: str) -> None:
         envelope = self._load(TRASH, queue_id)

@@ -9,6 +9,7 @@ Layout under ``[queue] path`` — one folder per state, one folder per message::
     trash/ID/      deleted by the operator; the runner logs and removes it
     done/ID/       every recipient final; removed right away
     quarantine/ID/ its envelope or files are not what mailgate writes: never delivered
+    hold/ID/       held by the operator (``mailgate queue hold``): never delivered until released
 
 Each message folder holds ``body`` (the message exactly as received, CRLF
 lines, without SMTP dot-stuffing) and ``envelope.json`` (sender, recipients and
@@ -24,6 +25,9 @@ its first change through ``envelope.json.tmp``, fsync, rename, folder fsync, and
 a journal longer than `COMPACT_AT` is compacted the same way.
 State changes between folders are single renames, so a message is in exactly
 one state at any moment and a crash leaves it in the old one or the new one.
+A message the operator holds during its delivery round (``active/`` to ``hold/``) keeps
+the round's record: `save` for ``active/`` follows it to ``hold/``, and the round's
+move to ``deferred/`` leaves it held, to ``done/`` or ``dead/`` takes it from ``hold/``.
 
 The spool is trusted only as far as `gateway.queue.trust` allows: its folders
 are checked at `create` (`SpoolUnsafe` names each unsafe one), message folders
@@ -67,6 +71,7 @@ __all__ = [
     "FAILED",
     "FOLDERS",
     "FORMAT_VERSION",
+    "HOLD",
     "INCOMING",
     "MAX_ENVELOPE",
     "PENDING",
@@ -85,7 +90,7 @@ __all__ = [
     "valid_id",
 ]
 
-INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE, QUARANTINE = (
+INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE, QUARANTINE, HOLD = (
     "incoming",
     "active",
     "deferred",
@@ -93,8 +98,9 @@ INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE, QUARANTINE = (
     "trash",
     "done",
     "quarantine",
+    "hold",
 )
-FOLDERS = (INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE, QUARANTINE)
+FOLDERS = (INCOMING, ACTIVE, DEFERRED, DEAD, TRASH, DONE, QUARANTINE, HOLD)
 QUEUED = (ACTIVE, DEFERRED)  # states a message waits for delivery in
 BODY, ENVELOPE = "body", "envelope.json"
 CHUNK = 64 * 1024
@@ -183,7 +189,7 @@ class Spool:
 
     def locate(self, queue_id: str) -> str | None:
         """The state folder a message is in now, or None."""
-        for state in (ACTIVE, DEFERRED, DEAD, QUARANTINE, TRASH, INCOMING):
+        for state in (ACTIVE, DEFERRED, HOLD, DEAD, QUARANTINE, TRASH, INCOMING):
             if os.path.lexists(self.folder(state, queue_id)):
                 return state
         return None
@@ -217,7 +223,11 @@ class Spool:
         return Envelope.from_json(raw, queue_id)
 
     def body_path(self, state: str, queue_id: str) -> str:
-        return os.path.join(self.folder(state, queue_id), BODY)
+        """The body's path (for ``active/``: in ``hold/`` if the operator held it meanwhile)."""
+        folder = self.folder(state, queue_id)
+        if state == ACTIVE and not os.path.lexists(folder) and self._held(queue_id):
+            folder = self.folder(HOLD, queue_id)
+        return os.path.join(folder, BODY)
 
     # --- changing ------------------------------------------------------------------
 
@@ -235,7 +245,9 @@ class Spool:
         try:
             fd = trust.open_folder(folder)
         except FileNotFoundError:
-            raise MessageGone(envelope.id) from None
+            if state != ACTIVE or not self._held(envelope.id):
+                raise MessageGone(envelope.id) from None
+            fd = self._open_held(envelope.id)  # held during its round: the record follows it
         try:
             if not self._append(fd, record, durable=durable):
                 write_file(ENVELOPE + ".tmp", record, dir_fd=fd)
@@ -245,6 +257,15 @@ class Spool:
             raise MessageGone(envelope.id) from None
         finally:
             os.close(fd)
+
+    def _held(self, queue_id: str) -> bool:
+        return os.path.lexists(self.folder(HOLD, queue_id))
+
+    def _open_held(self, queue_id: str) -> int:
+        try:
+            return trust.open_folder(self.folder(HOLD, queue_id))
+        except FileNotFoundError:
+            raise MessageGone(queue_id) from None
 
     def convert_back(self, state: str, envelope: Envelope) -> None:
         """Rewrite the envelope in format 1 (one document; for a rollback, the daemon stopped)."""
@@ -290,7 +311,15 @@ class Spool:
         try:
             os.rename(self.folder(source, queue_id), self.folder(target, queue_id))
         except FileNotFoundError:
-            raise MessageGone(queue_id) from None
+            if source != ACTIVE or target not in (DEFERRED, DONE, DEAD) or not self._held(queue_id):
+                raise MessageGone(queue_id) from None
+            if target == DEFERRED:
+                return  # held during its round: it waits in hold/ instead
+            source = HOLD  # finished during its round: nothing is left to hold
+            try:
+                os.rename(self.folder(HOLD, queue_id), self.folder(target, queue_id))
+            except FileNotFoundError:
+                raise MessageGone(queue_id) from None
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise MessageGone(queue_id) from None

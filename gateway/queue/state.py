@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class QueueState:
-    """What a queue probe reports: messages waiting and the age of the oldest (0 when empty)."""
+    """What a queue probe reports: messages waiting and the age of the oldest (0 when empty),
+    messages held (``hold/``), and the spool's free bytes (None when statvfs failed)."""
 
     depth: int
     oldest_age_seconds: float
+    held: int = 0
+    free_bytes: int | None = None

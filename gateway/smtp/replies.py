@@ -346,3 +346,9 @@ POOL_BUSY = Reply(451, "4.4.5", "All connections to the upstream are busy, try a
 INTERNAL_ERROR = Reply(421, "4.3.0", "Internal error, closing connection")
 DELIVERY_INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error during delivery; will retry")
 UPSTREAM_STEP_REFUSED = Reply(451, "4.4.0", "Upstream refused the session, try again later")
+
+# Queue mode: the spool's file system is below queue.min_free (gateway/queue/space.py); delivery
+# goes on, new queued mail waits at the app (RFC 3463 X.3.1, mail system full).
+QUEUE_BELOW_MIN_FREE = Reply(
+    452, "4.3.1", "Insufficient system storage: the queue is low on disk space, try again later"
+)

@@ -51,3 +51,10 @@ def test_turning_reuse_port_on_is_refused():
     """listener.reuse_port is how the socket was bound: a reload cannot change it."""
     new = parse(listener={"listen": "127.0.0.1:2525", "reuse_port": True})
     assert [p.key for p in fixed_changes(parse(), new)] == ["listener.reuse_port"]
+
+
+def test_queue_min_free_is_fixed_at_start():
+    """queue.min_free is set up with the runner: a reload that changes it is refused, naming it."""
+    running = toml.parse(queued_document(queue={"min_free": "100MiB"}), "q.toml")
+    new = toml.parse(queued_document(queue={"min_free": "1GiB"}), "q.toml")
+    assert [p.key for p in fixed_changes(running, new)] == ["queue.min_free"]

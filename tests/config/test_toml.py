@@ -247,6 +247,22 @@ def test_bad_queue_values_are_all_reported():
     assert "expected true or false" in found["queue.bounce"]
 
 
+def test_min_free_is_off_by_default_and_takes_a_size_or_bytes():
+    """queue.min_free: 0 (off) unless given, as "1GiB", as bytes, or 0."""
+    assert parse(queued_document(), "q.toml").queue.min_free == 0
+    for written, size in (("1GiB", 1024**3), (52428800, 52428800), (0, 0)):
+        assert parse(queued_document(queue={"min_free": written}), "q.toml").queue.min_free == size
+
+
+def test_a_bad_min_free_names_the_file_the_key_and_what_was_expected():
+    """A negative number or a size without sense is a problem on queue.min_free."""
+    for written in (-1, "lots", "1.5GiB", True):
+        found = problem_texts(queued_document(queue={"min_free": written}))
+        text = found["queue.min_free"]
+        assert text.startswith("q.toml: queue.min_free: found ")
+        assert 'expected a size in bytes: a whole number, or a string such as "100MiB"' in text
+
+
 # --- load() -----------------------------------------------------------------------------------
 
 

@@ -102,3 +102,30 @@ def test_network_malformed(text: str) -> None:
     """Text that is not a CIDR network raises ValueError (the reader reports it at its key)."""
     with pytest.raises(ValueError):
         parse_network(text)
+
+
+@pytest.mark.parametrize(
+    ("written", "size"),
+    [
+        (0, 0),
+        (1048576, 1048576),
+        ("100MiB", 100 * 1024**2),
+        ("1 GiB", 1024**3),
+        ("500MB", 500 * 1000**2),
+        ("64kib", 64 * 1024),
+        ("2048", 2048),
+    ],
+)
+def test_sizes_in_bytes_or_with_a_unit(written, size) -> None:
+    """A size is bytes (an integer) or a string with KiB/MiB/GiB/TiB (1024) or kB/MB/GB/TB (1000)."""
+    from gateway.config.values import parse_size
+
+    assert parse_size(written) == size
+
+
+@pytest.mark.parametrize("written", [-1, True, 1.5, "", "MiB", "1.5GiB", "10 parsecs", "²MiB"])
+def test_what_is_not_a_size(written) -> None:
+    """Negative, fractional, boolean or unit-less-of-sense values are not sizes."""
+    from gateway.config.values import parse_size
+
+    assert parse_size(written) is None

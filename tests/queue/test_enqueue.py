@@ -69,3 +69,77 @@ def test_a_plain_session_records_the_app_tls_as_null(spool):
         envelope = spool.load(ACTIVE, enqueue(spool, origin))
         assert envelope.client_tls_version is None and envelope.client_tls_cipher is None
         assert envelope.client_cert_sha256 is None
+
+
+# --- queue.min_free ------------------------------------------------------------------------------
+
+LOW = "queue.min_free: 80.0 MiB free on the spool's file system (x), below the floor of 100.0 MiB"
+
+
+def low_space_transaction(spool: Spool, low: list[bool], size: int | None = None) -> Any:
+    asked: list[int] = []
+
+    def low_space(announced: int) -> str | None:
+        asked.append(announced)
+        return LOW if low[0] else None
+
+    txn = QueueTransaction(
+        spool,
+        MailFrom(parse_path("<app@example.com>", sender=True), size),
+        run_blocking=lambda function, *args: defer.succeed(function(*args)),
+        low_space=low_space,
+    )
+    txn.asked = asked
+    return txn
+
+
+def test_below_the_floor_rcpt_gets_452_4_3_1_and_the_audit_says_why(spool):
+    """RCPT of a queue rule below queue.min_free: 452 4.3.1, the reason in the audit fields."""
+    txn = low_space_transaction(spool, [True])
+    reply = txn.rcpt(parse_path("<ops@example.net>", sender=False), ("up",), "all")
+    assert (reply.code, reply.enhanced) == (452, "4.3.1")
+    assert "low on disk space" in reply.text
+    assert txn.audit_fields()["reason"] == LOW
+    assert txn.recipients == []
+
+
+def test_the_size_mail_announced_is_counted_against_the_floor(spool):
+    """MAIL ... SIZE=n: the floor is asked with n bytes more."""
+    txn = low_space_transaction(spool, [False], size=5_000_000)
+    txn.rcpt(parse_path("<ops@example.net>", sender=False), ("up",), "all")
+    assert txn.asked == [5_000_000]
+
+
+def test_data_below_the_floor_gets_452_and_opens_no_file(spool):
+    """DATA once the spool went below the floor after RCPT: 452 4.3.1, nothing in incoming/."""
+    low = [False]
+    txn = low_space_transaction(spool, low)
+    txn.rcpt(parse_path("<ops@example.net>", sender=False), ("up",), "all")
+    low[0] = True
+    assert (txn.data().code, txn.queue_id) == (452, None)
+    assert spool.ids("incoming") == []
+
+
+def test_end_of_data_below_the_floor_commits_nothing(spool):
+    """The floor is looked at again before the commit: 452 4.3.1, the body removed, no 250."""
+    low = [False]
+    txn = low_space_transaction(spool, low)
+    txn.rcpt(parse_path("<ops@example.net>", sender=False), ("up",), "all")
+    assert txn.data().code == 354
+    txn.write(BODY)
+    low[0] = True
+    reply = txn.finish(MessageFacts(), Origin("s1", "192.0.2.7", "app.test", None))
+    assert (reply.code, reply.enhanced) == (452, "4.3.1")
+    assert spool.ids("incoming") == [] and spool.ids(ACTIVE) == []
+    assert txn.audit_fields()["reason"] == LOW
+
+
+def test_above_the_floor_the_message_is_queued_without_a_reason(spool):
+    """With room (or min_free = 0) the transaction commits as before."""
+    txn = low_space_transaction(spool, [False])
+    txn.rcpt(parse_path("<ops@example.net>", sender=False), ("up",), "all")
+    assert txn.data().code == 354
+    txn.write(BODY)
+    reply = txn.finish(MessageFacts(), Origin("s1", "192.0.2.7", "app.test", None))
+    assert reply.result.code == 250
+    assert "reason" not in txn.audit_fields()
