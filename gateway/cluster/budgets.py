@@ -53,7 +53,7 @@ class SharedBudgets:
         promised: float | None = None,
         ticket: str | None = None,
     ) -> Any:
-        early, first = self.ledger.before(
+        early, place = self.ledger.before(
             upstream, sender, messages, now, promise=promise, promised=promised
         )
         if early is not None:
@@ -79,7 +79,7 @@ class SharedBudgets:
             )
             later = self.shared.reactor.seconds()
             return self.ledger.spent(
-                upstream, sender, budget, later + seconds, later, promise=promise, first=first
+                upstream, sender, budget, later + seconds, later, promise=promise, place=place
             )
 
         return self.shared.ask(
@@ -93,7 +93,7 @@ class SharedBudgets:
                 ticket,
             ),
             answered,
-            lambda: self._local(upstream, sender, messages, recipients, now, promise, first),
+            lambda: self._local(upstream, sender, messages, recipients, now, promise, place),
         )
 
     def _local(
@@ -104,7 +104,7 @@ class SharedBudgets:
         recipients: int,
         now: float,
         promise: bool,
-        first: bool,
+        place: float | None,
     ) -> Spent | None:
         """This instance's share of the budget, while Redis cannot be asked: the same windows
         (what this instance took through Redis still counts), against the share's limits."""
@@ -118,7 +118,7 @@ class SharedBudgets:
             else None,
         )
         return self.ledger.spend(
-            mine, sender, messages, recipients, now, promise=promise, first=first
+            mine, sender, messages, recipients, now, promise=promise, place=place
         )
 
     def promise(self, upstream: UpstreamConfig, sender: str, spent: Spent) -> Spent:

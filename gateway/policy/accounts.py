@@ -107,6 +107,9 @@ class Account:
         self.pause = Pause()
         self.promised = 0.0  # the last slot promised to a paced message
         self.slots: list[float] = []  # the outstanding promised slots, earliest first
+        # Slots given again to promised messages that found no room: (slot, its place in line,
+        # the slot it was first promised); a later message in line does not pass one.
+        self.again: list[tuple[float, float]] = []
         self.waits_for = ""  # the budget the last promise waits for
 
     def matches(self, pace: Rate | None, recipients: int | None) -> bool:
@@ -124,4 +127,23 @@ class Account:
         stale = bisect.bisect_left(self.slots, now - PROMISE_GRACE)
         if stale:
             del self.slots[:stale]
+            self.again = [(s, p) for s, p in self.again if s >= now - PROMISE_GRACE]
         return self.slots
+
+    def redeem(self, slot: float) -> float | None:
+        """A message came back for `slot`: its promise is no longer outstanding; its place in
+        line (the slot it was first promised), or None if it was not promised here."""
+        if slot not in self.slots:
+            return None
+        self.slots.remove(slot)
+        mine = [entry for entry in self.again if entry[0] == slot]
+        if not mine:
+            return slot
+        entry = min(mine, key=lambda e: e[1])
+        self.again.remove(entry)
+        return entry[1]
+
+    def ahead(self, place: float) -> float | None:
+        """The latest slot given again to a message earlier in line than `place`, if any."""
+        earlier = [slot for slot, p in self.again if p < place]
+        return max(earlier) if earlier else None

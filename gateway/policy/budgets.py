@@ -44,6 +44,7 @@ from gateway.policy.accounts import DAY, PROMISE_GRACE, Account, Pause, Taken, W
 
 PAUSE_FIRST = 60.0  # seconds an identity waits after a first throttling reply
 PAUSE_MAX = 3600.0  # the longest pause (a daily quota is waited out an hour at a time)
+AFTER = 0.001  # a message held behind an earlier one given a slot again goes this much after it
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,13 @@ class Spent:
     upstream: str
     budget: str  # "pace 30/minute", "max_recipients_per_day 10000", "throttled"
     until: float  # when the message may be tried again (a promised slot)
-    first: bool = False  # a promised message that found no room: its slot goes ahead of the rest
+    # A promised message that found no room: its place in line (the slot it was first promised),
+    # kept with the slot it is given now, so that later messages do not pass it.
+    place: float | None = None
+
+    @property
+    def first(self) -> bool:
+        return self.place is not None
 
     @property
     def throttled(self) -> bool:
@@ -151,12 +158,12 @@ class Ledger:
             self._accounts
         ):
             return None  # no budget and never throttled: nothing to keep
-        early, first = self.before(
+        early, place = self.before(
             upstream, sender, messages, now, promise=promise, promised=promised
         )
         if early is not None:
             return early
-        return self.spend(upstream, sender, messages, recipients, now, promise=promise, first=first)
+        return self.spend(upstream, sender, messages, recipients, now, promise=promise, place=place)
 
     def before(
         self,
@@ -167,24 +174,27 @@ class Ledger:
         *,
         promise: bool = True,
         promised: float | None = None,
-    ) -> tuple[Spent | None, bool]:
+    ) -> tuple[Spent | None, float | None]:
         """What holds the message back before its windows are asked: a throttling pause, or
-        (for a fresh message) the slots promised to earlier ones. Redeems the message's own
-        promise; also answers whether it came back at its slot (it goes first)."""
+        the slots promised to earlier ones (every one, for a fresh message; one given again to a
+        message earlier in line, for a promised one). Redeems the message's own promise; also
+        answers its place in line when it came back at its slot (None: it is fresh)."""
         acct = self._accounts.get((upstream.name, identity(upstream, sender)))
         if acct is None:
-            return None, False
-        came_back = False
-        if promised is not None and promised in acct.slots:
-            acct.slots.remove(promised)
-            came_back = promised <= now
+            return None, None
+        place = acct.redeem(promised) if promised is not None else None
+        if place is not None and promised is not None and promised > now:
+            place = None  # back early (`queue retry`): its promise is given up, it is fresh
         if acct.pause.until > now:
             spent = self._answer(acct, upstream.name, "throttled", acct.pause.until, now, promise)
-            return spent, came_back
-        if messages and not came_back and acct.outstanding(now):
-            budget = acct.waits_for or "throttled"
-            return self._answer(acct, upstream.name, budget, now, now, promise), False
-        return None, came_back
+            return spent, place
+        budget = acct.waits_for or "throttled"
+        if messages and place is None and acct.outstanding(now):
+            return self._answer(acct, upstream.name, budget, now, now, promise), None
+        if messages and place is not None and (ahead := acct.ahead(place)) is not None:
+            after = ahead + AFTER  # just after the earlier one, keeping its place
+            return self._answer(acct, upstream.name, budget, after, now, promise, place), place
+        return None, place
 
     def spend(
         self,
@@ -195,10 +205,11 @@ class Ledger:
         now: float,
         *,
         promise: bool = True,
-        first: bool = False,
+        place: float | None = None,
     ) -> Spent | None:
-        """The windows' part of `take`: both have room (taken) or a `Spent`. `first`: the
-        message came back at its promised slot (a slot it is given now goes ahead)."""
+        """The windows' part of `take`: both have room (taken) or a `Spent`. `place`: the
+        message came back at its promised slot, this is its place in line (a slot it is given
+        now keeps it)."""
         acct = self.account(upstream, identity(upstream, sender))
         spent: list[tuple[str, float]] = []
         if acct.messages is not None and messages and not acct.messages.room(messages, now):
@@ -213,7 +224,7 @@ class Ledger:
             )
         if spent:
             budget, free = max(spent, key=lambda s: s[1])
-            return self._answer(acct, upstream.name, budget, free, now, promise, first)
+            return self._answer(acct, upstream.name, budget, free, now, promise, place)
         if acct.messages is not None:
             acct.messages.add(messages, now)
         if acct.rcpts is not None:
@@ -265,7 +276,7 @@ class Ledger:
         acct = self.account(upstream, identity(upstream, sender))
         if acct.pause.until < until:
             acct.pause = Pause(until, max(acct.pause.seconds, until - now))
-            acct.promised, acct.slots = 0.0, []
+            acct.promised, acct.slots, acct.again = 0.0, [], []
         return self._answer(acct, upstream.name, "throttled", acct.pause.until, now, promise)
 
     def spent(
@@ -277,17 +288,17 @@ class Ledger:
         now: float,
         *,
         promise: bool = True,
-        first: bool = False,
+        place: float | None = None,
     ) -> Spent:
         """A `Spent` for a budget found spent elsewhere (Redis), with this instance's slot."""
         acct = self.account(upstream, identity(upstream, sender))
-        return self._answer(acct, upstream.name, budget, free, now, promise, first)
+        return self._answer(acct, upstream.name, budget, free, now, promise, place)
 
     def promise(self, upstream: UpstreamConfig, sender: str, spent: Spent) -> Spent:
         """Keep the slot `spent` offered (taken with ``promise=False``): the message waits for
         it. The slot may be later than offered, when others were promised meanwhile."""
         acct = self.account(upstream, identity(upstream, sender))
-        return Spent(spent.upstream, spent.budget, self._promise(acct, spent), spent.first)
+        return Spent(spent.upstream, spent.budget, self._promise(acct, spent), spent.place)
 
     def _answer(
         self,
@@ -297,11 +308,12 @@ class Ledger:
         free: float,
         now: float,
         promise: bool,
-        first: bool = False,
+        place: float | None = None,
     ) -> Spent:
-        first = first and free < acct.promised  # ahead of later slots (else it is last anyway)
-        offered = Spent(upstream, budget, free if first else self._peek(acct, free), first)
-        return Spent(upstream, budget, self._promise(acct, offered), first) if promise else offered
+        offered = Spent(
+            upstream, budget, free if place is not None else self._peek(acct, free), place
+        )
+        return Spent(upstream, budget, self._promise(acct, offered), place) if promise else offered
 
     @staticmethod
     def _peek(acct: Account, free: float) -> float:
@@ -311,8 +323,10 @@ class Ledger:
 
     def _promise(self, acct: Account, spent: Spent) -> float:
         acct.waits_for = spent.budget
-        if spent.first and spent.until < acct.promised:
+        if spent.place is not None:  # given again, in its place in line: the time it frees
             bisect.insort(acct.slots, spent.until)
+            acct.again.append((spent.until, spent.place))
+            acct.promised = max(acct.promised, spent.until)
             return spent.until
         slot = self._peek(acct, spent.until)
         acct.promised = slot
@@ -329,7 +343,7 @@ class Ledger:
             return acct.pause.until - now  # one pause for the replies of sessions in flight
         seconds = min(PAUSE_MAX, acct.pause.seconds * 2) if acct.pause.seconds else PAUSE_FIRST
         acct.pause = Pause(now + seconds, seconds)
-        acct.promised, acct.slots = 0.0, []
+        acct.promised, acct.slots, acct.again = 0.0, [], []
         self.pauses[upstream.name] = self.pauses.get(upstream.name, 0) + 1
         if self.on_pause is not None:
             self.on_pause(upstream.name, who, seconds, reply)

@@ -188,3 +188,21 @@ def test_a_changed_budget_keeps_the_windows_events():
     spent = ledger.take(slower, "", 1, 1, 2.0, promise=False)
     assert spent is not None and spent.budget == "pace 1/minute"
     assert usage(ledger, 2.0) == {"pace": 3, "recipients_per_day": 3}
+
+
+def test_a_message_later_in_line_does_not_pass_one_given_its_slot_again():
+    """A found no room at its slot (another instance took it) and is given 119 again; B, later in
+    line, back first at 119.5, is held just after A, not let past it."""
+    ledger = Ledger()
+    ledger.take(M365, "", 1, 1, 0.0)
+    ledger.take(M365, "", 1, 1, 0.0)
+    a, b = (ledger.take(M365, "", 1, 1, 1.0) for _ in range(2))
+    assert a is not None and b is not None and (a.until, b.until) == (60.0, 90.0)
+    ledger.count(M365, "", 1, 1, 59.0)
+    ledger.count(M365, "", 1, 1, 59.5)
+    a = ledger.take(M365, "", 1, 1, 60.0, promised=a.until)
+    assert a is not None and a.until == 119.0 and a.place == 60.0
+    b = ledger.take(M365, "", 1, 1, 119.5, promised=b.until)
+    assert b is not None and b.until > a.until and b.place == 90.0
+    assert ledger.take(M365, "", 1, 1, 119.5, promised=a.until) is None
+    assert ledger.take(M365, "", 1, 1, 119.6, promised=b.until) is None
