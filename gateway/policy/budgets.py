@@ -23,8 +23,9 @@ slot goes ahead of every other promise; a fresh message (or one back early) is n
 outstanding promise — it is promised the next slot, behind the others — even when the window has
 room, since that room is what the promised slots count on. A promise whose message has not come
 back `PROMISE_GRACE` seconds after its slot is dropped (the message was deleted, or went another
-way). A promised message that finds no room after all (another instance took it) is promised the
-time the window frees, ahead of the later slots. `take(..., promise=False)` answers the slot it
+way). A promised message that finds no room after all (another instance took it) is given the
+time the window frees and keeps its place in line (`Spent.place`): a message later in line that
+comes back first is held just after it. `take(..., promise=False)` answers the slot it
 would promise without keeping it (relay mode, whose app retries on its own schedule; the queue
 keeps the slot of the one budget that held the message back with `promise`).
 
