@@ -268,6 +268,7 @@ def cmd_requeue(args: argparse.Namespace) -> int:
         recipient.expired = False
         recipient.bounced = False
     envelope.requeued = time.time()
+    envelope.paced_s = 0.0  # the age counts afresh from now
     envelope.next_attempt = 0.0
     spool.save(DEAD, envelope)  # the runner never writes dead letters
     spool.move(args.id, DEAD, ACTIVE)

@@ -8,8 +8,14 @@ this instance is told of is published (``mailgate:pause:UPSTREAM:IDENTITY``, has
 with the pause) and the others learn it from their next heartbeat (`learn`, no round trip of
 its own), on every upstream, with a budget or not; the slots promised to paced mail stay with
 this instance (`gateway.policy.budgets.Ledger`). While Redis is away the instance takes from
-its share of each budget (the budget divided by the instances last seen alive), locally, and
-its pauses are its own.
+its share of each budget (the budget divided by the instances last seen alive), locally, from
+the same windows that count what it took through Redis (so its share is what is left of it),
+and its pauses are its own.
+
+A refund (`refund`: the provider cannot have counted the take) leaves the local windows, and
+Redis's (the store's ``refund`` script removes the take's members by its ticket) when Redis is
+there; while it is away the local refund stands alone and the shared windows keep the take
+until it ages out.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from gateway.config.model import UpstreamConfig
-from gateway.policy.budgets import Ledger, Spent, has_budget, identity
+from gateway.policy.budgets import Ledger, Spent, Taken, has_budget, identity
 from gateway.policy.ratelimit import share
 
 
@@ -36,22 +42,33 @@ class SharedBudgets:
         self._learned = {member: now + seconds for member, seconds in pauses.items()}
 
     def take(
-        self, upstream: UpstreamConfig, sender: str, messages: int, recipients: int, now: float
+        self,
+        upstream: UpstreamConfig,
+        sender: str,
+        messages: int,
+        recipients: int,
+        now: float,
+        *,
+        promise: bool = True,
+        promised: float | None = None,
+        ticket: str | None = None,
     ) -> Any:
-        paused = self.ledger.paused(upstream, sender, now)
-        if paused is not None:
-            return paused
+        early, place = self.ledger.before(
+            upstream, sender, messages, now, promise=promise, promised=promised
+        )
+        if early is not None:
+            return early
         if self._learned:
             until = self._learned.get(f"{upstream.name}:{_hashed(upstream, sender)}", 0.0)
             if until > now:  # another instance was told to slow down for this identity
-                return self.ledger.hold(upstream, sender, until, now)
+                return self.ledger.hold(upstream, sender, until, now, promise=promise)
         if not has_budget(upstream):
-            return self.ledger.take(upstream, sender, messages, recipients, now)
+            return None
         who = _hashed(upstream, sender)
         pace = (upstream.pace.count, upstream.pace.seconds) if upstream.pace else None
 
         def answered(answer: tuple[int, float] | None) -> Spent | None:
-            if answer is None:  # taken in Redis; counted here too, for this instance's metrics
+            if answer is None:  # taken in Redis; counted here too (metrics, the local share)
                 self.ledger.count(upstream, sender, messages, recipients, now)
                 return None
             which, seconds = answer
@@ -61,7 +78,9 @@ class SharedBudgets:
                 else f"max_recipients_per_day {upstream.max_recipients_per_day}"
             )
             later = self.shared.reactor.seconds()
-            return self.ledger.promise(upstream, sender, budget, later + seconds, later)
+            return self.ledger.spent(
+                upstream, sender, budget, later + seconds, later, promise=promise, place=place
+            )
 
         return self.shared.ask(
             self.shared.store.spend,
@@ -71,15 +90,24 @@ class SharedBudgets:
                 upstream.max_recipients_per_day,
                 messages,
                 recipients,
+                ticket,
             ),
             answered,
-            lambda: self._local(upstream, sender, messages, recipients, now),
+            lambda: self._local(upstream, sender, messages, recipients, now, promise, place),
         )
 
     def _local(
-        self, upstream: UpstreamConfig, sender: str, messages: int, recipients: int, now: float
+        self,
+        upstream: UpstreamConfig,
+        sender: str,
+        messages: int,
+        recipients: int,
+        now: float,
+        promise: bool,
+        place: float | None,
     ) -> Spent | None:
-        """This instance's share of the budget, while Redis cannot be asked."""
+        """This instance's share of the budget, while Redis cannot be asked: the same windows
+        (what this instance took through Redis still counts), against the share's limits."""
         self.shared.metrics.cluster_decision("local")
         instances = max(1, self.shared.instances)
         mine = replace(
@@ -89,7 +117,21 @@ class SharedBudgets:
             if upstream.max_recipients_per_day
             else None,
         )
-        return self.ledger.take(mine, sender, messages, recipients, now)
+        return self.ledger.spend(
+            mine, sender, messages, recipients, now, promise=promise, place=place
+        )
+
+    def promise(self, upstream: UpstreamConfig, sender: str, spent: Spent) -> Spent:
+        return self.ledger.promise(upstream, sender, spent)
+
+    def refund(
+        self, upstream: UpstreamConfig, sender: str, taken: Taken, messages: int, recipients: int
+    ) -> None:
+        """Give a take back here and, best effort, in Redis (`taken` as it was before)."""
+        self.ledger.refund(upstream, sender, taken, messages, recipients)
+        if has_budget(upstream):
+            key = f"budget:{upstream.name}:{_hashed(upstream, sender)}"
+            self.shared.refund(key, taken.ticket, messages, taken.recipients, recipients)
 
     def throttled(self, upstream: UpstreamConfig, sender: str, now: float, reply: str) -> float:
         seconds = self.ledger.throttled(upstream, sender, now, reply)

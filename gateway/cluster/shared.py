@@ -152,6 +152,16 @@ class SharedState:
         if self.available:
             self.call(self.store.pause, member, seconds).addErrback(self._fault)
 
+    # --- provider budgets -----------------------------------------------------------------
+
+    def refund(self, key: str, ticket: str, messages: int, held: int, recipients: int) -> None:
+        """Give back a take of the budget under `key` (best effort: while Redis is away, the
+        take stays there until it ages out)."""
+        if self.available:
+            self.call(self.store.refund, key, ticket, messages, held, recipients).addErrback(
+                self._fault
+            )
+
     # --- registration and availability -------------------------------------------------
 
     def heartbeat(self) -> defer.Deferred[None]:

@@ -8,7 +8,8 @@ Every key starts with ``mailgate:`` and expires:
   the same script under their own key.
 - ``mailgate:budget:UPSTREAM:IDENTITY:pace`` / ``:rcpt`` / ``:rcpt_total`` — a provider budget
   (`spend`): the messages of the pace's period and the recipients of the last 24 hours as
-  sorted sets (exact rolling windows, both taken in one script or neither).
+  sorted sets (exact rolling windows, both taken in one script or neither); `refund` removes a
+  take's members again (the provider cannot have counted it).
 - ``mailgate:instances`` — a sorted set of the live instances (member ``NAME/PID``, score the
   time its registration expires); `heartbeat` renews this one's and counts the others.
 - ``mailgate:cooldown:UPSTREAM`` — an upstream some instance found down, expiring with its
@@ -105,6 +106,30 @@ if limit > 0 and rcpts > 0 then
   redis.call('PEXPIRE', KEYS[2], 86400000 + 1000)
 end
 return {1}
+"""
+
+# Give back (part of) one take of SPEND. KEYS as SPEND's; ARGV: the take's member, messages to give
+# back (0 or 1), the recipients it holds now, the recipients to give back. Answer what was given
+# back (0: the take is no longer in the windows).
+REFUND = """
+local member, messages = ARGV[1], tonumber(ARGV[2])
+local held, back = tonumber(ARGV[3]), tonumber(ARGV[4])
+local given = 0
+if messages > 0 then given = redis.call('ZREM', KEYS[1], member) end
+if back > 0 and held > 0 then
+  local old = member .. ':' .. held
+  local score = redis.call('ZSCORE', KEYS[2], old)
+  if score then
+    redis.call('ZREM', KEYS[2], old)
+    if held > back then
+      redis.call('ZADD', KEYS[2], score, member .. ':' .. string.format('%d', held - back))
+    end
+    local total = tonumber(redis.call('GET', KEYS[3])) or 0
+    if total > 0 then redis.call('SET', KEYS[3], math.max(0, total - back), 'KEEPTTL') end
+    given = given + back
+  end
+end
+return given
 """
 
 # Renew ARGV[1]'s registration for ARGV[2] ms; answer the live count, each KEYS[3..]'s PTTL,
@@ -205,6 +230,7 @@ class Store:
         self._take = redis_client.register_script(TAKE)
         self._heartbeat = redis_client.register_script(HEARTBEAT)
         self._spend = redis_client.register_script(SPEND)
+        self._refund = redis_client.register_script(REFUND)
         self._pause = redis_client.register_script(PAUSE)
         self._spends = 0
         self._token = secrets.token_hex(4)  # a process that restarts with the same pid (pid 1)
@@ -223,13 +249,14 @@ class Store:
         recipients_per_day: int | None,
         messages: int,
         recipients: int,
+        ticket: str | None = None,
     ) -> tuple[int, float] | None:
         """Take from the budget ``budget:UPSTREAM:IDENTITY``: None, or (1 pace / 2 recipients,
-        seconds until it frees)."""
+        seconds until it frees). `ticket` names the take for a `refund`."""
         self._spends += 1
-        keys = [PREFIX + key + ":pace", PREFIX + key + ":rcpt", PREFIX + key + ":rcpt_total"]
+        keys = self._budget_keys(key)
         count, seconds = pace or (1, 0.0)
-        member = f"{self.member}/{self._token}/{self._spends}"  # unique across restarts too
+        member = self._member(ticket)
         args = [count, repr(float(seconds)), recipients_per_day or 0, messages, recipients, member]
         answer = self._run(self._spend, keys, args)
         if answer == [1]:
@@ -243,6 +270,23 @@ class Store:
         ):
             return answer[1], max(0, answer[2]) / 1000
         raise StoreError(f"unexpected answer to the budget script: {answer!r:.80}")
+
+    def refund(self, key: str, ticket: str, messages: int, held: int, recipients: int) -> int:
+        """Give back `messages` and `recipients` of the take `ticket` (holding `held` recipients
+        now) of the budget under `key`: what was given back (0: no longer in the windows)."""
+        args = [self._member(ticket), messages, held, recipients]
+        answer = self._run(self._refund, self._budget_keys(key), args)
+        if not isinstance(answer, int):
+            raise StoreError(f"unexpected answer to the refund script: {answer!r:.80}")
+        return answer
+
+    @staticmethod
+    def _budget_keys(key: str) -> list[str]:
+        return [PREFIX + key + ":pace", PREFIX + key + ":rcpt", PREFIX + key + ":rcpt_total"]
+
+    def _member(self, ticket: str | None) -> str:
+        """A take's member: this process's name and token (unique across restarts too)."""
+        return f"{self.member}/{self._token}/{ticket if ticket is not None else self._spends}"
 
     def heartbeat(
         self, ttl: float, upstreams: Sequence[str]

@@ -145,14 +145,19 @@ class Transaction:
             if pool is None:
                 self.tried.append({"upstream": name, "reason": "not configured"})
                 continue
-            spent = await self.pacer.spend(pool.config, sum(a is None for a in answers))
+            todo = [i for i, a in enumerate(answers) if a is None]
+            spent = await self.pacer.spend(pool.config, len(todo))
             if spent is not None:  # this sender's budget there is spent: the next upstream
                 self.tried.append({"upstream": name, "reason": spent.describe()})
                 last = UpstreamFailure(budget_reply(spent), f"{name}: {spent.describe()}")
                 continue
             outcome = await self._upstream(pool, recipients, answers, before_mail)
-            if outcome is None:
+            if outcome is None:  # the budget keeps only what the upstream accepted
+                self.pacer.answered(
+                    pool.config, [answers[i] for i in todo], self.failure is not None
+                )
                 return
+            self.pacer.refund(pool.config)  # no session, or MAIL refused: nothing was counted
             if isinstance(outcome, UpstreamFailure):  # no session from this upstream
                 last = outcome
                 if final(outcome):
@@ -347,7 +352,8 @@ class Transaction:
             refused = replies.UPSTREAM_NO_SMTPUTF8  # MAIL went without SMTPUTF8
         if refused is not None:
             return refused
-        if (spent := await self.pacer.more(self.session.config)) is not None:
+        config = self.session.config
+        if (spent := await self.pacer.more(config)) is not None:
             return budget_reply(spent)
         self._busy = True
         try:
@@ -356,12 +362,16 @@ class Transaction:
             )
         except UpstreamFailure as failure:
             self._fail(failure)
+            self.pacer.refund(config)  # the transaction ends here, before the data
             return self._refusal()
         finally:
             self._busy = False
         self.upstream_reply = answer  # as the upstream said it, even when it made no sense
         self._closing = self._closing or answer.code == 421
-        return self.pacer.check(self.session.config, answer, "RCPT") or expected(answer, 250, 251)
+        reply = self.pacer.check(config, answer, "RCPT") or expected(answer, 250, 251)
+        if not reply.is_positive:
+            self.pacer.refused(config, 1)
+        return reply
 
     async def data(self) -> Reply:
         """DATA: the upstream's 354, or its refusal (the session then goes back to its pool)."""

@@ -12,23 +12,40 @@ goes through ends the backoff.
 
 `Ledger.take` decides one message (or, with ``messages=0``, more recipients of one), taking
 its share of both windows only when both have room; otherwise it answers a `Spent` saying which
-budget and when it frees. Paced messages are promised distinct slots (`Spent.until`), one
-interval of the pace apart, so a backlog drains oldest first instead of racing for each slot;
-`backlog` is how long the promised slots already reach. Time is passed in.
+budget and when it frees. `refund` gives a take back (its events leave the windows) when the
+provider cannot have counted it.
+
+Oldest first. A message kept back is promised a slot (`Spent.until`), one interval of the pace
+after the last one promised, so a backlog drains in order instead of racing for each slot;
+`backlog` is how far the promised slots reach. A promise stays *outstanding* until its message
+comes back and names it (``promised=``, the slot it was given): a message back at or after its
+slot goes ahead of every other promise; a fresh message (or one back early) is not let past an
+outstanding promise — it is promised the next slot, behind the others — even when the window has
+room, since that room is what the promised slots count on. A promise whose message has not come
+back `PROMISE_GRACE` seconds after its slot is dropped (the message was deleted, or went another
+way). A promised message that finds no room after all (another instance took it) is given the
+time the window frees and keeps its place in line (`Spent.place`): a message later in line that
+comes back first is held just after it. `take(..., promise=False)` answers the slot it
+would promise without keeping it (relay mode, whose app retries on its own schedule; the queue
+keeps the slot of the one budget that held the message back with `promise`).
+
+A budget that a reload changes keeps its windows' events (`Account.relimit`): what was sent in
+the window still counts against the new limit. Time is passed in.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from gateway.config.model import Rate, UpstreamConfig
+from gateway.config.model import UpstreamConfig
 from gateway.config.providers import is_sender_placeholder
+from gateway.policy.accounts import DAY, PROMISE_GRACE, Account, Pause, Taken, Window
 
-DAY = 86400.0
 PAUSE_FIRST = 60.0  # seconds an identity waits after a first throttling reply
 PAUSE_MAX = 3600.0  # the longest pause (a daily quota is waited out an hour at a time)
+AFTER = 0.001  # a message held behind an earlier one given a slot again goes this much after it
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,13 @@ class Spent:
     upstream: str
     budget: str  # "pace 30/minute", "max_recipients_per_day 10000", "throttled"
     until: float  # when the message may be tried again (a promised slot)
+    # A promised message that found no room: its place in line (the slot it was first promised),
+    # kept with the slot it is given now, so that later messages do not pass it.
+    place: float | None = None
+
+    @property
+    def first(self) -> bool:
+        return self.place is not None
 
     @property
     def throttled(self) -> bool:
@@ -76,68 +100,6 @@ def describe(upstream: UpstreamConfig, sender: str) -> str:
     return f"budget {', '.join(parts)} for {who}"
 
 
-class Window:
-    """Weighted events in the last `seconds`: an exact rolling count."""
-
-    def __init__(self, limit: int, seconds: float) -> None:
-        self.limit = limit
-        self.seconds = seconds
-        self.events: deque[tuple[float, int]] = deque()
-        self.total = 0
-
-    def _expire(self, now: float) -> None:
-        while self.events and self.events[0][0] <= now - self.seconds:
-            self.total -= self.events.popleft()[1]
-
-    def used(self, now: float) -> int:
-        self._expire(now)
-        return self.total
-
-    def room(self, weight: int, now: float) -> bool:
-        return self.used(now) + weight <= self.limit or not self.events
-
-    def free_at(self, weight: int, now: float) -> float:
-        """When `weight` more fit (now if they do); a weight over the limit fits an empty window."""
-        self._expire(now)
-        if self.total + weight <= self.limit or not self.events:
-            return now
-        excess = self.total + weight - self.limit
-        for when, count in self.events:
-            excess -= count
-            if excess <= 0:
-                return when + self.seconds
-        return self.events[-1][0] + self.seconds
-
-    def idle(self, now: float) -> bool:
-        return self.used(now) == 0
-
-    def add(self, weight: int, now: float) -> None:
-        if weight:
-            self.events.append((now, weight))
-            self.total += weight
-
-
-@dataclass
-class Pause:
-    until: float = 0.0
-    seconds: float = 0.0  # the last pause's length (0: not throttled since the last success)
-
-
-class Account:
-    """One identity's windows on one upstream (replaced when the upstream's budget changes)."""
-
-    def __init__(self, pace: Rate | None, recipients: int | None) -> None:
-        self.pace = pace
-        self.recipients = recipients
-        self.messages = Window(pace.count, pace.seconds) if pace else None
-        self.rcpts = Window(recipients, DAY) if recipients else None
-        self.pause = Pause()
-        self.promised = 0.0  # the last slot promised to a paced message
-
-    def matches(self, pace: Rate | None, recipients: int | None) -> bool:
-        return self.pace == pace and self.recipients == recipients
-
-
 PauseListener = Callable[[str, str, float, str], None]  # (upstream, identity, seconds, reply)
 
 
@@ -158,6 +120,7 @@ class Ledger:
                 acct.pause.until <= now
                 and not acct.pause.seconds
                 and acct.promised <= now
+                and not acct.outstanding(now)
                 and all(w is None or w.idle(now) for w in (acct.messages, acct.rcpts))
             ):
                 del self._accounts[key]
@@ -165,24 +128,90 @@ class Ledger:
     def account(self, upstream: UpstreamConfig, who: str) -> Account:
         key = (upstream.name, who)
         found = self._accounts.get(key)
-        if found is None or not found.matches(upstream.pace, upstream.max_recipients_per_day):
+        if found is None:
             found = self._accounts[key] = Account(upstream.pace, upstream.max_recipients_per_day)
+        elif not found.matches(upstream.pace, upstream.max_recipients_per_day):
+            found.relimit(upstream.pace, upstream.max_recipients_per_day)
         return found
 
     def take(
-        self, upstream: UpstreamConfig, sender: str, messages: int, recipients: int, now: float
+        self,
+        upstream: UpstreamConfig,
+        sender: str,
+        messages: int,
+        recipients: int,
+        now: float,
+        *,
+        promise: bool = True,
+        promised: float | None = None,
+        ticket: str | None = None,
     ) -> Spent | None:
-        """One message (`messages` 1) with `recipients`, or more recipients (`messages` 0)."""
+        """One message (`messages` 1) with `recipients`, or more recipients (`messages` 0).
+
+        `promised`: the slot the message was promised when it was kept back before (see the
+        module's "Oldest first"); `promise=False`: answer the slot without keeping it.
+        `ticket` names the take for the shared variant; here a refund finds it by its time."""
+        del ticket
         self._takes += 1
         if self._takes % 1000 == 0:
             self.prune(now)
-        who = identity(upstream, sender)
-        key = (upstream.name, who)
-        if not has_budget(upstream) and key not in self._accounts:
+        if not has_budget(upstream) and (upstream.name, identity(upstream, sender)) not in (
+            self._accounts
+        ):
             return None  # no budget and never throttled: nothing to keep
-        acct = self.account(upstream, who)
+        early, place = self.before(
+            upstream, sender, messages, now, promise=promise, promised=promised
+        )
+        if early is not None:
+            return early
+        return self.spend(upstream, sender, messages, recipients, now, promise=promise, place=place)
+
+    def before(
+        self,
+        upstream: UpstreamConfig,
+        sender: str,
+        messages: int,
+        now: float,
+        *,
+        promise: bool = True,
+        promised: float | None = None,
+    ) -> tuple[Spent | None, float | None]:
+        """What holds the message back before its windows are asked: a throttling pause, or
+        the slots promised to earlier ones (every one, for a fresh message; one given again to a
+        message earlier in line, for a promised one). Redeems the message's own promise; also
+        answers its place in line when it came back at its slot (None: it is fresh)."""
+        acct = self._accounts.get((upstream.name, identity(upstream, sender)))
+        if acct is None:
+            return None, None
+        place = acct.redeem(promised) if promised is not None else None
+        if place is not None and promised is not None and promised > now:
+            place = None  # back early (`queue retry`): its promise is given up, it is fresh
         if acct.pause.until > now:
-            return Spent(upstream.name, "throttled", self._promise(acct, acct.pause.until, now))
+            spent = self._answer(acct, upstream.name, "throttled", acct.pause.until, now, promise)
+            return spent, place
+        budget = acct.waits_for or "throttled"
+        if messages and place is None and acct.outstanding(now):
+            return self._answer(acct, upstream.name, budget, now, now, promise), None
+        if messages and place is not None and (ahead := acct.ahead(place)) is not None:
+            after = ahead + AFTER  # just after the earlier one, keeping its place
+            return self._answer(acct, upstream.name, budget, after, now, promise, place), place
+        return None, place
+
+    def spend(
+        self,
+        upstream: UpstreamConfig,
+        sender: str,
+        messages: int,
+        recipients: int,
+        now: float,
+        *,
+        promise: bool = True,
+        place: float | None = None,
+    ) -> Spent | None:
+        """The windows' part of `take`: both have room (taken) or a `Spent`. `place`: the
+        message came back at its promised slot, this is its place in line (a slot it is given
+        now keeps it)."""
+        acct = self.account(upstream, identity(upstream, sender))
         spent: list[tuple[str, float]] = []
         if acct.messages is not None and messages and not acct.messages.room(messages, now):
             assert acct.pace is not None
@@ -196,7 +225,7 @@ class Ledger:
             )
         if spent:
             budget, free = max(spent, key=lambda s: s[1])
-            return Spent(upstream.name, budget, self._promise(acct, free, now))
+            return self._answer(acct, upstream.name, budget, free, now, promise, place)
         if acct.messages is not None:
             acct.messages.add(messages, now)
         if acct.rcpts is not None:
@@ -206,41 +235,103 @@ class Ledger:
     def count(
         self, upstream: UpstreamConfig, sender: str, messages: int, recipients: int, now: float
     ) -> None:
-        """Record a take decided elsewhere (Redis), for this instance's metrics."""
+        """Record a take decided elsewhere (Redis), for this instance's metrics and for its
+        share while Redis is away."""
         acct = self.account(upstream, identity(upstream, sender))
         if acct.messages is not None:
             acct.messages.add(messages, now)
         if acct.rcpts is not None:
             acct.rcpts.add(recipients, now)
 
+    def refund(
+        self, upstream: UpstreamConfig, sender: str, taken: Taken, messages: int, recipients: int
+    ) -> None:
+        """Give back `messages` and `recipients` of `taken` (the provider cannot have counted
+        them): its events leave the windows (nothing if they already left)."""
+        acct = self._accounts.get((upstream.name, identity(upstream, sender)))
+        if acct is None:
+            return
+        if acct.messages is not None and messages:
+            acct.messages.remove(messages, taken.at)
+        if acct.rcpts is not None and recipients:
+            acct.rcpts.remove(recipients, taken.at)
+
     def paused(self, upstream: UpstreamConfig, sender: str, now: float) -> Spent | None:
-        """The identity's throttling pause, if it is on (the shared variant asks this first)."""
+        """The identity's throttling pause, if it is on."""
         acct = self._accounts.get((upstream.name, identity(upstream, sender)))
         if acct is None or acct.pause.until <= now:
             return None
-        return Spent(upstream.name, "throttled", self._promise(acct, acct.pause.until, now))
+        return Spent(upstream.name, "throttled", self._peek(acct, acct.pause.until))
 
-    def hold(self, upstream: UpstreamConfig, sender: str, until: float, now: float) -> Spent:
+    def hold(
+        self,
+        upstream: UpstreamConfig,
+        sender: str,
+        until: float,
+        now: float,
+        *,
+        promise: bool = True,
+    ) -> Spent:
         """Another instance was told to slow down for this identity: the pause holds here too,
         until `until` (no ``upstream.throttled`` here: that instance wrote it)."""
         acct = self.account(upstream, identity(upstream, sender))
         if acct.pause.until < until:
             acct.pause = Pause(until, max(acct.pause.seconds, until - now))
-            acct.promised = 0.0
-        return Spent(upstream.name, "throttled", self._promise(acct, acct.pause.until, now))
+            acct.promised, acct.slots, acct.again = 0.0, [], []
+        return self._answer(acct, upstream.name, "throttled", acct.pause.until, now, promise)
 
-    def promise(
-        self, upstream: UpstreamConfig, sender: str, budget: str, free: float, now: float
+    def spent(
+        self,
+        upstream: UpstreamConfig,
+        sender: str,
+        budget: str,
+        free: float,
+        now: float,
+        *,
+        promise: bool = True,
+        place: float | None = None,
     ) -> Spent:
         """A `Spent` for a budget found spent elsewhere (Redis), with this instance's slot."""
         acct = self.account(upstream, identity(upstream, sender))
-        return Spent(upstream.name, budget, self._promise(acct, free, now))
+        return self._answer(acct, upstream.name, budget, free, now, promise, place)
 
-    def _promise(self, acct: Account, free: float, now: float) -> float:
+    def promise(self, upstream: UpstreamConfig, sender: str, spent: Spent) -> Spent:
+        """Keep the slot `spent` offered (taken with ``promise=False``): the message waits for
+        it. The slot may be later than offered, when others were promised meanwhile."""
+        acct = self.account(upstream, identity(upstream, sender))
+        return Spent(spent.upstream, spent.budget, self._promise(acct, spent), spent.place)
+
+    def _answer(
+        self,
+        acct: Account,
+        upstream: str,
+        budget: str,
+        free: float,
+        now: float,
+        promise: bool,
+        place: float | None = None,
+    ) -> Spent:
+        offered = Spent(
+            upstream, budget, free if place is not None else self._peek(acct, free), place
+        )
+        return Spent(upstream, budget, self._promise(acct, offered), place) if promise else offered
+
+    @staticmethod
+    def _peek(acct: Account, free: float) -> float:
         """The next slot not yet promised, from `free` on (one pace interval apart)."""
         step = acct.pace.seconds / acct.pace.count if acct.pace else 1.0
-        slot = free if acct.promised < free else acct.promised + step
+        return free if acct.promised < free else acct.promised + step
+
+    def _promise(self, acct: Account, spent: Spent) -> float:
+        acct.waits_for = spent.budget
+        if spent.place is not None:  # given again, in its place in line: the time it frees
+            bisect.insort(acct.slots, spent.until)
+            acct.again.append((spent.until, spent.place))
+            acct.promised = max(acct.promised, spent.until)
+            return spent.until
+        slot = self._peek(acct, spent.until)
         acct.promised = slot
+        acct.slots.append(slot)
         return slot
 
     def throttled(
@@ -253,7 +344,7 @@ class Ledger:
             return acct.pause.until - now  # one pause for the replies of sessions in flight
         seconds = min(PAUSE_MAX, acct.pause.seconds * 2) if acct.pause.seconds else PAUSE_FIRST
         acct.pause = Pause(now + seconds, seconds)
-        acct.promised = 0.0
+        acct.promised, acct.slots, acct.again = 0.0, [], []
         self.pauses[upstream.name] = self.pauses.get(upstream.name, 0) + 1
         if self.on_pause is not None:
             self.on_pause(upstream.name, who, seconds, reply)
@@ -283,3 +374,19 @@ class Ledger:
                     best[key] = (used, max(0, window.limit - used))
         for (name, budget), (used, remaining) in sorted(best.items()):
             yield name, budget, used, remaining
+
+
+__all__ = [
+    "DAY",
+    "PAUSE_FIRST",
+    "PAUSE_MAX",
+    "PROMISE_GRACE",
+    "Account",
+    "Ledger",
+    "Spent",
+    "Taken",
+    "Window",
+    "describe",
+    "has_budget",
+    "identity",
+]

@@ -190,6 +190,8 @@ class DeliveryAttempts:
                 body=envelope.mail_body,
                 budgets=self.budgets,
             )
+            # The slot it may have been promised (it goes first when it comes back for it).
+            txn.pacer.promised = envelope.next_attempt or None
             self.live.add(txn)
             try:
                 result = await self._transact(txn, envelope, group)
@@ -211,6 +213,7 @@ class DeliveryAttempts:
                 for recipient in group:
                     recipient.attempts -= 1
                 envelope.attempts -= 1
+                paced = txn.pacer.promise() or paced  # the slot kept for it (oldest first)
                 round_.paced_until.append(paced.until)
             else:
                 round_.counted += 1

@@ -105,10 +105,15 @@ class Envelope:
     client_tls_version: str | None = None  # OpenSSL's name: "TLSv1.3"
     client_tls_cipher: str | None = None
     client_cert_sha256: str | None = None  # the app's verified client certificate, if it gave one
+    # Seconds the message waited for a provider budget or a throttling pause since its age base
+    # (issue 16): not counted toward queue.max_age. Absent in older envelopes (read as 0), never
+    # written in format 1.
+    paced_s: float = 0.0
 
     @property
     def age_base(self) -> float:
-        return self.requeued if self.requeued is not None else self.received
+        """Where the age limit counts from: arrival (or `queue requeue`), plus the paced time."""
+        return (self.requeued if self.requeued is not None else self.received) + self.paced_s
 
     @property
     def pending(self) -> list[RecipientState]:
@@ -125,7 +130,7 @@ class Envelope:
         Without the listener's TLS facts: releases before issue 13 refuse fields they do not know.
         """
         data = {"version": FORMAT_V1, **asdict(self)}
-        for name in CLIENT_TLS_FIELDS:  # format 2 only
+        for name in FORMAT_2_ONLY:
             del data[name]
         return json.dumps(data, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
 
@@ -149,6 +154,7 @@ class Envelope:
 
 
 CLIENT_TLS_FIELDS = ("client_tls_version", "client_tls_cipher", "client_cert_sha256")
+FORMAT_2_ONLY = (*CLIENT_TLS_FIELDS, "paced_s")  # fields the releases reading format 1 refuse
 _ENCODE = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
 _ENVELOPE_NAMES = [f.name for f in fields(Envelope)]
 _RECIPIENT_NAMES = [f.name for f in fields(RecipientState)]
@@ -280,6 +286,7 @@ _ENVELOPE_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"an OpenSSL cipher name (at most {MAX_CIPHER} letters, digits, _ and -) or null",
     ),
     "client_cert_sha256": (_optional(_hex64), "64 lowercase hex digits or null"),
+    "paced_s": (lambda v: _number(v) and v >= 0, "seconds (a number of at least 0)"),
 }
 
 

@@ -80,11 +80,13 @@ class Settler:
         `opened`: a session was in hand (the round must be durable); `upstream`: the round's
         upstream fields, for ``message.result``; `paced`: the round was kept back by a provider
         budget or throttling until then (the next attempt, never an expiry: pacing is not
-        failing). Raises `MessageGone` if the operator moved it.
+        failing, and the wait is added to the envelope's ``paced_s``, which moves its age limit
+        as far). Raises `MessageGone` if the operator moved it.
         """
         now = self.clock()
         pending = envelope.pending
         if pending and paced is not None:
+            envelope.paced_s += max(0.0, paced - now)  # waiting is not ageing (queue.max_age)
             envelope.next_attempt = paced
         elif pending:
             attempts = max(r.attempts for r in pending)

@@ -18,15 +18,17 @@ PER_SENDER = replace(M365, name="shared", username="$sender")
 
 
 def sent_times(ledger: Ledger, upstream: UpstreamConfig, count: int, sender: str = "a@x") -> list:
-    """Offer `count` messages as fast as the ledger lets them go; their send times."""
-    times, now = [], 0.0
+    """Offer `count` messages as fast as the ledger lets them go (each one kept back comes
+    back at its promised slot and names it); their send times."""
+    times, now, promised = [], 0.0, None
     while len(times) < count:
-        spent = ledger.take(upstream, sender, 1, 1, now)
+        spent = ledger.take(upstream, sender, 1, 1, now, promised=promised)
         if spent is None:
             times.append(now)
+            promised = None
         else:
             assert spent.until > now
-            now = spent.until
+            now = promised = spent.until
     return times
 
 
@@ -68,7 +70,7 @@ def test_recipients_per_day_is_a_rolling_24_hours():
     spent = ledger.take(bulk, "", 1, 1, 7200.0)
     assert spent is not None and spent.budget == "max_recipients_per_day 10000"
     assert spent.until == DAY  # the 6,000 of time 0 leave the window
-    assert ledger.take(bulk, "", 1, 1, DAY) is None
+    assert ledger.take(bulk, "", 1, 1, DAY, promised=spent.until) is None
 
 
 def test_more_recipients_of_a_counted_message_take_no_pace():
@@ -130,8 +132,9 @@ def test_an_upstream_without_a_budget_keeps_nothing():
     assert list(ledger.usage(0.0)) == []
 
 
-def test_a_changed_budget_starts_a_new_account():
-    """A reload that changes the pace is applied at once."""
+def test_a_raised_budget_applies_at_once():
+    """A reload that raises the pace is applied at once (the events sent stay counted:
+    tests/policy/test_budgets_promises.py)."""
     ledger = Ledger()
     for _ in range(30):
         ledger.take(M365, "", 1, 1, 0.0)
@@ -168,5 +171,5 @@ def test_a_pause_held_for_another_instance_pauses_here_and_backs_off_from_it():
     assert spent.throttled and spent.until == 100.0 and paused == []
     held = ledger.take(plain, "", 1, 1, 50.0)
     assert held is not None and held.throttled and held.until > 100.0  # the slot after it
-    assert ledger.take(plain, "", 1, 1, 100.0) is None
+    assert ledger.take(plain, "", 1, 1, held.until, promised=held.until) is None
     assert ledger.throttled(plain, "", 100.0) == 2 * 90.0
