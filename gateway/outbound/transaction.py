@@ -337,7 +337,14 @@ class Transaction:
             self.failure = failure
             if failure.upstream_reply is not None:
                 self.upstream_reply = failure.upstream_reply
+        self._give_back()
         self.release(reusable)
+
+    def _give_back(self) -> None:
+        """The message ends before its final dot went out: the provider counted none of it, so
+        the budget taken at this upstream comes back (once; after the dot it is kept)."""
+        if self.pool is not None and not self.dot_sent:
+            self.pacer.refund(self.pool.config)
 
     # --- more recipients, DATA, the body and the final dot -------------------------------
 
@@ -392,6 +399,7 @@ class Transaction:
             self._in_data = True
             return answer
         reply = self.pacer.check(self.session.config, answer, "DATA") or expected(answer, 354)
+        self._give_back()
         self.release(reusable(answer, reply))
         return reply
 
@@ -435,6 +443,8 @@ class Transaction:
         reply = self.pacer.check(config, answer, "DOT") or expected(answer, *range(200, 300))
         if reply.is_positive:
             self.pacer.delivered(config)
+        elif not answer.is_positive:  # refused in its own words: the provider took nothing
+            self.pacer.refund(config)
         self.release(reusable(answer, reply))
         return reply
 
@@ -458,6 +468,7 @@ class Transaction:
         if self.failure is None:
             self.failure = UpstreamFailure(reply, reason)
             self.aborted = True
+        self._give_back()
         self.release(reusable=not self._busy and not self._in_data)
 
     def release(self, reusable: bool, *, spent: bool = False) -> None:

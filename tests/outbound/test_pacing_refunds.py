@@ -170,3 +170,33 @@ def test_relay_refusals_promise_no_slot():
     kept = queued.pacer.promise()
     assert kept is not None and kept.until == 60.0
     assert ledger.backlog(CONFIGS["m365"], "a@x", now.seconds()) == 60.0
+
+
+def test_data_refused_gives_the_budget_back():
+    """DATA answered 451: nothing went; the message and its recipient come back."""
+    ledger, now = Ledger(), clock(0.0)
+    txn = transaction(ledger, now, pool(DATA=LATER))
+    assert opened(txn, ["a@example.net"])[0].code == 250
+    assert fired(defer.Deferred.fromCoroutine(txn.data())).code == 451
+    assert used(ledger, now) == {"pace": 0, "recipients_per_day": 0}
+
+
+def test_an_abort_before_the_dot_gives_the_budget_back():
+    """Relay: the app went away after its RCPT was taken upstream; no dot, no count."""
+    ledger, now = Ledger(), clock(0.0)
+    txn = transaction(ledger, now, pool())
+    assert opened(txn, ["a@example.net"])[0].code == 250
+    assert used(ledger, now) == {"pace": 1, "recipients_per_day": 1}
+    txn.abort("client session ended")
+    assert used(ledger, now) == {"pace": 0, "recipients_per_day": 0}
+
+
+def test_a_refused_dot_gives_back_and_a_lost_one_keeps():
+    """The dot refused in the upstream's words: nothing was taken. The dot's reply lost: the
+    provider may have taken the message, so its budget stays spent."""
+    ledger, now = Ledger(), clock(0.0)
+    assert deliver(transaction(ledger, now, pool(END=REFUSED)), ["a@example.net"]).code == 550
+    assert used(ledger, now) == {"pace": 0, "recipients_per_day": 0}
+    lost = UpstreamFailure(replies.UPSTREAM_LOST, "m365: connection lost after the dot")
+    assert deliver(transaction(ledger, now, pool(END=lost)), ["a@example.net"]).code == 451
+    assert used(ledger, now) == {"pace": 1, "recipients_per_day": 1}
