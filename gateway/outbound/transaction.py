@@ -322,6 +322,7 @@ class Transaction:
         except BaseException as error:
             flight.forget()  # the same loss (or bug), handled here
             if not isinstance(error, UpstreamFailure):
+                self._closing = True  # our bug: replies may still be due, never handed on
                 raise
             self._fail(error)
         finally:

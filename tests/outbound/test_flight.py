@@ -238,3 +238,22 @@ def test_a_stale_session_is_closed_with_quit_or_reset_when_not_usable():
     upstream.stale(quitting)
     upstream.stale(resetting, usable=False)
     assert connector.quit == [quitting] and resetting.protocol.aborted
+
+
+def test_our_bug_mid_flight_never_hands_the_session_on():
+    """Our own code raising while a flight's replies are still due (here the pacer, at the
+    reply to MAIL): the error reaches the caller and the session is not reusable (it would be
+    out of step with the upstream's replies)."""
+    primary = piped()
+    txn = transaction(primary)
+
+    def broken(*_: Any) -> None:
+        raise RuntimeError("our bug")
+
+    txn.pacer.check = broken  # type: ignore[method-assign]
+    d = defer.Deferred.fromCoroutine(txn.open(["a@example.net", "b@example.net"], data=True))
+    failures: list[Any] = []
+    d.addErrback(failures.append)
+    assert failures and failures[0].check(RuntimeError)
+    txn.abort("internal error")
+    assert primary.released == [(primary.session, False)]
