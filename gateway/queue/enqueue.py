@@ -153,6 +153,7 @@ class QueueTransaction:
         if error is not None:
             writer.discard()
             return self._failed(error)
+        self.refused_for = None  # an earlier recipient's refusal is no reason of a queued message
         return replies.QUEUED.with_text(f"Queued as {writer.id}")
 
     def _below_floor(self, size: int) -> bool:

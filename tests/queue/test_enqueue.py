@@ -143,3 +143,18 @@ def test_above_the_floor_the_message_is_queued_without_a_reason(spool):
     reply = txn.finish(MessageFacts(), Origin("s1", "192.0.2.7", "app.test", None))
     assert reply.result.code == 250
     assert "reason" not in txn.audit_fields()
+
+
+def test_a_message_queued_after_an_early_refusal_carries_no_reason(spool):
+    """One RCPT refused below the floor, space back for the next: the message is queued, and
+    its record says no reason (the refusal was that recipient's, not the message's)."""
+    low = [True]
+    txn = low_space_transaction(spool, low)
+    assert txn.rcpt(parse_path("<a@example.net>", sender=False), ("up",), "all").code == 452
+    low[0] = False
+    assert txn.rcpt(parse_path("<b@example.net>", sender=False), ("up",), "all").code == 250
+    assert txn.data().code == 354
+    txn.write(BODY)
+    reply = txn.finish(MessageFacts(), Origin("s1", "192.0.2.7", "app.test", None))
+    assert reply.result.code == 250
+    assert "reason" not in txn.audit_fields()
