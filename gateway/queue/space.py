@@ -86,13 +86,13 @@ class FreeSpace:
         """The runner's scan: log ``queue.space_low`` when the floor is crossed, and
         ``queue.space_restored`` when there is room again (once each way)."""
         reason = self.refusal()
-        if (reason is not None) == self.low:
-            return
-        self.low = reason is not None
         free = self.free()
+        if (reason is not None) == self.low or free is None:
+            return  # no change, or not measured now (statvfs failed): nothing to say
+        self.low = reason is not None
         fields = {"path": self.path, "free_bytes": free, "min_free": self.floor}
         if reason is not None:
             audit.event(Event.QUEUE_SPACE_LOW, **fields, reason=reason)
         else:
-            text = f"{shown(free or 0)} free: queued mail is accepted again"
+            text = f"{shown(free)} free: queued mail is accepted again"
             audit.event(Event.QUEUE_SPACE_RESTORED, **fields, reason=text)

@@ -101,5 +101,27 @@ def test_watch_logs_the_crossing_once_each_way():
     assert (low["free_bytes"], low["min_free"], low["path"]) == (50 * MiB, 100 * MiB, "/spool")
 
 
+def test_a_failed_measure_after_a_low_alarm_says_nothing():
+    """statvfs failing while the spool is low: no queue.space_restored with a made-up figure;
+    the alarm stays until a measure shows room again."""
+    clock, disk = task.Clock(), Disk(50 * MiB)
+    captured = CapturedAudit()
+    audit = captured.log()
+    space = FreeSpace("/spool", 100 * MiB, clock=clock.seconds, measure=disk)
+    space.watch(audit)
+
+    def broken(path: str) -> int:
+        raise OSError(5, "Input/output error")
+
+    space.measure = broken
+    clock.advance(1.0)
+    space.watch(audit)
+    assert [e["event"] for e in captured.events] == ["queue.space_low"] and space.low
+    space.measure = Disk(200 * MiB)
+    clock.advance(1.0)
+    space.watch(audit)
+    assert [e["event"] for e in captured.events] == ["queue.space_low", "queue.space_restored"]
+
+
 def test_sizes_are_shown_for_people():
     assert (shown(512), shown(1536), shown(3 * 1024**3)) == ("512 B", "1.5 KiB", "3.0 GiB")
