@@ -150,7 +150,7 @@ class Taking(Away):
 
 
 def test_shared_takes_prune_the_idle_sender_accounts():
-    """"$sender" at 30/minute, 5000 senders one a second, every take decided in Redis: the
+    """With "$sender" at 30/minute, 5000 senders one a second, every take decided in Redis: the
     accounts that count them here are pruned as a single instance's are (not 5000 kept)."""
     per_sender = UpstreamConfig(
         name="m", host="h", username="$sender", pace=Rate(30, 60.0, "30/minute")
