@@ -127,6 +127,7 @@ class Account:
         stale = bisect.bisect_left(self.slots, now - PROMISE_GRACE)
         if stale:
             del self.slots[:stale]
+        if self.again:  # few: the messages given a slot again
             self.again = [(s, p) for s, p in self.again if s >= now - PROMISE_GRACE]
         return self.slots
 
@@ -143,7 +144,8 @@ class Account:
         self.again.remove(entry)
         return entry[1]
 
-    def ahead(self, place: float) -> float | None:
-        """The latest slot given again to a message earlier in line than `place`, if any."""
-        earlier = [slot for slot, p in self.again if p < place]
+    def ahead(self, place: float, now: float) -> float | None:
+        """The latest slot given again to a message earlier in line than `place`, if any (one
+        whose message has not come back `PROMISE_GRACE` after it no longer counts)."""
+        earlier = [slot for slot, p in self.again if p < place and slot >= now - PROMISE_GRACE]
         return max(earlier) if earlier else None

@@ -45,6 +45,7 @@ from gateway.policy.accounts import DAY, PROMISE_GRACE, Account, Pause, Taken, W
 
 PAUSE_FIRST = 60.0  # seconds an identity waits after a first throttling reply
 PAUSE_MAX = 3600.0  # the longest pause (a daily quota is waited out an hour at a time)
+PRUNE_EVERY = 1000  # decisions between two prunings of the idle accounts
 AFTER = 0.001  # a message held behind an earlier one given a slot again goes this much after it
 
 
@@ -100,6 +101,11 @@ def describe(upstream: UpstreamConfig, sender: str) -> str:
     return f"budget {', '.join(parts)} for {who}"
 
 
+def _step(acct: Account) -> float:
+    """The time between two promised slots: one interval of the pace (a second without one)."""
+    return acct.pace.seconds / acct.pace.count if acct.pace else 1.0
+
+
 PauseListener = Callable[[str, str, float, str], None]  # (upstream, identity, seconds, reply)
 
 
@@ -114,16 +120,29 @@ class Ledger:
 
     def prune(self, now: float) -> None:
         """Forget identities with nothing in their windows, no pause and no promise ("$sender"
-        upstreams meet an unbounded number of senders)."""
+        upstreams meet an unbounded number of senders). A pause that ended more than `PAUSE_MAX`
+        ago counts as none: an identity throttled and never delivered again is forgotten too (its
+        backoff, if it is throttled again, starts afresh from `PAUSE_FIRST`)."""
         for key, acct in list(self._accounts.items()):
             if (
                 acct.pause.until <= now
-                and not acct.pause.seconds
+                and (not acct.pause.seconds or acct.pause.until <= now - PAUSE_MAX)
                 and acct.promised <= now
                 and not acct.outstanding(now)
                 and all(w is None or w.idle(now) for w in (acct.messages, acct.rcpts))
             ):
                 del self._accounts[key]
+
+    def __len__(self) -> int:
+        """The accounts kept (identities on upstreams)."""
+        return len(self._accounts)
+
+    def _tick(self, now: float) -> None:
+        """Every decision passes here (`before`, from `take` and from the shared variant's take):
+        every `PRUNE_EVERY` of them, idle accounts are pruned."""
+        self._takes += 1
+        if self._takes % PRUNE_EVERY == 0:
+            self.prune(now)
 
     def account(self, upstream: UpstreamConfig, who: str) -> Account:
         key = (upstream.name, who)
@@ -152,18 +171,15 @@ class Ledger:
         module's "Oldest first"); `promise=False`: answer the slot without keeping it.
         `ticket` names the take for the shared variant; here a refund finds it by its time."""
         del ticket
-        self._takes += 1
-        if self._takes % 1000 == 0:
-            self.prune(now)
-        if not has_budget(upstream) and (upstream.name, identity(upstream, sender)) not in (
-            self._accounts
-        ):
-            return None  # no budget and never throttled: nothing to keep
         early, place = self.before(
             upstream, sender, messages, now, promise=promise, promised=promised
         )
         if early is not None:
             return early
+        if not has_budget(upstream) and (upstream.name, identity(upstream, sender)) not in (
+            self._accounts
+        ):
+            return None  # no budget and never throttled: nothing to keep
         return self.spend(upstream, sender, messages, recipients, now, promise=promise, place=place)
 
     def before(
@@ -180,10 +196,12 @@ class Ledger:
         the slots promised to earlier ones (every one, for a fresh message; one given again to a
         message earlier in line, for a promised one). Redeems the message's own promise; also
         answers its place in line when it came back at its slot (None: it is fresh)."""
+        self._tick(now)
         acct = self._accounts.get((upstream.name, identity(upstream, sender)))
         if acct is None:
             return None, None
         place = acct.redeem(promised) if promised is not None else None
+        acct.outstanding(now)  # others' promises (and slots given again) past their grace go
         if place is not None and promised is not None and promised > now:
             place = None  # back early (`queue retry`): its promise is given up, it is fresh
         if acct.pause.until > now:
@@ -192,8 +210,10 @@ class Ledger:
         budget = acct.waits_for or "throttled"
         if messages and place is None and acct.outstanding(now):
             return self._answer(acct, upstream.name, budget, now, now, promise), None
-        if messages and place is not None and (ahead := acct.ahead(place)) is not None:
-            after = ahead + AFTER  # just after the earlier one, keeping its place
+        if messages and place is not None and (ahead := acct.ahead(place, now)) is not None:
+            # Just after the earlier one, keeping its place; never a time already past (the
+            # earlier one is late: this one waits a step, until it comes back or its grace ends).
+            after = ahead + AFTER if ahead + AFTER > now else now + _step(acct)
             return self._answer(acct, upstream.name, budget, after, now, promise, place), place
         return None, place
 
@@ -319,8 +339,7 @@ class Ledger:
     @staticmethod
     def _peek(acct: Account, free: float) -> float:
         """The next slot not yet promised, from `free` on (one pace interval apart)."""
-        step = acct.pace.seconds / acct.pace.count if acct.pace else 1.0
-        return free if acct.promised < free else acct.promised + step
+        return free if acct.promised < free else acct.promised + _step(acct)
 
     def _promise(self, acct: Account, spent: Spent) -> float:
         acct.waits_for = spent.budget

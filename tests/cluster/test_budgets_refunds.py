@@ -140,3 +140,23 @@ def test_while_redis_is_away_the_local_share_counts_what_was_taken_through_it():
     answers = [budgets.take(m365, "", 1, 1, 1.0, promise=False) for _ in range(6)]
     assert answers[:5] == [None] * 5 and answers[5] is not None
     assert "30/minute / 2 instances" in answers[5].budget
+
+
+class Taking(Away):
+    """A SharedState whose Redis takes every message (the script answers None)."""
+
+    def ask(self, question: Any, args: Any, answered: Any, without: Any) -> Any:
+        return answered(None)
+
+
+def test_shared_takes_prune_the_idle_sender_accounts():
+    """With "$sender" at 30/minute, 5000 senders one a second, every take decided in Redis: the
+    accounts that count them here are pruned as a single instance's are (not 5000 kept)."""
+    per_sender = UpstreamConfig(
+        name="m", host="h", username="$sender", pace=Rate(30, 60.0, "30/minute")
+    )
+    ledger = Ledger()
+    budgets = SharedBudgets(Taking(instances=1), ledger)
+    for i in range(5000):
+        assert budgets.take(per_sender, f"s{i}@x", 1, 1, float(i), promise=False) is None
+    assert len(ledger) <= 1000

@@ -173,3 +173,23 @@ def test_a_pause_held_for_another_instance_pauses_here_and_backs_off_from_it():
     assert held is not None and held.throttled and held.until > 100.0  # the slot after it
     assert ledger.take(plain, "", 1, 1, held.until, promised=held.until) is None
     assert ledger.throttled(plain, "", 100.0) == 2 * 90.0
+
+
+def test_a_throttled_identity_never_delivered_again_is_forgotten():
+    """A pause that ended more than PAUSE_MAX ago is no pause: the account goes with the others;
+    throttled again, its backoff starts afresh."""
+    ledger = Ledger()
+    ledger.throttled(PER_SENDER, "gone@x", 0.0)
+    ledger.prune(PAUSE_FIRST + 1)
+    assert len(ledger) == 1  # the backoff is remembered for an hour after the pause
+    ledger.prune(PAUSE_FIRST + PAUSE_MAX + 1)
+    assert len(ledger) == 0
+    assert ledger.throttled(PER_SENDER, "gone@x", DAY) == PAUSE_FIRST
+
+
+def test_accounts_are_pruned_every_thousand_decisions():
+    """5000 "$sender" identities at one a second: only the last minute's are kept."""
+    ledger, paced = Ledger(), replace(PER_SENDER, max_recipients_per_day=None)
+    for i in range(5000):
+        ledger.take(paced, f"s{i}@x", 1, 1, float(i), promise=False)
+    assert len(ledger) <= 1000

@@ -206,3 +206,25 @@ def test_a_message_later_in_line_does_not_pass_one_given_its_slot_again():
     assert b is not None and b.until > a.until and b.place == 90.0
     assert ledger.take(M365, "", 1, 1, 119.5, promised=a.until) is None
     assert ledger.take(M365, "", 1, 1, 119.6, promised=b.until) is None
+
+
+DAILY = UpstreamConfig(name="daily", host="smtp.example.net", max_recipients_per_day=2)
+
+
+def test_a_message_given_its_slot_again_that_never_comes_back_holds_no_one_forever():
+    """A is given a slot again (the window was full at its slot), then deleted; B, behind it,
+    is never answered a time already past, and goes once A's promise is past its grace."""
+    ledger = Ledger()
+    assert ledger.take(DAILY, "", 1, 2, 0.0) is None
+    a, b = (ledger.take(DAILY, "", 1, 1, t) for t in (1.0, 2.0))
+    assert a is not None and b is not None and (a.until, b.until) == (DAY, DAY + 1)
+    assert ledger.take(DAILY, "", 0, 2, DAY) is None  # more recipients fill the window again
+    a = ledger.take(DAILY, "", 1, 1, DAY, promised=a.until)
+    assert a is not None and a.until == 2 * DAY and a.place == DAY
+    now, slot, scans = b.until, b.until, 0
+    while (b := ledger.take(DAILY, "", 1, 1, now, promised=slot)) is not None:
+        assert b.until > now and b.place == DAY + 1
+        scans += 1
+        assert scans <= PROMISE_GRACE + 2
+        now = slot = b.until
+    assert 2 * DAY < now <= 2 * DAY + PROMISE_GRACE + 2
