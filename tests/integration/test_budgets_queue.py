@@ -38,8 +38,12 @@ def test_a_steady_stream_over_the_pace_drains_oldest_first(
             assert client.sendmail("app@example.com", ["ops@example.net"], message(n)) == {}
     assert len(up.wait_for(count, timeout=60)) == count
     assert [n for _, n in sorted(arrived)] == list(range(count))
+    # The takes are a second apart at least; what the upstream sees adds each delivery's own
+    # latency (a new TLS session, a busy machine), so its gaps are allowed that jitter, and
+    # the whole stream must still span the budget: 9 messages at 1/second take 8 seconds.
     times = sorted(t for t, _ in arrived)
-    assert all(later - first >= 0.9 for first, later in zip(times, times[1:], strict=False))
+    assert all(later - first >= 0.5 for first, later in zip(times, times[1:], strict=False))
+    assert times[-1] - times[0] >= (count - 1) - 0.5
     results = gw.audit.wait_for("message.result", count)
     assert {r["outcome"] for r in results} == {"delivered"}
     assert not gw.audit.named("message.dead") and not gw.audit.named("message.bounced")
