@@ -149,19 +149,22 @@ class DeliveryAttempts:
             if recipient.hops not in held:
                 groups.setdefault(recipient.hops, []).append(recipient)
         round_ = Round()
-        try:
-            await defer.gatherResults(
-                [
-                    defer.Deferred.fromCoroutine(
-                        self._group(envelope, route, group, round_, len(groups) > 1)
-                    )
-                    for route, group in groups.items()
-                ],
-                consumeErrors=True,
-            )
-        except defer.FirstError as error:
-            error.subFailure.trap(MessageGone)
-            raise MessageGone(envelope.id) from None
+        # Every group ends before the round does, even when one found the message gone (deleted,
+        # or held before its MAIL): another may be past its MAIL, and its record must be written
+        # before the message can be released and started again.
+        results = await defer.DeferredList(
+            [
+                defer.Deferred.fromCoroutine(
+                    self._group(envelope, route, group, round_, len(groups) > 1)
+                )
+                for route, group in groups.items()
+            ],
+            consumeErrors=True,
+        )
+        for ok, failure in results:
+            if not ok:
+                failure.trap(MessageGone)
+                raise MessageGone(envelope.id)
         return round_
 
     async def _group(

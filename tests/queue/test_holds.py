@@ -414,3 +414,26 @@ def test_a_parked_message_goes_when_a_reload_takes_its_held_upstream_away(tmp_pa
     runner.scan()
     assert len(connectors["other"].opens) == 1 and connectors["up"].opens == []
     assert queue_id not in runner.parked
+
+
+def test_a_round_held_before_one_groups_mail_ends_with_its_other_group(tmp_path):
+    """Two routes: up's group is past MAIL, other's waits for its session when the message is
+    held. other sends nothing; the round ends only when up's group has written its record into
+    hold/ (released meanwhile, it is not started twice)."""
+    pools = fake_pools(tmp_path)
+    runner, _, spool, _ = setup(tmp_path, pools=pools)
+    pools["up"].session.hold = True  # up's replies wait
+    pools["other"].hold()
+    queue_id = queue(spool, ["up"], ["other"])
+    runner.submitted(queue_id)
+    assert pools["up"].session.lines[0].startswith(b"MAIL")
+    spool.move(queue_id, ACTIVE, HOLD)
+    pools["other"].give()
+    assert pools["other"].session.lines == []
+    assert queue_id in runner.in_flight  # up's group still talks to its upstream
+    while pools["up"].session.held:
+        pools["up"].session.answer()
+    assert queue_id not in runner.in_flight and spool.locate(queue_id) == HOLD
+    up, other = spool.load(HOLD, queue_id).recipients
+    assert (up.status, up.in_flight) == (DELIVERED, False)
+    assert (other.status, other.attempts, other.in_flight) == (PENDING, 0, False)
