@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
@@ -161,9 +162,9 @@ class DeliveryAttempts:
             ],
             consumeErrors=True,
         )
-        for ok, failure in results:
+        for ok, outcome in results:
             if not ok:
-                failure.trap(MessageGone)
+                cast(Failure, outcome).trap(MessageGone)
                 raise MessageGone(envelope.id)
         return round_
 
