@@ -78,8 +78,8 @@ def _age(seconds: float) -> str:
 
 def _held_upstreams(envelope: Envelope, held: frozenset[str], configured: set[str]) -> list[str]:
     """The held upstreams the message's pending recipients wait for (their next upstream)."""
-    hops = {holds.next_hop(r.hops, configured.__contains__) for r in envelope.pending}
-    return sorted(hops & held)
+    hops = {holds.waits_for(r.hops, held, configured.__contains__) for r in envelope.pending}
+    return sorted(hop for hop in hops if hop is not None)
 
 
 def _line(

@@ -47,6 +47,19 @@ def _one_of(args: argparse.Namespace, command: str, *, all_too: bool = False) ->
         raise UsageError(f"queue {command}: give one of {what}")
 
 
+def _make_hold_folder(spool: Spool) -> None:
+    """``hold/`` in a spool made before holds (0700), the spool user's even when root makes it
+    (``sudo mailgate queue hold``): the daemon lists it and renames out of it."""
+    folder = spool.folder(HOLD)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        return
+    if os.geteuid() == 0 and spool.owner != 0:
+        os.chown(folder, spool.owner, -1, follow_symlinks=False)
+    os.chmod(folder, 0o700)  # not left to the umask (just made: not a link)
+
+
 def cmd_hold(spool: Spool, args: argparse.Namespace, find: Find) -> int:
     _one_of(args, "hold")
     if args.upstream is not None:
@@ -68,7 +81,7 @@ def cmd_hold(spool: Spool, args: argparse.Namespace, find: Find) -> int:
         raise MailgateError(
             f"queue: {queue_id} is {state}, not queued; only active or deferred mail can be held"
         )
-    os.makedirs(spool.folder(HOLD), mode=0o700, exist_ok=True)  # a spool from before holds
+    _make_hold_folder(spool)
     spool.check()
     try:
         spool.move(queue_id, state, HOLD)

@@ -15,15 +15,21 @@ cleared after: a crash in between is the at-least-once window, logged as
 ``delivery.duplicate_risk`` at the next start; a final dot whose reply never came keeps the
 mark, and the next attempt is logged with ``possible_duplicate``. Each group's try is one
 ``delivery.attempt`` record with the transaction's upstream fields.
+
+A hold (``mailgate queue hold``) that came while the group waited for its slot or session is
+looked at once more at the mark, the last moment before MAIL: the message in ``hold/``
+(`MessageGone`: the session goes back unused) or its next upstream held (the group is left
+out, as if it had been held when the round started: `Round.held`) and nothing is sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from gateway.audit.events import Event
 from gateway.audit.log import AuditLog
@@ -47,6 +53,10 @@ from gateway.smtp.replies import Reply
 STOPPING = replies.SHUTTING_DOWN.with_text("Gateway stopping; will retry")
 
 
+class UpstreamHeld(Exception):
+    """The group's next upstream was held before MAIL went out: the group waits."""
+
+
 @dataclass
 class GroupResult:
     """How one group's transaction ended: a reply per recipient address."""
@@ -67,6 +77,7 @@ class Round:
     counted: int = 0
     opened: bool = False  # a session was in hand: the upstream may have taken something
     transactions: list[Transaction] = field(default_factory=list)
+    held: set[tuple[str, ...]] = field(default_factory=set)  # routes held before their MAIL
 
     @property
     def paced(self) -> float | None:
@@ -100,6 +111,7 @@ class DeliveryAttempts:
         clock: Callable[[], float],
         duplicates: dict[str, set[str]],
         budgets: Budgets | None = None,
+        held_upstreams: Callable[[], Container[str]] = frozenset,
     ) -> None:
         self.reactor = reactor
         self.spool = spool
@@ -109,6 +121,7 @@ class DeliveryAttempts:
         self.clock = clock
         self.duplicates = duplicates  # queue id -> recipients possibly delivered already
         self.budgets = budgets  # provider budgets (gateway.outbound.pacing)
+        self.held_upstreams = held_upstreams  # the upstreams held now (`gateway.queue.holds`)
         self.slots: dict[str, defer.DeferredSemaphore] = {}  # first upstream -> parallel groups
         self.live: set[Transaction] = set()
         self.stopping = False
@@ -137,19 +150,22 @@ class DeliveryAttempts:
             if recipient.hops not in held:
                 groups.setdefault(recipient.hops, []).append(recipient)
         round_ = Round()
-        try:
-            await defer.gatherResults(
-                [
-                    defer.Deferred.fromCoroutine(
-                        self._group(envelope, route, group, round_, len(groups) > 1)
-                    )
-                    for route, group in groups.items()
-                ],
-                consumeErrors=True,
-            )
-        except defer.FirstError as error:
-            error.subFailure.trap(MessageGone)
-            raise MessageGone(envelope.id) from None
+        # Every group ends before the round does, even when one found the message gone (deleted,
+        # or held before its MAIL): another may be past its MAIL, and its record must be written
+        # before the message can be released and started again.
+        results = await defer.DeferredList(
+            [
+                defer.Deferred.fromCoroutine(
+                    self._group(envelope, route, group, round_, len(groups) > 1)
+                )
+                for route, group in groups.items()
+            ],
+            consumeErrors=True,
+        )
+        for ok, outcome in results:
+            if not ok:
+                cast(Failure, outcome).trap(MessageGone)
+                raise MessageGone(envelope.id)
         return round_
 
     async def _group(
@@ -194,9 +210,15 @@ class DeliveryAttempts:
             txn.pacer.promised = envelope.next_attempt or None
             self.live.add(txn)
             try:
-                result = await self._transact(txn, envelope, group)
-            except MessageGone:
-                raise
+                result = await self._transact(txn, envelope, group, name)
+            except (MessageGone, UpstreamHeld) as stopped:
+                for recipient in group:  # nothing was sent on the session: not an attempt
+                    recipient.attempts -= 1
+                envelope.attempts -= 1
+                if isinstance(stopped, MessageGone):
+                    raise
+                round_.held.add(route)
+                return
             except Exception as exc:  # noqa: BLE001 - our bug: this round is deferred, not lost
                 result = self._internal_error(txn, envelope, group, exc)
             finally:
@@ -234,15 +256,28 @@ class DeliveryAttempts:
             slots.release()
 
     async def _transact(
-        self, txn: Transaction, envelope: Envelope, group: list[RecipientState]
+        self, txn: Transaction, envelope: Envelope, group: list[RecipientState], next_hop: str
     ) -> GroupResult:
         """MAIL, every RCPT, DATA and the stored body: a reply for each recipient of the group."""
 
-        def mark_in_flight() -> None:  # the upstream may accept from here (MessageGone if deleted)
-            if not all(r.in_flight for r in group):
-                for recipient in group:
-                    recipient.in_flight = True
-                self.spool.save(ACTIVE, envelope)
+        def mark_in_flight() -> None:
+            """The upstream may accept from here. `MessageGone` if it was deleted or held (in
+            ``hold/``: the save does not follow it there), `UpstreamHeld` if its next upstream is."""
+            if not self.spool.present(ACTIVE, envelope.id):
+                raise MessageGone(envelope.id)
+            if next_hop in self.held_upstreams():
+                raise UpstreamHeld(next_hop)
+            if all(r.in_flight for r in group):
+                return  # marked already (an earlier upstream of the route, or an earlier round)
+            was = [r.in_flight for r in group]
+            for recipient in group:
+                recipient.in_flight = True
+            try:
+                self.spool.save(ACTIVE, envelope, follow_hold=False)
+            except MessageGone:
+                for recipient, flag in zip(group, was, strict=True):
+                    recipient.in_flight = flag
+                raise
 
         addresses = [r.address for r in group]
         # Every recipient is known: DATA goes with MAIL and the RCPTs where PIPELINING is offered.

@@ -8,9 +8,11 @@ the operator moved to ``trash/`` are logged and removed. The operator commands
 act only by renaming folders (or writing a marker file), so they are safe while this runs.
 
 Holds (``mailgate queue hold``, `gateway.queue.holds`): ``hold/`` is never started; a recipient
-whose next upstream is held is left out of the round, and a message with nothing else pending is
-parked in ``deferred/`` until that upstream is released. Each scan also looks at the free space
-(`gateway.queue.space`, ``queue.min_free``).
+whose next upstream is held is left out of the round (also when the hold came while its group
+waited for a session: looked at again before MAIL), and a message with nothing else pending is
+parked in ``deferred/`` until that upstream is released or is no longer its next upstream (a
+reload took it out of the config): each scan looks at the parked messages again. Each scan also
+looks at the free space (`gateway.queue.space`, ``queue.min_free``).
 
 One delivery round of a message is `gateway.queue.attempt` (the shared outbound
 transaction, per route); what the round leaves — backoff, bounce, the durable record,
@@ -92,14 +94,23 @@ class DeliveryRunner:
         self.stopping = False
         self._sweeping = False  # done/ is being emptied in a thread
         self.paced: set[str] = set()  # queue ids waiting for a provider budget (metrics)
+        self.holds = HoldWatch(spool, audit)
+        # In deferred/ only because their next upstream is held: queue id -> the routes waiting.
+        self.parked: dict[str, set[tuple[str, ...]]] = {}
         self.attempts = DeliveryAttempts(
-            reactor, spool, pools, self.cooldowns, audit, clock, self.duplicates, budgets
+            reactor,
+            spool,
+            pools,
+            self.cooldowns,
+            audit,
+            clock,
+            self.duplicates,
+            budgets,
+            held_upstreams=self.holds.current,
         )
         self.settler = Settler(spool, config, audit, clock, self.submitted, on_result)
         self.drain = DrainWatch(spool)
         self.space = FreeSpace(spool.path, config.queue.min_free, clock=reactor.seconds)
-        self.holds = HoldWatch(spool, audit)
-        self.parked: set[str] = set()  # in deferred/ only because their next upstream is held
         self.on_drain = on_drain
         self._loop = task.LoopingCall(self.scan)
         self._loop.clock = reactor
@@ -123,7 +134,7 @@ class DeliveryRunner:
             )
         self.spool.clear(DONE)
         self.holds.start()
-        for state in (ACTIVE, DEFERRED):
+        for state in (ACTIVE, DEFERRED, HOLD):  # a held message may be in its duplicate window
             for queue_id in self.spool.ids(state):
                 envelope = self._load(state, queue_id)
                 if envelope is None:
@@ -235,15 +246,22 @@ class DeliveryRunner:
 
     def _watch_holds(self) -> None:
         """Take up the holds changed since the last scan: a held message is forgotten here, and
-        when an upstream is released every parked message is due now (those still held park again)."""
+        a parked message one of whose waiting routes no longer waits (its upstream released, or
+        a reload changed its next upstream) is due now (what still waits parks again)."""
         for queue_id in self.holds.look_messages():
             self.schedule.pop(queue_id, None)
-            self.parked.discard(queue_id)
-        if self.holds.look_upstreams():
-            for queue_id in self.parked:
-                if queue_id in self.schedule:
-                    self.schedule[queue_id] = 0.0
-            self.parked.clear()
+            self.parked.pop(queue_id, None)
+        self.holds.look_upstreams()
+        configured = self._configured
+        for queue_id, routes in list(self.parked.items()):
+            if self.schedule.get(queue_id) != math.inf:
+                del self.parked[queue_id]  # retried, released, deleted or finished meanwhile
+            elif not self.holds.still_waiting(routes, configured):
+                del self.parked[queue_id]
+                self.schedule[queue_id] = 0.0
+
+    def _configured(self, name: str) -> bool:
+        return self.pools(name) is not None
 
     def _sweep_done(self) -> None:
         """Remove the delivered messages (``done/``) in one batch, off the reactor when it has
@@ -342,17 +360,20 @@ class DeliveryRunner:
         if envelope is None:
             return
         self.settler.restore(envelope)
-        held = self.holds.waiting(envelope, lambda name: self.pools(name) is not None)
+        held = self.holds.waiting(envelope, self._configured)
         if held and all(r.hops in held for r in envelope.pending):
-            self._park(envelope)
+            self._park(envelope, held)
             return
         try:
             round_ = await self.attempts.run(envelope, held)
             if not round_.attempted and envelope.pending:
                 return  # stopping before any group started: nothing changed
+            held |= round_.held  # held while the group waited for its session
             try:
                 paced = round_.paced
-                due = self.settler.settle(envelope, round_.opened, round_.upstream_fields(), paced)
+                due = self.settler.settle(
+                    envelope, round_.opened, round_.upstream_fields(), paced, held
+                )
                 if paced is not None and envelope.pending:
                     self.paced.add(envelope.id)
                 else:
@@ -365,8 +386,10 @@ class DeliveryRunner:
             return
         if due is not None:
             self.schedule[envelope.id] = due
+            if due == math.inf:
+                self.parked[envelope.id] = {r.hops for r in envelope.pending}
 
-    def _park(self, envelope: Envelope) -> None:
+    def _park(self, envelope: Envelope, routes: set[tuple[str, ...]]) -> None:
         """Every pending recipient waits for a held upstream: out of active/, due when released."""
         try:
             self.spool.move(envelope.id, ACTIVE, DEFERRED, durable=False)
@@ -375,7 +398,7 @@ class DeliveryRunner:
             return
         if self.spool.locate(envelope.id) == DEFERRED:
             self.schedule[envelope.id] = math.inf
-            self.parked.add(envelope.id)
+            self.parked[envelope.id] = routes
 
     # --- after a round --------------------------------------------------------------------
 
@@ -384,7 +407,7 @@ class DeliveryRunner:
         self.schedule.pop(envelope.id, None)
         self.duplicates.pop(envelope.id, None)
         self.paced.discard(envelope.id)
-        self.parked.discard(envelope.id)
+        self.parked.pop(envelope.id, None)
 
     def _deleted(self, queue_id: str) -> None:
         envelope = self._load(TRASH, queue_id)

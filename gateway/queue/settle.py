@@ -1,7 +1,8 @@
 """After a delivery round: backoff or expiry, the bounce, the durable record, the next folder.
 
 `Settler.settle` decides what a round leaves: recipients still pending get the next attempt
-time from the backoff (or fail as expired at ``max_age``); recipients that failed get a DSN
+time from the backoff (or fail as expired at ``max_age``) — but those waiting for a held
+upstream (``parked``: left out of the round), which get neither; recipients that failed get a DSN
 to the sender, queued as a message of its own; the envelope is saved, and the message moves
 to ``deferred/`` (``message.deferred``), ``dead/`` (``message.dead``) or away, with its one
 ``message.result``. An envelope that cannot be written keeps what this process knows in
@@ -10,7 +11,8 @@ memory (`restore` applies it to the next round) so a delivered recipient is not 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Container
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,6 +76,7 @@ class Settler:
         opened: bool = True,
         upstream: dict[str, Any] | None = None,
         paced: float | None = None,
+        parked: Container[tuple[str, ...]] = (),
     ) -> float | None:
         """Record the round; the time the message is due again when it waits in ``deferred/``.
 
@@ -81,22 +84,26 @@ class Settler:
         upstream fields, for ``message.result``; `paced`: the round was kept back by a provider
         budget or throttling until then (the next attempt, never an expiry: pacing is not
         failing, and the wait is added to the envelope's ``paced_s``, which moves its age limit
-        as far). Raises `MessageGone` if the operator moved it.
+        as far); `parked`: the routes whose next upstream is held (their recipients were left
+        out: no backoff, no expiry; when only they are left pending, the message waits in
+        ``deferred/`` due never — `math.inf` — until the runner finds the upstream released).
+        Raises `MessageGone` if the operator moved it.
         """
         now = self.clock()
-        pending = envelope.pending
-        if pending and paced is not None:
+        live = [r for r in envelope.pending if r.hops not in parked]
+        if live and paced is not None:
             envelope.paced_s += max(0.0, paced - now)  # waiting is not ageing (queue.max_age)
             envelope.next_attempt = paced
-        elif pending:
-            attempts = max(r.attempts for r in pending)
+        elif live:
+            attempts = max(r.attempts for r in live)
             due = self.backoff.next_attempt(envelope.age_base, attempts, now)
             if due is None:
-                for recipient in pending:
+                for recipient in live:
                     recipient.status = FAILED
                     recipient.expired = True
             else:
                 envelope.next_attempt = due
+        waits_held = bool(envelope.pending) and all(r.hops in parked for r in envelope.pending)
         bounce = self._bounce(envelope, now)
         # Durable when this round changed what must never be redone (a delivery, a failure, a DSN);
         # a round of transient failures only needs the new backoff, which a crash may shorten.
@@ -114,10 +121,11 @@ class Settler:
                 message_id=envelope.message_id,
                 recipients=[r.address for r in envelope.pending],
                 attempts=envelope.attempts,
-                next_attempt=iso(envelope.next_attempt),
-                **({"paced": True} if paced is not None else {}),
+                next_attempt=None if waits_held else iso(envelope.next_attempt),
+                **({"paced": True} if paced is not None and not waits_held else {}),
+                **({"held_upstream": True} if waits_held else {}),
             )
-            return envelope.next_attempt
+            return math.inf if waits_held else envelope.next_attempt
         self.result(envelope, upstream=upstream)
         if any(r.status == FAILED for r in envelope.recipients):
             self.spool.move(envelope.id, ACTIVE, DEAD, durable=False)

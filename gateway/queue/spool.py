@@ -28,6 +28,8 @@ one state at any moment and a crash leaves it in the old one or the new one.
 A message the operator holds during its delivery round (``active/`` to ``hold/``) keeps
 the round's record: `save` for ``active/`` follows it to ``hold/``, and the round's
 move to ``deferred/`` leaves it held, to ``done/`` or ``dead/`` takes it from ``hold/``.
+The in-flight mark before MAIL does not follow (``follow_hold=False``): held before MAIL,
+nothing is sent.
 
 The spool is trusted only as far as `gateway.queue.trust` allows: its folders
 are checked at `create` (`SpoolUnsafe` names each unsafe one), message folders
@@ -231,10 +233,13 @@ class Spool:
 
     # --- changing ------------------------------------------------------------------
 
-    def save(self, state: str, envelope: Envelope, *, durable: bool = True) -> None:
+    def save(
+        self, state: str, envelope: Envelope, *, durable: bool = True, follow_hold: bool = True
+    ) -> None:
         """Record the envelope: one line appended to its journal (`_append`); a format 1
         envelope, or a journal past `COMPACT_AT`, is rewritten through a temp file instead.
-        `MessageGone` if it was moved away.
+        `MessageGone` if it was moved away — for ``active/`` with ``follow_hold=False``, also
+        when the operator held it (the mark before MAIL: a held message is not sent).
 
         Always the old or the new version survives a crash. With ``durable=False``
         a crash may bring back the old version (used where that only costs a
@@ -245,7 +250,7 @@ class Spool:
         try:
             fd = trust.open_folder(folder)
         except FileNotFoundError:
-            if state != ACTIVE or not self._held(envelope.id):
+            if state != ACTIVE or not follow_hold or not self._held(envelope.id):
                 raise MessageGone(envelope.id) from None
             fd = self._open_held(envelope.id)  # held during its round: the record follows it
         try:
@@ -257,6 +262,10 @@ class Spool:
             raise MessageGone(envelope.id) from None
         finally:
             os.close(fd)
+
+    def present(self, state: str, queue_id: str) -> bool:
+        """The message's folder is in `state` now (no link followed)."""
+        return os.path.lexists(self.folder(state, queue_id))
 
     def _held(self, queue_id: str) -> bool:
         return os.path.lexists(self.folder(HOLD, queue_id))

@@ -160,3 +160,18 @@ def test_check_warns_when_the_spool_is_below_min_free(spool, tmp_path, capsys):
     config.write_text(f'[queue]\npath = "{spool.path}"\nmin_free = 0\n\n' + body)
     assert cli.main(["check", "--config", str(config)]) == 0
     assert "min_free" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files away")
+def test_hold_as_root_on_a_spool_made_before_holds_gives_hold_to_the_spool_user(
+    spool, config, capsys
+):
+    """sudo mailgate queue hold ID on an old spool: hold/ is made for the daemon's user (it lists
+    it and renames out of it), 0700."""
+    os.rmdir(spool.folder(HOLD))
+    queue_id = put(spool, DEFERRED)
+    os.chown(spool.path, 4321, 4321)
+    assert run(capsys, "hold", queue_id, "--config", config)[0] == 0
+    info = os.stat(spool.folder(HOLD))
+    assert (info.st_uid, info.st_mode & 0o777) == (4321, 0o700)
+    assert spool.locate(queue_id) == HOLD

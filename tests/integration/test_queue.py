@@ -578,10 +578,10 @@ def test_outcome_that_cannot_be_written_is_not_delivered_again(
 
     real_save = spool_module.Spool.save
 
-    def save(self, state, envelope, *, durable=True):
+    def save(self, state, envelope, **options):
         if any(r.status == spool_module.DELIVERED for r in envelope.recipients):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(self, state, envelope, durable=durable)
+        return real_save(self, state, envelope, **options)
 
     monkeypatch.setattr(spool_module.Spool, "save", save)
     gw = start_gateway(queue_document(upstream.table(ca.ca_file), str(tmp_path / "spool")))

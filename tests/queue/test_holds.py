@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -18,7 +19,9 @@ from gateway.queue.spool import (
     DEFERRED,
     DELIVERED,
     DONE,
+    FAILED,
     HOLD,
+    PENDING,
     Envelope,
     MessageGone,
     RecipientState,
@@ -28,38 +31,58 @@ from gateway.queue.spool import (
 from gateway.queue.writer import SpoolWriter
 from gateway.smtp import replies
 from gateway.testing.audit import CapturedAudit
-from tests.outbound.fakes import RecordingConnector
+from tests.outbound.fakes import FakePool, FakeSession, RecordingConnector
+
+DAY = 86400.0
 
 
-def setup(tmp_path, now: float = 5000.0):
+def config_for(tmp_path, **queue_settings):
     document = {
-        "queue": {"path": str(tmp_path / "spool"), "min_backoff": 60, "max_backoff": 600},
+        "queue": {
+            "path": str(tmp_path / "spool"),
+            "min_backoff": 60,
+            "max_backoff": 600,
+            **queue_settings,
+        },
         "upstreams": {"up": {"host": "smtp.example.net"}, "other": {"host": "mx.example.org"}},
         "rules": [{"name": "all", "action": "relay", "upstream": "up", "delivery": "queue"}],
     }
-    config = parse(document, "t.toml")
+    return parse(document, "t.toml")
+
+
+def setup(tmp_path, now: float = 5000.0, pools=None, **queue_settings):
+    config = config_for(tmp_path, **queue_settings)
     spool = Spool(config.queue.path)
     spool.create()
     clock = task.Clock()
     connectors = {name: RecordingConnector(config.upstreams[name]) for name in config.upstreams}
-    pools = {name: UpstreamPool(c, clock) for name, c in connectors.items()}  # type: ignore[arg-type]
+    if pools is None:
+        pools = {name: UpstreamPool(c, clock) for name, c in connectors.items()}  # type: ignore[arg-type]
     captured = CapturedAudit()
     runner = DeliveryRunner(clock, spool, config, pools.get, captured.log(), clock=lambda: now)
     runner.recover()
     return runner, connectors, spool, captured
 
 
-def queue(spool: Spool, *routes: list[str]) -> str:
+def fake_pools(tmp_path) -> dict[str, FakePool]:
+    """Pools whose session the test hands out (`FakePool.hold` / `give`)."""
+    upstreams = config_for(tmp_path).upstreams
+    return {name: FakePool(c, FakeSession(c)) for name, c in upstreams.items()}
+
+
+def queue(
+    spool: Spool, *routes: list[str], received: float = 4000.0, in_flight: bool = False
+) -> str:
     """A committed message with one recipient per route (default: one, on "up")."""
     queue_id = new_id()
     writer = SpoolWriter(spool, queue_id)
     writer.write(b"Subject: x\r\n\r\nbody\r\n")
     recipients = [
-        RecipientState(f"r{i}@example.net", route[0], "all", route=list(route))
+        RecipientState(f"r{i}@example.net", route[0], "all", route=list(route), in_flight=in_flight)
         for i, route in enumerate(routes or (["up"],))
     ]
     writer.commit(
-        Envelope(id=queue_id, sender="app@example.com", received=4000.0, recipients=recipients)
+        Envelope(id=queue_id, sender="app@example.com", received=received, recipients=recipients)
     )
     return queue_id
 
@@ -213,3 +236,204 @@ def test_queue_started_counts_what_is_held(tmp_path):
     _, _, _, captured = setup(tmp_path)
     [started] = captured.named("queue.started")
     assert (started["held"], started["held_upstreams"]) == (1, ["other"])
+
+
+# --- a hold that came while the round waited for its session (before MAIL) ---------------------
+
+
+def test_a_message_held_while_its_round_waits_for_a_session_is_not_sent(tmp_path):
+    """Held after the round started but before MAIL: the session comes back unused, nothing is
+    sent, the message stays in hold/ with no attempt counted and no in-flight mark."""
+    pools = fake_pools(tmp_path)
+    runner, _, spool, captured = setup(tmp_path, pools=pools)
+    pools["up"].hold()  # the round waits for its session (slots, pool, connect, AUTH)
+    queue_id = queue(spool)
+    runner.submitted(queue_id)
+    spool.move(queue_id, ACTIVE, HOLD)  # mailgate queue hold ID
+    runner.scan()
+    assert [e["queue_id"] for e in captured.named("message.held")] == [queue_id]
+    pools["up"].give()
+    assert pools["up"].session.lines == []
+    assert pools["up"].released == [(pools["up"].session, True)]
+    assert spool.locate(queue_id) == HOLD and queue_id not in runner.in_flight
+    [recipient] = spool.load(HOLD, queue_id).recipients
+    assert (recipient.status, recipient.attempts, recipient.in_flight) == (PENDING, 0, False)
+    spool.move(queue_id, HOLD, ACTIVE)  # mailgate queue release ID: delivered now
+    runner.scan()
+    assert pools["up"].session.lines[0].startswith(b"MAIL")
+
+
+def test_a_message_marked_in_flight_already_and_held_before_mail_is_not_sent(tmp_path):
+    """Its recipients are in flight from an earlier round (no new mark to write): the folder is
+    still looked at before MAIL."""
+    pools = fake_pools(tmp_path)
+    runner, _, spool, _ = setup(tmp_path, pools=pools)
+    pools["up"].hold()
+    queue_id = queue(spool, in_flight=True)
+    runner.submitted(queue_id)
+    spool.move(queue_id, ACTIVE, HOLD)
+    pools["up"].give()
+    assert pools["up"].session.lines == [] and spool.locate(queue_id) == HOLD
+
+
+def test_an_upstream_held_while_the_round_waits_for_its_session_is_not_sent_to(tmp_path):
+    """hold --upstream after the round started but before MAIL (no scan in between): nothing is
+    sent, the message is parked without an attempt; released, it goes."""
+    pools = fake_pools(tmp_path)
+    runner, _, spool, captured = setup(tmp_path, pools=pools)
+    pools["up"].hold()
+    queue_id = queue(spool)
+    runner.submitted(queue_id)
+    holds.hold(spool, "up")
+    pools["up"].give()
+    assert pools["up"].session.lines == []
+    assert spool.locate(queue_id) == DEFERRED and runner.schedule[queue_id] == math.inf
+    [recipient] = spool.load(DEFERRED, queue_id).recipients
+    assert (recipient.attempts, recipient.in_flight) == (0, False)
+    [deferred] = captured.named("message.deferred")
+    assert deferred["next_attempt"] is None and deferred["held_upstream"] is True
+    assert captured.named("delivery.attempt") == []
+    runner.scan()
+    assert pools["up"].session.lines == []  # still held: still parked
+    holds.release(spool, ["up"])
+    runner.scan()
+    assert pools["up"].session.lines[0].startswith(b"MAIL")
+    assert spool.locate(queue_id) is None  # delivered (done/ is emptied)
+
+
+# --- no backoff, no expiry for the recipients of a held upstream --------------------------------
+
+
+def test_recipients_of_a_held_upstream_do_not_expire_with_the_others(tmp_path):
+    """other held; a message 10 days old (max_age 5 days), one recipient on up (refused) and one
+    on other: up's expires, other's waits, parked in deferred/ (not dead/)."""
+    now = 4000.0 + 10 * DAY
+    runner, connectors, spool, captured = setup(tmp_path, now=now, max_age=5 * DAY)
+    holds.hold(spool, "other")
+    runner.scan()
+    queue_id = queue(spool, ["up"], ["other"])
+    runner.submitted(queue_id)
+    connectors["up"].opens[0].errback(refused())
+    assert spool.locate(queue_id) == DEFERRED
+    up, other = spool.load(DEFERRED, queue_id).recipients
+    assert (up.status, up.expired) == (FAILED, True)
+    assert (other.status, other.expired, other.attempts) == (PENDING, False, 0)
+    assert runner.schedule[queue_id] == math.inf and queue_id in runner.parked
+    assert captured.named("message.dead") == []
+
+
+def test_the_attempts_of_a_held_upstreams_recipients_set_no_backoff(tmp_path):
+    """The backoff follows the recipients that were tried: other's 20 earlier attempts (before
+    it was held) do not push up's next attempt to max_backoff."""
+    runner, connectors, spool, _ = setup(tmp_path)
+    queue_id = queue(spool, ["up"], ["other"])
+    envelope = spool.load(ACTIVE, queue_id)
+    envelope.recipients[1].attempts = 20
+    spool.save(ACTIVE, envelope)
+    holds.hold(spool, "other")
+    runner.scan()  # starts the message too
+    connectors["up"].opens[0].errback(refused())
+    assert spool.load(DEFERRED, queue_id).next_attempt == 5000.0 + 60  # min_backoff, not 600
+
+
+# --- held-upstreams: root writes it for the daemon; unreadable is not "nothing held" -----------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files away")
+def test_held_upstreams_written_by_root_belongs_to_the_spool_user(tmp_path):
+    """sudo mailgate queue hold --upstream: the file is the spool user's (the daemon reads it)."""
+    Spool(str(tmp_path / "spool")).create()
+    os.chown(tmp_path / "spool", 4321, 4321)
+    spool = Spool(str(tmp_path / "spool"))  # as the command sees it
+    holds.hold(spool, "up")
+    info = os.stat(os.path.join(spool.path, holds.HELD))
+    assert (info.st_uid, info.st_mode & 0o777) == (4321, 0o600)
+
+
+def test_an_unreadable_held_upstreams_keeps_what_was_held(tmp_path, monkeypatch):
+    """The file is there but cannot be read: the upstreams held stay held (no upstream.released),
+    one gateway.error says so; readable again, the runner goes on from it."""
+    runner, connectors, spool, captured = setup(tmp_path)
+    holds.hold(spool, "up")
+    runner.scan()
+    real_open = os.open
+    path = os.path.join(spool.path, holds.HELD)
+
+    def denied(name, *args, **kwargs):
+        if name == path:
+            raise PermissionError(13, "Permission denied", name)
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    queue_id = queue(spool)
+    runner.scan()
+    runner.scan()
+    assert connectors["up"].opens == [] and spool.locate(queue_id) == DEFERRED
+    assert captured.named("upstream.released") == []
+    [error] = captured.named("gateway.error")
+    assert error["type"] == "HoldsUnreadable" and "up" in error["error"]
+    with pytest.raises(holds.HoldsUnreadable, match="held-upstreams: cannot be read"):
+        holds.held(spool)  # the CLI says so (exit 1) instead of "nothing held"
+    monkeypatch.setattr(os, "open", real_open)
+    holds.release(spool, ["up"])
+    runner.scan()
+    assert [e["upstream"] for e in captured.named("upstream.released")] == ["up"]
+    assert len(connectors["up"].opens) == 1
+
+
+# --- restart and reload ---------------------------------------------------------------------------
+
+
+def test_a_held_message_in_its_duplicate_window_is_flagged_at_start(tmp_path):
+    """Stopped during a round, then held: delivery.duplicate_risk at the next start, and the
+    attempt after its release is logged with possible_duplicate."""
+    spool = Spool(str(tmp_path / "spool"))
+    spool.create()
+    queue_id = queue(spool, in_flight=True)
+    spool.move(queue_id, ACTIVE, HOLD)
+    runner, _, _, captured = setup(tmp_path)
+    [risk] = captured.named("delivery.duplicate_risk")
+    assert (risk["queue_id"], risk["recipients"]) == (queue_id, ["r0@example.net"])
+    assert runner.duplicates == {queue_id: {"r0@example.net"}}
+
+
+def test_a_parked_message_goes_when_a_reload_takes_its_held_upstream_away(tmp_path):
+    """Route [up, other], up held: parked. A reload removes up from the config: other is its next
+    upstream now, not held: the next scan delivers it there."""
+    upstreams = config_for(tmp_path).upstreams
+    connectors = {name: RecordingConnector(c) for name, c in upstreams.items()}
+    pools = {n: UpstreamPool(c, task.Clock()) for n, c in connectors.items()}  # type: ignore[arg-type]
+    runner, _, spool, _ = setup(tmp_path, pools=pools)
+    holds.hold(spool, "up")
+    runner.scan()
+    queue_id = queue(spool, ["up", "other"])
+    runner.submitted(queue_id)
+    runner.scan()
+    assert queue_id in runner.parked and connectors["other"].opens == []
+    del pools["up"]  # a reload without [upstreams.up] (the held name stays in the file)
+    runner.scan()
+    assert len(connectors["other"].opens) == 1 and connectors["up"].opens == []
+    assert queue_id not in runner.parked
+
+
+def test_a_round_held_before_one_groups_mail_ends_with_its_other_group(tmp_path):
+    """Two routes: up's group is past MAIL, other's waits for its session when the message is
+    held. other sends nothing; the round ends only when up's group has written its record into
+    hold/ (released meanwhile, it is not started twice)."""
+    pools = fake_pools(tmp_path)
+    runner, _, spool, _ = setup(tmp_path, pools=pools)
+    pools["up"].session.hold = True  # up's replies wait
+    pools["other"].hold()
+    queue_id = queue(spool, ["up"], ["other"])
+    runner.submitted(queue_id)
+    assert pools["up"].session.lines[0].startswith(b"MAIL")
+    spool.move(queue_id, ACTIVE, HOLD)
+    pools["other"].give()
+    assert pools["other"].session.lines == []
+    assert queue_id in runner.in_flight  # up's group still talks to its upstream
+    while pools["up"].session.held:
+        pools["up"].session.answer()
+    assert queue_id not in runner.in_flight and spool.locate(queue_id) == HOLD
+    up, other = spool.load(HOLD, queue_id).recipients
+    assert (up.status, up.in_flight) == (DELIVERED, False)
+    assert (other.status, other.attempts, other.in_flight) == (PENDING, 0, False)
