@@ -49,10 +49,12 @@ def _read(path: str) -> str | None:
         os.close(fd)
 
 
-def _write(path: str, line: str) -> None:
+def _write(path: str, line: str, owner: int) -> None:
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
+        if os.geteuid() == 0 and owner != 0:  # sudo mailgate queue drain: the daemon must read it
+            os.fchown(fd, owner, -1)
         os.write(fd, (line + "\n").encode("ascii"))
         os.fsync(fd)
     finally:
@@ -84,7 +86,7 @@ def request(spool: Spool, now: float | None = None) -> tuple[str, bool]:
     if current is not None:
         return current, False
     line = f"requested_at={time.time() if now is None else now:.3f}"
-    _write(_path(spool, MARKER), line)
+    _write(_path(spool, MARKER), line, spool.owner)
     return line, True
 
 
@@ -138,7 +140,7 @@ class DrainWatch:
         line = requested(self.spool)
         if line is not None and line != self.line:
             self.line, self.drained = line, False
-            _write(_path(self.spool, SEEN), line)
+            _write(_path(self.spool, SEEN), line, self.spool.owner)
             return "started"
         if line is None and self.line is not None:
             self.line, self.drained = None, False

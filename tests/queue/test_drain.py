@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from gateway.queue import drain
 from gateway.queue.spool import DEFERRED, INCOMING, Spool
 
@@ -71,3 +73,15 @@ def test_incoming_counts_as_held(tmp_path):
     spool = spool_at(tmp_path)
     os.mkdir(spool.folder(INCOMING, "1" * 14 + "b" * 8))
     assert drain.holding(spool).incoming == 1 and drain.holding(spool).pending == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give files away")
+def test_a_drain_asked_as_root_is_readable_by_the_spool_user(tmp_path):
+    """sudo mailgate queue drain: the marker is the spool user's, so the daemon running as that
+    user sees the drain (a root-owned 0600 marker read as 'not draining')."""
+    spool_at(tmp_path)
+    os.chown(tmp_path / "spool", 4321, 4321)
+    spool = Spool(str(tmp_path / "spool"))  # as the command sees it
+    drain.request(spool, now=100.0)
+    info = os.stat(os.path.join(spool.path, drain.MARKER))
+    assert (info.st_uid, info.st_mode & 0o777) == (4321, 0o600)
