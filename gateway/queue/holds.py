@@ -191,10 +191,13 @@ class HoldWatch:
     def waiting(
         self, envelope: Envelope, configured: Callable[[str], bool]
     ) -> set[tuple[str, ...]]:
-        """The routes of `envelope`'s pending recipients whose next upstream is held (they wait)."""
-        if not self.upstreams:
+        """The routes of `envelope`'s pending recipients whose next upstream is held (they wait),
+        as ``held-upstreams`` says now: a hold made since the last scan keeps the round from
+        contacting that upstream at all (one open of the file per round)."""
+        upstreams = self.current()
+        if not upstreams:
             return set()
-        return {r.hops for r in envelope.pending if waits_for(r.hops, self.upstreams, configured)}
+        return {r.hops for r in envelope.pending if waits_for(r.hops, upstreams, configured)}
 
     def still_waiting(
         self, routes: Iterable[tuple[str, ...]], configured: Callable[[str], bool]

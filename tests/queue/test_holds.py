@@ -203,6 +203,20 @@ def test_a_held_upstream_parks_its_mail_until_released(tmp_path):
     assert [e["upstream"] for e in captured.named("upstream.released")] == ["up"]
 
 
+def test_an_upstream_held_since_the_last_scan_is_not_contacted(tmp_path):
+    """`hold --upstream` then, before the runner's next scan, a new message: its round reads
+    held-upstreams itself, opens no connection to the held upstream and parks the message
+    (tried by hand: it was attempted, counted and backed off for minutes)."""
+    runner, connectors, spool, _ = setup(tmp_path)
+    runner.scan()
+    holds.hold(spool, "up")
+    queue_id = queue(spool)
+    runner.submitted(queue_id)
+    assert connectors["up"].opens == []
+    assert spool.locate(queue_id) == DEFERRED
+    assert spool.load(DEFERRED, queue_id).recipients[0].attempts == 0
+
+
 def test_a_held_upstream_does_not_fail_over(tmp_path):
     """Route [up, other] with up held: the recipient waits, other is not used in its place."""
     runner, connectors, spool, _ = setup(tmp_path)
